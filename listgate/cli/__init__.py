@@ -1,0 +1,61 @@
+"""The ``listgate`` command. Each sub-command lives in its own module here.
+
+A module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, adding
+its parsers with ``set_defaults(func=handler)``; a handler takes the parsed
+arguments and returns the exit status.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .. import __version__
+
+COMMAND_MODULES = (
+    "setup",       # init, check
+    "queue",       # queue ls|show|unshunt
+    "inject",      # inject (Exim pipe hand-off)
+    "members",     # members ...
+    "pending",     # pending ...
+    "bounces",     # bounces show
+    "classify",    # classify FILE...
+    "daemons",     # milter, policy, runner, serve
+    "held",        # held list|approve|reject|discard
+    "tasks",       # tasks run
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="listgate", description="Mailing lists at the MTA.")
+    parser.add_argument("-c", "--config", metavar="FILE",
+                        help="site config (default: $LISTGATE_CONFIG or /etc/listgate/listgate.yaml)")
+    parser.add_argument("--version", action="version", version=f"listgate {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"{__name__}.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"{__name__}.{name}":
+                continue  # not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help(sys.stderr)
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

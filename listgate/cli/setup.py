@@ -1,0 +1,57 @@
+"""``listgate init DIR`` and ``listgate check``."""
+from __future__ import annotations
+
+import os
+import sys
+
+from .. import config, instance
+from ..config import format_duration
+from .common import load_site
+
+
+def register(sub) -> None:
+    p = sub.add_parser("init", help="create a self-contained instance under DIR")
+    p.add_argument("directory")
+    p.add_argument("--list", dest="list_name", default="demo", help="name of the example list (default demo)")
+    p.add_argument("--domain", default="lists.example.org", help="the list's domain")
+    p.add_argument("--owner", help="owner address (default owner@DOMAIN)")
+    p.add_argument("--hostname", default="localhost")
+    p.add_argument("--milter-socket", default="unix:milter.sock")
+    p.add_argument("--policy-socket", default="inet:10040@127.0.0.1")
+    p.add_argument("--reinject-port", type=int, default=10026)
+    p.set_defaults(func=cmd_init)
+
+    p = sub.add_parser("check", help="validate the site config and every list")
+    p.set_defaults(func=cmd_check)
+
+
+def cmd_init(args) -> int:
+    try:
+        path = instance.init(args.directory, name=args.list_name, domain=args.domain, owner=args.owner,
+                             hostname=args.hostname, milter_socket=args.milter_socket,
+                             policy_socket=args.policy_socket, reinject_port=args.reinject_port)
+    except FileExistsError as exc:
+        print(f"listgate: {exc}", file=sys.stderr)
+        return 1
+    try:
+        config.load(path)
+    except config.ConfigError as exc:  # e.g. --list with an unsafe name
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+    print(f"created {path}")
+    print(f"use it with: listgate -c {path} check   (or export LISTGATE_CONFIG={path})")
+    return 0
+
+
+def cmd_check(args) -> int:
+    site = load_site(args)
+    for key_conf in site.conf.verp.keys:
+        if not os.access(key_conf.file, os.R_OK):
+            print(f"{site.path}:1: verp.keys: key file {key_conf.file} is not readable", file=sys.stderr)
+            return 1
+    print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
+    for lc in site.iter_lists():
+        print(f"{lc.name}@{lc.domain}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
+              f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
+              f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
+    return 0

@@ -1,0 +1,183 @@
+"""The per-list store interface: what milter, policy, engine and runner may call.
+
+Callers never see SQL. A backend (``sqlite`` now, PostgreSQL later) implements
+:class:`ListStore`. One store per list; work on one list never waits for
+another. All times are POSIX seconds from :mod:`listgate.clock`.
+
+Errors: :class:`StoreError` (and subclasses) for anything the caller can
+report; a backend's own exceptions (sqlite3.OperationalError for a read-only
+or full disk, ...) are wrapped in :class:`StoreUnavailable` so front ends can
+answer 4xx.
+"""
+from __future__ import annotations
+
+import abc
+from contextlib import AbstractContextManager
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+DELIVERY_STATUSES = ("enabled", "by_user", "by_admin", "by_bounce")
+PENDING_TYPES = ("subscription", "unsubscription", "change_of_address", "held_message", "re_enable", "probe")
+
+
+class StoreError(Exception):
+    """A request the store cannot honour (message is for humans)."""
+
+
+class NotAMember(StoreError):
+    pass
+
+
+class AlreadyMember(StoreError):
+    pass
+
+
+class UnknownToken(StoreError):
+    pass
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be read or written durably now (disk full, read-only, locked): retry later."""
+
+
+@dataclass
+class Member:
+    """A member and their bounce info.
+
+    ``address`` is what the member typed; ``key`` the normalised form
+    (:func:`listgate.addresses.normalize`) used for lookups.
+    """
+
+    address: str
+    key: str
+    display_name: str = ""
+    delivery_status: str = "enabled"
+    subscribed_at: float = 0.0
+    status_changed_at: float | None = None
+    bounce_score: float = 0.0
+    last_bounce_day: str | None = None      # 'YYYY-MM-DD' of the last *scored* bounce
+    last_bounce_at: float | None = None     # time of the last scored bounce (staleness)
+    notices_left: int | None = None         # disabled-by-bounce warnings still to send
+    last_notice_at: float | None = None
+    re_enable_token: str | None = None
+
+
+@dataclass
+class BounceEvent:
+    """One bounce seen (append-only record)."""
+
+    at: float
+    address: str | None          # member key, or the failing address if not a member
+    bounce_class: str            # hard, soft, policy, complaint, autoreply, delayed, ..., unknown
+    status: str | None = None    # enhanced status code, e.g. '5.1.1'
+    attribution: str = ""        # verp, probe, dsn, detector, smtp (5xx at hand-over), none
+    message_id: str | None = None
+    action: str = ""             # what was done: scored, ignored, residual, non_member, probe_sent,
+                                 # disabled, incident, forwarded, discarded, ...
+    detail: str = ""             # diagnostic text (trimmed)
+    id: int | None = None
+
+
+@dataclass
+class PendingRecord:
+    token: str
+    type: str                    # one of PENDING_TYPES
+    payload: dict[str, Any] = field(default_factory=dict)
+    created: float = 0.0
+    expires: float = 0.0
+
+
+class ListStore(abc.ABC):
+    """One list's members, bounce info, evidence, events and pending records."""
+
+    list_key: str
+
+    # -- transactions -----------------------------------------------------
+    @abc.abstractmethod
+    def transaction(self) -> AbstractContextManager[None]:
+        """Context manager: everything inside commits together or not at all.
+
+        Takes the write lock at entry (read-modify-write of a score inside is
+        serialised across processes). Re-entrant: nested uses join the outer.
+        """
+
+    # -- members ----------------------------------------------------------
+    @abc.abstractmethod
+    def get_member(self, address: str) -> Member | None: ...
+
+    @abc.abstractmethod
+    def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
+        """Raises AlreadyMember, or ValueError for a malformed address."""
+
+    @abc.abstractmethod
+    def remove_member(self, address: str) -> Member:
+        """Removes and returns the member; raises NotAMember."""
+
+    @abc.abstractmethod
+    def members(self, status: str | None = None) -> list[Member]:
+        """All members (or those with delivery ``status``), ordered by key."""
+
+    @abc.abstractmethod
+    def save_member(self, member: Member) -> None:
+        """Write every field of ``member`` back (matched by ``key``); raises NotAMember."""
+
+    @abc.abstractmethod
+    def change_address(self, old: str, new: str) -> Member:
+        """Raises NotAMember / AlreadyMember."""
+
+    # -- bounce evidence (capped count and size per member) ----------------
+    @abc.abstractmethod
+    def add_evidence(self, address: str, message: bytes, at: float) -> None: ...
+
+    @abc.abstractmethod
+    def evidence(self, address: str) -> list[tuple[float, bytes]]:
+        """Newest first."""
+
+    # -- bounce events (append-only) ---------------------------------------
+    @abc.abstractmethod
+    def add_event(self, event: BounceEvent) -> int: ...
+
+    @abc.abstractmethod
+    def events(self, address: str | None = None, since: float | None = None,
+               limit: int | None = None) -> list[BounceEvent]:
+        """Newest first."""
+
+    # -- pending records -----------------------------------------------------
+    @abc.abstractmethod
+    def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
+        """New record with a fresh token (>= 128 bits from ``secrets``, local-part safe)."""
+
+    @abc.abstractmethod
+    def peek_pending(self, token: str) -> PendingRecord | None:
+        """The record, or None if unknown or expired. Does not remove it."""
+
+    @abc.abstractmethod
+    def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
+        """Atomically return and remove; raises UnknownToken (also if expired or of another type).
+
+        When two processes confirm one token at once, exactly one gets it.
+        """
+
+    @abc.abstractmethod
+    def repend(self, token: str, lifetime: float) -> PendingRecord:
+        """Give the record a fresh lifetime from now; raises UnknownToken."""
+
+    @abc.abstractmethod
+    def evict_expired(self) -> list[PendingRecord]:
+        """Remove and return records whose lifetime has passed."""
+
+    @abc.abstractmethod
+    def pending(self, type: str | None = None) -> list[PendingRecord]:
+        """Unexpired records, oldest first."""
+
+    # -- small durable facts -------------------------------------------------
+    @abc.abstractmethod
+    def remember(self, kind: str, key: str, ttl: float) -> bool:
+        """Record (kind, key) for ``ttl`` seconds; False if it was already recorded and alive.
+
+        Used for duplicate suppression (Message-ID of accepted posts) and
+        once-only notices (domain incidents).
+        """
+
+    @abc.abstractmethod
+    def close(self) -> None: ...
