@@ -20,7 +20,9 @@ COMMAND_MODULES = (
     "pending",     # pending ...
     "bounces",     # bounces show
     "classify",    # classify FILE...
-    "daemons",     # milter, policy, runner, serve
+    "milter_cmd",  # milter
+    "policy_cmd",  # policy
+    "runner_cmd",  # runner, serve
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run
 )

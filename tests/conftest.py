@@ -1,0 +1,54 @@
+"""Fixtures shared by every test module.
+
+* every test starts with the real clock and ends with it reset;
+* ``site`` makes a fresh self-contained instance (``listgate init``) in the
+  test's tmp dir, with free loopback ports, and returns the loaded Site;
+* ``free_port()`` finds an unused loopback TCP port.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+from listgate import clock, config, instance
+
+SHARED = Path(__file__).resolve().parents[2] / "shared"
+CORPUS = SHARED / "corpus" / "bounces"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(autouse=True)
+def _real_clock(monkeypatch):
+    monkeypatch.delenv(clock.ENV_VAR, raising=False)
+    monkeypatch.delenv(config.ENV_VAR, raising=False)
+    clock.reset()
+    yield
+    clock.reset()
+
+
+def make_site(directory: Path, **kw) -> config.Site:
+    """``listgate init`` into ``directory`` with free ports; returns the loaded Site."""
+    kw.setdefault("policy_socket", f"inet:{free_port()}@127.0.0.1")
+    kw.setdefault("reinject_port", free_port())
+    path = instance.init(str(directory), **kw)
+    return config.load(path)
+
+
+@pytest.fixture
+def site(tmp_path) -> config.Site:
+    return make_site(tmp_path / "instance")
+
+
+@pytest.fixture
+def corpus() -> Path:
+    if not (CORPUS / "EXPECTED.tsv").exists():
+        pytest.skip("bounce corpus ../shared/corpus/bounces not present")
+    return CORPUS

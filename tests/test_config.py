@@ -1,0 +1,155 @@
+"""Strict configuration: every kind of error, with file and line, all at once."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from listgate import config
+from listgate.config import ConfigError, parse_duration
+
+from conftest import make_site
+
+
+def write_list(site, name, text):
+    path = os.path.join(site.lists_dir, f"{name}.yaml")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    return path
+
+
+def errors_for(site):
+    with pytest.raises(ConfigError) as info:
+        config.load(site.path)
+    return info.value.errors
+
+
+def test_init_instance_loads_with_defaults(site):
+    lc = site.get_list("demo")
+    assert lc.bounce_processing is True
+    assert lc.bounce_score_threshold == 5.0
+    assert lc.bounce_info_stale_after == 7 * 86400
+    assert lc.bounce_you_are_disabled_warnings == 3
+    assert lc.bounce_you_are_disabled_warnings_interval == 7 * 86400
+    assert lc.bounce_notify_owner_on_disable and lc.bounce_notify_owner_on_removal
+    assert lc.bounce_unrecognized_goes_to_list_owner is True
+    assert (lc.bounce_weights.hard, lc.bounce_weights.soft, lc.bounce_weights.policy) == (1.0, 0.5, 0.0)
+    assert lc.subject_prefix == "[demo] "
+    key = site.conf.verp.keys[0]
+    assert os.stat(key.file).st_mode & 0o777 == 0o600
+    assert site.domains == {"lists.example.org"}
+
+
+@pytest.mark.parametrize("text", ["7d", "12h", "30m", "45s", "2w", "1d12h"])
+def test_durations(text):
+    expected = {"7d": 604800, "12h": 43200, "30m": 1800, "45s": 45, "2w": 1209600, "1d12h": 129600}[text]
+    assert parse_duration(text) == expected
+
+
+@pytest.mark.parametrize("text", ["7", "7 days", "d", "-1d", "1x", ""])
+def test_bad_durations(text):
+    with pytest.raises(ValueError):
+        parse_duration(text)
+
+
+def test_every_error_reported_with_file_and_line(site):
+    path = write_list(site, "bad", "\n".join([
+        "name: bad",                         # 1
+        "domain: lists.example.org",         # 2
+        "owners: [owner@x.org, nope]",       # 3 malformed address
+        "subject_prefix: [bad]",             # 4 wrong type (a YAML list)
+        "bounce_score_threshold: five",      # 5 wrong type
+        "bounce_info_stale_after: 7 days",   # 6 bad duration
+        "posting_policy: closed",            # 7 bad enum
+        "bounce_weights:",                   # 8
+        "  sofft: 0.5",                      # 9 unknown nested key
+        "colour: red",                       # 10 unknown key
+        "colour: blue",                      # 11 duplicate key
+    ]) + "\n")
+    errs = errors_for(site)
+    expect = {
+        3: "owners", 4: "subject_prefix", 5: "bounce_score_threshold", 6: "bounce_info_stale_after",
+        7: "posting_policy", 9: "bounce_weights.sofft", 10: "colour", 11: "colour",
+    }
+    for line, keypath in expect.items():
+        assert any(e.startswith(f"{path}:{line}: {keypath}: ") for e in errs), (line, keypath, errs)
+    assert len(errs) == len(expect)
+
+
+@pytest.mark.parametrize("name", ["../evil", "a/b", "x..y", "Demo", "lists-request", "demo-bounces", "-x"])
+def test_unsafe_list_names_refused(site, name):
+    safe = "evil"
+    path = write_list(site, safe, f"name: {name!r}\ndomain: lists.example.org\nowners: [a@b.org]\n")
+    errs = errors_for(site)
+    assert any(e.startswith(f"{path}:1: name: ") for e in errs), errs
+
+
+def test_file_name_must_match_list_name(site):
+    path = write_list(site, "other", "name: another\ndomain: lists.example.org\nowners: [a@b.org]\n")
+    assert errors_for(site) == [f"{path}:1: name: list 'another' must live in another.yaml"]
+
+
+def test_missing_required_keys(site):
+    path = write_list(site, "empty", "name: empty\n")
+    errs = errors_for(site)
+    assert f"{path}:1: domain: required key is missing" in errs
+    assert f"{path}:1: owners: required key is missing" in errs
+
+
+def test_yaml_syntax_error_has_line(site):
+    path = write_list(site, "broken", "name: broken\nowners: [a@b.org\ndomain: x.org\n")
+    errs = errors_for(site)
+    assert len(errs) == 1 and errs[0].startswith(f"{path}:") and "(syntax)" in errs[0]
+
+
+def test_site_errors(tmp_path):
+    site = make_site(tmp_path / "i")
+    with open(site.path, "a", encoding="utf-8") as fh:
+        fh.write("runner:\n  max_attempts: zero\ntrusted_networks: [300.1.1.1/8]\nmilter:\n  socket: tcp:1\n")
+    errs = errors_for(site)
+    assert any(": runner.max_attempts: expected an integer" in e for e in errs), errs
+    assert any(": trusted_networks: item 0: '300.1.1.1/8' is not a network" in e for e in errs), errs
+    # the template already has a 'milter' section: a second one is a duplicate key
+    assert any(": milter: duplicate key (first at line " in e for e in errs), errs
+
+
+def test_non_utf8_file(site):
+    path = os.path.join(site.lists_dir, "junk.yaml")
+    with open(path, "wb") as fh:
+        fh.write(b"name: junk\ndescription: \xff\xfe\n")
+    errs = errors_for(site)
+    assert errs[0].startswith(f"{path}:1: (file): not UTF-8")
+
+
+def test_config_is_read_only(site):
+    lc = site.get_list("demo")
+    with pytest.raises(AttributeError):
+        lc.name = "x"
+
+
+def test_check_cli(site):
+    env = dict(os.environ)
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "demo@lists.example.org: members_only" in out.stdout
+    write_list(site, "bad", "name: bad\n")
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, env=env, timeout=60)
+    assert out.returncode == 1
+    assert "bad.yaml:1: domain: required key is missing" in out.stderr
+
+
+def test_watcher_reloads_and_keeps_old_config_on_error(site):
+    w = config.Watcher(site.path, interval=0)
+    assert w.current().get_list("demo").bounce_score_threshold == 5.0
+    path = os.path.join(site.lists_dir, "demo.yaml")
+    text = open(path, encoding="utf-8").read().replace("bounce_score_threshold: 5.0", "bounce_score_threshold: 3.0")
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text)
+    assert w.current().get_list("demo").bounce_score_threshold == 3.0
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.write(text + "bogus: 1\n")
+    assert w.current().get_list("demo").bounce_score_threshold == 3.0
