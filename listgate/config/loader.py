@@ -220,7 +220,7 @@ def _expect(spec: Field) -> str:
         "address": "an address local@domain", "addresses": "a list of addresses",
         "listname": "a list name", "domain": "a domain name", "enum": "one of " + ", ".join(spec.choices),
         "strings": "a list of strings", "networks": "a list of networks", "path": "a path",
-        "socket": "a socket (unix:PATH or inet:PORT@HOST)",
+        "socket": "a socket (unix:PATH or inet:PORT@HOST)", "timestamp": "a date (YYYY-MM-DD)",
     }.get(spec.kind, spec.kind)
 
 
@@ -302,7 +302,24 @@ def _check(spec: Field, raw: Any) -> Any:
     if kind == "socket":
         parse_socket(raw)
         return raw
+    if kind == "timestamp":
+        return _timestamp(raw)
     raise ValueError(f"internal: unknown kind {kind}")
+
+
+def _timestamp(raw: Any) -> float:
+    """A YAML date / date-time (or an ISO 8601 string) → POSIX seconds; naive means UTC."""
+    import datetime as _dt
+    if isinstance(raw, str):
+        try:
+            raw = _dt.datetime.fromisoformat(raw.strip())
+        except ValueError:
+            raise ValueError(f"{raw!r} is not a date (YYYY-MM-DD or YYYY-MM-DDTHH:MM:SSZ)") from None
+    if isinstance(raw, _dt.datetime):
+        return (raw if raw.tzinfo else raw.replace(tzinfo=_dt.timezone.utc)).timestamp()
+    if isinstance(raw, _dt.date):
+        return _dt.datetime(raw.year, raw.month, raw.day, tzinfo=_dt.timezone.utc).timestamp()
+    raise ValueError(f"expected a date (YYYY-MM-DD), got {_tname(raw)}")
 
 
 def _min(spec: Field, value: float) -> None:

@@ -14,7 +14,8 @@ from typing import Any, Mapping
 @dataclass(frozen=True)
 class Field:
     kind: str                      # str, int, float, bool, duration, size, address, addresses,
-                                   # listname, domain, enum, strings, socket, networks, path, section, keys
+                                   # listname, domain, enum, strings, socket, networks, path, section, keys,
+                                   # timestamp
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -62,17 +63,25 @@ VERP_KEY = Section({
     "id": Field("str", required=True, doc="short key id carried in signed VERP addresses"),
     "file": Field("path", required=True, doc="file holding the secret (mode 0600)"),
     "retired": Field("bool", False, doc="still verifies, never signs"),
+    "retired_at": Field("timestamp", None, doc="when the key was retired (YYYY-MM-DD or ISO 8601 UTC); "
+                        "a retired key verifies until retired_at + verp.retired_verify_window, "
+                        "without retired_at for as long as it is listed"),
 })
 
 VERP = Section({
     "keys": Field("keys", (), doc="signing keys; the first non-retired key signs"),
     "mac_length": Field("int", 8, minimum=6, doc="base32 characters of MAC in a VERP address"),
+    "retired_verify_window": Field("duration", 30 * DAY, doc="how long a retired key (with retired_at) still verifies"),
 })
 
 PENDING = Section({
     "user_confirmation": Field("duration", 3 * DAY),
     "probe": Field("duration", 10 * DAY),
     "held_message": Field("duration", 14 * DAY),
+})
+
+STORE = Section({
+    "busy_timeout": Field("duration", 10, doc="how long a writer waits for a list store's lock before answering 4xx"),
 })
 
 RUNNER = Section({
@@ -94,6 +103,7 @@ SITE = Section({
     "verp": Field("section", section=VERP),
     "pending": Field("section", section=PENDING),
     "runner": Field("section", section=RUNNER),
+    "store": Field("section", section=STORE),
     "trusted_networks": Field("networks", ("127.0.0.0/8", "::1/128")),
     "logging": Field("section", section=LOGGING),
 })
