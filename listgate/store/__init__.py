@@ -6,8 +6,60 @@ database per list at ``STATE_DIR/lists/NAME@DOMAIN.db``
 (implemented in ``listgate.store.sqlite``). Raises ``KeyError`` for a list the
 site does not define, ``StoreUnavailable`` when the database cannot be opened.
 """
+from __future__ import annotations
+
+import os
+import threading
+
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
                    PENDING_TYPES, PendingRecord, StoreError, StoreUnavailable, UnknownToken)
 
 __all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_STATUSES", "ListStore", "Member", "NotAMember",
-           "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownToken", "open_store"]
+           "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownToken",
+           "close_all", "open_store", "store_path"]
+
+_cache: dict[str, ListStore] = {}
+_cache_pid = os.getpid()
+_cache_lock = threading.Lock()
+
+
+def store_path(site, list_key: str) -> str:
+    """``STATE_DIR/lists/NAME@DOMAIN.db`` for ``list_key`` (lower case)."""
+    return os.path.join(site.state_dir, "lists", f"{list_key.lower()}.db")
+
+
+def open_store(site, list_key: str) -> ListStore:
+    """The store of list ``list_key`` (``"name@domain"``), cached per process and per database file.
+
+    After ``fork()`` the child gets fresh stores (never its parent's SQLite
+    connections). Raises KeyError for a list ``site`` does not define and
+    StoreUnavailable when the database cannot be opened.
+    """
+    global _cache_pid
+    key = list_key.lower()
+    if key not in site.lists:
+        raise KeyError(list_key)
+    path = store_path(site, key)
+    with _cache_lock:
+        if _cache_pid != os.getpid():
+            _cache.clear()  # the parent's stores hold the parent's connections
+            _cache_pid = os.getpid()
+        store = _cache.get(path)
+        if store is None or getattr(store, "closed", False):
+            from .sqlite import SQLiteStore
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+            except OSError as exc:
+                raise StoreUnavailable(f"cannot create {os.path.dirname(path)}: {exc.strerror}") from None
+            store = SQLiteStore(path, key, busy_timeout=site.conf.store.busy_timeout)
+            _cache[path] = store
+        return store
+
+
+def close_all() -> None:
+    """Close every store this process opened (tests, daemon shutdown)."""
+    with _cache_lock:
+        stores = list(_cache.values())
+        _cache.clear()
+    for store in stores:
+        store.close()

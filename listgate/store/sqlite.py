@@ -1,0 +1,512 @@
+"""The embedded :class:`~listgate.store.base.ListStore`: one SQLite database per list.
+
+File ``STATE_DIR/lists/NAME@DOMAIN.db`` in WAL mode (readers never wait for
+the writer), ``synchronous=FULL`` (a commit is on disk before we answer the
+MTA), a busy timeout (a writer waits that long for the lock, then the caller
+gets :class:`StoreUnavailable` and answers 4xx). The schema version lives in
+``PRAGMA user_version``; :data:`MIGRATIONS` brings an older file forward.
+
+Threads: each thread gets its own connection (pymilter calls back from many
+threads); SQLite's file locks serialise writers across threads and processes.
+Fork: a child never touches its parent's connections (SQLite forbids carrying
+a connection across ``fork()``); it opens its own on first use.
+
+Source for the locking rules: https://www.sqlite.org/lang_transaction.html
+(``BEGIN IMMEDIATE``), https://www.sqlite.org/wal.html,
+https://www.sqlite.org/howtocorrupt.html section 2.6 (fork).
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sqlite3
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+from .. import clock
+from ..addresses import normalize
+from ..config import valid_address
+from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
+                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
+from .tokens import new_token
+
+log = logging.getLogger("listgate.store")
+
+EVIDENCE_KEEP = 5                 # bouncing messages kept per member (newest)
+EVIDENCE_MAX_BYTES = 256 * 1024   # per message; longer ones are cut with a note
+REMEMBER_PURGE_BATCH = 100        # expired (kind, key) facts dropped per remember() call
+
+# SQLite primary result codes meaning "cannot read/write durably now"
+# (https://www.sqlite.org/rescode.html): BUSY, LOCKED, NOMEM, READONLY, IOERR,
+# CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
+_UNAVAILABLE_CODES = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
+
+MIGRATIONS: tuple[tuple[str, ...], ...] = (
+    # version 1
+    (
+        """CREATE TABLE members (
+            key TEXT PRIMARY KEY,
+            address TEXT NOT NULL,
+            display_name TEXT NOT NULL DEFAULT '',
+            delivery_status TEXT NOT NULL DEFAULT 'enabled',
+            subscribed_at REAL NOT NULL,
+            status_changed_at REAL,
+            bounce_score REAL NOT NULL DEFAULT 0,
+            last_bounce_day TEXT,
+            last_bounce_at REAL,
+            notices_left INTEGER,
+            last_notice_at REAL,
+            re_enable_token TEXT
+        )""",
+        "CREATE INDEX members_status ON members (delivery_status, key)",
+        """CREATE TABLE evidence (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            member_key TEXT NOT NULL,
+            at REAL NOT NULL,
+            message BLOB NOT NULL
+        )""",
+        "CREATE INDEX evidence_member ON evidence (member_key, at)",
+        """CREATE TABLE events (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            at REAL NOT NULL,
+            address TEXT,
+            bounce_class TEXT NOT NULL,
+            status TEXT,
+            attribution TEXT NOT NULL DEFAULT '',
+            message_id TEXT,
+            action TEXT NOT NULL DEFAULT '',
+            detail TEXT NOT NULL DEFAULT ''
+        )""",
+        "CREATE INDEX events_address ON events (address, at)",
+        "CREATE INDEX events_at ON events (at)",
+        """CREATE TABLE pending (
+            token TEXT PRIMARY KEY,
+            type TEXT NOT NULL,
+            payload TEXT NOT NULL,
+            created REAL NOT NULL,
+            expires REAL NOT NULL
+        )""",
+        "CREATE INDEX pending_expires ON pending (expires)",
+        "CREATE INDEX pending_type ON pending (type, created)",
+        """CREATE TABLE remembered (
+            kind TEXT NOT NULL,
+            key TEXT NOT NULL,
+            expires REAL NOT NULL,
+            PRIMARY KEY (kind, key)
+        )""",
+        "CREATE INDEX remembered_expires ON remembered (expires)",
+    ),
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+_MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscribed_at", "status_changed_at",
+                   "bounce_score", "last_bounce_day", "last_bounce_at", "notices_left", "last_notice_at",
+                   "re_enable_token")
+_MEMBER_SELECT = f"SELECT {', '.join(_MEMBER_COLUMNS)} FROM members"
+_EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
+_PENDING_SELECT = "SELECT token, type, payload, created, expires FROM pending"
+
+
+def unavailable(exc: sqlite3.Error, path: str) -> StoreUnavailable | None:
+    """The :class:`StoreUnavailable` for ``exc`` if it means "cannot store now", else None (a bug)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is not None and (code & 0xFF) in _UNAVAILABLE_CODES:
+        return StoreUnavailable(f"list store {path}: {exc}")
+    if code is None and isinstance(exc, sqlite3.OperationalError):
+        return StoreUnavailable(f"list store {path}: {exc}")
+    return None
+
+
+def _member(row: tuple) -> Member:
+    return Member(**dict(zip(_MEMBER_COLUMNS, row)))
+
+
+def _pending(row: tuple) -> PendingRecord:
+    return PendingRecord(token=row[0], type=row[1], payload=json.loads(row[2]), created=row[3], expires=row[4])
+
+
+def _event_address(address: str | None) -> str | None:
+    """Events about an address are filed under its member key so they can be found again."""
+    if address is None:
+        return None
+    try:
+        return normalize(address)
+    except ValueError:
+        return address
+
+
+def _member_key(address: str) -> str | None:
+    try:
+        return normalize(address)
+    except ValueError:
+        return None
+
+
+def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
+    """``message`` if it fits in ``limit`` bytes, else its head plus a note saying it was cut."""
+    if len(message) <= limit:
+        return message
+    note = f"\n\n[listgate: bounce truncated from {len(message)} to at most {limit} bytes]\n".encode("ascii")
+    return message[: max(0, limit - len(note))] + note
+
+
+class SQLiteStore(ListStore):
+    """One list's store in the SQLite file ``path``.
+
+    Raises :class:`StoreUnavailable` when the file cannot be opened or its
+    schema is newer than this code.
+    """
+
+    def __init__(self, path: str, list_key: str, *, busy_timeout: float = 10.0):
+        self.path = path
+        self.list_key = list_key
+        self.busy_timeout = float(busy_timeout)
+        self._lock = threading.Lock()
+        self._local = threading.local()
+        self._conns: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+        self._closed = False
+        self._conn()  # open (and migrate) now so a broken file is reported at open time
+
+    # -- connections and errors --------------------------------------------
+    def _conn(self) -> sqlite3.Connection:
+        if self._pid != os.getpid():
+            # Forked: the parent's connections are not ours to use or close.
+            self._pid = os.getpid()
+            self._local = threading.local()
+            self._conns = []
+        conn = getattr(self._local, "conn", None)
+        if conn is not None:
+            return conn
+        if self._closed:
+            raise StoreUnavailable(f"list store {self.path} is closed")
+        try:
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                   check_same_thread=False)
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(f"list store {self.path}: cannot open: {exc}") from None
+        try:
+            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                log.warning("list store %s: journal mode is %s, not wal (readers will wait for writers)",
+                            self.path, mode)
+            conn.execute("PRAGMA synchronous=FULL")
+            self._migrate(conn)
+        except sqlite3.Error as exc:
+            conn.close()
+            raise unavailable(exc, self.path) or StoreUnavailable(f"list store {self.path}: {exc}") from None
+        except StoreUnavailable:
+            conn.close()
+            raise
+        self._local.conn = conn
+        self._local.depth = 0
+        with self._lock:
+            self._conns.append(conn)
+        return conn
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        version = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return
+        if version > SCHEMA_VERSION:
+            raise StoreUnavailable(f"list store {self.path}: schema version {version} is newer than "
+                                   f"this listgate ({SCHEMA_VERSION}); upgrade listgate")
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-read under the write lock: another process may have migrated meanwhile.
+            version = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number in range(version, SCHEMA_VERSION):
+                for statement in MIGRATIONS[number]:
+                    conn.execute(statement)
+                conn.execute(f"PRAGMA user_version = {number + 1}")
+                log.info("list store %s: schema migrated to version %d", self.path, number + 1)
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+
+    @contextmanager
+    def _guard(self) -> Iterator[None]:
+        """Turn sqlite3 errors that mean "cannot store now" into StoreUnavailable."""
+        try:
+            yield
+        except sqlite3.Error as exc:
+            wrapped = unavailable(exc, self.path)
+            if wrapped is None:
+                raise
+            raise wrapped from exc
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._guard():
+            return self._conn().execute(sql, tuple(params)).fetchall()
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
+        with self._guard():
+            return self._conn().execute(sql, tuple(params))
+
+    # -- transactions -----------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN IMMEDIATE`` ... ``COMMIT``; nested uses are savepoints inside the outer one.
+
+        A nested block that raises undoes only its own writes (the exception
+        still propagates). Raises StoreUnavailable if the write lock cannot be
+        had within the busy timeout or the commit cannot be made durable.
+        """
+        conn = self._conn()
+        depth = self._local.depth
+        if depth == 0:
+            with self._guard():
+                conn.execute("BEGIN IMMEDIATE")
+        else:
+            with self._guard():
+                conn.execute(f"SAVEPOINT sp{depth}")
+        self._local.depth = depth + 1
+        try:
+            yield
+        except BaseException:
+            self._local.depth = depth
+            try:
+                if depth == 0:
+                    conn.execute("ROLLBACK")
+                else:
+                    conn.execute(f"ROLLBACK TO sp{depth}")
+                    conn.execute(f"RELEASE sp{depth}")
+            except sqlite3.Error as exc:  # e.g. SQLite already rolled back after SQLITE_FULL
+                log.debug("list store %s: rollback: %s", self.path, exc)
+            raise
+        self._local.depth = depth
+        if depth == 0:
+            try:
+                with self._guard():
+                    conn.execute("COMMIT")
+            except BaseException:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                raise
+        else:
+            with self._guard():
+                conn.execute(f"RELEASE sp{depth}")
+
+    # -- members ----------------------------------------------------------
+    def get_member(self, address: str) -> Member | None:
+        """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
+        key = _member_key(address)
+        if key is None:
+            return None
+        rows = self._query(f"{_MEMBER_SELECT} WHERE key = ?", (key,))
+        return _member(rows[0]) if rows else None
+
+    def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
+        bare = _bare_address(address)
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
+        now = clock.now()
+        member = Member(address=bare, key=normalize(bare), display_name=display_name or "",
+                        delivery_status=status, subscribed_at=now,
+                        status_changed_at=None if status == "enabled" else now)
+        with self.transaction():
+            if self._query("SELECT 1 FROM members WHERE key = ?", (member.key,)):
+                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            self._exec(f"INSERT INTO members ({', '.join(_MEMBER_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(_MEMBER_COLUMNS))})", _member_values(member))
+        return member
+
+    def remove_member(self, address: str) -> Member:
+        """Removes the member and their evidence (events stay: they are the history)."""
+        with self.transaction():
+            member = self._require(address)
+            self._exec("DELETE FROM members WHERE key = ?", (member.key,))
+            self._exec("DELETE FROM evidence WHERE member_key = ?", (member.key,))
+        return member
+
+    def members(self, status: str | None = None) -> list[Member]:
+        if status is None:
+            rows = self._query(f"{_MEMBER_SELECT} ORDER BY key")
+        else:
+            rows = self._query(f"{_MEMBER_SELECT} WHERE delivery_status = ? ORDER BY key", (status,))
+        return [_member(r) for r in rows]
+
+    def save_member(self, member: Member) -> None:
+        if member.delivery_status not in DELIVERY_STATUSES:
+            raise ValueError(f"unknown delivery status {member.delivery_status!r}")
+        columns = [c for c in _MEMBER_COLUMNS if c != "key"]
+        values = [getattr(member, c) for c in columns]
+        with self.transaction():
+            cur = self._exec(f"UPDATE members SET {', '.join(f'{c} = ?' for c in columns)} WHERE key = ?",
+                             values + [member.key])
+            if cur.rowcount == 0:
+                raise NotAMember(f"{member.address} is not a member of {self.list_key}")
+
+    def change_address(self, old: str, new: str) -> Member:
+        """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
+        bare = _bare_address(new)
+        new_key = normalize(bare)
+        with self.transaction():
+            member = self._require(old)
+            if new_key != member.key and self._query("SELECT 1 FROM members WHERE key = ?", (new_key,)):
+                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            self._exec("UPDATE members SET key = ?, address = ? WHERE key = ?", (new_key, bare, member.key))
+            self._exec("UPDATE evidence SET member_key = ? WHERE member_key = ?", (new_key, member.key))
+        member.key, member.address = new_key, bare
+        return member
+
+    def _require(self, address: str) -> Member:
+        member = self.get_member(address)
+        if member is None:
+            raise NotAMember(f"{address} is not a member of {self.list_key}")
+        return member
+
+    # -- bounce evidence ---------------------------------------------------
+    def add_evidence(self, address: str, message: bytes, at: float) -> None:
+        """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
+        key = _member_key(address) or address
+        with self.transaction():
+            self._exec("INSERT INTO evidence (member_key, at, message) VALUES (?, ?, ?)",
+                       (key, at, truncate_evidence(bytes(message))))
+            self._exec("DELETE FROM evidence WHERE member_key = ? AND id NOT IN "
+                       "(SELECT id FROM evidence WHERE member_key = ? ORDER BY at DESC, id DESC LIMIT ?)",
+                       (key, key, EVIDENCE_KEEP))
+
+    def evidence(self, address: str) -> list[tuple[float, bytes]]:
+        key = _member_key(address) or address
+        rows = self._query("SELECT at, message FROM evidence WHERE member_key = ? ORDER BY at DESC, id DESC",
+                           (key,))
+        return [(at, bytes(msg)) for at, msg in rows]
+
+    # -- bounce events -------------------------------------------------------
+    def add_event(self, event: BounceEvent) -> int:
+        """Append ``event`` (address filed under its member key); returns its id."""
+        values = [getattr(event, c) for c in _EVENT_COLUMNS[:-1]]
+        values[1] = _event_address(event.address)
+        with self.transaction():
+            cur = self._exec(f"INSERT INTO events ({', '.join(_EVENT_COLUMNS[:-1])}) VALUES "
+                             f"({', '.join('?' * (len(_EVENT_COLUMNS) - 1))})", values)
+        event.id = cur.lastrowid
+        return event.id
+
+    def events(self, address: str | None = None, since: float | None = None,
+               limit: int | None = None) -> list[BounceEvent]:
+        where, params = [], []
+        if address is not None:
+            where.append("address = ?")
+            params.append(_event_address(address))
+        if since is not None:
+            where.append("at >= ?")
+            params.append(since)
+        sql = f"SELECT {', '.join(_EVENT_COLUMNS)} FROM events"
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        sql += " ORDER BY at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            params.append(int(limit))
+        return [BounceEvent(**dict(zip(_EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    # -- pending records -----------------------------------------------------
+    def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
+        """Raises ValueError for an unknown type or a payload JSON cannot hold."""
+        if type not in PENDING_TYPES:
+            raise ValueError(f"unknown pending type {type!r} (one of {', '.join(PENDING_TYPES)})")
+        try:
+            text = json.dumps(payload, sort_keys=True)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"pending payload is not JSON-safe: {exc}") from None
+        now = clock.now()
+        with self.transaction():
+            while True:  # a 128-bit collision is astronomically unlikely, but never overwrite
+                token = new_token()
+                if not self._query("SELECT 1 FROM pending WHERE token = ?", (token,)):
+                    break
+            self._exec("INSERT INTO pending (token, type, payload, created, expires) VALUES (?, ?, ?, ?, ?)",
+                       (token, type, text, now, now + lifetime))
+        return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
+
+    def peek_pending(self, token: str) -> PendingRecord | None:
+        rows = self._query(f"{_PENDING_SELECT} WHERE token = ? AND expires > ?", (token, clock.now()))
+        return _pending(rows[0]) if rows else None
+
+    def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
+        """Select and delete under the write lock (``BEGIN IMMEDIATE``), so one confirmer wins.
+
+        An expired record is left for :meth:`evict_expired` (whose caller acts on it).
+        """
+        types = (type,) if isinstance(type, str) else (tuple(type) if type is not None else None)
+        with self.transaction():
+            rows = self._query(f"{_PENDING_SELECT} WHERE token = ? AND expires > ?", (token, clock.now()))
+            if not rows or (types is not None and rows[0][1] not in types):
+                raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
+            self._exec("DELETE FROM pending WHERE token = ?", (token,))
+        return _pending(rows[0])
+
+    def repend(self, token: str, lifetime: float) -> PendingRecord:
+        with self.transaction():
+            record = self.peek_pending(token)
+            if record is None:
+                raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
+            record.expires = clock.now() + lifetime
+            self._exec("UPDATE pending SET expires = ? WHERE token = ?", (record.expires, token))
+        return record
+
+    def evict_expired(self) -> list[PendingRecord]:
+        now = clock.now()
+        with self.transaction():
+            rows = self._query(f"{_PENDING_SELECT} WHERE expires <= ? ORDER BY created, token", (now,))
+            self._exec("DELETE FROM pending WHERE expires <= ?", (now,))
+        return [_pending(r) for r in rows]
+
+    def pending(self, type: str | None = None) -> list[PendingRecord]:
+        now = clock.now()
+        if type is None:
+            rows = self._query(f"{_PENDING_SELECT} WHERE expires > ? ORDER BY created, token", (now,))
+        else:
+            rows = self._query(f"{_PENDING_SELECT} WHERE type = ? AND expires > ? ORDER BY created, token",
+                               (type, now))
+        return [_pending(r) for r in rows]
+
+    # -- small durable facts -------------------------------------------------
+    def remember(self, kind: str, key: str, ttl: float) -> bool:
+        now = clock.now()
+        with self.transaction():
+            rows = self._query("SELECT expires FROM remembered WHERE kind = ? AND key = ?", (kind, key))
+            if rows and rows[0][0] > now:
+                return False
+            self._exec("INSERT OR REPLACE INTO remembered (kind, key, expires) VALUES (?, ?, ?)",
+                       (kind, key, now + ttl))
+            # Bounded clean-up so the table does not grow with every Message-ID ever seen.
+            self._exec("DELETE FROM remembered WHERE rowid IN "
+                       "(SELECT rowid FROM remembered WHERE expires <= ? LIMIT ?)", (now, REMEMBER_PURGE_BATCH))
+        return True
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Close this process's connections (later calls raise StoreUnavailable)."""
+        with self._lock:
+            conns, self._conns = self._conns, []
+            self._closed = True
+        if self._pid == os.getpid():
+            for conn in conns:
+                try:
+                    conn.close()
+                except sqlite3.Error:
+                    pass
+        self._local = threading.local()
+
+
+def _bare_address(address: str) -> str:
+    """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
+    bare = (address or "").strip()
+    if bare.startswith("<") and bare.endswith(">"):
+        bare = bare[1:-1].strip()
+    if not valid_address(bare):
+        raise ValueError(f"malformed address {address!r}")
+    return bare
+
+
+def _member_values(member: Member) -> list[Any]:
+    return [getattr(member, c) for c in _MEMBER_COLUMNS]
