@@ -84,10 +84,6 @@ STORE = Section({
     "busy_timeout": Field("duration", 10, doc="how long a writer waits for a list store's lock before answering 4xx"),
 })
 
-STORE = Section({
-    "busy_timeout": Field("duration", 10, doc="how long a writer waits for a list store's lock before answering 4xx"),
-})
-
 RUNNER = Section({
     "poll_interval": Field("duration", 1),
     "max_attempts": Field("int", 3, minimum=1, doc="tries before a qfile goes to bad"),
@@ -107,7 +103,6 @@ SITE = Section({
     "verp": Field("section", section=VERP),
     "pending": Field("section", section=PENDING),
     "runner": Field("section", section=RUNNER),
-    "store": Field("section", section=STORE),
     "store": Field("section", section=STORE),
     "trusted_networks": Field("networks", ("127.0.0.0/8", "::1/128")),
     "logging": Field("section", section=LOGGING),
