@@ -30,5 +30,12 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
         def release(self, qf: QFile) -> None  # put back unprocessed (e.g. SIGTERM before work began)
         def recover(self) -> int
             # at start-up: files left in progress go back with attempts+1; at max_attempts → bad with reason
+
+Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
+``peek(id)``, ``recover(slice=, slices=)``; the file format is in
+``listgate.queue.qfile``.
 """
-QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
+from .qfile import FORMAT_VERSION, QFileFormatError
+from .switchboard import QUEUES, QFile, QueueError, Switchboard, slice_of
+
+__all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "slice_of"]

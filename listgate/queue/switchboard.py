@@ -1,0 +1,406 @@
+"""The switchboard: one directory of qfiles per queue, durable and FIFO.
+
+Files in ``QUEUE_DIR/NAME/``:
+
+* ``ID.qf``    a stored qfile, ready for a runner;
+* ``ID.held``  dequeued, in progress (Mailman's ``.bak``);
+* ``.ID.PID.tmp`` a qfile being written; never matched by dequeue, removed by
+  ``recover`` once the writing process is gone.
+
+``ID`` is ``<arrival ns, 19 digits>-<pid>-<counter>-<random>``: names sort by
+arrival time (the original one, kept when a qfile moves between queues), and
+equal arrival times are told apart by writer pid, a per-process counter and 32
+random bits, so they neither collide nor get skipped.
+
+Durability follows Postfix's queue manager: a qfile is written to a temporary
+name, flushed and fsync'd, renamed into place, and the directory is fsync'd, so
+after ``enqueue`` returns the qfile survives a crash or power loss, and no
+reader ever sees a partial file (rename(2) is atomic within a file system).
+Processing is at-least-once: ``finish`` and the rename to ``.held`` are not
+followed by a directory fsync, because a crash just before either replays the
+qfile anyway; ``recover`` counts such replays in ``attempts``.
+"""
+from __future__ import annotations
+
+import errno
+import hashlib
+import itertools
+import logging
+import os
+import re
+import secrets
+from dataclasses import dataclass, field
+
+from .. import clock
+from ..log import kv
+from . import qfile
+from .qfile import QFileFormatError
+
+QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
+READY = ".qf"
+HELD = ".held"
+TMP = ".tmp"
+ID_RE = re.compile(r"\A(\d{19})-\d{1,10}-\d{6}-[0-9a-f]{8}\Z")
+# queues where a qfile rests for a human rather than waits for a runner: the
+# attempt count is kept there as evidence instead of being reset
+RESTING = ("shunt", "bad")
+
+log = logging.getLogger("listgate.queue")
+_counter = itertools.count()
+
+
+class QueueError(OSError):
+    """A qfile could not be stored durably (full disk, read-only, quota, I/O error).
+
+    Front ends answer SMTP 4xx (``inject``: exit 75, EX_TEMPFAIL) so the sender
+    retries; nothing was stored and no partial file is left behind.
+    """
+
+
+@dataclass
+class QFile:
+    """A dequeued qfile, held (in progress) until finish/update/move/release."""
+
+    id: str
+    queue: str
+    meta: dict
+    msg: bytes
+    path: str = field(repr=False, default="")
+
+
+def new_id(arrival: float) -> str:
+    """A fresh qfile id for ``arrival`` (POSIX seconds); sorts by arrival, then tie-breakers."""
+    ns = max(0, int(round(arrival * 1e9)))
+    return f"{ns:019d}-{os.getpid()}-{next(_counter) % 1000000:06d}-{secrets.token_hex(4)}"
+
+
+def id_arrival(qid: str) -> float | None:
+    """The arrival time (POSIX seconds) encoded in a qfile id, or None if it is not one."""
+    m = ID_RE.match(qid)
+    return int(m.group(1)) / 1e9 if m else None
+
+
+def slice_of(qid: str, slices: int) -> int:
+    """The hash slice (0 .. slices-1) a qfile id belongs to; stable across processes."""
+    h = int.from_bytes(hashlib.sha1(qid.encode("ascii", "replace")).digest()[:8], "big")
+    return (h * slices) >> 64
+
+
+def _check_slice(slice: int, slices: int) -> None:
+    if slices < 1 or not 0 <= slice < slices:
+        raise ValueError(f"slice {slice} of {slices} is not a valid hash slice")
+
+
+class Switchboard:
+    """One queue directory (``QUEUE_DIR/NAME``), created if missing.
+
+    ``max_attempts`` (site ``runner.max_attempts``) caps how many times a qfile
+    left in progress by a crash is put back before it goes to ``bad``.
+    Raises ValueError for an unknown queue name and QueueError if the directory
+    cannot be created.
+    """
+
+    def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3):
+        if name not in QUEUES:
+            raise ValueError(f"unknown queue {name!r} (queues: {', '.join(QUEUES)})")
+        self.queue_dir = queue_dir
+        self.name = name
+        self.max_attempts = max_attempts
+        self.dir = os.path.join(queue_dir, name)
+        # names from the last directory scan still to try, per (slice, slices): a
+        # runner takes a whole scan's worth before listing again (as Mailman does),
+        # so draining a long queue is not quadratic in its length
+        self._batch: list[str] = []
+        self._batch_key: tuple[int, int] | None = None
+        try:
+            os.makedirs(self.dir, exist_ok=True)
+        except OSError as exc:
+            raise QueueError(exc.errno, f"cannot create queue directory {self.dir}: {exc.strerror}") from None
+
+    @classmethod
+    def for_site(cls, site, name: str) -> "Switchboard":
+        """The switchboard for queue ``name`` of a loaded :class:`listgate.config.Site`."""
+        return cls(site.queue_dir, name, max_attempts=site.conf.runner.max_attempts)
+
+    def __repr__(self) -> str:
+        return f"<Switchboard {self.dir}>"
+
+    # -- writing -------------------------------------------------------------------
+
+    def enqueue(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None) -> str:
+        """Store ``msg`` with ``meta`` durably; returns the qfile id.
+
+        ``arrival`` (POSIX seconds) defaults to ``meta['arrival']``, then to the
+        arrival encoded in ``qid``, then to :func:`listgate.clock.now`. ``qid``
+        keeps an existing id (moves between queues). ``meta`` gains ``arrival``
+        and ``attempts`` (0 unless given). Raises :class:`QueueError` on any
+        OSError (ENOSPC, EROFS, EDQUOT, EIO, ...), after removing the temporary
+        file; TypeError/ValueError for metadata that is not JSON-safe.
+        """
+        if qid is not None and not ID_RE.match(qid):
+            raise ValueError(f"not a qfile id: {qid!r}")
+        meta = dict(meta)
+        if arrival is None:
+            arrival = meta.get("arrival")
+            if not isinstance(arrival, (int, float)) or isinstance(arrival, bool):
+                arrival = (id_arrival(qid) if qid else None) or clock.now()
+        meta["arrival"] = arrival
+        meta.setdefault("attempts", 0)
+        qid = qid or new_id(arrival)
+        data = qfile.dumps(meta, msg)
+        self._write(os.path.join(self.dir, qid + READY), data, qid)
+        return qid
+
+    def _write(self, final: str, data: bytes, qid: str) -> None:
+        """temp name, write, fsync, rename onto ``final``, fsync the directory."""
+        tmp = os.path.join(self.dir, f".{qid}.{os.getpid()}{TMP}")
+        step = "write"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+            step = "rename"
+            os.rename(tmp, final)
+            step = "directory fsync"
+            self._sync_dir()
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            if step == "directory fsync":
+                # the new name may not survive a crash: withdraw it so the caller's
+                # retry (SMTP 4xx) does not leave a second copy behind
+                _unlink_quietly(final)
+            raise QueueError(exc.errno or errno.EIO,
+                             f"cannot store qfile {qid} in {self.dir} ({step}): "
+                             f"{exc.strerror or exc}") from None
+
+    def _sync_dir(self) -> None:
+        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(dfd)
+        finally:
+            os.close(dfd)
+
+    # -- reading -------------------------------------------------------------------
+
+    def _scan(self, suffix: str = READY) -> list[str]:
+        """Ids of the files with ``suffix``, FIFO order."""
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return []
+        n = len(suffix)
+        return sorted(name[:-n] for name in names if name.endswith(suffix) and not name.startswith("."))
+
+    def ids(self) -> list[str]:
+        """Ids of the qfiles waiting in this queue (not in progress), FIFO order."""
+        return self._scan(READY)
+
+    def held_ids(self) -> list[str]:
+        """Ids of the qfiles in progress (dequeued, not yet finished), FIFO order."""
+        return self._scan(HELD)
+
+    def __len__(self) -> int:
+        return len(self.ids())
+
+    def dequeue(self, *, slice: int = 0, slices: int = 1) -> QFile | None:
+        """Hold and return the oldest qfile of hash slice ``slice`` of ``slices``, or None.
+
+        The qfile is renamed to ``ID.held`` so no other runner takes it. A qfile
+        that cannot be read or parsed goes to ``bad`` (its bytes kept as the
+        message, the reason in the metadata) and the next one is tried; this
+        never raises for bad content. FIFO holds within one directory scan: a
+        qfile moved in with an older arrival is taken once the current scan's
+        files are done.
+        """
+        _check_slice(slice, slices)
+        key = (slice, slices)
+        if self._batch_key != key:
+            self._batch, self._batch_key = [], key
+        while True:
+            if not self._batch:
+                ids = self._scan(READY)
+                if slices > 1:
+                    ids = [q for q in ids if slice_of(q, slices) == slice]
+                if not ids:
+                    return None
+                ids.reverse()  # pop() from the end takes the oldest
+                self._batch = ids
+            qid = self._batch.pop()
+            held = os.path.join(self.dir, qid + HELD)
+            try:
+                os.rename(os.path.join(self.dir, qid + READY), held)
+            except FileNotFoundError:
+                continue  # taken by another runner since the scan
+            qf = self._load(qid, held)
+            if qf is not None:
+                return qf
+
+    def _load(self, qid: str, path: str) -> QFile | None:
+        """Read a held file; unreadable or unparsable → ``bad``, returns None."""
+        try:
+            with open(path, "rb") as fh:
+                data = fh.read()
+        except OSError as exc:
+            log.error("cannot read qfile %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
+            # leave it held: recover() retries it and counts the attempt
+            return None
+        try:
+            meta, msg = qfile.loads(data)
+        except QFileFormatError as exc:
+            self._quarantine(qid, path, data, str(exc))
+            return None
+        return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
+
+    def peek(self, qid: str) -> QFile | None:
+        """Read qfile ``qid`` (waiting or held) without taking it; None if absent.
+
+        Raises QFileFormatError if it does not parse (for ``queue show``).
+        """
+        if not ID_RE.match(qid):
+            return None
+        for suffix in (READY, HELD):
+            path = os.path.join(self.dir, qid + suffix)
+            try:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            except FileNotFoundError:
+                continue
+            meta, msg = qfile.loads(data)
+            return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
+        return None
+
+    # -- finishing -----------------------------------------------------------------
+
+    def finish(self, qf: QFile) -> None:
+        """Done with ``qf``: remove the held file (a missing one is not an error)."""
+        _unlink_quietly(qf.path)
+
+    def update(self, qf: QFile, meta: dict) -> None:
+        """Durably replace the held file's metadata with ``meta`` (same message).
+
+        ``arrival`` and ``attempts`` are carried over when ``meta`` lacks them.
+        Raises QueueError (the held file then still has its previous content).
+        """
+        meta = dict(meta)
+        for k in ("arrival", "attempts"):
+            if k in qf.meta:
+                meta.setdefault(k, qf.meta[k])
+        self._write(qf.path, qfile.dumps(meta, qf.msg), qf.id)
+        qf.meta = meta
+
+    def move(self, qf: QFile, to: str, *, reason: str | None = None, meta: dict | None = None) -> str:
+        """Finish ``qf`` here and enqueue it in queue ``to`` with the same id and arrival.
+
+        ``meta`` replaces the metadata (default: ``qf.meta``); ``from_queue`` records
+        this queue (``unshunt`` sends it back there), ``reason`` is recorded when
+        given. ``attempts`` restarts at 0 in a working queue and is kept in
+        ``shunt``/``bad``. Returns the id. Raises QueueError (``qf`` stays held here).
+        """
+        meta = dict(qf.meta if meta is None else meta)
+        meta["from_queue"] = self.name
+        if reason is not None:
+            meta["reason"] = reason
+        if to not in RESTING:
+            meta["attempts"] = 0
+        arrival = meta.get("arrival", qf.meta.get("arrival"))
+        target = self if to == self.name else Switchboard(self.queue_dir, to, max_attempts=self.max_attempts)
+        target.enqueue(qf.msg, meta, arrival=arrival if isinstance(arrival, (int, float)) else None, qid=qf.id)
+        if qf.path != os.path.join(target.dir, qf.id + READY):
+            _unlink_quietly(qf.path)
+        if to in RESTING:
+            log.warning("qfile moved %s", kv(qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
+                                             queue_id=meta.get("mta_queue_id"), reason=repr(reason)))
+        return qf.id
+
+    def release(self, qf: QFile) -> None:
+        """Put ``qf`` back unprocessed (same id, attempts unchanged)."""
+        try:
+            os.rename(qf.path, os.path.join(self.dir, qf.id + READY))
+            self._sync_dir()
+        except FileNotFoundError:
+            pass
+
+    # -- start-up ------------------------------------------------------------------
+
+    def recover(self, *, slice: int = 0, slices: int = 1) -> int:
+        """Put back qfiles left in progress by a crash; returns how many were handled.
+
+        Each goes back with ``attempts`` + 1, or to ``bad`` with the reason once
+        ``attempts`` reaches ``max_attempts``. Temporary files of writers that
+        are gone are removed. Run it at start-up, before any runner of this
+        slice dequeues: a held file is assumed abandoned.
+        """
+        _check_slice(slice, slices)
+        self._remove_stale_temps()
+        count = 0
+        for qid in self._scan(HELD):
+            if slices > 1 and slice_of(qid, slices) != slice:
+                continue
+            path = os.path.join(self.dir, qid + HELD)
+            qf = self._load(qid, path)
+            count += 1
+            if qf is None:
+                continue  # unparsable: already moved to bad
+            attempts = qf.meta.get("attempts")
+            attempts = (attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0) + 1
+            meta = {**qf.meta, "attempts": attempts}
+            if attempts >= self.max_attempts:
+                self.move(qf, "bad", meta=meta,
+                          reason=f"left in progress {attempts} times (crashed or killed while processing)")
+            else:
+                self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid)
+                _unlink_quietly(path)
+                log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
+        self._batch = []
+        return count
+
+    def _remove_stale_temps(self) -> None:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if not (name.startswith(".") and name.endswith(TMP)):
+                continue
+            try:
+                pid = int(name[:-len(TMP)].rsplit(".", 1)[1])
+            except (IndexError, ValueError):
+                continue
+            if pid != os.getpid() and not _alive(pid):
+                _unlink_quietly(os.path.join(self.dir, name))
+
+    def _quarantine(self, qid: str, path: str, data: bytes, reason: str) -> None:
+        """An unparsable file goes to ``bad`` whole, as the message of a new qfile."""
+        arrival = id_arrival(qid)
+        meta = {"from_queue": self.name, "reason": f"unparsable qfile: {reason}",
+                "unparsable": True, "original_name": os.path.basename(path)}
+        try:
+            Switchboard(self.queue_dir, "bad").enqueue(
+                data, meta, arrival=arrival, qid=qid if arrival is not None else None)
+        except (QueueError, ValueError) as exc:
+            log.error("cannot move unparsable qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            return  # left held: nothing is lost, recover() tries again
+        _unlink_quietly(path)
+        log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+
+def _unlink_quietly(path: str) -> None:
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
