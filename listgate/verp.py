@@ -1,0 +1,266 @@
+"""Signed member VERP and probe bounce addresses (DESIGN.md, "Address scheme").
+
+Forms, for list ``L`` at domain ``D`` (the ``+`` is Postfix's
+``recipient_delimiter``):
+
+* member VERP, signed: ``L-bounces+<local>=<domain>.<keyid>.<mac>@D``.
+  ``mac`` is HMAC-SHA256 (RFC 2104, stdlib :mod:`hmac`) keyed with the VERP
+  key ``keyid`` over ``list_key NUL member`` with the member address
+  lower-cased, written in lower-case base32 (RFC 4648 section 6) and cut to
+  ``verp.mac_length`` characters. Lower case throughout, so an MTA that folds
+  the case of local parts does not break the signature.
+* probe: ``L-bounces+<token>@D``, ``token`` a pending ``probe`` record
+  (:mod:`listgate.store.tokens`).
+* Mailman-style unsigned ``L-bounces+<local>=<domain>@D``: decoded only when
+  the list sets ``accept_unsigned_verp`` (a migration window).
+
+Keys (``verp.keys`` in the site file): each file holds a hex secret. The first
+key that is not ``retired`` signs. A retired key still verifies: for
+``verp.retired_verify_window`` after its ``retired_at``, or, without
+``retired_at``, as long as it is listed. Remove a key from the list to stop it
+verifying at once (e.g. after a leak). Key files are read once per loaded
+configuration (a :class:`listgate.config.Watcher` reload reads them again).
+
+Long addresses: RFC 5321 section 4.5.3.1.1 limits a local part to 64 octets.
+When the signed local part would be longer, or the member's local part is not
+a plain ASCII dot-atom (quoted strings, spaces, non-ASCII; RFC 5322 section
+3.2.3) that survives being embedded, :func:`member_bounce_address` returns the
+plain ``L-bounces@D``: that member's bounces are then attributed by their DSN
+(``Final-Recipient``) or a detector instead of by VERP. Nothing is hashed or
+truncated, so a VERP address always names its member exactly.
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from . import clock
+from .addresses import make, split_address
+from .store.tokens import is_token
+
+__all__ = ["VerpResult", "VerpKeyError", "member_bounce_address", "probe_bounce_address", "decode",
+           "MAX_LOCAL_PART", "KINDS", "ERRORS"]
+
+MAX_LOCAL_PART = 64           # RFC 5321 section 4.5.3.1.1
+KINDS = ("member", "probe", "unsigned", "invalid")
+ERRORS = ("bad-mac", "retired-key", "unknown-key", "malformed", "unsigned-not-accepted", "unknown-token")
+
+# RFC 5322 section 3.2.3 dot-atom of atext, minus '@' (implicitly) and '=' kept
+# legal: we split the member's local part from its domain at the *last* '='.
+_DOT_ATOM_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
+_DOMAIN_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+_B32_RE = re.compile(r"^[a-z2-7]+$")
+_KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
+
+
+class VerpKeyError(ValueError):
+    """A VERP key file cannot be read or does not hold a hex secret."""
+
+
+@dataclass(frozen=True)
+class VerpResult:
+    """What a ``L-bounces+EXT`` extension means.
+
+    ``kind``: ``member`` (signed, verified), ``probe`` (a live probe token),
+    ``unsigned`` (Mailman-style, list accepts it), ``invalid``.
+    ``member``: the member address ``local@domain`` for member/unsigned (the
+    local part as it arrived: it may have been case-folded by an MTA).
+    ``token``: the probe token (lower case); ``pending``: its probe
+    :class:`~listgate.store.PendingRecord`. ``key_id``: the key that signed
+    (also for ``bad-mac`` / ``retired-key``). ``error``: for ``invalid``, one of
+    :data:`ERRORS`.
+    """
+
+    kind: str
+    member: str | None = None
+    token: str | None = None
+    key_id: str | None = None
+    error: str | None = None
+    pending: Any = None
+
+    @property
+    def valid(self) -> bool:
+        return self.kind != "invalid"
+
+
+@dataclass(frozen=True)
+class _Key:
+    id: str
+    secret: bytes
+    retired: bool
+    verify_until: float | None     # None: verifies while listed
+
+
+class _Keyring:
+    def __init__(self, verp_conf):
+        self.mac_length = verp_conf.mac_length
+        window = verp_conf.retired_verify_window
+        keys = []
+        for k in verp_conf.keys:
+            if not _KEY_ID_RE.match(k.id):
+                raise VerpKeyError(f"VERP key id {k.id!r}: use 1-16 letters, digits, '_' or '-' (it goes in a local part)")
+            until = None
+            if k.retired and k.get("retired_at") is not None:
+                until = k.retired_at + window
+            keys.append(_Key(k.id, _read_secret(k.file, k.id), k.retired, until))
+        self.keys = tuple(keys)
+        # key ids compared case-insensitively: the whole local part may be case-folded
+        self.by_id = {k.id.lower(): k for k in keys}
+        signing = [k for k in keys if not k.retired]
+        if not signing:
+            raise VerpKeyError("every VERP key is retired; one must sign")
+        self.signer = signing[0]
+
+
+def _read_secret(path: str, key_id: str) -> bytes:
+    try:
+        with open(path, encoding="ascii") as fh:
+            text = fh.read().strip()
+        secret = bytes.fromhex(text)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        raise VerpKeyError(f"VERP key {key_id}: {path}: not a readable hex secret ({exc})") from None
+    if len(secret) < 16:
+        raise VerpKeyError(f"VERP key {key_id}: {path}: secret shorter than 128 bits")
+    return secret
+
+
+# id(verp conf) -> (conf, keyring); holding conf keeps the id from being reused
+_keyrings: dict[int, tuple[Any, _Keyring]] = {}
+
+
+def _keyring(site) -> _Keyring:
+    conf = site.conf.verp
+    hit = _keyrings.get(id(conf))
+    if hit is not None and hit[0] is conf:
+        return hit[1]
+    ring = _Keyring(conf)
+    if len(_keyrings) >= 8:        # a few configurations alive at once at most (reloads)
+        _keyrings.clear()
+    _keyrings[id(conf)] = (conf, ring)
+    return ring
+
+
+def _mac(key: _Key, list_key: str, member: str, length: int) -> str:
+    msg = f"{list_key.lower()}\x00{member.lower()}".encode("utf-8", "surrogateescape")
+    digest = hmac.new(key.secret, msg, hashlib.sha256).digest()
+    return base64.b32encode(digest).decode("ascii").lower()[:length]
+
+
+def _list_key(lc) -> str:
+    return f"{lc.name}@{lc.domain}"
+
+
+def member_bounce_address(site, lc, member_address: str) -> str:
+    """The envelope sender for list ``lc``'s mail to ``member_address``.
+
+    Returns ``L-bounces+<local>=<domain>.<keyid>.<mac>@D`` signed with the
+    current signing key, or the plain ``L-bounces@D`` when the member cannot be
+    embedded within 64 octets (see the module docstring). Raises
+    :class:`VerpKeyError` if the signing key file is unreadable, ValueError if
+    ``member_address`` has no ``@``.
+    """
+    parts = split_address(member_address)
+    if parts is None:
+        raise ValueError(f"not an address: {member_address!r}")
+    local, domain = parts
+    plain = make(lc.name, lc.domain, "bounces")
+    if not _DOT_ATOM_RE.match(local) or not _DOMAIN_RE.match(domain):
+        return plain
+    ring = _keyring(site)
+    key = ring.signer
+    mac = _mac(key, _list_key(lc), f"{local}@{domain}", ring.mac_length)
+    address = make(lc.name, lc.domain, "bounces", f"{local}={domain}.{key.id}.{mac}")
+    if len(address.rpartition("@")[0].encode("ascii")) > MAX_LOCAL_PART:
+        return plain
+    return address
+
+
+def probe_bounce_address(lc, token: str) -> str:
+    """``L-bounces+<token>@D``: the envelope sender of a probe. ValueError if ``token`` is not token-shaped."""
+    if not is_token(token):
+        raise ValueError(f"not a token: {token!r}")
+    return make(lc.name, lc.domain, "bounces", token)
+
+
+def decode(site, lc, extension: str, *, store=None) -> VerpResult:
+    """What the extension of ``L-bounces+<extension>@D`` means for list ``lc``.
+
+    Never yields a member for a wrong MAC, an unknown key id or a retired key
+    past its window; MACs are compared with :func:`hmac.compare_digest`. A
+    probe token is looked up with ``store.peek_pending`` (``store`` defaults to
+    ``open_store(site, list_key)``): unknown, expired or not a ``probe`` →
+    ``invalid``/``unknown-token``.
+
+    Raises :class:`listgate.store.StoreUnavailable` when the store cannot be
+    read (callers answer 4xx), :class:`VerpKeyError` when a key file is unreadable.
+    """
+    ext = (extension or "").strip()
+    if not ext or len(ext) > 1000:
+        return VerpResult("invalid", error="malformed")
+    low = ext.lower()
+    if "=" not in ext:
+        if is_token(low):
+            return _decode_probe(site, lc, low, store)
+        return VerpResult("invalid", error="malformed")
+    ring = _keyring(site)
+    signed = _decode_signed(ring, lc, ext)
+    if signed is not None:
+        return signed
+    if lc.accept_unsigned_verp:
+        member = _member_of(ext)
+        return VerpResult("unsigned", member=member) if member else VerpResult("invalid", error="malformed")
+    # neither a known key nor accepted unsigned: say which it looks like
+    labels = ext.rpartition("=")[2].split(".")
+    if len(labels) >= 3 and _is_mac(labels[-1].lower(), ring.mac_length):
+        return VerpResult("invalid", error="unknown-key")
+    if _member_of(ext):
+        return VerpResult("invalid", error="unsigned-not-accepted")
+    return VerpResult("invalid", error="malformed")
+
+
+def _is_mac(text: str, length: int) -> bool:
+    return len(text) == length and bool(_B32_RE.match(text))
+
+
+def _member_of(text: str) -> str | None:
+    """``local=domain`` → ``local@domain`` if both parts are plausible, else None."""
+    local, eq, domain = text.rpartition("=")
+    domain = domain.lower()
+    if not eq or not _DOT_ATOM_RE.match(local) or not _DOMAIN_RE.match(domain):
+        return None
+    return f"{local}@{domain}"
+
+
+def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
+    """A verified/refused result if ``ext`` names one of our key ids, else None."""
+    rest, dot, mac = ext.rpartition(".")
+    if not dot:
+        return None
+    low_rest = rest.lower()
+    for kid, key in ring.by_id.items():
+        if not low_rest.endswith("." + kid):
+            continue
+        member = _member_of(rest[: -len(kid) - 1])
+        if member is None:
+            return VerpResult("invalid", key_id=key.id, error="malformed")
+        expected = _mac(key, _list_key(lc), member, ring.mac_length)
+        if not hmac.compare_digest(expected.encode("ascii"), mac.lower().encode("ascii", "replace")):
+            return VerpResult("invalid", key_id=key.id, error="bad-mac")
+        if key.verify_until is not None and clock.now() > key.verify_until:
+            return VerpResult("invalid", key_id=key.id, error="retired-key")
+        return VerpResult("member", member=member, key_id=key.id)
+    return None
+
+
+def _decode_probe(site, lc, token: str, store) -> VerpResult:
+    if store is None:
+        from .store import open_store
+        store = open_store(site, _list_key(lc))
+    record = store.peek_pending(token)
+    if record is None or record.type != "probe":
+        return VerpResult("invalid", token=token, error="unknown-token")
+    return VerpResult("probe", token=token, pending=record)
