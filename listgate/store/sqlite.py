@@ -453,16 +453,16 @@ class SQLiteStore(ListStore):
     def evict_expired(self) -> list[PendingRecord]:
         now = clock.now()
         with self.transaction():
-            rows = self._query(f"{_PENDING_SELECT} WHERE expires <= ? ORDER BY created, token", (now,))
+            rows = self._query(f"{_PENDING_SELECT} WHERE expires <= ? ORDER BY created, rowid", (now,))
             self._exec("DELETE FROM pending WHERE expires <= ?", (now,))
         return [_pending(r) for r in rows]
 
     def pending(self, type: str | None = None) -> list[PendingRecord]:
         now = clock.now()
         if type is None:
-            rows = self._query(f"{_PENDING_SELECT} WHERE expires > ? ORDER BY created, token", (now,))
+            rows = self._query(f"{_PENDING_SELECT} WHERE expires > ? ORDER BY created, rowid", (now,))
         else:
-            rows = self._query(f"{_PENDING_SELECT} WHERE type = ? AND expires > ? ORDER BY created, token",
+            rows = self._query(f"{_PENDING_SELECT} WHERE type = ? AND expires > ? ORDER BY created, rowid",
                                (type, now))
         return [_pending(r) for r in rows]
 

@@ -1,0 +1,230 @@
+"""The SQLite list store in one process: members, evidence, events, pending records, expiry."""
+from __future__ import annotations
+
+import os
+import sqlite3
+
+import pytest
+
+from listgate import clock
+from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownToken,
+                            close_all, open_store, store_path)
+from listgate.store.sqlite import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES, SCHEMA_VERSION, SQLiteStore
+from listgate.store.tokens import is_token
+
+LIST = "demo@lists.example.org"
+T0 = 1_800_000_000.0
+
+
+@pytest.fixture
+def store(site):
+    clock.freeze(T0)
+    yield open_store(site, LIST)
+    close_all()
+
+
+def test_open_store_layout_and_pragmas(site, store):
+    path = os.path.join(site.state_dir, "lists", f"{LIST}.db")
+    assert store_path(site, "DEMO@Lists.Example.Org") == path and os.path.exists(path)
+    assert open_store(site, "Demo@lists.example.org") is store
+    with sqlite3.connect(path) as conn:
+        assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+    with pytest.raises(KeyError):
+        open_store(site, "nosuch@lists.example.org")
+
+
+def test_closed_store_is_reopened_by_open_store(site, store):
+    store.add_member("a@example.com")
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.members()
+    again = open_store(site, LIST)
+    assert again is not store and [m.key for m in again.members()] == ["a@example.com"]
+
+
+def test_newer_schema_is_refused(site, store):
+    path = store.path
+    close_all()
+    with sqlite3.connect(path) as conn:
+        conn.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(StoreUnavailable, match="newer"):
+        open_store(site, LIST)
+
+
+def test_members_keep_typed_address_and_match_domain_case_insensitively(store):
+    m = store.add_member("<Jane.Doe@Example.COM>", "Jane Doe")
+    assert (m.address, m.key, m.display_name, m.subscribed_at) == ("Jane.Doe@Example.COM", "Jane.Doe@example.com",
+                                                                     "Jane Doe", T0)
+    assert store.get_member("Jane.Doe@EXAMPLE.com").address == "Jane.Doe@Example.COM"
+    with pytest.raises(AlreadyMember):
+        store.add_member("Jane.Doe@example.com")
+    for bad in ("no-at-sign", "a@", "@b.example", "two words@example.com", "", "a@b@c"):
+        with pytest.raises(ValueError):
+            store.add_member(bad)
+    assert store.get_member("not an address") is None
+    with pytest.raises(ValueError):
+        store.add_member("x@example.com", status="sleeping")
+
+
+def test_members_order_status_filter_save_remove(store):
+    store.add_member("b@example.com")
+    store.add_member("a@example.com")
+    store.add_member("c@example.com", status="by_admin")
+    assert [m.key for m in store.members()] == ["a@example.com", "b@example.com", "c@example.com"]
+    assert [m.key for m in store.members("by_admin")] == ["c@example.com"]
+    assert store.get_member("c@example.com").status_changed_at == T0
+
+    m = store.get_member("a@example.com")
+    m.bounce_score, m.last_bounce_day, m.last_bounce_at = 2.5, "2027-01-15", T0 + 5
+    m.delivery_status, m.notices_left, m.last_notice_at, m.re_enable_token = "by_bounce", 3, T0 + 6, "tok"
+    store.save_member(m)
+    assert store.get_member("a@example.com") == m
+
+    gone = store.remove_member("a@EXAMPLE.COM")
+    assert gone == m and store.get_member("a@example.com") is None
+    with pytest.raises(NotAMember):
+        store.remove_member("a@example.com")
+    with pytest.raises(NotAMember):
+        store.save_member(m)
+
+
+def test_change_address_moves_bounce_info_and_evidence(store):
+    m = store.add_member("old@example.com", "Old")
+    m.bounce_score = 3
+    store.save_member(m)
+    store.add_evidence("old@example.com", b"bounce", T0)
+    store.add_member("taken@example.com")
+    with pytest.raises(AlreadyMember):
+        store.change_address("old@example.com", "taken@Example.com")
+    with pytest.raises(NotAMember):
+        store.change_address("nobody@example.com", "new@example.com")
+    with pytest.raises(ValueError):
+        store.change_address("old@example.com", "not-an-address")
+    moved = store.change_address("old@example.com", "New@Example.com")
+    assert (moved.address, moved.key, moved.bounce_score) == ("New@Example.com", "New@example.com", 3)
+    assert store.get_member("old@example.com") is None
+    assert store.get_member("New@EXAMPLE.com").display_name == "Old"
+    assert store.evidence("New@example.com") == [(T0, b"bounce")]
+    # A change of case only is allowed (same member).
+    assert store.change_address("New@example.com", "New@EXAMPLE.com").address == "New@EXAMPLE.com"
+    # The local part is case-sensitive (RFC 5321 section 2.4): another case is another member.
+    assert store.get_member("new@example.com") is None
+
+
+def test_evidence_is_capped_in_count_and_size(store):
+    store.add_member("a@example.com")
+    for i in range(EVIDENCE_KEEP + 3):
+        store.add_evidence("a@example.com", f"bounce {i}".encode(), T0 + i)
+    big = b"X" * (EVIDENCE_MAX_BYTES * 2)
+    store.add_evidence("a@Example.com", big, T0 + 100)
+    kept = store.evidence("a@example.com")
+    assert len(kept) == EVIDENCE_KEEP
+    assert [at for at, _ in kept] == [T0 + 100] + [T0 + i for i in range(EVIDENCE_KEEP + 2, 3, -1)]
+    newest = kept[0][1]
+    assert len(newest) <= EVIDENCE_MAX_BYTES and newest.startswith(b"XXXX") and b"truncated" in newest
+    store.remove_member("a@example.com")
+    assert store.evidence("a@example.com") == []
+
+
+def test_events_append_only_filters_newest_first(store):
+    ids = [store.add_event(BounceEvent(at=T0 + i, address="Bob@Example.com" if i % 2 else "eve@example.com",
+                                       bounce_class="hard", status="5.1.1", attribution="verp",
+                                       message_id=f"<m{i}@x>", action="scored", detail="user unknown"))
+           for i in range(6)]
+    assert ids == sorted(ids) and len(set(ids)) == 6
+    bob = store.events("Bob@EXAMPLE.COM")
+    assert [e.at for e in bob] == [T0 + 5, T0 + 3, T0 + 1]
+    assert bob[0].address == "Bob@example.com" and bob[0].status == "5.1.1" and bob[0].id == ids[5]
+    assert [e.at for e in store.events(since=T0 + 3)] == [T0 + 5, T0 + 4, T0 + 3]
+    assert len(store.events(limit=2)) == 2
+    # Events about non-members, or with no address at all, are kept too.
+    store.add_event(BounceEvent(at=T0 + 9, address=None, bounce_class="unknown", action="forwarded"))
+    assert store.events(limit=1)[0].address is None
+
+
+def test_pending_lifecycle_and_expiry_with_controlled_clock(store):
+    sub = store.add_pending("subscription", {"address": "a@example.com", "name": "Ä"}, 3 * 86400)
+    probe = store.add_pending("probe", {"member": "b@example.com"}, 10 * 86400)
+    assert is_token(sub.token) and sub.token != probe.token
+    assert (sub.created, sub.expires) == (T0, T0 + 3 * 86400)
+    assert store.peek_pending(sub.token) == sub and store.peek_pending(sub.token) == sub  # peek keeps it
+    assert [r.token for r in store.pending()] == [sub.token, probe.token]
+    assert [r.token for r in store.pending("probe")] == [probe.token]
+
+    with pytest.raises(UnknownToken):
+        store.confirm_pending(sub.token, "probe")       # wrong type: not consumed
+    assert store.confirm_pending(sub.token, ("unsubscription", "subscription")).payload["name"] == "Ä"
+    with pytest.raises(UnknownToken):
+        store.confirm_pending(sub.token)
+
+    clock.advance(9 * 86400)
+    assert store.repend(probe.token, 5 * 86400).expires == T0 + 14 * 86400
+    clock.advance(5 * 86400 - 1)
+    assert store.peek_pending(probe.token) is not None and store.evict_expired() == []
+    clock.advance(1)
+    assert store.peek_pending(probe.token) is None and store.pending() == []
+    with pytest.raises(UnknownToken):
+        store.confirm_pending(probe.token)
+    with pytest.raises(UnknownToken):
+        store.repend(probe.token, 100)
+    evicted = store.evict_expired()
+    assert [r.token for r in evicted] == [probe.token] and evicted[0].payload == {"member": "b@example.com"}
+    assert store.evict_expired() == []
+
+
+def test_pending_rejects_bad_type_and_payload(store):
+    with pytest.raises(ValueError):
+        store.add_pending("lottery", {}, 10)
+    with pytest.raises(ValueError):
+        store.add_pending("probe", {"x": object()}, 10)
+    assert store.pending() == []
+
+
+def test_remember_respects_ttl(store):
+    assert store.remember("message-id", "<a@x>", 60) is True
+    assert store.remember("message-id", "<a@x>", 60) is False
+    assert store.remember("incident", "<a@x>", 60) is True     # kinds are separate
+    clock.advance(60)
+    assert store.remember("message-id", "<a@x>", 60) is True
+
+
+def test_transaction_rolls_back_and_nested_savepoint(store):
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.add_member("a@example.com")
+            raise RuntimeError("boom")
+    assert store.members() == []
+    with store.transaction():
+        store.add_member("b@example.com")
+        with pytest.raises(AlreadyMember):
+            with store.transaction():
+                store.add_member("c@example.com")
+                store.add_member("b@example.com")
+        store.add_member("d@example.com")
+    assert [m.key for m in store.members()] == ["b@example.com", "d@example.com"]
+
+
+def test_full_database_is_store_unavailable_and_loses_nothing(store):
+    store.add_member("a@example.com")
+    conn = store._conn()
+    pages = conn.execute("PRAGMA page_count").fetchone()[0]
+    # SQLITE_FULL for real: cap this connection's file size just above what is used now.
+    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+    with pytest.raises(StoreUnavailable):
+        with store.transaction():
+            store.add_member("b@example.com")
+            store.add_evidence("b@example.com", os.urandom(200_000), T0)
+    assert [m.key for m in store.members()] == ["a@example.com"] and store.evidence("b@example.com") == []
+    conn.execute("PRAGMA max_page_count = 1073741823")
+    store.add_member("b@example.com")
+    assert len(store.members()) == 2
+
+
+def test_unopenable_database_is_store_unavailable(tmp_path):
+    (tmp_path / "dir.db").mkdir()
+    with pytest.raises(StoreUnavailable):
+        SQLiteStore(str(tmp_path / "dir.db"), "x@example.org")
+    (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
+    with pytest.raises(StoreUnavailable):
+        SQLiteStore(str(tmp_path / "junk.db"), "x@example.org")
