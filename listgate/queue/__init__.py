@@ -32,7 +32,7 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
             # at start-up: files left in progress go back with attempts+1; at max_attempts → bad with reason
 
 Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
-``peek(id)``, ``recover(slice=, slices=)``; the file format is in
+``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``; the file format is in
 ``listgate.queue.qfile``.
 """
 from .qfile import FORMAT_VERSION, QFileFormatError

@@ -230,15 +230,25 @@ class Switchboard:
                     return None
                 ids.reverse()  # pop() from the end takes the oldest
                 self._batch = ids
-            qid = self._batch.pop()
-            held = os.path.join(self.dir, qid + HELD)
-            try:
-                os.rename(os.path.join(self.dir, qid + READY), held)
-            except FileNotFoundError:
-                continue  # taken by another runner since the scan
-            qf = self._load(qid, held)
+            # None: taken by another runner since the scan, or unparsable (now in bad)
+            qf = self._hold(self._batch.pop())
             if qf is not None:
                 return qf
+
+    def take(self, qid: str) -> QFile | None:
+        """Hold qfile ``qid`` if it is waiting here (as :meth:`dequeue` would); else None.
+
+        An unparsable one goes to ``bad`` and None is returned.
+        """
+        return self._hold(qid) if _safe_name(qid) else None
+
+    def _hold(self, qid: str) -> QFile | None:
+        held = os.path.join(self.dir, qid + HELD)
+        try:
+            os.rename(os.path.join(self.dir, qid + READY), held)
+        except FileNotFoundError:
+            return None
+        return self._load(qid, held)
 
     def _load(self, qid: str, path: str) -> QFile | None:
         """Read a held file; unreadable or unparsable → ``bad``, returns None."""
@@ -261,7 +271,7 @@ class Switchboard:
 
         Raises QFileFormatError if it does not parse (for ``queue show``).
         """
-        if not ID_RE.match(qid):
+        if not _safe_name(qid):
             return None
         for suffix in (READY, HELD):
             path = os.path.join(self.dir, qid + suffix)
@@ -387,6 +397,11 @@ class Switchboard:
             return  # left held: nothing is lost, recover() tries again
         _unlink_quietly(path)
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+
+def _safe_name(qid: str) -> bool:
+    """A name that stays inside the queue directory and is not a temporary file."""
+    return bool(qid) and "/" not in qid and "\0" not in qid and not qid.startswith(".")
 
 
 def _unlink_quietly(path: str) -> None:

@@ -1,0 +1,168 @@
+"""``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue unshunt [--discard] [ID...]``.
+
+Exit status: 0 done, 1 unknown queue/qfile or unparsable qfile, 75 (EX_TEMPFAIL)
+when a qfile could not be stored durably (full disk, read-only).
+"""
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard
+from ..queue.switchboard import RESTING
+from .common import fail, load_site, print_json
+
+EX_TEMPFAIL = 75
+
+
+def register(sub) -> None:
+    p = sub.add_parser("queue", help="inspect and repair qfile queues")
+    qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
+
+    s = qsub.add_parser("ls", help="list the qfiles of one queue or of all queues (FIFO order)")
+    s.add_argument("queue", nargs="?", choices=QUEUES, metavar="QUEUE", help=f"one of {', '.join(QUEUES)}")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_ls)
+
+    s = qsub.add_parser("show", help="print a qfile's metadata and message")
+    s.add_argument("id")
+    g = s.add_mutually_exclusive_group()
+    g.add_argument("--json", action="store_true", help="metadata and message (UTF-8, undecodable bytes escaped) as JSON")
+    g.add_argument("--raw", action="store_true", help="only the raw message bytes, exactly as stored")
+    s.set_defaults(func=cmd_show)
+
+    s = qsub.add_parser("unshunt", help="move shunted qfiles back to the queue they came from")
+    s.add_argument("ids", nargs="*", metavar="ID", help="only these qfiles (default: all of shunt)")
+    s.add_argument("--discard", action="store_true", help="delete them instead")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_unshunt)
+
+
+def _utc(ts) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts), tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S")
+    except (TypeError, ValueError, OverflowError, OSError):
+        return "?"
+
+
+def _entry(sb: Switchboard, qid: str, state: str) -> dict:
+    entry = {"id": qid, "queue": sb.name, "state": state}
+    try:
+        qf = sb.peek(qid)
+    except (QFileFormatError, OSError) as exc:
+        return {**entry, "error": str(exc)}
+    if qf is None:  # finished or moved while we listed
+        return {**entry, "state": "gone"}
+    meta = qf.meta
+    rcpts = meta.get("recipients")
+    return {**entry, "arrival": meta.get("arrival"), "size": len(qf.msg), "list": meta.get("list"),
+            "envelope_sender": meta.get("envelope_sender"),
+            "recipients": len(rcpts) if isinstance(rcpts, list) else None,
+            "attempts": meta.get("attempts"), "reason": meta.get("reason"), "from_queue": meta.get("from_queue")}
+
+
+def cmd_ls(args) -> int:
+    site = load_site(args)
+    names = [args.queue] if args.queue else list(QUEUES)
+    result: dict[str, list[dict]] = {}
+    for name in names:
+        sb = Switchboard.for_site(site, name)
+        held = [_entry(sb, q, "held") for q in sb.held_ids()]
+        waiting = [_entry(sb, q, "waiting") for q in sb.ids()]
+        result[name] = sorted(held + waiting, key=lambda e: e["id"])
+    if args.json:
+        print_json(result)
+        return 0
+    for name, entries in result.items():
+        if not entries and not args.queue:
+            continue
+        held = sum(e["state"] == "held" for e in entries)
+        print(f"{name}: {len(entries)} qfile(s)" + (f", {held} in progress" if held else ""))
+        for e in entries:
+            if "error" in e:
+                print(f"  {e['id']}  {e['state']:<7}  UNPARSABLE: {e['error']}")
+                continue
+            if e["state"] == "gone":
+                continue
+            rcpts = "-" if e.get("recipients") is None else e["recipients"]
+            line = (f"  {e['id']}  {e['state']:<7}  {_utc(e.get('arrival'))}  {e.get('size', 0):>8}B  "
+                    f"list={e.get('list') or '-'}  from=<{e.get('envelope_sender') or ''}>  rcpts={rcpts}")
+            if e.get("attempts"):
+                line += f"  attempts={e['attempts']}"
+            if e.get("reason"):
+                line += f"  reason={e['reason']!r}"
+            print(line)
+    if not args.queue and not any(result.values()):
+        print("all queues are empty")
+    return 0
+
+
+def _find(site, qid: str):
+    for name in QUEUES:
+        sb = Switchboard.for_site(site, name)
+        try:
+            qf = sb.peek(qid)
+        except QFileFormatError as exc:
+            fail(f"qfile {qid} in queue {name} is unparsable: {exc}")
+        if qf is not None:
+            return qf
+    fail(f"no qfile {qid} in any queue (see: listgate queue ls)")
+
+
+def cmd_show(args) -> int:
+    site = load_site(args)
+    qf = _find(site, args.id)
+    state = "in progress" if qf.path.endswith(".held") else "waiting"
+    if args.raw:
+        sys.stdout.buffer.write(qf.msg)
+        return 0
+    if args.json:
+        print_json({"id": qf.id, "queue": qf.queue, "state": state, "path": qf.path, "meta": qf.meta,
+                    "size": len(qf.msg), "message": qf.msg.decode("utf-8", "backslashreplace")})
+        return 0
+    out = sys.stdout
+    out.write(f"qfile {qf.id}\nqueue {qf.queue} ({state}), arrived {_utc(qf.meta.get('arrival'))} UTC, "
+              f"{len(qf.msg)} bytes, file {qf.path}\n")
+    out.write(json.dumps(qf.meta, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
+    out.write("--- message ---\n")
+    out.flush()
+    sys.stdout.buffer.write(qf.msg)
+    if not qf.msg.endswith(b"\n"):
+        sys.stdout.buffer.write(b"\n")
+    return 0
+
+
+def cmd_unshunt(args) -> int:
+    site = load_site(args)
+    shunt = Switchboard.for_site(site, "shunt")
+    done = []
+    status = 0
+    for qid in args.ids or shunt.ids():
+        qf = shunt.take(qid)
+        if qf is None:
+            print(f"listgate: no qfile {qid} waiting in shunt", file=sys.stderr)
+            status = 1
+            continue
+        if args.discard:
+            shunt.finish(qf)
+            done.append({"id": qid, "to": None})
+            continue
+        back = qf.meta.get("from_queue")
+        to = back if back in QUEUES and back not in RESTING else "in"
+        meta = {k: v for k, v in qf.meta.items() if k != "reason"}
+        try:
+            shunt.move(qf, to, meta=meta)
+        except QueueError as exc:
+            shunt.release(qf)
+            print(f"listgate: {exc.strerror}", file=sys.stderr)
+            return EX_TEMPFAIL
+        done.append({"id": qid, "to": to})
+    if args.json:
+        print_json(done)
+    else:
+        for d in done:
+            print(f"{d['id']} -> {d['to'] or 'discarded'}")
+        if not done and not args.ids:
+            print("shunt is empty")
+    return status
