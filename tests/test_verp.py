@@ -1,0 +1,230 @@
+"""Signed member VERP, probe addresses and their decoding (listgate.verp)."""
+from __future__ import annotations
+
+import os
+
+import pytest
+
+from listgate import clock, verp
+from listgate.addresses import parse
+from listgate.store import open_store
+
+from policy_helpers import add_key, edit_site, write_list
+
+DAY = 86400
+
+
+def ext_of(site, address):
+    return parse(address, site.lists).extension
+
+
+def demo(site):
+    return site.get_list("demo")
+
+
+def test_round_trip(site):
+    lc = demo(site)
+    address = verp.member_bounce_address(site, lc, "Jane.Doe@Example.COM")
+    key_id = site.conf.verp.keys[0].id
+    local = address.rpartition("@")[0]
+    assert address.endswith("@lists.example.org")
+    assert local.startswith(f"demo-bounces+Jane.Doe=example.com.{key_id}.")
+    assert len(local) <= verp.MAX_LOCAL_PART
+    mac = local.rpartition(".")[2]
+    assert len(mac) == site.conf.verp.mac_length and mac == mac.lower()
+    result = verp.decode(site, lc, ext_of(site, address))
+    assert result.kind == "member" and result.valid
+    assert result.member == "Jane.Doe@example.com"
+    assert result.key_id == key_id and result.error is None
+
+
+def test_case_folding_mta_does_not_break_signature(site):
+    lc = demo(site)
+    ext = ext_of(site, verp.member_bounce_address(site, lc, "Jane.Doe@example.com"))
+    for folded in (ext.upper(), ext.lower()):
+        result = verp.decode(site, lc, folded)
+        assert result.kind == "member"
+        assert result.member.lower() == "jane.doe@example.com"
+
+
+def test_member_local_parts_with_delimiters_round_trip(site):
+    lc = demo(site)
+    for member in ("a+tag@example.com", "x=y@example.org", "o'brien@example.ie", "a.b-c_d@sub.example.co.uk"):
+        result = verp.decode(site, lc, ext_of(site, verp.member_bounce_address(site, lc, member)))
+        assert (result.kind, result.member) == ("member", member)
+
+
+def test_forged_mac_never_yields_member(site):
+    lc = demo(site)
+    ext = ext_of(site, verp.member_bounce_address(site, lc, "jane@example.com"))
+    body, _, mac = ext.rpartition(".")
+    forged = [
+        f"{body}.{'a' * len(mac)}",                    # wrong MAC
+        f"{body}.{mac[:-1]}",                          # truncated MAC
+        f"{body}.{mac}a",                              # extended MAC
+        ext.replace("jane=", "john="),                 # MAC of another member
+        f"{body}.",                                    # no MAC
+    ]
+    for ext_forged in forged:
+        result = verp.decode(site, lc, ext_forged)
+        assert result.kind == "invalid", ext_forged
+        assert result.member is None
+        assert result.error == "bad-mac"
+
+
+def test_signature_is_bound_to_the_list(site):
+    site = write_list(site, "other")
+    ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    result = verp.decode(site, site.get_list("other"), ext)
+    assert (result.kind, result.error, result.member) == ("invalid", "bad-mac", None)
+
+
+def test_mac_length_from_config(site):
+    site = edit_site(site, verp={"keys": [k.as_dict() for k in site.conf.verp.keys], "mac_length": 12})
+    address = verp.member_bounce_address(site, demo(site), "jane@example.com")
+    assert len(address.rpartition("@")[0].rpartition(".")[2]) == 12
+    assert verp.decode(site, demo(site), ext_of(site, address)).kind == "member"
+
+
+def _rotate(site, *, retired_at=None, window=None):
+    """New key k2 signs; the instance's key is retired (optionally with retired_at / window)."""
+    old = site.conf.verp.keys[0].as_dict()
+    old["retired"] = True
+    if retired_at is not None:
+        old["retired_at"] = retired_at
+    add_key(site, "k2")
+    verp_section = {"keys": [{"id": "k2", "file": "keys/k2.key"}, old]}
+    if window is not None:
+        verp_section["retired_verify_window"] = window
+    return edit_site(site, verp=verp_section)
+
+
+def test_rotation_new_key_signs_retired_key_verifies_within_window(site):
+    old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    old_id = site.conf.verp.keys[0].id
+    clock.freeze(1_800_000_000.0)                       # 2027-01-15
+    site = _rotate(site, retired_at="2027-01-10", window="30d")
+    new_address = verp.member_bounce_address(site, demo(site), "jane@example.com")
+    assert ".k2." in new_address
+    assert verp.decode(site, demo(site), ext_of(site, new_address)).kind == "member"
+    result = verp.decode(site, demo(site), old_ext)
+    assert (result.kind, result.key_id, result.member) == ("member", old_id, "jane@example.com")
+
+
+def test_retired_key_after_window_is_refused(site):
+    old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    site = _rotate(site, retired_at="2027-01-10", window="30d")
+    retired = site.conf.verp.keys[1].retired_at
+    clock.freeze(retired + 30 * DAY - 1)
+    assert verp.decode(site, demo(site), old_ext).kind == "member"
+    clock.freeze(retired + 30 * DAY + 1)
+    result = verp.decode(site, demo(site), old_ext)
+    assert (result.kind, result.error, result.member) == ("invalid", "retired-key", None)
+    # a forged MAC under the retired key is still "bad-mac", not a retired-key pass
+    body, _, mac = old_ext.rpartition(".")
+    assert verp.decode(site, demo(site), f"{body}.{'b' * len(mac)}").error == "bad-mac"
+
+
+def test_retired_key_without_retired_at_verifies_while_listed(site):
+    old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    site = _rotate(site)
+    clock.freeze(clock.now() + 3650 * DAY)
+    assert verp.decode(site, demo(site), old_ext).kind == "member"
+
+
+def test_removed_key_is_unknown(site):
+    old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    add_key(site, "k2")
+    site = edit_site(site, verp={"keys": [{"id": "k2", "file": "keys/k2.key"}]})
+    result = verp.decode(site, demo(site), old_ext)
+    assert (result.kind, result.error, result.member) == ("invalid", "unknown-key", None)
+
+
+def test_unknown_key_id(site):
+    result = verp.decode(site, demo(site), "jane=example.com.zz99.abcdefgh")
+    assert (result.kind, result.error, result.member) == ("invalid", "unknown-key", None)
+
+
+def test_unreadable_key_file_raises_clear_error(site):
+    os.remove(site.conf.verp.keys[0].file)
+    site = edit_site(site)          # a fresh Site: key files are read per loaded configuration
+    with pytest.raises(verp.VerpKeyError, match="not a readable hex secret"):
+        verp.member_bounce_address(site, demo(site), "jane@example.com")
+
+
+def test_unsigned_refused_by_default(site):
+    assert demo(site).accept_unsigned_verp is False
+    result = verp.decode(site, demo(site), "jane=example.com")
+    assert (result.kind, result.error, result.member) == ("invalid", "unsigned-not-accepted", None)
+
+
+def test_unsigned_accepted_when_list_allows(site):
+    site = write_list(site, "demo", accept_unsigned_verp=True)
+    result = verp.decode(site, demo(site), "Jane=Example.com")
+    assert (result.kind, result.member) == ("unsigned", "Jane@example.com")
+    # a signed address with a bad MAC stays refused even then
+    ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    assert verp.decode(site, demo(site), ext[:-2] + "aa").error == "bad-mac"
+    assert verp.decode(site, demo(site), "no-domain=").kind == "invalid"
+
+
+@pytest.mark.parametrize("ext", ["", "   ", "=", "jane=", "=example.com", "jane=localhost", "x" * 2000,
+                                 "jane=exa mple.com", "ünï=example.com", "\x00=\x01"])
+def test_malformed_extensions(site, ext):
+    result = verp.decode(site, demo(site), ext)
+    assert result.kind == "invalid" and result.member is None
+    assert result.error in verp.ERRORS
+
+
+def test_probe_known_unknown_expired_and_wrong_type(site):
+    lc = demo(site)
+    store = open_store(site, "demo@lists.example.org")
+    clock.freeze(1_800_000_000.0)
+    probe = store.add_pending("probe", {"member": "jane@example.com"}, 10 * DAY)
+    address = verp.probe_bounce_address(lc, probe.token)
+    assert address == f"demo-bounces+{probe.token}@lists.example.org"
+    result = verp.decode(site, lc, ext_of(site, address))
+    assert (result.kind, result.token, result.member) == ("probe", probe.token, None)
+    assert result.pending.payload == {"member": "jane@example.com"}
+    assert verp.decode(site, lc, probe.token.upper()).kind == "probe"      # case-folded by an MTA
+
+    unknown = "a" * 26
+    assert verp.decode(site, lc, unknown).error == "unknown-token"
+    other = store.add_pending("subscription", {"address": "x@example.com"}, 10 * DAY)
+    assert verp.decode(site, lc, other.token).error == "unknown-token"
+
+    clock.advance(10 * DAY + 1)
+    result = verp.decode(site, lc, probe.token)
+    assert (result.kind, result.error) == ("invalid", "unknown-token")
+
+
+def test_probe_address_needs_a_token(site):
+    with pytest.raises(ValueError):
+        verp.probe_bounce_address(demo(site), "not-a-token")
+
+
+def test_local_part_limit_and_fallback(site):
+    lc = demo(site)
+    overhead = len(f"demo-bounces+=.{site.conf.verp.keys[0].id}.") + site.conf.verp.mac_length
+    # exactly 64 octets: still signed
+    domain = "example.com"
+    local = "a" * (verp.MAX_LOCAL_PART - overhead - len(domain))
+    fits = verp.member_bounce_address(site, lc, f"{local}@{domain}")
+    assert len(fits.rpartition("@")[0]) == verp.MAX_LOCAL_PART
+    assert verp.decode(site, lc, ext_of(site, fits)).member == f"{local}@{domain}"
+    # one more octet: the plain bounce address, never a truncated or ambiguous VERP
+    assert verp.member_bounce_address(site, lc, f"{local}a@{domain}") == "demo-bounces@lists.example.org"
+    # realistic addresses fit
+    for member in ("firstname.lastname@example.com", "j.random.hacker@mail.example.org"):
+        assert "+" in verp.member_bounce_address(site, lc, member)
+
+
+@pytest.mark.parametrize("member", ['"john doe"@example.com', "jürgen@example.de", "user@[192.0.2.1]",
+                                    "a..b@example.com", "user@localhost"])
+def test_unembeddable_members_get_plain_sender(site, member):
+    assert verp.member_bounce_address(site, demo(site), member) == "demo-bounces@lists.example.org"
+
+
+def test_member_bounce_address_rejects_non_address(site):
+    with pytest.raises(ValueError):
+        verp.member_bounce_address(site, demo(site), "no-at-sign")
