@@ -1,0 +1,235 @@
+"""End of message: hand list mail over to listgate, durably, or not at all.
+
+The one core behind both front ends that see whole messages: the milter (at
+SMTP end of message, :mod:`listgate.milter`) and ``listgate inject`` (Exim's
+pipe transport). Both have already routed each recipient with
+:func:`listgate.routing.decide_rcpt`; :func:`store_message` takes the message
+and those decisions and
+
+* writes posts, ``-request``/``-join``/``-leave``, ``-confirm+TOKEN`` and
+  ``-owner`` mail to the ``in`` queue, ONE qfile per (list, role, extension)
+  with the metadata of docs/ARCHITECTURE.md ("Queues and qfile metadata");
+* hands mail for ``L-bounces[+EXT]@D`` to
+  :meth:`listgate.bounce.engine.BounceEngine.handle_bounce`, which classifies
+  and scores it inline and queues its follow-up work;
+* recognises a retried SMTP transaction of a message already accepted (same
+  list and role, same Message-ID, within ``milter.duplicate_window``) and does
+  not queue it twice. The record of acceptance (``ListStore.remember``) and
+  the qfile are written under one store transaction, so a failure leaves
+  neither behind.
+
+Only when every part has been stored may the caller say yes (SMTP 250, exit
+0). :class:`NotStored` means nothing more can be stored now: answer 451 4.3.0
+/ exit 75 and let the client retry; retries are idempotent because of the
+duplicate check (qfiles stored before the failure are recognised as
+duplicates on the retry).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+from dataclasses import dataclass, field
+from email.parser import BytesHeaderParser
+from email import policy as email_policy
+from typing import Iterable, Sequence
+
+from . import clock
+from .config import Site
+from .log import kv
+from .queue import QueueError, Switchboard
+from .store import StoreUnavailable, open_store
+
+log = logging.getLogger("listgate.inject")
+
+# Roles whose mail is queued for the runner; "bounces" is handled inline.
+QUEUED_ROLES = ("post", "request", "join", "leave", "confirm", "owner")
+# ListStore.remember() kind for "this (role, message) was accepted".
+ACCEPTED_KIND = "accepted"
+# A header field line: RFC 5322 section 2.2 field name (printable US-ASCII
+# except colon), or a continuation line, or an mbox "From " separator line.
+_FIELD_RE = re.compile(rb"^[!-9;-~]+[ \t]*:")
+
+
+class NotStored(Exception):
+    """The message could not be stored durably now (store or queue unavailable,
+    full disk, list gone during the transaction). Nothing of the failed part was
+    committed; the sender must retry (SMTP ``451 4.3.0``, sysexits 75)."""
+
+
+class Unusable(ValueError):
+    """The input is not a message listgate can hold (empty, no header section)
+    (sysexits 65, SMTP ``554 5.6.0``)."""
+
+
+@dataclass(frozen=True)
+class Routed:
+    """One recipient of the transaction and what routing decided for it.
+
+    ``rcpt`` is the recipient as the MTA gave it (kept for ``delrcpt``);
+    ``decision`` a :class:`listgate.routing.RcptDecision` whose ``action`` is
+    ``accept`` or ``discard`` and whose ``address`` is the ListAddress.
+    """
+
+    rcpt: str
+    decision: object
+
+
+@dataclass
+class Stored:
+    """What happened to the mail for one (list, role, extension).
+
+    ``outcome``: ``queued`` (qfile ``qfile`` in the ``in`` queue),
+    ``duplicate`` (a retried transaction of a message already queued),
+    ``bounce`` (the bounce engine took it; ``detail`` says what it did) or
+    ``discarded`` (routing said to drop it).
+    """
+
+    list_key: str
+    role: str
+    extension: str | None
+    recipients: list[str] = field(default_factory=list)
+    outcome: str = ""
+    qfile: str | None = None
+    detail: str = ""
+
+
+def bare(address: str) -> str:
+    """``"<a@b>"`` → ``"a@b"``; ``"<>"`` → ``""`` (the null sender, RFC 5321 section 4.5.5)."""
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
+
+
+def check_message(msg: bytes) -> None:
+    """Raise :class:`Unusable` unless ``msg`` starts with a header section.
+
+    An mbox ``From `` line first (Exim's pipe transport default
+    ``message_prefix``) is allowed; :func:`strip_envelope_line` removes it.
+    """
+    if not msg or not msg.strip():
+        raise Unusable("empty message")
+    first = strip_envelope_line(msg).split(b"\n", 1)[0]
+    if not _FIELD_RE.match(first):
+        raise Unusable("the message does not start with a header field (RFC 5322 section 2.2)")
+
+
+def strip_envelope_line(msg: bytes) -> bytes:
+    """Remove a leading mbox ``From sender date`` line, if any."""
+    if msg.startswith(b"From "):
+        _, nl, rest = msg.partition(b"\n")
+        return rest if nl else b""
+    return msg
+
+
+def message_key(msg: bytes) -> str:
+    """What identifies a message across SMTP retries.
+
+    The Message-ID (RFC 5322 section 3.6.4) when there is one; otherwise a
+    SHA-256 over the body and the author's From/Date/Subject (the trace fields
+    the MTA adds differ from one attempt to the next, these do not).
+    """
+    headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(msg)
+    mid = headers.get("Message-ID")
+    if mid is not None:
+        mid = " ".join(str(mid).split())
+        if mid:
+            return mid
+    digest = hashlib.sha256()
+    for name in ("From", "Date", "Subject"):
+        digest.update(str(headers.get(name, "")).encode("utf-8", "surrogateescape") + b"\0")
+    sep = re.search(rb"\r?\n\r?\n", msg)
+    digest.update(msg[sep.end():] if sep else b"")
+    return "sha256:" + digest.hexdigest()
+
+
+def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
+    """(action, address, rcpts) per distinct (action, list, role, extension), in first-seen order."""
+    out: dict[tuple, tuple[str, object, list[str]]] = {}
+    for r in routed:
+        action = r.decision.action
+        if action not in ("accept", "discard"):
+            raise ValueError(f"recipient {r.rcpt} was routed to {action!r}, not accept/discard")
+        a = r.decision.address
+        key = (action, a.list_key, a.role, a.extension)
+        if key not in out:
+            out[key] = (action, a, [])
+        rcpt = bare(r.rcpt)
+        if rcpt not in out[key][2]:
+            out[key][2].append(rcpt)
+    # Queue qfiles first, bounces last: a retry after a failed bounce then only
+    # repeats the bounce (the qfiles are recognised as duplicates).
+    return sorted(out.values(), key=lambda g: g[1].role == "bounces")
+
+
+def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
+                  mta_queue_id: str | None = None, client_address: str | None = None,
+                  client_name: str | None = None, switchboard: Switchboard | None = None) -> list[Stored]:
+    """Store ``msg`` (raw bytes, byte-exact) for every routed list recipient.
+
+    ``sender`` is the envelope sender without angle brackets (``""`` for the
+    null sender of a DSN, RFC 5321 section 4.5.5). Returns one :class:`Stored`
+    per (list, role, extension), qfiles first. Raises :class:`NotStored` (retry)
+    when the store or queue cannot be written; parts stored before the failure
+    stay stored and are recognised as duplicates on the retry.
+    """
+    arrival = clock.now()
+    sb = switchboard or Switchboard.for_site(site, "in")
+    results: list[Stored] = []
+    mkey: str | None = None
+    for action, address, rcpts in _groups(routed):
+        item = Stored(address.list_key, address.role, address.extension, rcpts)
+        lc = site.lists.get(address.list_key)
+        if lc is None:
+            raise NotStored(f"list {address.list_key} is no longer configured")
+        if action == "discard":
+            item.outcome = "discarded"
+        elif address.role == "bounces":
+            _bounce(site, lc, msg, address, sender, mta_queue_id, item)
+        else:
+            mkey = mkey or message_key(msg)
+            meta = {
+                "list": address.list_key, "role": address.role, "extension": address.extension,
+                "envelope_sender": sender, "recipients": rcpts, "mta_queue_id": mta_queue_id,
+                "client_address": client_address, "client_name": client_name,
+                "arrival": arrival, "message_id": mkey,
+            }
+            _queue(site, sb, msg, meta, mkey, item)
+        log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
+                                           queue_id=mta_queue_id, message_id=mkey, detail=item.detail or None))
+        results.append(item)
+    return results
+
+
+def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored) -> None:
+    """One qfile in ``in`` plus the acceptance record, under one store transaction."""
+    window = site.conf.milter.duplicate_window
+    stored = False
+    try:
+        store = open_store(site, item.list_key)
+        with store.transaction():
+            if not store.remember(ACCEPTED_KIND, f"{item.role}:{item.extension or ''}:{mkey}", window):
+                item.outcome = "duplicate"
+                return
+            item.qfile = sb.enqueue(msg, meta, arrival=meta["arrival"])
+            stored = True
+    except (StoreUnavailable, QueueError, OSError, KeyError) as exc:
+        if not stored:
+            raise NotStored(f"{item.list_key}: {exc}") from exc
+        # The qfile is durable but the acceptance record did not commit: the
+        # message is stored, only a retry of it would not be recognised.
+        log.warning("stored without duplicate record %s", kv(list=item.list_key, qfile=item.qfile, error=exc))
+    item.outcome = "queued"
+
+
+def _bounce(site: Site, lc, msg: bytes, address, sender: str, mta_queue_id: str | None, item: Stored) -> None:
+    from .bounce.engine import BounceEngine  # the engine pulls in flufl.bounce: only load it for bounces
+
+    try:
+        outcome = BounceEngine(site).handle_bounce(lc, msg, address, envelope_sender=sender,
+                                                   mta_queue_id=mta_queue_id)
+    except (StoreUnavailable, QueueError, OSError) as exc:
+        raise NotStored(f"{item.list_key}: bounce not registered: {exc}") from exc
+    item.outcome = "bounce"
+    item.detail = "; ".join(str(a) for a in getattr(outcome, "actions", ()) or ())

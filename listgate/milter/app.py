@@ -1,0 +1,189 @@
+"""The per-connection milter object (pymilter ``Milter.Base``).
+
+Protocol (libmilter, as Postfix speaks it: MILTER_README "Milter protocol
+stages"):
+
+==============  ===========================================================
+connect         no reply (P_NR_CONN): remember the client address
+HELO, EOH       not sent (P_NOHELO, P_NOEOH)
+MAIL FROM       no reply (P_NR_MAIL): start a new transaction, reset state,
+                take the current configuration (hot reload)
+RCPT TO         :func:`listgate.routing.decide_rcpt`: ``pass`` leaves the
+                recipient alone, ``reject``/``tempfail`` answer with routing's
+                code, ``accept``/``discard`` mark a list recipient
+DATA            no list recipient: ACCEPT (headers and body are not sent)
+header, body    no reply (P_NR_HDR, P_NR_BODY): collect the message; header
+                leading space kept (P_HDR_LEADSPC) so it is stored as sent
+end of message  :func:`listgate.inject.store_message` first (durable), then
+                ``delrcpt`` each list recipient; DISCARD when no recipient
+                remains, ACCEPT otherwise; ``451 4.3.0`` when it cannot store
+==============  ===========================================================
+
+Only the DELRCPT action is negotiated. The MTA's queue id comes from the
+``i`` macro at end of message (Postfix's default ``milter_end_of_data_macros``).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import ClassVar
+
+import Milter
+
+from ..inject import NotStored, Routed, bare, store_message
+from ..log import kv
+from ..routing import decide_rcpt
+
+log = logging.getLogger("listgate.milter")
+
+NEEDED_ACTIONS = Milter.DELRCPT
+TEMPFAIL_REPLY = ("451", "4.3.0", "listgate cannot store this message now, try again later")
+
+
+class SiteSource:
+    """Thread-safe ``current() -> Site`` over a :class:`listgate.config.Watcher`.
+
+    libmilter runs one thread per connection; the lock keeps two of them from
+    reloading the same change at once.
+    """
+
+    def __init__(self, watcher):
+        self._watcher = watcher
+        self._lock = threading.Lock()
+
+    def current(self):
+        with self._lock:
+            return self._watcher.current()
+
+
+def _reply_text(text: str | None) -> str:
+    # libmilter silently drops a reply whose text has a lone '%' (smfi_setreply)
+    return (text or "").replace("%", "%%").replace("\r", " ").replace("\n", " ")
+
+
+class ListgateMilter(Milter.Base):
+    """One SMTP connection. ``sites`` (class attribute) provides ``current() -> Site``."""
+
+    sites: ClassVar[object] = None
+
+    def __init__(self):
+        self.client_address: str | None = None
+        self.client_name: str | None = None
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the transaction: called at MAIL, abort and after end of message."""
+        self.site = None
+        self.sender: str | None = None
+        self.routed: list[Routed] = []
+        self.others = 0          # recipients listgate leaves to the MTA
+        self.chunks: list[bytes] = []
+        self.in_body = False
+
+    # -- negotiation ---------------------------------------------------------
+    def negotiate(self, opts):
+        rc = super().negotiate(opts)
+        if rc == Milter.CONTINUE:
+            opts[0] = self._actions = self._actions & NEEDED_ACTIONS
+        return rc
+
+    # -- envelope ------------------------------------------------------------
+    @Milter.noreply
+    def connect(self, hostname, family, hostaddr):
+        self.client_name = hostname
+        if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
+            self.client_address = hostaddr[0]
+        else:
+            self.client_address = None
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def envfrom(self, mailfrom, *params):
+        self._reset()
+        self.site = self.sites.current()
+        self.sender = bare(mailfrom)
+        return Milter.CONTINUE
+
+    def envrcpt(self, to, *params):
+        if self.site is None:  # an MTA that skipped MAIL FROM
+            self.site = self.sites.current()
+        d = decide_rcpt(self.site, bare(to), sender=self.sender, client_address=self.client_address)
+        if d.action == "pass":
+            self.others += 1
+            return Milter.CONTINUE
+        if d.action in ("accept", "discard"):
+            self.routed.append(Routed(to, d))
+            return Milter.CONTINUE
+        if d.action == "reject":
+            self.setreply(str(d.code or "550"), d.dsn or None, _reply_text(d.text))
+            return Milter.REJECT
+        # tempfail (the store is unavailable), or an action this version does not know
+        code, dsn = ("451", "4.3.0") if d.action == "tempfail" else TEMPFAIL_REPLY[:2]
+        self.setreply(str(d.code or code), d.dsn or dsn, _reply_text(d.text or TEMPFAIL_REPLY[2]))
+        return Milter.TEMPFAIL
+
+    def data(self):
+        # Nothing for listgate in this transaction: the MTA stops sending us
+        # headers and body (ACCEPT at DATA accepts the message for this milter only).
+        return Milter.CONTINUE if self.routed else Milter.ACCEPT
+
+    # -- content -------------------------------------------------------------
+    @Milter.noreply
+    @Milter.decode("bytes")
+    def header(self, name, value):
+        sep = b":" if self._protocol & Milter.P_HDR_LEADSPC else b": "
+        line = name.encode("ascii", "surrogateescape") + sep + value
+        # Folded fields arrive with bare LF between their lines; the body arrives
+        # with CRLF (SMTP's line end): store the whole message with CRLF.
+        self.chunks.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
+        return Milter.CONTINUE
+
+    @Milter.noreply
+    def body(self, chunk):
+        if not self.in_body:
+            self.chunks.append(b"\r\n")
+            self.in_body = True
+        self.chunks.append(chunk)
+        return Milter.CONTINUE
+
+    def eom(self):
+        try:
+            return self._end_of_message()
+        except Exception:
+            log.exception("end of message failed %s", kv(queue_id=self.getsymval("i")))
+            self.setreply(*TEMPFAIL_REPLY)
+            return Milter.TEMPFAIL
+        finally:
+            self._reset()
+
+    def _end_of_message(self):
+        if not self.routed:
+            return Milter.ACCEPT
+        if not self.in_body:
+            self.chunks.append(b"\r\n")
+        msg = b"".join(self.chunks)
+        self.chunks = []
+        qid = self.getsymval("i")
+        try:
+            store_message(self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
+                          client_address=self.client_address, client_name=self.client_name)
+        except NotStored as exc:
+            log.warning("tempfail %s", kv(queue_id=qid, error=exc))
+            self.setreply(*TEMPFAIL_REPLY)
+            return Milter.TEMPFAIL
+        if not self.others:
+            return Milter.DISCARD
+        for rcpt in dict.fromkeys(r.rcpt for r in self.routed):
+            self.delrcpt(rcpt)
+        return Milter.ACCEPT
+
+    def abort(self):
+        self._reset()
+        return Milter.CONTINUE
+
+    def close(self):
+        return Milter.CONTINUE
+
+
+ListgateMilter = Milter.header_leading_space(ListgateMilter)

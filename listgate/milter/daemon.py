@@ -1,0 +1,144 @@
+"""Run the milter: socket, flags, exception policy, libmilter's main loop.
+
+libmilter owns the process's signals (SIGHUP, SIGTERM and SIGINT stop
+``main()``), so configuration is reloaded by :class:`listgate.config.Watcher`
+(a few ``stat`` calls per transaction), never by a signal. Changing
+``milter.socket`` needs a restart; everything else takes effect with the next
+SMTP transaction.
+
+Unix socket: created under umask 0177 (nobody can connect before the mode
+is set), then given ``milter.socket_mode`` (default 0660: the MTA's user
+connects through the group, nobody else may write). A socket left behind by
+a dead milter is removed at start; one a live milter still answers on is an
+error (two daemons must not steal each other's socket).
+"""
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import socket
+import stat
+
+import Milter
+import milter as libmilter  # pymilter's C extension (libmilter bindings)
+
+from ..config import Watcher, parse_socket
+from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
+
+log = logging.getLogger("listgate.milter")
+NAME = "listgate"
+
+
+class DaemonError(Exception):
+    """The milter cannot start (socket in use, bad socket setting)."""
+
+
+def socket_spec(site) -> tuple[str, str | None]:
+    """The site's ``milter.socket`` as libmilter's ``smfi_setconn`` string, and the
+    unix socket's path (None for inet). Relative unix paths are under ``state_dir``.
+
+    Raises :class:`DaemonError` for a socket libmilter cannot use.
+    """
+    text = site.conf.milter.socket
+    try:
+        kind, where = parse_socket(text)
+    except ValueError as exc:
+        raise DaemonError(str(exc)) from None
+    if kind == "unix":
+        path = site.resolve(where)
+        return f"unix:{path}", path
+    host, port = where
+    family = "inet6" if ":" in host else "inet"
+    return f"{family}:{port}@{host}", None
+
+
+def socket_mode(site) -> int:
+    """``milter.socket_mode`` (an octal string like ``"0660"``) as an int."""
+    try:
+        mode = int(site.conf.milter.socket_mode, 8)
+    except ValueError:
+        raise DaemonError(f"milter.socket_mode {site.conf.milter.socket_mode!r} is not an octal mode") from None
+    if mode & ~0o777:
+        raise DaemonError(f"milter.socket_mode {site.conf.milter.socket_mode!r} has bits beyond 0777")
+    return mode
+
+
+def clear_stale_socket(path: str) -> None:
+    """Remove ``path`` if it is a socket nobody answers on; refuse a live one or a non-socket."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISSOCK(st.st_mode):
+        raise DaemonError(f"{path} exists and is not a socket; not removing it")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(path)
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise DaemonError(f"cannot check socket {path}: {exc.strerror}") from None
+        os.unlink(path)
+        log.info("removed stale socket %s", path)
+        return
+    finally:
+        probe.close()
+    raise DaemonError(f"another milter is listening on {path}")
+
+
+def _register(timeout: float) -> None:
+    """Point libmilter's callbacks at the per-connection :class:`ListgateMilter`.
+
+    The same dispatch ``Milter.runmilter`` sets up, done here because the
+    socket must be opened (and its mode set) before ``main()`` starts serving.
+    """
+    Milter.factory = ListgateMilter
+    libmilter.set_flags(NEEDED_ACTIONS)
+    # An exception escaping a callback answers 4xx instead of accepting the mail.
+    libmilter.set_exception_policy(Milter.TEMPFAIL)
+    libmilter.set_connect_callback(Milter.connect_callback)
+    libmilter.set_helo_callback(lambda ctx, host: ctx.getpriv().hello(host))
+    libmilter.set_envfrom_callback(lambda ctx, *b: ctx.getpriv().envfrom_bytes(*b))
+    libmilter.set_envrcpt_callback(lambda ctx, *b: ctx.getpriv().envrcpt_bytes(*b))
+    libmilter.set_header_callback(lambda ctx, f, v: ctx.getpriv().header_bytes(f, v))
+    libmilter.set_eoh_callback(lambda ctx: ctx.getpriv().eoh())
+    libmilter.set_body_callback(lambda ctx, chunk: ctx.getpriv().body(chunk))
+    libmilter.set_eom_callback(lambda ctx: ctx.getpriv().eom())
+    libmilter.set_abort_callback(lambda ctx: ctx.getpriv().abort())
+    libmilter.set_close_callback(Milter.close_callback)
+    if timeout > 0:
+        libmilter.settimeout(int(timeout))
+    libmilter.register(NAME, data=lambda ctx: ctx.getpriv().data(),
+                       unknown=lambda ctx, cmd: ctx.getpriv().unknown(cmd),
+                       negotiate=Milter.negotiate_callback)
+
+
+def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> int:
+    """Serve until libmilter is told to stop (SIGTERM, SIGINT, SIGHUP). Returns 0.
+
+    Raises :class:`DaemonError` when the socket cannot be set up, or
+    ``milter.error`` when libmilter cannot start.
+    """
+    watcher = watcher or Watcher(config_path)
+    site = watcher.current()
+    conn, path = socket_spec(site)
+    mode = socket_mode(site)
+    ListgateMilter.sites = SiteSource(watcher)
+    _register(site.conf.milter.timeout)
+    libmilter.setconn(conn)
+    if path:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        clear_stale_socket(path)
+        old = os.umask(0o177)
+        try:
+            libmilter.opensocket(True)
+        finally:
+            os.umask(old)
+        os.chmod(path, mode)
+    else:
+        libmilter.opensocket(False)
+    log.info("milter listening on %s (%d lists)", conn, len(site.lists))
+    libmilter.main()
+    log.info("milter stopped")
+    return 0
