@@ -97,18 +97,18 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         return PASS
     if sender and client_address and _is_reinjection(site, sender, client_address):
         return PASS
-    local, domain = parts
-    if local.lower() == "postmaster":
+    if parts[0].lower() == "postmaster":
         return PASS
     address = parse(rcpt, site.lists)
     if address is None:
-        return _reject(None, "5.1.1", f"<{local}@{domain}>: no such list address")
+        # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
+        return _reject(None, "5.1.1", "no such list address")
     lc = site.lists[address.list_key]
     try:
         if address.role == "bounces":
             return _decide_bounces(site, lc, address)
         if address.role == "confirm" and not is_token(address.extension.lower()):
-            return _reject(address, "5.1.1", f"<{local}@{domain}>: not a valid confirmation address")
+            return _reject(address, "5.1.1", "not a valid confirmation address")
         if address.role == "post":
             return _decide_post(site, lc, address, sender)
     except Exception as exc:  # noqa: BLE001 - any store failure: the client must retry, not lose mail
