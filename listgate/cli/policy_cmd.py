@@ -1,0 +1,93 @@
+"""``listgate policy``: run the policy delegation server on ``policy.socket``.
+
+Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
+:func:`listgate.log.setup` (stderr or syslog facility ``mail``) through a
+queue and a thread, so a slow syslog never stalls the event loop. Tells
+systemd it is ready (``Type=notify``, ``$NOTIFY_SOCKET``) once the socket is
+bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket cannot be bound.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import logging.handlers
+import os
+import queue
+import signal
+import socket
+import sys
+
+from .. import config, log as lg_log
+from ..policy import PolicyServer
+
+EX_OSERR = 71
+
+
+def register(sub) -> None:
+    p = sub.add_parser("policy", help="run the SMTP access policy delegation server (Postfix, Exim)")
+    p.add_argument("--socket", help="override policy.socket (unix:PATH or inet:PORT@HOST)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
+    p.set_defaults(func=cmd_policy)
+
+
+def cmd_policy(args) -> int:
+    try:
+        watcher = config.Watcher(getattr(args, "config", None))
+    except config.ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        return 1
+    site = watcher.current()
+    lg_log.setup(site.conf.logging, program="listgate-policy", level=args.log_level)
+    listener = _log_through_queue()
+    try:
+        return asyncio.run(_serve(watcher, args.socket))
+    finally:
+        listener.stop()
+
+
+async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
+    log = logging.getLogger("listgate.policy")
+    server = PolicyServer(watcher.current, socket_spec)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot listen on %s: %s", server.socket_spec, exc)
+        return EX_OSERR
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    _sd_notify("READY=1")
+    await stop.wait()
+    _sd_notify("STOPPING=1")
+    log.info("policy server stopping")
+    await server.close()
+    return 0
+
+
+def _log_through_queue() -> logging.handlers.QueueListener:
+    """Move the ``listgate`` logger's handlers behind a queue drained by a thread."""
+    root = logging.getLogger("listgate")
+    handlers = list(root.handlers)
+    q: queue.SimpleQueue = queue.SimpleQueue()
+    for h in handlers:
+        root.removeHandler(h)
+    root.addHandler(logging.handlers.QueueHandler(q))
+    listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=True)
+    listener.start()
+    return listener
+
+
+def _sd_notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` (no-op when unset)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]      # abstract socket namespace
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(state.encode())
+    except OSError:
+        pass

@@ -1,0 +1,125 @@
+"""Postfix SMTP access policy delegation: request parsing, decisions, replies.
+
+Source: Postfix ``SMTPD_POLICY_README``, "Protocol description". A request is
+a sequence of ``name=value`` lines (newline-terminated) ending with an empty
+line; the reply is ``action=...`` followed by an empty line. The same
+connection carries further requests. Attributes we do not know are ignored
+(the protocol grows new ones). The document asks a server to close the
+connection, without a reply, on a request it cannot parse.
+
+Exim's ``${readsocket}`` sends the same attributes and may half-close
+(``shutdown(SHUT_WR)``) without the final empty line: :meth:`RequestParser.finish`
+returns that last request so it is answered too.
+"""
+from __future__ import annotations
+
+from .. import routing
+
+__all__ = ["ProtocolError", "RequestParser", "decide", "format_reply", "action_for", "MAX_ATTRIBUTES"]
+
+# Postfix sends about 30 attributes; a request with hundreds is not Postfix.
+MAX_ATTRIBUTES = 256
+
+
+class ProtocolError(ValueError):
+    """A request that breaks the protocol (line without ``=``, line too long, too many attributes)."""
+
+
+class RequestParser:
+    """Incremental parser: feed bytes, get complete requests (``dict[str, str]``) in order.
+
+    ``max_line`` bounds one attribute line in bytes (``policy.max_line``).
+    Values are decoded as UTF-8 with ``surrogateescape`` (8-bit junk survives,
+    never raises). Raises :class:`ProtocolError`; after that the connection
+    must be dropped.
+    """
+
+    __slots__ = ("max_line", "_buf", "_attrs")
+
+    def __init__(self, max_line: int):
+        self.max_line = max_line
+        self._buf = b""
+        self._attrs: dict[str, str] = {}
+
+    def feed(self, data: bytes) -> list[dict[str, str]]:
+        buf = self._buf + data if self._buf else data
+        requests = []
+        attrs = self._attrs
+        start = 0
+        while True:
+            end = buf.find(b"\n", start)
+            if end < 0:
+                break
+            line = buf[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if len(line) > self.max_line:
+                raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+            if not line:
+                requests.append(attrs)
+                attrs = {}
+                continue
+            name, eq, value = line.partition(b"=")
+            if not eq or not name:
+                raise ProtocolError(f"line without name=value: {line[:80]!r}")
+            if len(attrs) >= MAX_ATTRIBUTES:
+                raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes in one request")
+            attrs[name.decode("ascii", "replace")] = value.decode("utf-8", "surrogateescape")
+        rest = buf[start:]
+        if len(rest) > self.max_line:
+            raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+        self._buf = rest
+        self._attrs = attrs
+        return requests
+
+    def finish(self) -> dict[str, str] | None:
+        """At end of input: the unterminated last request (Exim), or None if there is none.
+
+        A final line without its newline counts. Raises :class:`ProtocolError`
+        if that line is malformed.
+        """
+        if self._buf:
+            self.feed(b"\n")
+        attrs, self._attrs = self._attrs, {}
+        return attrs or None
+
+
+def action_for(decision: routing.RcptDecision) -> str:
+    """The ``action=`` value for a routing decision (Postfix access(5) actions).
+
+    ``pass``/``accept`` → ``DUNNO`` (never ``OK``: the rest of the restrictions,
+    e.g. ``reject_unauth_destination``, still apply); ``reject``/``tempfail`` →
+    ``550 5.1.1 text`` / ``451 4.3.0 text`` (an explicit code: a bare ``REJECT``
+    becomes 554 under Postfix's defaults); ``discard`` → ``DISCARD text``.
+    """
+    if decision.action in ("reject", "tempfail"):
+        return _clean(decision.smtp_reply)
+    if decision.action == "discard":
+        return _clean(f"DISCARD {decision.text}".rstrip())
+    return "DUNNO"
+
+
+def decide(site, attrs: dict[str, str]) -> tuple[str, routing.RcptDecision | None]:
+    """``(action, decision)`` for one request; only ``protocol_state=RCPT`` is decided.
+
+    Other states (CONNECT, HELO, MAIL, DATA, END-OF-MESSAGE, VRFY, ETRN) get
+    ``DUNNO`` and decision None. Raises what :func:`listgate.routing.decide_rcpt`
+    raises for bugs only (store failures are already 451 decisions).
+    """
+    if attrs.get("protocol_state", "").upper() != "RCPT":
+        return "DUNNO", None
+    # an absent sender attribute is "unknown" (None); Postfix sends "sender=" for the null sender
+    decision = routing.decide_rcpt(site, attrs.get("recipient", ""), attrs.get("sender"),
+                                   attrs.get("client_address") or None)
+    return action_for(decision), decision
+
+
+def format_reply(action: str) -> bytes:
+    """``action=ACTION\\n\\n`` as bytes."""
+    return f"action={action}\n\n".encode("utf-8", "surrogateescape")
+
+
+def _clean(text: str) -> str:
+    # a reply is one line: no control characters may reach Postfix
+    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)

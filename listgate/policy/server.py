@@ -1,0 +1,199 @@
+"""The asyncio policy server: many connections, several requests per connection.
+
+One :class:`asyncio.Protocol` per connection. Requests are answered in the
+order they arrive (decisions are taken synchronously in arrival order, and all
+replies to one read go out in one write), so pipelining clients get their
+answers in order. Decisions read the list's SQLite store inline: in WAL mode a
+reader never waits for a writer (``listgate.store.sqlite``), so a decision
+costs tens of microseconds and a thread hop would cost more than it saves.
+
+Limits (site config ``policy``): an attribute line longer than ``max_line``,
+a line without ``=`` or too many attributes is logged and the connection
+closed without an answer (Postfix ``SMTPD_POLICY_README``); a connection idle
+for ``idle_timeout`` seconds is closed (Postfix reconnects when it needs to).
+A client that pipelines without reading its answers is paused at the
+transport's high-water mark instead of growing our buffers.
+
+The configuration is taken from ``get_site()`` (a :meth:`listgate.config.Watcher.current`)
+for every request: list and key changes apply without a restart. The socket
+itself is bound once; moving it needs a restart.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import stat
+from typing import Callable
+
+from ..config import Site, parse_socket
+from ..log import kv
+from .protocol import ProtocolError, RequestParser, decide, format_reply
+
+__all__ = ["PolicyServer"]
+
+log = logging.getLogger("listgate.policy")
+_TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
+
+
+class PolicyServer:
+    """Serve the policy delegation protocol on ``socket_spec`` (``unix:PATH`` / ``inet:PORT@HOST``).
+
+    ``get_site`` returns the current :class:`~listgate.config.Site`. ``socket_spec``
+    defaults to that site's ``policy.socket`` (a relative unix path is relative
+    to ``state_dir``). Use ``await start()``, then ``await serve_forever()`` or
+    ``await close()``. Raises OSError from ``start()`` if the socket cannot be bound.
+    """
+
+    def __init__(self, get_site: Callable[[], Site], socket_spec: str | None = None):
+        self.get_site = get_site
+        site = get_site()
+        self.socket_spec = socket_spec or site.conf.policy.socket
+        self.kind, where = parse_socket(self.socket_spec)
+        self.where = site.resolve(where) if self.kind == "unix" else where
+        self.connections: set[_Connection] = set()
+        self._server: asyncio.AbstractServer | None = None
+
+    @property
+    def address(self):
+        """``("unix", path)`` or ``("inet", (host, port))`` actually bound (port 0 resolved)."""
+        if self.kind == "inet" and self._server is not None:
+            host, port = self._server.sockets[0].getsockname()[:2]
+            return "inet", (host, port)
+        return self.kind, self.where
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self.kind == "unix":
+            _remove_stale_socket(self.where)
+            self._server = await loop.create_unix_server(lambda: _Connection(self), self.where, backlog=1024)
+            os.chmod(self.where, int(self.get_site().conf.policy.socket_mode, 8))
+        else:
+            host, port = self.where
+            self._server = await loop.create_server(lambda: _Connection(self), host, port,
+                                                   reuse_address=True, backlog=1024)
+        log.info("policy server listening %s", kv(socket=self.socket_spec))
+
+    async def serve_forever(self) -> None:
+        assert self._server is not None, "start() first"
+        await self._server.serve_forever()
+
+    async def close(self) -> None:
+        """Stop listening, close every connection, remove a unix socket file."""
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections):
+            conn.close()
+        if self._server is not None:
+            await self._server.wait_closed()
+        if self.kind == "unix":
+            _remove_stale_socket(self.where)
+
+
+def _remove_stale_socket(path: str) -> None:
+    """Remove a left-over socket file (never a regular file: that would be someone's data)."""
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Connection(asyncio.Protocol):
+    __slots__ = ("server", "transport", "parser", "peer", "last_active", "idle_handle", "closing")
+
+    def __init__(self, server: PolicyServer):
+        self.server = server
+        self.transport = None
+        self.parser: RequestParser | None = None
+        self.peer = None
+        self.last_active = 0.0
+        self.idle_handle = None
+        self.closing = False
+
+    # -- connection life --------------------------------------------------
+    def connection_made(self, transport) -> None:
+        self.transport = transport
+        self.peer = transport.get_extra_info("peername") or "unix"
+        site = self.server.get_site()
+        self.parser = RequestParser(site.conf.policy.max_line)
+        self.server.connections.add(self)
+        loop = asyncio.get_running_loop()
+        self.last_active = loop.time()
+        self.idle_handle = loop.call_later(site.conf.policy.idle_timeout, self._check_idle)
+
+    def connection_lost(self, exc) -> None:
+        # a client that disconnects mid-request simply loses its partial request
+        self.server.connections.discard(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+            self.idle_handle = None
+
+    def close(self) -> None:
+        if not self.closing and self.transport is not None:
+            self.closing = True
+            self.transport.close()
+
+    def _check_idle(self) -> None:
+        # re-armed instead of reset on every read: one timer per connection, not one per request
+        loop = asyncio.get_running_loop()
+        timeout = self.server.get_site().conf.policy.idle_timeout
+        left = self.last_active + timeout - loop.time()
+        if left <= 0:
+            log.debug("closing idle policy connection %s", kv(peer=self.peer))
+            self.idle_handle = None
+            self.close()
+        else:
+            self.idle_handle = loop.call_later(left, self._check_idle)
+
+    # -- flow control: a client that does not read its answers is paused --
+    def pause_writing(self) -> None:
+        self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if not self.closing:
+            self.transport.resume_reading()
+
+    # -- requests ------------------------------------------------------------
+    def data_received(self, data: bytes) -> None:
+        if self.closing:
+            return
+        self.last_active = asyncio.get_running_loop().time()
+        try:
+            requests = self.parser.feed(data)
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return
+        if requests:
+            self.transport.write(b"".join(self._answer(attrs) for attrs in requests))
+
+    def eof_received(self):
+        # Exim's ${readsocket} half-closes after its request, maybe without the empty line
+        if self.closing:
+            return False
+        try:
+            attrs = self.parser.finish()
+        except ProtocolError as exc:
+            self._malformed(exc)
+            return False
+        if attrs is not None:
+            self.transport.write(self._answer(attrs))
+        return False    # close once the answer is flushed
+
+    def _malformed(self, exc: ProtocolError) -> None:
+        log.warning("malformed policy request, closing the connection without an answer %s",
+                    kv(peer=self.peer, error=exc))
+        self.close()
+
+    def _answer(self, attrs: dict[str, str]) -> bytes:
+        try:
+            action, decision = decide(self.server.get_site(), attrs)
+        except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
+            log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
+                                                          queue_id=attrs.get("queue_id") or None))
+            action, decision = _TEMPFAIL, None
+        if decision is not None and decision.action in ("reject", "tempfail", "discard"):
+            log.info("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                                         client=attrs.get("client_address"),
+                                         queue_id=attrs.get("queue_id") or None))
+        return format_reply(action)
