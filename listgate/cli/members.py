@@ -1,0 +1,246 @@
+"""``listgate members add|remove|list|enable|disable|import|export LIST ...``.
+
+Also the helpers the other store commands (``pending``, ``bounces``) share:
+opening a list's store from the command line and printing times.
+Exit status: 0 done, 1 bad input (unknown list, malformed address, not a
+member, ...), 75 (EX_TEMPFAIL) when the store is unavailable.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import email.utils
+import sys
+from datetime import datetime, timezone
+
+from .. import clock
+from ..store import AlreadyMember, DELIVERY_STATUSES, ListStore, Member, NotAMember, StoreUnavailable, open_store
+from ..store.mailman import ImportedMember, MailmanImportError, import_members, looks_like_pickle, read_config
+from .common import fail, get_list, load_site, print_json
+
+EX_TEMPFAIL = 75
+
+
+def json_parent() -> argparse.ArgumentParser:
+    """A parent parser adding ``--json`` (machine-readable output) to a sub-command."""
+    parent = argparse.ArgumentParser(add_help=False)
+    parent.add_argument("--json", action="store_true", help="print JSON for scripts")
+    return parent
+
+
+def open_list_store(args) -> tuple[str, ListStore]:
+    """(list key, store) for ``args.list``; exits 1 for an unknown list, 75 if the store is unavailable."""
+    site = load_site(args)
+    lc = get_list(site, args.list)
+    key = f"{lc.name}@{lc.domain}"
+    try:
+        return key, open_store(site, key)
+    except StoreUnavailable as exc:
+        fail(str(exc), EX_TEMPFAIL)
+        raise  # not reached: fail() exits
+
+
+def when(ts: float | None) -> str:
+    """``2027-01-15 10:04:05Z`` (UTC) or ``-``."""
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def guarded(handler):
+    """Turn store errors a user can cause into a message and an exit status."""
+    def run(args) -> int:
+        try:
+            return handler(args)
+        except StoreUnavailable as exc:
+            fail(str(exc), EX_TEMPFAIL)
+        except (NotAMember, AlreadyMember, ValueError) as exc:
+            fail(str(exc))
+        return 1
+    run.__doc__ = handler.__doc__
+    return run
+
+
+def register(sub) -> None:
+    js = json_parent()
+    p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, import, export")
+    msub = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
+
+    q = msub.add_parser("add", parents=[js], help="add a member")
+    q.add_argument("list")
+    q.add_argument("address")
+    q.add_argument("--name", default="", help="display name")
+    q.set_defaults(func=guarded(cmd_add))
+
+    q = msub.add_parser("remove", parents=[js], help="remove a member")
+    q.add_argument("list")
+    q.add_argument("address")
+    q.set_defaults(func=guarded(cmd_remove))
+
+    q = msub.add_parser("list", parents=[js], help="list members")
+    q.add_argument("list")
+    q.add_argument("--status", choices=DELIVERY_STATUSES, help="only members with this delivery status")
+    q.set_defaults(func=guarded(cmd_list))
+
+    q = msub.add_parser("enable", parents=[js], help="enable delivery (clears bounce info)")
+    q.add_argument("list")
+    q.add_argument("address")
+    q.set_defaults(func=guarded(cmd_enable))
+
+    q = msub.add_parser("disable", parents=[js], help="disable delivery")
+    q.add_argument("list")
+    q.add_argument("address")
+    q.add_argument("--by", choices=("admin", "user"), default="admin", help="who disabled it (default admin)")
+    q.set_defaults(func=guarded(cmd_disable))
+
+    q = msub.add_parser("import", parents=[js],
+                        help="add members from a file: one address per line ('Name <addr>' allowed) "
+                             "or a Mailman 2.1 config.pck")
+    q.add_argument("list")
+    q.add_argument("file", help="the file, or - for standard input")
+    q.set_defaults(func=guarded(cmd_import))
+
+    q = msub.add_parser("export", parents=[js], help="print members, one address per line")
+    q.add_argument("list")
+    q.add_argument("--status", choices=DELIVERY_STATUSES)
+    q.add_argument("--names", action="store_true", help="write 'Name <addr>' where a name is known")
+    q.set_defaults(func=guarded(cmd_export))
+
+
+def member_dict(member: Member) -> dict:
+    return dataclasses.asdict(member)
+
+
+def _show(args, member: Member, verb: str) -> int:
+    if args.json:
+        print_json(member_dict(member))
+    else:
+        print(f"{verb} {member.address} ({member.delivery_status})")
+    return 0
+
+
+def cmd_add(args) -> int:
+    _, store = open_list_store(args)
+    return _show(args, store.add_member(args.address, args.name), "added")
+
+
+def cmd_remove(args) -> int:
+    _, store = open_list_store(args)
+    return _show(args, store.remove_member(args.address), "removed")
+
+
+def cmd_list(args) -> int:
+    _, store = open_list_store(args)
+    members = store.members(args.status)
+    if args.json:
+        print_json([member_dict(m) for m in members])
+        return 0
+    for m in members:
+        name = f" ({m.display_name})" if m.display_name else ""
+        score = f" score {m.bounce_score:g}" if m.bounce_score else ""
+        print(f"{m.address}{name}  {m.delivery_status}{score}  since {when(m.subscribed_at)}")
+    print(f"{len(members)} member(s)", file=sys.stderr)
+    return 0
+
+
+def cmd_enable(args) -> int:
+    """Enable delivery; as in Mailman, an admin re-enable starts bounce scoring over."""
+    _, store = open_list_store(args)
+    with store.transaction():
+        member = _require(store, args.address)
+        member.delivery_status = "enabled"
+        member.status_changed_at = clock.now()
+        member.bounce_score = 0.0
+        member.last_bounce_day = member.last_bounce_at = None
+        member.notices_left = member.last_notice_at = None
+        member.re_enable_token = None
+        store.save_member(member)
+    return _show(args, member, "enabled")
+
+
+def cmd_disable(args) -> int:
+    _, store = open_list_store(args)
+    with store.transaction():
+        member = _require(store, args.address)
+        member.delivery_status = f"by_{args.by}"
+        member.status_changed_at = clock.now()
+        store.save_member(member)
+    return _show(args, member, "disabled")
+
+
+def _require(store: ListStore, address: str) -> Member:
+    member = store.get_member(address)
+    if member is None:
+        raise NotAMember(f"{address} is not a member of {store.list_key}")
+    return member
+
+
+def parse_address_lines(text: str) -> tuple[list[ImportedMember], list[tuple[str, str]]]:
+    """One address per line (``Name <addr>`` or bare; blank lines and ``#`` comments ignored).
+
+    Returns (members, [(line, reason)] for lines that hold no address).
+    Display-name syntax per RFC 5322 section 3.4 via :func:`email.utils.parseaddr`.
+    """
+    found, bad = [], []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        name, address = email.utils.parseaddr(line)
+        if not address or "@" not in address:
+            bad.append((line, "no address on this line"))
+            continue
+        found.append(ImportedMember(address=address, display_name=name))
+    return found, bad
+
+
+def cmd_import(args) -> int:
+    _, store = open_list_store(args)
+    try:
+        if args.file == "-":
+            data = sys.stdin.buffer.read()
+        else:
+            with open(args.file, "rb") as fh:
+                data = fh.read()
+    except OSError as exc:
+        fail(f"cannot read {args.file}: {exc.strerror}")
+    if looks_like_pickle(data):
+        try:
+            entries, bad = read_config(data).members, []
+        except MailmanImportError as exc:
+            fail(f"{args.file}: {exc}")
+    else:
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            fail(f"{args.file}: neither UTF-8 text nor a Mailman 2.1 config.pck")
+        entries, bad = parse_address_lines(text)
+    report = import_members(store, entries)
+    skipped = bad + report.skipped
+    if args.json:
+        print_json({"added": report.added, "skipped": [{"entry": e, "reason": r} for e, r in skipped]})
+    else:
+        for entry, reason in skipped:
+            print(f"skipped {entry}: {reason}", file=sys.stderr)
+        print(f"imported {len(report.added)} member(s), skipped {len(skipped)}")
+    return 0
+
+
+def cmd_export(args) -> int:
+    _, store = open_list_store(args)
+    members = store.members(args.status)
+    if args.json:
+        print_json([m.address for m in members])
+        return 0
+    for m in members:
+        print(name_addr(m.display_name, m.address) if args.names else m.address)
+    return 0
+
+
+def name_addr(name: str, address: str) -> str:
+    """``Name <addr>`` in UTF-8 (readable, unlike RFC 2047), quoted where RFC 5322 section 3.2.5 needs it."""
+    if not name:
+        return address
+    if any(c in name for c in '()<>[]:;@\\,."'):
+        name = '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return f"{name} <{address}>"

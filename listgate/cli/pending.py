@@ -1,0 +1,85 @@
+"""``listgate pending list|show|confirm|discard LIST ...``: a list's pending records.
+
+``confirm`` removes the record and prints it; performing the action it
+stands for (subscription, re-enable, ...) is the runner's and bounce engine's
+job and is not done here yet. ``discard`` removes a record without acting.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+
+from ..store import PENDING_TYPES, PendingRecord, UnknownToken
+from .common import fail, print_json
+from .members import guarded, json_parent, open_list_store, when
+
+
+def register(sub) -> None:
+    js = json_parent()
+    p = sub.add_parser("pending", help="pending records: list, show, confirm, discard")
+    psub = p.add_subparsers(dest="pending_command", metavar="ACTION", required=True)
+
+    q = psub.add_parser("list", parents=[js], help="unexpired pending records, oldest first")
+    q.add_argument("list")
+    q.add_argument("--type", choices=PENDING_TYPES)
+    q.set_defaults(func=guarded(cmd_list))
+
+    for name, func, text in (("show", cmd_show, "show a record without removing it"),
+                             ("confirm", cmd_confirm, "confirm: remove the record and print it"),
+                             ("discard", cmd_discard, "discard: remove the record, do nothing")):
+        q = psub.add_parser(name, parents=[js], help=text)
+        q.add_argument("list")
+        q.add_argument("token")
+        q.set_defaults(func=guarded(func))
+
+
+def record_dict(record: PendingRecord) -> dict:
+    return dataclasses.asdict(record)
+
+
+def _print(args, record: PendingRecord, verb: str | None = None) -> None:
+    if args.json:
+        print_json(record_dict(record))
+        return
+    if verb:
+        print(f"{verb} {record.token}")
+    print(f"token:   {record.token}\ntype:    {record.type}\ncreated: {when(record.created)}\n"
+          f"expires: {when(record.expires)}\npayload: {json.dumps(record.payload, sort_keys=True, ensure_ascii=False)}")
+
+
+def cmd_list(args) -> int:
+    _, store = open_list_store(args)
+    records = store.pending(args.type)
+    if args.json:
+        print_json([record_dict(r) for r in records])
+        return 0
+    for r in records:
+        print(f"{r.token}  {r.type:<17} created {when(r.created)}  expires {when(r.expires)}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    key, store = open_list_store(args)
+    record = store.peek_pending(args.token)
+    if record is None:
+        fail(f"unknown or expired token {args.token!r} for {key}")
+    _print(args, record)
+    return 0
+
+
+def _pop(args, verb: str) -> int:
+    key, store = open_list_store(args)
+    try:
+        record = store.confirm_pending(args.token)
+    except UnknownToken:
+        fail(f"unknown or expired token {args.token!r} for {key}")
+    _print(args, record, verb)
+    return 0
+
+
+def cmd_confirm(args) -> int:
+    return _pop(args, "confirmed")
+
+
+def cmd_discard(args) -> int:
+    return _pop(args, "discarded")
