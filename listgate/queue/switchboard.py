@@ -26,6 +26,7 @@ import errno
 import hashlib
 import itertools
 import logging
+import math
 import os
 import re
 import secrets
@@ -70,7 +71,9 @@ class QFile:
 
 def new_id(arrival: float) -> str:
     """A fresh qfile id for ``arrival`` (POSIX seconds); sorts by arrival, then tie-breakers."""
-    ns = max(0, int(round(arrival * 1e9)))
+    # whole seconds and fraction apart: arrival * 1e9 would lose the last digits to float rounding
+    whole = int(arrival // 1)
+    ns = max(0, whole * 1_000_000_000 + round((arrival - whole) * 1e9))
     return f"{ns:019d}-{os.getpid()}-{next(_counter) % 1000000:06d}-{secrets.token_hex(4)}"
 
 
@@ -144,6 +147,8 @@ class Switchboard:
             arrival = meta.get("arrival")
             if not isinstance(arrival, (int, float)) or isinstance(arrival, bool):
                 arrival = (id_arrival(qid) if qid else None) or clock.now()
+        if not math.isfinite(arrival):
+            raise ValueError(f"arrival must be a finite POSIX time, not {arrival!r}")
         meta["arrival"] = arrival
         meta.setdefault("attempts", 0)
         qid = qid or new_id(arrival)
@@ -388,7 +393,7 @@ class Switchboard:
         """An unparsable file goes to ``bad`` whole, as the message of a new qfile."""
         arrival = id_arrival(qid)
         meta = {"from_queue": self.name, "reason": f"unparsable qfile: {reason}",
-                "unparsable": True, "original_name": os.path.basename(path)}
+                "unparsable": True, "original_name": qid + READY}
         try:
             Switchboard(self.queue_dir, "bad").enqueue(
                 data, meta, arrival=arrival, qid=qid if arrival is not None else None)

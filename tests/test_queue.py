@@ -1,0 +1,327 @@
+"""The qfile format and the Switchboard: byte exactness, FIFO, slices, bad, recover."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from listgate import clock
+from listgate.queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile, slice_of
+from listgate.queue.switchboard import id_arrival
+
+MESSAGES = [
+    b"",
+    b"Subject: crlf\r\n\r\nline one\r\nline two\r\n",
+    b"Subject: bare lf\n\nbody\n",
+    b"Subject: mixed\r\n\nbare CR\ronly\r\r\n",
+    b"Subject: 8bit \xe9\xff\xfe\r\n\r\n\x00\x01 NUL and C0\x80\x81\r\n",
+    b"no trailing newline",
+    b"Subject: tricks\r\n\r\n\n--- message ---\nlistgate-qfile 1\n{\"arrival\": 0}\n--- message ---\n",
+    b"\n--- message ---\n",
+    bytes(range(256)) * 64,
+]
+
+
+@pytest.fixture
+def qroot(tmp_path):
+    return str(tmp_path / "queue")
+
+
+@pytest.mark.parametrize("msg", MESSAGES)
+def test_message_bytes_survive_exactly(qroot, msg):
+    sb = Switchboard(qroot, "in")
+    qid = sb.enqueue(msg, {"list": "demo@example.org"})
+    qf = sb.dequeue()
+    assert qf.id == qid and qf.msg == msg and qf.queue == "in"
+    moved = sb.move(qf, "out")
+    out = Switchboard(qroot, "out").dequeue()
+    assert out.id == moved == qid and out.msg == msg
+
+
+def test_file_is_readable_text_with_version_and_one_key_per_line(qroot):
+    sb = Switchboard(qroot, "in")
+    qid = sb.enqueue(b"Subject: hi\r\n\r\nbody\r\n",
+                     {"list": "demo@example.org", "recipients": ["a@example.org"], "envelope_sender": "b\u00e9@x.org"},
+                     arrival=1700000000.25)
+    data = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
+    lines = data.split(b"\n")
+    assert lines[0] == b"listgate-qfile 1"
+    assert lines[1] == b"{"
+    assert b' "arrival": 1700000000.25,' in lines
+    assert b' "attempts": 0,' in lines
+    assert ' "envelope_sender": "b\u00e9@x.org",'.encode() in lines  # readable, not \\u-escaped
+    assert data.endswith(b"\n}\n--- message ---\nSubject: hi\r\n\r\nbody\r\n")
+    assert qid.startswith("1700000000250000000-")
+
+
+def test_metadata_round_trips_unicode_and_lone_surrogates(qroot):
+    sb = Switchboard(qroot, "in")
+    meta = {"subject": "caf\u00e9 \u2603", "raw_header": "bad \udcff byte", "n": [1, 2.5, None, True]}
+    sb.enqueue(b"x", meta)
+    qf = sb.dequeue()
+    assert {k: qf.meta[k] for k in meta} == meta
+
+
+def test_hand_edited_file_still_parses(qroot):
+    """An operator rewrote the metadata compactly in an editor and changed a value."""
+    sb = Switchboard(qroot, "in")
+    qid = sb.enqueue(b"Subject: x\r\n\r\nbody\r\n", {"list": "demo@example.org"}, arrival=5.0)
+    path = os.path.join(sb.dir, qid + ".qf")
+    with open(path, "wb") as fh:
+        fh.write(b'listgate-qfile 1\n{"list": "other@example.org", "arrival": 5.0,\n  "attempts": 0}\n'
+                 b"--- message ---\nSubject: x\r\n\r\nbody\r\n")
+    qf = sb.dequeue()
+    assert qf.meta["list"] == "other@example.org" and qf.msg == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def test_reader_dispatches_on_format_version():
+    meta, msg = qfile.loads(b"listgate-qfile 1\r\n{}\n--- message ---\nabc")
+    assert (meta, msg) == ({}, b"abc")
+    with pytest.raises(QFileFormatError, match="version 2 is not readable"):
+        qfile.loads(b"listgate-qfile 2\n{}\n--- message ---\nabc")
+    assert qfile.FORMAT_VERSION in qfile._READERS
+    assert all(v in qfile._READERS for v in range(1, qfile.FORMAT_VERSION + 1))
+
+
+@pytest.mark.parametrize("content,why", [
+    (b"", "first line"),
+    (b"\x80\x02}q\x00(X\x04\x00\x00\x00listq\x01.", "first line"),  # a Mailman pickle
+    (b"listgate-qfile 1\n{\"a\": 1}\n", "separator"),
+    (b"listgate-qfile one\n{}\n--- message ---\n", "bad format version"),
+    (b"listgate-qfile 99\n{}\n--- message ---\n", "version 99"),
+    (b"listgate-qfile 1\n{\"a\": \xff}\n--- message ---\nx", "not UTF-8"),
+    (b"listgate-qfile 1\n{\"a\": 1,}\n--- message ---\nx", "not valid JSON"),
+    (b"listgate-qfile 1\n[1, 2]\n--- message ---\nx", "not an object"),
+    (b"listgate-qfile 1\n" + b"[" * 100000 + b"\n--- message ---\nx", "JSON|deeply"),
+], ids=["empty", "pickle", "no-separator", "version-word", "version-99", "not-utf8", "bad-json", "array", "deep"])
+def test_unparsable_qfile_goes_to_bad_with_reason_and_bytes(qroot, content, why):
+    sb = Switchboard(qroot, "in")
+    good = sb.enqueue(b"good", {}, arrival=20.0)
+    bad_id = "0000000000000000001-1-000000-00000000"  # arrives first
+    with open(os.path.join(sb.dir, bad_id + ".qf"), "wb") as fh:
+        fh.write(content)
+    qf = sb.dequeue()
+    assert qf.id == good and qf.msg == b"good"
+    assert sb.ids() == [] and sb.held_ids() == [good]
+    bad = Switchboard(qroot, "bad")
+    assert bad.ids() == [bad_id]
+    kept = bad.dequeue()
+    assert kept.msg == content  # the broken file is kept whole
+    assert kept.meta["from_queue"] == "in" and kept.meta["unparsable"] is True
+    assert kept.meta["reason"].startswith("unparsable qfile: ")
+    import re
+    assert re.search(why, kept.meta["reason"]), kept.meta["reason"]
+
+
+def test_stray_file_with_odd_name_goes_to_bad_under_a_new_id(qroot):
+    sb = Switchboard(qroot, "in")
+    with open(os.path.join(sb.dir, "copied by hand.qf"), "wb") as fh:
+        fh.write(b"Subject: oops\r\n\r\n")
+    assert sb.dequeue() is None
+    bad = Switchboard(qroot, "bad").dequeue()
+    assert bad.msg == b"Subject: oops\r\n\r\n" and bad.meta["original_name"] == "copied by hand.qf"
+    assert id_arrival(bad.id) is not None
+
+
+def test_fifo_by_arrival_not_by_enqueue_order(qroot):
+    sb = Switchboard(qroot, "in")
+    order = [30.0, 10.0, 20.0, 10.5, 0.0]
+    ids = {sb.enqueue(b"%f" % a, {}, arrival=a): a for a in order}
+    got = []
+    while (qf := sb.dequeue()) is not None:
+        got.append(qf.meta["arrival"])
+        sb.finish(qf)
+    assert got == sorted(order)
+    assert sorted(ids) == sorted(ids, key=ids.get)
+
+
+def test_equal_arrival_times_neither_collide_nor_skip(qroot):
+    clock.freeze(1800000000.0)
+    sb = Switchboard(qroot, "in")
+    ids = [sb.enqueue(b"%d" % i, {"i": i}) for i in range(500)]
+    assert len(set(ids)) == 500
+    assert sb.ids() == ids  # same arrival: enqueue order within a process
+    got = []
+    while (qf := sb.dequeue()) is not None:
+        got.append(qf.meta["i"])
+        sb.finish(qf)
+    assert got == list(range(500))
+
+
+def test_equal_arrival_times_from_two_processes(qroot):
+    """Two processes enqueue with the same arrival: all ids distinct, none skipped."""
+    code = ("import sys; from listgate.queue import Switchboard; sb = Switchboard(sys.argv[1], 'in'); "
+            "[sb.enqueue(b'x', {'p': sys.argv[2]}, arrival=1800000000.0) for _ in range(100)]")
+    procs = [subprocess.Popen([sys.executable, "-c", code, qroot, str(p)]) for p in range(2)]
+    for p in procs:
+        assert p.wait(timeout=60) == 0
+    sb = Switchboard(qroot, "in")
+    ids = sb.ids()
+    assert len(ids) == 200 and len({i.split("-")[1] for i in ids}) == 2
+    n = 0
+    while (qf := sb.dequeue()) is not None:
+        n += 1
+        sb.finish(qf)
+    assert n == 200
+
+
+def test_arrival_is_kept_across_queues(qroot):
+    sb_in, retry = Switchboard(qroot, "in"), Switchboard(qroot, "retry")
+    newer = retry.enqueue(b"newer", {}, arrival=200.0)
+    old = sb_in.enqueue(b"old", {"list": "demo@example.org"}, arrival=100.0)
+    qf = sb_in.dequeue()
+    assert sb_in.move(qf, "retry", reason="4.4.1 connection refused") == old
+    first = retry.dequeue()
+    assert first.id == old and first.meta["arrival"] == 100.0
+    assert first.meta["from_queue"] == "in" and first.meta["reason"] == "4.4.1 connection refused"
+    assert retry.dequeue().id == newer
+
+
+def test_default_arrival_comes_from_the_clock(qroot):
+    clock.freeze(1234567890.5)
+    qid = Switchboard(qroot, "in").enqueue(b"x", {})
+    assert id_arrival(qid) == 1234567890.5
+
+
+def test_hash_slices_partition_the_queue(qroot):
+    sb = Switchboard(qroot, "in")
+    ids = {sb.enqueue(b"%d" % i, {}) for i in range(400)}
+    slices = 4
+    taken: list[set[str]] = []
+    for s in range(slices):
+        runner = Switchboard(qroot, "in")  # one runner process per slice
+        mine = set()
+        while (qf := runner.dequeue(slice=s, slices=slices)) is not None:
+            assert slice_of(qf.id, slices) == s
+            mine.add(qf.id)
+            runner.finish(qf)
+        taken.append(mine)
+    assert set().union(*taken) == ids
+    assert sum(len(t) for t in taken) == len(ids)  # disjoint
+    assert all(40 < len(t) < 160 for t in taken), [len(t) for t in taken]
+    with pytest.raises(ValueError):
+        sb.dequeue(slice=4, slices=4)
+
+
+def test_finish_update_release(qroot):
+    sb = Switchboard(qroot, "out")
+    qid = sb.enqueue(b"msg", {"deliveries": [{"rcpt": "a@x"}, {"rcpt": "b@x"}], "done": []})
+    qf = sb.dequeue()
+    assert sb.ids() == [] and sb.held_ids() == [qid] and qf.path.endswith(".held")
+    assert sb.dequeue() is None  # held: nobody else takes it
+    sb.update(qf, {**qf.meta, "done": [0]})
+    on_disk = sb.peek(qid)
+    assert on_disk.meta["done"] == [0] and on_disk.msg == b"msg" and on_disk.meta["arrival"] == qf.meta["arrival"]
+    sb.release(qf)
+    again = sb.dequeue()
+    assert again.id == qid and again.meta["done"] == [0] and again.meta["attempts"] == 0
+    sb.finish(again)
+    assert os.listdir(sb.dir) == []
+    sb.finish(again)  # twice is harmless
+
+
+def test_recover_counts_attempts_then_moves_to_bad(qroot):
+    msg = b"Subject: poison\r\n\r\n\xff"
+    qid = Switchboard(qroot, "in").enqueue(msg, {"list": "demo@example.org"})
+    for attempt in (1, 2):
+        crashed = Switchboard(qroot, "in")
+        assert crashed.dequeue().id == qid  # ... and the runner dies holding it
+        fresh = Switchboard(qroot, "in", max_attempts=3)
+        assert fresh.recover() == 1
+        assert fresh.ids() == [qid] and fresh.held_ids() == []
+        assert fresh.peek(qid).meta["attempts"] == attempt
+    Switchboard(qroot, "in").dequeue()
+    assert Switchboard(qroot, "in", max_attempts=3).recover() == 1
+    assert os.listdir(os.path.join(qroot, "in")) == []
+    bad = Switchboard(qroot, "bad").dequeue()
+    assert bad.id == qid and bad.msg == msg
+    assert bad.meta["attempts"] == 3 and bad.meta["from_queue"] == "in"
+    assert "left in progress 3 times" in bad.meta["reason"]
+
+
+def test_recover_keeps_durable_progress(qroot):
+    sb = Switchboard(qroot, "out")
+    sb.enqueue(b"m", {"done": []})
+    qf = sb.dequeue()
+    sb.update(qf, {**qf.meta, "done": [0, 1]})
+    Switchboard(qroot, "out").recover()
+    assert sb.dequeue().meta["done"] == [0, 1]
+
+
+def test_recover_respects_slices(qroot):
+    sb = Switchboard(qroot, "in")
+    for i in range(40):
+        sb.enqueue(b"%d" % i, {})
+    held = []
+    while (qf := sb.dequeue()) is not None:
+        held.append(qf.id)
+    assert Switchboard(qroot, "in").recover(slice=1, slices=2) == sum(slice_of(q, 2) == 1 for q in held)
+    assert all(slice_of(q, 2) == 0 for q in sb.held_ids())
+
+
+def test_max_attempts_comes_from_site_config(tmp_path):
+    from conftest import make_site
+    site = make_site(tmp_path / "inst")
+    sb = Switchboard.for_site(site, "virgin")
+    assert sb.max_attempts == site.conf.runner.max_attempts == 3
+    assert sb.dir == os.path.join(site.queue_dir, "virgin")
+
+
+def test_recover_removes_temp_files_of_dead_writers_only(qroot):
+    sb = Switchboard(qroot, "in")
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)
+    dead_pid = int(dead.stdout)
+    stale = os.path.join(sb.dir, f".0000000000000000001-1-000000-00000000.{dead_pid}.tmp")
+    live = os.path.join(sb.dir, f".0000000000000000002-1-000000-00000000.{os.getpid()}.tmp")
+    for p in (stale, live):
+        with open(p, "wb") as fh:
+            fh.write(b"listgate-qfile 1\n{")  # half written
+    assert sb.dequeue() is None and sb.ids() == []
+    sb.recover()
+    assert not os.path.exists(stale) and os.path.exists(live)
+
+
+def test_enqueue_rejects_bad_input_before_touching_disk(qroot):
+    sb = Switchboard(qroot, "in")
+    with pytest.raises(TypeError):
+        sb.enqueue(b"x", {"when": object()})
+    with pytest.raises(TypeError):
+        sb.enqueue("text, not bytes", {})
+    with pytest.raises(ValueError):
+        sb.enqueue(b"x", {"nan": float("nan")})
+    with pytest.raises(ValueError):
+        sb.enqueue(b"x", {}, qid="../../etc/passwd")
+    assert os.listdir(sb.dir) == []
+    with pytest.raises(ValueError):
+        Switchboard(qroot, "nonsense")
+    assert issubclass(QueueError, OSError)
+    assert set(QUEUES) == {"in", "bounces", "out", "virgin", "retry", "shunt", "bad"}
+
+
+def test_unwritable_queue_directory_is_a_queue_error(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    with pytest.raises(QueueError):
+        Switchboard(str(blocker), "in")
+
+
+def test_peek_and_take_stay_inside_the_queue(qroot):
+    sb = Switchboard(qroot, "in")
+    for name in ("../bad/x", ".hidden", "", "a\0b"):
+        assert sb.peek(name) is None and sb.take(name) is None
+    qid = sb.enqueue(b"x", {})
+    assert sb.take("0000000000000000000-1-000000-00000000") is None
+    assert sb.take(qid).id == qid and sb.take(qid) is None
+
+
+def test_json_metadata_on_disk_is_exactly_what_dequeue_returns(qroot):
+    sb = Switchboard(qroot, "virgin")
+    meta = {"deliveries": [{"rcpt": "a@x", "sender": "l-bounces+tok@x"}], "done": [], "mta_queue_id": None}
+    qid = sb.enqueue(b"m", meta, arrival=7.0)
+    raw = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
+    head = raw.split(b"\n", 1)[1].split(b"\n--- message ---\n")[0]
+    assert json.loads(head) == {**meta, "arrival": 7.0, "attempts": 0} == sb.dequeue().meta
