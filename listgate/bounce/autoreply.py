@@ -17,7 +17,6 @@ address works. Signals, strongest first:
 from __future__ import annotations
 
 import re
-from email.header import decode_header, make_header
 from email.message import Message
 
 from . import message as m
@@ -32,14 +31,6 @@ _SUBJECT_RE = re.compile(
 )
 
 
-def _subject(msg: Message) -> str:
-    raw = m.header(msg, "Subject")
-    try:
-        return str(make_header(decode_header(raw)))
-    except Exception:
-        return raw
-
-
 def autoreply_reason(msg: Message) -> str | None:
     """Why ``msg`` is an automatic response, or None if nothing says so."""
     auto = m.header(msg, "Auto-Submitted").lower()
@@ -51,7 +42,7 @@ def autoreply_reason(msg: Message) -> str | None:
     for name in ("Precedence", "X-Precedence"):
         if m.header(msg, name).lower().replace("-", "_") == "auto_reply":
             return f"{name}: auto_reply"
-    subject = _subject(msg)
+    subject = m.decoded_header(msg, "Subject")
     if _SUBJECT_RE.search(subject):
         return f"auto-reply subject {subject[:60]!r}"
     if auto and not auto.startswith("no"):

@@ -68,7 +68,7 @@ ATTRIBUTIONS = ("verp", "probe", "dsn", "heuristic", "none")  # plus 'detector:<
 _SEVERITY = ("hard", "policy", "soft", "complaint", "unknown", "delayed",
              "relayed", "expanded", "delivered", "autoreply")
 
-_BOUNCE_FROM_RE = re.compile(r"mailer-daemon|postmaster|mail\s*delivery|maildelivery|mail-daemon"
+_BOUNCE_FROM_RE = re.compile(r"mailer-daemon|post_?master|mail\s*delivery|maildelivery|mail-daemon"
                              r"|\bmmdf\b|\bmdaemon\b|mail\s+administrator|smtp\s+gateway", re.I)
 _BOUNCE_SUBJECT_RE = re.compile(
     r"undeliver|undelivered|delivery\s+(?:status\s+notification|failure|failed|problem|report|notification)"
@@ -172,27 +172,33 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
     text = None
     if verp_address and looks_like_bounce and (not auto or _bounce_from(msg)):
         # VERP fast path: the address is known, only the class is needed.
-        text = m.body_text(msg)
+        text = m.without_returned_text(m.body_text(msg))
         notes.append("looks like a bounce by its headers; VERP attributes it, detectors skipped")
         return done(True, "non-standard", [_heuristic_failure(text, None, "heuristic")])
 
     found = run_detectors(msg)
     if found is not None and not (auto and not _bounce_from(msg)):
-        text = m.body_text(msg)
+        text = m.without_returned_text(m.body_text(msg))
         notes.append(f"flufl.bounce detector {found.name!r} recognised the format")
-        failures = [_detected_failure(text, a, found.name, permanent=True) for a in found.permanent]
+        bogus = [a for a in found.permanent + found.temporary if m.address_of(a) is None]
+        if bogus:
+            notes.append(f"ignored {len(bogus)} detector match(es) that are not addresses")
+        failures = [_detected_failure(text, a, found.name, permanent=True)
+                    for a in found.permanent if a not in bogus]
         failures += [_detected_failure(text, a, found.name, permanent=False)
-                     for a in found.temporary if a not in found.permanent]
-        return done(True, "non-standard", failures)
+                     for a in found.temporary if a not in found.permanent and a not in bogus]
+        if failures:
+            return done(True, "non-standard", failures)
+        found = None
 
-    if auto:
+    if auto and not _bounce_from(msg):
         if found is not None:
             notes.append(f"detector {found.name!r} matched, but the headers say auto-reply")
         return done(False, "autoreply", [
             Failure(None, "autoreply", None, "", "none", auto + ": not a bounce, never scored")])
 
     if looks_like_bounce:
-        text = m.body_text(msg)
+        text = m.without_returned_text(m.body_text(msg))
         notes.append("no detector recognised it; bounce by its headers")
         return done(True, "non-standard", [_heuristic_failure(text, None, "heuristic")])
 
@@ -275,7 +281,7 @@ def _looks_like_bounce(msg) -> bool:
     # Not Return-Path <>: RFC 3834 section 3.3 gives auto-replies a null sender too.
     if _bounce_from(msg):
         return True
-    return bool(_BOUNCE_SUBJECT_RE.search(m.header(msg, "Subject")))
+    return bool(_BOUNCE_SUBJECT_RE.search(m.decoded_header(msg, "Subject")))
 
 
 def _bounce_from(msg) -> bool:

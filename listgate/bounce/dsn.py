@@ -122,8 +122,12 @@ def find_report(msg: Message) -> Report | None:
         ctype = m.content_type(part)
         if ctype == "message/delivery-status":
             status_parts.append(part)
-        elif ctype == "text/plain" or ctype == "text/delivery-status":
-            text_parts.append(part)
+        elif ctype.startswith(("text/", "multipart/")):
+            try:
+                if not part.is_multipart():  # incl. a multipart whose boundary did not match
+                    text_parts.append(part)
+            except Exception:
+                continue
     notes: list[str] = []
     texts: list[str] = []
     well_formed = bool(status_parts)

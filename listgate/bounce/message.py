@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import email
 import email.policy
+import re
+from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
@@ -54,6 +56,15 @@ def header(msg: Message, name: str) -> str:
         return str(value).strip()
     except Exception:
         return ""
+
+
+def decoded_header(msg: Message, name: str) -> str:
+    """Like :func:`header`, with RFC 2047 encoded words decoded (never raises)."""
+    raw = header(msg, name)
+    try:
+        return str(make_header(decode_header(raw)))
+    except Exception:
+        return raw
 
 
 def headers(msg: Message, name: str) -> list[str]:
@@ -175,11 +186,33 @@ def body_text(msg: Message) -> str:
             if isinstance(payload, list):
                 stack.extend(p for p in payload if isinstance(p, Message))
             continue
-        if ctype.startswith("text/") or ctype == "message/delivery-status":
+        # a multipart/* the parser could not split (bad boundary) is text too
+        if ctype.startswith(("text/", "multipart/")) or ctype == "message/delivery-status":
             text = text_of(part)
             chunks.append(text)
             total += len(text)
     return "\n".join(chunks)[:MAX_TEXT_CHARS]
+
+
+# local@domain with a dotted domain; no spaces, quotes, brackets or JSON
+# punctuation (a detector may hand us garbage); non-ASCII allowed (RFC 6531).
+_ADDRESS_RE = re.compile(r'^[^\s"(),:;<>@\[\]\\{}]+@[^\s"(),:;<>@\[\]\\{}.]+(?:\.[^\s"(),:;<>@\[\]\\{}.]+)+$')
+# Where a bounce quotes our own message inline (not as a MIME part); its
+# words are not the remote MTA's.
+_RETURNED_MARKER_RE = re.compile(
+    r"^[\s\-=*#_]*(?:returned\s+message|original\s+message|undelivered\s+message|"
+    r"(?:the\s+)?(?:original\s+)?message\s+(?:header|headers)\s+follows?|"
+    r"below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message|"
+    r"(?:the\s+)?header\s+of\s+the\s+original\s+message|bounced\s+e-?mail:|"
+    r"unsent\s+message\s+below|this\s+is\s+a\s+copy\s+of\s+the\s+(?:original\s+)?message)",
+    re.IGNORECASE | re.MULTILINE,
+)
+
+
+def without_returned_text(text: str) -> str:
+    """``text`` up to the first marker of an inline-quoted original message."""
+    match = _RETURNED_MARKER_RE.search(text)
+    return text[: match.start()] if match and match.start() > 0 else text
 
 
 def address_of(value: str) -> str | None:
@@ -199,7 +232,7 @@ def address_of(value: str) -> str | None:
     except Exception:
         addr = ""
     addr = (addr or value).strip().strip("<>").strip()
-    if "@" not in addr or any(c.isspace() for c in addr):
+    if not _ADDRESS_RE.match(addr):
         return None
     local, _, domain = addr.rpartition("@")
     if not local or not domain:

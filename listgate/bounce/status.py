@@ -45,7 +45,7 @@ import re
 
 # RFC 3463 section 2: class "." subject "." detail; subject and detail are
 # 1-3 digits. Guard against IP addresses and version numbers around it.
-ENHANCED_RE = re.compile(r"(?<![\d.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
+ENHANCED_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 # An SMTP reply code (RFC 5321 section 4.2) where a bounce quotes a reply:
 # line start, or after "said:", "said", "host ...:", "reply:" and the like.
 REPLY_RE = re.compile(
@@ -64,7 +64,7 @@ _ADDRESS_WORDS = re.compile(
     r"|mailbox\s+(?:not\s+found|does|unknown|disabled|is\s+disabled)|account\s+(?:is\s+|has\s+been\s+)?(?:disabled|closed|deactivated|expired|suspended)"
     r"|relay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited)|not\s+our\s+customer"
     r"|unrouteable\s+address|undeliverable\s+address|addressee\s+unknown|bad\s+destination\s+mailbox"
-    r"|no\s+mailbox|not\s+a\s+valid\s+(?:user|mailbox|recipient)|user\s+not\s+found|no\s+longer\s+(?:active|valid|available)",
+    r"|not\s+listed\s+in|no\s+mailbox|not\s+a\s+valid\s+(?:user|mailbox|recipient)|user\s+not\s+found|no\s+longer\s+(?:active|valid|available)",
     re.IGNORECASE,
 )
 # The message (or the list host sending it) was refused.
@@ -76,11 +76,27 @@ _POLICY_WORDS = re.compile(
     r"|too\s+(?:big|large)|size\s+limit|exceeds?\s+(?:the\s+)?(?:maximum\s+)?(?:message\s+)?size",
     re.IGNORECASE,
 )
+# Without a status code only unmistakable words may call it policy.
+_STRONG_POLICY_WORDS = re.compile(
+    r"spam|virus|malware|phish|black\s*list|block\s*list|dmarc|reputation|\brbl\b|dnsbl|spamhaus|spamcop"
+    r"|barracuda|sorbs|unsolicited",
+    re.IGNORECASE,
+)
+# The mailbox exists but is full: a temporary condition that was given up on.
+_QUOTA_WORDS = re.compile(r"mailbox\s+(?:is\s+)?full|over\s*quota|quota\s+exceeded|exceeded\s+(?:the\s+|its\s+)?(?:storage\s+)?quota"
+                          r"|insufficient\s+(?:disk\s+)?space|mailbox\s+size\s+limit", re.IGNORECASE)
 # A non-DSN report with a 4.x.x status either gave up or only warns.
 _GAVE_UP_WORDS = re.compile(
     r"retry\s+time(?:out)?\s+(?:was\s+)?exceeded|giving\s+up|gave\s+up|given\s+up|expired|too\s+long"
     r"|could\s+not\s+be\s+delivered|couldn't\s+be\s+delivered|undeliverable|permanent|delivery\s+failed"
     r"|has\s+been\s+returned|returned\s+to\s+(?:the\s+)?sender|deleted\s+from\s+(?:the\s+)?queue|failed",
+    re.IGNORECASE,
+)
+# A failure that was temporary until the MTA stopped retrying (no code needed).
+_TEMPORARY_WORDS = re.compile(
+    r"retry\s+time(?:out)?\s+(?:was\s+)?(?:exceeded|not\s+reached)|retry\s+timeout|giving\s+up|gave\s+up"
+    r"|too\s+long\s+in\s+(?:the\s+)?queue|(?:message|delivery)\s+(?:has\s+)?expired|expired\s+in\s+queue"
+    r"|could\s+not\s+be\s+delivered\s+(?:within|for|in)\s+\d|delivery\s+time\s+expired|time[ds]?\s*out",
     re.IGNORECASE,
 )
 _WARNING_WORDS = re.compile(
@@ -90,13 +106,17 @@ _WARNING_WORDS = re.compile(
 )
 
 
-def find_status(text: str) -> str | None:
+def find_status(text: str, classes: str = "245") -> str | None:
     """First RFC 3463 enhanced status code in ``text`` ('5.1.1'), or None.
 
+    ``classes``: the status classes to accept (free text looks only for
+    failures, "45": a "2.0.13" there is a version number, not a success).
     A specific code wins over a generic ``X.0.0`` found earlier.
     """
     generic = None
     for m in ENHANCED_RE.finditer(text or ""):
+        if m.group(1) not in classes:
+            continue
         code = ".".join(m.groups())
         if m.group(2) == "0" and m.group(3) == "0":
             generic = generic or code
@@ -139,7 +159,7 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
     diagnostic = diagnostic or ""
     if action in IGNORED_ACTIONS:
         return action, f"Action: {action}", status
-    found = find_status(diagnostic)
+    found = find_status(diagnostic, "45")
     if status is None or (status.endswith(".0.0") and found and not found.endswith(".0.0")
                           and found[0] == status[0]):
         status = found or status
@@ -150,7 +170,7 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
         code_class = reply[0] if reply else None
     shown = status or (f"SMTP {reply}" if reply else "")
     if code_class is None:
-        return None, "no status code", None
+        return _without_code(action, diagnostic, report_is_final)
     if code_class == "2":
         return "delivered", f"{shown}: success status", status
     if code_class == "4":
@@ -163,6 +183,23 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
             return "soft", f"temporary {shown}, report says delivery was given up", status
         return "delayed", f"temporary {shown}, report is a warning", status
     return _permanent(status, shown, diagnostic)
+
+
+def _without_code(action: str, diagnostic: str, report_is_final: bool | None) -> tuple[str | None, str, str | None]:
+    """No status and no SMTP code: only unambiguous wording decides, else None."""
+    words = _ADDRESS_WORDS.search(diagnostic)
+    if words:
+        return "hard", f"no status code; the text says the address is bad ({words.group(0)!r})", None
+    words = _TEMPORARY_WORDS.search(diagnostic)
+    if words and report_is_final is not False and not _WARNING_WORDS.search(diagnostic):
+        return "soft", f"no status code; the text says retries were given up ({words.group(0)!r})", None
+    words = _QUOTA_WORDS.search(diagnostic)
+    if words and report_is_final is not False:
+        return "soft", f"no status code; the text says the mailbox is full ({words.group(0)!r})", None
+    words = _STRONG_POLICY_WORDS.search(diagnostic)
+    if words and action not in ("delayed",):
+        return "policy", f"no status code; {words.group(0)!r} in text: the message was refused", None
+    return None, "no status code", None
 
 
 def _permanent(status: str | None, shown: str, diagnostic: str) -> tuple[str, str, str | None]:

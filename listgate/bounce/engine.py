@@ -1,0 +1,611 @@
+"""The bounce life cycle: attribute, score, probe, disable, remind, remove.
+
+Mailman 2.1.5's scheme (DESIGN.md, "Bounce life cycle"), made stricter. One
+:class:`BounceEngine` serves every front end (milter, ``listgate inject``,
+runner). All time comes from :mod:`listgate.clock`.
+
+Rules, in the order a bounce meets them
+---------------------------------------
+
+* **Attribution**: a signed member VERP (``L-bounces+<member>.<key>.<mac>@D``)
+  names the member, whatever address the DSN reports (forwarding changes it);
+  a probe token names the probe; otherwise each failing address of the
+  classification (RFC 3464 DSN, flufl.bounce detectors) is looked up among the
+  members. A DSN whose original Message-ID is a pending probe's is a probe
+  bounce too. Forged, retired-key or malformed VERP extensions attribute
+  nothing (routing refuses them at RCPT; if one gets here, the message is
+  handled as if it came to plain ``L-bounces@D``).
+* **Not a bounce** (human reply, RFC 3834 auto-reply) is never scored:
+  auto-replies are dropped, anything else is forwarded to the owners or
+  discarded per ``bounce_unrecognized_goes_to_list_owner``. So is a bounce
+  with no attributable failure ("unrecognised").
+* **Record only**: ``bounce_processing: false``; members not ``enabled``
+  (residual bounces); non-members; classes that are not failures (delayed,
+  delivered, relayed, expanded, autoreply); classes of weight 0 (``policy``
+  by default: the list's mail was refused, not the member's address — these
+  never lead to a probe or a disable).
+* **Domain incident**: when at least ``bounce_domain_incident.members``
+  distinct members at one domain fail with one status within
+  ``bounce_domain_incident.window`` (counting the current bounce), the bounce
+  is recorded as ``incident`` and not scored, and so is every later one at
+  that domain with that status while the condition holds; the owners are told
+  once (``store.remember``, for max(window, 1 day)). Decision: bounces scored
+  *before* the incident was recognised keep their score. Each was at most one
+  daily increment for fewer than ``members`` members, and undoing them would
+  need the weights as they were then; the probe still protects those members.
+* **Outstanding probe**: while a member's probe is pending, their other
+  bounces are recorded (``probe_outstanding``), not scored: the probe
+  decides. This is what makes "no probe bounce: scoring starts from zero" hold
+  when the probe expires, with nothing to do at expiry.
+* **Scoring**: bounce info older than ``bounce_info_stale_after`` restarts the
+  score; at most one increment per member per UTC day (``clock.day()``); the
+  weight is ``bounce_weights[class]``; evidence is kept for scored bounces.
+* **Threshold** (``score >= bounce_score_threshold``): a probe goes to the
+  member, envelope sender and ``From`` ``L-bounces+TOKEN@D`` with a fresh
+  ``probe`` pending record (lifetime ``pending.probe``), the last bounce
+  attached; the score is reset.
+* **Probe bounce** (hard, soft or unknown class; by VERP token, DSN, or
+  :meth:`BounceEngine.register_failure` with ``probe_token``): the token is
+  confirmed (single use), the member is disabled ``by_bounce`` and gets notice
+  1 of ``bounce_you_are_disabled_warnings`` with a ``re_enable`` token
+  (``L-confirm+TOKEN@D``); :meth:`BounceEngine.run_periodic` sends one more
+  every ``..._interval`` (refreshing the token's lifetime so it outlives the
+  next notice), and removes the member one interval after the last. With 0
+  warnings the member gets one last notice and is removed at once. A probe
+  refused for policy (5.7.x) does not disable: policy bounces never do.
+* **Complaints** (ARF, RFC 5965): recorded; ``complaint_action`` ``disable``
+  sets delivery ``by_admin`` (a complaint says nothing about the address, so
+  the bounce notices and removal do not apply; an owner re-enables), and
+  ``unsubscribe`` removes the member; the owners are told either way.
+
+Durability and ordering
+-----------------------
+
+Every call runs in one ``store.transaction()``. Follow-up mail is collected
+while the state changes are made and written to the ``virgin`` queue *inside*
+the transaction, just before it commits. If the queue write fails
+(:class:`~listgate.queue.QueueError`) nothing commits and the caller answers
+4xx: the MTA retries the bounce later. If the process dies after the qfiles
+are written but before the commit, the bounce is retried and the mail is
+written again: a duplicate notice (or an extra probe whose token was never
+stored, so a bounce of it is refused at RCPT) is the worst case; a notice is
+never lost and no state claims a mail was sent that was not.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from .. import addresses, clock, messages, verp
+from ..log import kv
+from ..config.schema import DAY
+from ..store import BounceEvent, Member, NotAMember, UnknownToken, open_store
+from . import notices
+from .classify import Classification, Failure, classify
+
+__all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK", "PROBE_FAILURE_CLASSES"]
+
+log = logging.getLogger("listgate.bounce")
+
+# Which failure decides when one message reports several for one address
+# (the same order classification uses to reduce a VERP'd report).
+FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown",
+                "delayed", "relayed", "expanded", "delivered", "autoreply")
+# Not failures of the address: recorded, never scored (DESIGN.md, "Bounce life cycle" 2).
+IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply")
+# A probe bounce of these classes disables; a policy refusal of the probe does not.
+PROBE_FAILURE_CLASSES = ("hard", "soft", "unknown")
+# Events that describe a member's failure (what the domain-incident rule counts).
+_INCIDENT_ACTIONS = ("scored", "same_day", "recorded", "residual", "probe_sent",
+                     "probe_outstanding", "incident")
+_DETAIL_MAX = 500
+
+
+@dataclass(frozen=True)
+class BounceAction:
+    """What the engine did about one address: the same facts as the stored :class:`BounceEvent`.
+
+    ``action``: scored, same_day, recorded, ignored, residual, non_member,
+    probe_sent, probe_outstanding, probe_policy, probe_unknown, disabled,
+    removed, incident, complaint, forwarded, discarded.
+    """
+
+    address: str | None
+    action: str
+    bounce_class: str
+    status: str | None = None
+    attribution: str = ""
+    detail: str = ""
+
+    def __str__(self) -> str:
+        return f"{self.address or '-'}:{self.action}"
+
+
+@dataclass
+class BounceOutcome:
+    """The result of one call: ``actions`` per address, ``queued`` virgin qfile ids."""
+
+    list_key: str
+    actions: list[BounceAction] = field(default_factory=list)
+    queued: list[str] = field(default_factory=list)
+    classification: Classification | None = None
+
+    def summary(self) -> str:
+        """``addr:action ...`` for one log line."""
+        return " ".join(str(a) for a in self.actions) or "nothing"
+
+
+class _Run:
+    """One call's context: the list, its store, events to record and mail to queue."""
+
+    def __init__(self, engine: "BounceEngine", lc, message_id: str | None = None):
+        self.engine = engine
+        self.site = engine.site
+        self.lc = lc
+        self.key = messages.list_key(lc)
+        self.store = open_store(self.site, self.key)
+        self.message_id = message_id
+        self.now = clock.now()
+        self.outcome = BounceOutcome(self.key)
+        self._outbox: list[tuple] = []
+
+    def record(self, address: str | None, action: str, failure: Failure | None, *,
+               bounce_class: str | None = None, attribution: str | None = None, detail: str = "") -> None:
+        cls = bounce_class or (failure.bounce_class if failure else "unknown")
+        status = failure.status if failure else None
+        attr = attribution or (failure.attribution if failure else "none")
+        text = detail or (failure.diagnostic if failure else "")
+        text = " ".join((text or "").split())[:_DETAIL_MAX]
+        self.store.add_event(BounceEvent(at=self.now, address=address, bounce_class=cls, status=status,
+                                         attribution=attr, message_id=self.message_id, action=action,
+                                         detail=text))
+        self.outcome.actions.append(BounceAction(address, action, cls, status, attr, text))
+
+    def send(self, msg, deliveries: list[dict], kind: str, meta: dict | None = None) -> None:
+        self._outbox.append((msg, deliveries, kind, meta))
+
+    def to_member(self, member_address: str) -> list[dict]:
+        # The member's own VERP address: a bounce of the notice is attributed
+        # to them (and is residual once they are disabled).
+        return [{"rcpt": member_address,
+                 "sender": verp.member_bounce_address(self.site, self.lc, member_address)}]
+
+    def to_owners(self) -> list[dict]:
+        return messages.owner_deliveries(self.lc)
+
+    def flush(self) -> None:
+        """Write collected mail to ``virgin``; called inside the transaction, before commit."""
+        for msg, deliveries, kind, meta in self._outbox:
+            qid = messages.queue_virgin(self.site, self.lc, msg, deliveries, kind=kind, meta=meta)
+            self.outcome.queued.append(qid)
+        self._outbox.clear()
+
+
+def _top(failures: Iterable[Failure]) -> Failure | None:
+    """The failure that decides for one address (hard beats soft beats ... autoreply)."""
+    def rank(f: Failure) -> int:
+        return FAILURE_RANK.index(f.bounce_class) if f.bounce_class in FAILURE_RANK else len(FAILURE_RANK)
+    items = sorted(failures, key=rank)
+    return items[0] if items else None
+
+
+def _domain_of(address: str) -> str:
+    parts = addresses.split_address(address)
+    return parts[1] if parts else ""
+
+
+class BounceEngine:
+    """Scoring and the life cycle for every list of ``site`` (docs/ARCHITECTURE.md, "Bounce engine").
+
+    Each public call commits its store changes in one transaction and writes
+    its follow-up mail to the ``virgin`` queue before returning. Raises
+    :class:`~listgate.store.StoreUnavailable` or
+    :class:`~listgate.queue.QueueError` when it cannot: front ends answer 4xx.
+    """
+
+    def __init__(self, site):
+        self.site = site
+
+    # -- inbound bounces ------------------------------------------------------
+    def handle_bounce(self, lc, msg: bytes, address: addresses.ListAddress, *,
+                      envelope_sender: str | None, mta_queue_id: str | None = None) -> BounceOutcome:
+        """Handle mail that reached ``L-bounces[+EXT]@D`` (``address``, role ``bounces``).
+
+        ``msg`` is the raw message. Returns what happened per address.
+        """
+        store = open_store(self.site, messages.list_key(lc))
+        verp_member = probe_token = probe_member = None
+        verp_note = ""
+        if address.extension:
+            decoded = verp.decode(self.site, lc, address.extension, store=store)
+            if decoded.kind in ("member", "unsigned"):
+                verp_member = decoded.member
+            elif decoded.kind == "probe":
+                probe_token = decoded.token
+                probe_member = decoded.pending.payload.get("member") if decoded.pending else None
+            elif decoded.error == "unknown-token":
+                # A used or expired probe token: single use, so it attributes nothing
+                # (a second bounce of one probe must not disable or score twice).
+                probe_token = decoded.token
+            else:
+                verp_note = f"VERP extension refused ({decoded.error})"
+        rcpt = addresses.make(address.name, address.domain, "bounces", address.extension)
+        result = classify(msg, envelope_recipient=rcpt, verp_address=verp_member or probe_member,
+                          verp_kind="probe" if probe_member else "verp")
+        run = _Run(self, lc, result.message_id)
+        run.outcome.classification = result
+        with run.store.transaction():
+            if not result.is_bounce:
+                self._not_a_bounce(run, result, msg, rcpt, envelope_sender)
+            elif probe_token:
+                self._probe_bounce(run, probe_token, result.failures, msg)
+            elif verp_member:
+                self._verp_bounce(run, verp_member, result, msg)
+            else:
+                token = self._probe_by_message_id(run, result.original_message_id)
+                if token:
+                    self._probe_bounce(run, token, result.failures, msg)
+                else:
+                    self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note)
+            run.flush()
+        log.info("bounce %s", kv(list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary()))
+        return run.outcome
+
+    def register_failure(self, lc, address: str, bounce_class: str, status: str | None, diagnostic: str, *,
+                         attribution: str = "smtp", message: bytes | None = None,
+                         probe_token: str | None = None) -> BounceOutcome:
+        """A failure the runner saw itself (a 5xx when handing mail to the MTA).
+
+        ``address`` the recipient, ``bounce_class`` one of the classification
+        classes, ``status`` the enhanced status code (RFC 3463) or None,
+        ``diagnostic`` the SMTP reply text; ``message`` what was being sent
+        (kept as evidence; a short report is made up when None).
+        ``probe_token``: the message was a probe, so this is a probe bounce.
+        """
+        failure = Failure(address=address, bounce_class=bounce_class, status=status,
+                          diagnostic=diagnostic or "", attribution=attribution,
+                          reason="reported by the runner at hand-over to the MTA")
+        evidence = message or (
+            f"Subject: delivery failure at hand-over\nContent-Type: text/plain; charset=utf-8\n\n"
+            f"Recipient: {address}\nStatus: {status or '-'}\nDiagnostic: {diagnostic}\n").encode("utf-8")
+        run = _Run(self, lc)
+        with run.store.transaction():
+            if probe_token:
+                self._probe_bounce(run, probe_token, [failure], evidence)
+            else:
+                member = run.store.get_member(address)
+                if member is None:
+                    run.record(address, "non_member", failure)
+                else:
+                    self._member_failure(run, member, failure, evidence)
+            run.flush()
+        return run.outcome
+
+    # -- confirmations and periodic work ----------------------------------------
+    def re_enable(self, lc, token: str) -> Member:
+        """Confirm a ``re_enable`` token: the member is enabled, bounce info cleared.
+
+        Raises :class:`~listgate.store.UnknownToken` (unknown, used or expired
+        token) or :class:`~listgate.store.NotAMember` (removed meanwhile). A
+        member whose delivery was since changed by a person (``by_user``,
+        ``by_admin``) keeps that status; only the bounce info is cleared.
+        """
+        run = _Run(self, lc)
+        with run.store.transaction():
+            record = run.store.confirm_pending(token, "re_enable")
+            member = run.store.get_member(record.payload.get("member", ""))
+            if member is None:
+                raise NotAMember(f"{record.payload.get('member')} is no longer a member of {run.key}")
+            if member.delivery_status == "by_bounce":
+                member.delivery_status = "enabled"
+                member.status_changed_at = run.now
+            self._clear_bounce_info(member)
+            run.store.save_member(member)
+            run.record(member.key, "re_enabled", None, bounce_class="none", attribution="confirm")
+        return member
+
+    def run_periodic(self, lc) -> list[str]:
+        """Disabled-member notices and removals that are due; returns one line per action.
+
+        Expired probes need nothing here: bounces are not scored while a probe
+        is pending and the score was reset when it was sent, so at expiry the
+        member is enabled with scoring from zero. Eviction of expired pending
+        records (all types) is the runner's job.
+        """
+        key = messages.list_key(lc)
+        store = open_store(self.site, key)
+        interval = lc.bounce_you_are_disabled_warnings_interval
+        done: list[str] = []
+        for member in store.members("by_bounce"):
+            if member.notices_left is None or member.last_notice_at is None:
+                continue  # disabled by a person with status by_bounce: not in this life cycle
+            if clock.now() - member.last_notice_at < interval:
+                continue
+            run = _Run(self, lc)
+            with run.store.transaction():
+                # Re-read under the write lock: another runner may have acted.
+                current = run.store.get_member(member.key)
+                if (current is None or current.delivery_status != "by_bounce" or current.notices_left is None
+                        or current.last_notice_at is None or run.now - current.last_notice_at < interval):
+                    continue
+                if current.notices_left > 0:
+                    self._send_disabled_notice(run, current)
+                    run.store.save_member(current)
+                    run.record(current.key, "notice_sent", None, bounce_class="none", attribution="periodic",
+                               detail=f"{current.notices_left} notices left")
+                    line = f"notice to {current.key} ({current.notices_left} left)"
+                else:
+                    self._remove(run, current, "no re-enable confirmation after the last disabled notice",
+                                 "periodic")
+                    line = f"removed {current.key}"
+                run.flush()
+            done.append(line)
+        return done
+
+    # -- the rules ------------------------------------------------------------
+    def _not_a_bounce(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+                      envelope_sender: str | None) -> None:
+        if result.kind == "autoreply":
+            run.record(None, "ignored", None, bounce_class="autoreply",
+                       detail="auto-reply (RFC 3834) to a bounce address")
+            return
+        self._unrecognized(run, msg, rcpt, envelope_sender, "not a bounce (a human reply?): "
+                           + "; ".join(result.notes[:3]), bounce_class="unknown")
+
+    def _unrecognized(self, run: _Run, msg: bytes, rcpt: str, envelope_sender: str | None, reason: str,
+                      *, bounce_class: str = "unknown", failure: Failure | None = None) -> None:
+        if run.lc.bounce_unrecognized_goes_to_list_owner:
+            run.send(notices.unrecognized(run.lc, msg, recipient=rcpt, envelope_sender=envelope_sender or "",
+                                          reason=reason), run.to_owners(), "forward")
+            action = "forwarded"
+        else:
+            action = "discarded"
+        run.record(None, action, failure, bounce_class=bounce_class, detail=reason)
+
+    def _verp_bounce(self, run: _Run, member_address: str, result: Classification, msg: bytes) -> None:
+        failure = _top(result.failures) or Failure(
+            address=member_address, bounce_class="unknown", status=None, diagnostic="",
+            attribution="verp", reason="bounce to a member VERP address without a parsable failure")
+        member = run.store.get_member(member_address)
+        if member is None:
+            run.record(member_address, "non_member", failure, attribution="verp")
+            return
+        self._member_failure(run, member, failure, msg, attribution="verp")
+
+    def _plain_bounce(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+                      envelope_sender: str | None, verp_note: str) -> None:
+        by_address: dict[str, list[Failure]] = {}
+        for f in result.failures:
+            if f.address:
+                try:
+                    by_address.setdefault(addresses.normalize(f.address), []).append(f)
+                except ValueError:
+                    pass  # not an address: nothing to attribute
+        if not by_address:
+            reason = "no failing address found" + (f"; {verp_note}" if verp_note else "")
+            self._unrecognized(run, msg, rcpt, envelope_sender, reason, failure=_top(result.failures))
+            return
+        for address, failures in sorted(by_address.items()):
+            failure = _top(failures)
+            member = run.store.get_member(address)
+            if member is None:
+                run.record(address, "non_member", failure)
+            else:
+                self._member_failure(run, member, failure, msg)
+
+    def _member_failure(self, run: _Run, member: Member, failure: Failure, msg: bytes,
+                        attribution: str | None = None) -> None:
+        lc = run.lc
+        cls = failure.bounce_class
+        if not lc.bounce_processing:
+            run.record(member.key, "recorded", failure, attribution=attribution,
+                       detail="bounce processing is off for this list")
+            return
+        if member.delivery_status != "enabled":
+            run.record(member.key, "residual", failure, attribution=attribution)
+            return
+        if cls == "complaint":
+            self._complaint(run, member, failure, msg, attribution)
+            return
+        if cls in IGNORED_CLASSES:
+            run.record(member.key, "ignored", failure, attribution=attribution)
+            return
+        if self._domain_incident(run, member, failure, msg):
+            run.record(member.key, "incident", failure, attribution=attribution)
+            return
+        weight = float(lc.bounce_weights.get(cls, 0.0) or 0.0)
+        if weight <= 0:
+            run.record(member.key, "recorded", failure, attribution=attribution,
+                       detail=f"weight of class {cls} is 0: {failure.diagnostic}")
+            return
+        if self._outstanding_probe(run, member.key):
+            run.record(member.key, "probe_outstanding", failure, attribution=attribution)
+            return
+        if member.last_bounce_at is not None and run.now - member.last_bounce_at > lc.bounce_info_stale_after:
+            member.bounce_score = 0.0  # stale bounce info: start over (Mailman's bounce_info_stale_after)
+        today = clock.day(run.now)
+        if member.last_bounce_day == today:
+            run.record(member.key, "same_day", failure, attribution=attribution)
+            return
+        member.bounce_score += weight
+        member.last_bounce_day = today
+        member.last_bounce_at = run.now
+        run.store.add_evidence(member.key, msg, run.now)
+        if member.bounce_score >= lc.bounce_score_threshold:
+            self._send_probe(run, member, msg)
+            run.store.save_member(member)
+            run.record(member.key, "probe_sent", failure, attribution=attribution)
+        else:
+            run.store.save_member(member)
+            run.record(member.key, "scored", failure, attribution=attribution,
+                       detail=f"score {member.bounce_score:g}: {failure.diagnostic}")
+
+    def _domain_incident(self, run: _Run, member: Member, failure: Failure, msg: bytes) -> bool:
+        """True if this failure is part of a domain incident (see module docstring)."""
+        conf = run.lc.bounce_domain_incident
+        domain = _domain_of(member.key)
+        if not failure.status or not domain:
+            return False
+        seen = {member.key}
+        for event in run.store.events(since=run.now - conf.window):
+            if (event.status == failure.status and event.action in _INCIDENT_ACTIONS and event.address
+                    and _domain_of(event.address) == domain):
+                seen.add(event.address)
+        if len(seen) < conf.members:
+            return False
+        if run.store.remember("bounce_incident", f"{domain} {failure.status}", max(conf.window, DAY)):
+            run.send(notices.owner_incident(run.lc, domain, failure.status, sorted(seen), conf.window, msg),
+                     run.to_owners(), "owner_notice")
+            log.warning("domain incident list=%s domain=%s status=%s members=%d",
+                        run.key, domain, failure.status, len(seen))
+        return True
+
+    def _outstanding_probe(self, run: _Run, member_key: str) -> bool:
+        return any(r.payload.get("member") == member_key for r in run.store.pending("probe"))
+
+    def _probe_by_message_id(self, run: _Run, original_message_id: str | None) -> str | None:
+        """The token of the pending probe a DSN quotes by Message-ID (a probe bounce without VERP)."""
+        if not original_message_id:
+            return None
+        wanted = original_message_id.strip()
+        for record in run.store.pending("probe"):
+            if record.payload.get("message_id") == wanted:
+                return record.token
+        return None
+
+    def _send_probe(self, run: _Run, member: Member, sample: bytes) -> None:
+        lc = run.lc
+        message_id = messages.new_message_id(lc.domain)
+        record = run.store.add_pending("probe", {"member": member.key, "address": member.address,
+                                                 "message_id": message_id, "score": member.bounce_score},
+                                       self.site.conf.pending.probe)
+        probe_address = verp.probe_bounce_address(lc, record.token)
+        msg = notices.probe(lc, member.address, probe_address, score=member.bounce_score,
+                            sample=sample, message_id=message_id)
+        run.send(msg, [{"rcpt": member.address, "sender": probe_address}], "probe",
+                 {"probe_token": record.token})
+        member.bounce_score = 0.0
+
+    def _probe_bounce(self, run: _Run, token: str, failures: Iterable[Failure], msg: bytes) -> None:
+        failures = list(failures)
+        record = run.store.peek_pending(token)
+        member_key = record.payload.get("member") if record is not None and record.type == "probe" else None
+        failure = _top(failures) or Failure(
+            address=member_key, bounce_class="unknown", status=None, diagnostic="",
+            attribution="probe", reason="bounce to a probe address without a parsable failure")
+        if member_key is None:
+            run.record(failure.address, "probe_unknown", failure, attribution="probe",
+                       detail="probe token unknown, used or expired")
+            return
+        if not run.lc.bounce_processing:
+            run.record(member_key, "recorded", failure, attribution="probe",
+                       detail="bounce processing is off for this list")
+            return
+        if failure.bounce_class not in PROBE_FAILURE_CLASSES:
+            action = "probe_policy" if failure.bounce_class == "policy" else "ignored"
+            run.record(member_key, action, failure, attribution="probe")
+            return
+        try:
+            run.store.confirm_pending(token, "probe")  # single use: a second bounce finds nothing
+        except UnknownToken:
+            run.record(member_key, "probe_unknown", failure, attribution="probe")
+            return
+        member = run.store.get_member(member_key)
+        if member is None:
+            run.record(member_key, "non_member", failure, attribution="probe")
+            return
+        if member.delivery_status != "enabled":
+            run.record(member_key, "residual", failure, attribution="probe")
+            return
+        run.store.add_evidence(member.key, msg, run.now)
+        self._disable(run, member, failure)
+
+    def _disable(self, run: _Run, member: Member, failure: Failure) -> None:
+        lc = run.lc
+        member.delivery_status = "by_bounce"
+        member.status_changed_at = run.now
+        member.bounce_score = 0.0
+        reason = f"the probe bounced ({failure.bounce_class} {failure.status or ''} {failure.diagnostic})".strip()
+        warnings = lc.bounce_you_are_disabled_warnings
+        if warnings == 0:
+            run.send(notices.removed_notice(lc, member.address), run.to_member(member.address), "removed_notice")
+            run.record(member.key, "disabled", failure, attribution="probe")
+            self._remove(run, member, reason, "probe")
+            return
+        record = run.store.add_pending("re_enable", {"member": member.key}, self._token_lifetime(lc, warnings))
+        member.re_enable_token = record.token
+        member.notices_left = warnings
+        self._send_disabled_notice(run, member)
+        run.store.save_member(member)
+        if lc.bounce_notify_owner_on_disable:
+            evidence = [m for _, m in run.store.evidence(member.key)]
+            run.send(notices.owner_member_notice(lc, member.address, "disabled", reason, evidence),
+                     run.to_owners(), "owner_notice")
+        run.record(member.key, "disabled", failure, attribution="probe")
+
+    @staticmethod
+    def _token_lifetime(lc, notices_left: int) -> float:
+        # Until the removal that follows the remaining notices, plus a day of slack
+        # for a periodic run that comes late.
+        return (notices_left + 1) * lc.bounce_you_are_disabled_warnings_interval + DAY
+
+    def _send_disabled_notice(self, run: _Run, member: Member) -> None:
+        """Next disabled notice; refreshes (or, if lost, remakes) the re-enable token."""
+        lc = run.lc
+        total = lc.bounce_you_are_disabled_warnings
+        member.notices_left = max(0, (member.notices_left or 0) - 1)
+        lifetime = self._token_lifetime(lc, member.notices_left)
+        try:
+            if not member.re_enable_token:
+                raise UnknownToken("no token")
+            run.store.repend(member.re_enable_token, lifetime)
+        except UnknownToken:
+            member.re_enable_token = run.store.add_pending("re_enable", {"member": member.key}, lifetime).token
+        member.last_notice_at = run.now
+        removal_in = (member.notices_left + 1) * lc.bounce_you_are_disabled_warnings_interval
+        run.send(notices.disabled_notice(lc, member.address, member.re_enable_token,
+                                         notice=total - member.notices_left, notices=total, removal_in=removal_in),
+                 run.to_member(member.address), "disabled_notice")
+
+    def _remove(self, run: _Run, member: Member, reason: str, attribution: str) -> None:
+        lc = run.lc
+        evidence = [m for _, m in run.store.evidence(member.key)]  # removal deletes it
+        if member.re_enable_token:
+            try:
+                run.store.confirm_pending(member.re_enable_token, "re_enable")
+            except UnknownToken:
+                pass
+        run.store.remove_member(member.key)
+        if lc.bounce_notify_owner_on_removal:
+            run.send(notices.owner_member_notice(lc, member.address, "removed", reason, evidence),
+                     run.to_owners(), "owner_notice")
+        run.record(member.key, "removed", None, bounce_class="none", attribution=attribution, detail=reason)
+
+    def _complaint(self, run: _Run, member: Member, failure: Failure, msg: bytes,
+                   attribution: str | None) -> None:
+        lc = run.lc
+        action = lc.complaint_action
+        if action == "record":
+            run.record(member.key, "complaint", failure, attribution=attribution)
+            return
+        if action == "disable":
+            member.delivery_status = "by_admin"
+            member.status_changed_at = run.now
+            run.store.save_member(member)
+            what = "delivery disabled (by_admin)"
+        else:
+            run.store.remove_member(member.key)
+            what = "member unsubscribed"
+        run.send(notices.owner_complaint(lc, member.address, what, msg), run.to_owners(), "owner_notice")
+        run.record(member.key, "complaint", failure, attribution=attribution, detail=what)
+
+    @staticmethod
+    def _clear_bounce_info(member: Member) -> None:
+        member.bounce_score = 0.0
+        member.last_bounce_day = None
+        member.last_bounce_at = None
+        member.notices_left = None
+        member.last_notice_at = None
+        member.re_enable_token = None
+
