@@ -93,9 +93,10 @@ class ListgateMilter(Milter.Base):
     def connect(self, hostname, family, hostaddr):
         self.client_name = hostname
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
-            self.client_address = hostaddr[0]
+            # libmilter gives (ip, port[, flow, scope]); some harnesses the bare ip
+            self.client_address = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
         else:
-            self.client_address = None
+            self.client_address = None  # unix socket or unknown: mail from a local submission
         return Milter.CONTINUE
 
     @Milter.noreply
