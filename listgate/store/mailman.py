@@ -3,8 +3,9 @@
 A ``config.pck`` is a Python 2 pickle of the list's attribute dict, written by
 ``MailList.Save`` (protocol 0 or 1). It is data from another system, so it is
 read with a restricted unpickler: the only class it may name is
-``Mailman.Bouncer._BounceInfo``, loaded into an inert stand-in; any other
-global refuses the file. Python 2 byte strings are read as latin-1 (so
+``Mailman.Bouncer._BounceInfo``, loaded into an inert stand-in (plus
+``set``/``frozenset`` and a ``copy_reg._reconstructor`` that can only make
+that stand-in); any other global refuses the file. Python 2 byte strings are read as latin-1 (so
 nothing fails to decode) and display names are then re-decoded with the
 charset of the list's language (Mailman 2.1 ``Defaults.py``, ``LC_DESCRIPTIONS``).
 
@@ -59,8 +60,17 @@ class _BounceInfoStandIn:
         self.__dict__.update(state)
 
 
+def _reconstructor(cls: Any, base: Any, state: Any) -> _BounceInfoStandIn:
+    """``copy_reg._reconstructor`` limited to making an empty stand-in (a new-style class's pickle)."""
+    if cls is not _BounceInfoStandIn or base is not object or state is not None:
+        raise pickle.UnpicklingError("unexpected copy_reg._reconstructor call in a Mailman list database")
+    return cls.__new__(cls)
+
+
 _ALLOWED = {
     ("Mailman.Bouncer", "_BounceInfo"): _BounceInfoStandIn,
+    ("copy_reg", "_reconstructor"): _reconstructor, ("copyreg", "_reconstructor"): _reconstructor,
+    ("__builtin__", "object"): object, ("builtins", "object"): object,
     ("__builtin__", "set"): set, ("builtins", "set"): set,
     ("__builtin__", "frozenset"): frozenset, ("builtins", "frozenset"): frozenset,
 }
