@@ -1,0 +1,120 @@
+"""The Postfix test harness and the SMTP sink, against a real private Postfix."""
+from __future__ import annotations
+
+import smtplib
+
+import pytest
+
+from harness import SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixInstance, SmtpSink, available, postfix_socket
+
+pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
+
+MSG = (b"From: Alice <alice@senders.test>\r\nTo: bob@members.test\r\n"
+       b"Subject: harness check\r\nMessage-ID: <h1@senders.test>\r\n\r\nhello, Bob\r\n")
+
+
+@pytest.fixture
+def sink():
+    with SmtpSink({"gone@members.test": UNKNOWN, "picky@members.test": SPAM_REFUSE,
+                   "later@members.test": TEMPFAIL}) as s:
+        yield s
+
+
+@pytest.fixture
+def pf(sink):
+    with PostfixInstance(sink_port=sink.port, list_domain="lists.example.org") as instance:
+        yield instance
+
+
+def test_config_passes_postfix_check(pf):
+    assert "warning" not in pf.check().lower()
+    assert pf.postconf("-h", "relayhost") == f"[127.0.0.1]:{pf.sink_port}"
+    assert pf.postconf("-h", "recipient_delimiter") == "+"
+    assert pf.postconf("-h", "relay_domains") == "lists.example.org"
+    # the INSTALL lines are in force, and no milter/policy line is left when none was given
+    assert pf.postconf("-h", "smtpd_milters") == ""
+    assert pf.postconf("-h", "internal_mail_filter_classes") == "bounce"
+
+
+def test_mail_to_a_non_list_address_reaches_the_sink(pf, sink):
+    assert pf.send("alice@senders.test", ["bob@members.test"], MSG) == {}
+    [got] = sink.wait_for_message("bob@members.test", timeout=30)
+    assert got.mail_from == "alice@senders.test"
+    assert got.message()["Message-ID"] == "<h1@senders.test>"
+    assert b"hello, Bob" in got.data
+    pf.wait_queue_empty(timeout=30)
+
+
+def test_unknown_member_address_gives_a_dsn_to_the_sender(pf, sink):
+    since = pf.log_offset()
+    assert pf.send("carol@senders.test", ["gone@members.test"], MSG) == {}
+    [dsn] = sink.wait_for_message("carol@senders.test", timeout=30)
+    assert dsn.mail_from == ""                      # RFC 3464 DSNs use the null sender
+    msg = dsn.message()
+    assert msg.get_content_type() == "multipart/report"
+    assert msg.get_param("report-type") == "delivery-status"
+    status = next(p for p in msg.walk() if p.get_content_type() == "message/delivery-status")
+    text = status.as_string()
+    assert "Status: 5.1.1" in text and "gone@members.test" in text
+    assert [r.rcpt for r in sink.refusals] == ["gone@members.test"]
+    pf.wait_log(r"to=<gone@members.test>.*status=bounced", since=since, timeout=10)
+
+
+def test_spam_refusal_and_tempfail_behaviours(pf, sink):
+    spam = MSG.replace(b"Subject:", b"X-Spam-Flag: YES\r\nSubject:")
+    assert pf.send("dave@senders.test", ["picky@members.test"], MSG) == {}
+    assert pf.send("erin@senders.test", ["picky@members.test"], spam) == {}
+    sink.wait_for_message("picky@members.test", timeout=30)
+    [dsn] = sink.wait_for_message("erin@senders.test", timeout=30)
+    assert "5.7.1" in dsn.data.decode("ascii", "replace")
+    assert [d.mail_from for d in sink.messages_for("picky@members.test")] == ["dave@senders.test"]
+
+    assert pf.send("fay@senders.test", ["later@members.test"], MSG) == {}
+    sink.wait_for(lambda s: [r for r in s.refusals if r.rcpt == "later@members.test"], timeout=30)
+    assert pf.queue_ids(), "a 4xx leaves the message deferred in Postfix's queue"
+    sink.set_behaviour("later@members.test", "accept")
+    pf.flush()
+    sink.wait_for_message("later@members.test", timeout=30)
+    pf.wait_queue_empty(timeout=30)
+
+
+def test_list_domain_is_accepted_and_not_delivered_elsewhere(pf, sink):
+    """Without listgate the list domain's leftovers are discarded by the INSTALL transport."""
+    since = pf.log_offset()
+    assert pf.send("alice@senders.test", ["demo@lists.example.org"], MSG) == {}
+    pf.wait_log(r"to=<demo@lists.example.org>.*relay=none.*status=sent \(list mail not taken by listgate\)",
+                since=since, timeout=30)
+    assert sink.messages_for("demo@lists.example.org") == []
+
+
+def test_reinjection_listener_relays_for_loopback(pf, sink):
+    assert pf.send("demo-bounces+x@lists.example.org", ["bob@members.test"], MSG, port=pf.reinject_port) == {}
+    [got] = sink.wait_for_message("bob@members.test", timeout=30)
+    assert got.mail_from == "demo-bounces+x@lists.example.org"
+
+
+def test_refused_recipient_is_reported_by_send(sink):
+    """A milter/policy-less instance refusing at RCPT: send() returns the exception."""
+    with PostfixInstance(sink_port=sink.port, extra={"smtpd_relay_restrictions": "reject"}) as pf:
+        result = pf.send("alice@senders.test", ["bob@members.test"], MSG)
+        assert isinstance(result, smtplib.SMTPRecipientsRefused)
+        code, _text = result.recipients["bob@members.test"]
+        assert code == 554
+
+
+def test_two_instances_run_side_by_side_and_stop_cleanly(sink):
+    with PostfixInstance(sink_port=sink.port) as a, PostfixInstance(sink_port=sink.port) as b:
+        assert a.smtpd_port != b.smtpd_port
+        assert a.send("a@senders.test", "one@members.test", MSG) == {}
+        assert b.send("b@senders.test", "two@members.test", MSG) == {}
+        sink.wait_for(lambda s: s.messages_for("one@members.test") and s.messages_for("two@members.test"))
+        pids = a._instance_pids()
+        assert pids and not set(pids) & set(b._instance_pids())
+    assert a.master_pid() is None and not a._instance_pids() and not b._instance_pids()
+    assert not a.workdir.exists()
+
+
+def test_socket_syntax_translation():
+    assert postfix_socket("inet:10040@127.0.0.1") == "inet:127.0.0.1:10040"
+    assert postfix_socket("unix:/run/listgate/milter.sock") == "unix:/run/listgate/milter.sock"
+    assert postfix_socket("inet:127.0.0.1:8891") == "inet:127.0.0.1:8891"
