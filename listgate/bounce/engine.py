@@ -190,6 +190,22 @@ def _top(failures: Iterable[Failure]) -> Failure | None:
     return items[0] if items else None
 
 
+def _find_member(store, address: str) -> Member | None:
+    """The member ``address`` names; local parts compared without case as a fallback.
+
+    Local parts are case-sensitive in principle (RFC 5321 section 2.4), but
+    MTAs and DSN writers fold them (VERP addresses come back lower-cased): a
+    unique case-insensitive match is the member. Two members differing only
+    in case make it ambiguous: no attribution.
+    """
+    member = store.get_member(address)
+    if member is not None:
+        return member
+    wanted = address.lower()
+    found = [m for m in store.members() if m.key.lower() == wanted]
+    return found[0] if len(found) == 1 else None
+
+
 def _domain_of(address: str) -> str:
     parts = addresses.split_address(address)
     return parts[1] if parts else ""
@@ -274,7 +290,7 @@ class BounceEngine:
             if probe_token:
                 self._probe_bounce(run, probe_token, [failure], evidence)
             else:
-                member = run.store.get_member(address)
+                member = _find_member(run.store, address)
                 if member is None:
                     run.record(address, "non_member", failure)
                 else:
@@ -367,7 +383,7 @@ class BounceEngine:
         failure = _top(result.failures) or Failure(
             address=member_address, bounce_class="unknown", status=None, diagnostic="",
             attribution="verp", reason="bounce to a member VERP address without a parsable failure")
-        member = run.store.get_member(member_address)
+        member = _find_member(run.store, member_address)
         if member is None:
             run.record(member_address, "non_member", failure, attribution="verp")
             return
@@ -388,7 +404,7 @@ class BounceEngine:
             return
         for address, failures in sorted(by_address.items()):
             failure = _top(failures)
-            member = run.store.get_member(address)
+            member = _find_member(run.store, address)
             if member is None:
                 run.record(address, "non_member", failure)
             else:
