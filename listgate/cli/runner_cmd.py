@@ -1,0 +1,71 @@
+"""``listgate runner [--once] [--slice i/n]`` and ``listgate serve``."""
+from __future__ import annotations
+
+import signal
+import sys
+
+from .. import config, log as lg_log
+
+
+def register(sub) -> None:
+    p = sub.add_parser("runner", help="process the queues: posts, commands, confirmations, delivery, tasks")
+    p.add_argument("--once", action="store_true", help="process what is queued now (due retries too) and exit")
+    p.add_argument("--slice", default="0/1", metavar="I/N",
+                   help="serve hash slice I of N (several runner processes; slice 0 runs periodic tasks)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
+    p.set_defaults(func=cmd_runner)
+
+    p = sub.add_parser("serve", help="run milter, policy server and runner together (supervised)")
+    p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
+    p.set_defaults(func=cmd_serve)
+
+
+def parse_slice(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)`` with 0 <= i < n; raises ValueError."""
+    i, sep, n = text.partition("/")
+    if not sep or not i.isdigit() or not n.isdigit() or not 0 <= int(i) < int(n):
+        raise ValueError(f"--slice wants I/N with 0 <= I < N, not {text!r}")
+    return int(i), int(n)
+
+
+def _watcher(args) -> config.Watcher:
+    try:
+        return config.Watcher(getattr(args, "config", None))
+    except config.ConfigError as exc:
+        print("\n".join(exc.errors), file=sys.stderr)
+        raise SystemExit(1) from None
+
+
+def cmd_runner(args) -> int:
+    from ..runner.loop import Runner
+    from ..runner.serve import sd_notify
+    try:
+        sl, n = parse_slice(args.slice)
+    except ValueError as exc:
+        print(f"listgate: {exc}", file=sys.stderr)
+        return 2
+    watcher = _watcher(args)
+    site = watcher.current()
+    lg_log.setup(site.conf.logging, program="listgate-runner", level=args.log_level)
+    runner = Runner(watcher, slice=sl, slices=n)
+    runner.install_signal_handlers()
+    runner.recover()
+    if args.once:
+        try:
+            runner.run_once()
+        finally:
+            runner.close()
+        return 0
+    sd_notify("READY=1")
+    runner.run_forever()
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from ..runner.serve import Supervisor
+    site = _watcher(args).current()
+    lg_log.setup(site.conf.logging, program="listgate-serve", level=args.log_level)
+    sup = Supervisor(site)
+    signal.signal(signal.SIGTERM, sup.stop)
+    signal.signal(signal.SIGINT, sup.stop)
+    return sup.run()

@@ -1,0 +1,284 @@
+"""Email commands (``L-request``, ``L-join``, ``L-leave``) and confirmations (``L-confirm+TOKEN``).
+
+Commands come in the Subject and the first lines of the first text/plain
+part (quoted lines, and everything after a signature separator or ``end``,
+are ignored; at most :data:`MAX_COMMANDS` are run):
+
+``subscribe``, ``unsubscribe``, ``change-address NEW`` (also ``change address
+NEW``), ``help``, ``confirm TOKEN``. Whatever needs consent makes a pending
+record and sends a confirmation to the address concerned (the requester for
+subscribe/unsubscribe, the new address for a change of address), so a forged
+``From`` cannot subscribe or remove anybody. ``L-join``/``L-leave`` mean
+subscribe/unsubscribe.
+
+A confirmation (a message to ``L-confirm+TOKEN@D``, or ``confirm TOKEN`` in a
+Subject) completes the pending record: ``subscription``,
+``unsubscription``, ``change_of_address``, ``re_enable`` (via the bounce
+engine) and ``held_message`` (moderators: ``approve``/``reject``/``discard``;
+the replier must be an owner or moderator). ``probe`` tokens are for
+bounces only.
+
+Auto-generated mail (RFC 3834, see :func:`.mail.auto_generated`) never gets a
+reply and never confirms anything: an autoresponder answering a confirmation
+request must not subscribe its owner.
+"""
+from __future__ import annotations
+
+import logging
+import re
+
+from .. import addresses
+from ..log import kv
+from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
+from ..store.tokens import TOKEN_RE
+from . import mail, posts, replies, texts
+
+log = logging.getLogger("listgate.runner.commands")
+
+MAX_COMMANDS = 10
+_TOKEN_IN = re.compile(r"\b([a-z2-7]{26})\b")
+
+
+def parse_commands(subject: str, text: str) -> list[tuple[str, list[str]]]:
+    """``[(command, args), ...]`` from the Subject and body text, in order.
+
+    Lines that are empty or quoted (``>``) are skipped; a signature separator
+    (``-- ``) or ``end`` stops; ``Re:``/``Fwd:`` prefixes of the Subject are dropped.
+    """
+    lines = [re.sub(r"^\s*((re|aw|fwd?|sv)\s*:\s*)+", "", subject, flags=re.I)]
+    for line in text.splitlines():
+        if line.rstrip() == "--" or line.startswith("-- "):
+            break
+        lines.append(line)
+    found: list[tuple[str, list[str]]] = []
+    for line in lines:
+        line = line.strip()
+        if not line or line.startswith(">"):
+            continue
+        words = line.split()
+        cmd = words[0].lower().rstrip(":")
+        args = words[1:]
+        if cmd == "end":
+            break
+        if cmd == "change" and args and args[0].lower() in ("address", "address:"):
+            cmd, args = "change-address", args[1:]
+        found.append((cmd, args))
+        if len(found) >= MAX_COMMANDS:
+            break
+    return found
+
+
+class Context:
+    """One command message: list, store, requester, and the lines of the result reply."""
+
+    def __init__(self, site, lc, qf):
+        self.site, self.lc, self.qf = site, lc, qf
+        self.store = open_store(site, replies.address(lc))
+        self.m = mail.headers(qf.msg)
+        writer = mail.author(self.m)
+        self.requester = writer[1] if writer else None
+        self.display = writer[0] if writer else ""
+        self.auto = mail.auto_generated(self.m, qf.meta.get("envelope_sender"))
+        self.results: list[str] = []
+        self.message_id = self.m.get("Message-ID")
+
+    def sent(self, address: str, line: str) -> None:
+        """Note a confirmation sent; to the requester it is the answer itself, no extra reply."""
+        if (address or "").lower() != (self.requester or "").lower():
+            self.results.append(line)
+
+    def reply(self) -> None:
+        if not self.results or self.requester is None or self.auto:
+            return
+        body = texts.RESULTS.format(list=replies.address(self.lc), results="\n".join(self.results),
+                                    request=replies.address(self.lc, "request"))
+        replies.send(self.site, self.lc, self.requester, f"Re: your commands to {replies.address(self.lc)}",
+                     body, kind="reply", in_reply_to=self.message_id)
+
+
+def _valid(address: str) -> bool:
+    return addresses.split_address(address) is not None and " " not in address and len(address) <= 320
+
+
+def subscribe(ctx: Context, address: str | None = None) -> None:
+    address = address or ctx.requester
+    if not address or not _valid(address):
+        ctx.results.append("subscribe: no usable address")
+        return
+    if ctx.store.get_member(address) is not None:
+        ctx.results.append(f"subscribe: {address} is already a member")
+        return
+    rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},
+                                ctx.site.conf.pending.user_confirmation)
+    replies.confirmation(ctx.site, ctx.lc, address, rec.token, f"subscribe {address} to {replies.address(ctx.lc)}",
+                         in_reply_to=ctx.message_id)
+    ctx.sent(address, f"subscribe: a confirmation request was sent to {address}")
+
+
+def unsubscribe(ctx: Context, address: str | None = None) -> None:
+    address = address or ctx.requester
+    if not address or not _valid(address) or ctx.store.get_member(address) is None:
+        ctx.results.append(f"unsubscribe: {address or 'you'} is not a member")
+        return
+    rec = ctx.store.add_pending("unsubscription", {"address": address}, ctx.site.conf.pending.user_confirmation)
+    replies.confirmation(ctx.site, ctx.lc, address, rec.token,
+                         f"unsubscribe {address} from {replies.address(ctx.lc)}", in_reply_to=ctx.message_id)
+    ctx.sent(address, f"unsubscribe: a confirmation request was sent to {address}")
+
+
+def change_address(ctx: Context, new: str | None) -> None:
+    old = ctx.requester
+    if not new or not _valid(new):
+        ctx.results.append("change-address: give the new address, e.g. change-address you@example.net")
+        return
+    if not old or ctx.store.get_member(old) is None:
+        ctx.results.append(f"change-address: {old or 'you'} is not a member")
+        return
+    if ctx.store.get_member(new) is not None:
+        ctx.results.append(f"change-address: {new} is already a member")
+        return
+    rec = ctx.store.add_pending("change_of_address", {"old": old, "new": new},
+                                ctx.site.conf.pending.user_confirmation)
+    replies.confirmation(ctx.site, ctx.lc, new, rec.token,
+                         f"move the subscription to {replies.address(ctx.lc)} of {old} to {new}",
+                         in_reply_to=ctx.message_id)
+    ctx.results.append(f"change-address: a confirmation request was sent to {new}")
+
+
+def help_text(lc) -> str:
+    return texts.HELP.format(list=replies.address(lc), join=replies.address(lc, "join"),
+                             leave=replies.address(lc, "leave"), owner=replies.address(lc, "owner"))
+
+
+def handle_request(site, lc, qf) -> str:
+    """Run the commands of one ``L-request``/``L-join``/``L-leave`` message; returns a summary."""
+    ctx = Context(site, lc, qf)
+    if ctx.auto:
+        log.info("command mail ignored %s", kv(list=replies.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+        return "ignored"
+    role = qf.meta.get("role")
+    if role == "join":
+        subscribe(ctx)
+    elif role == "leave":
+        unsubscribe(ctx)
+    else:
+        cmds = parse_commands(mail.header_text(ctx.m, "Subject"), mail.command_text(qf.msg))
+        unknown = []
+        for cmd, args in cmds:
+            if cmd in ("subscribe", "join"):
+                subscribe(ctx)
+            elif cmd in ("unsubscribe", "leave", "signoff"):
+                unsubscribe(ctx)
+            elif cmd in ("change-address", "changeaddress"):
+                change_address(ctx, args[0].strip("<>") if args else None)
+            elif cmd == "help":
+                ctx.results.append(help_text(lc))
+            elif cmd == "confirm" and args and TOKEN_RE.match(args[0].lower()):
+                return confirm(site, lc, qf, args[0].lower(), ctx)
+            else:
+                unknown.append(" ".join([cmd] + args)[:80])
+        if unknown and not any(r for r in ctx.results):
+            ctx.results.append(f"Unknown command: {unknown[0]}")
+            ctx.results.append(help_text(lc))
+        elif not cmds:
+            ctx.results.append(help_text(lc))
+    ctx.reply()
+    return "; ".join(r.splitlines()[0] for r in ctx.results) or "nothing"
+
+
+def _moderation_action(ctx: Context) -> tuple[str, str]:
+    """``(approve|reject|discard, reason)`` from a moderator's reply: the first command word."""
+    for cmd, args in parse_commands("", mail.command_text(ctx.qf.msg)):
+        if cmd in ("approve", "approved", "ok", "yes", "accept"):
+            return "approve", ""
+        if cmd in ("reject", "rejected", "no", "deny"):
+            return "reject", " ".join(args)
+        if cmd in ("discard", "delete", "drop"):
+            return "discard", ""
+        break
+    return "approve", ""
+
+
+def _privileged(ctx: Context) -> bool:
+    who = {a.lower() for a in (ctx.requester, ctx.qf.meta.get("envelope_sender")) if a}
+    return bool(who & {a.lower() for a in tuple(ctx.lc.owners) + tuple(ctx.lc.moderators)})
+
+
+def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
+    """Complete pending record ``token`` (``L-confirm+TOKEN`` or ``confirm TOKEN``); returns a summary."""
+    ctx = ctx or Context(site, lc, qf)
+    if ctx.auto:
+        log.info("confirmation from an auto-generated message ignored %s",
+                 kv(list=replies.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+        return "ignored"
+    token = token.lower()
+    rec = ctx.store.peek_pending(token)
+    if rec is None or rec.type == "probe":
+        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=replies.address(lc)))
+        ctx.reply()
+        return "unknown token"
+    lname = replies.address(lc)
+    try:
+        if rec.type == "held_message":
+            if not _privileged(ctx):
+                log.warning("moderation reply from a non-moderator ignored %s",
+                            kv(list=lname, sender=ctx.requester))
+                return "not a moderator"
+            action, reason = _moderation_action(ctx)
+            ctx.results.append(posts.moderate(site, lc, token, action, reason))
+        elif rec.type == "re_enable":
+            from ..bounce.engine import BounceEngine
+            member = BounceEngine(site).re_enable(lc, token)
+            replies.send(site, lc, member.address, f"Delivery of {lname} enabled",
+                         texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
+            return f"re-enabled {member.address}"
+        elif rec.type == "subscription":
+            with ctx.store.transaction():
+                ctx.store.confirm_pending(token, "subscription")
+                address = rec.payload["address"]
+                ctx.store.add_member(address, rec.payload.get("display_name") or "")
+                replies.send(site, lc, address, f"Welcome to {lname}",
+                             texts.WELCOME.format(list=lname, leave=replies.address(lc, "leave")), kind="welcome")
+                if lc.notify_owner_on_join:
+                    replies.to_owners(site, lc, f"{address} joined {lname}",
+                                      texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
+            return f"subscribed {address}"
+        elif rec.type == "unsubscription":
+            with ctx.store.transaction():
+                ctx.store.confirm_pending(token, "unsubscription")
+                address = rec.payload["address"]
+                ctx.store.remove_member(address)
+                replies.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
+                if lc.notify_owner_on_leave:
+                    replies.to_owners(site, lc, f"{address} left {lname}",
+                                      texts.OWNER_EVENT.format(address=address, event="left", list=lname))
+            return f"unsubscribed {address}"
+        elif rec.type == "change_of_address":
+            with ctx.store.transaction():
+                ctx.store.confirm_pending(token, "change_of_address")
+                old, new = rec.payload["old"], rec.payload["new"]
+                ctx.store.change_address(old, new)
+                body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
+                for to in (old, new):
+                    replies.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
+            return f"moved {old} to {new}"
+    except UnknownToken:
+        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=lname))
+    except (AlreadyMember, NotAMember) as exc:
+        ctx.results.append(f"confirm: {exc}")
+    except StoreUnavailable:
+        raise
+    except StoreError as exc:
+        ctx.results.append(f"confirm: {exc}")
+    ctx.reply()
+    return "; ".join(r.splitlines()[0] for r in ctx.results) or rec.type
+
+
+def handle_confirm(site, lc, qf) -> str:
+    """A message to ``L-confirm+TOKEN@D``: the token is the address extension."""
+    token = (qf.meta.get("extension") or "").lower()
+    if not TOKEN_RE.match(token):
+        subject = mail.header_text(mail.headers(qf.msg), "Subject").lower()
+        found = _TOKEN_IN.search(subject)
+        token = found.group(1) if found else token
+    return confirm(site, lc, qf, token)

@@ -1,0 +1,348 @@
+"""Hand ``out``, ``virgin`` and ``retry`` qfiles to the MTA's re-injection listener.
+
+A qfile to deliver carries ``deliveries`` (a list of ``{"rcpt", "sender"}``)
+and ``done`` (indices already handed over). :meth:`Deliverer.deliver` sends
+the message over one persistent SMTP connection (``site.conf.reinject``) and:
+
+* ``verp_mode: signed`` (qfiles without ``xverp``): one transaction per
+  recipient, ``MAIL FROM`` the recipient's own envelope sender (a signed VERP
+  address, a probe address, a list bounce address);
+* ``xverp`` qfiles (lists with ``verp_mode: xverp``): batches of up to
+  :data:`XVERP_BATCH` recipients per transaction with the Postfix ``XVERP``
+  parameter (Postfix VERP_README): Postfix then gives each recipient the
+  envelope sender ``L-bounces+local=domain@D``. That costs one transaction per
+  batch instead of one per member, but the address is not signed, so the list
+  must set ``accept_unsigned_verp`` and anyone can forge a bounce for a member
+  (routing cannot tell). The re-injection client must be in Postfix's
+  ``smtpd_authorized_verp_clients``.
+
+Progress is durable: after every hand-over the qfile's ``done`` list is
+rewritten with :meth:`Switchboard.update` before the next recipient. After a
+crash the qfile comes back (``Switchboard.recover``) and only recipients not
+in ``done`` are sent. The one recipient whose transaction was in flight at the
+crash (the MTA said 250 but ``done`` was not yet written) gets the post twice:
+that window cannot be closed without two-phase commit with the MTA.
+
+Replies (RFC 5321 section 4.2.1): 2xx → done; 5xx for a recipient → done,
+reported to :meth:`BounceEngine.register_failure` (with ``probe_token`` for a
+probe qfile: the probe bounced); 4xx, or the listener unreachable → the
+recipient is deferred: the deferred ones move to ``retry`` with exponential
+backoff from ``runner.retry_backoff``; after ``runner.retry_giveup`` since the
+first deferral they are given up and reported as ``soft`` failures. A 5xx to
+``MAIL FROM`` is our fault, not the members': the qfile goes to ``shunt``
+with its progress kept, for ``listgate queue unshunt`` after the fix.
+"""
+from __future__ import annotations
+
+import logging
+import re
+import smtplib
+from dataclasses import dataclass, field
+
+from .. import clock
+from ..log import kv
+
+log = logging.getLogger("listgate.runner.delivery")
+
+XVERP_BATCH = 500
+# Backoff doubles per deferral from runner.retry_backoff, at most this many doublings.
+MAX_BACKOFF_DOUBLINGS = 5
+_EOL = re.compile(rb"\r?\n")
+_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
+
+
+class Unreachable(Exception):
+    """The re-injection listener cannot be reached (connect failed, connection dropped)."""
+
+
+@dataclass
+class Result:
+    """What happened to one qfile: counts, and where the qfile went."""
+
+    delivered: int = 0
+    failed: int = 0
+    deferred: int = 0
+    gave_up: int = 0
+    disposition: str = "finished"       # finished | retry | shunt
+    errors: list[str] = field(default_factory=list)
+
+
+def enhanced_status(code: int, text: str) -> str:
+    """The RFC 3463 status of an SMTP reply: from the text (RFC 2034) or ``X.0.0`` from the code."""
+    m = _ENHANCED.match(text or "")
+    if m and m.group(1) == str(code // 100):
+        return ".".join(m.groups())
+    return f"{code // 100}.0.0"
+
+
+def failure_class(status: str, text: str) -> str:
+    """Bounce class of a 5xx at hand-over, by the classifier's rule
+    (:func:`listgate.bounce.status.classify_failure`: 5.7.x spam/DMARC refusals are
+    ``policy``, address failures ``hard``)."""
+    from ..bounce.status import classify_failure
+    cls = classify_failure("failed", status, text)[0]
+    return cls if cls in ("hard", "soft", "policy") else "hard"
+
+
+def wire_form(msg: bytes) -> bytes:
+    """``msg`` with CRLF line ends, as SMTP requires (RFC 5321 section 2.3.8).
+
+    smtplib converts bare LF only for ``str`` messages; qfiles hold bytes, and
+    generated mail is written with LF.
+    """
+    return _EOL.sub(b"\r\n", msg)
+
+
+def _text(resp) -> str:
+    if isinstance(resp, bytes):
+        return resp.decode("utf-8", "replace")
+    return str(resp or "")
+
+
+def retry_delay(site, retries: int) -> float:
+    """Seconds before retry number ``retries`` (1-based): ``retry_backoff * 2**(retries-1)``, capped."""
+    return site.conf.runner.retry_backoff * (2 ** min(max(retries - 1, 0), MAX_BACKOFF_DOUBLINGS))
+
+
+class Connection:
+    """One persistent SMTP client connection to ``site.conf.reinject`` (reconnects on demand)."""
+
+    def __init__(self, reinject):
+        self.conf = reinject
+        self._smtp: smtplib.SMTP | None = None
+
+    def get(self) -> smtplib.SMTP:
+        if self._smtp is not None and self._smtp.sock is not None:
+            return self._smtp
+        self.drop()
+        try:
+            smtp = smtplib.SMTP(self.conf.host, self.conf.port, local_hostname=self.conf.helo,
+                                timeout=self.conf.timeout)
+            smtp.ehlo_or_helo_if_needed()
+        except (OSError, smtplib.SMTPException) as exc:
+            raise Unreachable(f"cannot connect to {self.conf.host}:{self.conf.port}: {exc}") from None
+        self._smtp = smtp
+        return smtp
+
+    def drop(self) -> None:
+        if self._smtp is not None:
+            try:
+                self._smtp.close()
+            except OSError:
+                pass
+        self._smtp = None
+
+    def close(self) -> None:
+        """QUIT politely, then close."""
+        if self._smtp is not None and self._smtp.sock is not None:
+            try:
+                self._smtp.quit()
+            except (OSError, smtplib.SMTPException):
+                pass
+        self.drop()
+
+
+def _options(smtp: smtplib.SMTP, msg: bytes, addresses: list[str], xverp: bool, utf8: bool) -> list[str]:
+    opts = []
+    if xverp:
+        opts.append("XVERP")
+    if smtp.has_extn("8bitmime") and any(b > 127 for b in msg):
+        opts.append("BODY=8BITMIME")
+    if smtp.has_extn("smtputf8") and (utf8 or any(not a.isascii() for a in addresses)):
+        opts.append("SMTPUTF8")
+    return opts
+
+
+class Deliverer:
+    """Sends qfiles; one per runner process (it owns the SMTP connection).
+
+    ``engine`` is a :class:`listgate.bounce.engine.BounceEngine` (made on first
+    need when not given).
+    """
+
+    def __init__(self, site, engine=None, connection: Connection | None = None):
+        self.site = site
+        self._engine = engine
+        self.conn = connection or Connection(site.conf.reinject)
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from ..bounce.engine import BounceEngine
+            self._engine = BounceEngine(self.site)
+        return self._engine
+
+    def close(self) -> None:
+        self.conn.close()
+
+    # -- one transaction -------------------------------------------------------
+    def _transaction(self, sender: str, rcpts: list[str], msg: bytes, xverp: bool,
+                     utf8: bool = False) -> dict[str, tuple[int, str]]:
+        """Send once; returns ``{rcpt: (code, text)}`` for every recipient.
+
+        Raises :class:`Unreachable` when the listener is gone (after one reconnect),
+        ``smtplib.SMTPSenderRefused`` for a refused ``MAIL FROM``.
+        """
+        for attempt in (1, 2):
+            smtp = self.conn.get()
+            try:
+                refused = smtp.sendmail(sender, rcpts, msg, _options(smtp, msg, rcpts + [sender], xverp, utf8))
+            except smtplib.SMTPRecipientsRefused as exc:
+                return {r: (c, _text(t)) for r, (c, t) in exc.recipients.items()}
+            except smtplib.SMTPDataError as exc:
+                return {r: (exc.smtp_code, _text(exc.smtp_error)) for r in rcpts}
+            except smtplib.SMTPSenderRefused:
+                raise
+            except smtplib.SMTPNotSupportedError as exc:
+                # RFC 6531 section 3.5: non-ASCII address without SMTPUTF8 support
+                return {r: (553, f"5.6.7 {exc}") for r in rcpts}
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                # A dropped persistent connection (idle timeout on the MTA side) is normal:
+                # reconnect once. If the drop came after the final dot was accepted, this
+                # recipient may get the message twice (see the module docstring).
+                self.conn.drop()
+                if attempt == 2:
+                    raise Unreachable(str(exc)) from None
+                continue
+            except smtplib.SMTPResponseException as exc:
+                return {r: (exc.smtp_code, _text(exc.smtp_error)) for r in rcpts}
+            except (smtplib.SMTPException, UnicodeError) as exc:
+                return {r: (451, f"4.3.0 {exc}") for r in rcpts}
+            result = {r: (250, "2.0.0 ok") for r in rcpts}
+            result.update({r: (c, _text(t)) for r, (c, t) in refused.items()})
+            return result
+        raise Unreachable("unreachable")  # not reached
+
+    # -- one qfile ---------------------------------------------------------------
+    def deliver(self, sb, qf, should_stop=None) -> Result:
+        """Deliver every recipient of ``qf`` not yet in ``done``; finish, retry or shunt it.
+
+        ``sb`` is the :class:`Switchboard` ``qf`` was dequeued from.
+        ``should_stop()`` is asked between transactions: when true, delivery
+        stops with progress recorded and ``disposition == "stopped"`` (the
+        caller releases the qfile). Raises only ``QueueError`` (cannot record
+        progress: the caller puts the qfile back, nothing is lost).
+        """
+        meta = dict(qf.meta)
+        deliveries = meta.get("deliveries") or []
+        done: list[int] = list(meta.get("done") or [])
+        done_set = set(done)
+        failed = dict(meta.get("failed") or {})
+        xverp = bool(meta.get("xverp"))
+        lc = self.site.get_list(meta["list"]) if meta.get("list") else None
+        todo = [i for i in range(len(deliveries)) if i not in done_set]
+        wire = wire_form(qf.msg)
+        res = Result()
+        deferred: dict[int, str] = {}
+
+        def record(indices: list[int]) -> None:
+            for i in indices:
+                if i not in done_set:
+                    done_set.add(i)
+                    done.append(i)
+            meta["done"] = done
+            meta["failed"] = failed
+            sb.update(qf, meta)
+
+        batch = XVERP_BATCH if xverp else 1
+        pos = 0
+        while pos < len(todo):
+            if should_stop is not None and should_stop():
+                res.disposition = "stopped"
+                return res
+            chunk = todo[pos:pos + batch]
+            pos += len(chunk)
+            sender = deliveries[chunk[0]].get("sender") or ""
+            rcpts = [deliveries[i]["rcpt"] for i in chunk]
+            try:
+                replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")))
+            except Unreachable as exc:
+                for i in todo[pos - len(chunk):]:
+                    deferred[i] = f"4.4.1 {exc}"
+                res.errors.append(str(exc))
+                break
+            except smtplib.SMTPSenderRefused as exc:
+                if exc.smtp_code // 100 == 4:
+                    for i in todo[pos - len(chunk):]:
+                        deferred[i] = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                    break
+                reason = f"envelope sender {sender} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+                log.error("delivery stopped %s", kv(qfile=qf.id, list=meta.get("list"), reason=reason))
+                meta["done"], meta["failed"] = done, failed
+                sb.move(qf, "shunt", reason=reason, meta=meta)
+                res.disposition = "shunt"
+                res.errors.append(reason)
+                return res
+            finished: list[int] = []
+            for i, rcpt in zip(chunk, rcpts):
+                code, text = replies.get(rcpt, (250, ""))
+                if code // 100 == 2:
+                    res.delivered += 1
+                    finished.append(i)
+                elif code // 100 == 5:
+                    if self._report_failure(lc, meta, rcpt, code, text):
+                        failed[str(i)] = f"{code} {text}"[:300]
+                        res.failed += 1
+                        finished.append(i)
+                    else:
+                        deferred[i] = f"{code} {text}"
+                else:
+                    deferred[i] = f"{code} {text}"
+            if finished:
+                record(finished)
+        res.deferred = len(deferred)
+        if deferred:
+            return self._defer(sb, qf, meta, deliveries, deferred, lc, res)
+        sb.finish(qf)
+        log.info("delivered %s", kv(qfile=qf.id, list=meta.get("list"), sent=res.delivered,
+                                    failed=res.failed or None))
+        return res
+
+    def _report_failure(self, lc, meta, rcpt: str, code: int, text: str, bounce_class: str | None = None) -> bool:
+        """Tell the bounce engine; False if it cannot record it now (the recipient is retried)."""
+        status = enhanced_status(code, text)
+        if lc is None:
+            log.warning("refused recipient of a non-list message %s", kv(rcpt=rcpt, reply=f"{code} {text}"))
+            return True
+        try:
+            self.engine.register_failure(lc, rcpt, bounce_class or failure_class(status, text), status,
+                                         f"{code} {text}"[:1000], attribution="smtp",
+                                         probe_token=meta.get("probe_token"))
+        except Exception as exc:  # StoreUnavailable, QueueError, or a bug: never lose the recipient
+            log.error("cannot register failure, will retry %s", kv(rcpt=rcpt, error=exc))
+            return False
+        log.info("refused at hand-over %s", kv(list=meta.get("list"), rcpt=rcpt, status=status,
+                                               reply=repr(f"{code} {text}"[:200])))
+        return True
+
+    def _defer(self, sb, qf, meta, deliveries, deferred: dict[int, str], lc, res: Result) -> Result:
+        now = clock.now()
+        first = meta.get("first_deferred_at") or now
+        retries = int(meta.get("retries") or 0) + 1
+        if now - first >= self.site.conf.runner.retry_giveup:
+            for i, why in deferred.items():
+                code = int(why[:3]) if why[:3].isdigit() else 451
+                text = why[4:] if why[:3].isdigit() else why
+                self._report_failure(lc, meta, deliveries[i]["rcpt"], code,
+                                     f"{text} (gave up after {retries - 1} retries)", bounce_class="soft")
+            res.gave_up, res.deferred = len(deferred), 0
+            log.warning("gave up %s", kv(qfile=qf.id, list=meta.get("list"), recipients=len(deferred)))
+            sb.finish(qf)
+            return res
+        new_meta = {k: v for k, v in meta.items() if k not in ("done", "failed")}
+        new_meta.update(deliveries=[deliveries[i] for i in sorted(deferred)], done=[],
+                        first_deferred_at=first, retries=retries,
+                        retry_at=now + retry_delay(self.site, retries),
+                        last_error=next(iter(deferred.values()))[:300])
+        sb.move(qf, "retry", reason=new_meta["last_error"], meta=new_meta)
+        res.disposition = "retry"
+        log.info("deferred %s", kv(qfile=qf.id, list=meta.get("list"), recipients=len(deferred),
+                                   retry_in=int(new_meta["retry_at"] - now)))
+        return res
+
+
+def due(qf) -> bool:
+    """True if a ``retry`` qfile's backoff has passed."""
+    return float(qf.meta.get("retry_at") or 0) <= clock.now()
+
+

@@ -1,0 +1,224 @@
+"""The queue runner: takes qfiles, dispatches them, schedules periodic tasks, stops on SIGTERM.
+
+Queues, in the order one pass serves them: ``in`` (list mail: posts,
+commands, confirmations, owner mail), ``bounces`` (only if a front end queues
+bounces instead of handling them inline), ``virgin`` (generated mail),
+``out`` (posts ready for fan-out), ``retry`` (deferred deliveries whose
+backoff has passed).
+
+Several runner processes may share the queues by hash slice
+(``--slice i/n``, Mailman 3's scheme): each takes only the qfiles of its
+slice and recovers only its own slice's files at start-up. Periodic tasks
+run in slice 0 only.
+
+Failures: a store or queue that is unavailable (:class:`StoreUnavailable`,
+:class:`QueueError`: full disk, locked database) puts the qfile back and the
+runner waits a poll interval: nothing is lost, it is tried again. Anything
+else (a bug, mail nothing can handle) moves the qfile to ``shunt`` with the
+reason, for ``listgate queue unshunt`` after a fix.
+
+SIGTERM/SIGINT: the transaction in hand is finished, fan-out progress is
+already durable in the qfile, the qfile goes back to its queue, and
+:meth:`Runner.run_forever` returns.
+"""
+from __future__ import annotations
+
+import logging
+import signal
+import time
+
+from .. import addresses, messages
+from ..config import Site, Watcher
+from ..log import kv
+from ..queue import QueueError, Switchboard
+from ..store import StoreUnavailable
+from . import commands, delivery, posts, tasks
+
+log = logging.getLogger("listgate.runner")
+
+SERVED = ("in", "bounces", "virgin", "out", "retry")
+
+
+class Runner:
+    """Processes the queues of one site (one hash slice of them).
+
+    ``source`` is a :class:`Site` or a :class:`Watcher` (then configuration
+    edits are picked up between qfiles). ``engine`` defaults to a
+    ``BounceEngine`` made on first need.
+    """
+
+    def __init__(self, source: Site | Watcher, *, slice: int = 0, slices: int = 1, engine=None):
+        self.watcher = source if isinstance(source, Watcher) else None
+        self.site = source.current() if isinstance(source, Watcher) else source
+        self.slice, self.slices = slice, slices
+        self._engine = engine
+        self.deliverer = delivery.Deliverer(self.site, engine)
+        self.stopping = False
+        mx = self.site.conf.runner.max_attempts
+        self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
+
+    # -- life cycle --------------------------------------------------------------
+    def stop(self, *_args) -> None:
+        """Ask the runner to stop after the transaction in hand (signal handler)."""
+        self.stopping = True
+
+    def install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self.stop)
+        signal.signal(signal.SIGINT, self.stop)
+
+    def recover(self) -> int:
+        """Put back this slice's qfiles left in progress by a crash (start-up only)."""
+        return sum(b.recover(slice=self.slice, slices=self.slices) for b in self.boards.values())
+
+    def close(self) -> None:
+        self.deliverer.close()
+
+    @property
+    def engine(self):
+        if self._engine is None:
+            from ..bounce.engine import BounceEngine
+            self._engine = BounceEngine(self.site)
+            self.deliverer._engine = self._engine
+        return self._engine
+
+    def _refresh(self) -> None:
+        if self.watcher is not None:
+            site = self.watcher.current()
+            if site is not self.site:
+                self.site = self.deliverer.site = site
+                self._engine = self.deliverer._engine = None
+
+    # -- work --------------------------------------------------------------------
+    def run_once(self, *, with_tasks: bool = True) -> int:
+        """Process everything ready now (repeated passes until a pass finds nothing); returns the count."""
+        total = 0
+        while not self.stopping:
+            n = self._pass()
+            if with_tasks and self.slice == 0:
+                n += self.maybe_run_tasks()
+            total += n
+            if n == 0:
+                break
+        return total
+
+    def run_forever(self) -> None:
+        """Serve the queues until :meth:`stop` (SIGTERM); sleeps ``runner.poll_interval`` when idle."""
+        try:
+            while not self.stopping:
+                if self.run_once() == 0:
+                    self._sleep(self.site.conf.runner.poll_interval)
+        finally:
+            self.close()
+            log.info("runner stopped %s", kv(slice=f"{self.slice}/{self.slices}"))
+
+    def _sleep(self, seconds: float) -> None:
+        end = time.monotonic() + seconds
+        while not self.stopping and time.monotonic() < end:
+            time.sleep(min(0.05, max(0.0, end - time.monotonic())))
+
+    def maybe_run_tasks(self) -> int:
+        """Run periodic tasks if ``runner.tasks_interval`` has passed since the last run (any process)."""
+        if not tasks.due(self.site):
+            return 0
+        try:
+            tasks.run(self.site, self.engine)
+        except (StoreUnavailable, QueueError) as exc:
+            log.warning("periodic tasks postponed %s", kv(error=exc))
+        return 0
+
+    def _pass(self) -> int:
+        count = 0
+        for name in SERVED:
+            board = self.boards[name]
+            if name == "retry":
+                count += self._pass_retry(board)
+                continue
+            while not self.stopping:
+                self._refresh()
+                qf = board.dequeue(slice=self.slice, slices=self.slices)
+                if qf is None:
+                    break
+                count += 1
+                if not self.process(board, qf):
+                    self._sleep(self.site.conf.runner.poll_interval)
+                    break
+        return count
+
+    def run_retries(self) -> int:
+        """Deliver the ``retry`` qfiles whose backoff has passed; returns how many were tried."""
+        return self._pass_retry(self.boards["retry"])
+
+    def _pass_retry(self, board) -> int:
+        count, waiting = 0, []
+        try:
+            for _ in range(len(board.ids())):
+                if self.stopping:
+                    break
+                qf = board.dequeue(slice=self.slice, slices=self.slices)
+                if qf is None:
+                    break
+                if not delivery.due(qf):
+                    waiting.append(qf)
+                    continue
+                count += 1
+                if not self.process(board, qf):
+                    break
+        finally:
+            for qf in waiting:
+                board.release(qf)
+        return count
+
+    def process(self, board, qf) -> bool:
+        """Handle one qfile; False if it was put back because a store or queue is unavailable."""
+        try:
+            if board.name in ("out", "virgin", "retry"):
+                res = self.deliverer.deliver(board, qf, should_stop=lambda: self.stopping)
+                if res.disposition == "stopped":
+                    board.release(qf)
+            else:
+                outcome = self.dispatch(qf)
+                board.finish(qf)
+                log.info("processed %s", kv(queue=board.name, qfile=qf.id, list=qf.meta.get("list"),
+                                            role=qf.meta.get("role"), queue_id=qf.meta.get("mta_queue_id"),
+                                            outcome=repr(outcome)))
+            return True
+        except (StoreUnavailable, QueueError) as exc:
+            log.warning("put back, will retry %s", kv(queue=board.name, qfile=qf.id, error=exc))
+            board.release(qf)
+            return False
+        except Exception as exc:  # noqa: BLE001 - one bad qfile must not stop the runner
+            log.exception("shunted %s", kv(queue=board.name, qfile=qf.id))
+            try:
+                board.move(qf, "shunt", reason=f"{type(exc).__name__}: {exc}"[:500])
+            except QueueError:
+                board.release(qf)
+                return False
+            return True
+
+    def dispatch(self, qf) -> str:
+        """Route an ``in``/``bounces`` qfile by its ``role``; returns what was done."""
+        site = self.site
+        lc = site.get_list(qf.meta.get("list") or "")
+        if lc is None:
+            raise LookupError(f"no such list {qf.meta.get('list')!r} (removed from the configuration?)")
+        role = qf.meta.get("role")
+        if role == "post":
+            return posts.handle_post(site, lc, qf)
+        if role in ("request", "join", "leave"):
+            return commands.handle_request(site, lc, qf)
+        if role == "confirm":
+            return commands.handle_confirm(site, lc, qf)
+        if role == "owner":
+            return self.forward_to_owners(lc, qf)
+        if role == "bounces":
+            address = addresses.ListAddress(lc.name, lc.domain, "bounces", qf.meta.get("extension"))
+            outcome = self.engine.handle_bounce(lc, qf.msg, address, envelope_sender=qf.meta.get("envelope_sender"),
+                                                mta_queue_id=qf.meta.get("mta_queue_id"))
+            return f"bounce: {getattr(outcome, 'actions', outcome)}"
+        raise ValueError(f"unknown role {role!r}")
+
+    def forward_to_owners(self, lc, qf) -> str:
+        """Mail to ``L-owner@D``: the message, unchanged, to every owner (null envelope sender)."""
+        qid = messages.queue_virgin(self.site, lc, qf.msg, messages.owner_deliveries(lc), kind="owner_forward",
+                                    meta={"envelope_sender_original": qf.meta.get("envelope_sender")})
+        return f"forwarded to owners as {qid}"

@@ -1,0 +1,144 @@
+"""``listgate serve``: milter, policy server and runner as supervised child processes.
+
+The embedded default for small sites: one command (one systemd unit) runs
+``listgate milter``, ``listgate policy`` and ``listgate runner``, each its own
+process with its own job (Postfix's shape). A child that exits is restarted
+after a pause that doubles on each quick failure (1 s up to 60 s), so a broken
+configuration does not spin. SIGTERM/SIGINT: every child gets SIGTERM (the
+runner finishes the transaction in hand), then, after ``STOP_TIMEOUT``
+seconds, SIGKILL; serve returns once all are gone.
+
+Readiness (``Type=notify``): ``READY=1`` goes to ``$NOTIFY_SOCKET`` once the
+milter and policy sockets accept connections (bounded wait); children do not
+see ``$NOTIFY_SOCKET`` (only the main process may talk to systemd).
+"""
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from ..config import parse_socket
+from ..log import kv
+
+log = logging.getLogger("listgate.serve")
+
+CHILDREN = ("milter", "policy", "runner")
+STOP_TIMEOUT = 30.0
+READY_TIMEOUT = 15.0
+MAX_PAUSE = 60.0
+
+
+def sd_notify(state: str) -> None:
+    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` (no-op when unset)."""
+    path = os.environ.get("NOTIFY_SOCKET")
+    if not path:
+        return
+    if path.startswith("@"):
+        path = "\0" + path[1:]
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.connect(path)
+            s.sendall(state.encode("ascii"))
+    except OSError as exc:
+        log.warning("sd_notify failed: %s", exc)
+
+
+def _listening(site, spec: str) -> bool:
+    try:
+        kind, where = parse_socket(spec)
+    except ValueError:
+        return True
+    family, addr = ((socket.AF_UNIX, site.resolve(where)) if kind == "unix"
+                    else (socket.AF_INET6 if ":" in where[0] else socket.AF_INET, where))
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(addr)
+        return True
+    except OSError:
+        return False
+
+
+class Supervisor:
+    """Starts and watches the children; ``stop()`` (the signal handler) ends :meth:`run`."""
+
+    def __init__(self, site, *, children=CHILDREN, extra_args: dict | None = None):
+        self.site = site
+        self.children = tuple(children)
+        self.extra = extra_args or {}
+        self.procs: dict[str, subprocess.Popen] = {}
+        self.started: dict[str, float] = {}
+        self.pause: dict[str, float] = {name: 1.0 for name in self.children}
+        self.due: dict[str, float] = {}
+        self.stopping = False
+        env = dict(os.environ)
+        env.pop("NOTIFY_SOCKET", None)
+        self.env = env
+
+    def command(self, name: str) -> list[str]:
+        return [sys.executable, "-m", "listgate", "-c", self.site.path, name, *self.extra.get(name, ())]
+
+    def start(self, name: str) -> None:
+        self.procs[name] = subprocess.Popen(self.command(name), env=self.env, stdin=subprocess.DEVNULL)
+        self.started[name] = time.monotonic()
+        log.info("started %s", kv(child=name, pid=self.procs[name].pid))
+
+    def stop(self, *_args) -> None:
+        self.stopping = True
+
+    def wait_ready(self) -> bool:
+        """True once the milter and policy sockets accept connections (or READY_TIMEOUT passed)."""
+        specs = [s for name, s in (("milter", self.site.conf.milter.socket), ("policy", self.site.conf.policy.socket))
+                 if name in self.children]
+        end = time.monotonic() + READY_TIMEOUT
+        while time.monotonic() < end and not self.stopping:
+            if all(_listening(self.site, s) for s in specs):
+                return True
+            time.sleep(0.1)
+        return False
+
+    def run(self) -> int:
+        for name in self.children:
+            self.start(name)
+        if self.wait_ready():
+            sd_notify("READY=1")
+            log.info("serving %s", kv(children=",".join(self.children)))
+        else:
+            log.warning("children not listening yet; telling systemd we are ready anyway")
+            sd_notify("READY=1")
+        while not self.stopping:
+            now = time.monotonic()
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None:
+                    continue
+                if name not in self.due:
+                    quick = now - self.started[name] < 10
+                    self.pause[name] = min(self.pause[name] * 2, MAX_PAUSE) if quick else 1.0
+                    self.due[name] = now + self.pause[name]
+                    log.error("child exited, restarting %s",
+                              kv(child=name, status=proc.returncode, restart_in=f"{self.pause[name]:g}s"))
+                elif now >= self.due.pop(name):
+                    self.start(name)
+            time.sleep(0.1)
+        return self.shutdown()
+
+    def shutdown(self) -> int:
+        sd_notify("STOPPING=1")
+        for proc in self.procs.values():
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        end = time.monotonic() + STOP_TIMEOUT
+        for name, proc in self.procs.items():
+            try:
+                proc.wait(timeout=max(0.0, end - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.error("child did not stop, killing %s", kv(child=name, pid=proc.pid))
+                proc.kill()
+                proc.wait()
+        log.info("stopped")
+        return 0

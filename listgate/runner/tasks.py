@@ -1,0 +1,83 @@
+"""Periodic tasks: bounce-engine follow-ups, eviction of expired pending records.
+
+Per list: :meth:`BounceEngine.run_periodic` (disabled-member notices and
+removals, expired probes) and :meth:`ListStore.evict_expired` (confirmations,
+held posts and re-enable tokens past their lifetime; an expired held post is
+reported to the moderators). Retries are served by the runner's ``retry``
+pass; ``listgate tasks run`` does both for sites that use cron.
+
+The runner runs the tasks every ``runner.tasks_interval`` seconds of
+:mod:`listgate.clock` time; the time of the last run is kept in
+``STATE_DIR/runner-tasks.stamp`` so a cron job and a runner, or a restarted
+runner, do not repeat them early.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from .. import clock
+from ..log import kv
+from ..queue import QueueError
+from ..store import StoreUnavailable, open_store
+from . import replies
+
+log = logging.getLogger("listgate.runner.tasks")
+
+STAMP = "runner-tasks.stamp"
+
+
+def _stamp_path(site) -> str:
+    return os.path.join(site.state_dir, STAMP)
+
+
+def last_run(site) -> float | None:
+    """Clock time of the last completed run, or None."""
+    try:
+        with open(_stamp_path(site), encoding="ascii") as fh:
+            return float(fh.read().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def due(site) -> bool:
+    last = last_run(site)
+    return last is None or clock.now() - last >= site.conf.runner.tasks_interval
+
+
+def _write_stamp(site, when: float) -> None:
+    path = _stamp_path(site)
+    tmp = f"{path}.{os.getpid()}.tmp"
+    with open(tmp, "w", encoding="ascii") as fh:
+        fh.write(repr(when))
+    os.replace(tmp, path)
+
+
+def run(site, engine=None) -> list[str]:
+    """Run every list's periodic tasks now; returns one line per thing done.
+
+    A list whose store is unavailable is skipped (logged) and the others go on.
+    """
+    if engine is None:
+        from ..bounce.engine import BounceEngine
+        engine = BounceEngine(site)
+    started = clock.now()
+    done: list[str] = []
+    for lc in site.iter_lists():
+        key = replies.address(lc)
+        try:
+            done += [f"{key}: {line}" for line in engine.run_periodic(lc) or ()]
+            for rec in open_store(site, key).evict_expired():
+                done.append(f"{key}: expired {rec.type} {rec.token}")
+                if rec.type == "held_message":
+                    p = rec.payload
+                    replies.to_owners(site, lc, f"Held post expired: {p.get('subject') or '(no subject)'}",
+                                      f"A post to {key} from {p.get('author')} held for {p.get('reason')} "
+                                      f"expired without a decision and was discarded.\n",
+                                      moderators=True, kind="held_expired")
+        except (StoreUnavailable, QueueError) as exc:
+            log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
+    _write_stamp(site, started)
+    for line in done:
+        log.info("task %s", line)
+    return done
