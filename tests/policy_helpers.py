@@ -93,3 +93,48 @@ def wait_closed(sock: socket.socket, timeout: float = 10.0) -> bytes:
         if not chunk:
             return data
         data += chunk
+
+
+class ServerThread:
+    """A :class:`~listgate.policy.PolicyServer` on its own event loop in a thread (real sockets).
+
+    ``with ServerThread(site, socket_spec) as srv: srv.address`` ... ; leaving
+    the block closes every connection and joins the thread (bounded).
+    """
+
+    def __init__(self, site: config.Site, socket_spec: str | None = None, reload_interval: float = 0.0):
+        import asyncio
+        import threading
+
+        from listgate.policy import PolicyServer
+
+        self.watcher = config.Watcher(site.path, interval=reload_interval, site=site)
+        self.server = PolicyServer(self.watcher.current, socket_spec)
+        self.loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def __enter__(self) -> "ServerThread":
+        import asyncio
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        return self
+
+    @property
+    def address(self):
+        return self.server.address
+
+    def connections(self) -> int:
+        import asyncio
+
+        async def count():
+            return len(self.server.connections)
+        return asyncio.run_coroutine_threadsafe(count(), self.loop).result(10)
+
+    def __exit__(self, *exc) -> None:
+        import asyncio
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self._thread.join(10)
+            self.loop.close()

@@ -22,7 +22,15 @@ MAX_ATTRIBUTES = 256
 
 
 class ProtocolError(ValueError):
-    """A request that breaks the protocol (line without ``=``, line too long, too many attributes)."""
+    """A request that breaks the protocol (line without ``=``, line too long, too many attributes).
+
+    ``complete``: the well-formed requests that came before it in the same
+    input (a pipelining client still gets those answers).
+    """
+
+    def __init__(self, message: str, complete: list | None = None):
+        super().__init__(message)
+        self.complete = complete or []
 
 
 class RequestParser:
@@ -42,8 +50,15 @@ class RequestParser:
         self._attrs: dict[str, str] = {}
 
     def feed(self, data: bytes) -> list[dict[str, str]]:
+        requests: list[dict[str, str]] = []
+        try:
+            return self._feed(data, requests)
+        except ProtocolError as exc:
+            exc.complete = requests
+            raise
+
+    def _feed(self, data: bytes, requests: list[dict[str, str]]) -> list[dict[str, str]]:
         buf = self._buf + data if self._buf else data
-        requests = []
         attrs = self._attrs
         start = 0
         while True:

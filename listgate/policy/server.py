@@ -181,6 +181,8 @@ class _Connection(asyncio.Protocol):
         return False    # close once the answer is flushed
 
     def _malformed(self, exc: ProtocolError) -> None:
+        if exc.complete:
+            self.transport.write(b"".join(self._answer(attrs) for attrs in exc.complete))
         log.warning("malformed policy request, closing the connection without an answer %s",
                     kv(peer=self.peer, error=exc))
         self.close()

@@ -1,0 +1,325 @@
+"""The policy delegation server over real sockets (Postfix SMTPD_POLICY_README, Exim readsocket)."""
+from __future__ import annotations
+
+import os
+import socket
+import threading
+import time
+
+import pytest
+
+from listgate import verp
+from listgate.policy import ProtocolError, RequestParser
+from listgate.store import close_all, open_store, store_path
+
+from conftest import free_port
+from policy_helpers import (ServerThread, connect, edit_site, rcpt_request, read_replies, wait_closed,
+                            write_list)
+
+D = "lists.example.org"
+UNKNOWN = "550 5.1.1 no such list address"
+BAD_BOUNCE = "550 5.1.1 not a valid bounce address"
+
+
+@pytest.fixture
+def closed_site(site):
+    """demo is members_only with non_member_action reject, one member."""
+    site = write_list(site, "demo", posting_policy="members_only", non_member_action="reject")
+    open_store(site, f"demo@{D}").add_member("member@example.com")
+    return site
+
+
+@pytest.fixture
+def server(closed_site):
+    with ServerThread(closed_site) as srv:
+        yield srv
+
+
+def ask(srv, *requests: bytes) -> list[str]:
+    with connect(srv.address) as s:
+        s.sendall(b"".join(requests))
+        return read_replies(s, len(requests))
+
+
+def test_single_request(server):
+    assert ask(server, rcpt_request(f"nolist@{D}")) == [UNKNOWN]
+
+
+def test_every_rule_over_the_wire(server, closed_site):
+    lc = closed_site.get_list("demo")
+    good_verp = verp.member_bounce_address(closed_site, lc, "member@example.com")
+    forged = good_verp.rpartition(".")[0] + ".aaaaaaaa@" + D
+    probe = open_store(closed_site, f"demo@{D}").add_pending("probe", {"member": "member@example.com"}, 3600)
+    cases = [
+        (rcpt_request("user@example.com"), "DUNNO"),                                  # not ours
+        (rcpt_request(f"demo@{D}", sender="member@example.com"), "DUNNO"),            # member post
+        (rcpt_request(f"demo@{D}", sender="stranger@example.net"), "550 5.7.1 only members may post to this list"),
+        (rcpt_request(f"demo-request@{D}"), "DUNNO"),
+        (rcpt_request(good_verp, sender=""), "DUNNO"),
+        (rcpt_request(forged, sender=""), BAD_BOUNCE),
+        (rcpt_request(f"demo-bounces+{probe.token}@{D}", sender=""), "DUNNO"),
+        (rcpt_request(f"demo-bounces+{'a' * 26}@{D}", sender=""), BAD_BOUNCE),
+        (rcpt_request(f"demo@{D}", sender=f"demo-bounces@{D}", client_address="127.0.0.1"), "DUNNO"),
+    ]
+    # several requests on one connection, one at a time
+    with connect(server.address) as s:
+        for request, expected in cases:
+            s.sendall(request)
+            assert read_replies(s, 1) == [expected], request
+
+
+def test_pipelined_answers_in_order(server):
+    requests, expected = [], []
+    for i in range(300):
+        if i % 3 == 0:
+            requests.append(rcpt_request(f"nolist{i}@{D}"))
+            expected.append(UNKNOWN)
+        elif i % 3 == 1:
+            requests.append(rcpt_request(f"user{i}@example.com"))
+            expected.append("DUNNO")
+        else:
+            requests.append(rcpt_request(f"demo@{D}", sender=f"stranger{i}@example.net"))
+            expected.append("550 5.7.1 only members may post to this list")
+    assert ask(server, *requests) == expected
+
+
+def test_byte_at_a_time(server):
+    with connect(server.address) as s:
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        for b in rcpt_request(f"nolist@{D}"):
+            s.send(bytes([b]))
+        assert read_replies(s, 1) == [UNKNOWN]
+
+
+def test_other_protocol_states_and_unknown_attributes(server):
+    replies = ask(server,
+                  rcpt_request(f"nolist@{D}", protocol_state="DATA"),
+                  rcpt_request(f"nolist@{D}", protocol_state="END-OF-MESSAGE"),
+                  rcpt_request(f"nolist@{D}", protocol_state="rcpt", x_future_attribute="1", ccert_subject="a=b=c"),
+                  b"request=smtpd_access_policy\nprotocol_state=RCPT\n\n",             # no recipient at all
+                  b"\n")                                                               # empty request
+    assert replies == ["DUNNO", "DUNNO", UNKNOWN, "DUNNO", "DUNNO"]
+
+
+def test_eight_bit_junk_and_crlf(server):
+    junk = b"request=smtpd_access_policy\r\nprotocol_state=RCPT\r\nsender=\xff\xfe@\x80.example\r\n" \
+           b"recipient=nolist\xe9\xff@" + D.encode() + b"\r\nclient_address=\xc3\x28\r\n\r\n"
+    assert ask(server, junk, rcpt_request(f"nolist@{D}")) == ["550 5.1.1 no such list address"] * 2
+
+
+@pytest.mark.parametrize("bad", [b"this line has no equals sign\n\n", b"=value-without-name\n\n",
+                                 b"recipient=" + b"x" * 9000 + b"\n\n"])
+def test_malformed_request_closes_without_answer(server, bad):
+    with connect(server.address) as s:
+        s.sendall(rcpt_request(f"nolist@{D}") + bad + rcpt_request(f"nolist@{D}"))
+        data = wait_closed(s)
+    # the request before the bad one is answered, nothing after it
+    assert data == f"action={UNKNOWN}\n\n".encode()
+    assert ask(server, rcpt_request(f"nolist@{D}")) == [UNKNOWN]       # server still serving
+
+
+def test_overlong_line_without_newline_closes(server):
+    with connect(server.address) as s:
+        s.sendall(b"recipient=" + b"y" * 20000)
+        assert wait_closed(s) == b""
+
+
+def test_too_many_attributes_closes(server):
+    with connect(server.address) as s:
+        s.sendall(b"".join(b"x%d=1\n" % i for i in range(1000)) + b"\n")
+        assert wait_closed(s) == b""
+
+
+def test_huge_attribute_values_within_limit(server, closed_site):
+    limit = closed_site.conf.policy.max_line
+    value = "a" * (limit - len("recipient=") - len(f"@{D}"))
+    assert len(f"recipient={value}@{D}") == limit
+    big_other = "z" * (limit - len("ccert_subject="))
+    bounce_ext = value[len("demo-bounces+"):]
+    replies = ask(server, rcpt_request(f"{value}@{D}", ccert_subject=big_other),
+                  rcpt_request(f"demo-bounces+{bounce_ext}@{D}"))
+    assert replies == [UNKNOWN, BAD_BOUNCE]
+
+
+def test_client_disconnects_mid_request(server):
+    for _ in range(20):
+        s = connect(server.address)
+        s.sendall(rcpt_request(f"nolist@{D}")[:40])
+        s.close()
+    half = connect(server.address)
+    half.sendall(rcpt_request(f"nolist@{D}") + b"request=smtpd_access_policy\nrecip")
+    assert read_replies(half, 1) == [UNKNOWN]
+    half.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")  # RST
+    half.close()
+    assert ask(server, rcpt_request(f"nolist@{D}")) == [UNKNOWN]
+    deadline = time.monotonic() + 5
+    while server.connections() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert server.connections() == 0
+
+
+def test_many_concurrent_clients(server):
+    results: list[bool] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(64)
+
+    def client(n):
+        try:
+            with connect(server.address, timeout=30) as s:
+                start.wait(10)
+                requests = [rcpt_request(f"nolist{n}-{i}@{D}") if i % 2 else rcpt_request(f"u{n}@example.com")
+                            for i in range(10)]
+                s.sendall(b"".join(requests))
+                got = read_replies(s, 10, timeout=30)
+                results.append(got == ["DUNNO", UNKNOWN] * 5)
+        except BaseException as exc:  # noqa: BLE001 - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(64)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    assert not errors and results == [True] * 64
+
+
+def test_exim_half_close_without_final_empty_line(server):
+    with connect(server.address) as s:
+        s.sendall(rcpt_request(f"nolist@{D}")[:-1])      # attributes, no empty line
+        s.shutdown(socket.SHUT_WR)
+        assert wait_closed(s) == f"action={UNKNOWN}\n\n".encode()
+    with connect(server.address) as s:
+        s.sendall(b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=nolist@" + D.encode())  # no newline
+        s.shutdown(socket.SHUT_WR)
+        assert wait_closed(s) == f"action={UNKNOWN}\n\n".encode()
+
+
+def test_exim_half_close_with_final_empty_line(server):
+    with connect(server.address) as s:
+        s.sendall(rcpt_request(f"user@example.com"))
+        s.shutdown(socket.SHUT_WR)
+        assert wait_closed(s) == b"action=DUNNO\n\n"
+    with connect(server.address) as s:        # EOF with nothing sent: closed, no answer
+        s.shutdown(socket.SHUT_WR)
+        assert wait_closed(s) == b""
+
+
+def test_idle_connection_closed(closed_site):
+    site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": "1s"})
+    with ServerThread(site) as srv:
+        with connect(srv.address) as s:
+            s.sendall(rcpt_request(f"nolist@{D}"))
+            assert read_replies(s, 1) == [UNKNOWN]
+            started = time.monotonic()
+            assert wait_closed(s, timeout=10) == b""
+            assert 0.5 <= time.monotonic() - started < 5
+
+
+def test_store_unavailable_is_451(closed_site):
+    close_all()
+    with open(store_path(closed_site, f"demo@{D}"), "wb") as fh:
+        fh.write(b"garbage, not SQLite" * 200)
+    try:
+        with ServerThread(closed_site) as srv:
+            replies = ask(srv, rcpt_request(f"demo@{D}", sender="stranger@example.net"), rcpt_request(f"nolist@{D}"))
+        assert replies[0].startswith("451 4.3.0 ") and replies[1] == UNKNOWN
+    finally:
+        close_all()
+
+
+def test_config_change_applies_without_restart(closed_site):
+    with ServerThread(closed_site, reload_interval=0.0) as srv:
+        with connect(srv.address) as s:
+            s.sendall(rcpt_request(f"news@{D}"))
+            assert read_replies(s, 1) == [UNKNOWN]
+            write_list(closed_site, "news", posting_policy="open")
+            s.sendall(rcpt_request(f"news@{D}"))
+            assert read_replies(s, 1) == ["DUNNO"]
+            # an edit that does not validate keeps the previous config in force
+            with open(os.path.join(closed_site.lists_dir, "news.yaml"), "a") as fh:
+                fh.write("no_such_key: 1\n")
+            s.sendall(rcpt_request(f"news@{D}"))
+            assert read_replies(s, 1) == ["DUNNO"]
+
+
+def test_unix_socket(closed_site, tmp_path):
+    path = tmp_path / "policy.sock"
+    with ServerThread(closed_site, f"unix:{path}") as srv:
+        assert oct(os.stat(path).st_mode & 0o777) == oct(int(closed_site.conf.policy.socket_mode, 8))
+        assert ask(srv, rcpt_request(f"nolist@{D}")) == [UNKNOWN]
+    assert not path.exists()
+
+
+def test_parser_unit_limits():
+    p = RequestParser(256)
+    assert p.feed(b"a=1\nb=") == []
+    assert p.feed(b"2\n\nc=3\n") == [{"a": "1", "b": "2"}]
+    assert p.finish() == {"c": "3"} and p.finish() is None
+    with pytest.raises(ProtocolError):
+        RequestParser(256).feed(b"x" * 300)
+    with pytest.raises(ProtocolError):
+        RequestParser(256).feed(b"novalue\n")
+
+
+def test_inet_port_in_use_is_an_error(closed_site):
+    port = free_port()
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", port))
+        busy.listen()
+        with pytest.raises(OSError):
+            with ServerThread(closed_site, f"inet:{port}@127.0.0.1"):
+                pass
+
+
+def test_listgate_policy_daemon(closed_site, tmp_path):
+    """The real ``listgate policy`` process: sd_notify readiness, unix socket mode, reload, SIGTERM."""
+    import signal
+    import subprocess
+    import sys
+
+    notify_path = str(tmp_path / "notify.sock")
+    sock_path = tmp_path / "p.sock"
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify:
+        notify.bind(notify_path)
+        notify.settimeout(20)
+        env = {**os.environ, "NOTIFY_SOCKET": notify_path}
+        proc = subprocess.Popen([sys.executable, "-m", "listgate", "-c", closed_site.path, "policy",
+                                 "--socket", f"unix:{sock_path}"], env=env, cwd=str(tmp_path),
+                                stderr=subprocess.PIPE)
+        try:
+            assert notify.recv(100) == b"READY=1"
+            assert os.stat(sock_path).st_mode & 0o777 == 0o666
+            address = ("unix", str(sock_path))
+            with connect(address) as s:
+                s.sendall(rcpt_request(f"news@{D}"))
+                assert read_replies(s, 1) == [UNKNOWN]
+                write_list(closed_site, "news", posting_policy="open")
+                deadline = time.monotonic() + 10          # the Watcher looks at most once a second
+                while True:
+                    s.sendall(rcpt_request(f"news@{D}"))
+                    reply = read_replies(s, 1)
+                    if reply == ["DUNNO"] or time.monotonic() > deadline:
+                        break
+                    time.sleep(0.2)
+                assert reply == ["DUNNO"]
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(20) == 0
+            assert notify.recv(100) == b"STOPPING=1"
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(10)
+            stderr = proc.stderr.read().decode()
+            proc.stderr.close()
+    assert not sock_path.exists()
+    assert "no such list address" in stderr and "configuration reloaded" in stderr
+
+
+def test_listgate_policy_bad_config_exits_1(tmp_path):
+    import subprocess
+    import sys
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("state_dir: .\nno_such_key: 1\n")
+    proc = subprocess.run([sys.executable, "-m", "listgate", "-c", str(bad), "policy"], capture_output=True,
+                          timeout=30, text=True)
+    assert proc.returncode == 1 and "no_such_key" in proc.stderr
