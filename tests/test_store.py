@@ -228,3 +228,43 @@ def test_unopenable_database_is_store_unavailable(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreUnavailable):
         SQLiteStore(str(tmp_path / "junk.db"), "x@example.org")
+
+
+def test_threads_share_one_store_safely(store):
+    import threading
+    store.add_member("t@example.com")
+    errors = []
+
+    def bump():
+        try:
+            for _ in range(25):
+                with store.transaction():
+                    m = store.get_member("t@example.com")
+                    m.bounce_score += 1
+                    store.save_member(m)
+        except Exception as exc:  # reported below; a thread's exception would otherwise vanish
+            errors.append(exc)
+
+    threads = [threading.Thread(target=bump) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert errors == [] and store.get_member("t@example.com").bounce_score == 200
+
+
+def test_forked_child_opens_its_own_connection(site, store):
+    store.add_member("parent@example.com")
+    pid = os.fork()
+    if pid == 0:  # child: must not reuse the parent's SQLite connection
+        code = 1
+        try:
+            child = open_store(site, LIST)
+            child.add_member("child@example.com")
+            code = 0 if child is not store and child.get_member("parent@example.com") else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert [m.key for m in store.members()] == ["child@example.com", "parent@example.com"]
+    store.add_member("after@example.com")
