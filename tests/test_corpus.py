@@ -61,8 +61,8 @@ SISIMAI_POLICY_REASONS = {"blocked", "policyviolation", "spamdetected", "virusde
 SISIMAI_ADDRESS_REASONS = {"userunknown", "hostunknown", "hasmoved"}
 
 # Thresholds, set a little below what this classifier measures (see the
-# printed figures; measured at commit time: class 94%, flufl recall 97%,
-# precision 96%) so that a regression fails while the honest disagreements
+# printed figures; measured at commit time: class 95.6%, flufl recall 100%,
+# precision 100%, message-refusal rows classed hard 3/44) so that a regression fails while the honest disagreements
 # stay allowed. Known disagreements, each a judgement call rather than a
 # bug: bounces that carry no status code and no address a detector knows
 # (we say `unknown`, forwarded to owners: the safe side); a Gmail "THIS IS
@@ -75,7 +75,7 @@ MIN_FLUFL_ADDRESS_RECALL = 0.93
 MIN_FLUFL_ADDRESS_PRECISION = 0.90
 # Policy safety: of the sisimai rows whose reason is a message refusal, at
 # most this share may be classed hard (scored, could disable a member).
-MAX_POLICY_AS_HARD = 0.25
+MAX_POLICY_AS_HARD = 0.15
 
 
 def _rows():

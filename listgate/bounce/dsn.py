@@ -63,7 +63,7 @@ def _status_text(part: Message) -> str:
         for block in payload:
             if isinstance(block, Message):
                 try:
-                    blocks.append("\n".join(f"{k}: {v}" for k, v in block.items()))
+                    blocks.append("\n".join(f"{k}: {v}" for k, v in block.raw_items()))
                 except Exception:
                     continue
         return "\n\n".join(blocks)

@@ -46,16 +46,24 @@ def header(msg: Message, name: str) -> str:
 
     Encoded words are left as they are; 8-bit junk comes back as U+FFFD.
     """
+    values = headers(msg, name)
+    return values[0] if values else ""
+
+
+def _to_text(value) -> str:
+    """A header value as str; raw 8-bit (surrogate-escaped by the parser) read as UTF-8.
+
+    RFC 6532 allows UTF-8 in headers (and RFC 6533 in DSN address fields).
+    """
     try:
-        value = msg.get(name)
+        text = str(value)
     except Exception:
         return ""
-    if value is None:
-        return ""
     try:
-        return str(value).strip()
-    except Exception:
-        return ""
+        text = text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    except UnicodeError:
+        text = text.encode("utf-8", "replace").decode("utf-8")
+    return text.strip()
 
 
 def decoded_header(msg: Message, name: str) -> str:
@@ -69,17 +77,13 @@ def decoded_header(msg: Message, name: str) -> str:
 
 def headers(msg: Message, name: str) -> list[str]:
     """All ``name`` headers of ``msg`` as str (never raises)."""
+    # raw_items(): the values as parsed, before compat32 turns 8-bit bytes
+    # into an unreadable Header object
+    name = name.lower()
     try:
-        values = msg.get_all(name) or []
+        return [_to_text(v) for k, v in msg.raw_items() if k.lower() == name]
     except Exception:
         return []
-    out = []
-    for value in values:
-        try:
-            out.append(str(value).strip())
-        except Exception:
-            continue
-    return out
 
 
 def content_type(msg: Message) -> str:

@@ -29,9 +29,12 @@ The rules (:func:`classify_failure`), in order:
       ``5.6.x`` (media/content, section 3.7), ``5.3.4`` (message too big for
       system), ``5.2.3`` (message length exceeds administrative limit),
       ``5.1.7``/``5.1.8`` (bad *sender* address: ours, not the member's).
-   c. Other ``5.1.x``/``5.2.x`` (address and mailbox status) → ``hard``: the
-      code itself says the mailbox is the problem.
-   d. Generic codes (``5.0.0``, ``5.5.x``, ``5.4.x``, ``5.3.x``, or only a
+   c. Other specific ``5.1.x``/``5.2.x`` (address and mailbox status) →
+      ``hard``: the code itself says the mailbox is the problem — unless
+      the text names a blocklist/spam/DMARC refusal and no address problem
+      (a misused code: "553 5.1.3 ...spamhaus...") → ``policy``.
+      ``5.1.0``/``5.2.0`` ("other") are generic, see d.
+   d. Generic codes (``5.0.0``, ``5.1.0``, ``5.2.0``, ``5.5.x``, ``5.4.x``, ``5.3.x``, or only a
       5xx SMTP reply): address words in the text → ``hard``; policy words
       (spam, virus, blocklist, DMARC, reputation, RBL names, "content",
       "policy" ...) → ``policy``; otherwise ``hard``.
@@ -72,14 +75,16 @@ _POLICY_WORDS = re.compile(
     r"spam|junk|virus|malware|phish|black\s*list|block\s*list|blocked|dmarc|\bspf\b|dkim|reputation"
     r"|\brbl\b|dnsbl|spamhaus|spamcop|barracuda|sorbs|surbl|uribl|\bpolicy\b|policies|content"
     r"|unsolicited|\bbulk\b|prohibited|not\s+accepted\s+for\s+policy|sender\s+(?:address\s+)?(?:rejected|denied|blocked)"
-    r"|reverse\s+dns|\bptr\b|\brdns\b|message\s+(?:rejected|refused)|rejected\s+(?:due|for|because)"
+    r"|reverse\s+dns|\bptr\b|\brdns\b|(?:message|mail)\s+(?:rejected|refused)|rejected\s+(?:due|for|because)"
+    r"|not\s+(?:permitted|allowed)\s+to\s+(?:send|connect|relay)|(?:host|network|ip|client)\s+(?:\S+\s+)?not\s+(?:permitted|allowed)"
+    r"|mismatch|protocol\s+violation|sender\s+(?:\S+\s+)?rejected"
     r"|too\s+(?:big|large)|size\s+limit|exceeds?\s+(?:the\s+)?(?:maximum\s+)?(?:message\s+)?size",
     re.IGNORECASE,
 )
 # Without a status code only unmistakable words may call it policy.
 _STRONG_POLICY_WORDS = re.compile(
     r"spam|virus|malware|phish|black\s*list|block\s*list|dmarc|reputation|\brbl\b|dnsbl|spamhaus|spamcop"
-    r"|barracuda|sorbs|unsolicited",
+    r"|barracuda|sorbs|unsolicited|reverse\s+dns|\bptr\b",
     re.IGNORECASE,
 )
 # The mailbox exists but is full: a temporary condition that was given up on.
@@ -151,7 +156,8 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
 
     ``action``: normalised DSN action or '' (non-DSN bounce). ``status``:
     enhanced status code or None; when None (or generic) the diagnostic text
-    is searched for one, then for an SMTP reply code. ``report_is_final``:
+    is searched for one, then for an SMTP reply code; a Status with detail 0
+    yields to a specific same-class code in the diagnostic. ``report_is_final``:
     for a non-DSN report, whether its text says delivery was given up (None:
     look at ``diagnostic``). Returns class None when nothing decides it (no
     code anywhere): the caller falls back to its detector's verdict.
@@ -160,7 +166,10 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
     if action in IGNORED_ACTIONS:
         return action, f"Action: {action}", status
     found = find_status(diagnostic, "45")
-    if status is None or (status.endswith(".0.0") and found and not found.endswith(".0.0")
+    # A Status with detail 0 ("other or undefined", RFC 3463 section 3) yields
+    # to a specific code of the same class quoted in the diagnostic: the
+    # remote server's 5.7.1 says more than the reporting MTA's 5.1.0.
+    if status is None or (found and status.endswith(".0") and not found.endswith(".0")
                           and found[0] == status[0]):
         status = found or status
     code_class = status[0] if status else None
@@ -215,7 +224,11 @@ def _permanent(status: str | None, shown: str, diagnostic: str) -> tuple[str, st
         return "policy", f"{shown}: the message (content/size) was refused, not the mailbox", status
     if (subject, detail) in (("1", "7"), ("1", "8")):
         return "policy", f"{shown}: our sender address was refused, not the member's", status
-    if subject in ("1", "2"):
+    strong = _STRONG_POLICY_WORDS.search(diagnostic)
+    if subject in ("1", "2") and detail != "0":
+        if strong and not address_words:
+            # e.g. "553 5.1.3 http://www.spamhaus.org/query/..." : a misused address code
+            return "policy", f"{shown} but {strong.group(0)!r} in text: the message was refused", status
         return "hard", f"{shown}: permanent address/mailbox status", status
     if address_words:
         return "hard", f"permanent {shown}, text says the address is bad ({address_words.group(0)!r})", status
