@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -178,6 +179,22 @@ def test_arrival_is_kept_across_queues(qroot):
     assert first.id == old and first.meta["arrival"] == 100.0
     assert first.meta["from_queue"] == "in" and first.meta["reason"] == "4.4.1 connection refused"
     assert retry.dequeue().id == newer
+
+
+def test_long_lived_runner_takes_an_older_qfile_moved_in_first(qroot):
+    """A runner mid-way through a scan still honours FIFO when an older qfile comes back."""
+    runner = Switchboard(qroot, "in")
+    ids = [runner.enqueue(b"%d" % i, {}, arrival=100.0 + i) for i in range(5)]
+    runner.finish(runner.dequeue())
+    retry = Switchboard(qroot, "retry")
+    old = retry.enqueue(b"old", {}, arrival=50.0)
+    time.sleep(0.02)  # directory mtimes may be tick-grained on older kernels
+    retry.move(retry.dequeue(), "in")
+    got = []
+    while (qf := runner.dequeue()) is not None:
+        got.append(qf.id)
+        runner.finish(qf)
+    assert got == [old] + ids[1:]
 
 
 def test_default_arrival_comes_from_the_clock(qroot):

@@ -110,11 +110,14 @@ class Switchboard:
         self.name = name
         self.max_attempts = max_attempts
         self.dir = os.path.join(queue_dir, name)
-        # names from the last directory scan still to try, per (slice, slices): a
-        # runner takes a whole scan's worth before listing again (as Mailman does),
-        # so draining a long queue is not quadratic in its length
+        # ids from the last directory scan still to try, for one (slice, slices).
+        # The directory is listed again only when someone else changed it (its
+        # mtime differs from the one we saw after our own last change), so one
+        # runner draining a long queue is not quadratic in its length, and a
+        # qfile moved in with an older arrival is still taken first.
         self._batch: list[str] = []
         self._batch_key: tuple[int, int] | None = None
+        self._seen_mtime: int | None = None
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as exc:
@@ -218,16 +221,17 @@ class Switchboard:
         The qfile is renamed to ``ID.held`` so no other runner takes it. A qfile
         that cannot be read or parsed goes to ``bad`` (its bytes kept as the
         message, the reason in the metadata) and the next one is tried; this
-        never raises for bad content. FIFO holds within one directory scan: a
-        qfile moved in with an older arrival is taken once the current scan's
-        files are done.
+        never raises for bad content.
         """
         _check_slice(slice, slices)
         key = (slice, slices)
         if self._batch_key != key:
             self._batch, self._batch_key = [], key
         while True:
-            if not self._batch:
+            mtime = self._dir_mtime()
+            if not self._batch or mtime != self._seen_mtime:
+                # mtime is read before listing: a change during the listing shows next time
+                self._seen_mtime = mtime
                 ids = self._scan(READY)
                 if slices > 1:
                     ids = [q for q in ids if slice_of(q, slices) == slice]
@@ -253,7 +257,19 @@ class Switchboard:
             os.rename(os.path.join(self.dir, qid + READY), held)
         except FileNotFoundError:
             return None
+        self._changed_by_us()
         return self._load(qid, held)
+
+    def _dir_mtime(self) -> int | None:
+        try:
+            return os.stat(self.dir).st_mtime_ns
+        except OSError:
+            return None
+
+    def _changed_by_us(self) -> None:
+        """Our own rename/unlink changed the directory: that alone needs no new scan."""
+        if self._batch:
+            self._seen_mtime = self._dir_mtime()
 
     def _load(self, qid: str, path: str) -> QFile | None:
         """Read a held file; unreadable or unparsable → ``bad``, returns None."""
@@ -294,6 +310,7 @@ class Switchboard:
     def finish(self, qf: QFile) -> None:
         """Done with ``qf``: remove the held file (a missing one is not an error)."""
         _unlink_quietly(qf.path)
+        self._changed_by_us()
 
     def update(self, qf: QFile, meta: dict) -> None:
         """Durably replace the held file's metadata with ``meta`` (same message).
@@ -306,6 +323,7 @@ class Switchboard:
             if k in qf.meta:
                 meta.setdefault(k, qf.meta[k])
         self._write(qf.path, qfile.dumps(meta, qf.msg), qf.id)
+        self._changed_by_us()
         qf.meta = meta
 
     def move(self, qf: QFile, to: str, *, reason: str | None = None, meta: dict | None = None) -> str:
@@ -325,8 +343,11 @@ class Switchboard:
         arrival = meta.get("arrival", qf.meta.get("arrival"))
         target = self if to == self.name else Switchboard(self.queue_dir, to, max_attempts=self.max_attempts)
         target.enqueue(qf.msg, meta, arrival=arrival if isinstance(arrival, (int, float)) else None, qid=qf.id)
-        if qf.path != os.path.join(target.dir, qf.id + READY):
+        if target is not self:
             _unlink_quietly(qf.path)
+            self._changed_by_us()
+        elif qf.path != os.path.join(self.dir, qf.id + READY):
+            _unlink_quietly(qf.path)  # back in this queue: the next dequeue lists it again
         if to in RESTING:
             log.warning("qfile moved %s", kv(qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
                                              queue_id=meta.get("mta_queue_id"), reason=repr(reason)))

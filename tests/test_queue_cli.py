@@ -1,0 +1,110 @@
+"""``listgate queue ls|show|unshunt`` run as the real command on a fresh instance."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from listgate.queue import Switchboard
+
+from conftest import make_site
+
+MSG = b"From: a@example.org\r\nSubject: caf\xe9\r\n\r\nbody\r\n"
+
+
+def run(site, *args: str, check: int | None = 0) -> subprocess.CompletedProcess:
+    r = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "queue", *args],
+                       capture_output=True, timeout=60)
+    if check is not None:
+        assert r.returncode == check, r.stderr.decode(errors="replace")
+    return r
+
+
+@pytest.fixture
+def inst(tmp_path):
+    site = make_site(tmp_path / "inst")
+    sb = Switchboard.for_site(site, "in")
+    ids = [sb.enqueue(MSG, {"list": "demo@lists.example.org", "envelope_sender": f"s{i}@example.org",
+                            "recipients": ["demo@lists.example.org"]}, arrival=1800000000.0 + i)
+           for i in range(3)]
+    return site, ids
+
+
+def test_ls_human_and_json(inst):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    held = sb.dequeue()
+    sb.move(held, "shunt", reason="KeyError: 'x'")
+    taken = sb.dequeue()  # a runner is working on this one
+    with open(os.path.join(sb.dir, "stray.qf"), "wb") as fh:
+        fh.write(b"garbage")
+
+    out = run(site, "ls").stdout.decode()
+    assert "in: 3 qfile(s), 1 in progress" in out
+    assert f"{taken.id}  held" in out and f"{ids[2]}  waiting" in out
+    assert "from=<s2@example.org>" in out and "2027-01-15 08:00:02" in out
+    assert "stray  waiting  UNPARSABLE: no 'listgate-qfile VERSION' first line" in out
+    assert "shunt: 1 qfile(s)" in out and "reason=\"KeyError: 'x'\"" in out
+    assert "virgin" not in out  # empty queues are left out of the overview
+
+    data = json.loads(run(site, "ls", "--json").stdout)
+    assert set(data) == {"in", "bounces", "out", "virgin", "retry", "shunt", "bad"}
+    assert [e["id"] for e in data["in"]] == sorted([ids[1], ids[2], "stray"])
+    first = data["in"][0]
+    assert first == {"id": ids[1], "queue": "in", "state": "held", "arrival": 1800000001.0, "size": len(MSG),
+                     "list": "demo@lists.example.org", "envelope_sender": "s1@example.org", "recipients": 1,
+                     "attempts": 0, "reason": None, "from_queue": None}
+    assert data["shunt"][0]["reason"] == "KeyError: 'x'" and data["shunt"][0]["from_queue"] == "in"
+
+    only = json.loads(run(site, "ls", "shunt", "--json").stdout)
+    assert list(only) == ["shunt"]
+    assert run(site, "ls", "virgin").stdout.decode() == "virgin: 0 qfile(s)\n"
+    assert run(site, "ls", "nonsense", check=2).returncode == 2
+
+
+def test_show_prints_metadata_and_exact_message(inst):
+    site, ids = inst
+    r = run(site, "show", ids[0])
+    head, _, body = r.stdout.partition(b"--- message ---\n")
+    assert body == MSG
+    text = head.decode()
+    assert text.startswith(f"qfile {ids[0]}\nqueue in (waiting), arrived 2027-01-15 08:00:00 UTC")
+    assert '"envelope_sender": "s0@example.org"' in text
+
+    assert run(site, "show", ids[0], "--raw").stdout == MSG
+    data = json.loads(run(site, "show", ids[0], "--json").stdout)
+    assert data["meta"]["recipients"] == ["demo@lists.example.org"] and data["queue"] == "in"
+    assert data["message"] == "From: a@example.org\r\nSubject: caf\\xe9\r\n\r\nbody\r\n"
+    assert data["size"] == len(MSG)
+
+    missing = run(site, "show", "0000000000000000000-1-000000-00000000", check=1)
+    assert b"no qfile" in missing.stderr
+
+
+def test_unshunt_moves_back_to_original_queue_and_discard(inst):
+    site, ids = inst
+    sb_in = Switchboard.for_site(site, "in")
+    out = Switchboard.for_site(site, "out")
+    out_id = out.enqueue(b"fan-out", {"deliveries": [], "done": []}, arrival=1700000000.0)
+    for sb in (sb_in, out):
+        qf = sb.dequeue()
+        sb.move(qf, "shunt", reason="boom")
+    shunt = Switchboard.for_site(site, "shunt")
+    assert shunt.ids() == [out_id, ids[0]]
+
+    r = run(site, "unshunt", "--json")
+    assert json.loads(r.stdout) == [{"id": out_id, "to": "out"}, {"id": ids[0], "to": "in"}]
+    assert shunt.ids() == []
+    back = sb_in.dequeue()
+    assert back.id == ids[0] and back.msg == MSG and "reason" not in back.meta
+    assert back.meta["arrival"] == 1800000000.0  # still first in line
+    assert out.dequeue().id == out_id
+
+    sb_in.move(back, "shunt", reason="again")
+    assert run(site, "unshunt", "--discard").stdout.decode() == f"{ids[0]} -> discarded\n"
+    assert shunt.ids() == [] and ids[0] not in sb_in.ids()
+    assert run(site, "unshunt").stdout.decode() == "shunt is empty\n"
+    assert b"no qfile nope waiting in shunt" in run(site, "unshunt", "nope", check=1).stderr
