@@ -10,17 +10,15 @@ import dataclasses
 
 from ..store import BounceEvent, Member
 from .common import fail, print_json
-from .members import guarded, json_parent, member_dict, open_list_store, when
+from .members import add_action, member_dict, open_list_store, when
 
 
 def register(sub) -> None:
     p = sub.add_parser("bounces", help="bounce info and events")
-    bsub = p.add_subparsers(dest="bounces_command", metavar="ACTION", required=True)
-    q = bsub.add_parser("show", parents=[json_parent()], help="bounce info of a member or of the whole list")
-    q.add_argument("list")
+    actions = p.add_subparsers(dest="bounces_command", metavar="ACTION", required=True)
+    q = add_action(actions, "show", cmd_show, "bounce info of a member (or of the whole list) and events")
     q.add_argument("address", nargs="?")
     q.add_argument("--limit", type=int, default=20, help="events to show (default 20)")
-    q.set_defaults(func=guarded(cmd_show))
 
 
 def _event_line(e: BounceEvent) -> str:

@@ -61,50 +61,31 @@ def guarded(handler):
     return run
 
 
+def add_action(actions, name: str, handler, help: str, *positionals: str) -> argparse.ArgumentParser:
+    """Add sub-command ``name LIST [POSITIONALS...] [--json]`` running ``handler`` through :func:`guarded`."""
+    parser = actions.add_parser(name, parents=[json_parent()], help=help)
+    for positional in ("list",) + positionals:
+        parser.add_argument(positional)
+    parser.set_defaults(func=guarded(handler))
+    return parser
+
+
 def register(sub) -> None:
-    js = json_parent()
     p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, import, export")
-    msub = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
-
-    q = msub.add_parser("add", parents=[js], help="add a member")
-    q.add_argument("list")
-    q.add_argument("address")
-    q.add_argument("--name", default="", help="display name")
-    q.set_defaults(func=guarded(cmd_add))
-
-    q = msub.add_parser("remove", parents=[js], help="remove a member")
-    q.add_argument("list")
-    q.add_argument("address")
-    q.set_defaults(func=guarded(cmd_remove))
-
-    q = msub.add_parser("list", parents=[js], help="list members")
-    q.add_argument("list")
-    q.add_argument("--status", choices=DELIVERY_STATUSES, help="only members with this delivery status")
-    q.set_defaults(func=guarded(cmd_list))
-
-    q = msub.add_parser("enable", parents=[js], help="enable delivery (clears bounce info)")
-    q.add_argument("list")
-    q.add_argument("address")
-    q.set_defaults(func=guarded(cmd_enable))
-
-    q = msub.add_parser("disable", parents=[js], help="disable delivery")
-    q.add_argument("list")
-    q.add_argument("address")
-    q.add_argument("--by", choices=("admin", "user"), default="admin", help="who disabled it (default admin)")
-    q.set_defaults(func=guarded(cmd_disable))
-
-    q = msub.add_parser("import", parents=[js],
-                        help="add members from a file: one address per line ('Name <addr>' allowed) "
-                             "or a Mailman 2.1 config.pck")
-    q.add_argument("list")
-    q.add_argument("file", help="the file, or - for standard input")
-    q.set_defaults(func=guarded(cmd_import))
-
-    q = msub.add_parser("export", parents=[js], help="print members, one address per line")
-    q.add_argument("list")
+    actions = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
+    add_action(actions, "add", cmd_add, "add a member", "address").add_argument(
+        "--name", default="", help="display name")
+    add_action(actions, "remove", cmd_remove, "remove a member", "address")
+    add_action(actions, "list", cmd_list, "list members").add_argument(
+        "--status", choices=DELIVERY_STATUSES, help="only members with this delivery status")
+    add_action(actions, "enable", cmd_enable, "enable delivery (clears bounce info)", "address")
+    add_action(actions, "disable", cmd_disable, "disable delivery", "address").add_argument(
+        "--by", choices=("admin", "user"), default="admin", help="who disabled it (default admin)")
+    add_action(actions, "import", cmd_import, "add members from a file (- for standard input): one address per "
+               "line ('Name <addr>' allowed) or a Mailman 2.1 config.pck", "file")
+    q = add_action(actions, "export", cmd_export, "print members, one address per line")
     q.add_argument("--status", choices=DELIVERY_STATUSES)
     q.add_argument("--names", action="store_true", help="write 'Name <addr>' where a name is known")
-    q.set_defaults(func=guarded(cmd_export))
 
 
 def member_dict(member: Member) -> dict:

@@ -11,26 +11,17 @@ import json
 
 from ..store import PENDING_TYPES, PendingRecord, UnknownToken
 from .common import fail, print_json
-from .members import guarded, json_parent, open_list_store, when
+from .members import add_action, open_list_store, when
 
 
 def register(sub) -> None:
-    js = json_parent()
     p = sub.add_parser("pending", help="pending records: list, show, confirm, discard")
-    psub = p.add_subparsers(dest="pending_command", metavar="ACTION", required=True)
-
-    q = psub.add_parser("list", parents=[js], help="unexpired pending records, oldest first")
-    q.add_argument("list")
-    q.add_argument("--type", choices=PENDING_TYPES)
-    q.set_defaults(func=guarded(cmd_list))
-
-    for name, func, text in (("show", cmd_show, "show a record without removing it"),
-                             ("confirm", cmd_confirm, "confirm: remove the record and print it"),
-                             ("discard", cmd_discard, "discard: remove the record, do nothing")):
-        q = psub.add_parser(name, parents=[js], help=text)
-        q.add_argument("list")
-        q.add_argument("token")
-        q.set_defaults(func=guarded(func))
+    actions = p.add_subparsers(dest="pending_command", metavar="ACTION", required=True)
+    add_action(actions, "list", cmd_list, "unexpired pending records, oldest first").add_argument(
+        "--type", choices=PENDING_TYPES)
+    add_action(actions, "show", cmd_show, "show a record without removing it", "token")
+    add_action(actions, "confirm", cmd_confirm, "confirm: remove the record and print it", "token")
+    add_action(actions, "discard", cmd_discard, "discard: remove the record, do nothing", "token")
 
 
 def record_dict(record: PendingRecord) -> dict:
