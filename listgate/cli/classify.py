@@ -111,9 +111,12 @@ def _print_text(path: str, info: dict) -> None:
     if not info["failures"]:
         print("  no failures: nothing is scored")
     for f in info["failures"]:
-        counted = "scored" if f["scored"] else "not scored"
-        if f["weight"] is not None:
-            counted += f", weight {f['weight']:g}"
+        if not f["scored"]:
+            counted = "not scored"
+        elif f["weight"] is not None:
+            counted = f"scored with weight {f['weight']:g}"
+        else:
+            counted = f"scored with the list's bounce_weights.{f['bounce_class']}"
         print(f"  {f['address'] or '(no address)'}: {f['bounce_class']} {f['status'] or '-'} "
               f"[{f['attribution']}] {counted}")
         print(f"    why: {f['reason']}")
