@@ -130,3 +130,14 @@ def wait_until(predicate, timeout: float = 20.0, interval: float = 0.05):
             return value
         time.sleep(interval)
     raise TimeoutError("condition not met")
+
+
+def text_of(delivery) -> str:
+    """The decoded text body of a delivered message (generated mail may be quoted-printable)."""
+    msg = delivery.message()
+    body = msg.get_body(("plain",))
+    return body.get_content() if body is not None else ""
+
+
+def any_text(deliveries, needle: str) -> bool:
+    return any(needle in text_of(d) for d in deliveries)

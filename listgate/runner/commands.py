@@ -163,8 +163,9 @@ def handle_request(site, lc, qf) -> str:
         unsubscribe(ctx)
     else:
         cmds = parse_commands(mail.header_text(ctx.m, "Subject"), mail.command_text(qf.msg))
-        unknown = []
+        unknown, handled = [], 0
         for cmd, args in cmds:
+            handled += 1
             if cmd in ("subscribe", "join"):
                 subscribe(ctx)
             elif cmd in ("unsubscribe", "leave", "signoff"):
@@ -176,14 +177,15 @@ def handle_request(site, lc, qf) -> str:
             elif cmd == "confirm" and args and TOKEN_RE.match(args[0].lower()):
                 return confirm(site, lc, qf, args[0].lower(), ctx)
             else:
+                handled -= 1
                 unknown.append(" ".join([cmd] + args)[:80])
-        if unknown and not any(r for r in ctx.results):
-            ctx.results.append(f"Unknown command: {unknown[0]}")
-            ctx.results.append(help_text(lc))
-        elif not cmds:
+        if not handled:
+            # Only unknown lines (or none): one helpful answer, naming the first of them.
+            if unknown:
+                ctx.results.append(f"Unknown command: {unknown[0]}")
             ctx.results.append(help_text(lc))
     ctx.reply()
-    return "; ".join(r.splitlines()[0] for r in ctx.results) or "nothing"
+    return "; ".join(r.splitlines()[0] for r in ctx.results) or "confirmation sent"
 
 
 def _moderation_action(ctx: Context) -> tuple[str, str]:
