@@ -138,8 +138,9 @@ def short_dir() -> str:
 class Daemon:
     """``listgate -c SITE milter`` as a child process (context manager).
 
-    Ready when its socket accepts a connection (bounded wait, no sleep-and-hope);
-    stopped with SIGTERM (libmilter's shutdown), SIGKILL after 10 s.
+    Ready when its socket accepts a connection (bounded wait, no sleep-and-hope).
+    ``stop()`` sends SIGKILL; ``stop(graceful=True)`` SIGTERM, libmilter's
+    shutdown, which notices it within its 5 s listener poll (SIGKILL after 15 s).
     """
 
     def __init__(self, site_path: str, connect_to, log_path: Path, env: dict | None = None):
@@ -178,13 +179,16 @@ class Daemon:
             raise
         return s
 
-    def stop(self) -> int | None:
+    def stop(self, graceful: bool = False) -> int | None:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.terminate()
+            if graceful:
+                self.proc.terminate()
+            else:
+                self.proc.kill()
             try:
-                self.proc.wait(10)
+                self.proc.wait(15)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait(10)
