@@ -1,0 +1,255 @@
+"""Runner: posting policy, decoration, loop protection, moderation, owner mail, tasks, SIGTERM, serve."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+
+import pytest
+from runner_helpers import LIST, MODERATOR, OWNER, Env, any_text, message, text_of, wait_until
+
+from listgate import clock
+from listgate.runner import posts
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = Env(tmp_path)
+    yield e
+    e.close()
+
+
+def _header(data: bytes, name: str) -> list[str]:
+    head = data.split(b"\r\n\r\n", 1)[0].decode("utf-8", "replace")
+    return [ln.split(":", 1)[1].strip() for ln in head.split("\r\n") if ln.lower().startswith(name.lower() + ":")]
+
+
+def test_post_is_decorated_and_body_bytes_kept(env):
+    env.members("a@one.test", "b@two.test")
+    body = b"line \xe9 latin-1 8-bit\r\n.leading dot\r\n\r\n"
+    env.inject(message("a@one.test", "hello", body), sender="a@one.test")
+    env.inject(message("a@one.test", "Re: [demo] hello"), sender="a@one.test")
+    env.run()
+    first, second = env.sink.messages_for("b@two.test")
+    assert _header(first.data, "Subject") == ["[demo] hello"]
+    assert _header(second.data, "Subject") == ["Re: [demo] hello"]  # no doubled prefix on replies
+    assert _header(first.data, "List-Id") == ["<demo.lists.example.org>"] or \
+        _header(first.data, "List-Id")[0].endswith("<demo.lists.example.org>")
+    assert _header(first.data, "List-Post") == [f"<mailto:{LIST}>"]
+    assert _header(first.data, "List-Unsubscribe") == ["<mailto:demo-leave@lists.example.org>"]
+    assert _header(first.data, "List-Subscribe") == ["<mailto:demo-join@lists.example.org>"]
+    assert _header(first.data, "List-Help") == ["<mailto:demo-request@lists.example.org?subject=help>"]
+    assert _header(first.data, "Precedence") == ["list"]
+    assert first.data.split(b"\r\n\r\n", 1)[1] == body
+
+
+def test_decorate_replaces_foreign_list_headers_and_keeps_lf_messages():
+    from listgate.config.loader import Frozen
+    lc = Frozen(dict(name="demo", domain="d.test", description='Say "hi"', subject_prefix="[demo] ",
+                     posting_policy="announce"))
+    raw = b"Subject: x\nList-Id: <other.d.test>\nList-Post: <mailto:other@d.test>\nX-Keep:\n  folded\n\nbody\n"
+    out = posts.decorate(lc, raw)
+    head, body = out.split(b"\n\n", 1)
+    assert body == b"body\n" and b"\r" not in out
+    assert b"other" not in head and b"X-Keep:\n  folded" in head
+    assert b'List-Id: "Say hi" <demo.d.test>' in head
+    assert b"List-Post: NO" in head  # RFC 2369 section 3.4 for announce-only lists
+
+
+def test_loop_protection_drops_a_post_that_went_through_the_list(env):
+    env.members("a@one.test")
+    env.inject(message("a@one.test", "[demo] hi", extra=f"X-Listgate-Loop: {LIST}\r\n"), sender="a@one.test")
+    env.inject(message("a@one.test", "hi", extra="List-Id: Demo <demo.lists.example.org>\r\n"), sender="a@one.test")
+    env.run()
+    assert env.sink.messages() == []
+    assert env.queue("shunt").ids() == []
+
+
+def test_non_member_post_held_and_approved_by_moderator_reply(env):
+    env.edit_list(f"moderators:\n  - {MODERATOR}")
+    env.members("a@one.test")
+    env.inject(message("stranger@x.test", "buy now"), sender="stranger@x.test")
+    env.run()
+    assert env.sink.messages_for("a@one.test") == []
+    [notice] = env.sink.messages_for(MODERATOR)
+    token = env.confirm_token(MODERATOR)
+    assert notice.mail_from == "" and "not a member" in text_of(notice)
+    [rec] = env.store.pending("held_message")
+    assert rec.token == token
+    # a non-moderator who learns the token cannot approve
+    env.inject(message("stranger@x.test", f"Re: confirm {token}"), role="confirm", sender="stranger@x.test",
+               extension=token)
+    env.run()
+    assert env.sink.messages_for("a@one.test") == [] and env.store.peek_pending(token) is not None
+    env.inject(message(MODERATOR, f"Re: confirm {token}", b"approve\r\n"), role="confirm", sender=MODERATOR,
+               extension=token)
+    env.run()
+    [post] = env.sink.messages_for("a@one.test")
+    assert _header(post.data, "Subject") == ["[demo] buy now"]
+    assert env.store.peek_pending(token) is None
+
+
+def test_moderator_reject_tells_the_author(env):
+    env.members("a@one.test")
+    env.inject(message("stranger@x.test", "question"), sender="stranger@x.test")
+    env.run()
+    token = env.confirm_token(OWNER)  # no moderators: owners moderate
+    env.inject(message(OWNER, f"Re: confirm {token}", b"reject off-topic here\r\n"), role="confirm",
+               sender=OWNER, extension=token)
+    env.run()
+    assert env.sink.messages_for("a@one.test") == []
+    assert any_text(env.sink.messages_for("stranger@x.test"), "off-topic here")
+
+
+@pytest.mark.parametrize("settings,poster,expect", [
+    ("non_member_action: reject", "stranger@x.test", "rejected"),
+    ("non_member_action: discard", "stranger@x.test", "discarded"),
+    ("posting_policy: open", "stranger@x.test", "queued"),
+    ("posting_policy: moderated", "a@one.test", "held"),
+    ("posting_policy: moderated", OWNER, "queued"),
+    ("posting_policy: announce", "a@one.test", "held"),
+    ("posting_policy: announce", OWNER, "queued"),
+    ("max_message_size: 1k", "a@one.test", "held"),
+])
+def test_posting_policy(env, settings, poster, expect):
+    env.edit_list(settings)
+    env.members("a@one.test")
+    body = b"x" * 2000 + b"\r\n" if "max_message_size" in settings else b"short\r\n"
+    qf_msg = message(poster, "policy", body)
+    env.inject(qf_msg, sender=poster)
+    env.run()
+    got = env.sink.messages_for("a@one.test")
+    held = env.store.pending("held_message")
+    if expect == "queued":
+        assert len(got) == 1 and not held
+    elif expect == "held":
+        assert not got and len(held) == 1
+    else:
+        assert not got and not held
+        rejections = env.sink.messages_for(poster)
+        assert len(rejections) == (1 if expect == "rejected" else 0)
+
+
+def test_owner_mail_forwarded_unchanged(env):
+    raw = message("someone@x.test", "question for the owner", b"\xff raw bytes\r\n")
+    env.inject(raw, role="owner", sender="someone@x.test")
+    env.run()
+    [fwd] = env.sink.messages_for(OWNER)
+    assert fwd.data == raw and fwd.mail_from == ""
+
+
+def test_held_cli_list_and_approve(env):
+    env.members("a@one.test")
+    env.inject(message("stranger@x.test", "via cli"), sender="stranger@x.test")
+    env.run()
+    out = env.cli("held", "list", "demo", "--json")
+    assert out.returncode == 0, out.stderr
+    [row] = json.loads(out.stdout)
+    assert row["author"] == "stranger@x.test" and row["subject"] == "via cli"
+    out = env.cli("held", "approve", "demo", row["token"])
+    assert out.returncode == 0 and "approved" in out.stdout, out.stderr
+    assert env.cli("held", "discard", "demo", row["token"]).returncode == 1  # already handled
+    env.run()
+    assert len(env.sink.messages_for("a@one.test")) == 1
+
+
+def test_tasks_run_evicts_expired_held_posts(env):
+    env.members("a@one.test")
+    env.inject(message("stranger@x.test", "old"), sender="stranger@x.test")
+    env.run()
+    env.sink.clear()
+    clock_file = str(env.dir / "clock")
+    clock.write_offset_file(clock_file, env.site.conf.pending.held_message + 60)
+    out = env.cli("tasks", "run", LISTGATE_CLOCK_FILE=clock_file)
+    assert out.returncode == 0, out.stderr
+    assert "expired held_message" in out.stdout
+    assert env.store.pending("held_message") == []
+    env.run()
+    assert any_text(env.sink.messages_for(OWNER), "expired without a decision")
+
+
+def test_runner_schedules_tasks_by_interval(env):
+    from listgate.runner import tasks
+    from listgate.runner.loop import Runner
+    clock.freeze(1_800_000_000.0)
+    runner = Runner(env.site)
+    try:
+        runner.run_once()
+        assert tasks.last_run(env.site) == 1_800_000_000.0
+        clock.advance(env.site.conf.runner.tasks_interval - 1)
+        runner.run_once()
+        assert tasks.last_run(env.site) == 1_800_000_000.0
+        clock.advance(1)
+        runner.run_once()
+        assert tasks.last_run(env.site) == 1_800_000_000.0 + env.site.conf.runner.tasks_interval
+    finally:
+        runner.close()
+
+
+def test_broken_qfile_goes_to_shunt_not_a_crash(env):
+    env.queue("in").enqueue(b"Subject: x\r\n\r\n", {"list": LIST, "role": "nonsense"})
+    env.members("a@one.test")
+    env.inject(b"\xff\xfe\x00 not a message at all", sender="a@one.test")
+    env.run()
+    [sid] = env.queue("shunt").ids()
+    assert "nonsense" in env.queue("shunt").peek(sid).meta["reason"]
+
+
+def test_sigterm_stops_runner_cleanly(env):
+    env.members(*(f"m{i}@one.test" for i in range(5)))
+    proc = env.spawn("runner")
+    env.inject(message("m0@one.test", "before stop"), sender="m0@one.test")
+    env.sink.wait_for(lambda s: len(s.messages()) == 5, timeout=30)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(20) == 0
+    assert not env.queue("out").held_ids() and not env.queue("in").held_ids()
+
+
+def test_slices_share_the_queues(env):
+    env.members("a@one.test")
+    for i in range(6):
+        env.inject(message("a@one.test", f"post {i}"), sender="a@one.test")
+    procs = [env.spawn("runner", "--slice", f"{i}/2") for i in range(2)]
+    env.sink.wait_for(lambda s: len(s.messages()) == 6, timeout=30)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(20) for p in procs] == [0, 0]
+    assert sorted(_header(d.data, "Subject")[0] for d in env.sink.messages()) == \
+        [f"[demo] post {i}" for i in range(6)]
+
+
+def test_serve_starts_children_and_stops_them_on_sigterm(env):
+    proc = env.spawn("serve")
+    try:
+        pids = wait_until(lambda: _children(proc.pid) if len(_children(proc.pid)) >= 3 else None, timeout=30)
+        env.members("a@one.test")
+        env.inject(message("a@one.test", "through serve"), sender="a@one.test")
+        env.sink.wait_for_message("a@one.test", timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(40) == 0
+    time.sleep(0.2)
+    assert not [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
+
+
+def _children(pid: int) -> list[int]:
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                out.append(int(entry))
+    return out
+
+
+def _state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"
