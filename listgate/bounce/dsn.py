@@ -52,22 +52,20 @@ class Report:
     notes: tuple[str, ...]
 
 
-def _status_text(part: Message) -> str:
-    """The raw text of a delivery-status part, whatever shape the parser left it in."""
+def _status_blocks(part: Message) -> list[Message]:
+    """The field blocks of a delivery-status part, whatever shape the parser left it in.
+
+    compat32 normally splits message/delivery-status into one header block
+    per blank-line-separated group already; a part it left as text (bad
+    transfer encoding, no blank line after the part headers) is split here.
+    """
     try:
         payload = part.get_payload()
     except Exception:
-        return ""
+        return []
     if isinstance(payload, list):
-        blocks = []
-        for block in payload:
-            if isinstance(block, Message):
-                try:
-                    blocks.append("\n".join(f"{k}: {v}" for k, v in block.raw_items()))
-                except Exception:
-                    continue
-        return "\n\n".join(blocks)
-    return m.text_of(part)
+        return [block for block in payload if isinstance(block, Message)]
+    return _blocks(m.text_of(part))
 
 
 def _blocks(text: str) -> list[Message]:
@@ -129,10 +127,11 @@ def find_report(msg: Message) -> Report | None:
             except Exception:
                 continue
     notes: list[str] = []
-    texts: list[str] = []
+    blocks: list[Message] = []
     well_formed = bool(status_parts)
     if status_parts:
-        texts = [_status_text(p) for p in status_parts]
+        for part in status_parts:
+            blocks.extend(_status_blocks(part))
     else:
         # A delivery-status body mislabelled as text/plain: recognise it by
         # its field names (both a recipient field and Action or Status).
@@ -140,19 +139,18 @@ def find_report(msg: Message) -> Report | None:
             text = m.text_of(part)
             first = _FIELDS_RE.search(text)
             if first and re.search(r"^(?:action|status)\s*:", text, re.I | re.M):
-                texts.append(text[first.start():])
+                blocks.extend(_blocks(text[first.start():]))
                 notes.append("delivery-status fields found in a text part (broken DSN)")
-        if not texts:
+        if not blocks:
             return None
     records: list[RecipientRecord] = []
-    for text in texts:
-        for block in _blocks(text):
-            rec = _record(block)
-            if rec is not None:
-                records.append(rec)
-            if len(records) >= MAX_RECIPIENTS:
-                notes.append(f"only the first {MAX_RECIPIENTS} recipients read")
-                break
+    for block in blocks:
+        rec = _record(block)
+        if rec is not None:
+            records.append(rec)
+        if len(records) >= MAX_RECIPIENTS:
+            notes.append(f"only the first {MAX_RECIPIENTS} recipients read")
+            break
     human = m.body_text(msg)
     if well_formed and not m.param(msg, "report-type"):
         notes.append("multipart/report without report-type (tolerated)")
