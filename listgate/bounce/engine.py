@@ -464,9 +464,10 @@ class BounceEngine:
         if not failure.status or not domain:
             return False
         seen = {member.key}
+        suffix = "@" + domain
         for event in run.store.events(since=run.now - conf.window):
             if (event.status == failure.status and event.action in _INCIDENT_ACTIONS and event.address
-                    and _domain_of(event.address) == domain):
+                    and event.address.lower().endswith(suffix)):
                 seen.add(event.address)
         if len(seen) < conf.members:
             return False
