@@ -191,6 +191,10 @@ def _domains(site) -> frozenset[str]:
 
 
 def _is_reinjection(site, sender: str, client_address: str) -> bool:
+    # cheap string tests first: almost every sender is someone else's address
+    parts = split_address(sender)
+    if parts is None or parts[1] not in _domains(site) or "-bounces" not in parts[0].lower():
+        return False
     sender_address = parse(sender, site.lists)
     if sender_address is None or sender_address.role != "bounces":
         return False

@@ -261,6 +261,28 @@ def test_parser_unit_limits():
         RequestParser(256).feed(b"novalue\n")
 
 
+def test_parser_any_split_gives_same_requests():
+    import random
+    stream = b"".join([rcpt_request(f"a{i}@{D}", sender="" if i % 2 else "x@y.z") for i in range(30)])
+    stream += b"\n" + b"a=1\r\nb=2\r\n\r\n" + "k=\u00e9\xff\n\n".encode("utf-8", "surrogateescape")
+    expected = RequestParser(8192).feed(stream)
+    assert len(expected) == 33 and expected[30] == {} and expected[31] == {"a": "1", "b": "2"}
+    rng = random.Random(7)
+    for _ in range(200):
+        p, got, pos = RequestParser(8192), [], 0
+        while pos < len(stream):
+            step = rng.randint(1, 400)
+            got.extend(p.feed(stream[pos:pos + step]))
+            pos += step
+        assert got == expected
+    # a bad line after a partial request: the partial request is not corrupted by the fast path
+    p = RequestParser(8192)
+    assert p.feed(b"a=1\n") == []
+    with pytest.raises(ProtocolError) as info:
+        p.feed(b"b=2\n\nc=3\nbroken\n\n")
+    assert info.value.complete == [{"a": "1", "b": "2"}]
+
+
 def test_inet_port_in_use_is_an_error(closed_site):
     port = free_port()
     with socket.socket() as busy:

@@ -59,6 +59,37 @@ class RequestParser:
 
     def _feed(self, data: bytes, requests: list[dict[str, str]]) -> list[dict[str, str]]:
         buf = self._buf + data if self._buf else data
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            if len(buf) > self.max_line:
+                raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+            self._buf = buf
+            return requests
+        complete, rest = buf[:cut], buf[cut + 1:]
+        # fast path: whole input well-formed (one decode, one split); anything odd is
+        # re-parsed line by line so the error and the requests before it are exact
+        if len(complete) <= self.max_line or max(map(len, complete.split(b"\n"))) <= self.max_line:
+            attrs = self._attrs.copy() if self._attrs else {}
+            for line in complete.decode("utf-8", "surrogateescape").split("\n"):
+                if line[-1:] == "\r":
+                    line = line[:-1]
+                if not line:
+                    requests.append(attrs)
+                    attrs = {}
+                    continue
+                name, eq, value = line.partition("=")
+                if not eq or not name or len(attrs) >= MAX_ATTRIBUTES:
+                    break
+                attrs[name] = value
+            else:
+                if len(rest) > self.max_line:
+                    raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+                self._buf, self._attrs = rest, attrs
+                return requests
+            requests.clear()
+        return self._feed_lines(buf, requests)
+
+    def _feed_lines(self, buf: bytes, requests: list[dict[str, str]]) -> list[dict[str, str]]:
         attrs = self._attrs
         start = 0
         while True:
@@ -80,7 +111,7 @@ class RequestParser:
                 raise ProtocolError(f"line without name=value: {line[:80]!r}")
             if len(attrs) >= MAX_ATTRIBUTES:
                 raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name.decode("ascii", "replace")] = value.decode("utf-8", "surrogateescape")
+            attrs[name.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
         rest = buf[start:]
         if len(rest) > self.max_line:
             raise ProtocolError(f"attribute line longer than {self.max_line} bytes")

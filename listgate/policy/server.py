@@ -34,6 +34,7 @@ __all__ = ["PolicyServer"]
 
 log = logging.getLogger("listgate.policy")
 _TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
+_DUNNO = format_reply("DUNNO")
 
 
 class PolicyServer:
@@ -100,7 +101,7 @@ def _remove_stale_socket(path: str) -> None:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "peer", "last_active", "idle_handle", "closing")
+    __slots__ = ("server", "transport", "parser", "peer", "last_active", "idle_handle", "closing", "loop")
 
     def __init__(self, server: PolicyServer):
         self.server = server
@@ -110,6 +111,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = 0.0
         self.idle_handle = None
         self.closing = False
+        self.loop = None
 
     # -- connection life --------------------------------------------------
     def connection_made(self, transport) -> None:
@@ -118,7 +120,7 @@ class _Connection(asyncio.Protocol):
         site = self.server.get_site()
         self.parser = RequestParser(site.conf.policy.max_line)
         self.server.connections.add(self)
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
         self.last_active = loop.time()
         self.idle_handle = loop.call_later(site.conf.policy.idle_timeout, self._check_idle)
 
@@ -158,14 +160,17 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_active = asyncio.get_running_loop().time()
+        self.last_active = self.loop.time()
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
             self._malformed(exc)
             return
-        if requests:
-            self.transport.write(b"".join(self._answer(attrs) for attrs in requests))
+        if len(requests) == 1:
+            self.transport.write(self._answer(self.server.get_site(), requests[0]))
+        elif requests:
+            site = self.server.get_site()
+            self.transport.write(b"".join([self._answer(site, attrs) for attrs in requests]))
 
     def eof_received(self):
         # Exim's ${readsocket} half-closes after its request, maybe without the empty line
@@ -177,19 +182,20 @@ class _Connection(asyncio.Protocol):
             self._malformed(exc)
             return False
         if attrs is not None:
-            self.transport.write(self._answer(attrs))
+            self.transport.write(self._answer(self.server.get_site(), attrs))
         return False    # close once the answer is flushed
 
     def _malformed(self, exc: ProtocolError) -> None:
         if exc.complete:
-            self.transport.write(b"".join(self._answer(attrs) for attrs in exc.complete))
+            site = self.server.get_site()
+            self.transport.write(b"".join([self._answer(site, attrs) for attrs in exc.complete]))
         log.warning("malformed policy request, closing the connection without an answer %s",
                     kv(peer=self.peer, error=exc))
         self.close()
 
-    def _answer(self, attrs: dict[str, str]) -> bytes:
+    def _answer(self, site: Site, attrs: dict[str, str]) -> bytes:
         try:
-            action, decision = decide(self.server.get_site(), attrs)
+            action, decision = decide(site, attrs)
         except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
             log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
                                                           queue_id=attrs.get("queue_id") or None))
@@ -198,4 +204,4 @@ class _Connection(asyncio.Protocol):
             log.info("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
                                          client=attrs.get("client_address"),
                                          queue_id=attrs.get("queue_id") or None))
-        return format_reply(action)
+        return _DUNNO if action == "DUNNO" else format_reply(action)
