@@ -97,7 +97,8 @@ class _Key:
 
 class _Keyring:
     def __init__(self, verp_conf):
-        self.mac_length = verp_conf.mac_length
+        # 52 base32 characters carry all 256 bits of SHA-256; more would be padding
+        self.mac_length = min(verp_conf.mac_length, 52)
         window = verp_conf.retired_verify_window
         keys = []
         for k in verp_conf.keys:
@@ -147,7 +148,10 @@ def _keyring(site) -> _Keyring:
 def _mac(key: _Key, list_key: str, member: str, length: int) -> str:
     msg = f"{list_key.lower()}\x00{member.lower()}".encode("utf-8", "surrogateescape")
     digest = hmac.new(key.secret, msg, hashlib.sha256).digest()
-    return base64.b32encode(digest).decode("ascii").lower()[:length]
+    # base32 turns each 5 bytes into 8 characters: encode only the prefix we keep
+    # (same characters as encoding the whole digest, at a fraction of the cost)
+    prefix = digest[: min(len(digest), -(-length // 8) * 5)]
+    return base64.b32encode(prefix).decode("ascii").lower()[:length]
 
 
 def _list_key(lc) -> str:
