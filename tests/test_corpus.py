@@ -61,21 +61,30 @@ SISIMAI_POLICY_REASONS = {"blocked", "policyviolation", "spamdetected", "virusde
 SISIMAI_ADDRESS_REASONS = {"userunknown", "hostunknown", "hasmoved"}
 
 # Thresholds, set a little below what this classifier measures (see the
-# printed figures; measured at commit time: class 95.6%, flufl recall 100%,
-# precision 100%, message-refusal rows classed hard 3/44) so that a regression fails while the honest disagreements
-# stay allowed. Known disagreements, each a judgement call rather than a
-# bug: bounces that carry no status code and no address a detector knows
-# (we say `unknown`, forwarded to owners: the safe side); a Gmail "THIS IS
-# A WARNING MESSAGE ONLY" that sisimai counts as expired (we: delayed); an
-# OpenSMTPD "delayed for more than 4 hours" DSN (Action: delayed) that
-# sisimai calls notaccept; one "not a bounce" message that plainly reports
-# a rejected delivery (mailbox full) to a VERP address (we: soft).
-MIN_CLASS_AGREEMENT = 0.90
-MIN_FLUFL_ADDRESS_RECALL = 0.93
-MIN_FLUFL_ADDRESS_PRECISION = 0.90
+# printed figures; measured when written: class agreement 375/386 = 97.2%,
+# flufl address recall and precision 133/133, message-refusal rows classed
+# hard 3/44) so that a regression fails while the honest disagreements stay
+# allowed. The known disagreements, each a judgement call rather than a bug:
+# * bounces with no status code, no address a detector knows and no words we
+#   can read as a cause (Japanese-only texts, an MMS gateway's "no valid
+#   recipients", Exim's "malformed address" about our own header): `unknown`,
+#   which goes to the owners — the safe side;
+# * delay warnings sisimai counts as final (a Gmail "THIS IS A WARNING
+#   MESSAGE ONLY", OpenSMTPD's "only a temporary failure report", an
+#   OpenSMTPD DSN with Action: delayed): we say `delayed`;
+# * a mailing-list manager's "you are not a member" reply: not a delivery
+#   report at all, so `not-a-bounce`;
+# * one "not a bounce" file that plainly reports a rejected delivery
+#   ("Mailbox full") to a VERP address: we say `soft`.
+MIN_CLASS_AGREEMENT = 0.93
+MIN_FLUFL_ADDRESS_RECALL = 0.95
+MIN_FLUFL_ADDRESS_PRECISION = 0.95
 # Policy safety: of the sisimai rows whose reason is a message refusal, at
 # most this share may be classed hard (scored, could disable a member).
 MAX_POLICY_AS_HARD = 0.15
+# ... and of the rows whose reason is a dead address (user/host unknown),
+# at most this share may be classed policy (weight 0: never removed).
+MAX_ADDRESS_AS_POLICY = 0.05
 
 
 def _rows():
@@ -167,6 +176,7 @@ def test_corpus_agreement(capsys):
     assert recall >= MIN_FLUFL_ADDRESS_RECALL
     assert precision >= MIN_FLUFL_ADDRESS_PRECISION
     assert policy_rows and policy_as_hard / policy_rows <= MAX_POLICY_AS_HARD
+    assert address_rows and address_as_policy / address_rows <= MAX_ADDRESS_AS_POLICY
 
 
 @pytest.mark.skipif(not (CORPUS / "EXPECTED.tsv").exists(), reason="bounce corpus not present")

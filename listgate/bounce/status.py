@@ -52,7 +52,7 @@ ENHANCED_RE = re.compile(r"(?<![\w.])([245])\.(\d{1,3})\.(\d{1,3})(?!\.?\d)")
 # An SMTP reply code (RFC 5321 section 4.2) where a bounce quotes a reply:
 # line start, or after "said:", "said", "host ...:", "reply:" and the like.
 REPLY_RE = re.compile(
-    r"(?:^|said:?|reply:?|response:?|error:?|replied:?|[:\]>)]|\(|\s-\s)\s*([245][0-5]\d)(?:[ \-]|$)",
+    r"(?:^|said:?|reply:?|response:?|error:?|replied:?|responsecode|[:\]<>)]|\(|\s-\s)\s*([245][0-5]\d)(?:[ \-,]|$)",
     re.IGNORECASE | re.MULTILINE,
 )
 
@@ -67,6 +67,7 @@ _ADDRESS_WORDS = re.compile(
     r"|mailbox\s+(?:not\s+found|does|unknown|disabled|is\s+disabled)|account\s+(?:is\s+|has\s+been\s+)?(?:disabled|closed|deactivated|expired|suspended)"
     r"|relay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited)|not\s+our\s+customer"
     r"|unrouteable\s+address|undeliverable\s+address|addressee\s+unknown|bad\s+destination\s+mailbox"
+    r"|host\s+(?:\S+\s+)?(?:not\s+found|unknown)|unknown\s+host|no\s+such\s+(?:domain|host)|domain\s+(?:\S+\s+)?not\s+found"
     r"|not\s+listed\s+in|no\s+mailbox|not\s+a\s+valid\s+(?:user|mailbox|recipient)|user\s+not\s+found|no\s+longer\s+(?:active|valid|available)",
     re.IGNORECASE,
 )
@@ -74,7 +75,7 @@ _ADDRESS_WORDS = re.compile(
 _POLICY_WORDS = re.compile(
     r"spam|junk|virus|malware|phish|black\s*list|block\s*list|blocked|dmarc|\bspf\b|dkim|reputation"
     r"|\brbl\b|dnsbl|spamhaus|spamcop|barracuda|sorbs|surbl|uribl|\bpolicy\b|policies|content"
-    r"|unsolicited|\bbulk\b|prohibited|not\s+accepted\s+for\s+policy|sender\s+(?:address\s+)?(?:rejected|denied|blocked)"
+    r"|unsolicited|unwanted|\bbulk\b|prohibited|not\s+accepted\s+for\s+policy|sender\s+(?:address\s+)?(?:rejected|denied|blocked)"
     r"|reverse\s+dns|\bptr\b|\brdns\b|(?:message|mail)\s+(?:rejected|refused)|rejected\s+(?:due|for|because)"
     r"|not\s+(?:permitted|allowed)\s+to\s+(?:send|connect|relay)|(?:host|network|ip|client)\s+(?:\S+\s+)?not\s+(?:permitted|allowed)"
     r"|mismatch|protocol\s+violation|sender\s+(?:\S+\s+)?rejected"
@@ -84,7 +85,7 @@ _POLICY_WORDS = re.compile(
 # Without a status code only unmistakable words may call it policy.
 _STRONG_POLICY_WORDS = re.compile(
     r"spam|virus|malware|phish|black\s*list|block\s*list|dmarc|reputation|\brbl\b|dnsbl|spamhaus|spamcop"
-    r"|barracuda|sorbs|unsolicited|reverse\s+dns|\bptr\b",
+    r"|barracuda|sorbs|unsolicited|unwanted|reverse\s+dns|\bptr\b",
     re.IGNORECASE,
 )
 # The mailbox exists but is full: a temporary condition that was given up on.
@@ -101,12 +102,12 @@ _GAVE_UP_WORDS = re.compile(
 _TEMPORARY_WORDS = re.compile(
     r"retry\s+time(?:out)?\s+(?:was\s+)?(?:exceeded|not\s+reached)|retry\s+timeout|giving\s+up|gave\s+up"
     r"|too\s+long\s+in\s+(?:the\s+)?queue|(?:message|delivery)\s+(?:has\s+)?expired|expired\s+in\s+queue"
-    r"|could\s+not\s+be\s+delivered\s+(?:within|for|in)\s+\d|delivery\s+time\s+expired|time[ds]?\s*out",
+    r"|could\s+not\s+be\s+delivered\s+(?:within|for|in)\s+\d|delivery\s+time\s+expired|envelope\s+expired|time[ds]?\s*out",
     re.IGNORECASE,
 )
 _WARNING_WORDS = re.compile(
     r"warning\s+message\s+only|will\s+(?:continue\s+to\s+|keep\s+)?(?:try|trying|retry)|not\s+yet\s+been\s+delivered"
-    r"|delivery\s+(?:has\s+been\s+)?delayed|delayed\s+mail|do\s+not\s+need\s+to\s+resend|still\s+trying|will\s+be\s+retried",
+    r"|delivery\s+(?:has\s+been\s+)?delayed|delayed\s+mail|delayed\s+for\s+more\s+than|only\s+a\s+temporary\s+failure|do\s+not\s+need\s+to\s+resend|still\s+trying|will\s+be\s+retried",
     re.IGNORECASE,
 )
 
@@ -130,10 +131,16 @@ def find_status(text: str, classes: str = "245") -> str | None:
     return generic
 
 
-def find_reply_code(text: str) -> str | None:
-    """First SMTP reply code (RFC 5321 section 4.2.1) quoted in ``text``, or None."""
-    m = REPLY_RE.search(text or "")
-    return m.group(1) if m else None
+def find_reply_code(text: str, classes: str = "245") -> str | None:
+    """First SMTP reply code (RFC 5321 section 4.2.1) of ``classes`` quoted in ``text``, or None.
+
+    Bounces quote whole SMTP transcripts; looking for failures ("45") skips
+    the 220 greeting and 250 replies before the one that failed.
+    """
+    for m in REPLY_RE.finditer(text or ""):
+        if m.group(1)[0] in classes:
+            return m.group(1)
+    return None
 
 
 def normalize_status(value: str) -> str | None:
@@ -175,7 +182,7 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
     code_class = status[0] if status else None
     reply = None
     if code_class is None:
-        reply = find_reply_code(diagnostic)
+        reply = find_reply_code(diagnostic, "45")
         code_class = reply[0] if reply else None
     shown = status or (f"SMTP {reply}" if reply else "")
     if code_class is None:
@@ -202,6 +209,8 @@ def _without_code(action: str, diagnostic: str, report_is_final: bool | None) ->
     words = _TEMPORARY_WORDS.search(diagnostic)
     if words and report_is_final is not False and not _WARNING_WORDS.search(diagnostic):
         return "soft", f"no status code; the text says retries were given up ({words.group(0)!r})", None
+    if _WARNING_WORDS.search(diagnostic) and report_is_final is not True:
+        return "delayed", "no status code; the report is a delay warning", None
     words = _QUOTA_WORDS.search(diagnostic)
     if words and report_is_final is not False:
         return "soft", f"no status code; the text says the mailbox is full ({words.group(0)!r})", None
