@@ -217,5 +217,4 @@ def queue_virgin(site, lc, msg: EmailMessage | bytes, deliveries: Sequence[Mappi
         "smtputf8": utf8,
     }
     qmeta.update(meta or {})
-    board = Switchboard(site.queue_dir, "virgin", max_attempts=site.conf.runner.max_attempts)
-    return board.enqueue(data, qmeta, arrival=now)
+    return Switchboard.for_site(site, "virgin").enqueue(data, qmeta, arrival=now)

@@ -346,3 +346,42 @@ def test_queue_failure_rolls_back_the_bounce(site):
     assert env.store.events(JANE) == [] and env.pending_probes(JANE) == []
     # the retry works and sends the probe
     assert env.actions(env.verp_bounce(JANE)) == [(JANE, "probe_sent")]
+
+
+def _bounce_in_child(site_path: str, member: str, conn) -> None:
+    from listgate import config as cfg
+    from listgate.bounce.engine import BounceEngine
+    from engine_helpers import Env
+    try:
+        env = Env(cfg.load(site_path), None)
+        env.engine = BounceEngine(env.site)
+        conn.send([a.action for a in env.verp_bounce(member).actions])
+    except Exception as exc:  # report, never hang the parent
+        conn.send([f"error: {exc!r}"])
+    finally:
+        conn.close()
+
+
+def test_concurrent_bounces_for_one_member_score_once(site):
+    """Several processes (milter threads, inject) handling bounces at once: one increment per day still."""
+    import multiprocessing
+    env = make_env(site)
+    ctx = multiprocessing.get_context("fork")       # children inherit the frozen clock
+    procs, pipes = [], []
+    for _ in range(6):
+        parent, child = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=_bounce_in_child, args=(env.site.path, JANE, child))
+        proc.start()
+        procs.append(proc)
+        pipes.append(parent)
+    try:
+        results = [p.recv() if p.poll(60) else ["timeout"] for p in pipes]
+    finally:
+        for proc in procs:
+            proc.join(30)
+            if proc.is_alive():
+                proc.kill()
+                proc.join(5)
+    assert sorted(r[0] for r in results) == ["same_day"] * 5 + ["scored"]
+    assert env.member(JANE).bounce_score == 1.0
+    assert len(env.store.events(JANE)) == 6
