@@ -3,21 +3,19 @@
 Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
 :func:`listgate.log.setup` (stderr or syslog facility ``mail``) through a
 queue and a thread, so a slow syslog never stalls the event loop. Tells
-systemd it is ready (``Type=notify``, ``$NOTIFY_SOCKET``) once the socket is
-bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket cannot be bound.
+systemd it is ready (``Type=notify``, :mod:`listgate.sdnotify`) once the
+socket is bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket cannot be bound.
 """
 from __future__ import annotations
 
 import asyncio
 import logging
 import logging.handlers
-import os
 import queue
 import signal
-import socket
 import sys
 
-from .. import config, log as lg_log
+from .. import config, log as lg_log, sdnotify
 from ..policy import PolicyServer
 
 EX_OSERR = 71
@@ -57,9 +55,9 @@ async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    _sd_notify("READY=1")
+    sdnotify.ready(f"policy server on {server.socket_spec}")
     await stop.wait()
-    _sd_notify("STOPPING=1")
+    sdnotify.stopping()
     log.info("policy server stopping")
     await server.close()
     return 0
@@ -76,18 +74,3 @@ def _log_through_queue() -> logging.handlers.QueueListener:
     listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=True)
     listener.start()
     return listener
-
-
-def _sd_notify(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` (no-op when unset)."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]      # abstract socket namespace
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(state.encode())
-    except OSError:
-        pass

@@ -166,11 +166,8 @@ class _Connection(asyncio.Protocol):
         except ProtocolError as exc:
             self._malformed(exc)
             return
-        if len(requests) == 1:
-            self.transport.write(self._answer(self.server.get_site(), requests[0]))
-        elif requests:
-            site = self.server.get_site()
-            self.transport.write(b"".join([self._answer(site, attrs) for attrs in requests]))
+        if requests:
+            self._respond(requests)
 
     def eof_received(self):
         # Exim's ${readsocket} half-closes after its request, maybe without the empty line
@@ -182,26 +179,43 @@ class _Connection(asyncio.Protocol):
             self._malformed(exc)
             return False
         if attrs is not None:
-            self.transport.write(self._answer(self.server.get_site(), attrs))
+            self._respond([attrs])
         return False    # close once the answer is flushed
 
     def _malformed(self, exc: ProtocolError) -> None:
         if exc.complete:
-            site = self.server.get_site()
-            self.transport.write(b"".join([self._answer(site, attrs) for attrs in exc.complete]))
+            self._respond(exc.complete)
         log.warning("malformed policy request, closing the connection without an answer %s",
                     kv(peer=self.peer, error=exc))
         self.close()
 
-    def _answer(self, site: Site, attrs: dict[str, str]) -> bytes:
+    def _respond(self, requests: list[dict[str, str]]) -> None:
+        """Answer ``requests`` in order with one write, then log the refusals.
+
+        Logging comes after the write so the client never waits for it (with
+        the CLI's queue handler, a log line wakes another thread).
+        """
+        site = self.server.get_site()
+        refusals: list[tuple[str, dict[str, str]]] = []
+        if len(requests) == 1:
+            self.transport.write(self._answer(site, requests[0], refusals))
+        else:
+            self.transport.write(b"".join([self._answer(site, attrs, refusals) for attrs in requests]))
+        for action, attrs in refusals:
+            log.info("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                                         client=attrs.get("client_address"),
+                                         queue_id=attrs.get("queue_id") or None))
+
+    @staticmethod
+    def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
         try:
             action, decision = decide(site, attrs)
         except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
             log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
                                                           queue_id=attrs.get("queue_id") or None))
-            action, decision = _TEMPFAIL, None
+            return format_reply(_TEMPFAIL)
+        if action == "DUNNO":
+            return _DUNNO
         if decision is not None and decision.action in ("reject", "tempfail", "discard"):
-            log.info("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                         client=attrs.get("client_address"),
-                                         queue_id=attrs.get("queue_id") or None))
-        return _DUNNO if action == "DUNNO" else format_reply(action)
+            refusals.append((action, attrs))
+        return format_reply(action)
