@@ -385,3 +385,38 @@ def test_concurrent_bounces_for_one_member_score_once(site):
     assert sorted(r[0] for r in results) == ["same_day"] * 5 + ["scored"]
     assert env.member(JANE).bounce_score == 1.0
     assert len(env.store.events(JANE)) == 6
+
+
+@pytest.mark.parametrize("raw", [
+    b"",
+    b"\x00\xff\xfe garbage without any header\n",
+    b"Content-Type: multipart/report; boundary=x\n\n--x\nContent-Type: message/delivery-status\n\nStatus: 5.1.1\n",
+    b"From: MAILER-DAEMON@mx.example.com\nSubject: failure\n\n" + b"\xe9" * 2_000_000,
+], ids=["empty", "garbage", "broken-mime", "huge-8bit"])
+def test_malformed_mail_never_crashes(site, raw):
+    env = make_env(site)
+    for rcpt in (env.plain_rcpt(), env.verp_rcpt(JANE)):
+        outcome = env.bounce(raw, rcpt)
+        assert outcome.actions, rcpt
+        assert all(a.action in ("forwarded", "discarded", "ignored", "recorded", "scored", "non_member")
+                   for a in outcome.actions)
+    assert len(env.store.events()) >= 2
+
+
+def test_one_report_several_members_different_outcomes(site):
+    env = make_env(site, members=("jane@example.com", "bob@example.net", "eve@example.org"))
+    blocks = [("jane@example.com", "failed", "5.1.1", "550 5.1.1 unknown user"),
+              ("bob@example.net", "delayed", "4.4.1", "421 4.4.1 connection timed out"),
+              ("eve@example.org", "failed", "5.7.1", "554 5.7.1 rejected as spam")]
+    report = "".join(f"Final-Recipient: rfc822; {r}\nAction: {a}\nStatus: {s}\nDiagnostic-Code: smtp; {d}\n\n"
+                     for r, a, s, d in blocks)
+    msg = (f"From: MAILER-DAEMON@mx.example.com\nTo: demo-bounces@{DOMAIN}\nSubject: Delivery Status\n"
+           f"MIME-Version: 1.0\nContent-Type: multipart/report; report-type=delivery-status; boundary=b\n\n"
+           f"--b\nContent-Type: text/plain\n\nSome recipients failed.\n\n"
+           f"--b\nContent-Type: message/delivery-status\n\nReporting-MTA: dns; mx.example.com\n\n{report}"
+           f"--b--\n").encode()
+    outcome = env.bounce(msg, env.plain_rcpt())
+    assert sorted((a.address, a.action, a.bounce_class) for a in outcome.actions) == [
+        ("bob@example.net", "ignored", "delayed"),
+        ("eve@example.org", "recorded", "policy"),
+        ("jane@example.com", "scored", "hard")]
