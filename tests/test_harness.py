@@ -1,11 +1,18 @@
 """The Postfix test harness and the SMTP sink, against a real private Postfix."""
 from __future__ import annotations
 
+import json
 import smtplib
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from harness import SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixInstance, SmtpSink, available, postfix_socket
+from harness import (SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixInstance, SmtpSink, available, free_port,
+                     postfix_socket)
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
 
@@ -118,3 +125,68 @@ def test_socket_syntax_translation():
     assert postfix_socket("inet:10040@127.0.0.1") == "inet:127.0.0.1:10040"
     assert postfix_socket("unix:/run/listgate/milter.sock") == "unix:/run/listgate/milter.sock"
     assert postfix_socket("inet:127.0.0.1:8891") == "inet:127.0.0.1:8891"
+
+
+@pytest.fixture
+def recording_milter(tmp_path):
+    """tests/harness/recording_milter.py on a free loopback port: (socket, events(), mode_file)."""
+    port = free_port()
+    events_file, mode_file = tmp_path / "events.jsonl", tmp_path / "mode"
+    script = Path(__file__).resolve().parent / "harness" / "recording_milter.py"
+    proc = subprocess.Popen([sys.executable, str(script), f"inet:{port}@127.0.0.1", str(events_file),
+                             "lists.example.org", str(mode_file)])
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("recording milter did not start")
+                time.sleep(0.05)
+
+        def events() -> list[dict]:
+            if not events_file.exists():
+                return []
+            return [json.loads(line) for line in events_file.read_text().splitlines()]
+        yield f"inet:{port}@127.0.0.1", events, mode_file
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, recording_milter):
+    """What INSTALL's non_smtpd_milters + internal_mail_filter_classes lines are for:
+    a member's server refuses re-injected list mail, Postfix's DSN to the list's
+    VERP address goes through the milter; if the milter tempfails, the original
+    stays deferred ("bounce failed") and the DSN is made again later, not lost."""
+    socket_spec, events, mode_file = recording_milter
+    verp = "demo-bounces+gone=members.test@lists.example.org"
+    with PostfixInstance(sink_port=sink.port, milter=socket_spec) as pf:
+        mode_file.write_text("tempfail")
+        since = pf.log_offset()
+        assert pf.send(verp, "gone@members.test", MSG, port=pf.reinject_port) == {}
+        pf.wait_log(r"status=deferred \(bounce failed\)", since=since, timeout=30)
+        assert pf.queue_ids(), "the refused post stays queued while its DSN cannot be handed over"
+        tempfailed = [e for e in events() if e["event"] == "eom"]
+        assert tempfailed and all(e["rcpts"] == [verp] and e["mode"] == "tempfail" for e in tempfailed)
+
+        mode_file.unlink()
+        pf.flush()
+        pf.wait_queue_empty(timeout=30)
+        taken = [e for e in events() if e["event"] == "eom" and e["mode"] == ""]
+        assert [e["rcpts"] for e in taken] == [[verp]]
+        # what the milter sees for Postfix-generated mail: null sender, the
+        # Postfix queue id, a simulated localhost client
+        dsn_from = [e for e in events() if e["event"] == "from" and e["queue_id"] == taken[0]["queue_id"]]
+        assert dsn_from[0]["sender"] == "" and dsn_from[0]["client_addr"] == "127.0.0.1"
+        # the milter removed the list recipient: nothing was delivered or discarded for it
+        assert not sink.messages_for(verp)
+        assert "list mail not taken by listgate" not in pf.log_text()
+        # the re-injection listener itself never calls the milter
+        assert not [e for e in events() if e["event"] == "from" and e["sender"] == verp]
