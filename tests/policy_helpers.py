@@ -6,6 +6,7 @@ import secrets
 import socket
 import time
 
+import pytest
 import yaml
 
 from listgate import config
@@ -34,6 +35,15 @@ def write_list(site: config.Site, name: str, domain: str = "lists.example.org", 
     data = {"name": name, "domain": domain, "owners": [f"owner@{domain}"], **keys}
     _write_yaml(os.path.join(site.lists_dir, f"{name}.yaml"), data)
     return config.load(site.path)
+
+
+@pytest.fixture
+def closed_site(site) -> config.Site:
+    """Fixture: list demo is members_only with non_member_action reject and one member, member@example.com."""
+    from listgate.store import open_store
+    site = write_list(site, "demo", posting_policy="members_only", non_member_action="reject")
+    open_store(site, f"demo@{site.get_list('demo').domain}").add_member("member@example.com")
+    return site
 
 
 def _write_yaml(path: str, data) -> None:

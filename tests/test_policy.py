@@ -13,20 +13,12 @@ from listgate.policy import ProtocolError, RequestParser
 from listgate.store import close_all, open_store, store_path
 
 from conftest import free_port
-from policy_helpers import (ServerThread, connect, edit_site, rcpt_request, read_replies, wait_closed,
-                            write_list)
+from policy_helpers import (ServerThread, closed_site, connect, edit_site, rcpt_request,  # noqa: F401 - fixture
+                            read_replies, wait_closed, write_list)
 
 D = "lists.example.org"
 UNKNOWN = "550 5.1.1 no such list address"
 BAD_BOUNCE = "550 5.1.1 not a valid bounce address"
-
-
-@pytest.fixture
-def closed_site(site):
-    """demo is members_only with non_member_action reject, one member."""
-    site = write_list(site, "demo", posting_policy="members_only", non_member_action="reject")
-    open_store(site, f"demo@{D}").add_member("member@example.com")
-    return site
 
 
 @pytest.fixture

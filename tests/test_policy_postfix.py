@@ -6,23 +6,16 @@ import smtplib
 import pytest
 
 from listgate import verp
-from listgate.store import close_all, open_store, store_path
+from listgate.store import close_all, store_path
 
 from harness import postfix as pf
-from policy_helpers import ServerThread, write_list
+from policy_helpers import ServerThread, closed_site  # noqa: F401 - fixture
 
 D = "lists.example.org"
 
 pytestmark = pytest.mark.skipif(not pf.available(), reason="needs Postfix and root")
 
 MSG = b"From: someone@example.net\r\nTo: list\r\nSubject: policy test\r\n\r\nhello\r\n"
-
-
-@pytest.fixture
-def closed_site(site):
-    site = write_list(site, "demo", posting_policy="members_only", non_member_action="reject")
-    open_store(site, f"demo@{D}").add_member("member@example.com")
-    return site
 
 
 @pytest.fixture
