@@ -150,6 +150,10 @@ def _may_post(site, lc, policy: str, sender_parts: tuple[str, str]) -> bool:
         return True
     if policy == "announce":
         return False
+    try:
+        sender.encode("utf-8")
+    except UnicodeEncodeError:
+        return False    # 8-bit junk (surrogate-escaped): no member address looks like that
     from .store import open_store
     return open_store(site, f"{lc.name}@{lc.domain}").get_member(sender) is not None
 

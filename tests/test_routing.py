@@ -166,6 +166,16 @@ def test_open_list_and_unknown_sender_accept(site, members):
     assert decide(site, f"demo@{D}", sender="stranger@example.net").action == "accept"
 
 
+def test_junk_senders_are_non_members(site, members):
+    site = _policy(site, "members_only", "reject")
+    junk = b"\xff\xfe@\x80.example".decode("utf-8", "surrogateescape")
+    for sender in (junk, "a\x00b@example.com", "x" * 5000 + "@example.com", "@", "a@", "no-at-sign"):
+        d = decide(site, f"demo@{D}", sender=sender)
+        assert (d.action, d.dsn) == ("reject", "5.7.1"), sender
+    junk_rcpt = b"demo-bounces+\xff=ex.com.k1.abcdefgh@" + D.encode()
+    assert decide(site, junk_rcpt.decode("utf-8", "surrogateescape"), sender="").action == "reject"
+
+
 def test_disabled_member_may_still_post(site, members):
     site = _policy(site, "members_only", "reject")
     m = members.get_member("member@example.com")
