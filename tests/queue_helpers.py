@@ -13,6 +13,11 @@ import sys
 import time
 
 
+def queue_files(qdir: str) -> list[str]:
+    """Names in a queue directory, leaving out the pool of recycled files (``.recycle``)."""
+    return sorted(n for n in os.listdir(qdir) if n != ".recycle")
+
+
 def make_message(seed: int, n: int) -> bytes:
     """Message ``n`` of writer ``seed``: CRLF and bare-LF lines, 8-bit bytes, NUL, the
     qfile separator and magic inside the body, sizes from a few bytes to ~200 KB."""

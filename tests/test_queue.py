@@ -11,7 +11,9 @@ import pytest
 
 from listgate import clock
 from listgate.queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile, slice_of
-from listgate.queue.switchboard import id_arrival
+from listgate.queue.switchboard import POOL_MAX_FILES, id_arrival
+
+from queue_helpers import queue_files
 
 MESSAGES = [
     b"",
@@ -236,8 +238,39 @@ def test_finish_update_release(qroot):
     again = sb.dequeue()
     assert again.id == qid and again.meta["done"] == [0] and again.meta["attempts"] == 0
     sb.finish(again)
-    assert os.listdir(sb.dir) == []
+    assert queue_files(sb.dir) == []
     sb.finish(again)  # twice is harmless
+
+
+def test_finished_files_are_recycled_byte_exactly_and_never_dequeued(qroot):
+    sb = Switchboard(qroot, "in")
+    pool = os.path.join(sb.dir, ".recycle")
+    long_msg = b"Subject: long\r\n\r\n" + b"L" * 50_000
+    sb.enqueue(long_msg, {})
+    sb.finish(sb.dequeue())
+    assert len(os.listdir(pool)) == 1 and sb.ids() == []
+    # a shorter message overwrites the recycled file: no tail of the old one survives
+    qid = sb.enqueue(b"short", {"n": 1})
+    assert os.listdir(pool) == []
+    assert open(os.path.join(sb.dir, qid + ".qf"), "rb").read().endswith(b"\n--- message ---\nshort")
+    qf = sb.dequeue()
+    assert qf.msg == b"short" and qf.meta["n"] == 1
+    sb.finish(qf)
+    # a longer one grows it
+    sb.enqueue(long_msg + b"more", {})
+    qf = sb.dequeue()
+    assert qf.msg == long_msg + b"more"
+    sb.finish(qf)
+    # the pool is capped and big messages are not kept
+    for i in range(POOL_MAX_FILES + 10):
+        sb.enqueue(b"%d" % i, {})
+    while (qf := sb.dequeue()) is not None:
+        sb.finish(qf)
+    assert len(os.listdir(pool)) == POOL_MAX_FILES
+    sb.enqueue(b"x" * (1 << 20), {})  # takes a pool file ...
+    sb.finish(sb.dequeue())           # ... and does not give it back
+    assert len(os.listdir(pool)) == POOL_MAX_FILES - 1
+    assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
 
 
 def test_recover_counts_attempts_then_moves_to_bad(qroot):
@@ -252,7 +285,7 @@ def test_recover_counts_attempts_then_moves_to_bad(qroot):
         assert fresh.peek(qid).meta["attempts"] == attempt
     Switchboard(qroot, "in").dequeue()
     assert Switchboard(qroot, "in", max_attempts=3).recover() == 1
-    assert os.listdir(os.path.join(qroot, "in")) == []
+    assert queue_files(os.path.join(qroot, "in")) == []
     bad = Switchboard(qroot, "bad").dequeue()
     assert bad.id == qid and bad.msg == msg
     assert bad.meta["attempts"] == 3 and bad.meta["from_queue"] == "in"
@@ -312,7 +345,7 @@ def test_enqueue_rejects_bad_input_before_touching_disk(qroot):
         sb.enqueue(b"x", {"nan": float("nan")})
     with pytest.raises(ValueError):
         sb.enqueue(b"x", {}, qid="../../etc/passwd")
-    assert os.listdir(sb.dir) == []
+    assert queue_files(sb.dir) == []
     with pytest.raises(ValueError):
         Switchboard(qroot, "nonsense")
     assert issubclass(QueueError, OSError)

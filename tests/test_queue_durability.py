@@ -20,7 +20,7 @@ import pytest
 
 from listgate.queue import QueueError, Switchboard
 
-from queue_helpers import make_message
+from queue_helpers import make_message, queue_files
 
 HELPER = str(Path(__file__).resolve().parent / "queue_helpers.py")
 ROUNDS = 30
@@ -60,7 +60,7 @@ class Child:
 
 
 def _leftovers(qdir: str) -> list[str]:
-    return [n for n in os.listdir(qdir) if not n.endswith(".qf")]
+    return [n for n in queue_files(qdir) if not n.endswith(".qf")]
 
 
 def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path):
@@ -93,7 +93,7 @@ def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path
                 take_all()
         finally:
             writer.kill()
-        if any(n.endswith(".tmp") for n in os.listdir(sb.dir)):
+        if any(n.endswith(".tmp") for n in queue_files(sb.dir)):
             kills_mid_write += 1
         for line in writer.lines:
             qid, n = line.split()
@@ -175,7 +175,7 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
     assert info.value.errno == errno.ENOSPC
     assert isinstance(info.value, OSError)
     assert "cannot store qfile" in str(info.value) and sb.dir in str(info.value)
-    assert os.listdir(sb.dir) == []
+    assert queue_files(sb.dir) == []
 
     # fill the disk with small qfiles until it refuses; everything accepted is intact
     stored = {}
@@ -184,7 +184,7 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
             msg = b"Subject: %d\r\n\r\n" % n + bytes(range(256)) * 20
             stored[sb.enqueue(msg, {"n": n})] = msg
     assert 3 <= len(stored) < 200
-    assert all(name.endswith(".qf") for name in os.listdir(sb.dir)), "temporary file left behind"
+    assert all(name.endswith(".qf") for name in queue_files(sb.dir)), "temporary file left behind"
     assert sb.ids() == sorted(stored)
 
     # a durable metadata update that does not fit leaves the held file as it was
@@ -199,7 +199,7 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
         got[qf.id] = qf.msg
         sb.finish(qf)
     assert got == stored
-    assert os.listdir(sb.dir) == []
+    assert queue_files(sb.dir) == []
 
 
 def test_read_only_disk_enqueue_raises_queue_error(small_fs):
@@ -210,4 +210,4 @@ def test_read_only_disk_enqueue_raises_queue_error(small_fs):
     with pytest.raises(QueueError) as info:
         sb.enqueue(b"Subject: x\r\n\r\nbody\r\n", {})
     assert info.value.errno == errno.EROFS
-    assert os.listdir(sb.dir) == []
+    assert queue_files(sb.dir) == []
