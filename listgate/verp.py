@@ -42,7 +42,7 @@ from . import clock
 from .addresses import make, split_address
 from .store.tokens import is_token
 
-__all__ = ["VerpResult", "VerpKeyError", "member_bounce_address", "probe_bounce_address", "decode",
+__all__ = ["VerpResult", "VerpKeyError", "member_bounce_address", "probe_bounce_address", "decode", "check_keys",
            "MAX_LOCAL_PART", "KINDS", "ERRORS"]
 
 MAX_LOCAL_PART = 64           # RFC 5321 section 4.5.3.1.1
@@ -143,6 +143,16 @@ def _keyring(site) -> _Keyring:
         _keyrings.clear()
     _keyrings[id(conf)] = (conf, ring)
     return ring
+
+
+def check_keys(site) -> list[str]:
+    """Problems with ``site``'s VERP keys (``listgate check``): unreadable or non-hex file,
+    secret under 128 bits, key id unfit for a local part. Empty list when all is well."""
+    try:
+        _Keyring(site.conf.verp)
+    except VerpKeyError as exc:
+        return [str(exc)]
+    return []
 
 
 def _mac(key: _Key, list_key: str, member: str, length: int) -> str:

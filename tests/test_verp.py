@@ -152,6 +152,19 @@ def test_unreadable_key_file_raises_clear_error(site):
         verp.member_bounce_address(site, demo(site), "jane@example.com")
 
 
+def test_check_keys_reports_bad_key_files(site):
+    assert verp.check_keys(site) == []
+    with open(site.conf.verp.keys[0].file, "w") as fh:
+        fh.write("not hex at all\n")
+    assert "not a readable hex secret" in verp.check_keys(edit_site(site))[0]
+    with open(site.conf.verp.keys[0].file, "w") as fh:
+        fh.write("abcd\n")
+    assert "shorter than 128 bits" in verp.check_keys(edit_site(site))[0]
+    add_key(site, "bad")
+    site = edit_site(site, verp={"keys": [{"id": "bad.id", "file": "keys/bad.key"}]})
+    assert "key id" in verp.check_keys(site)[0]
+
+
 def test_unsigned_refused_by_default(site):
     assert demo(site).accept_unsigned_verp is False
     result = verp.decode(site, demo(site), "jane=example.com")
