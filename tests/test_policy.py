@@ -337,3 +337,59 @@ def test_listgate_policy_bad_config_exits_1(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "listgate", "-c", str(bad), "policy"], capture_output=True,
                           timeout=30, text=True)
     assert proc.returncode == 1 and "no_such_key" in proc.stderr
+
+
+def _exim_snippet():
+    """The request template and the deny/defer regexes of conf/exim/acl_rcpt.conf."""
+    import re
+    from pathlib import Path
+    text = (Path(__file__).resolve().parents[1] / "conf" / "exim" / "acl_rcpt.conf").read_text()
+    live = "".join(ln.strip() if i else ln for i, ln in enumerate(
+        ("\n".join(l for l in text.splitlines() if not l.lstrip().startswith("#"))).split("\\\n")))
+    template = re.search(r"\{(request=smtpd_access_policy.*?\\n\\n)\}", live).group(1)
+    fail = re.search(r"\{5s\}\{ \}\{(.*?)\}\}", live).group(1)
+    regexes = {verb: re.search(verb + r"\s+condition = .*?message\s+= \$\{sg\{\$acl_m_listgate\}\{\\N(.*?)\\N\}",
+                               live, re.S).group(1)
+               for verb in ("deny", "defer")}
+    return template, fail, regexes
+
+
+def exim_readsocket(address, template: str, variables: dict[str, str]) -> str:
+    """What Exim's ${readsocket} does with the snippet: expand, send, shut down, read to EOF, fold newlines."""
+    request = template
+    for name in sorted(variables, key=len, reverse=True):
+        request = request.replace("$" + name, variables[name])
+    request = request.replace("\\n", "\n")
+    with connect(address) as s:
+        s.sendall(request.encode())
+        s.shutdown(socket.SHUT_WR)
+        return wait_closed(s).decode().replace("\n", " ")
+
+
+def test_exim_acl_snippet_against_the_server(server, closed_site):
+    import re
+    template, fail, regexes = _exim_snippet()
+    assert fail == "action=DUNNO"
+    base = {"sender_host_address": "192.0.2.7", "sender_helo_name": "mx.example.net"}
+
+    def verdict(local_part, sender):
+        answer = exim_readsocket(server.address, template, {**base, "local_part": local_part,
+                                                            "domain": D, "sender_address": sender})
+        for verb, rx in regexes.items():
+            m = re.match(rx, answer)
+            if m:
+                return verb, m.group(1)
+        return "pass", answer
+
+    assert verdict("nolist", "someone@example.net") == ("deny", "5.1.1 no such list address")
+    assert verdict("demo", "stranger@example.net") == ("deny", "5.7.1 only members may post to this list")
+    assert verdict("demo", "member@example.com") == ("pass", "action=DUNNO  ")
+    assert verdict("demo-bounces+" + "a" * 26, "") == ("deny", "5.1.1 not a valid bounce address")
+    close_all()
+    with open(store_path(closed_site, f"demo@{D}"), "wb") as fh:
+        fh.write(b"not a database" * 100)
+    try:
+        verb, text = verdict("demo", "stranger@example.net")
+        assert verb == "defer" and text.startswith("4.3.0 ")
+    finally:
+        close_all()
