@@ -15,8 +15,8 @@ and those decisions and
 * recognises a retried SMTP transaction of a message already accepted (same
   list and role, same Message-ID, within ``milter.duplicate_window``) and does
   not queue it twice. The record of acceptance (``ListStore.remember``) and
-  the qfile are written under one store transaction, so a failure leaves
-  neither behind.
+  the qfile are written so that a failure leaves neither behind (see
+  :func:`_queue` for the order).
 
 Only when every part has been stored may the caller say yes (SMTP 250, exit
 0). :class:`NotStored` means nothing more can be stored now: answer 451 4.3.0
@@ -175,7 +175,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     stay stored and are recognised as duplicates on the retry.
     """
     arrival = clock.now()
-    sb = switchboard or Switchboard.for_site(site, "in")
+    sb = switchboard if switchboard is not None else Switchboard.for_site(site, "in")  # (an empty one is falsy)
     results: list[Stored] = []
     mkey: str | None = None
     for action, address, rcpts in _groups(routed):
@@ -202,25 +202,50 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     return results
 
 
+class _Rollback(Exception):
+    """Leaves a store transaction without writing (a read under the write lock)."""
+
+
 def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored) -> None:
-    """One qfile in ``in`` plus the acceptance record, under one store transaction."""
+    """One qfile in ``in`` plus the acceptance record.
+
+    The store's write lock is not held while the qfile is written and fsync'd
+    (that would serialise every post to a list behind two fsyncs):
+
+    1. look: is the message already accepted? (``remember`` rolled back: no write);
+    2. write the qfile (durable) -- a failure here leaves nothing behind;
+    3. record the acceptance. If a concurrent retry of the same message recorded
+       it first, our qfile is the duplicate and is taken back. If the record
+       cannot be written, the message is stored all the same (only a later retry
+       of it would not be recognised): the client is told yes.
+    """
     window = site.conf.milter.duplicate_window
-    stored = False
+    key = f"{item.role}:{item.extension or ''}:{mkey}"
     try:
         store = open_store(site, item.list_key)
-        with store.transaction():
-            if not store.remember(ACCEPTED_KIND, f"{item.role}:{item.extension or ''}:{mkey}", window):
-                item.outcome = "duplicate"
-                return
-            item.qfile = sb.enqueue(msg, meta, arrival=meta["arrival"])
-            stored = True
+        try:
+            with store.transaction():
+                fresh = store.remember(ACCEPTED_KIND, key, window)
+                raise _Rollback
+        except _Rollback:
+            pass
+        if not fresh:
+            item.outcome = "duplicate"
+            return
+        item.qfile = sb.enqueue(msg, meta, arrival=meta["arrival"])
     except (StoreUnavailable, QueueError, OSError, KeyError) as exc:
-        if not stored:
-            raise NotStored(f"{item.list_key}: {exc}") from exc
-        # The qfile is durable but the acceptance record did not commit: the
-        # message is stored, only a retry of it would not be recognised.
-        log.warning("stored without duplicate record %s", kv(list=item.list_key, qfile=item.qfile, error=exc))
+        raise NotStored(f"{item.list_key}: {exc}") from exc
     item.outcome = "queued"
+    try:
+        if store.remember(ACCEPTED_KIND, key, window):
+            return
+    except (StoreUnavailable, OSError) as exc:
+        log.warning("stored without duplicate record %s", kv(list=item.list_key, qfile=item.qfile, error=exc))
+        return
+    held = sb.take(item.qfile)
+    if held is not None:
+        sb.finish(held)
+        item.outcome, item.qfile = "duplicate", None
 
 
 def _bounce(site: Site, lc, msg: bytes, address, sender: str, mta_queue_id: str | None, item: Stored) -> None:

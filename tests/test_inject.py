@@ -40,6 +40,11 @@ def queued(site):
     return [sb.peek(q) for q in sb.ids()]
 
 
+def leftovers(qdir: Path) -> list[str]:
+    """Message files in a queue directory: stored, held or being written."""
+    return [p.name for p in qdir.rglob("*") if p.is_file() and p.name.endswith((".qf", ".held", ".tmp"))]
+
+
 def run_inject(site, stdin: bytes, *args: str) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "inject", *args],
                           input=stdin, capture_output=True, timeout=60, cwd=str(REPO),
@@ -109,7 +114,7 @@ def test_full_queue_disk_raises_not_stored_and_commits_nothing(site):
         fill(qdir)
         with pytest.raises(inject.NotStored):
             inject.store_message(site, MSG + b"x" * 300_000, "a@example.net", routed(site, LIST))
-        assert [p.name for p in (qdir / "in").iterdir()] == []      # no partial or temporary file
+        assert leftovers(qdir / "in") == []      # no qfile, no partial or temporary file
         (qdir / "filler").unlink()
         # the acceptance record rolled back with the failed qfile: the retry is stored
         assert inject.store_message(site, MSG, "a@example.net", routed(site, LIST))[0].outcome == "queued"
@@ -212,7 +217,7 @@ def test_cli_full_disk_exits_75_and_retry_succeeds(site):
         fill(qdir)
         p = run_inject(site, MSG + b"y" * 300_000, "-r", LIST, "-f", "alice@example.net")
         assert p.returncode == 75, p.stderr
-        assert list((qdir / "in").iterdir()) == []
+        assert leftovers(qdir / "in") == []
         (qdir / "filler").unlink()
         p = run_inject(site, MSG, "-r", LIST, "-f", "alice@example.net")
         assert p.returncode == 0, p.stderr
@@ -230,3 +235,20 @@ def test_cli_store_unavailable_exits_75(site):
     # owner mail routes without it, then the duplicate record cannot be written
     assert run_inject(site, MSG, "-r", "demo-owner@lists.example.org").returncode == 75
     assert queued(site) == []
+
+
+def test_concurrent_retry_keeps_exactly_one_qfile(site):
+    """Two SMTP transactions of one message at once: both pass the first look, the
+    second to record its acceptance takes its qfile back."""
+    class RacingSwitchboard(Switchboard):
+        def enqueue(self, msg, meta, **kw):
+            qid = super().enqueue(msg, meta, **kw)
+            if not getattr(self, "raced", False):
+                self.raced = True     # the other transaction stores and records in between
+                inject.store_message(site, msg, "a@example.net", routed(site, LIST), switchboard=self)
+            return qid
+
+    sb = RacingSwitchboard(site.queue_dir, "in")
+    out = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb)
+    assert out[0].outcome == "duplicate" and out[0].qfile is None
+    assert len(queued(site)) == 1
