@@ -126,7 +126,11 @@ class ServerThread:
     def __enter__(self) -> "ServerThread":
         import asyncio
         self._thread.start()
-        asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        try:
+            asyncio.run_coroutine_threadsafe(self.server.start(), self.loop).result(10)
+        except BaseException:
+            self._stop_loop()
+            raise
         return self
 
     @property
@@ -145,6 +149,9 @@ class ServerThread:
         try:
             asyncio.run_coroutine_threadsafe(self.server.close(), self.loop).result(10)
         finally:
-            self.loop.call_soon_threadsafe(self.loop.stop)
-            self._thread.join(10)
-            self.loop.close()
+            self._stop_loop()
+
+    def _stop_loop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(10)
+        self.loop.close()

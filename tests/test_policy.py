@@ -242,6 +242,25 @@ def test_unix_socket(closed_site, tmp_path):
     assert not path.exists()
 
 
+def test_unix_socket_stale_replaced_live_refused(closed_site, tmp_path):
+    path = tmp_path / "policy.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))           # bound, never listening: what a crashed daemon leaves
+    stale.close()
+    with ServerThread(closed_site, f"unix:{path}") as srv:
+        assert ask(srv, rcpt_request(f"nolist@{D}")) == [UNKNOWN]
+        with pytest.raises(OSError, match="already listening"):
+            with ServerThread(closed_site, f"unix:{path}"):
+                pass
+        assert ask(srv, rcpt_request(f"nolist@{D}")) == [UNKNOWN]      # the first one keeps its socket
+    regular = tmp_path / "not-a-socket"
+    regular.write_text("data")
+    with pytest.raises(OSError):
+        with ServerThread(closed_site, f"unix:{regular}"):
+            pass
+    assert regular.read_text() == "data"
+
+
 def test_parser_unit_limits():
     p = RequestParser(256)
     assert p.feed(b"a=1\nb=") == []

@@ -21,8 +21,10 @@ itself is bound once; moving it needs a restart.
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import os
+import socket
 import stat
 from typing import Callable
 
@@ -88,16 +90,30 @@ class PolicyServer:
         if self._server is not None:
             await self._server.wait_closed()
         if self.kind == "unix":
-            _remove_stale_socket(self.where)
+            _remove_stale_socket(self.where, check_live=False)
 
 
-def _remove_stale_socket(path: str) -> None:
-    """Remove a left-over socket file (never a regular file: that would be someone's data)."""
+def _remove_stale_socket(path: str, *, check_live: bool = True) -> None:
+    """Remove a left-over socket file (never a regular file: that would be someone's data).
+
+    Raises OSError(EADDRINUSE) if a server still answers on it: a second
+    ``listgate policy`` must not steal the socket of a running one.
+    """
     try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
+        if not stat.S_ISSOCK(os.lstat(path).st_mode):
+            return
     except FileNotFoundError:
-        pass
+        return
+    if check_live:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            probe.settimeout(1.0)
+            try:
+                probe.connect(path)
+            except OSError:
+                pass        # nobody listening: stale
+            else:
+                raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
+    os.unlink(path)
 
 
 class _Connection(asyncio.Protocol):
