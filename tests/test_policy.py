@@ -207,6 +207,17 @@ def test_idle_connection_closed(closed_site):
             assert 0.5 <= time.monotonic() - started < 5
 
 
+def test_idle_timeout_zero_means_no_limit(closed_site):
+    site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": 0})
+    with ServerThread(site) as srv:
+        with connect(srv.address) as s:
+            s.sendall(rcpt_request(f"nolist@{D}"))
+            assert read_replies(s, 1) == [UNKNOWN]
+            time.sleep(1.5)
+            s.sendall(rcpt_request(f"nolist@{D}"))
+            assert read_replies(s, 1) == [UNKNOWN]
+
+
 def test_store_unavailable_is_451(closed_site):
     close_all()
     with open(store_path(closed_site, f"demo@{D}"), "wb") as fh:

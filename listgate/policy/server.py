@@ -10,7 +10,8 @@ costs tens of microseconds and a thread hop would cost more than it saves.
 Limits (site config ``policy``): an attribute line longer than ``max_line``,
 a line without ``=`` or too many attributes is logged and the connection
 closed without an answer (Postfix ``SMTPD_POLICY_README``); a connection idle
-for ``idle_timeout`` seconds is closed (Postfix reconnects when it needs to).
+for ``idle_timeout`` seconds is closed (Postfix reconnects when it needs to;
+0 means no limit).
 A client that pipelines without reading its answers is paused at the
 transport's high-water mark instead of growing our buffers.
 
@@ -37,6 +38,7 @@ __all__ = ["PolicyServer"]
 log = logging.getLogger("listgate.policy")
 _TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
 _DUNNO = format_reply("DUNNO")
+_NO_LIMIT_RECHECK = 60.0     # seconds between looks at a connection when idle_timeout is 0
 
 
 class PolicyServer:
@@ -138,7 +140,7 @@ class _Connection(asyncio.Protocol):
         self.server.connections.add(self)
         loop = self.loop = asyncio.get_running_loop()
         self.last_active = loop.time()
-        self.idle_handle = loop.call_later(site.conf.policy.idle_timeout, self._check_idle)
+        self.idle_handle = loop.call_later(site.conf.policy.idle_timeout or _NO_LIMIT_RECHECK, self._check_idle)
 
     def connection_lost(self, exc) -> None:
         # a client that disconnects mid-request simply loses its partial request
@@ -154,8 +156,11 @@ class _Connection(asyncio.Protocol):
 
     def _check_idle(self) -> None:
         # re-armed instead of reset on every read: one timer per connection, not one per request
-        loop = asyncio.get_running_loop()
+        loop = self.loop
         timeout = self.server.get_site().conf.policy.idle_timeout
+        if not timeout:             # 0: no idle limit (look again later: a reload may set one)
+            self.idle_handle = loop.call_later(_NO_LIMIT_RECHECK, self._check_idle)
+            return
         left = self.last_active + timeout - loop.time()
         if left <= 0:
             log.debug("closing idle policy connection %s", kv(peer=self.peer))
