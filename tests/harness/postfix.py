@@ -101,6 +101,14 @@ def render_snippet(path: Path, values: dict[str, str]) -> str:
     return text
 
 
+def _zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] == b"Z"
+    except (OSError, IndexError):
+        return True
+
+
 class PostfixInstance:
     """A private Postfix (context manager). See the module docstring.
 
@@ -266,14 +274,16 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
     # -- life cycle ----------------------------------------------------------
 
     def start(self) -> "PostfixInstance":
-        """Configure, check and start; returns when both smtpds greet with 220.
+        """Configure, ``postfix check``, start; returns when both smtpds greet with 220.
 
         Auto-chosen ports that turn out to be taken are replaced and the
         start retried (twice). Raises PostfixError with the log tail otherwise.
         """
         for attempt in range(3):
-            self.write_config()
             self.check()
+            # postfix start would repeat the whole check; the queue directory's
+            # quick-start file (postfix-script) skips it once, as we just ran it
+            (self.queue_dir / "quick-start").touch()
             try:
                 self._run([POSTFIX, "-c", str(self.config_dir), "start"])
                 self.running = True
@@ -319,18 +329,26 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
         return pid
 
     def stop(self, timeout: float = 15.0) -> None:
-        """``postfix stop``, then SIGKILL any process still running this config."""
-        if (self.config_dir / "main.cf").exists():
-            subprocess.run([POSTFIX, "-c", str(self.config_dir), "stop"],
+        """Stop this instance: ``postfix abort`` (SIGTERM to master, as ``postfix
+        stop`` does, without its one-second polling), wait for master to exit,
+        then SIGTERM/SIGKILL any process still running this configuration."""
+        if self.master_pid() is not None:
+            subprocess.run([POSTFIX, "-c", str(self.config_dir), "abort"],
                            capture_output=True, timeout=timeout, check=False)
         deadline = time.monotonic() + timeout
         while self.master_pid() is not None and time.monotonic() < deadline:
-            time.sleep(0.05)
-        for pid in self._instance_pids():
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            time.sleep(0.02)
+        for sig, wait in ((signal.SIGTERM, 2.0), (signal.SIGKILL, 5.0)):
+            pids = self._instance_pids()
+            for pid in pids:
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            end = time.monotonic() + wait
+            while pids and time.monotonic() < end:
+                pids = [p for p in pids if os.path.exists(f"/proc/{p}") and not _zombie(p)]
+                time.sleep(0.02)
         self.running = False
 
     def _instance_pids(self) -> list[int]:
