@@ -121,10 +121,28 @@ def test_two_instances_run_side_by_side_and_stop_cleanly(sink):
     assert not a.workdir.exists()
 
 
-def test_socket_syntax_translation():
+def test_socket_syntax_translation(site):
     assert postfix_socket("inet:10040@127.0.0.1") == "inet:127.0.0.1:10040"
     assert postfix_socket("unix:/run/listgate/milter.sock") == "unix:/run/listgate/milter.sock"
     assert postfix_socket("inet:127.0.0.1:8891") == "inet:127.0.0.1:8891"
+    assert postfix_socket("inet:8891@::1") == "inet:[::1]:8891"
+    assert postfix_socket("unix:milter.sock", site) == f"unix:{site.state_dir}/milter.sock"
+    with pytest.raises(ValueError):
+        postfix_socket("tcp:8891")
+
+
+def test_instance_takes_sockets_and_ports_from_a_site(site):
+    pf = PostfixInstance(site=site)
+    try:
+        assert pf.milter == f"unix:{site.state_dir}/milter.sock"
+        policy_host, policy_port = site.conf.policy.socket[5:].split("@")[::-1]
+        assert pf.policy == f"inet:{policy_host}:{policy_port}"
+        assert pf.reinject_port == site.conf.reinject.port
+        assert pf.list_domain == "lists.example.org"
+        assert f"127.0.0.1:{site.conf.reinject.port} inet" in pf.master_cf()
+        assert f"check_policy_service {{ {pf.policy}, timeout=10s" in pf.main_cf()
+    finally:
+        pf.close()
 
 
 @pytest.fixture

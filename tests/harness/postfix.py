@@ -47,6 +47,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from listgate.config import parse_socket
+
 CONF = Path(__file__).resolve().parents[2] / "conf" / "postfix"
 MAIN_SNIPPET = CONF / "main.cf.listgate"
 MASTER_SNIPPET = CONF / "master.cf.listgate"
@@ -73,16 +75,19 @@ def free_port(host: str = "127.0.0.1") -> int:
         return s.getsockname()[1]
 
 
-def postfix_socket(listgate_socket: str) -> str:
-    """Translate a listgate/libmilter socket spec to Postfix syntax.
+def postfix_socket(listgate_socket: str, site=None) -> str:
+    """Translate a listgate socket spec (``listgate.config.parse_socket``) to Postfix syntax.
 
-    ``inet:PORT@HOST`` -> ``inet:HOST:PORT``; ``unix:PATH`` and anything
-    already in Postfix form (``inet:HOST:PORT``) pass unchanged.
+    ``inet:PORT@HOST`` / ``inet:HOST:PORT`` -> ``inet:HOST:PORT``;
+    ``unix:PATH`` stays, a relative PATH made absolute against ``site``'s
+    state_dir when a :class:`listgate.config.Site` is given (as listgate does).
+    Raises ValueError for anything else.
     """
-    if listgate_socket.startswith("inet:") and "@" in listgate_socket:
-        port, host = listgate_socket[5:].split("@", 1)
-        return f"inet:{host}:{port}"
-    return listgate_socket
+    kind, where = parse_socket(listgate_socket)
+    if kind == "unix":
+        return f"unix:{site.resolve(where) if site is not None else where}"
+    host, port = where
+    return f"inet:[{host}]:{port}" if ":" in host else f"inet:{host}:{port}"
 
 
 def render_snippet(path: Path, values: dict[str, str]) -> str:
@@ -115,7 +120,8 @@ class PostfixInstance:
     Parameters (ports default to free loopback ports):
 
     - ``list_domain``: the domain routed as INSTALL says (relay_domains +
-      the ``retry:`` transport for anything the milter leaves).
+      the ``discard:`` transport for anything the milter leaves); default
+      ``lists.example.org``.
     - ``sink_port``: where all other mail goes (``relayhost``).
     - ``milter``: listgate milter socket (listgate or Postfix syntax), or
       None for no milter (``smtpd_milters``/``non_smtpd_milters`` emptied).
@@ -124,6 +130,9 @@ class PostfixInstance:
       ``reinject_port``: the re-injection smtpd from ``master.cf.listgate``.
     - ``bounce_queue_lifetime`` / ``maximal_queue_lifetime``: Postfix time
       values (``"0"`` bounces soft failures at the first attempt).
+    - ``site``: a loaded :class:`listgate.config.Site`; supplies ``milter``,
+      ``policy``, ``reinject_port`` and (if the site has one list domain)
+      ``list_domain`` unless those are given explicitly.
     - ``extra``: more main.cf parameters (name -> value), applied last.
     - ``workdir``: where to build it (must be traversable by ``postfix``);
       default a fresh ``/tmp/listgate-postfix-*`` removed on exit unless
@@ -133,14 +142,20 @@ class PostfixInstance:
     ``config_dir``, ``queue_dir``, ``maillog``.
     """
 
-    def __init__(self, *, list_domain: str = "lists.example.org", sink_port: int | None = None,
+    def __init__(self, *, list_domain: str | None = None, sink_port: int | None = None,
                  milter: str | None = None, policy: str | None = None,
                  smtpd_port: int | None = None, reinject_port: int | None = None,
                  bounce_queue_lifetime: str = "1h", maximal_queue_lifetime: str = "1h",
                  myhostname: str = "mx.listgate.test", extra: dict[str, str] | None = None,
                  workdir: str | os.PathLike | None = None, keep: bool = False,
-                 start_timeout: float = 30.0):
-        self.list_domain = list_domain
+                 start_timeout: float = 30.0, site=None):
+        if site is not None:
+            milter = milter or postfix_socket(site.conf.milter.socket, site)
+            policy = policy or postfix_socket(site.conf.policy.socket, site)
+            reinject_port = reinject_port or site.conf.reinject.port
+            if list_domain is None and len(site.domains) == 1:
+                list_domain = next(iter(site.domains))
+        self.list_domain = list_domain or "lists.example.org"
         self.sink_port = sink_port if sink_port is not None else free_port()
         self.milter = postfix_socket(milter) if milter else None
         self.policy = postfix_socket(policy) if policy else None
