@@ -114,3 +114,19 @@ def test_install_quotes_the_snippets_verbatim():
         assert path.read_text(encoding="utf-8") in install, f"INSTALL does not quote {path.name} verbatim"
     for unit in sorted((CONF / "systemd").glob("*.service")):
         assert unit.read_text(encoding="utf-8") in install or unit.name in install, unit.name
+
+
+@pytest.mark.skipif(not shutil.which("systemd-analyze") or not shutil.which("listgate"),
+                    reason="needs systemd-analyze and an installed listgate")
+def test_systemd_units_verify(tmp_path):
+    units = sorted((CONF / "systemd").glob("*.service"))
+    assert {u.name for u in units} == {"listgate.service", "listgate-milter.service",
+                                       "listgate-policy.service", "listgate-runner.service"}
+    for unit in units:
+        text = unit.read_text(encoding="utf-8")
+        assert "Type=notify" in text and "User=listgate" in text
+        # the units name /usr/local/bin/listgate (pip's place); verify against this install
+        (tmp_path / unit.name).write_text(text.replace("/usr/local/bin/listgate", shutil.which("listgate")))
+        proc = subprocess.run(["systemd-analyze", "verify", str(tmp_path / unit.name)],
+                              capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and unit.name not in proc.stderr, proc.stderr
