@@ -122,7 +122,8 @@ class Supervisor:
                     self.due[name] = now + self.pause[name]
                     log.error("child exited, restarting %s",
                               kv(child=name, status=proc.returncode, restart_in=f"{self.pause[name]:g}s"))
-                elif now >= self.due.pop(name):
+                elif now >= self.due[name]:
+                    del self.due[name]
                     self.start(name)
             time.sleep(0.1)
         return self.shutdown()
