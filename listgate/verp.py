@@ -12,7 +12,10 @@ Forms, for list ``L`` at domain ``D`` (the ``+`` is Postfix's
 * probe: ``L-bounces+<token>@D``, ``token`` a pending ``probe`` record
   (:mod:`listgate.store.tokens`).
 * Mailman-style unsigned ``L-bounces+<local>=<domain>@D``: decoded only when
-  the list sets ``accept_unsigned_verp`` (a migration window).
+  the list sets ``accept_unsigned_verp`` (a migration window) or uses
+  ``verp_mode: xverp`` (Postfix XVERP with its default ``+=`` delimiters
+  writes exactly these addresses; such lists accept forgeable bounce
+  addresses by choice).
 
 Keys (``verp.keys`` in the site file): each file holds a hex secret. The first
 key that is not ``retired`` signs. A retired key still verifies: for
@@ -66,7 +69,7 @@ class VerpResult:
     """What a ``L-bounces+EXT`` extension means.
 
     ``kind``: ``member`` (signed, verified), ``probe`` (a live probe token),
-    ``unsigned`` (Mailman-style, list accepts it), ``invalid``.
+    ``unsigned`` (Mailman-style / XVERP, list accepts it), ``invalid``.
     ``member``: the member address ``local@domain`` for member/unsigned (the
     local part as it arrived: it may have been case-folded by an MTA).
     ``token``: the probe token (lower case); ``pending``: its probe
@@ -224,7 +227,7 @@ def decode(site, lc, extension: str, *, store=None) -> VerpResult:
     signed = _decode_signed(ring, lc, ext)
     if signed is not None:
         return signed
-    if lc.accept_unsigned_verp:
+    if lc.accept_unsigned_verp or lc.verp_mode == "xverp":
         member = _member_of(ext)
         return VerpResult("unsigned", member=member) if member else VerpResult("invalid", error="malformed")
     # neither a known key nor accepted unsigned: say which it looks like

@@ -181,6 +181,14 @@ def test_unsigned_accepted_when_list_allows(site):
     assert verp.decode(site, demo(site), "no-domain=").kind == "invalid"
 
 
+def test_xverp_lists_accept_the_unsigned_form_postfix_writes(site):
+    site = write_list(site, "demo", verp_mode="xverp")
+    result = verp.decode(site, demo(site), "jane=example.com")       # XVERP, default delimiters +=
+    assert (result.kind, result.member) == ("unsigned", "jane@example.com")
+    ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
+    assert verp.decode(site, demo(site), ext).kind == "member"       # signed ones still verify
+
+
 @pytest.mark.parametrize("ext", ["", "   ", "=", "jane=", "=example.com", "jane=localhost", "x" * 2000,
                                  "jane=exa mple.com", "ünï=example.com", "\x00=\x01"])
 def test_malformed_extensions(site, ext):
