@@ -1,0 +1,224 @@
+"""The whole stack on loopback: SMTP sink, private Postfix, ``listgate serve``.
+
+Used by the end-to-end test and by README's demo (``scripts/demo``)::
+
+    with Stack(behaviours={"gone@members.test": UNKNOWN}) as st:
+        st.listgate("members", "add", "demo", "alice@members.test")
+        st.send("alice@members.test", "demo@lists.example.org", msg)
+        st.advance_days(1)
+
+Postfix is configured from INSTALL's snippets (``conf/postfix``) by
+:class:`~harness.postfix.PostfixInstance`; listgate is a ``listgate init``
+instance inside Postfix's work directory (the milter's unix socket must be
+reachable by the ``postfix`` user) and runs as ``listgate serve`` in a child
+process. Time: every process reads the clock file named by
+``LISTGATE_CLOCK_FILE`` (:mod:`listgate.clock`); :meth:`advance_days` moves it.
+"""
+from __future__ import annotations
+
+import grp
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from listgate import clock, config, instance
+from listgate.store import open_store
+
+from .postfix import PostfixInstance, free_port, postfix_socket
+from .sink import SmtpSink
+
+LIST_DOMAIN = "lists.example.org"
+
+
+class Stack:
+    """Sink + Postfix + listgate serve. Context manager; everything stops on exit."""
+
+    def __init__(self, *, behaviours: dict[str, str] | None = None, list_name: str = "demo",
+                 owner: str = "owner@owners.test", list_settings: str = "", site_settings: str = "",
+                 workdir: str | None = None, log_level: str = "info"):
+        self.behaviours = behaviours or {}
+        self.list_name = list_name
+        self.owner = owner
+        self.list_settings = list_settings
+        self.site_settings = site_settings
+        self.workdir = workdir
+        self.log_level = log_level
+        self.sink: SmtpSink | None = None
+        self.pf: PostfixInstance | None = None
+        self.serve: subprocess.Popen | None = None
+        self.site: config.Site | None = None
+        self._saved_env: dict[str, str | None] = {}
+
+    # -- life cycle ------------------------------------------------------------
+    def start(self) -> "Stack":
+        try:
+            self._start()
+        except BaseException:
+            self.close()
+            raise
+        return self
+
+    def _start(self) -> None:
+        self.sink = SmtpSink(self.behaviours).start()
+        self.pf = PostfixInstance(sink_port=self.sink.port, list_domain=LIST_DOMAIN, workdir=self.workdir,
+                                  bounce_queue_lifetime="0", maximal_queue_lifetime="1h")
+        base = self.pf.workdir / "listgate"
+        sockdir = base / "run"
+        sockdir.mkdir(parents=True)
+        # setgid directory of group postfix: the socket inherits the group, so
+        # socket_mode 0660 lets Postfix (and nobody else) connect (INSTALL).
+        os.chown(sockdir, 0, grp.getgrnam("postfix").gr_gid)
+        os.chmod(sockdir, 0o2750)
+        milter_socket = f"unix:{sockdir / 'milter.sock'}"
+        policy_socket = f"inet:{free_port()}@127.0.0.1"
+        path = instance.init(str(base), name=self.list_name, domain=LIST_DOMAIN, owner=self.owner,
+                             milter_socket=milter_socket, policy_socket=policy_socket,
+                             reinject_port=self.pf.reinject_port)
+        with open(path, "a", encoding="utf-8") as fh:
+            fh.write("runner:\n  poll_interval: 0.2s\n  tasks_interval: 1s\n" + self.site_settings)
+        if self.list_settings:
+            with open(base / "lists.d" / f"{self.list_name}.yaml", "a", encoding="utf-8") as fh:
+                fh.write(self.list_settings)
+        self.site = config.load(path)
+        self.clock_file = str(base / "clock")
+        clock.write_offset_file(self.clock_file, 0.0)
+        for var, value in ((clock.ENV_VAR, self.clock_file), (config.ENV_VAR, path)):
+            self._saved_env[var] = os.environ.get(var)
+            os.environ[var] = value
+        self.pf.milter = postfix_socket(milter_socket)
+        self.pf.policy = postfix_socket(policy_socket)
+        self.serve_log = open(base / "serve.log", "ab")
+        self.serve = subprocess.Popen(
+            [sys.executable, "-m", "listgate", "-c", path, "serve", "--log-level", self.log_level],
+            stdin=subprocess.DEVNULL, stdout=self.serve_log, stderr=subprocess.STDOUT,
+            start_new_session=True)
+        self.wait_listening()
+        self.pf.start()
+
+    def wait_listening(self, timeout: float = 30.0) -> None:
+        """Until the milter socket and the policy port accept connections."""
+        end = time.monotonic() + timeout
+        milter = self.site.conf.milter.socket[len("unix:"):]
+        _, (host, port) = config.parse_socket(self.site.conf.policy.socket)
+        while time.monotonic() < end:
+            if self.serve.poll() is not None:
+                raise RuntimeError(f"listgate serve exited:\n{self.serve_text()}")
+            if _connects(socket.AF_UNIX, milter) and _connects(socket.AF_INET, (host, port)):
+                return
+            time.sleep(0.05)
+        raise TimeoutError(f"listgate serve not listening after {timeout}s:\n{self.serve_text()}")
+
+    def close(self) -> None:
+        if self.serve is not None and self.serve.poll() is None:
+            self.serve.send_signal(signal.SIGTERM)
+            try:
+                self.serve.wait(40)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.serve.pid, signal.SIGKILL)
+                self.serve.wait(10)
+        if self.serve is not None:
+            try:  # children that outlived serve (they are in its session)
+                os.killpg(self.serve.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.serve_log.close()
+        if self.pf is not None:
+            self.pf.close()
+        if self.sink is not None:
+            self.sink.stop()
+        for var, value in self._saved_env.items():
+            if value is None:
+                os.environ.pop(var, None)
+            else:
+                os.environ[var] = value
+        self._saved_env = {}
+
+    def __enter__(self) -> "Stack":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- time --------------------------------------------------------------------
+    def advance_days(self, days: float) -> None:
+        """Move every process's clock forward (the clock file is re-read on change)."""
+        with open(self.clock_file, encoding="ascii") as fh:
+            offset = float(fh.read())
+        clock.write_offset_file(self.clock_file, offset + days * 86400)
+
+    # -- conveniences ------------------------------------------------------------
+    @property
+    def list_key(self) -> str:
+        return f"{self.list_name}@{LIST_DOMAIN}"
+
+    @property
+    def lc(self):
+        return self.site.lists[self.list_key]
+
+    def address(self, role: str = "post", extension: str | None = None) -> str:
+        from listgate import addresses
+        return addresses.make(self.list_name, LIST_DOMAIN, role, extension)
+
+    def store(self):
+        return open_store(self.site, self.list_key)
+
+    def member(self, address: str):
+        return self.store().get_member(address)
+
+    def send(self, mail_from: str, rcpts, msg: bytes):
+        return self.pf.send(mail_from, rcpts, msg)
+
+    def listgate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([sys.executable, "-m", "listgate", "-c", self.site.path, *args],
+                             capture_output=True, text=True, timeout=120)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"listgate {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+        return out
+
+    def serve_text(self) -> str:
+        try:
+            return (self.pf.workdir / "listgate" / "serve.log").read_text(errors="replace")
+        except OSError:
+            return ""
+
+    def child_pid(self, name: str) -> int | None:
+        """pid of serve's child ``listgate ... NAME`` (milter, policy, runner)."""
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            try:
+                with open(f"/proc/{entry}/stat", encoding="ascii", errors="replace") as fh:
+                    ppid = int(fh.read().rsplit(")", 1)[1].split()[1])
+                with open(f"/proc/{entry}/cmdline", "rb") as fh:
+                    argv = fh.read().split(b"\0")
+            except (OSError, ValueError, IndexError):
+                continue
+            if ppid == self.serve.pid and name.encode() in argv:
+                return int(entry)
+        return None
+
+    def wait_until(self, predicate, timeout: float = 60.0, interval: float = 0.1, what: str = "condition"):
+        end = time.monotonic() + timeout
+        while True:
+            value = predicate()
+            if value:
+                return value
+            if time.monotonic() > end:
+                raise TimeoutError(f"timed out waiting for {what}\n--- serve log tail ---\n"
+                                   + "\n".join(self.serve_text().splitlines()[-40:])
+                                   + "\n--- postfix log tail ---\n" + self.pf.log_tail(30))
+            time.sleep(interval)
+
+
+def _connects(family: int, address) -> bool:
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(0.5)
+            s.connect(address)
+        return True
+    except OSError:
+        return False
