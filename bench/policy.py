@@ -204,7 +204,7 @@ def main() -> int:
             stop(lg)
             stop(mini)
     print(f"policy server, {args.requests} requests per scenario, median of {args.rounds} rounds, "
-          f"{os.cpu_count()} CPUs")
+          f"{os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.1f} at the end")
     print(f"{'connections':>11} | {'server':<8} | {'decisions/s':>11} | {'p50 µs':>8} | {'p99 µs':>8}")
     print("-" * 60)
     for conns, lgr, mnr in rows:
