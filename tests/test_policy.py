@@ -423,3 +423,17 @@ def test_exim_acl_snippet_against_the_server(server, closed_site):
         assert verb == "defer" and text.startswith("4.3.0 ")
     finally:
         close_all()
+
+
+def test_listgate_policy_socket_errors(closed_site, tmp_path):
+    import subprocess
+    import sys
+    sock = tmp_path / "p.sock"
+    with ServerThread(closed_site, f"unix:{sock}"):
+        proc = subprocess.run([sys.executable, "-m", "listgate", "-c", closed_site.path, "policy",
+                               "--socket", f"unix:{sock}"], capture_output=True, timeout=30, text=True)
+    assert proc.returncode == 71 and "already listening" in proc.stderr
+    site = edit_site(closed_site, policy={"socket": f"unix:{sock}", "socket_mode": "rw-rw----"})
+    proc = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "policy"],
+                          capture_output=True, timeout=30, text=True)
+    assert proc.returncode == 1 and "not an octal mode" in proc.stderr

@@ -4,7 +4,8 @@ Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
 :func:`listgate.log.setup` (stderr or syslog facility ``mail``) through a
 queue and a thread, so a slow syslog never stalls the event loop. Tells
 systemd it is ready (``Type=notify``, :mod:`listgate.sdnotify`) once the
-socket is bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket cannot be bound.
+socket is bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket
+cannot be bound (or a live server already holds it).
 """
 from __future__ import annotations
 
@@ -51,6 +52,9 @@ async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
     except OSError as exc:
         log.error("cannot listen on %s: %s", server.socket_spec, exc)
         return EX_OSERR
+    except ValueError as exc:
+        log.error("%s", exc)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -47,7 +47,9 @@ class PolicyServer:
     ``get_site`` returns the current :class:`~listgate.config.Site`. ``socket_spec``
     defaults to that site's ``policy.socket`` (a relative unix path is relative
     to ``state_dir``). Use ``await start()``, then ``await serve_forever()`` or
-    ``await close()``. Raises OSError from ``start()`` if the socket cannot be bound.
+    ``await close()``. ``start()`` raises OSError if the socket cannot be bound
+    (EADDRINUSE also when a live server holds the unix socket), ValueError for
+    a ``policy.socket_mode`` that is not octal.
     """
 
     def __init__(self, get_site: Callable[[], Site], socket_spec: str | None = None):
@@ -70,9 +72,14 @@ class PolicyServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.kind == "unix":
+            mode_text = self.get_site().conf.policy.socket_mode
+            try:
+                mode = int(mode_text, 8)
+            except ValueError:
+                raise ValueError(f"policy.socket_mode {mode_text!r} is not an octal mode like 0660") from None
             _remove_stale_socket(self.where)
             self._server = await loop.create_unix_server(lambda: _Connection(self), self.where, backlog=1024)
-            os.chmod(self.where, int(self.get_site().conf.policy.socket_mode, 8))
+            os.chmod(self.where, mode)
         else:
             host, port = self.where
             self._server = await loop.create_server(lambda: _Connection(self), host, port,
