@@ -208,3 +208,22 @@ def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, record
         assert "list mail not taken by listgate" not in pf.log_text()
         # the re-injection listener itself never calls the milter
         assert not [e for e in events() if e["event"] == "from" and e["sender"] == verp]
+
+
+def test_a_refused_postfix_dsn_keeps_the_original_deferred(sink, recording_milter):
+    """The hazard INSTALL warns about: a milter that refuses (5xx) Postfix's own
+    DSN leaves the original deferred with "bounce failed", retried at every
+    queue run; nothing reaches the list domain's discard transport."""
+    socket_spec, events, mode_file = recording_milter
+    verp = "demo-bounces+gone=members.test@lists.example.org"
+    with PostfixInstance(sink_port=sink.port, milter=socket_spec) as pf:
+        mode_file.write_text("reject")
+        since = pf.log_offset()
+        assert pf.send(verp, "gone@members.test", MSG, port=pf.reinject_port) == {}
+        pf.wait_log(r"milter-reject: END-OF-MESSAGE from localhost\[127\.0\.0\.1\]: 5\.1\.1", since=since)
+        pf.wait_log(r"status=deferred \(bounce failed\)", since=since)
+        pf.flush()
+        pf.wait_log(r"(?s)bounce failed.*milter-reject.*bounce failed", since=since)
+        [queued] = pf.queue()
+        assert queued["sender"] == verp and queued["queue_name"] in ("deferred", "active")
+        assert "list mail not taken by listgate" not in pf.log_text()

@@ -5,8 +5,8 @@
 It appends one JSON line per callback to EVENTS_FILE (``connect``, ``from``,
 ``rcpt``, ``eom`` with the ``i`` and ``{client_addr}`` macros), and at end of
 message removes every recipient in DOMAIN (what listgate's milter does with
-list recipients). If MODE_FILE exists and holds ``tempfail``, end of message
-answers TEMPFAIL instead. It lets harness tests check what the INSTALL
+list recipients). If MODE_FILE exists and holds ``tempfail`` or ``reject``,
+end of message answers that instead (``reject``: 550 5.1.1). It lets harness tests check what the INSTALL
 snippets route through a milter without depending on listgate's own milter.
 libmilter keeps process-wide state, hence a subprocess rather than a thread.
 """
@@ -51,6 +51,9 @@ def main(socket_spec: str, events_file: str, domain: str, mode_file: str | None 
             record(event="eom", queue_id=self.getsymval("i"), rcpts=self.rcpts, mode=mode)
             if mode == "tempfail":
                 return Milter.TEMPFAIL
+            if mode == "reject":
+                self.setreply("550", "5.1.1", "not a valid bounce address")
+                return Milter.REJECT
             for rcpt in self.rcpts:
                 if rcpt.strip("<>").lower().endswith("@" + domain):
                     self.delrcpt(rcpt)
