@@ -29,6 +29,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import re
+import threading
 from dataclasses import dataclass, field
 from email.parser import BytesHeaderParser
 from email import policy as email_policy
@@ -165,12 +166,15 @@ def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
 
 def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
                   mta_queue_id: str | None = None, client_address: str | None = None,
-                  client_name: str | None = None, switchboard: Switchboard | None = None) -> list[Stored]:
+                  client_name: str | None = None, switchboard: Switchboard | None = None,
+                  record_later: bool = False) -> list[Stored]:
     """Store ``msg`` (raw bytes, byte-exact) for every routed list recipient.
 
     ``sender`` is the envelope sender without angle brackets (``""`` for the
     null sender of a DSN, RFC 5321 section 4.5.5). Returns one :class:`Stored`
-    per (list, role, extension), qfiles first. Raises :class:`NotStored` (retry)
+    per (list, role, extension), qfiles first. ``record_later``: leave the
+    acceptance records to :data:`RECORDS`'s writer thread (the milter; see
+    :class:`AcceptanceRecords`). Raises :class:`NotStored` (retry)
     when the store or queue cannot be written; parts stored before the failure
     stay stored and are recognised as duplicates on the retry.
     """
@@ -195,36 +199,134 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
                 "client_address": client_address, "client_name": client_name,
                 "arrival": arrival, "message_id": mkey,
             }
-            _queue(site, sb, msg, meta, mkey, item)
+            _queue(site, sb, msg, meta, mkey, item, record_later)
         log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
                                            queue_id=mta_queue_id, message_id=mkey, detail=item.detail or None))
         results.append(item)
     return results
 
 
+class AcceptanceRecords:
+    """Writes the acceptance records (``ListStore.remember``) for this process.
+
+    A record only serves to recognise a *retried* transaction, which comes
+    after the client's timeout, long after the first attempt. So the milter
+    answers as soon as the qfile is durable and leaves the record to a writer
+    thread (:meth:`later`): that thread group-commits every record queued
+    meanwhile, per list in one transaction (one fsync for the lot), the way a
+    database's log writer batches commits. Until a record is written it is
+    *pending* here, and :meth:`pending` makes this process see it at once.
+    The cost: if the process dies in the few milliseconds between a qfile and
+    its record, a later retry of that message is stored twice (at-least-once,
+    never lost). ``listgate inject`` (one message per process) records
+    synchronously.
+
+    Looks at the store are serialised per list on a thread lock: SQLite makes
+    a writer that finds its lock taken sleep and poll (1, 2, 5, 10 ... ms),
+    a thread lock hands over as soon as it is free.
+    """
+
+    def __init__(self):
+        self._cond = threading.Condition()
+        self._queue: list[tuple] = []
+        self._pending: set[tuple[str, str]] = set()
+        self._thread: threading.Thread | None = None
+        self._locks: dict[str, threading.Lock] = {}
+
+    def lock(self, list_key: str) -> threading.Lock:
+        with self._cond:
+            return self._locks.setdefault(list_key, threading.Lock())
+
+    def pending(self, list_key: str, key: str) -> bool:
+        with self._cond:
+            return (list_key, key) in self._pending
+
+    def later(self, site: Site, sb: Switchboard, list_key: str, key: str, ttl: float, qfile: str) -> None:
+        """Queue the record of ``qfile``; the writer takes the qfile back if a
+        concurrent transaction of the same message was recorded first."""
+        with self._cond:
+            self._pending.add((list_key, key))
+            self._queue.append((site, sb, list_key, key, ttl, qfile))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="listgate-records", daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+
+    def flush(self, timeout: float | None = None) -> bool:
+        """Wait until every queued record is written (or given up); False on timeout."""
+        with self._cond:
+            return self._cond.wait_for(lambda: not self._pending, timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._cond:
+                self._cond.wait_for(lambda: self._queue)
+                batch, self._queue = self._queue, []
+            by_list: dict[str, list[tuple]] = {}
+            for item in batch:
+                by_list.setdefault(item[2], []).append(item)
+            for list_key, items in by_list.items():
+                self._write(list_key, items)
+            with self._cond:
+                for item in batch:
+                    self._pending.discard((item[2], item[3]))
+                self._cond.notify_all()
+
+    def _write(self, list_key: str, items: list[tuple]) -> None:
+        site = items[0][0]
+        taken_back: list[tuple] = []
+        try:
+            store = open_store(site, list_key)
+            with self.lock(list_key), store.transaction():
+                taken_back = [it for it in items if not store.remember(ACCEPTED_KIND, it[3], it[4])]
+        except Exception as exc:  # noqa: BLE001 - the messages are stored; only their records are missing
+            log.warning("stored without duplicate record %s", kv(list=list_key, count=len(items), error=exc))
+            return
+        for _, sb, _, _, _, qfile in taken_back:
+            take_back(sb, qfile)
+
+
+RECORDS = AcceptanceRecords()
+
+
+def take_back(sb: Switchboard, qfile: str) -> None:
+    """Remove a qfile that turned out to be a duplicate (if no runner holds it yet)."""
+    held = sb.take(qfile)
+    if held is not None:
+        sb.finish(held)
+        log.info("duplicate taken back %s", kv(qfile=qfile))
+
+
 class _Rollback(Exception):
     """Leaves a store transaction without writing (a read under the write lock)."""
 
 
-def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored) -> None:
+def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored,
+           record_later: bool) -> None:
     """One qfile in ``in`` plus the acceptance record.
 
-    The store's write lock is not held while the qfile is written and fsync'd
-    (that would serialise every post to a list behind two fsyncs):
+    The store is not locked while the qfile is written and fsync'd (that would
+    serialise every post to a list behind two fsyncs):
 
-    1. look: is the message already accepted? (``remember`` rolled back: no write);
-    2. write the qfile (durable) -- a failure here leaves nothing behind;
-    3. record the acceptance. If a concurrent retry of the same message recorded
-       it first, our qfile is the duplicate and is taken back. If the record
-       cannot be written, the message is stored all the same (only a later retry
-       of it would not be recognised): the client is told yes.
+    1. look: is the message already accepted, here (pending) or in the store?
+       (``remember`` rolled back: nothing written);
+    2. write the qfile (durable): a failure here leaves nothing behind;
+    3. record the acceptance, now or (``record_later``) by :data:`RECORDS`'s
+       writer. If a concurrent transaction of the same message recorded it
+       first, our qfile is the duplicate and is taken back. If the record
+       cannot be written, the message is stored all the same (only a later
+       retry of it would not be recognised).
     """
     window = site.conf.milter.duplicate_window
     key = f"{item.role}:{item.extension or ''}:{mkey}"
     try:
+        if RECORDS.pending(item.list_key, key):
+            item.outcome = "duplicate"
+            return
         store = open_store(site, item.list_key)
+        lock = RECORDS.lock(item.list_key)
         try:
-            with store.transaction():
+            with lock, store.transaction():
                 fresh = store.remember(ACCEPTED_KIND, key, window)
                 raise _Rollback
         except _Rollback:
@@ -236,15 +338,17 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
     except (StoreUnavailable, QueueError, OSError, KeyError) as exc:
         raise NotStored(f"{item.list_key}: {exc}") from exc
     item.outcome = "queued"
+    if record_later:
+        RECORDS.later(site, sb, item.list_key, key, window, item.qfile)
+        return
     try:
-        if store.remember(ACCEPTED_KIND, key, window):
-            return
+        with lock:
+            fresh = store.remember(ACCEPTED_KIND, key, window)
     except (StoreUnavailable, OSError) as exc:
         log.warning("stored without duplicate record %s", kv(list=item.list_key, qfile=item.qfile, error=exc))
         return
-    held = sb.take(item.qfile)
-    if held is not None:
-        sb.finish(held)
+    if not fresh:
+        take_back(sb, item.qfile)
         item.outcome, item.qfile = "duplicate", None
 
 

@@ -252,3 +252,30 @@ def test_concurrent_retry_keeps_exactly_one_qfile(site):
     out = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb)
     assert out[0].outcome == "duplicate" and out[0].qfile is None
     assert len(queued(site)) == 1
+
+
+def test_records_written_later_are_seen_at_once(site):
+    r = routed(site, LIST)
+    first = inject.store_message(site, MSG, "a@example.net", r, record_later=True)
+    second = inject.store_message(site, MSG, "a@example.net", r, record_later=True)
+    assert [first[0].outcome, second[0].outcome] == ["queued", "duplicate"]
+    assert inject.RECORDS.flush(timeout=10)
+    # written to the store: another process (listgate inject) sees it too
+    assert inject.store_message(site, MSG, "a@example.net", r)[0].outcome == "duplicate"
+    assert len(queued(site)) == 1
+
+
+def test_writer_takes_back_a_concurrent_duplicate(site):
+    class RacingSwitchboard(Switchboard):
+        def enqueue(self, msg, meta, **kw):
+            qid = super().enqueue(msg, meta, **kw)
+            if not getattr(self, "raced", False):
+                self.raced = True     # another process stores and records the same message meanwhile
+                inject.store_message(site, msg, "a@example.net", routed(site, LIST), switchboard=self)
+            return qid
+
+    sb = RacingSwitchboard(site.queue_dir, "in")
+    out = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb, record_later=True)
+    assert out[0].outcome == "queued"
+    assert inject.RECORDS.flush(timeout=10)
+    assert len(queued(site)) == 1

@@ -63,9 +63,12 @@ def _reply_text(text: str | None) -> str:
 
 
 class ListgateMilter(Milter.Base):
-    """One SMTP connection. ``sites`` (class attribute) provides ``current() -> Site``."""
+    """One SMTP connection. Class attributes: ``sites`` provides ``current() -> Site``;
+    ``record_later`` leaves acceptance records to the writer thread
+    (:class:`listgate.inject.AcceptanceRecords`; the daemon sets it)."""
 
     sites: ClassVar[object] = None
+    record_later: ClassVar[bool] = False
 
     def __init__(self):
         self.client_address: str | None = None
@@ -168,7 +171,8 @@ class ListgateMilter(Milter.Base):
         qid = self.getsymval("i")
         try:
             store_message(self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
-                          client_address=self.client_address, client_name=self.client_name)
+                          client_address=self.client_address, client_name=self.client_name,
+                          record_later=self.record_later)
         except NotStored as exc:
             log.warning("tempfail %s", kv(queue_id=qid, error=exc))
             self.setreply(*TEMPFAIL_REPLY)

@@ -24,6 +24,7 @@ import Milter
 import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
 from ..config import Watcher, parse_socket
+from ..inject import RECORDS
 from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
 
 log = logging.getLogger("listgate.milter")
@@ -125,6 +126,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     conn, path = socket_spec(site)
     mode = socket_mode(site)
     ListgateMilter.sites = SiteSource(watcher)
+    ListgateMilter.record_later = True
     _register(site.conf.milter.timeout)
     libmilter.setconn(conn)
     if path:
@@ -139,6 +141,10 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     else:
         libmilter.opensocket(False)
     log.info("milter listening on %s (%d lists)", conn, len(site.lists))
-    libmilter.main()
+    try:
+        libmilter.main()
+    finally:
+        if not RECORDS.flush(timeout=10):
+            log.warning("milter stopped with acceptance records unwritten")
     log.info("milter stopped")
     return 0
