@@ -1,8 +1,12 @@
 """``listgate policy``: run the policy delegation server on ``policy.socket``.
 
 Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
-:func:`listgate.log.setup` (stderr or syslog facility ``mail``) through a
-queue and a thread, so a slow syslog never stalls the event loop. Tells
+:func:`listgate.log.setup` (stderr or syslog facility ``mail``) from the event
+loop's own thread, after the answers of each read are written: a logging
+thread was measured to cost more than it saves (bench/policy.py: with two
+threads, a log thread preempted while holding the GIL stalls the loop for
+milliseconds on a busy machine; one line written in-loop costs microseconds,
+as for Postfix's own daemons). Tells
 systemd it is ready (``Type=notify``, :mod:`listgate.sdnotify`) once the
 socket is bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket
 cannot be bound (or a live server already holds it).
@@ -11,8 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import logging.handlers
-import queue
 import signal
 import sys
 
@@ -37,11 +39,7 @@ def cmd_policy(args) -> int:
         return 1
     site = watcher.current()
     lg_log.setup(site.conf.logging, program="listgate-policy", level=args.log_level)
-    listener = _log_through_queue()
-    try:
-        return asyncio.run(_serve(watcher, args.socket))
-    finally:
-        listener.stop()
+    return asyncio.run(_serve(watcher, args.socket))
 
 
 async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
@@ -65,16 +63,3 @@ async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
     log.info("policy server stopping")
     await server.close()
     return 0
-
-
-def _log_through_queue() -> logging.handlers.QueueListener:
-    """Move the ``listgate`` logger's handlers behind a queue drained by a thread."""
-    root = logging.getLogger("listgate")
-    handlers = list(root.handlers)
-    q: queue.SimpleQueue = queue.SimpleQueue()
-    for h in handlers:
-        root.removeHandler(h)
-    root.addHandler(logging.handlers.QueueHandler(q))
-    listener = logging.handlers.QueueListener(q, *handlers, respect_handler_level=True)
-    listener.start()
-    return listener

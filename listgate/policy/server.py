@@ -220,8 +220,7 @@ class _Connection(asyncio.Protocol):
     def _respond(self, requests: list[dict[str, str]]) -> None:
         """Answer ``requests`` in order with one write, then log the refusals.
 
-        Logging comes after the write so the client never waits for it (with
-        the CLI's queue handler, a log line wakes another thread).
+        Logging comes after the write so the client never waits for it.
         """
         site = self.server.get_site()
         refusals: list[tuple[str, dict[str, str]]] = []
