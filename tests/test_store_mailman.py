@@ -4,6 +4,7 @@ from __future__ import annotations
 import calendar
 import os
 import pickle
+import random
 import sys
 import types
 
@@ -121,7 +122,23 @@ def test_refuses_foreign_classes(payload):
 
 
 @pytest.mark.parametrize("payload", [b"", b"(dp1\n", pickle.dumps([1, 2], protocol=1),
-                                     pickle.dumps({"no": "members"}, protocol=1), os.urandom(64)])
+                                     pickle.dumps({"no": "members"}, protocol=1),
+                                     # protocol 5 BYTEARRAY8 claiming 16 GiB: refused, not allocated
+                                     b"\x80\x05\x96" + (1 << 34).to_bytes(8, "little") + b"x."])
 def test_refuses_garbage(payload):
     with pytest.raises(MailmanImportError):
         load_config(payload)
+
+
+def test_random_bytes_never_escape_as_other_errors(mailman):
+    rng = random.Random(2026)
+    real = mailman("config-with-instances.pck")
+    for _ in range(3000):
+        junk = bytes(rng.randrange(256) for _ in range(rng.randrange(1, 100)))
+        cut = rng.randrange(len(real))
+        mangled = real[:cut] + bytes([rng.randrange(256)]) + real[cut + 1:]   # one byte of a real file
+        for data in (junk, mangled):
+            try:
+                read_config(data)
+            except MailmanImportError:
+                pass

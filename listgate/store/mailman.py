@@ -22,6 +22,7 @@ from __future__ import annotations
 import calendar
 import io
 import pickle
+import pickletools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
@@ -76,7 +77,16 @@ _ALLOWED = {
 }
 
 
-class _RestrictedUnpickler(pickle.Unpickler):
+# Python 2 wrote protocols 0-2 only. Later opcodes (BYTEARRAY8, READONLY_BUFFER, FRAME, ...) are
+# refused: in a damaged or hostile file their length fields make the unpickler allocate gigabytes.
+_PROTOCOL_2_OPCODES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes if op.proto <= 2)
+
+
+class _RestrictedUnpickler(pickle._Unpickler):
+    """The pure-Python unpickler (its opcode table can be cut down) with only known classes."""
+
+    dispatch = {code: load for code, load in pickle._Unpickler.dispatch.items() if code in _PROTOCOL_2_OPCODES}
+
     def find_class(self, module: str, name: str) -> Any:
         try:
             return _ALLOWED[(module, name)]
@@ -132,8 +142,7 @@ def load_config(data: bytes) -> dict[str, Any]:
         raise MailmanImportError(f"list database is larger than {MAX_PICKLE_BYTES} bytes")
     try:
         result = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, KeyError, IndexError,
-            AttributeError, MemoryError, RecursionError) as exc:
+    except Exception as exc:  # noqa: BLE001 - junk input raises anything from OverflowError to KeyError
         raise MailmanImportError(f"not a readable Mailman 2.1 list database: {exc}") from None
     if not isinstance(result, dict) or not isinstance(result.get("members"), dict):
         raise MailmanImportError("not a Mailman 2.1 list database (no members table)")
