@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import (SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixInstance, SmtpSink, available, free_port,
+from harness import (SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixError, PostfixInstance, SmtpSink, available, free_port,
                      postfix_socket)
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
@@ -35,6 +35,11 @@ def pf(sink):
 
 def test_config_passes_postfix_check(pf):
     assert "warning" not in pf.check().lower()
+    pf.extra["smtpd_milterz"] = "typo"
+    with pytest.raises(PostfixError, match="unused parameter: smtpd_milterz"):
+        pf.check()
+    del pf.extra["smtpd_milterz"]
+    pf.check()
     assert pf.postconf("-h", "relayhost") == f"[127.0.0.1]:{pf.sink_port}"
     assert pf.postconf("-h", "recipient_delimiter") == "+"
     assert pf.postconf("-h", "relay_domains") == "lists.example.org"

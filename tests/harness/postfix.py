@@ -282,9 +282,17 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
             self.postconf("-e", *(f"{k}={v}" for k, v in params.items()))
 
     def check(self) -> str:
-        """``postfix -c DIR check``; returns its output, raises PostfixError on failure."""
+        """Write the configuration and run ``postfix -c DIR check``; returns its output.
+
+        Raises PostfixError when it fails or warns: ``postfix check`` exits 0
+        on warnings such as "unused parameter" (a typo), which INSTALL's
+        snippets must never produce.
+        """
         self.write_config()
-        return self._run([POSTFIX, "-c", str(self.config_dir), "check"])
+        out = self._run([POSTFIX, "-c", str(self.config_dir), "check"])
+        if re.search(r"\b(warning|fatal|error):", out):
+            raise PostfixError(f"postfix check is not clean:\n{out}")
+        return out
 
     # -- life cycle ----------------------------------------------------------
 
