@@ -146,7 +146,7 @@ def _options(smtp: smtplib.SMTP, msg: bytes, addresses: list[str], xverp: bool, 
     opts = []
     if xverp:
         opts.append("XVERP")
-    if smtp.has_extn("8bitmime") and any(b > 127 for b in msg):
+    if smtp.has_extn("8bitmime") and not msg.isascii():
         opts.append("BODY=8BITMIME")
     if smtp.has_extn("smtputf8") and (utf8 or any(not a.isascii() for a in addresses)):
         opts.append("SMTPUTF8")

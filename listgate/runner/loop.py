@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import logging
 import signal
+import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 from .. import addresses, messages
 from ..config import Site, Watcher
@@ -37,6 +39,10 @@ from . import commands, delivery, posts, tasks
 log = logging.getLogger("listgate.runner")
 
 SERVED = ("in", "bounces", "virgin", "out", "retry")
+# Delivery threads per runner, each with its own SMTP connection and its own qfile:
+# progress is fsync'd after every hand-over, so one connection alone waits on the disk
+# most of the time (bench/fanout.py).
+DELIVERY_WORKERS = 4
 
 
 class Runner:
@@ -53,6 +59,10 @@ class Runner:
         self.slice, self.slices = slice, slices
         self._engine = engine
         self.deliverer = delivery.Deliverer(self.site, engine)
+        self._local = threading.local()
+        self._deliverers = [self.deliverer]
+        self._deliverers_lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
         self.stopping = False
         mx = self.site.conf.runner.max_attempts
         self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
@@ -71,7 +81,24 @@ class Runner:
         return sum(b.recover(slice=self.slice, slices=self.slices) for b in self.boards.values())
 
     def close(self) -> None:
-        self.deliverer.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        for d in self._deliverers:
+            d.close()
+
+    def _thread_deliverer(self) -> delivery.Deliverer:
+        """The calling thread's Deliverer (one SMTP connection per delivery thread)."""
+        d = getattr(self._local, "deliverer", None)
+        if d is None:
+            d = delivery.Deliverer(self.site, self._engine)
+            with self._deliverers_lock:
+                self._deliverers.append(d)
+            self._local.deliverer = d
+        d.site = self.site
+        if self._engine is not None:
+            d._engine = self._engine
+        return d
 
     @property
     def engine(self):
@@ -133,6 +160,9 @@ class Runner:
             if name == "retry":
                 count += self._pass_retry(board)
                 continue
+            if name in ("out", "virgin"):
+                count += self._pass_parallel(board)
+                continue
             while not self.stopping:
                 self._refresh()
                 qf = board.dequeue(slice=self.slice, slices=self.slices)
@@ -142,6 +172,28 @@ class Runner:
                 if not self.process(board, qf):
                     self._sleep(self.site.conf.runner.poll_interval)
                     break
+        return count
+
+    def _pass_parallel(self, board) -> int:
+        """Deliver ``board``'s qfiles, up to DELIVERY_WORKERS at once."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(DELIVERY_WORKERS, thread_name_prefix="delivery")
+        count = 0
+        while not self.stopping:
+            self._refresh()
+            self.engine  # made once here, shared by the delivery threads
+            batch = []
+            for _ in range(DELIVERY_WORKERS):
+                qf = board.dequeue(slice=self.slice, slices=self.slices)
+                if qf is None:
+                    break
+                batch.append(qf)
+            if not batch:
+                break
+            count += len(batch)
+            if not all(self._pool.map(lambda qf: self.process(board, qf), batch)):
+                self._sleep(self.site.conf.runner.poll_interval)
+                break
         return count
 
     def run_retries(self) -> int:
@@ -172,7 +224,9 @@ class Runner:
         """Handle one qfile; False if it was put back because a store or queue is unavailable."""
         try:
             if board.name in ("out", "virgin", "retry"):
-                res = self.deliverer.deliver(board, qf, should_stop=lambda: self.stopping)
+                deliverer = (self._thread_deliverer() if threading.current_thread() is not threading.main_thread()
+                             else self.deliverer)
+                res = deliverer.deliver(board, qf, should_stop=lambda: self.stopping)
                 if res.disposition == "stopped":
                     board.release(qf)
             else:

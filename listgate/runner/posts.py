@@ -36,6 +36,8 @@ from . import mail, replies, texts
 log = logging.getLogger("listgate.runner.posts")
 
 LOOP_HEADER = "X-Listgate-Loop"
+# Deliveries per out qfile (see queue_post).
+FANOUT_CHUNK = 50
 # Fields this list sets; copies from elsewhere (another list) are removed first.
 _REPLACED = {"list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe", "list-archive",
              "list-owner", "precedence"}
@@ -174,16 +176,33 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
 
 
 def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | None = None) -> str | None:
-    """Decorate ``msg`` and put it in ``out`` for every enabled member; returns the qfile id (None: nobody)."""
+    """Decorate ``msg`` and put it in ``out`` for every enabled member; returns the first qfile id.
+
+    The deliveries are split into ``out`` qfiles of at most :data:`FANOUT_CHUNK`
+    (``part``/``parts`` in their metadata): the fan-out progress rewritten after
+    each hand-over stays small, and several delivery workers or runner slices
+    can share one big post. Returns None when the list has no enabled member.
+    """
     store = open_store(site, replies.address(lc))
     m = mail.headers(msg)
     meta = fanout_meta(site, lc, store, message_id=m.get("Message-ID"), origin=origin)
-    if not meta["deliveries"]:
+    deliveries = meta.pop("deliveries")
+    if not deliveries:
         log.info("post for a list without enabled members %s", kv(list=meta["list"]))
         return None
     arrival = (origin or {}).get("arrival")
-    return Switchboard.for_site(site, "out").enqueue(decorate(lc, msg), meta, qid=qid,
-                                                     arrival=arrival if isinstance(arrival, (int, float)) else None)
+    arrival = arrival if isinstance(arrival, (int, float)) else None
+    board = Switchboard.for_site(site, "out")
+    data = decorate(lc, msg)
+    parts = [deliveries[i:i + FANOUT_CHUNK] for i in range(0, len(deliveries), FANOUT_CHUNK)]
+    first = None
+    for n, part in enumerate(parts):
+        # The first part keeps the in-qfile's id (a replay after a crash rewrites it, not a
+        # copy); the window between the first and the last enqueue is not covered.
+        part_id = board.enqueue(data, {**meta, "deliveries": part, "part": n + 1, "parts": len(parts)},
+                                qid=qid if n == 0 else None, arrival=arrival)
+        first = first or part_id
+    return first
 
 
 def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
