@@ -197,3 +197,25 @@ def test_enhanced_status_and_backoff_helpers(env):
     base = env.site.conf.runner.retry_backoff
     assert [delivery.retry_delay(env.site, n) for n in (1, 2, 3)] == [base, 2 * base, 4 * base]
     assert delivery.retry_delay(env.site, 50) == base * 2 ** delivery.MAX_BACKOFF_DOUBLINGS
+
+
+def test_big_post_is_split_and_delivered_in_parallel_exactly_once(env):
+    from listgate.runner import posts
+    members = [f"m{i:03d}@one.test" for i in range(2 * posts.FANOUT_CHUNK + 7)]
+    with env.store.transaction():
+        for m in members:
+            env.store.add_member(m)
+    env.inject(message(members[0], "big"), sender=members[0])
+    from listgate.runner.loop import Runner
+    runner = Runner(env.site)
+    try:
+        in_board = runner.boards["in"]
+        qf = in_board.dequeue()
+        runner.process(in_board, qf)
+        parts = [env.queue("out").peek(q).meta for q in env.queue("out").ids()]
+        assert sorted(p["part"] for p in parts) == [1, 2, 3] and {p["parts"] for p in parts} == {3}
+        assert sum(len(p["deliveries"]) for p in parts) == len(members)
+        runner.run_once(with_tasks=False)
+    finally:
+        runner.close()
+    assert sorted(d.rcpt for d in env.sink.messages()) == members
