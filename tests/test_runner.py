@@ -3,7 +3,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import tempfile
 import time
 
 import pytest
@@ -220,8 +223,16 @@ def test_slices_share_the_queues(env):
 
 
 def test_serve_starts_children_and_stops_them_on_sigterm(env):
-    proc = env.spawn("serve")
+    sock_dir = tempfile.mkdtemp(prefix="lg-notify-")  # short path: AF_UNIX names are limited to 108 bytes
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(os.path.join(sock_dir, "notify"))
+    notify.settimeout(30)
+    proc = env.spawn("serve", NOTIFY_SOCKET=os.path.join(sock_dir, "notify"))
     try:
+        assert notify.recv(4096) == b"READY=1"  # once milter and policy sockets accept connections
+        assert env.site.conf.policy.socket.startswith("inet:")
+        port = int(env.site.conf.policy.socket.split(":")[1].split("@")[0])
+        socket.create_connection(("127.0.0.1", port), timeout=5).close()
         pids = wait_until(lambda: _children(proc.pid) if len(_children(proc.pid)) >= 3 else None, timeout=30)
         env.members("a@one.test")
         env.inject(message("a@one.test", "through serve"), sender="a@one.test")
@@ -229,6 +240,8 @@ def test_serve_starts_children_and_stops_them_on_sigterm(env):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(40) == 0
+        notify.close()
+        shutil.rmtree(sock_dir, ignore_errors=True)
     time.sleep(0.2)
     assert not [p for p in pids if os.path.exists(f"/proc/{p}") and _state(p) != "Z"]
 

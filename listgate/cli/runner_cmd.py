@@ -38,7 +38,7 @@ def _watcher(args) -> config.Watcher:
 
 def cmd_runner(args) -> int:
     from ..runner.loop import Runner
-    from ..runner.serve import sd_notify
+    from .. import sdnotify
     try:
         sl, n = parse_slice(args.slice)
     except ValueError as exc:
@@ -56,7 +56,7 @@ def cmd_runner(args) -> int:
         finally:
             runner.close()
         return 0
-    sd_notify("READY=1")
+    sdnotify.notify("READY=1")
     runner.run_forever()
     return 0
 

@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 
+from .. import sdnotify
 from ..config import parse_socket
 from ..log import kv
 
@@ -31,21 +32,6 @@ CHILDREN = ("milter", "policy", "runner")
 STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 15.0
 MAX_PAUSE = 60.0
-
-
-def sd_notify(state: str) -> None:
-    """sd_notify(3) without libsystemd: one datagram to ``$NOTIFY_SOCKET`` (no-op when unset)."""
-    path = os.environ.get("NOTIFY_SOCKET")
-    if not path:
-        return
-    if path.startswith("@"):
-        path = "\0" + path[1:]
-    try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-            s.connect(path)
-            s.sendall(state.encode("ascii"))
-    except OSError as exc:
-        log.warning("sd_notify failed: %s", exc)
 
 
 def _listening(site, spec: str) -> bool:
@@ -106,11 +92,11 @@ class Supervisor:
         for name in self.children:
             self.start(name)
         if self.wait_ready():
-            sd_notify("READY=1")
+            sdnotify.notify("READY=1")
             log.info("serving %s", kv(children=",".join(self.children)))
         else:
             log.warning("children not listening yet; telling systemd we are ready anyway")
-            sd_notify("READY=1")
+            sdnotify.notify("READY=1")
         while not self.stopping:
             now = time.monotonic()
             for name, proc in list(self.procs.items()):
@@ -129,7 +115,7 @@ class Supervisor:
         return self.shutdown()
 
     def shutdown(self) -> int:
-        sd_notify("STOPPING=1")
+        sdnotify.notify("STOPPING=1")
         for proc in self.procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
