@@ -219,3 +219,21 @@ def test_big_post_is_split_and_delivered_in_parallel_exactly_once(env):
     finally:
         runner.close()
     assert sorted(d.rcpt for d in env.sink.messages()) == members
+
+
+def test_sigterm_mid_fanout_finishes_the_transaction_and_resumes_later(env):
+    members = [f"m{i:02d}@one.test" for i in range(20)]
+    env.members(*members)
+    gate = _Gate(env.sink, after=5)
+    env.inject(message("m00@one.test", "stop test"), sender="m00@one.test")
+    proc = env.spawn("runner")
+    assert gate.holding.wait(30)
+    proc.send_signal(signal.SIGTERM)
+    gate.released.set()  # the transaction in hand completes, then the runner stops
+    assert proc.wait(20) == 0
+    delivered = len(env.sink.messages())
+    assert delivered < len(members)
+    [qid] = env.queue("out").ids()  # put back, not left in progress
+    assert len(env.queue("out").peek(qid).meta["done"]) == delivered
+    env.run()
+    assert {m: len(env.sink.messages_for(m)) for m in members} == {m: 1 for m in members}

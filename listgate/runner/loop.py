@@ -95,9 +95,7 @@ class Runner:
             with self._deliverers_lock:
                 self._deliverers.append(d)
             self._local.deliverer = d
-        d.site = self.site
-        if self._engine is not None:
-            d._engine = self._engine
+        d.site, d._engine = self.site, self._engine
         return d
 
     @property

@@ -163,6 +163,9 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
     """
     xverp = lc.verp_mode == "xverp"
     plain = replies.address(lc, "bounces")
+    if xverp and not lc.accept_unsigned_verp:
+        log.warning("verp_mode xverp without accept_unsigned_verp: bounces to the unsigned VERP "
+                    "addresses Postfix makes will be refused at RCPT %s", kv(list=plain))
     deliveries = [{"rcpt": m.address,
                    "sender": plain if xverp else verp.member_bounce_address(site, lc, m.address)}
                   for m in store.members("enabled")]
