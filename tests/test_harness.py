@@ -232,3 +232,17 @@ def test_a_refused_postfix_dsn_keeps_the_original_deferred(sink, recording_milte
         [queued] = pf.queue()
         assert queued["sender"] == verp and queued["queue_name"] in ("deferred", "active")
         assert "list mail not taken by listgate" not in pf.log_text()
+
+
+def test_local_submission_passes_the_milter_too(sink, recording_milter):
+    """sendmail(1) on the host: non_smtpd_milters (INSTALL 3.1) sends it through the milter."""
+    socket_spec, events, _mode = recording_milter
+    with PostfixInstance(sink_port=sink.port, milter=socket_spec) as pf:
+        pf.submit("root@mx.listgate.test", ["demo-request@lists.example.org", "bob@members.test"], MSG)
+        [got] = sink.wait_for_message("bob@members.test", timeout=30)
+        assert got.mail_from == "root@mx.listgate.test"
+        pf.wait_queue_empty(timeout=30)
+        eom = [e for e in events() if e["event"] == "eom"]
+        assert eom and sorted(eom[-1]["rcpts"]) == ["bob@members.test", "demo-request@lists.example.org"]
+        assert not sink.messages_for("demo-request@lists.example.org")
+        assert "list mail not taken by listgate" not in pf.log_text()

@@ -57,6 +57,7 @@ POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
 POSTQUEUE = shutil.which("postqueue") or "/usr/sbin/postqueue"
 POSTSUPER = shutil.which("postsuper") or "/usr/sbin/postsuper"
+SENDMAIL = "/usr/sbin/sendmail"
 
 
 class PostfixError(RuntimeError):
@@ -501,6 +502,21 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
                               timeout=timeout)
         client.ehlo()
         return client
+
+    def submit(self, mail_from: str, rcpts: str | list[str], msg: bytes | str) -> None:
+        """Submit locally with Postfix's ``sendmail -C DIR -i -f`` (postdrop,
+        pickup, cleanup): the non-SMTP path, which ``non_smtpd_milters`` covers.
+
+        Raises PostfixError when sendmail refuses (e.g. a non-SMTP milter reject).
+        """
+        if isinstance(rcpts, str):
+            rcpts = [rcpts]
+        if isinstance(msg, str):
+            msg = msg.encode("utf-8")
+        proc = subprocess.run([SENDMAIL, "-C", str(self.config_dir), "-i", "-f", mail_from, "--", *rcpts],
+                              input=msg, capture_output=True, timeout=60, check=False)
+        if proc.returncode != 0:
+            raise PostfixError(f"sendmail exited {proc.returncode}: {proc.stderr.decode(errors='replace')}")
 
     def send(self, mail_from: str, rcpts: str | list[str], msg: bytes | str, *,
              port: int | None = None, timeout: float = 30.0):
