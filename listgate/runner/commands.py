@@ -189,7 +189,11 @@ def handle_request(site, lc, qf) -> str:
 
 
 def _moderation_action(ctx: Context) -> tuple[str, str]:
-    """``(approve|reject|discard, reason)`` from a moderator's reply: the first command word."""
+    """``(approve|reject|discard, reason)`` from a moderator's reply.
+
+    The first line (outside quotes and signature) that starts with a keyword
+    decides; a reply with none approves (replying is how the notice says to approve).
+    """
     for cmd, args in parse_commands("", mail.command_text(ctx.qf.msg)):
         if cmd in ("approve", "approved", "ok", "yes", "accept"):
             return "approve", ""
@@ -197,7 +201,6 @@ def _moderation_action(ctx: Context) -> tuple[str, str]:
             return "reject", " ".join(args)
         if cmd in ("discard", "delete", "drop"):
             return "discard", ""
-        break
     return "approve", ""
 
 
