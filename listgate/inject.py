@@ -206,51 +206,79 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     return results
 
 
+@dataclass(eq=False)
+class _Request:
+    """A look (is ``key`` accepted?) or, with ``qfile``, a record for the writer thread."""
+
+    site: Site
+    list_key: str
+    key: str
+    ttl: float
+    sb: Switchboard | None = None
+    qfile: str | None = None
+    fresh: bool | None = None
+    error: Exception | None = None
+    done: bool = False
+
+
 class AcceptanceRecords:
-    """Writes the acceptance records (``ListStore.remember``) for this process.
+    """The milter's acceptance records (``ListStore.remember``): one writer thread.
 
     A record only serves to recognise a *retried* transaction, which comes
     after the client's timeout, long after the first attempt. So the milter
-    answers as soon as the qfile is durable and leaves the record to a writer
-    thread (:meth:`later`): that thread group-commits every record queued
-    meanwhile, per list in one transaction (one fsync for the lot), the way a
-    database's log writer batches commits. Until a record is written it is
-    *pending* here, and :meth:`pending` makes this process see it at once.
-    The cost: if the process dies in the few milliseconds between a qfile and
-    its record, a later retry of that message is stored twice (at-least-once,
-    never lost). ``listgate inject`` (one message per process) records
-    synchronously.
+    answers as soon as the qfile is durable and leaves the record to the
+    writer (:meth:`later`), which group-commits every record queued meanwhile,
+    per list in one transaction (one fsync for the lot), the way a database's
+    log writer batches commits. Until a record is written it is *pending*
+    here and this process sees it at once. The cost: if the process dies in
+    the few milliseconds between a qfile and its record, a later retry of that
+    message is stored twice (at-least-once, never lost).
 
-    Looks at the store are serialised per list on a thread lock: SQLite makes
-    a writer that finds its lock taken sleep and poll (1, 2, 5, 10 ... ms),
-    a thread lock hands over as soon as it is free.
+    Looks (:meth:`look`) go through the writer too, batched after the records
+    of the same round: the store has no read-only check (``remember`` takes
+    SQLite's write lock, and SQLite makes a writer that finds it taken sleep
+    and poll: 1, 2, 5, 10 ... ms), so one thread taking turns is faster than
+    many threads contending. ``listgate inject`` (one message per process)
+    looks and records synchronously instead.
     """
 
     def __init__(self):
         self._cond = threading.Condition()
-        self._queue: list[tuple] = []
+        self._records: list[_Request] = []
+        self._looks: list[_Request] = []
         self._pending: set[tuple[str, str]] = set()
         self._thread: threading.Thread | None = None
-        self._locks: dict[str, threading.Lock] = {}
 
-    def lock(self, list_key: str) -> threading.Lock:
-        with self._cond:
-            return self._locks.setdefault(list_key, threading.Lock())
+    def _wake(self) -> None:
+        # caller holds self._cond
+        if self._thread is None or not self._thread.is_alive():
+            self._thread = threading.Thread(target=self._run, name="listgate-records", daemon=True)
+            self._thread.start()
+        self._cond.notify_all()
 
-    def pending(self, list_key: str, key: str) -> bool:
+    def look(self, site: Site, list_key: str, key: str, ttl: float) -> bool:
+        """True if ``key`` is not accepted yet (pending here or in the list's store).
+
+        Raises what the store raises (StoreUnavailable, ...).
+        """
+        req = _Request(site, list_key, key, ttl)
         with self._cond:
-            return (list_key, key) in self._pending
+            if (list_key, key) in self._pending:
+                return False
+            self._looks.append(req)
+            self._wake()
+            self._cond.wait_for(lambda: req.done)
+        if req.error is not None:
+            raise req.error
+        return bool(req.fresh)
 
     def later(self, site: Site, sb: Switchboard, list_key: str, key: str, ttl: float, qfile: str) -> None:
         """Queue the record of ``qfile``; the writer takes the qfile back if a
         concurrent transaction of the same message was recorded first."""
         with self._cond:
             self._pending.add((list_key, key))
-            self._queue.append((site, sb, list_key, key, ttl, qfile))
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(target=self._run, name="listgate-records", daemon=True)
-                self._thread.start()
-            self._cond.notify_all()
+            self._records.append(_Request(site, list_key, key, ttl, sb, qfile))
+            self._wake()
 
     def flush(self, timeout: float | None = None) -> bool:
         """Wait until every queued record is written (or given up); False on timeout."""
@@ -260,30 +288,72 @@ class AcceptanceRecords:
     def _run(self) -> None:
         while True:
             with self._cond:
-                self._cond.wait_for(lambda: self._queue)
-                batch, self._queue = self._queue, []
-            by_list: dict[str, list[tuple]] = {}
-            for item in batch:
-                by_list.setdefault(item[2], []).append(item)
-            for list_key, items in by_list.items():
-                self._write(list_key, items)
-            with self._cond:
-                for item in batch:
-                    self._pending.discard((item[2], item[3]))
-                self._cond.notify_all()
+                self._cond.wait_for(lambda: self._records or self._looks)
+                records, self._records = self._records, []
+                looks, self._looks = self._looks, []
+            try:
+                for items in _by_list(records):
+                    self._record(items)
+                for items in _by_list(looks):
+                    self._look(items)
+            except BaseException as exc:  # a bug here must not leave a milter thread waiting forever
+                for r in looks:
+                    if r.fresh is None and r.error is None:
+                        r.error = exc
+                raise
+            finally:
+                with self._cond:
+                    for r in records:
+                        self._pending.discard((r.list_key, r.key))
+                    for r in looks:
+                        r.done = True
+                    self._cond.notify_all()
 
-    def _write(self, list_key: str, items: list[tuple]) -> None:
-        site = items[0][0]
-        taken_back: list[tuple] = []
+    @staticmethod
+    def _record(items: list[_Request]) -> None:
+        taken_back: list[_Request] = []
         try:
-            store = open_store(site, list_key)
-            with self.lock(list_key), store.transaction():
-                taken_back = [it for it in items if not store.remember(ACCEPTED_KIND, it[3], it[4])]
+            store = open_store(items[0].site, items[0].list_key)
+            with store.transaction():
+                taken_back = [r for r in items if not store.remember(ACCEPTED_KIND, r.key, r.ttl)]
         except Exception as exc:  # noqa: BLE001 - the messages are stored; only their records are missing
-            log.warning("stored without duplicate record %s", kv(list=list_key, count=len(items), error=exc))
+            log.warning("stored without duplicate record %s", kv(list=items[0].list_key, count=len(items), error=exc))
             return
-        for _, sb, _, _, _, qfile in taken_back:
-            take_back(sb, qfile)
+        for r in taken_back:
+            take_back(r.sb, r.qfile)
+
+    @staticmethod
+    def _look(items: list[_Request]) -> None:
+        try:
+            store = open_store(items[0].site, items[0].list_key)
+            for r, fresh in zip(items, _look_up(store, [(r.key, r.ttl) for r in items])):
+                r.fresh = fresh
+        except Exception as exc:  # noqa: BLE001 - handed to the waiting thread, which tempfails
+            for r in items:
+                r.error = exc
+
+
+def _by_list(requests: list[_Request]) -> list[list[_Request]]:
+    groups: dict[str, list[_Request]] = {}
+    for r in requests:
+        groups.setdefault(r.list_key, []).append(r)
+    return list(groups.values())
+
+
+class _Rollback(Exception):
+    """Leaves a store transaction without writing (a read under the write lock)."""
+
+
+def _look_up(store, keys: list[tuple[str, float]]) -> list[bool]:
+    """For each (key, ttl): True if not accepted yet. Writes nothing (rolled back)."""
+    fresh: list[bool] = []
+    try:
+        with store.transaction():
+            fresh = [store.remember(ACCEPTED_KIND, key, ttl) for key, ttl in keys]
+            raise _Rollback
+    except _Rollback:
+        pass
+    return fresh
 
 
 RECORDS = AcceptanceRecords()
@@ -295,10 +365,6 @@ def take_back(sb: Switchboard, qfile: str) -> None:
     if held is not None:
         sb.finish(held)
         log.info("duplicate taken back %s", kv(qfile=qfile))
-
-
-class _Rollback(Exception):
-    """Leaves a store transaction without writing (a read under the write lock)."""
 
 
 def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored,
@@ -320,17 +386,11 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
     window = site.conf.milter.duplicate_window
     key = f"{item.role}:{item.extension or ''}:{mkey}"
     try:
-        if RECORDS.pending(item.list_key, key):
-            item.outcome = "duplicate"
-            return
-        store = open_store(site, item.list_key)
-        lock = RECORDS.lock(item.list_key)
-        try:
-            with lock, store.transaction():
-                fresh = store.remember(ACCEPTED_KIND, key, window)
-                raise _Rollback
-        except _Rollback:
-            pass
+        if record_later:
+            fresh = RECORDS.look(site, item.list_key, key, window)
+        else:
+            store = open_store(site, item.list_key)
+            [fresh] = _look_up(store, [(key, window)])
         if not fresh:
             item.outcome = "duplicate"
             return
@@ -342,8 +402,7 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
         RECORDS.later(site, sb, item.list_key, key, window, item.qfile)
         return
     try:
-        with lock:
-            fresh = store.remember(ACCEPTED_KIND, key, window)
+        fresh = store.remember(ACCEPTED_KIND, key, window)
     except (StoreUnavailable, OSError) as exc:
         log.warning("stored without duplicate record %s", kv(list=item.list_key, qfile=item.qfile, error=exc))
         return
