@@ -70,9 +70,9 @@ def send(port: int, rcpt: str, messages: int, sessions: int) -> float:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=400)
+    ap.add_argument("--messages", type=int, default=500)
     ap.add_argument("--sessions", type=int, default=4)
-    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rounds", type=int, default=5)
     args = ap.parse_args()
     if not available() or not os.path.exists(SMTP_SOURCE):
         print("needs root, Postfix and smtp-source", file=sys.stderr)

@@ -255,3 +255,28 @@ def test_null_sender_and_8bit_recipient_junk(milter_site):
     assert t.eom_rc == Milter.ACCEPT
     [qf] = queued(milter_site)
     assert qf.meta["envelope_sender"] == ""
+
+
+def test_mta_without_leading_space_option(milter_site):
+    # an MTA that strips the space after the colon (no P_HDR_LEADSPC): the milter puts it back
+    from milter_helpers import NR_BITS
+    ctx = fresh_ctx(FULL_OFFER & ~NR_BITS & ~Milter.P_HDR_LEADSPC)
+    ctx._connect(ip="192.0.2.10")
+    ctx._envfrom("<alice@example.net>")
+    ctx._envrcpt("<demo-owner@lists.example.org>")
+    ctx._data()
+    ctx._priv.header_bytes("Subject", b"no leading space")
+    ctx._priv.header_bytes("Message-ID", b"<nls@example.net>")
+    ctx._priv.body(b"text\r\n")
+    assert ctx._eom() == Milter.DISCARD
+    assert queued(milter_site)[0].msg == (b"Subject: no leading space\r\nMessage-ID: <nls@example.net>\r\n"
+                                          b"\r\ntext\r\n")
+
+
+def test_daemon_mode_records_later(milter_site, monkeypatch):
+    monkeypatch.setattr(ListgateMilter, "record_later", True)
+    for _ in range(2):
+        assert transact(fresh_ctx(), "alice@example.net", [LIST], POST).eom_rc == Milter.DISCARD
+    assert inject.RECORDS.flush(timeout=10)
+    assert transact(fresh_ctx(), "alice@example.net", [LIST], POST).eom_rc == Milter.DISCARD
+    assert len(queued(milter_site)) == 1
