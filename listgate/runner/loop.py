@@ -29,7 +29,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import addresses, messages
+from .. import addresses, clock, messages
 from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
@@ -64,6 +64,8 @@ class Runner:
         self._deliverers_lock = threading.Lock()
         self._pool: ThreadPoolExecutor | None = None
         self.stopping = False
+        self._next_retry = 0.0             # earliest retry_at among the retry qfiles last seen
+        self._retry_seen: set[str] = set()
         mx = self.site.conf.runner.max_attempts
         self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
 
@@ -199,9 +201,14 @@ class Runner:
         return self._pass_retry(self.boards["retry"])
 
     def _pass_retry(self, board) -> int:
+        # Taking a qfile means a rename and a directory fsync: when nothing can be due
+        # (the earliest retry_at seen is still ahead and no new qfile arrived), skip.
+        ids = board.ids()
+        if not ids or (clock.now() < self._next_retry and set(ids) <= self._retry_seen):
+            return 0
         count, waiting = 0, []
         try:
-            for _ in range(len(board.ids())):
+            for _ in range(len(ids)):
                 if self.stopping:
                     break
                 qf = board.dequeue(slice=self.slice, slices=self.slices)
@@ -216,6 +223,8 @@ class Runner:
         finally:
             for qf in waiting:
                 board.release(qf)
+            self._retry_seen = {qf.id for qf in waiting}
+            self._next_retry = min((float(qf.meta.get("retry_at") or 0) for qf in waiting), default=0.0)
         return count
 
     def process(self, board, qf) -> bool:
