@@ -14,7 +14,7 @@ import pytest
 from harness import (SPAM_REFUSE, TEMPFAIL, UNKNOWN, PostfixError, PostfixInstance, SmtpSink, available, free_port,
                      postfix_socket)
 
-pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
+needs_postfix = pytest.mark.skipif(not available(), reason="needs Postfix and root")
 
 MSG = (b"From: Alice <alice@senders.test>\r\nTo: bob@members.test\r\n"
        b"Subject: harness check\r\nMessage-ID: <h1@senders.test>\r\n\r\nhello, Bob\r\n")
@@ -33,6 +33,7 @@ def pf(sink):
         yield instance
 
 
+@needs_postfix
 def test_config_passes_postfix_check(pf):
     assert "warning" not in pf.check().lower()
     pf.extra["smtpd_milterz"] = "typo"
@@ -48,6 +49,7 @@ def test_config_passes_postfix_check(pf):
     assert pf.postconf("-h", "internal_mail_filter_classes") == "bounce"
 
 
+@needs_postfix
 def test_mail_to_a_non_list_address_reaches_the_sink(pf, sink):
     assert pf.send("alice@senders.test", ["bob@members.test"], MSG) == {}
     [got] = sink.wait_for_message("bob@members.test", timeout=30)
@@ -57,6 +59,7 @@ def test_mail_to_a_non_list_address_reaches_the_sink(pf, sink):
     pf.wait_queue_empty(timeout=30)
 
 
+@needs_postfix
 def test_unknown_member_address_gives_a_dsn_to_the_sender(pf, sink):
     since = pf.log_offset()
     assert pf.send("carol@senders.test", ["gone@members.test"], MSG) == {}
@@ -72,6 +75,7 @@ def test_unknown_member_address_gives_a_dsn_to_the_sender(pf, sink):
     pf.wait_log(r"to=<gone@members.test>.*status=bounced", since=since, timeout=10)
 
 
+@needs_postfix
 def test_spam_refusal_and_tempfail_behaviours(pf, sink):
     spam = MSG.replace(b"Subject:", b"X-Spam-Flag: YES\r\nSubject:")
     assert pf.send("dave@senders.test", ["picky@members.test"], MSG) == {}
@@ -90,6 +94,7 @@ def test_spam_refusal_and_tempfail_behaviours(pf, sink):
     pf.wait_queue_empty(timeout=30)
 
 
+@needs_postfix
 def test_list_domain_is_accepted_and_not_delivered_elsewhere(pf, sink):
     """Without listgate the list domain's leftovers are discarded by the INSTALL transport."""
     since = pf.log_offset()
@@ -99,12 +104,14 @@ def test_list_domain_is_accepted_and_not_delivered_elsewhere(pf, sink):
     assert sink.messages_for("demo@lists.example.org") == []
 
 
+@needs_postfix
 def test_reinjection_listener_relays_for_loopback(pf, sink):
     assert pf.send("demo-bounces+x@lists.example.org", ["bob@members.test"], MSG, port=pf.reinject_port) == {}
     [got] = sink.wait_for_message("bob@members.test", timeout=30)
     assert got.mail_from == "demo-bounces+x@lists.example.org"
 
 
+@needs_postfix
 def test_refused_recipient_is_reported_by_send(sink):
     """A milter/policy-less instance refusing at RCPT: send() returns the exception."""
     with PostfixInstance(sink_port=sink.port, extra={"smtpd_relay_restrictions": "reject"}) as pf:
@@ -114,6 +121,7 @@ def test_refused_recipient_is_reported_by_send(sink):
         assert code == 554
 
 
+@needs_postfix
 def test_two_instances_run_side_by_side_and_stop_cleanly(sink):
     with PostfixInstance(sink_port=sink.port) as a, PostfixInstance(sink_port=sink.port) as b:
         assert a.smtpd_port != b.smtpd_port
@@ -183,6 +191,7 @@ def recording_milter(tmp_path):
             proc.wait(10)
 
 
+@needs_postfix
 def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, recording_milter):
     """What INSTALL's non_smtpd_milters + internal_mail_filter_classes lines are for:
     a member's server refuses re-injected list mail, Postfix's DSN to the list's
@@ -215,6 +224,7 @@ def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, record
         assert not [e for e in events() if e["event"] == "from" and e["sender"] == verp]
 
 
+@needs_postfix
 def test_a_refused_postfix_dsn_keeps_the_original_deferred(sink, recording_milter):
     """The hazard INSTALL warns about: a milter that refuses (5xx) Postfix's own
     DSN leaves the original deferred with "bounce failed", retried at every
@@ -234,6 +244,7 @@ def test_a_refused_postfix_dsn_keeps_the_original_deferred(sink, recording_milte
         assert "list mail not taken by listgate" not in pf.log_text()
 
 
+@needs_postfix
 def test_local_submission_passes_the_milter_too(sink, recording_milter):
     """sendmail(1) on the host: non_smtpd_milters (INSTALL 3.1) sends it through the milter."""
     socket_spec, events, _mode = recording_milter
@@ -246,3 +257,47 @@ def test_local_submission_passes_the_milter_too(sink, recording_milter):
         assert eom and sorted(eom[-1]["rcpts"]) == ["bob@members.test", "demo-request@lists.example.org"]
         assert not sink.messages_for("demo-request@lists.example.org")
         assert "list mail not taken by listgate" not in pf.log_text()
+
+
+# -- the sink on its own (no Postfix needed) -----------------------------------------
+
+
+def _talk(sink: SmtpSink, mail_from: str, rcpts: list[str], msg: bytes):
+    with smtplib.SMTP("127.0.0.1", sink.port, timeout=10) as client:
+        client.ehlo("tester.test")
+        try:
+            return client.sendmail(mail_from, rcpts, msg)
+        except smtplib.SMTPException as exc:
+            return exc
+
+
+def test_sink_rcpt_behaviours_and_custom_replies():
+    with SmtpSink({"gone@m.test": UNKNOWN, "later@m.test": TEMPFAIL,
+                   "full@m.test": "452 4.2.2 Mailbox full"}) as sink:
+        refused = _talk(sink, "a@s.test", ["gone@m.test", "later@m.test", "full@m.test", "ok@m.test"], MSG)
+        assert refused["gone@m.test"][0] == 550 and b"5.1.1" in refused["gone@m.test"][1]
+        assert refused["later@m.test"][0] == 451 and refused["full@m.test"] == (452, b"4.2.2 Mailbox full")
+        assert [d.rcpt for d in sink.messages()] == ["ok@m.test"]
+        assert {r.rcpt for r in sink.refusals} == {"gone@m.test", "later@m.test", "full@m.test"}
+
+
+def test_sink_spam_refusal_covers_the_whole_transaction_and_keeps_8bit_bytes():
+    body8 = "Grüße, ☃\r\n".encode("utf-8")
+    ham = b"Subject: ham\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n" + body8
+    spam = b"X-Spam-Flag: YES\r\n" + ham
+    with SmtpSink({"picky@m.test": SPAM_REFUSE}) as sink:
+        assert _talk(sink, "a@s.test", ["picky@m.test", "ok@m.test"], ham) == {}
+        err = _talk(sink, "b@s.test", ["picky@m.test", "ok@m.test"], spam)
+        assert isinstance(err, smtplib.SMTPDataError) and err.smtp_code == 550 and b"5.7.1" in err.smtp_error
+        assert [d.mail_from for d in sink.messages_for("ok@m.test")] == ["a@s.test"]
+        assert sink.messages_for("picky@m.test")[0].data.endswith(body8)
+        assert [(r.stage, r.rcpt) for r in sink.refusals] == [("data", "picky@m.test"), ("data", "ok@m.test")]
+
+
+def test_sink_null_sender_and_wait_for_timeout():
+    with SmtpSink() as sink:
+        assert _talk(sink, "", ["x@m.test"], MSG) == {}
+        [d] = sink.wait_for_message("x@m.test", timeout=5)
+        assert d.mail_from == ""
+        with pytest.raises(TimeoutError, match="x@m.test"):
+            sink.wait_for_message("nobody@m.test", timeout=0.2)
