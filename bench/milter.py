@@ -35,7 +35,6 @@ sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))
 
 import argparse  # noqa: E402
-import grp  # noqa: E402
 import shutil  # noqa: E402
 import statistics  # noqa: E402
 import subprocess  # noqa: E402
@@ -44,7 +43,7 @@ import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 from harness import PostfixInstance, available  # noqa: E402
-from milter_helpers import Daemon  # noqa: E402
+from milter_helpers import Daemon, postfix_socket_dir  # noqa: E402
 
 from listgate import config, instance  # noqa: E402
 from listgate.queue import Switchboard  # noqa: E402
@@ -88,11 +87,7 @@ def main() -> int:
         "default_process_limit": "100",
     })
     try:
-        sockdir = pf.workdir / "listgate"
-        sockdir.mkdir()
-        os.chown(sockdir, 0, grp.getgrnam("postfix").gr_gid)
-        os.chmod(sockdir, 0o2750)
-        sock = sockdir / "milter.sock"
+        sock = postfix_socket_dir(pf.workdir) / "milter.sock"
         site = config.load(instance.init(str(tmp / "inst"), domain=DOMAIN, milter_socket=f"unix:{sock}",
                                          policy_socket="inet:9@127.0.0.1", reinject_port=9))
         open_store(site, f"demo@{DOMAIN}").add_member(SENDER)

@@ -130,6 +130,20 @@ def transact(ctx: TestCtx, sender: str, rcpts: list[str], msg: bytes, *, qid: st
 
 # -- the daemon over a real socket -----------------------------------------------
 
+def postfix_socket_dir(parent: Path) -> Path:
+    """``parent/listgate``: set-group-ID and group ``postfix``, as INSTALL lays it out.
+
+    A socket created inside inherits the group, so with ``socket_mode: 0660``
+    Postfix's processes connect and nobody else can.
+    """
+    import grp
+    d = parent / "listgate"
+    d.mkdir()
+    os.chown(d, 0, grp.getgrnam("postfix").gr_gid)
+    os.chmod(d, 0o2750)
+    return d
+
+
 def short_dir() -> str:
     """A short directory for unix sockets (sun_path holds ~107 bytes; tmp_path can be longer)."""
     return tempfile.mkdtemp(prefix="lgm", dir="/tmp")

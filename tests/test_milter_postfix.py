@@ -22,7 +22,7 @@ from listgate.store import open_store
 
 from conftest import make_site
 from harness import UNKNOWN, PostfixInstance, SmtpSink, available
-from milter_helpers import Daemon
+from milter_helpers import Daemon, postfix_socket_dir
 
 pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
 
@@ -42,11 +42,7 @@ def stack(sink, tmp_path):
     """(Postfix, listgate Site, milter Daemon): Postfix talks to the milter over its unix socket."""
     pf = PostfixInstance(sink_port=sink.port, list_domain="lists.example.org")
     try:
-        sockdir = pf.workdir / "listgate"
-        sockdir.mkdir()
-        os.chown(sockdir, 0, grp.getgrnam("postfix").gr_gid)
-        os.chmod(sockdir, 0o2750)
-        sock = sockdir / "milter.sock"
+        sock = postfix_socket_dir(pf.workdir) / "milter.sock"
         site = make_site(tmp_path / "inst", milter_socket=f"unix:{sock}")
         pf.milter = f"unix:{sock}"
         with Daemon(site.path, str(sock), tmp_path / "milter.log") as daemon:
