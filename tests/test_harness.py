@@ -191,6 +191,19 @@ def recording_milter(tmp_path):
             proc.wait(10)
 
 
+VERP = "demo-bounces+gone=members.test@lists.example.org"
+
+
+def _post_to_dead_member(pf: PostfixInstance, mode_file: Path, mode: str) -> int:
+    """Set the recording milter's end-of-message answer, then hand Postfix a list
+    post (VERP sender) for the sink's dead address, as the runner does; returns
+    the mail log offset before it."""
+    mode_file.write_text(mode)
+    since = pf.log_offset()
+    assert pf.send(VERP, "gone@members.test", MSG, port=pf.reinject_port) == {}
+    return since
+
+
 @needs_postfix
 def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, recording_milter):
     """What INSTALL's non_smtpd_milters + internal_mail_filter_classes lines are for:
@@ -198,11 +211,9 @@ def test_postfix_own_dsns_for_list_bounce_addresses_pass_the_milter(sink, record
     VERP address goes through the milter; if the milter tempfails, the original
     stays deferred ("bounce failed") and the DSN is made again later, not lost."""
     socket_spec, events, mode_file = recording_milter
-    verp = "demo-bounces+gone=members.test@lists.example.org"
+    verp = VERP
     with PostfixInstance(sink_port=sink.port, milter=socket_spec) as pf:
-        mode_file.write_text("tempfail")
-        since = pf.log_offset()
-        assert pf.send(verp, "gone@members.test", MSG, port=pf.reinject_port) == {}
+        since = _post_to_dead_member(pf, mode_file, "tempfail")
         pf.wait_log(r"status=deferred \(bounce failed\)", since=since, timeout=30)
         assert pf.queue_ids(), "the refused post stays queued while its DSN cannot be handed over"
         tempfailed = [e for e in events() if e["event"] == "eom"]
@@ -230,11 +241,9 @@ def test_a_refused_postfix_dsn_keeps_the_original_deferred(sink, recording_milte
     DSN leaves the original deferred with "bounce failed", retried at every
     queue run; nothing reaches the list domain's discard transport."""
     socket_spec, events, mode_file = recording_milter
-    verp = "demo-bounces+gone=members.test@lists.example.org"
+    verp = VERP
     with PostfixInstance(sink_port=sink.port, milter=socket_spec) as pf:
-        mode_file.write_text("reject")
-        since = pf.log_offset()
-        assert pf.send(verp, "gone@members.test", MSG, port=pf.reinject_port) == {}
+        since = _post_to_dead_member(pf, mode_file, "reject")
         pf.wait_log(r"milter-reject: END-OF-MESSAGE from localhost\[127\.0\.0\.1\]: 5\.1\.1", since=since)
         pf.wait_log(r"status=deferred \(bounce failed\)", since=since)
         pf.flush()
