@@ -20,6 +20,7 @@ import pytest
 
 from listgate.queue import QueueError, Switchboard
 
+from milter_helpers import remount, tmpfs  # the one tmpfs helper of the test suite
 from queue_helpers import make_message, queue_files
 
 HELPER = str(Path(__file__).resolve().parent / "queue_helpers.py")
@@ -152,20 +153,9 @@ def test_sigkilled_consumer_loses_nothing(tmp_path):
 
 @pytest.fixture
 def small_fs(tmp_path):
-    """A 64 KiB tmpfs mounted on tmp_path/mnt (root + mount permission needed)."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if os.geteuid() != 0:
-        pytest.skip("mounting a small tmpfs needs root")
-    r = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(mnt)],
-                       capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-    try:
+    """A 64 KiB tmpfs on tmp_path/mnt (skipped where mounting is not allowed)."""
+    with tmpfs(tmp_path / "mnt", "64k") as mnt:
         yield mnt
-    finally:
-        if subprocess.run(["umount", str(mnt)], capture_output=True, timeout=30).returncode != 0:
-            subprocess.run(["umount", "-l", str(mnt)], capture_output=True, timeout=30)
 
 
 def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
@@ -204,9 +194,7 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
 
 def test_read_only_disk_enqueue_raises_queue_error(small_fs):
     sb = Switchboard(str(small_fs / "queue"), "in")
-    r = subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], capture_output=True, text=True, timeout=30)
-    if r.returncode != 0:
-        pytest.skip(f"cannot remount read-only: {r.stderr.strip()}")
+    remount(small_fs, "ro")
     with pytest.raises(QueueError) as info:
         sb.enqueue(b"Subject: x\r\n\r\nbody\r\n", {})
     assert info.value.errno == errno.EROFS
