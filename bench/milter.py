@@ -72,6 +72,7 @@ def main() -> int:
     ap.add_argument("--messages", type=int, default=500)
     ap.add_argument("--sessions", type=int, default=4)
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--verbose", action="store_true", help="print every round's rates")
     args = ap.parse_args()
     if not available() or not os.path.exists(SMTP_SOURCE):
         print("needs root, Postfix and smtp-source", file=sys.stderr)
@@ -104,6 +105,8 @@ def main() -> int:
                     without.append(send(pf.reinject_port, rcpt, args.messages, args.sessions))
                     pf.wait_queue_empty(timeout=120)
                     with_m.append(send(pf.smtpd_port, rcpt, args.messages, args.sessions))
+                    if args.verbose:
+                        print(f"  {name}: without {without[-1]:.1f}/s, with {with_m[-1]:.1f}/s", flush=True)
                 a, b = statistics.median(with_m), statistics.median(without)
                 rows.append((name, b, a, a / b, target))
             stored = len(Switchboard.for_site(site, "in").ids())

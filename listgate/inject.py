@@ -234,7 +234,7 @@ class AcceptanceRecords:
     the few milliseconds between a qfile and its record, a later retry of that
     message is stored twice (at-least-once, never lost).
 
-    Looks (:meth:`look`) go through the writer too, batched after the records
+    Looks (:meth:`look`) go through the writer too, batched, before the records
     of the same round: the store has no read-only check (``remember`` takes
     SQLite's write lock, and SQLite makes a writer that finds it taken sleep
     and poll: 1, 2, 5, 10 ... ms), so one thread taking turns is faster than
@@ -292,10 +292,17 @@ class AcceptanceRecords:
                 records, self._records = self._records, []
                 looks, self._looks = self._looks, []
             try:
-                for items in _by_list(records):
-                    self._record(items)
+                # looks first: a milter thread waits on each, records wait for nobody. A
+                # look racing a record of the same key queued after it is the concurrent
+                # case that _record settles by taking the later qfile back.
                 for items in _by_list(looks):
                     self._look(items)
+                with self._cond:
+                    for r in looks:
+                        r.done = True
+                    self._cond.notify_all()
+                for items in _by_list(records):
+                    self._record(items)
             except BaseException as exc:  # a bug here must not leave a milter thread waiting forever
                 for r in looks:
                     if r.fresh is None and r.error is None:
