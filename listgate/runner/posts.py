@@ -36,7 +36,9 @@ from . import mail, replies, texts
 log = logging.getLogger("listgate.runner.posts")
 
 LOOP_HEADER = "X-Listgate-Loop"
-# Deliveries per out qfile (see queue_post).
+# A post to at most FANOUT_SINGLE members is one out qfile; a bigger one is split into
+# parts of FANOUT_CHUNK deliveries (see queue_post).
+FANOUT_SINGLE = 200
 FANOUT_CHUNK = 50
 # Fields this list sets; copies from elsewhere (another list) are removed first.
 _REPLACED = {"list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe", "list-archive",
@@ -181,10 +183,11 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
 def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | None = None) -> str | None:
     """Decorate ``msg`` and put it in ``out`` for every enabled member; returns the first qfile id.
 
-    The deliveries are split into ``out`` qfiles of at most :data:`FANOUT_CHUNK`
-    (``part``/``parts`` in their metadata): the fan-out progress rewritten after
-    each hand-over stays small, and several delivery workers or runner slices
-    can share one big post. Returns None when the list has no enabled member.
+    Up to :data:`FANOUT_SINGLE` deliveries make one ``out`` qfile; more are split
+    into qfiles of :data:`FANOUT_CHUNK` (``part``/``parts`` in their metadata):
+    the qfile metadata rewritten (fsync'd) after each hand-over stays small, and
+    the runner's delivery threads (or several runner slices) share a big post.
+    Returns None when the list has no enabled member.
     """
     store = open_store(site, replies.address(lc))
     m = mail.headers(msg)
@@ -197,7 +200,8 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     arrival = arrival if isinstance(arrival, (int, float)) else None
     board = Switchboard.for_site(site, "out")
     data = decorate(lc, msg)
-    parts = [deliveries[i:i + FANOUT_CHUNK] for i in range(0, len(deliveries), FANOUT_CHUNK)]
+    size = len(deliveries) if len(deliveries) <= FANOUT_SINGLE else FANOUT_CHUNK
+    parts = [deliveries[i:i + size] for i in range(0, len(deliveries), size)]
     first = None
     for n, part in enumerate(parts):
         # The first part keeps the in-qfile's id (a replay after a crash rewrites it, not a
