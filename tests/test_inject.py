@@ -208,6 +208,10 @@ def test_cli_non_member_reject_exits_77(site):
     path.write_text(path.read_text().replace("non_member_action: hold", "non_member_action: reject"))
     p = run_inject(site, MSG, "-r", LIST, "-f", "stranger@example.net")
     assert p.returncode == 77 and "5.7.1" in p.stderr.decode()
+    # the null sender is nobody's: no member may be impersonated by leaving it out
+    assert run_inject(site, MSG, "-r", LIST, "-f", "").returncode == 77
+    assert run_inject(site, MSG, "-r", LIST, "-f", "<>").returncode == 77
+    assert queued(site) == []
 
 
 def test_cli_full_disk_exits_75_and_retry_succeeds(site):

@@ -35,8 +35,8 @@ def register(sub) -> None:
     p = sub.add_parser("inject", help="store one message from stdin for list recipients (Exim hand-off)")
     p.add_argument("--recipient", "-r", action="append", required=True, metavar="ADDR",
                    help="envelope recipient (repeat for several)")
-    p.add_argument("--sender", "-f", default="", metavar="ADDR",
-                   help="envelope sender (default: the null sender <>)")
+    p.add_argument("--sender", "-f", default=None, metavar="ADDR",
+                   help="envelope sender ('' or '<>' for the null sender; omitted: unknown)")
     p.add_argument("--client-address", metavar="IP", help="SMTP client address, e.g. Exim's $sender_host_address")
     p.add_argument("--queue-id", metavar="ID", help="the MTA's queue id, e.g. Exim's $message_exim_id")
     p.set_defaults(func=cmd_inject)
@@ -49,7 +49,8 @@ def _say(message: str) -> None:
 def cmd_inject(args) -> int:
     site = load_site(args)
     log.setup(site.conf.logging, program="listgate-inject")
-    sender = bare(args.sender)
+    # None (not given) is an unknown sender; "" the null sender of a DSN (RFC 5321 section 4.5.5)
+    sender = bare(args.sender) if args.sender is not None else None
     try:
         msg = strip_envelope_line(sys.stdin.buffer.read())
         check_message(msg)
@@ -58,7 +59,7 @@ def cmd_inject(args) -> int:
         return EX_DATAERR
     routed = []
     for rcpt in args.recipient:
-        d = decide_rcpt(site, rcpt, sender=sender or None, client_address=args.client_address)
+        d = decide_rcpt(site, rcpt, sender=sender, client_address=args.client_address)
         if d.action in ("accept", "discard"):
             routed.append(Routed(rcpt, d))
         elif d.action == "tempfail":
@@ -71,7 +72,8 @@ def cmd_inject(args) -> int:
             _say(f"{rcpt}: {d.code or ''} {d.dsn or ''} {d.text or 'refused'}".replace("  ", " "))
             return EX_NOPERM
     try:
-        store_message(site, msg, sender, routed, mta_queue_id=args.queue_id, client_address=args.client_address)
+        store_message(site, msg, sender or "", routed, mta_queue_id=args.queue_id,
+                      client_address=args.client_address)
     except NotStored as exc:
         _say(f"not stored, try again later: {exc}")
         return EX_TEMPFAIL
