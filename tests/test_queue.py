@@ -273,6 +273,36 @@ def test_finished_files_are_recycled_byte_exactly_and_never_dequeued(qroot):
     assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
 
 
+def test_one_switchboard_shared_by_threads(qroot):
+    """A runner's delivery threads enqueue, update and finish through one instance."""
+    from concurrent.futures import ThreadPoolExecutor
+    sb = Switchboard(qroot, "out")
+    for i in range(100):  # fill the recycling pool so the threads compete for its files
+        sb.enqueue(b"warm %d" % i, {})
+    while (qf := sb.dequeue()) is not None:
+        sb.finish(qf)
+
+    def work(i: int) -> bytes:
+        msg = b"Subject: %d\r\n\r\n" % i + bytes([i % 256]) * (i * 37)
+        sb.enqueue(msg, {"i": i})
+        return msg
+
+    with ThreadPoolExecutor(8) as pool:
+        sent = dict(enumerate(pool.map(work, range(200))))
+        held = []
+        while (qf := sb.dequeue()) is not None:
+            held.append(qf)
+
+        def progress_and_finish(qf):
+            sb.update(qf, {**qf.meta, "done": [0]})
+            sb.finish(qf)
+            return qf.meta["i"], qf.msg
+
+        got = dict(pool.map(progress_and_finish, held))
+    assert got == sent
+    assert queue_files(sb.dir) == []
+
+
 def test_recover_counts_attempts_then_moves_to_bad(qroot):
     msg = b"Subject: poison\r\n\r\n\xff"
     qid = Switchboard(qroot, "in").enqueue(msg, {"list": "demo@example.org"})
@@ -325,8 +355,8 @@ def test_recover_removes_temp_files_of_dead_writers_only(qroot):
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True)
     dead_pid = int(dead.stdout)
-    stale = os.path.join(sb.dir, f".0000000000000000001-1-000000-00000000.{dead_pid}.tmp")
-    live = os.path.join(sb.dir, f".0000000000000000002-1-000000-00000000.{os.getpid()}.tmp")
+    stale = os.path.join(sb.dir, f".0000000000000000001-1-000000-00000000.{dead_pid}.7.tmp")
+    live = os.path.join(sb.dir, f".0000000000000000002-1-000000-00000000.{os.getpid()}.8.tmp")
     for p in (stale, live):
         with open(p, "wb") as fh:
             fh.write(b"listgate-qfile 1\n{")  # half written

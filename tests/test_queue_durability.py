@@ -7,7 +7,6 @@ killed with SIGKILL at random moments; the full disk is a real 64 KiB tmpfs
 from __future__ import annotations
 
 import errno
-import os
 import random
 import signal
 import subprocess
@@ -71,7 +70,7 @@ def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path
     qroot = str(tmp_path / "queue")
     sb = Switchboard(qroot, "in")
     rng = random.Random(2)
-    reported: dict[str, int] = {}   # id -> (seed, n) the writer said it stored
+    reported: dict[str, tuple[int, int]] = {}   # id -> (seed, n) the writer said it stored
     seen: dict[str, bytes] = {}
     seeds: dict[str, int] = {}
     kills_mid_write = 0

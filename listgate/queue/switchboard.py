@@ -4,7 +4,7 @@ Files in ``QUEUE_DIR/NAME/``:
 
 * ``ID.qf``    a stored qfile, ready for a runner;
 * ``ID.held``  dequeued, in progress (Mailman's ``.bak``);
-* ``.ID.PID.tmp`` a qfile being written; never matched by dequeue, removed by
+* ``.ID.PID.N.tmp`` a qfile being written; never matched by dequeue, removed by
   ``recover`` once the writing process is gone;
 * ``.recycle/`` finished qfiles kept for reuse (at most 64, each under 1 MiB).
   Freeing a file's blocks is what costs most when a queue turns over (it can
@@ -35,6 +35,7 @@ import math
 import os
 import re
 import secrets
+import threading
 from dataclasses import dataclass, field
 
 from .. import clock
@@ -108,7 +109,8 @@ class Switchboard:
     ``max_attempts`` (site ``runner.max_attempts``) caps how many times a qfile
     left in progress by a crash is put back before it goes to ``bad``.
     Raises ValueError for an unknown queue name and QueueError if the directory
-    cannot be created.
+    cannot be created. One instance may be shared by threads (a runner's
+    delivery workers finish, update and move their qfiles concurrently).
     """
 
     def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3):
@@ -126,11 +128,16 @@ class Switchboard:
         self._batch: list[str] = []
         self._batch_key: tuple[int, int] | None = None
         self._seen_mtime: int | None = None
+        self._lock = threading.Lock()  # guards the scan state above
         self._pool = _Recycler(os.path.join(self.dir, POOL))
         try:
-            os.makedirs(self._pool.dir, mode=0o700, exist_ok=True)
+            os.makedirs(self.dir, exist_ok=True)
         except OSError as exc:
             raise QueueError(exc.errno, f"cannot create queue directory {self.dir}: {exc.strerror}") from None
+        try:
+            os.mkdir(self._pool.dir, 0o700)
+        except OSError:
+            pass  # exists, or a read-only queue: recycling is an optimisation only
 
     @classmethod
     def for_site(cls, site, name: str) -> "Switchboard":
@@ -165,12 +172,18 @@ class Switchboard:
         meta.setdefault("attempts", 0)
         qid = qid or new_id(arrival)
         data = qfile.dumps(meta, msg)
-        self._write(os.path.join(self.dir, qid + READY), data, qid)
+        self._write(os.path.join(self.dir, qid + READY), data, qid, new=True)
         return qid
 
-    def _write(self, final: str, data: bytes, qid: str) -> None:
-        """temp name, write, fsync, rename onto ``final``, fsync the directory."""
-        tmp = os.path.join(self.dir, f".{qid}.{os.getpid()}{TMP}")
+    def _write(self, final: str, data: bytes, qid: str, *, new: bool) -> None:
+        """temp name, write, fsync, rename onto ``final``, fsync the directory.
+
+        ``new``: ``final`` is a new name whose directory entry may be withdrawn when
+        the directory fsync fails (never an existing held file: that is the message).
+        """
+        # pid lets recover() tell a dead writer's file from a live one; the counter
+        # keeps two threads of one process apart
+        tmp = os.path.join(self.dir, f".{qid}.{os.getpid()}.{next(_counter)}{TMP}")
         step = "write"
         try:
             fd = self._pool.claim(tmp)
@@ -190,7 +203,7 @@ class Switchboard:
             self._sync_dir()
         except OSError as exc:
             _unlink_quietly(tmp)
-            if step == "directory fsync":
+            if new and step == "directory fsync":
                 # the new name may not survive a crash: withdraw it so the caller's
                 # retry (SMTP 4xx) does not leave a second copy behind
                 _unlink_quietly(final)
@@ -236,7 +249,11 @@ class Switchboard:
         never raises for bad content.
         """
         _check_slice(slice, slices)
-        key = (slice, slices)
+        with self._lock:
+            return self._dequeue((slice, slices))
+
+    def _dequeue(self, key: tuple[int, int]) -> QFile | None:
+        slice, slices = key
         if self._batch_key != key:
             self._batch, self._batch_key = [], key
         while True:
@@ -338,7 +355,7 @@ class Switchboard:
         for k in ("arrival", "attempts"):
             if k in qf.meta:
                 meta.setdefault(k, qf.meta[k])
-        self._write(qf.path, qfile.dumps(meta, qf.msg), qf.id)
+        self._write(qf.path, qfile.dumps(meta, qf.msg), qf.id, new=False)
         self._changed_by_us()
         qf.meta = meta
 
@@ -405,7 +422,7 @@ class Switchboard:
                 self.move(qf, "bad", meta=meta,
                           reason=f"left in progress {attempts} times (crashed or killed while processing)")
             else:
-                self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid)
+                self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
                 _unlink_quietly(path)
                 log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
         self._batch = []
@@ -420,7 +437,7 @@ class Switchboard:
             if not (name.startswith(".") and name.endswith(TMP)):
                 continue
             try:
-                pid = int(name[:-len(TMP)].rsplit(".", 1)[1])
+                pid = int(name[:-len(TMP)].split(".")[-2])
             except (IndexError, ValueError):
                 continue
             if pid != os.getpid() and not _alive(pid):
@@ -453,16 +470,23 @@ class _Recycler:
         self.dir = directory
         self._free: list[str] = []
         self._count: int | None = None
+        self._lock = threading.Lock()
+
+    def _next(self) -> str | None:
+        with self._lock:
+            if not self._free:
+                try:
+                    self._free = os.listdir(self.dir)
+                except OSError:
+                    return None
+            return self._free.pop() if self._free else None
 
     def claim(self, tmp: str) -> int | None:
         """Rename a pool file to ``tmp`` and open it for writing; None if the pool is empty."""
-        if not self._free:
-            try:
-                self._free = os.listdir(self.dir)
-            except OSError:
+        for _ in range(POOL_MAX_FILES):
+            name = self._next()
+            if name is None:
                 return None
-        while self._free:
-            name = self._free.pop()
             try:
                 os.rename(os.path.join(self.dir, name), tmp)
             except FileNotFoundError:
