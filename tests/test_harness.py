@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import smtplib
 import socket
 import subprocess
@@ -310,3 +311,11 @@ def test_sink_null_sender_and_wait_for_timeout():
         assert d.mail_from == ""
         with pytest.raises(TimeoutError, match="x@m.test"):
             sink.wait_for_message("nobody@m.test", timeout=0.2)
+
+
+def test_workdir_postfix_cannot_reach_is_refused_early(tmp_path):
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    os.chmod(closed, 0o700)            # like pytest's own /tmp/pytest-of-root
+    with pytest.raises(PostfixError, match=f"{closed} is not searchable by the postfix user"):
+        PostfixInstance(workdir=closed / "pf")

@@ -107,6 +107,17 @@ def render_snippet(path: Path, values: dict[str, str]) -> str:
     return text
 
 
+def _check_searchable(path: Path) -> None:
+    """Postfix daemons run as ``postfix`` and chdir into the queue directory:
+    every directory above it must be searchable by others. Fail early and
+    clearly instead of a master that dies with "Permission denied"."""
+    for parent in [path, *path.parents]:
+        if not os.stat(parent).st_mode & 0o001:
+            raise PostfixError(f"{parent} is not searchable by the postfix user (mode "
+                               f"{os.stat(parent).st_mode & 0o777:04o}); pytest's tmp_path is like that: "
+                               "use the default workdir (under /tmp) or chmod o+x")
+
+
 def _zombie(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat", "rb") as fh:
@@ -175,6 +186,7 @@ class PostfixInstance:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
+        _check_searchable(self.workdir)
         self.config_dir = self.workdir / "etc"
         self.queue_dir = self.workdir / "spool"
         self.data_dir = self.workdir / "data"
