@@ -32,8 +32,10 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
             # at start-up: files left in progress go back with attempts+1; at max_attempts → bad with reason
 
 Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
-``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``; the file format is in
-``listgate.queue.qfile``.
+``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``; one instance may be
+shared by threads. The file format is in ``listgate.queue.qfile``, the directory
+layout (``ID.qf``, ``ID.held``, temporary files, ``.recycle/``) in
+``listgate.queue.switchboard``.
 """
 from .qfile import FORMAT_VERSION, QFileFormatError
 from .switchboard import QUEUES, QFile, QueueError, Switchboard, slice_of

@@ -10,7 +10,9 @@ Files in ``QUEUE_DIR/NAME/``:
   Freeing a file's blocks is what costs most when a queue turns over (it can
   cost more than the fsync, e.g. on ext4 mounted with ``discard``), so
   ``finish`` renames the file here and ``enqueue`` claims one by renaming it to
-  its temporary name and overwrites it in place. Pool files are never read.
+  its temporary name and overwrites it in place (truncated to the new length).
+  Pool files are never read; like freed blocks, they hold old mail until
+  overwritten, so queue directories stay private to listgate.
 
 ``ID`` is ``<arrival ns, 19 digits>-<pid>-<counter>-<random>``: names sort by
 arrival time (the original one, kept when a qfile moves between queues), and
