@@ -14,9 +14,10 @@ and those decisions and
   and scores it inline and queues its follow-up work;
 * recognises a retried SMTP transaction of a message already accepted (same
   list and role, same Message-ID, within ``milter.duplicate_window``) and does
-  not queue it twice. The record of acceptance (``ListStore.remember``) and
-  the qfile are written so that a failure leaves neither behind (see
-  :func:`_queue` for the order).
+  not queue it twice. The qfile is written before the record of acceptance
+  (``ListStore.remember``), so a failure never leaves a record without its
+  qfile (see :func:`_queue`); the milter leaves the records to a writer
+  thread that group-commits them (:class:`AcceptanceRecords`).
 
 Only when every part has been stored may the caller say yes (SMTP 250, exit
 0). :class:`NotStored` means nothing more can be stored now: answer 451 4.3.0
@@ -43,12 +44,10 @@ from .store import StoreUnavailable, open_store
 
 log = logging.getLogger("listgate.inject")
 
-# Roles whose mail is queued for the runner; "bounces" is handled inline.
-QUEUED_ROLES = ("post", "request", "join", "leave", "confirm", "owner")
 # ListStore.remember() kind for "this (role, message) was accepted".
 ACCEPTED_KIND = "accepted"
-# A header field line: RFC 5322 section 2.2 field name (printable US-ASCII
-# except colon), or a continuation line, or an mbox "From " separator line.
+# The start of a header field: RFC 5322 section 2.2 field name (printable
+# US-ASCII except colon), then the colon.
 _FIELD_RE = re.compile(rb"^[!-9;-~]+[ \t]*:")
 
 
@@ -197,11 +196,11 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
                 "list": address.list_key, "role": address.role, "extension": address.extension,
                 "envelope_sender": sender, "recipients": rcpts, "mta_queue_id": mta_queue_id,
                 "client_address": client_address, "client_name": client_name,
-                "arrival": arrival, "message_id": mkey,
+                "arrival": arrival, "message_key": mkey,
             }
             _queue(site, sb, msg, meta, mkey, item, record_later)
         log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
-                                           queue_id=mta_queue_id, message_id=mkey, detail=item.detail or None))
+                                           queue_id=mta_queue_id, message_key=mkey, detail=item.detail or None))
         results.append(item)
     return results
 

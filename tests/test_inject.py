@@ -65,7 +65,7 @@ def test_one_qfile_per_list_role_with_metadata(site):
     assert post.meta["list"] == LIST and post.meta["role"] == "post" and post.meta["extension"] is None
     assert post.meta["envelope_sender"] == "alice@example.net"
     assert post.meta["mta_queue_id"] == "QID1" and post.meta["client_address"] == "192.0.2.1"
-    assert post.meta["client_name"] == "c.example" and post.meta["message_id"] == "<i1@example.net>"
+    assert post.meta["client_name"] == "c.example" and post.meta["message_key"] == "<i1@example.net>"
     assert post.meta["arrival"] == owner.meta["arrival"]
 
 
