@@ -10,6 +10,7 @@ from __future__ import annotations
 import grp
 import os
 import re
+import time
 import smtplib
 from pathlib import Path
 
@@ -131,3 +132,24 @@ def test_corpus_bounce_changes_score_as_classify_predicts(stack, corpus):
     assert open_store(site, LIST).get_member(member).bounce_score == pytest.approx(expected)
     assert expected == lc.bounce_weights.hard
     assert queued(site) == []
+
+
+def test_postfix_own_dsn_reaches_the_milter(stack, sink):
+    """A member's server refuses list mail at delivery: Postfix's bounce daemon
+    sends the DSN to the VERP address through cleanup, and ``non_smtpd_milters``
+    hands it to the milter, which scores the member."""
+    pf, site, _ = stack
+    lc = site.lists[LIST]
+    member = "gone@members.test"                     # the sink answers 550 5.1.1
+    open_store(site, LIST).add_member(member)
+    sender = verp.member_bounce_address(site, lc, member)
+    assert pf.send(sender, [member], MSG, port=pf.reinject_port) == {}
+    deadline = time.monotonic() + 60
+    while open_store(site, LIST).get_member(member).bounce_score == 0:
+        assert time.monotonic() < deadline, pf.log_tail()
+        time.sleep(0.2)
+    assert open_store(site, LIST).get_member(member).bounce_score == lc.bounce_weights.hard
+    [event] = open_store(site, LIST).events(member)
+    assert event.attribution == "verp" and event.status == "5.1.1"
+    pf.wait_queue_empty(timeout=30)
+    assert not sink.messages_for(sender)             # the DSN went to listgate, not onwards
