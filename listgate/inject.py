@@ -144,6 +144,30 @@ def message_key(msg: bytes) -> str:
     return "sha256:" + digest.hexdigest()
 
 
+def _dup_key(role: str, extension: str | None, mkey: str) -> str:
+    return f"{role}:{extension or ''}:{mkey}"
+
+
+def look_ahead(site: Site, routed: Sequence[Routed], message_id: bytes) -> dict:
+    """Start the milter's duplicate looks as soon as the Message-ID field arrives.
+
+    The MTA keeps sending the body meanwhile (header and body callbacks need
+    no reply), so the look costs the end of message nothing. ``message_id``
+    is the field's raw value. Returns ``prelooks`` for :func:`store_message`;
+    a look whose key turns out not to match the message's is simply not used.
+    """
+    mkey = " ".join(message_id.decode("ascii", "surrogateescape").split())
+    out: dict = {}
+    if not mkey:
+        return out
+    window = site.conf.milter.duplicate_window
+    for action, address, _ in _groups(routed):
+        if action == "accept" and address.role != "bounces":
+            key = _dup_key(address.role, address.extension, mkey)
+            out[(address.list_key, key)] = RECORDS.start(site, address.list_key, key, window)
+    return out
+
+
 def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
     """(action, address, rcpts) per distinct (action, list, role, extension), in first-seen order."""
     out: dict[tuple, tuple[str, object, list[str]]] = {}
@@ -166,14 +190,14 @@ def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
 def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
                   mta_queue_id: str | None = None, client_address: str | None = None,
                   client_name: str | None = None, switchboard: Switchboard | None = None,
-                  record_later: bool = False) -> list[Stored]:
+                  record_later: bool = False, prelooks: dict | None = None) -> list[Stored]:
     """Store ``msg`` (raw bytes, byte-exact) for every routed list recipient.
 
     ``sender`` is the envelope sender without angle brackets (``""`` for the
     null sender of a DSN, RFC 5321 section 4.5.5). Returns one :class:`Stored`
     per (list, role, extension), qfiles first. ``record_later``: leave the
     acceptance records to :data:`RECORDS`'s writer thread (the milter; see
-    :class:`AcceptanceRecords`). Raises :class:`NotStored` (retry)
+    :class:`AcceptanceRecords`); ``prelooks``: looks started by :func:`look_ahead`. Raises :class:`NotStored` (retry)
     when the store or queue cannot be written; parts stored before the failure
     stay stored and are recognised as duplicates on the retry.
     """
@@ -198,7 +222,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
                 "client_address": client_address, "client_name": client_name,
                 "arrival": arrival, "message_key": mkey,
             }
-            _queue(site, sb, msg, meta, mkey, item, record_later)
+            _queue(site, sb, msg, meta, mkey, item, record_later, prelooks or {})
         log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
                                            queue_id=mta_queue_id, message_key=mkey, detail=item.detail or None))
         results.append(item)
@@ -255,21 +279,31 @@ class AcceptanceRecords:
             self._thread.start()
         self._cond.notify_all()
 
+    def start(self, site: Site, list_key: str, key: str, ttl: float) -> _Request:
+        """Start a look (see :meth:`look`) and return at once; :meth:`result` waits for it."""
+        req = _Request(site, list_key, key, ttl)
+        with self._cond:
+            if (list_key, key) in self._pending:
+                req.fresh, req.done = False, True
+                return req
+            self._looks.append(req)
+            self._wake()
+        return req
+
+    def result(self, req: _Request) -> bool:
+        """Wait for a look started with :meth:`start`. Raises what the store raised."""
+        with self._cond:
+            self._cond.wait_for(lambda: req.done)
+        if req.error is not None:
+            raise req.error
+        return bool(req.fresh)
+
     def look(self, site: Site, list_key: str, key: str, ttl: float) -> bool:
         """True if ``key`` is not accepted yet (pending here or in the list's store).
 
         Raises what the store raises (StoreUnavailable, ...).
         """
-        req = _Request(site, list_key, key, ttl)
-        with self._cond:
-            if (list_key, key) in self._pending:
-                return False
-            self._looks.append(req)
-            self._wake()
-            self._cond.wait_for(lambda: req.done)
-        if req.error is not None:
-            raise req.error
-        return bool(req.fresh)
+        return self.result(self.start(site, list_key, key, ttl))
 
     def later(self, site: Site, sb: Switchboard, list_key: str, key: str, ttl: float, qfile: str) -> None:
         """Queue the record of ``qfile``; the writer takes the qfile back if a
@@ -374,7 +408,7 @@ def take_back(sb: Switchboard, qfile: str) -> None:
 
 
 def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item: Stored,
-           record_later: bool) -> None:
+           record_later: bool, prelooks: dict) -> None:
     """One qfile in ``in`` plus the acceptance record.
 
     The store is not locked while the qfile is written and fsync'd (that would
@@ -390,9 +424,11 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
        retry of it would not be recognised).
     """
     window = site.conf.milter.duplicate_window
-    key = f"{item.role}:{item.extension or ''}:{mkey}"
+    key = _dup_key(item.role, item.extension, mkey)
     try:
-        if record_later:
+        if (item.list_key, key) in prelooks:
+            fresh = RECORDS.result(prelooks[(item.list_key, key)])
+        elif record_later:
             fresh = RECORDS.look(site, item.list_key, key, window)
         else:
             store = open_store(site, item.list_key)

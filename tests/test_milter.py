@@ -13,6 +13,7 @@ import pytest
 from listgate import clock, config, inject
 from listgate.milter.app import ListgateMilter, SiteSource
 from listgate.queue import Switchboard
+from listgate.routing import decide_rcpt
 from listgate.store import open_store
 
 from conftest import make_site
@@ -280,3 +281,18 @@ def test_daemon_mode_records_later(milter_site, monkeypatch):
     assert inject.RECORDS.flush(timeout=10)
     assert transact(fresh_ctx(), "alice@example.net", [LIST], POST).eom_rc == Milter.DISCARD
     assert len(queued(milter_site)) == 1
+
+
+@pytest.mark.parametrize("raw", [b" <m1@example.net>", b"\n\t<m1@example.net>", b"  <m1@example.net>  "])
+def test_look_ahead_key_matches_end_of_message(milter_site, raw):
+    """The look started at the Message-ID field is the one end of message uses."""
+    msg = b"Subject: x\r\nMessage-ID:" + raw.replace(b"\n", b"\r\n") + b"\r\n\r\nbody\r\n"
+    routed = [inject.Routed(f"<{LIST}>", decide_rcpt(milter_site, LIST))]
+    prelooks = inject.look_ahead(milter_site, routed, raw)
+    assert list(prelooks) == [(LIST, f"post::{inject.message_key(msg)}")]
+    out = inject.store_message(milter_site, msg, "a@example.net", routed, record_later=True, prelooks=prelooks)
+    assert out[0].outcome == "queued"
+    again = inject.look_ahead(milter_site, routed, raw)       # now pending or recorded: a duplicate
+    assert inject.store_message(milter_site, msg, "a@example.net", routed, record_later=True,
+                                prelooks=again)[0].outcome == "duplicate"
+    assert inject.RECORDS.flush(timeout=10)
