@@ -221,6 +221,21 @@ def test_full_database_is_store_unavailable_and_loses_nothing(store):
     assert len(store.members()) == 2
 
 
+def test_read_only_database_is_store_unavailable(store):
+    store.add_member("a@example.com")
+    conn = store._conn()
+    conn.execute("PRAGMA query_only = 1")   # SQLITE_READONLY on every write, as on a read-only mount
+    try:
+        with pytest.raises(StoreUnavailable, match="readonly"):
+            store.add_event(BounceEvent(at=T0, address="a@example.com", bounce_class="hard"))
+        with pytest.raises(StoreUnavailable):
+            store.remember("k", "v", 1)
+        assert store.get_member("a@example.com") is not None        # reads still work
+    finally:
+        conn.execute("PRAGMA query_only = 0")
+    assert store.events() == []
+
+
 def test_unopenable_database_is_store_unavailable(tmp_path):
     (tmp_path / "dir.db").mkdir()
     with pytest.raises(StoreUnavailable):
