@@ -273,6 +273,19 @@ def test_finished_files_are_recycled_byte_exactly_and_never_dequeued(qroot):
     assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
 
 
+def test_a_pool_file_still_linked_to_a_qfile_is_never_overwritten(qroot):
+    """After a crash on a file system that lost a rename, a pool entry could share its
+    inode with a stored qfile; enqueue must not write through it."""
+    sb = Switchboard(qroot, "in")
+    qid = sb.enqueue(b"stored", {})
+    for name in os.listdir(os.path.join(sb.dir, ".recycle")):
+        os.unlink(os.path.join(sb.dir, ".recycle", name))
+    os.link(os.path.join(sb.dir, qid + ".qf"), os.path.join(sb.dir, ".recycle", "ghost"))
+    other = sb.enqueue(b"new", {})
+    assert sb.peek(qid).msg == b"stored" and sb.peek(other).msg == b"new"
+    assert os.listdir(os.path.join(sb.dir, ".recycle")) == []
+
+
 def test_one_switchboard_shared_by_threads(qroot):
     """A runner's delivery threads enqueue, update and finish through one instance."""
     from concurrent.futures import ThreadPoolExecutor

@@ -498,10 +498,16 @@ class _Recycler:
             if self._count:
                 self._count -= 1
             try:
-                return os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+                fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
             except OSError:
                 _unlink_quietly(tmp)
                 return None
+            if os.fstat(fd).st_nlink == 1:
+                return fd
+            # still linked elsewhere (a file system that lost a rename in a crash):
+            # overwriting it could damage a stored qfile, so drop this name only
+            os.close(fd)
+            _unlink_quietly(tmp)
         return None
 
     def put(self, path: str, qid: str) -> bool:
