@@ -11,6 +11,7 @@ import pytest
 from listgate.queue import Switchboard
 
 from conftest import make_site
+from milter_helpers import remount, tmpfs
 
 MSG = b"From: a@example.org\r\nSubject: caf\xe9\r\n\r\nbody\r\n"
 
@@ -108,3 +109,16 @@ def test_unshunt_moves_back_to_original_queue_and_discard(inst):
     assert shunt.ids() == [] and ids[0] not in sb_in.ids()
     assert run(site, "unshunt").stdout.decode() == "shunt is empty\n"
     assert b"no qfile nope waiting in shunt" in run(site, "unshunt", "nope", check=1).stderr
+
+
+def test_unshunt_on_a_read_only_queue_exits_75_and_keeps_the_qfile(tmp_path):
+    with tmpfs(tmp_path / "mnt", "4m") as mnt:
+        site = make_site(mnt / "inst")
+        sb = Switchboard.for_site(site, "in")
+        qid = sb.enqueue(MSG, {"list": "demo@lists.example.org"})
+        sb.move(sb.dequeue(), "shunt", reason="boom")
+        remount(mnt, "ro")
+        r = run(site, "unshunt", check=75)
+        assert b"cannot take qfile" in r.stderr and b"Read-only file system" in r.stderr
+        assert Switchboard.for_site(site, "shunt").ids() == [qid]
+        assert run(site, "ls", "shunt", "--json", check=0).returncode == 0  # reading still works

@@ -139,30 +139,41 @@ def cmd_unshunt(args) -> int:
     done = []
     status = 0
     for qid in args.ids or shunt.ids():
-        qf = shunt.take(qid)
-        if qf is None:
+        try:
+            to = _unshunt_one(shunt, qid, args.discard)
+        except QueueError as exc:
+            print(f"listgate: {exc.strerror}", file=sys.stderr)
+            status = EX_TEMPFAIL
+            break
+        if to is False:
             print(f"listgate: no qfile {qid} waiting in shunt", file=sys.stderr)
             status = 1
             continue
-        if args.discard:
-            shunt.finish(qf)
-            done.append({"id": qid, "to": None})
-            continue
-        back = qf.meta.get("from_queue")
-        to = back if back in QUEUES and back not in RESTING else "in"
-        meta = {k: v for k, v in qf.meta.items() if k != "reason"}
-        try:
-            shunt.move(qf, to, meta=meta)
-        except QueueError as exc:
-            shunt.release(qf)
-            print(f"listgate: {exc.strerror}", file=sys.stderr)
-            return EX_TEMPFAIL
         done.append({"id": qid, "to": to})
     if args.json:
         print_json(done)
     else:
         for d in done:
             print(f"{d['id']} -> {d['to'] or 'discarded'}")
-        if not done and not args.ids:
+        if not done and not args.ids and status == 0:
             print("shunt is empty")
     return status
+
+
+def _unshunt_one(shunt: Switchboard, qid: str, discard: bool):
+    """Send shunted ``qid`` back where it came from (or delete it): the queue, None
+    when discarded, False when it is not in shunt. Raises QueueError."""
+    qf = shunt.take(qid)
+    if qf is None:
+        return False
+    if discard:
+        shunt.finish(qf)
+        return None
+    back = qf.meta.get("from_queue")
+    to = back if back in QUEUES and back not in RESTING else "in"
+    try:
+        shunt.move(qf, to, meta={k: v for k, v in qf.meta.items() if k != "reason"})
+    except QueueError:
+        shunt.release(qf)
+        raise
+    return to

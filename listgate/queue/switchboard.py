@@ -245,6 +245,8 @@ class Switchboard:
     def dequeue(self, *, slice: int = 0, slices: int = 1) -> QFile | None:
         """Hold and return the oldest qfile of hash slice ``slice`` of ``slices``, or None.
 
+        Raises QueueError when the queue cannot be changed (read-only file system).
+
         The qfile is renamed to ``ID.held`` so no other runner takes it. A qfile
         that cannot be read or parsed goes to ``bad`` (its bytes kept as the
         message, the reason in the metadata) and the next one is tried; this
@@ -288,6 +290,8 @@ class Switchboard:
             os.rename(os.path.join(self.dir, qid + READY), held)
         except FileNotFoundError:
             return None
+        except OSError as exc:  # read-only or failing file system: the runner waits and retries
+            raise QueueError(exc.errno or errno.EIO, f"cannot take qfile {qid} in {self.dir}: {exc.strerror}") from None
         self._changed_by_us()
         return self._load(qid, held)
 
@@ -389,12 +393,16 @@ class Switchboard:
         return qf.id
 
     def release(self, qf: QFile) -> None:
-        """Put ``qf`` back unprocessed (same id, attempts unchanged)."""
+        """Put ``qf`` back unprocessed (same id, attempts unchanged); QueueError if impossible
+        (it then stays held and ``recover`` puts it back at the next start)."""
         try:
             os.rename(qf.path, os.path.join(self.dir, qf.id + READY))
             self._sync_dir()
         except FileNotFoundError:
             pass
+        except OSError as exc:
+            raise QueueError(exc.errno or errno.EIO, f"cannot put back qfile {qf.id} in {self.dir}: "
+                             f"{exc.strerror}") from None
 
     # -- start-up ------------------------------------------------------------------
 
