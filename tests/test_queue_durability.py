@@ -191,10 +191,15 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
     assert queue_files(sb.dir) == []
 
 
-def test_read_only_disk_enqueue_raises_queue_error(small_fs):
+def test_read_only_disk_raises_queue_error_and_keeps_what_is_stored(small_fs):
     sb = Switchboard(str(small_fs / "queue"), "in")
+    stored = sb.enqueue(b"Subject: before\r\n\r\n", {})
     remount(small_fs, "ro")
     with pytest.raises(QueueError) as info:
         sb.enqueue(b"Subject: x\r\n\r\nbody\r\n", {})
     assert info.value.errno == errno.EROFS
-    assert queue_files(sb.dir) == []
+    with pytest.raises(QueueError) as info:
+        sb.dequeue()  # a runner gets a QueueError to wait on, not a crash
+    assert info.value.errno == errno.EROFS
+    assert queue_files(sb.dir) == [stored + ".qf"]
+    assert Switchboard(str(small_fs / "queue"), "in").peek(stored).msg == b"Subject: before\r\n\r\n"
