@@ -188,3 +188,24 @@ def test_inet_socket_and_sigterm(tmp_path):
         c.quit()
     finally:
         assert d.stop(graceful=True) == 0
+
+
+def test_systemd_readiness_after_the_socket_is_bound(unix_site, sockdir, tmp_path):
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(sockdir / "notify"))
+    notify.settimeout(20)
+    try:
+        d = Daemon(unix_site.path, str(sockdir / "milter.sock"), tmp_path / "m.log",
+                   env={"NOTIFY_SOCKET": str(sockdir / "notify")})
+        d.start()
+        try:
+            ready = notify.recv(4096).decode()
+            assert "READY=1" in ready.split("\n")
+            assert f"MAINPID={d.proc.pid}" in ready
+            # READY was sent after bind: the socket answers
+            Client(d.connect()).quit()
+        finally:
+            d.stop(graceful=True)
+        assert "STOPPING=1" in notify.recv(4096).decode()
+    finally:
+        notify.close()

@@ -6,6 +6,9 @@ libmilter owns the process's signals (SIGHUP, SIGTERM and SIGINT stop
 ``milter.socket`` needs a restart; everything else takes effect with the next
 SMTP transaction.
 
+systemd ``Type=notify``: READY=1 once the socket is bound, STOPPING=1 when
+``main()`` returns (:mod:`listgate.sdnotify`).
+
 Unix socket: created under umask 0177 (nobody can connect before the mode
 is set), then given ``milter.socket_mode`` (default 0660: the MTA's user
 connects through the group, nobody else may write). A socket left behind by
@@ -23,6 +26,7 @@ import stat
 import Milter
 import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
+from .. import sdnotify
 from ..config import Watcher, parse_socket
 from ..inject import RECORDS
 from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
@@ -141,9 +145,11 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     else:
         libmilter.opensocket(False)
     log.info("milter listening on %s (%d lists)", conn, len(site.lists))
+    sdnotify.ready(f"milter on {conn}")
     try:
         libmilter.main()
     finally:
+        sdnotify.stopping()
         if not RECORDS.flush(timeout=10):
             log.warning("milter stopped with acceptance records unwritten")
     log.info("milter stopped")
