@@ -51,6 +51,8 @@ def cmd_inject(args) -> int:
     log.setup(site.conf.logging, program="listgate-inject")
     # None (not given) is an unknown sender; "" the null sender of a DSN (RFC 5321 section 4.5.5)
     sender = bare(args.sender) if args.sender is not None else None
+    # Exim passes empty values for what it does not know (local submission)
+    client, queue_id = args.client_address or None, args.queue_id or None
     try:
         msg = strip_envelope_line(sys.stdin.buffer.read())
         check_message(msg)
@@ -59,7 +61,7 @@ def cmd_inject(args) -> int:
         return EX_DATAERR
     routed = []
     for rcpt in args.recipient:
-        d = decide_rcpt(site, rcpt, sender=sender, client_address=args.client_address)
+        d = decide_rcpt(site, rcpt, sender=sender, client_address=client)
         if d.action in ("accept", "discard"):
             routed.append(Routed(rcpt, d))
         elif d.action == "tempfail":
@@ -72,8 +74,7 @@ def cmd_inject(args) -> int:
             _say(f"{rcpt}: {d.code or ''} {d.dsn or ''} {d.text or 'refused'}".replace("  ", " "))
             return EX_NOPERM
     try:
-        store_message(site, msg, sender or "", routed, mta_queue_id=args.queue_id,
-                      client_address=args.client_address)
+        store_message(site, msg, sender or "", routed, mta_queue_id=queue_id, client_address=client)
     except NotStored as exc:
         _say(f"not stored, try again later: {exc}")
         return EX_TEMPFAIL
