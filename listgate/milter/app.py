@@ -125,8 +125,8 @@ class ListgateMilter(Milter.Base):
             self.setreply(str(d.code or "550"), d.dsn or None, _reply_text(d.text))
             return Milter.REJECT
         # tempfail (the store is unavailable), or an action this version does not know
-        code, dsn = ("451", "4.3.0") if d.action == "tempfail" else TEMPFAIL_REPLY[:2]
-        self.setreply(str(d.code or code), d.dsn or dsn, _reply_text(d.text or TEMPFAIL_REPLY[2]))
+        self.setreply(str(d.code or TEMPFAIL_REPLY[0]), d.dsn or TEMPFAIL_REPLY[1],
+                      _reply_text(d.text or TEMPFAIL_REPLY[2]))
         return Milter.TEMPFAIL
 
     def data(self):
