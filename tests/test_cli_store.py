@@ -141,7 +141,10 @@ def test_pending_commands(cli, site):
     assert status == 0 and "new@example.com" in out and store.peek_pending(sub.token) is not None
     status, out, _ = cli("pending", "confirm", "demo", sub.token, "--json")
     assert status == 0 and json.loads(out)["payload"] == {"address": "new@example.com"}
+    assert store.get_member("new@example.com") is not None      # the subscription took effect
     assert cli("pending", "confirm", "demo", sub.token)[0] == 1
+    status, _, err = cli("pending", "confirm", "demo", probe.token)
+    assert status == 1 and "probe" in err and store.peek_pending(probe.token) is not None
     status, out, _ = cli("pending", "discard", "demo", probe.token)
     assert status == 0 and f"discarded {probe.token}" in out and store.pending() == []
 

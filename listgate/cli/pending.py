@@ -1,8 +1,10 @@
 """``listgate pending list|show|confirm|discard LIST ...``: a list's pending records.
 
-``confirm`` removes the record and prints it; performing the action it
-stands for (subscription, re-enable, ...) is the runner's and bounce engine's
-job and is not done here yet. ``discard`` removes a record without acting.
+``confirm`` carries the record out as if its confirmation had come by mail
+(subscription, unsubscription, change of address, re-enable, approval of a
+held message), through the same code the runner uses
+(:func:`listgate.runner.commands.complete`). ``discard`` removes a record
+without acting.
 """
 from __future__ import annotations
 
@@ -10,7 +12,7 @@ import dataclasses
 import json
 
 from ..store import PENDING_TYPES, PendingRecord, UnknownToken
-from .common import fail, print_json
+from .common import fail, get_list, load_site, print_json
 from .members import add_action, open_list_store, when
 
 
@@ -20,7 +22,7 @@ def register(sub) -> None:
     add_action(actions, "list", cmd_list, "unexpired pending records, oldest first").add_argument(
         "--type", choices=PENDING_TYPES)
     add_action(actions, "show", cmd_show, "show a record without removing it", "token")
-    add_action(actions, "confirm", cmd_confirm, "confirm: remove the record and print it", "token")
+    add_action(actions, "confirm", cmd_confirm, "confirm: carry the record out (subscribe, re-enable, approve, ...)", "token")
     add_action(actions, "discard", cmd_discard, "discard: remove the record, do nothing", "token")
 
 
@@ -69,7 +71,24 @@ def _pop(args, verb: str) -> int:
 
 
 def cmd_confirm(args) -> int:
-    return _pop(args, "confirmed")
+    """Carry the record out as if its confirmation had arrived by mail (an admin's act)."""
+    from ..runner.commands import complete
+    from ..store import AlreadyMember, NotAMember
+    key, store = open_list_store(args)
+    record = store.peek_pending(args.token)
+    if record is None:
+        fail(f"unknown or expired token {args.token!r} for {key}")
+    if record.type == "probe":
+        fail(f"{args.token} is a probe token: probes are confirmed only by bouncing (use 'discard')")
+    try:
+        site = load_site(args)
+        summary = complete(site, get_list(site, args.list), record)
+    except UnknownToken:
+        fail(f"unknown or expired token {args.token!r} for {key}")
+    except (AlreadyMember, NotAMember) as exc:
+        fail(str(exc))
+    _print(args, record, f"confirmed ({summary})")
+    return 0
 
 
 def cmd_discard(args) -> int:

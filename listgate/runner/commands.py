@@ -229,44 +229,9 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
                 log.warning("moderation reply from a non-moderator ignored %s",
                             kv(list=lname, sender=ctx.requester))
                 return "not a moderator"
-            action, reason = _moderation_action(ctx)
-            ctx.results.append(posts.moderate(site, lc, token, action, reason))
-        elif rec.type == "re_enable":
-            from ..bounce.engine import BounceEngine
-            member = BounceEngine(site).re_enable(lc, token)
-            replies.send(site, lc, member.address, f"Delivery of {lname} enabled",
-                         texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
-            return f"re-enabled {member.address}"
-        elif rec.type == "subscription":
-            with ctx.store.transaction():
-                ctx.store.confirm_pending(token, "subscription")
-                address = rec.payload["address"]
-                ctx.store.add_member(address, rec.payload.get("display_name") or "")
-                replies.send(site, lc, address, f"Welcome to {lname}",
-                             texts.WELCOME.format(list=lname, leave=replies.address(lc, "leave")), kind="welcome")
-                if lc.notify_owner_on_join:
-                    replies.to_owners(site, lc, f"{address} joined {lname}",
-                                      texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
-            return f"subscribed {address}"
-        elif rec.type == "unsubscription":
-            with ctx.store.transaction():
-                ctx.store.confirm_pending(token, "unsubscription")
-                address = rec.payload["address"]
-                ctx.store.remove_member(address)
-                replies.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
-                if lc.notify_owner_on_leave:
-                    replies.to_owners(site, lc, f"{address} left {lname}",
-                                      texts.OWNER_EVENT.format(address=address, event="left", list=lname))
-            return f"unsubscribed {address}"
-        elif rec.type == "change_of_address":
-            with ctx.store.transaction():
-                ctx.store.confirm_pending(token, "change_of_address")
-                old, new = rec.payload["old"], rec.payload["new"]
-                ctx.store.change_address(old, new)
-                body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
-                for to in (old, new):
-                    replies.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
-            return f"moved {old} to {new}"
+            ctx.results.append(complete(site, lc, rec, moderation=_moderation_action(ctx)))
+        else:
+            return complete(site, lc, rec)
     except UnknownToken:
         ctx.results.append(texts.UNKNOWN_TOKEN.format(list=lname))
     except (AlreadyMember, NotAMember) as exc:
@@ -277,6 +242,61 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
         ctx.results.append(f"confirm: {exc}")
     ctx.reply()
     return "; ".join(r.splitlines()[0] for r in ctx.results) or rec.type
+
+
+def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) -> str:
+    """Carry out pending record ``rec`` (already authorised by the caller); returns a summary.
+
+    The one place a confirmation takes effect, for the ``L-confirm+TOKEN``
+    reply and for ``listgate pending confirm``: ``subscription``,
+    ``unsubscription``, ``change_of_address``, ``re_enable`` (through the
+    bounce engine) and ``held_message`` (``moderation`` = (approve|reject|discard,
+    reason)). Raises UnknownToken if the record was taken meanwhile,
+    AlreadyMember/NotAMember, StoreUnavailable, or ValueError for a ``probe``
+    record (probes are confirmed only by bouncing).
+    """
+    store = open_store(site, replies.address(lc))
+    lname = replies.address(lc)
+    token = rec.token
+    if rec.type == "held_message":
+        return posts.moderate(site, lc, token, *moderation)
+    if rec.type == "re_enable":
+        from ..bounce.engine import BounceEngine
+        member = BounceEngine(site).re_enable(lc, token)
+        replies.send(site, lc, member.address, f"Delivery of {lname} enabled",
+                     texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
+        return f"re-enabled {member.address}"
+    if rec.type == "subscription":
+        with store.transaction():
+            store.confirm_pending(token, "subscription")
+            address = rec.payload["address"]
+            store.add_member(address, rec.payload.get("display_name") or "")
+            replies.send(site, lc, address, f"Welcome to {lname}",
+                         texts.WELCOME.format(list=lname, leave=replies.address(lc, "leave")), kind="welcome")
+            if lc.notify_owner_on_join:
+                replies.to_owners(site, lc, f"{address} joined {lname}",
+                                  texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
+        return f"subscribed {address}"
+    if rec.type == "unsubscription":
+        with store.transaction():
+            store.confirm_pending(token, "unsubscription")
+            address = rec.payload["address"]
+            store.remove_member(address)
+            replies.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
+            if lc.notify_owner_on_leave:
+                replies.to_owners(site, lc, f"{address} left {lname}",
+                                  texts.OWNER_EVENT.format(address=address, event="left", list=lname))
+        return f"unsubscribed {address}"
+    if rec.type == "change_of_address":
+        with store.transaction():
+            store.confirm_pending(token, "change_of_address")
+            old, new = rec.payload["old"], rec.payload["new"]
+            store.change_address(old, new)
+            body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
+            for to in (old, new):
+                replies.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
+        return f"moved {old} to {new}"
+    raise ValueError(f"a {rec.type} record cannot be confirmed")
 
 
 def handle_confirm(site, lc, qf) -> str:
