@@ -189,13 +189,15 @@ class Switchboard:
         step = "write"
         try:
             fd = self._pool.claim(tmp)
-            if fd is None:
+            recycled = fd is not None
+            if not recycled:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
             try:
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                os.ftruncate(fd, len(data))  # a recycled file may have been longer
+                if recycled:
+                    os.ftruncate(fd, len(data))  # the old content may have been longer
                 os.fsync(fd)
             finally:
                 os.close(fd)
@@ -531,7 +533,9 @@ class _Recycler:
             os.rename(path, os.path.join(self.dir, qid))
         except OSError:
             return False
-        self._count += 1
+        with self._lock:
+            self._count += 1
+            self._free.append(qid)  # our own enqueues need not list the pool to find it
         return True
 
 
