@@ -272,6 +272,14 @@ def test_unix_socket_stale_replaced_live_refused(closed_site, tmp_path):
     assert regular.read_text() == "data"
 
 
+def test_reply_text_is_one_line():
+    from listgate.policy import action_for
+    from listgate.routing import RcptDecision
+    assert action_for(RcptDecision("reject", 550, "5.1.1", "bad\r\naction=OK\x00")) == "550 5.1.1 bad  action=OK"
+    assert action_for(RcptDecision("discard", text="why")) == "DISCARD why"
+    assert action_for(RcptDecision("accept")) == action_for(RcptDecision("pass")) == "DUNNO"
+
+
 def test_parser_unit_limits():
     p = RequestParser(256)
     assert p.feed(b"a=1\nb=") == []

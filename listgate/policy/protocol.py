@@ -166,6 +166,9 @@ def format_reply(action: str) -> bytes:
     return f"action={action}\n\n".encode("utf-8", "surrogateescape")
 
 
+_CONTROLS = {i: " " for i in (*range(0x20), 0x7f)}
+
+
 def _clean(text: str) -> str:
     # a reply is one line: no control characters may reach Postfix
-    return "".join(ch if ch >= " " and ch != "\x7f" else " " for ch in text)
+    return text if text.isprintable() else text.translate(_CONTROLS)
