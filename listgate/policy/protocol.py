@@ -171,4 +171,4 @@ _CONTROLS = {i: " " for i in (*range(0x20), 0x7f)}
 
 def _clean(text: str) -> str:
     # a reply is one line: no control characters may reach Postfix
-    return text if text.isprintable() else text.translate(_CONTROLS)
+    return text if text.isprintable() else text.translate(_CONTROLS).rstrip()
