@@ -336,7 +336,7 @@ def test_listgate_policy_daemon(closed_site, tmp_path):
         notify.settimeout(20)
         env = {**os.environ, "NOTIFY_SOCKET": notify_path}
         proc = subprocess.Popen([sys.executable, "-m", "listgate", "-c", closed_site.path, "policy",
-                                 "--socket", f"unix:{sock_path}"], env=env, cwd=str(tmp_path),
+                                 "--log-level", "debug", "--socket", f"unix:{sock_path}"], env=env, cwd=str(tmp_path),
                                 stderr=subprocess.PIPE)
         try:
             assert b"READY=1" in notify.recv(1000).split(b"\n")

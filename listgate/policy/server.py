@@ -220,21 +220,25 @@ class _Connection(asyncio.Protocol):
     def _respond(self, requests: list[dict[str, str]]) -> None:
         """Answer ``requests`` in order with one write, then log the refusals.
 
-        Logging comes after the write so the client never waits for it.
+        Refusals are logged at debug level, after the write: the MTA already
+        logs each one with our reply text (Postfix "NOQUEUE: reject: RCPT
+        from ...", Exim "rejected RCPT"), and a second line per refusal was the
+        largest cost of an unknown-address answer (bench/policy.py). Store
+        failures are logged as warnings by :mod:`listgate.routing`.
         """
         site = self.server.get_site()
-        refusals: list[tuple[str, dict[str, str]]] = []
+        refusals: list[tuple[str, dict[str, str]]] | None = [] if log.isEnabledFor(logging.DEBUG) else None
         if len(requests) == 1:
             self.transport.write(self._answer(site, requests[0], refusals))
         else:
             self.transport.write(b"".join([self._answer(site, attrs, refusals) for attrs in requests]))
-        for action, attrs in refusals:
-            log.info("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                         client=attrs.get("client_address"),
-                                         queue_id=attrs.get("queue_id") or None))
+        for action, attrs in refusals or ():
+            log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                                          client=attrs.get("client_address"),
+                                          queue_id=attrs.get("queue_id") or None))
 
     @staticmethod
-    def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
+    def _answer(site: Site, attrs: dict[str, str], refusals: list | None) -> bytes:
         try:
             action, decision = decide(site, attrs)
         except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
@@ -243,6 +247,6 @@ class _Connection(asyncio.Protocol):
             return format_reply(_TEMPFAIL)
         if action == "DUNNO":
             return _DUNNO
-        if decision is not None and decision.action in ("reject", "tempfail", "discard"):
+        if refusals is not None and decision is not None and decision.action in ("reject", "tempfail", "discard"):
             refusals.append((action, attrs))
         return format_reply(action)
