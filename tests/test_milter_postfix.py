@@ -153,3 +153,22 @@ def test_postfix_own_dsn_reaches_the_milter(stack, sink):
     assert event.attribution == "verp" and event.status == "5.1.1"
     pf.wait_queue_empty(timeout=30)
     assert not sink.messages_for(sender)             # the DSN went to listgate, not onwards
+
+
+def test_postfix_own_dsn_to_a_spent_probe_address_is_dropped_not_refused(stack):
+    """A DSN Postfix makes itself cannot be refused without harm: the bounce
+    daemon would keep the original deferred ("bounce failed") for ever. Mail to
+    a refused bounce address that comes from inside Postfix is dropped instead."""
+    from listgate.store.tokens import new_token
+    pf, site, _ = stack
+    spent = verp.probe_bounce_address(site.lists[LIST], new_token())   # never pending: like a spent probe
+    since = pf.log_offset()
+    probe = (b"From: demo-owner@lists.example.org\r\nTo: gone@members.test\r\nSubject: probe\r\n"
+             b"Message-ID: <spent-probe@lists.example.org>\r\n\r\nare you there?\r\n")
+    assert pf.send(spent, ["gone@members.test"], probe, port=pf.reinject_port) == {}
+    pf.wait_log(r"milter-discard", since=since, timeout=30)
+    pf.wait_queue_empty(timeout=30)
+    assert "bounce failed" not in pf.log_text()[since:]
+    # the same address from an SMTP client is still refused at RCPT
+    result = pf.send("", [spent], b"Subject: x\r\n\r\nforged\r\n")
+    assert isinstance(result, smtplib.SMTPRecipientsRefused)

@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from dataclasses import replace
 from typing import ClassVar
 
 import Milter
@@ -74,6 +75,7 @@ class ListgateMilter(Milter.Base):
     def __init__(self):
         self.client_address: str | None = None
         self.client_name: str | None = None
+        self.internal = False
         self._reset()
 
     def _reset(self) -> None:
@@ -100,6 +102,9 @@ class ListgateMilter(Milter.Base):
         if family in (socket.AF_INET, socket.AF_INET6) and hostaddr:
             # libmilter gives (ip, port[, flow, scope]); some harnesses the bare ip
             self.client_address = hostaddr if isinstance(hostaddr, str) else hostaddr[0]
+            # Postfix presents mail that did not come through smtpd (its own
+            # DSNs through non_smtpd_milters, local submission) as port 0.
+            self.internal = not isinstance(hostaddr, str) and len(hostaddr) > 1 and hostaddr[1] == 0
         else:
             self.client_address = None  # unix socket or unknown: mail from a local submission
         return Milter.CONTINUE
@@ -120,6 +125,14 @@ class ListgateMilter(Milter.Base):
             return Milter.CONTINUE
         if d.action in ("accept", "discard"):
             self.routed.append(Routed(to, d))
+            return Milter.CONTINUE
+        if d.action == "reject" and self.internal and not self.sender:
+            # Postfix's own DSN to a bounce address we no longer honour (expired
+            # probe, retired key, deleted list): refusing it would leave the
+            # original message deferred with "bounce failed" at every queue run.
+            # Take the recipient and drop it instead.
+            log.info("internal DSN to a refused address dropped %s", kv(rcpt=bare(to), why=d.text))
+            self.routed.append(Routed(to, replace(d, action="discard")))
             return Milter.CONTINUE
         if d.action == "reject":
             self.setreply(str(d.code or "550"), d.dsn or None, _reply_text(d.text))
