@@ -221,7 +221,7 @@ def main() -> int:
         print(f"{lead} | {'ratio':<8} | {lgr[0] / mnr[0]:>11.2f} | {mnr[1] / lgr[1]:>8.2f} | {mnr[2] / lgr[2]:>8.2f}")
     print("ratio: rate listgate/minimal, latency minimal/listgate (1.0 = as fast as doing nothing; target >= 0.7)")
     print("full mix: member post, non-member post, signed VERP, probe token, unknown list, foreign domain;")
-    print("no store: unknown list (550 + log line) and foreign domain only")
+    print("no store: unknown list (550) and foreign domain only")
     return 0
 
 
