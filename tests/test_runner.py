@@ -267,3 +267,26 @@ def _state(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+def test_runner_waits_out_an_unusable_queue_then_goes_on(env):
+    import threading
+    from listgate.runner.loop import Runner
+    env.members("b@two.test")
+    runner = Runner(env.site)
+    qin = env.dir / "queue" / "in"
+    qin.rename(qin.with_name("in.away"))
+    qin.write_text("not a directory")          # every dequeue from 'in' now fails
+    worker = threading.Thread(target=runner.run_forever)
+    worker.start()
+    try:
+        time.sleep(0.5)
+        assert worker.is_alive()               # it did not die on QueueError
+        qin.unlink()
+        qin.with_name("in.away").rename(qin)
+        env.inject(message("b@two.test", "after the outage"), sender="b@two.test")
+        wait_until(lambda: env.sink.messages_for("b@two.test"), timeout=20)
+    finally:
+        runner.stop()
+        worker.join(20)
+    assert not worker.is_alive()

@@ -230,6 +230,8 @@ class Switchboard:
             names = os.listdir(self.dir)
         except FileNotFoundError:
             return []
+        except OSError as exc:  # EIO, ENOTDIR, EACCES: the runner waits, as for any QueueError
+            raise QueueError(exc.errno, f"cannot read queue directory {self.dir}: {exc.strerror}") from None
         n = len(suffix)
         return sorted(name[:-n] for name in names if name.endswith(suffix) and not name.startswith("."))
 

@@ -132,7 +132,14 @@ class Runner:
         """Serve the queues until :meth:`stop` (SIGTERM); sleeps ``runner.poll_interval`` when idle."""
         try:
             while not self.stopping:
-                if self.run_once() == 0:
+                try:
+                    busy = self.run_once()
+                except (QueueError, StoreUnavailable) as exc:
+                    # A read-only or full queue/store: nothing is lost (qfiles
+                    # stay where they are); wait and try again rather than exit.
+                    log.warning("queues unavailable, waiting %s", kv(error=exc))
+                    busy = 0
+                if busy == 0:
                     self._sleep(self.site.conf.runner.poll_interval)
         finally:
             self.close()
