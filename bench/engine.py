@@ -24,9 +24,7 @@ from __future__ import annotations
 import os
 import sys
 
-# bench/ holds queue.py: it must not shadow the stdlib ``queue`` (logging.handlers imports it)
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
 

@@ -24,8 +24,6 @@ import os
 import sys
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-# Python puts bench/ first on sys.path; bench/queue.py would shadow the stdlib queue module
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 sys.path.insert(0, os.path.join(os.path.dirname(_HERE), "tests"))
 

@@ -28,8 +28,6 @@ import os
 import sys
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-# Python puts bench/ first on sys.path; bench/queue.py would shadow the stdlib queue module
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != HERE]
 REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, os.path.join(REPO, "tests"))

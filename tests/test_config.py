@@ -153,3 +153,16 @@ def test_watcher_reloads_and_keeps_old_config_on_error(site):
     with open(path, "w", encoding="utf-8") as fh:
         fh.write(text + "bogus: 1\n")
     assert w.current().get_list("demo").bounce_score_threshold == 3.0
+
+
+def test_check_cli_refuses_a_weak_or_unreadable_verp_key(site):
+    key = site.conf.verp.keys[0].file
+    with open(key, "w", encoding="ascii") as fh:
+        fh.write("abcd\n")                      # 16 bits: far too short to sign with
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and ": verp.keys: " in out.stderr, out.stderr
+    os.unlink(key)
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and ": verp.keys: " in out.stderr, out.stderr

@@ -1,10 +1,9 @@
 """``listgate init DIR`` and ``listgate check``."""
 from __future__ import annotations
 
-import os
 import sys
 
-from .. import config, instance
+from .. import config, instance, verp
 from ..config import format_duration
 from .common import load_site
 
@@ -45,10 +44,11 @@ def cmd_init(args) -> int:
 
 def cmd_check(args) -> int:
     site = load_site(args)
-    for key_conf in site.conf.verp.keys:
-        if not os.access(key_conf.file, os.R_OK):
-            print(f"{site.path}:1: verp.keys: key file {key_conf.file} is not readable", file=sys.stderr)
-            return 1
+    problems = verp.check_keys(site)
+    if problems:
+        for problem in problems:
+            print(f"{site.path}:1: verp.keys: {problem}", file=sys.stderr)
+        return 1
     print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
     for lc in site.iter_lists():
         print(f"{lc.name}@{lc.domain}: {lc.posting_policy}, {len(lc.owners)} owner(s), "

@@ -6,7 +6,7 @@ rename it, fsync the directory. listgate's cycle is enqueue (that, plus
 serialising the metadata) + dequeue (rename to .held, read, parse) + finish
 (unlink). The ratio is listgate's messages/s over the floor's; target >= 0.9.
 
-    python bench/queue.py [--count N] [--size BYTES] [--dir DIR]
+    python bench/qfiles.py [--count N] [--size BYTES] [--dir DIR]
 
 Floor and listgate run alternately in chunks of 20 messages (or a whole
 batch) on the same file system, so load on a shared disk hits both alike;
@@ -17,10 +17,7 @@ from __future__ import annotations
 import os
 import sys
 
-# this file is named queue.py: its directory must not shadow the stdlib module
-# ``queue`` (logging.handlers imports it)
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path[:] = [p for p in sys.path if os.path.abspath(p or os.curdir) != _HERE]
 sys.path.insert(0, os.path.dirname(_HERE))
 
 import argparse  # noqa: E402
