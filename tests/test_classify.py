@@ -330,3 +330,17 @@ def test_action_normalisation():
     assert st.normalize_action("") == ""
     assert st.classify_failure("relayed", "2.0.0", "")[0] == "relayed"
     assert st.classify_failure("", None, "nothing useful here") == (None, "no status code", None)
+
+
+def test_words_of_our_own_quoted_message_do_not_make_it_policy():
+    """A dead mailbox whose bounce quotes our message inline, spam-filter headers
+    and all: the quoted X-Virus-Scanned field is not the remote MTA's reason."""
+    raw = (b"From: postmaster@mx.example.net\r\nTo: demo-bounces@lists.example.org\r\n"
+           b"Subject: Returned Mail - Error During Delivery\r\n\r\n"
+           b"------ Failed Recipients ------\r\n\r\n"
+           b"<gone@example.net>: Requested action not taken: mailbox unavailable. [SMTP Error Code 550]\r\n"
+           b"-------- Returned Mail --------\r\n\r\n"
+           b"Received: from lists.example.org by mx.example.net; Wed, 20 Nov 2002 19:58:47 -0500\r\n"
+           b"X-Virus-Scanned: by amavisd-milter\r\nX-Spam-Status: No\r\nSubject: hello\r\n\r\nhi\r\n")
+    result = classify(raw)
+    assert [(f.address, f.bounce_class) for f in result.failures] == [("gone@example.net", "hard")], result

@@ -204,7 +204,7 @@ _ADDRESS_RE = re.compile(r'^[^\s"(),:;<>@\[\]\\{}]+@[^\s"(),:;<>@\[\]\\{}.]+(?:\
 # Where a bounce quotes our own message inline (not as a MIME part); its
 # words are not the remote MTA's.
 _RETURNED_MARKER_RE = re.compile(
-    r"^[\s\-=*#_]*(?:returned\s+message|original\s+message|undelivered\s+message|"
+    r"^[\s\-=*#_]*(?:returned\s+(?:message|mail)|original\s+message|undelivered\s+message|"
     r"(?:the\s+)?(?:original\s+)?message\s+(?:header|headers)\s+follows?|"
     r"below\s+this\s+line\s+is\s+a\s+copy\s+of\s+the\s+message|"
     r"(?:the\s+)?header\s+of\s+the\s+original\s+message|bounced\s+e-?mail:|"
@@ -213,10 +213,17 @@ _RETURNED_MARKER_RE = re.compile(
 )
 
 
+# The header block of a quoted original message: MTAs' own prose never starts
+# a line with these trace fields (RFC 5322 section 3.6.7).
+_QUOTED_HEADER_RE = re.compile(r"^(?:Received|Return-Path|DKIM-Signature|ARC-Seal):[ \t]", re.IGNORECASE | re.MULTILINE)
+
+
 def without_returned_text(text: str) -> str:
-    """``text`` up to the first marker of an inline-quoted original message."""
-    match = _RETURNED_MARKER_RE.search(text)
-    return text[: match.start()] if match and match.start() > 0 else text
+    """``text`` up to the first marker of an inline-quoted original message, or
+    the first trace header of one, whichever comes first (its words, e.g. an
+    ``X-Virus-Scanned`` field, are not the remote MTA's)."""
+    cuts = [m.start() for m in (_RETURNED_MARKER_RE.search(text), _QUOTED_HEADER_RE.search(text)) if m and m.start() > 0]
+    return text[: min(cuts)] if cuts else text
 
 
 def address_of(value: str) -> str | None:
