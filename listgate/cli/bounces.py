@@ -16,7 +16,7 @@ from .members import add_action, member_dict, open_list_store, when
 def register(sub) -> None:
     p = sub.add_parser("bounces", help="bounce info and events")
     actions = p.add_subparsers(dest="bounces_command", metavar="ACTION", required=True)
-    q = add_action(actions, "show", cmd_show, "bounce info of a member (or of the whole list) and events")
+    q = add_action(actions, "show", cmd_show, "bounce info and events of a member, or of every member with a score or not enabled")
     q.add_argument("address", nargs="?")
     q.add_argument("--limit", type=int, default=20, help="events to show (default 20)")
 

@@ -1,21 +1,23 @@
 """``listgate classify FILE… [--json]``: what listgate concludes about a message, and why.
 
-The admin's "why did this bounce count?" tool. For each file (``-`` reads
+The admin's "why did this bounce count?" tool. For each file ('-' reads
 standard input): the kind of message, each failing address with its class,
 enhanced status code, attribution, the rule that decided, and the
-diagnostic. With ``-c CONFIG``, a message whose ``To`` / ``Delivered-To`` /
-``X-Original-To`` is a list's bounce address is also decoded as the engine
-would (signed member VERP or probe token, via :mod:`listgate.verp`), the
-failures are attributed to that member, and the list's weight for each
-class is shown. Nothing is recorded anywhere: this command only reads.
+diagnostic. With a site config ('listgate -c FILE classify ...' or
+$LISTGATE_CONFIG), a message whose To / Delivered-To / X-Original-To is a
+list's bounce address is also decoded as the engine would (signed member
+VERP or probe token), the failures are attributed to that member, and the
+list's weight for each class is shown. Nothing is recorded anywhere: this command only reads.
 
 Exit status: 0; 1 if a file could not be read or the config is bad.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
+from .. import config
 from ..bounce import message as bm
 from ..bounce.classify import FAILURE_CLASSES, classify
 from .common import load_site, print_json
@@ -127,7 +129,7 @@ def _print_text(path: str, info: dict) -> None:
 
 
 def cmd_classify(args) -> int:
-    site = load_site(args) if args.config else None
+    site = load_site(args) if args.config or os.environ.get(config.ENV_VAR) else None
     status = 0
     out = []
     for path in args.files:
