@@ -166,3 +166,33 @@ def test_check_cli_refuses_a_weak_or_unreadable_verp_key(site):
     out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and ": verp.keys: " in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("content, expect", [
+    ("description: " + "[" * 50000 + "]" * 50000 + "\n", "(syntax): nested too deeply"),
+    ("a: &b {x: 1}\n<<: *b\n", "(syntax): "),
+    ("description: !!python/object/apply:os.system ['true']\n", "(syntax): "),
+])
+def test_hostile_yaml_is_a_clean_error(site, content, expect):
+    path = write_list(site, "hostile", "name: hostile\ndomain: lists.example.org\nowners: [a@b.org]\n" + content)
+    errs = errors_for(site)
+    assert len(errs) == 1 and errs[0].startswith(f"{path}:") and expect in errs[0], errs
+
+
+def test_non_regular_list_files_are_refused_not_read(site):
+    fifo = os.path.join(site.lists_dir, "fifo.yaml")
+    os.mkfifo(fifo)                                   # reading it would block for ever
+    os.symlink("/dev/zero", os.path.join(site.lists_dir, "zero.yaml"))   # and this never ends
+    errs = errors_for(site)
+    assert sorted(errs) == sorted([f"{fifo}:1: (file): not a regular file",
+                                   f"{os.path.join(site.lists_dir, 'zero.yaml')}:1: (file): not a regular file"])
+
+
+def test_check_refuses_a_state_dir_that_is_not_a_directory(site, tmp_path):
+    with open(site.path, encoding="utf-8") as fh:
+        text = fh.read()
+    with open(site.path, "w", encoding="utf-8") as fh:
+        fh.write(text.replace("state_dir: .", "state_dir: /etc/passwd"))
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 1 and ": state_dir: state_dir /etc/passwd is not a directory" in out.stderr, out.stderr

@@ -1,6 +1,7 @@
 """``listgate init DIR`` and ``listgate check``."""
 from __future__ import annotations
 
+import os
 import sys
 
 from .. import config, instance, verp
@@ -45,9 +46,15 @@ def cmd_init(args) -> int:
 def cmd_check(args) -> int:
     site = load_site(args)
     problems = verp.check_keys(site)
+    for what, path in (("state_dir", site.state_dir), ("queue_dir", site.queue_dir)):
+        if not os.path.isdir(path):
+            problems.append(f"{what} {path} is not a directory (listgate init makes one)")
+        elif not os.access(path, os.W_OK | os.X_OK):
+            problems.append(f"{what} {path} is not writable")
     if problems:
         for problem in problems:
-            print(f"{site.path}:1: verp.keys: {problem}", file=sys.stderr)
+            where = problem.split(" ", 1)[0] if problem.startswith(("state_dir", "queue_dir")) else "verp.keys"
+            print(f"{site.path}:1: {where}: {problem}", file=sys.stderr)
         return 1
     print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
     for lc in site.iter_lists():

@@ -6,7 +6,9 @@ line; values are then checked against :mod:`listgate.config.schema`.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import stat
 from types import MappingProxyType
 from typing import Any
 
@@ -348,13 +350,33 @@ def parse_socket(text: str) -> tuple[str, Any]:
     raise ValueError(f"{text!r} is not a socket (unix:PATH, inet:PORT@HOST or inet:HOST:PORT)")
 
 
+# A configuration file is small; anything larger is a mistake (or /dev/zero).
+MAX_FILE_BYTES = 1024 * 1024
+
+
 def load_yaml_file(path: str, schema: Section) -> dict[str, Any]:
-    """Read and validate one YAML file; raises :class:`ConfigError` with every problem."""
+    """Read and validate one YAML file; raises :class:`ConfigError` with every problem.
+
+    Only regular files of at most :data:`MAX_FILE_BYTES` are read (a FIFO or a
+    device would hang or never end); only the YAML core schema is accepted
+    (no ``!!python`` tags, no ``<<`` merge keys: each is reported with its line).
+    """
     try:
-        with open(path, "rb") as fh:
-            data = fh.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         raise ConfigError([f"{path}:1: (file): cannot read: {exc.strerror}"]) from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ConfigError([f"{path}:1: (file): not a regular file"])
+        if st.st_size > MAX_FILE_BYTES:
+            raise ConfigError([f"{path}:1: (file): too large ({st.st_size} bytes; at most {MAX_FILE_BYTES})"])
+        with os.fdopen(fd, "rb", closefd=False) as fh:
+            data = fh.read(MAX_FILE_BYTES + 1)
+    except OSError as exc:
+        raise ConfigError([f"{path}:1: (file): cannot read: {exc.strerror}"]) from None
+    finally:
+        os.close(fd)
     checker = _Checker(path)
     try:
         text = data.decode("utf-8")
@@ -362,12 +384,14 @@ def load_yaml_file(path: str, schema: Section) -> dict[str, Any]:
         raise ConfigError([f"{path}:1: (file): not UTF-8: {exc}"]) from None
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
+        result = checker.section(node, schema, "")
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         line = mark.line + 1 if mark else 1
         problem = getattr(exc, "problem", None) or str(exc)
         raise ConfigError([f"{path}:{line}: (syntax): {problem}"]) from None
-    result = checker.section(node, schema, "")
+    except RecursionError:
+        raise ConfigError([f"{path}:1: (syntax): nested too deeply"]) from None
     if checker.errors:
         raise ConfigError(checker.errors)
     return result or {}
