@@ -99,7 +99,9 @@ def test_reader_dispatches_on_format_version():
     (b"listgate-qfile 1\n{\"a\": 1,}\n--- message ---\nx", "not valid JSON"),
     (b"listgate-qfile 1\n[1, 2]\n--- message ---\nx", "not an object"),
     (b"listgate-qfile 1\n" + b"[" * 100000 + b"\n--- message ---\nx", "JSON|deeply"),
-], ids=["empty", "pickle", "no-separator", "version-word", "version-99", "not-utf8", "bad-json", "array", "deep"])
+    (b"listgate-qfile 1\n{\"a\": NaN}\n--- message ---\nx", "NaN"),
+], ids=["empty", "pickle", "no-separator", "version-word", "version-99", "not-utf8", "bad-json", "array", "deep",
+        "nan"])
 def test_unparsable_qfile_goes_to_bad_with_reason_and_bytes(qroot, content, why):
     sb = Switchboard(qroot, "in")
     good = sb.enqueue(b"good", {}, arrival=20.0)
@@ -127,6 +129,18 @@ def test_stray_file_with_odd_name_goes_to_bad_under_a_new_id(qroot):
     bad = Switchboard(qroot, "bad").dequeue()
     assert bad.msg == b"Subject: oops\r\n\r\n" and bad.meta["original_name"] == "copied by hand.qf"
     assert id_arrival(bad.id) is not None
+
+
+def test_well_formed_qfile_under_an_odd_name_goes_to_bad_not_stuck(qroot):
+    """A good qfile copied in under a name that is no qfile id could be held but
+    never moved or shunted under that name: it goes to bad, whole."""
+    sb = Switchboard(qroot, "in")
+    data = qfile.dumps({"list": "demo@lists.example.org", "role": "post"}, b"Subject: x\r\n\r\nhi\r\n")
+    with open(os.path.join(sb.dir, "weird-name.qf"), "wb") as fh:
+        fh.write(data)
+    assert sb.dequeue() is None and sb.held_ids() == []
+    bad = Switchboard(qroot, "bad").dequeue()
+    assert bad.msg == data and "is not a qfile id" in bad.meta["reason"]
 
 
 def test_fifo_by_arrival_not_by_enqueue_order(qroot):

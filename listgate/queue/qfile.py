@@ -87,7 +87,7 @@ def _read_v1(data: bytes, start: int) -> tuple[dict, bytes]:
     if sep < 0:
         raise QFileFormatError("no '--- message ---' separator line after the metadata")
     try:
-        meta = json.loads(data[start:sep].decode("utf-8"))
+        meta = json.loads(data[start:sep].decode("utf-8"), parse_constant=_no_constant)
     except UnicodeDecodeError as exc:
         raise QFileFormatError(f"metadata is not UTF-8: {exc.reason} at byte {start + exc.start}") from None
     except json.JSONDecodeError as exc:
@@ -97,6 +97,12 @@ def _read_v1(data: bytes, start: int) -> tuple[dict, bytes]:
     if not isinstance(meta, dict):
         raise QFileFormatError(f"metadata is a JSON {type(meta).__name__}, not an object")
     return meta, data[sep + len(SEPARATOR):]
+
+
+def _no_constant(name: str):
+    # json.loads accepts NaN/Infinity, which dumps (allow_nan=False) refuses: such
+    # a file could be read but never moved, shunted or updated.
+    raise QFileFormatError(f"metadata holds {name}, which is not JSON")
 
 
 _READERS = {1: _read_v1}

@@ -320,6 +320,9 @@ class Switchboard:
             # leave it held: recover() retries it and counts the attempt
             return None
         try:
+            if not ID_RE.match(qid):
+                # a hand-made or foreign file: it could never be moved or shunted under this name
+                raise QFileFormatError(f"file name {qid + READY!r} is not a qfile id")
             meta, msg = qfile.loads(data)
         except QFileFormatError as exc:
             self._quarantine(qid, path, data, str(exc))
