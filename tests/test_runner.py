@@ -290,3 +290,20 @@ def test_runner_waits_out_an_unusable_queue_then_goes_on(env):
         runner.stop()
         worker.join(20)
     assert not worker.is_alive()
+
+
+@pytest.mark.parametrize("poster", ["a@one.test", "stranger@else.test"])
+def test_raw_8bit_message_id_and_subject_are_posted_or_held_not_shunted(env, poster):
+    """compat32 hands 8-bit header fields back as Header objects; they must not
+    reach JSON metadata (the post would be shunted after the client heard 250)."""
+    env.members("a@one.test", "b@two.test")
+    raw = (f"From: {poster}\r\nTo: {LIST}\r\nSubject: caf\xe9 au lait\r\n"
+           "Message-ID: <caf\xe9@one.test>\r\n\r\nhello\r\n").encode("latin-1")
+    env.inject(raw, sender=poster)
+    env.run()
+    assert env.queue("shunt").ids() == []
+    if poster == "a@one.test":
+        assert len(env.sink.messages_for("b@two.test")) == 1
+    else:
+        [held] = env.store.pending("held_message")
+        assert held.payload["subject"].startswith("caf")

@@ -80,7 +80,7 @@ class Context:
         self.display = writer[0] if writer else ""
         self.auto = mail.auto_generated(self.m, qf.meta.get("envelope_sender"))
         self.results: list[str] = []
-        self.message_id = self.m.get("Message-ID")
+        self.message_id = mail.header_text(self.m, "Message-ID") or None
 
     def sent(self, address: str, line: str) -> None:
         """Note a confirmation sent; to the requester it is the answer itself, no extra reply."""

@@ -191,7 +191,7 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     """
     store = open_store(site, replies.address(lc))
     m = mail.headers(msg)
-    meta = fanout_meta(site, lc, store, message_id=m.get("Message-ID"), origin=origin)
+    meta = fanout_meta(site, lc, store, message_id=mail.header_text(m, "Message-ID") or None, origin=origin)
     deliveries = meta.pop("deliveries")
     if not deliveries:
         log.info("post for a list without enabled members %s", kv(list=meta["list"]))
@@ -220,7 +220,7 @@ def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
         "author": writer[1] if writer else None,
         "envelope_sender": meta.get("envelope_sender"),
         "subject": mail.header_text(m, "Subject"),
-        "message_id": m.get("Message-ID"),
+        "message_id": mail.header_text(m, "Message-ID") or None,
         "reason": reason,
         "reply_ok": mail.auto_generated(m, meta.get("envelope_sender")) is None,
         "arrival": meta.get("arrival"),
