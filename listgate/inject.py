@@ -202,7 +202,10 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     stay stored and are recognised as duplicates on the retry.
     """
     arrival = clock.now()
-    sb = switchboard if switchboard is not None else Switchboard.for_site(site, "in")  # (an empty one is falsy)
+    try:
+        sb = switchboard if switchboard is not None else Switchboard.for_site(site, "in")  # (an empty one is falsy)
+    except QueueError as exc:  # the queue directory cannot even be made: retry later, like a full disk
+        raise NotStored(f"in queue: {exc}") from exc
     results: list[Stored] = []
     mkey: str | None = None
     for action, address, rcpts in _groups(routed):

@@ -2,7 +2,9 @@
 
 A module in :data:`COMMAND_MODULES` defines ``register(subparsers)``, adding
 its parsers with ``set_defaults(func=handler)``; a handler takes the parsed
-arguments and returns the exit status.
+arguments and returns the exit status. A queue or store that cannot be used
+now exits 75 (EX_TEMPFAIL) and any other I/O error 74 (EX_IOERR), with a
+message instead of a traceback, whichever command met it.
 """
 from __future__ import annotations
 
@@ -51,12 +53,21 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from ..queue import QueueError
+    from ..store import StoreUnavailable
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
+    except (QueueError, StoreUnavailable) as exc:
+        # a full, read-only or broken queue/store: nothing was changed; sysexits EX_TEMPFAIL
+        print(f"listgate: not available now, try again later: {exc}", file=sys.stderr)
+        return 75
+    except OSError as exc:
+        print(f"listgate: {exc.filename or ''}{': ' if exc.filename else ''}{exc.strerror or exc}", file=sys.stderr)
+        return 74  # EX_IOERR
 
 
 if __name__ == "__main__":

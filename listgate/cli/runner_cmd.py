@@ -5,6 +5,8 @@ import signal
 import sys
 
 from .. import config, log as lg_log
+from ..queue import QueueError
+from ..store import StoreUnavailable
 
 
 def register(sub) -> None:
@@ -49,13 +51,17 @@ def cmd_runner(args) -> int:
     lg_log.setup(site.conf.logging, program="listgate-runner", level=args.log_level)
     runner = Runner(watcher, slice=sl, slices=n)
     runner.install_signal_handlers()
-    runner.recover()
-    if args.once:
-        try:
-            runner.run_once()
-        finally:
-            runner.close()
-        return 0
+    try:
+        runner.recover()
+        if args.once:
+            try:
+                runner.run_once()
+            finally:
+                runner.close()
+            return 0
+    except (QueueError, StoreUnavailable) as exc:  # nothing lost: the qfiles stay where they are
+        print(f"listgate: queues or stores unavailable, try again later: {exc}", file=sys.stderr)
+        return 75
     sdnotify.notify("READY=1")
     runner.run_forever()
     return 0

@@ -46,11 +46,19 @@ def due(site) -> bool:
 
 
 def _write_stamp(site, when: float) -> None:
+    """Record the last run; on a full or read-only disk the tasks simply run again next time."""
     path = _stamp_path(site)
     tmp = f"{path}.{os.getpid()}.tmp"
-    with open(tmp, "w", encoding="ascii") as fh:
-        fh.write(repr(when))
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w", encoding="ascii") as fh:
+            fh.write(repr(when))
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("cannot record the periodic tasks' last run %s", kv(path=path, error=exc.strerror))
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
 
 
 def run(site, engine=None) -> list[str]:
