@@ -203,7 +203,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     """
     arrival = clock.now()
     try:
-        sb = switchboard if switchboard is not None else Switchboard.for_site(site, "in")  # (an empty one is falsy)
+        sb = switchboard if switchboard is not None else _in_queue(site)  # (an empty one is falsy)
     except QueueError as exc:  # the queue directory cannot even be made: retry later, like a full disk
         raise NotStored(f"in queue: {exc}") from exc
     results: list[Stored] = []
@@ -230,6 +230,20 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
                                            queue_id=mta_queue_id, message_key=mkey, detail=item.detail or None))
         results.append(item)
     return results
+
+
+_IN_QUEUES: dict[tuple[str, int], Switchboard] = {}
+
+
+def _in_queue(site: Site) -> Switchboard:
+    """The site's ``in`` queue, one instance per process: its recycle pool and the
+    group commit of its directory fsyncs are shared by the milter's threads (and
+    no mkdir/listdir per message)."""
+    key = (site.queue_dir, site.conf.runner.max_attempts)
+    sb = _IN_QUEUES.get(key)
+    if sb is None:
+        sb = _IN_QUEUES[key] = Switchboard.for_site(site, "in")
+    return sb
 
 
 @dataclass(eq=False)

@@ -203,3 +203,69 @@ def test_read_only_disk_raises_queue_error_and_keeps_what_is_stored(small_fs):
     assert info.value.errno == errno.EROFS
     assert queue_files(sb.dir) == [stored + ".qf"]
     assert Switchboard(str(small_fs / "queue"), "in").peek(stored).msg == b"Subject: before\r\n\r\n"
+
+
+def test_concurrent_enqueues_share_directory_fsyncs(tmp_path, monkeypatch):
+    """Group commit: threads enqueueing at the same moment share a directory fsync, and
+    each returns only after one that started after its own rename."""
+    sb = Switchboard(str(tmp_path), "in")
+    real = Switchboard._fsync_dir
+    calls = []
+    renamed: set[str] = set()
+
+    def slow_fsync(self):
+        seen = set(renamed)          # every rename done before this fsync starts is covered
+        time.sleep(0.02)
+        real(self)
+        calls.append(seen)
+
+    monkeypatch.setattr(Switchboard, "_fsync_dir", slow_fsync)
+    orig_rename = __import__("os").rename
+
+    def rename(src, dst):
+        orig_rename(src, dst)
+        renamed.add(dst)
+
+    monkeypatch.setattr("listgate.queue.switchboard.os.rename", rename)
+    ids: list[str] = []
+    covered_at_return: list[bool] = []
+
+    def writer():
+        for _ in range(5):
+            qid = sb.enqueue(make_message(1, 1), {"list": "a@b"})
+            ids.append(qid)
+            covered_at_return.append(any(str(tmp_path / "in" / (qid + ".qf")) in c for c in calls))
+
+    threads = [threading.Thread(target=writer) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(ids) == sb.ids() and len(ids) == 40
+    assert all(covered_at_return)
+    assert len(calls) < 40  # shared
+
+
+def test_failed_shared_directory_fsync_fails_every_writer_of_its_round(tmp_path, monkeypatch):
+    sb = Switchboard(str(tmp_path), "in")
+
+    def broken(self):
+        time.sleep(0.01)
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(Switchboard, "_fsync_dir", broken)
+    errors: list[int] = []
+
+    def writer():
+        try:
+            sb.enqueue(make_message(1, 1), {"list": "a@b"})
+        except QueueError as exc:
+            errors.append(exc.errno)
+
+    threads = [threading.Thread(target=writer) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == [errno.EIO] * 6
+    assert sb.ids() == [] and _leftovers(sb.dir) == []

@@ -20,7 +20,9 @@ equal arrival times are told apart by writer pid, a per-process counter and 32
 random bits, so they neither collide nor get skipped.
 
 Durability follows Postfix's queue manager: a qfile is written to a temporary
-name, flushed and fsync'd, renamed into place, and the directory is fsync'd, so
+name, flushed and fsync'd (fdatasync), renamed into place, and the directory is
+fsync'd (threads of one process writing at the same moment share that
+directory fsync: group commit, :meth:`Switchboard._sync_dir`), so
 after ``enqueue`` returns the qfile survives a crash or power loss, and no
 reader ever sees a partial file (rename(2) is atomic within a file system).
 Processing is at-least-once: ``finish`` and the rename to ``.held`` are not
@@ -132,6 +134,10 @@ class Switchboard:
         self._seen_mtime: int | None = None
         self._lock = threading.Lock()  # guards the scan state above
         self._pool = _Recycler(os.path.join(self.dir, POOL))
+        # group commit of directory fsyncs (see _sync_dir)
+        self._dsync = threading.Condition(threading.Lock())
+        self._dsync_next: _DirSync | None = None    # the round not started yet
+        self._dsync_running = False
         try:
             os.makedirs(self.dir, exist_ok=True)
         except OSError as exc:
@@ -198,7 +204,9 @@ class Switchboard:
                     view = view[os.write(fd, view):]
                 if recycled:
                     os.ftruncate(fd, len(data))  # the old content may have been longer
-                os.fsync(fd)
+                # fdatasync flushes the data and what is needed to read it back (size,
+                # blocks); the directory fsync below commits the name
+                os.fdatasync(fd)
             finally:
                 os.close(fd)
             step = "rename"
@@ -216,6 +224,40 @@ class Switchboard:
                              f"{exc.strerror or exc}") from None
 
     def _sync_dir(self) -> None:
+        """fsync the directory, shared by the threads that need it at the same moment.
+
+        Group commit: a caller needs *a* directory fsync that starts after its
+        own rename, not one of its own. Callers join the round that has not
+        started yet; when no fsync is in flight one of them runs it for all who
+        joined, and each returns (or raises the round's OSError) once its round
+        is done. A lone caller fsyncs at once, as before.
+        """
+        cond = self._dsync
+        with cond:
+            rnd = self._dsync_next
+            if rnd is None:
+                rnd = self._dsync_next = _DirSync()
+            while not rnd.done:
+                if self._dsync_running:
+                    cond.wait()
+                    continue
+                # lead this round: everyone who joined it renamed before it starts
+                self._dsync_next = None
+                self._dsync_running = True
+                cond.release()
+                try:
+                    self._fsync_dir()
+                except OSError as exc:
+                    rnd.error = exc
+                finally:
+                    cond.acquire()
+                    rnd.done = True
+                    self._dsync_running = False
+                    cond.notify_all()
+        if rnd.error is not None:
+            raise OSError(rnd.error.errno, rnd.error.strerror)
+
+    def _fsync_dir(self) -> None:
         dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         try:
             os.fsync(dfd)
@@ -473,6 +515,16 @@ class Switchboard:
             return  # left held: nothing is lost, recover() tries again
         _unlink_quietly(path)
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+
+class _DirSync:
+    """One round of :meth:`Switchboard._sync_dir`'s group commit."""
+
+    __slots__ = ("done", "error")
+
+    def __init__(self):
+        self.done = False
+        self.error: OSError | None = None
 
 
 class _Recycler:
