@@ -179,6 +179,22 @@ def _main(argv: list[str]) -> None:
             i += 1
             if i == 20:
                 _say("running")
+    elif mode == "ops":  # one committed change per argument: add:ADDR, remove:ADDR, probe:ADDR, confirm:TOKEN
+        done = []
+        for op in args:
+            verb, _, arg = op.partition(":")
+            if verb == "add":
+                done.append(store.add_member(arg).key)
+            elif verb == "remove":
+                done.append(store.remove_member(arg).key)
+            elif verb == "probe":
+                done.append(store.add_pending("probe", {"member": arg}, 3600).token)
+            elif verb == "confirm":
+                done.append(store.confirm_pending(arg).token)
+            else:
+                raise SystemExit(f"unknown op {op}")
+        _say(json.dumps({"done": done}))
+
     else:
         raise SystemExit(f"unknown mode {mode}")
 

@@ -1,8 +1,11 @@
 """The policy delegation server over real sockets (Postfix SMTPD_POLICY_README, Exim readsocket)."""
 from __future__ import annotations
 
+import json
 import os
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -58,6 +61,35 @@ def test_every_rule_over_the_wire(server, closed_site):
         for request, expected in cases:
             s.sendall(request)
             assert read_replies(s, 1) == [expected], request
+
+
+def _store_ops_elsewhere(site, *ops: str) -> list[str]:
+    """Run store changes in another process (tests/store_helpers.py ``ops``); their results."""
+    helper = os.path.join(os.path.dirname(os.path.abspath(__file__)), "store_helpers.py")
+    out = subprocess.run([sys.executable, helper, "ops", site.path, f"demo@{D}", *ops],
+                         capture_output=True, text=True, timeout=60, check=True).stdout
+    return json.loads(out.splitlines()[-1])["done"]
+
+
+def test_store_changes_by_another_process_decide_the_next_request(server, closed_site):
+    # the store's read cache (listgate.store.sqlite) is emptied by another process's commit
+    post = rcpt_request(f"demo@{D}", sender="late@example.com")
+    refused = "550 5.7.1 only members may post to this list"
+    with connect(server.address) as s:
+        def answer(request: bytes) -> str:
+            s.sendall(request)
+            return read_replies(s, 1)[0]
+
+        assert answer(post) == answer(post) == refused
+        _store_ops_elsewhere(closed_site, "add:late@example.com")
+        assert answer(post) == answer(post) == "DUNNO"
+        _store_ops_elsewhere(closed_site, "remove:late@example.com")
+        assert answer(post) == refused
+        [token] = _store_ops_elsewhere(closed_site, "probe:late@example.com")
+        probe = rcpt_request(f"demo-bounces+{token}@{D}", sender="")
+        assert answer(probe) == answer(probe) == "DUNNO"
+        _store_ops_elsewhere(closed_site, f"confirm:{token}")
+        assert answer(probe) == BAD_BOUNCE
 
 
 def test_pipelined_answers_in_order(server):

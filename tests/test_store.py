@@ -283,3 +283,69 @@ def test_forked_child_opens_its_own_connection(site, store):
     assert os.waitstatus_to_exitcode(status) == 0
     assert [m.key for m in store.members()] == ["child@example.com", "parent@example.com"]
     store.add_member("after@example.com")
+
+
+def test_read_cache_follows_this_connections_own_writes(store):
+    # get_member/peek_pending answer from a per-connection cache (listgate.store.sqlite):
+    # this connection's commits do not change PRAGMA data_version, so they must empty it
+    assert store.get_member("a@example.com") is None and store.get_member("a@example.com") is None
+    store.add_member("a@example.com")
+    assert store.get_member("a@example.com").bounce_score == 0
+    m = store.get_member("a@example.com")
+    m.bounce_score = 3.5                     # the caller's copy: never the cache's
+    assert store.get_member("a@example.com").bounce_score == 0
+    store.save_member(m)
+    assert store.get_member("a@example.com").bounce_score == 3.5
+    store.change_address("a@example.com", "b@example.com")
+    assert store.get_member("a@example.com") is None and store.get_member("b@example.com").bounce_score == 3.5
+    with pytest.raises(RuntimeError):
+        with store.transaction():
+            store.remove_member("b@example.com")
+            assert store.get_member("b@example.com") is None        # inside: its own uncommitted write
+            raise RuntimeError("boom")
+    assert store.get_member("b@example.com") is not None            # rolled back
+    store.remove_member("b@example.com")
+    assert store.get_member("b@example.com") is None
+
+    rec = store.add_pending("probe", {"member": "b@example.com"}, 60)
+    assert store.peek_pending(rec.token) == rec
+    store.peek_pending(rec.token).payload["member"] = "changed"     # the caller's copy again
+    assert store.peek_pending(rec.token).payload == {"member": "b@example.com"}
+    clock.advance(30)
+    store.repend(rec.token, 60)
+    assert store.peek_pending(rec.token).expires == T0 + 90
+    clock.advance(60)
+    assert store.peek_pending(rec.token) is None                    # expiry needs no write
+    clock.advance(-1)
+    assert store.peek_pending(rec.token) is not None
+    store.confirm_pending(rec.token)
+    assert store.peek_pending(rec.token) is None
+
+
+def test_read_cache_follows_other_connections_commits(store):
+    import threading
+    assert store.get_member("x@example.com") is None
+    # another connection in this process: a plain sqlite3 one, then another thread's own
+    with sqlite3.connect(store.path, isolation_level=None) as other:
+        other.execute("INSERT INTO members (key, address, subscribed_at) VALUES ('x@example.com', 'x@example.com', 0)")
+    assert store.get_member("x@example.com").address == "x@example.com"
+    thread = threading.Thread(target=store.remove_member, args=("x@example.com",))
+    thread.start()
+    thread.join(30)
+    assert store.get_member("x@example.com") is None
+    rec = store.add_pending("probe", {"member": "x@example.com"}, 60)
+    assert store.peek_pending(rec.token) is not None
+    thread = threading.Thread(target=store.confirm_pending, args=(rec.token,))
+    thread.start()
+    thread.join(30)
+    assert store.peek_pending(rec.token) is None
+
+
+def test_read_cache_is_bounded(store, monkeypatch):
+    from listgate.store import sqlite as backend
+    monkeypatch.setattr(backend, "READ_CACHE_MAX", 3)
+    store.add_member("m@example.com")
+    for i in range(10):
+        assert store.get_member(f"n{i}@example.com") is None
+        assert len(store._local.view.members) <= 3
+    assert store.get_member("m@example.com") is not None

@@ -87,6 +87,26 @@ def test_two_processes_confirming_one_token_exactly_one_wins(site_path, workers,
     assert store.pending() == []
 
 
+def test_read_cache_sees_every_commit_of_another_process(site_path, workers):
+    # get_member/peek_pending answer from a cache guarded by PRAGMA data_version (listgate.store.sqlite)
+    store = open_store(config.load(site_path), A)
+
+    def elsewhere(*ops):
+        return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
+
+    for _ in range(2):                                  # the second read is a cache hit
+        assert store.get_member("late@example.com") is None
+    elsewhere("add:late@example.com")
+    assert store.get_member("late@example.com").key == "late@example.com"
+    assert store.get_member("late@example.com") is not None
+    elsewhere("remove:late@example.com")
+    assert store.get_member("late@example.com") is None
+    [token] = elsewhere("probe:late@example.com")
+    assert store.peek_pending(token).payload == {"member": "late@example.com"}
+    elsewhere(f"confirm:{token}")
+    assert store.peek_pending(token) is None
+
+
 def test_writer_killed_inside_transaction_leaves_nothing_behind(site_path, workers):
     store = open_store(config.load(site_path), A)
     store.add_member("kept@example.com")

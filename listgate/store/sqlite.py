@@ -11,6 +11,17 @@ threads); SQLite's file locks serialise writers across threads and processes.
 Fork: a child never touches its parent's connections (SQLite forbids carrying
 a connection across ``fork()``); it opens its own on first use.
 
+Read cache: :meth:`SQLiteStore.get_member` and :meth:`SQLiteStore.peek_pending`
+(what every RCPT decision reads) keep, per connection, the rows they have
+read, valid for one ``PRAGMA data_version``: that number changes when another
+connection (this process or another) commits to the database, and the cache is
+then emptied before it answers. The connection's own commits do not change it,
+so every transaction of this connection empties the cache when it ends, and
+reads inside a transaction bypass the cache (they must see its uncommitted
+writes). A lookup costs the pragma and a dict access instead of a query, and
+never answers from an older state of the database than a query would.
+Source: https://www.sqlite.org/pragma.html#pragma_data_version
+
 Source for the locking rules: https://www.sqlite.org/lang_transaction.html
 (``BEGIN IMMEDIATE``), https://www.sqlite.org/wal.html,
 https://www.sqlite.org/howtocorrupt.html section 2.6 (fork).
@@ -107,6 +118,11 @@ _MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscri
 _MEMBER_SELECT = f"SELECT {', '.join(_MEMBER_COLUMNS)} FROM members"
 _EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
 _PENDING_SELECT = "SELECT token, type, payload, created, expires FROM pending"
+_MEMBER_BY_KEY = f"{_MEMBER_SELECT} WHERE key = ?"
+_PENDING_BY_TOKEN = f"{_PENDING_SELECT} WHERE token = ?"
+_DATA_VERSION = "PRAGMA data_version"
+READ_CACHE_MAX = 4096             # rows kept per connection and kind; a full cache is emptied
+_MISSING = object()
 
 
 def unavailable(exc: sqlite3.Error, path: str) -> StoreUnavailable | None:
@@ -120,7 +136,7 @@ def unavailable(exc: sqlite3.Error, path: str) -> StoreUnavailable | None:
 
 
 def _member(row: tuple) -> Member:
-    return Member(**dict(zip(_MEMBER_COLUMNS, row)))
+    return Member(*row)     # _MEMBER_COLUMNS is Member's field order (asserted below)
 
 
 def _pending(row: tuple) -> PendingRecord:
@@ -202,6 +218,7 @@ class SQLiteStore(ListStore):
             raise
         self._local.conn = conn
         self._local.depth = 0
+        self._local.view = _View()
         with self._lock:
             self._conns.append(conn)
         return conn
@@ -239,8 +256,39 @@ class SQLiteStore(ListStore):
             raise wrapped from exc
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        with self._guard():
+        try:
             return self._conn().execute(sql, tuple(params)).fetchall()
+        except sqlite3.Error as exc:
+            wrapped = unavailable(exc, self.path)
+            if wrapped is None:
+                raise
+            raise wrapped from exc
+
+    def _cached_row(self, kind: str, key: str, sql: str) -> tuple | None:
+        """The row ``sql`` (one ``?``: ``key``) selects, through this connection's read cache (module docstring)."""
+        conn = self._conn()
+        try:
+            if conn.in_transaction:
+                rows = conn.execute(sql, (key,)).fetchall()
+                return rows[0] if rows else None
+            version = conn.execute(_DATA_VERSION).fetchone()[0]
+            view = self._local.view
+            if view.version != version:
+                view.reset(version)
+            cache = view.members if kind == "members" else view.pending
+            row = cache.get(key, _MISSING)
+            if row is _MISSING:
+                rows = conn.execute(sql, (key,)).fetchall()
+                row = rows[0] if rows else None
+                if len(cache) >= READ_CACHE_MAX:
+                    cache.clear()
+                cache[key] = row
+            return row
+        except sqlite3.Error as exc:
+            wrapped = unavailable(exc, self.path)
+            if wrapped is None:
+                raise
+            raise wrapped from exc
 
     def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
         with self._guard():
@@ -268,6 +316,8 @@ class SQLiteStore(ListStore):
             yield
         except BaseException:
             self._local.depth = depth
+            if depth == 0:
+                self._local.view.reset(None)
             try:
                 if depth == 0:
                     conn.execute("ROLLBACK")
@@ -279,6 +329,7 @@ class SQLiteStore(ListStore):
             raise
         self._local.depth = depth
         if depth == 0:
+            self._local.view.reset(None)    # our own commit does not change data_version
             try:
                 with self._guard():
                     conn.execute("COMMIT")
@@ -296,8 +347,8 @@ class SQLiteStore(ListStore):
         key = _member_key(address)
         if key is None:
             return None
-        rows = self._query(f"{_MEMBER_SELECT} WHERE key = ?", (key,))
-        return _member(rows[0]) if rows else None
+        row = self._cached_row("members", key, _MEMBER_BY_KEY)
+        return None if row is None else Member(*row)
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         bare = _bare_address(address)
@@ -425,8 +476,9 @@ class SQLiteStore(ListStore):
         return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
 
     def peek_pending(self, token: str) -> PendingRecord | None:
-        rows = self._query(f"{_PENDING_SELECT} WHERE token = ? AND expires > ?", (token, clock.now()))
-        return _pending(rows[0]) if rows else None
+        now = clock.now()
+        row = self._cached_row("pending", token, _PENDING_BY_TOKEN)
+        return _pending(row) if row is not None and row[4] > now else None
 
     def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
         """Select and delete under the write lock (``BEGIN IMMEDIATE``), so one confirmer wins.
@@ -498,6 +550,20 @@ class SQLiteStore(ListStore):
         self._local = threading.local()
 
 
+class _View:
+    """One connection's read cache: rows by key, valid while ``PRAGMA data_version`` is ``version``."""
+
+    __slots__ = ("version", "members", "pending")
+
+    def __init__(self):
+        self.reset(None)
+
+    def reset(self, version: int | None) -> None:
+        self.version = version
+        self.members: dict[str, tuple | None] = {}
+        self.pending: dict[str, tuple | None] = {}
+
+
 def _bare_address(address: str) -> str:
     """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
     bare = (address or "").strip()
@@ -510,3 +576,6 @@ def _bare_address(address: str) -> str:
 
 def _member_values(member: Member) -> list[Any]:
     return [getattr(member, c) for c in _MEMBER_COLUMNS]
+
+
+assert tuple(Member.__dataclass_fields__) == _MEMBER_COLUMNS, "_member() builds Member positionally"
