@@ -59,10 +59,31 @@ def _consumer(queue_dir: str) -> None:
         out.flush()
 
 
+def _progress(queue_dir: str) -> None:
+    """Fan-out progress: dequeue the one qfile, record its deliveries done one by one
+    (every fourth as refused), printing each index once it is durable."""
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    from listgate.queue import Switchboard
+    sb = Switchboard(queue_dir, "out")
+    qf = sb.dequeue()
+    out = sys.stdout
+    for i in range(len(qf.meta["deliveries"])):
+        if i in qf.meta.get("done", ()):
+            continue
+        sb.record_done(qf, [i], {str(i): f"550 5.1.1 no {i}"} if i % 4 == 0 else None)
+        out.write(f"{i}\n")
+        out.flush()
+    out.write("all\n")
+    out.flush()
+    time.sleep(60)
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
         _writer(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "consumer":
         _consumer(sys.argv[2])
+    elif sys.argv[1] == "progress":
+        _progress(sys.argv[2])
     else:
         sys.exit(f"unknown role {sys.argv[1]!r}")

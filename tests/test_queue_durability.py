@@ -269,3 +269,89 @@ def test_failed_shared_directory_fsync_fails_every_writer_of_its_round(tmp_path,
         t.join()
     assert errors == [errno.EIO] * 6
     assert sb.ids() == [] and _leftovers(sb.dir) == []
+
+
+# -- fan-out progress file (Switchboard.record_done) --------------------------------------
+
+def _fanout_qfile(qroot: str, n: int) -> Switchboard:
+    sb = Switchboard(qroot, "out", max_attempts=1000)
+    deliveries = [{"rcpt": f"m{i}@members.test", "sender": f"l-bounces+m{i}@example.org"} for i in range(n)]
+    sb.enqueue(make_message(5, 1), {"list": "a@b", "deliveries": deliveries, "done": []})
+    return sb
+
+
+def test_sigkilled_progress_writer_loses_no_recorded_delivery(tmp_path):
+    """SIGKILL while hand-overs are appended to ID.done (possibly mid-line): after recover,
+    every index the writer reported durable is done, and nothing it never recorded is."""
+    qroot = str(tmp_path / "queue")
+    sb = _fanout_qfile(qroot, 3000)
+    reported: set[int] = set()
+    in_flight: set[int] = set()
+    rng = random.Random(11)
+    for _ in range(8):
+        child = Child("progress", qroot)
+        try:
+            time.sleep(rng.uniform(0.05, 0.2))
+        finally:
+            child.kill()
+        lines = [ln for ln in child.lines if ln != "all"]
+        reported.update(int(ln) for ln in lines)
+        sb.recover()
+        assert sb.held_ids() == []
+        [qid] = sb.ids()
+        assert not any(n.endswith(".done") for n in queue_files(sb.dir))  # folded into the qfile
+        meta = sb.peek(qid).meta
+        done = meta["done"]
+        assert len(done) == len(set(done))
+        assert reported <= set(done)
+        # beyond what was reported, at most the one in flight at each kill
+        assert len(set(done) - reported - in_flight) <= 1
+        in_flight |= set(done) - reported
+        for i in done:
+            if i % 4 == 0:
+                assert meta["failed"][str(i)] == f"550 5.1.1 no {i}"
+        if "all" in child.lines:
+            break
+    assert Switchboard(qroot, "bad").ids() == []
+
+
+def test_progress_file_torn_tail_and_stale_lines_are_ignored(tmp_path):
+    qroot = str(tmp_path / "queue")
+    sb = _fanout_qfile(qroot, 5)
+    qf = sb.dequeue()
+    sb.record_done(qf, [0, 2])
+    assert qf.meta["done"] == [0, 2]
+    with open(f"{sb.dir}/{qf.id}.done", "ab") as fh:
+        # a line for another recipient at that index (a stale file), then a torn append
+        fh.write(b'[1, "someone-else@members.test"]\n[3, "m3@mem')
+    sb.release(qf)
+    qf = sb.dequeue()
+    assert qf.meta["done"] == [0, 2]
+    sb.finish(qf)
+    assert queue_files(sb.dir) == []
+
+
+def test_progress_survives_release_and_move_folds_it(tmp_path):
+    qroot = str(tmp_path / "queue")
+    sb = _fanout_qfile(qroot, 4)
+    qf = sb.dequeue()
+    sb.record_done(qf, [1], {"1": "550 5.1.1 gone"})
+    sb.release(qf)
+    assert sb.peek(qf.id).meta["done"] == [1]
+    qf = sb.dequeue()
+    assert qf.meta["done"] == [1] and qf.meta["failed"] == {"1": "550 5.1.1 gone"}
+    sb.record_done(qf, [0])
+    sb.move(qf, "shunt", reason="test")
+    assert not any(n.endswith(".done") for n in queue_files(sb.dir))
+    moved = Switchboard(qroot, "shunt").peek(qf.id)
+    assert moved.meta["done"] == [1, 0] and moved.meta["failed"] == {"1": "550 5.1.1 gone"}
+
+
+def test_recover_removes_orphan_progress_files(tmp_path):
+    qroot = str(tmp_path / "queue")
+    sb = _fanout_qfile(qroot, 2)
+    qf = sb.dequeue()
+    sb.record_done(qf, [0])
+    Path(f"{sb.dir}/{qf.id}.held").unlink()   # finished, killed before the progress file went
+    sb.recover()
+    assert queue_files(sb.dir) == []

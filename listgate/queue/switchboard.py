@@ -6,6 +6,10 @@ Files in ``QUEUE_DIR/NAME/``:
 * ``ID.held``  dequeued, in progress (Mailman's ``.bak``);
 * ``.ID.PID.N.tmp`` a qfile being written; never matched by dequeue, removed by
   ``recover`` once the writing process is gone;
+* ``ID.done``  fan-out progress of a qfile (:meth:`Switchboard.record_done`): a line
+  ``listgate-progress 1 ID``, then one JSON array ``[index, rcpt]`` (or
+  ``[index, rcpt, reply]`` for a refused one) per delivery handed over, appended
+  and fdatasync'd; folded into the qfile's ``done`` by every reader;
 * ``.recycle/`` finished qfiles kept for reuse (at most 64, each under 1 MiB).
   Freeing a file's blocks is what costs most when a queue turns over (it can
   cost more than the fsync, e.g. on ext4 mounted with ``discard``), so
@@ -34,6 +38,7 @@ from __future__ import annotations
 import errno
 import hashlib
 import itertools
+import json
 import logging
 import math
 import os
@@ -51,6 +56,8 @@ QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
 READY = ".qf"
 HELD = ".held"
 TMP = ".tmp"
+DONE = ".done"
+PROGRESS_MAGIC = b"listgate-progress 1"
 ID_RE = re.compile(r"\A(\d{19})-\d{1,10}-\d{6}-[0-9a-f]{8}\Z")
 # queues where a qfile rests for a human rather than waits for a runner: the
 # attempt count is kept there as evidence instead of being reset
@@ -369,6 +376,11 @@ class Switchboard:
         except QFileFormatError as exc:
             self._quarantine(qid, path, data, str(exc))
             return None
+        try:
+            self._merge_progress(qid, meta)
+        except OSError as exc:
+            log.error("cannot read delivery progress %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
+            return None  # left held, as for an unreadable qfile
         return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
 
     def peek(self, qid: str) -> QFile | None:
@@ -386,8 +398,109 @@ class Switchboard:
             except FileNotFoundError:
                 continue
             meta, msg = qfile.loads(data)
+            self._merge_progress(qid, meta)
             return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
         return None
+
+    # -- fan-out progress ------------------------------------------------------------
+
+    def record_done(self, qf: QFile, indices: list[int], failed: dict[str, str] | None = None) -> None:
+        """Durably add delivery ``indices`` to ``qf``'s fan-out progress (``done``).
+
+        ``failed`` maps ``str(index)`` to the 5xx reply of a refused one (kept in
+        ``meta['failed']``). Instead of rewriting the whole qfile (:meth:`update`:
+        write, fsync, rename, directory fsync), one line per index is appended to
+        the progress file ``ID.done`` and fdatasync'd; only the first call for a
+        qfile creates it and fsyncs the directory. Readers (dequeue, take, peek,
+        recover) fold it into ``meta['done']``; ``finish``/``move`` remove it and
+        ``recover`` folds it into the qfile. Raises QueueError: nothing of this
+        call is recorded then. ``qf.meta`` is updated.
+        """
+        deliveries = qf.meta.get("deliveries") or []
+        failed = failed or {}
+        lines = []
+        for i in indices:
+            rec = [i, deliveries[i].get("rcpt")]
+            if str(i) in failed:
+                rec.append(failed[str(i)])
+            lines.append(json.dumps(rec) + "\n")   # ASCII: \u escapes keep any address
+        data = "".join(lines).encode("ascii")
+        path = os.path.join(self.dir, qf.id + DONE)
+        created = False
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = True
+                data = PROGRESS_MAGIC + b" " + qf.id.encode("ascii") + b"\n" + data
+            except FileExistsError:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                self._sync_dir()
+        except OSError as exc:
+            if created:
+                # its name may not be durable: never append to it as if it were
+                _unlink_quietly(path)
+            raise QueueError(exc.errno or errno.EIO, f"cannot record delivery progress of qfile {qf.id} "
+                             f"in {self.dir}: {exc.strerror or exc}") from None
+        done = list(qf.meta.get("done") or [])
+        seen = set(done)
+        done.extend(i for i in indices if i not in seen)
+        meta = {**qf.meta, "done": done}
+        if failed:
+            meta["failed"] = {**(qf.meta.get("failed") or {}), **failed}
+        qf.meta = meta
+
+    def _merge_progress(self, qid: str, meta: dict) -> None:
+        """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``.
+
+        Only whole lines count (a line torn by a crash is the hand-over in
+        flight, which the module docstring of listgate.runner.delivery
+        documents), and only a line whose recipient is the one at that index of
+        ``meta['deliveries']`` (a stale file cannot mark anybody else done).
+        Raises OSError if the file exists but cannot be read.
+        """
+        try:
+            with open(os.path.join(self.dir, qid + DONE), "rb") as fh:
+                data = fh.read()
+        except FileNotFoundError:
+            return
+        lines = data.split(b"\n")
+        if lines[0].split(b" ")[:2] != PROGRESS_MAGIC.split(b" "):
+            log.warning("ignored unreadable delivery progress file %s", kv(queue=self.name, qfile=qid))
+            return
+        deliveries = meta.get("deliveries")
+        if not isinstance(deliveries, list):
+            return
+        done = list(meta.get("done") or [])
+        seen = set(done)
+        failed = dict(meta.get("failed") or {})
+        for raw in lines[1:-1]:  # what follows the last newline is a torn or empty tail
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                break
+            if not (isinstance(rec, list) and 2 <= len(rec) <= 3 and type(rec[0]) is int
+                    and 0 <= rec[0] < len(deliveries) and isinstance(deliveries[rec[0]], dict)
+                    and deliveries[rec[0]].get("rcpt") == rec[1]):
+                continue
+            if rec[0] not in seen:
+                seen.add(rec[0])
+                done.append(rec[0])
+            if len(rec) == 3:
+                failed[str(rec[0])] = rec[2]
+        meta["done"] = done
+        if failed:
+            meta["failed"] = failed
+
+    def _drop_progress(self, qid: str) -> None:
+        _unlink_quietly(os.path.join(self.dir, qid + DONE))
 
     # -- finishing -----------------------------------------------------------------
 
@@ -399,6 +512,9 @@ class Switchboard:
     def _discard(self, qf: QFile) -> None:
         if len(qf.msg) >= POOL_MAX_SIZE or not self._pool.put(qf.path, qf.id):
             _unlink_quietly(qf.path)
+        # after the qfile: a crash in between leaves an orphan (recover removes it), never
+        # a qfile that lost its progress
+        self._drop_progress(qf.id)
 
     def update(self, qf: QFile, meta: dict) -> None:
         """Durably replace the held file's metadata with ``meta`` (same message).
@@ -434,8 +550,10 @@ class Switchboard:
         if target is not self:
             self._discard(qf)
             self._changed_by_us()
-        elif qf.path != os.path.join(self.dir, qf.id + READY):
-            _unlink_quietly(qf.path)  # back in this queue: the next dequeue lists it again
+        else:
+            if qf.path != os.path.join(self.dir, qf.id + READY):
+                _unlink_quietly(qf.path)  # back in this queue: the next dequeue lists it again
+            self._drop_progress(qf.id)  # folded into the new qfile's metadata
         if to in RESTING:
             log.warning("qfile moved %s", kv(qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
                                              queue_id=meta.get("mta_queue_id"), reason=repr(reason)))
@@ -460,8 +578,9 @@ class Switchboard:
 
         Each goes back with ``attempts`` + 1, or to ``bad`` with the reason once
         ``attempts`` reaches ``max_attempts``. Temporary files of writers that
-        are gone are removed. Run it at start-up, before any runner of this
-        slice dequeues: a held file is assumed abandoned.
+        are gone are removed, and progress files (``ID.done``) whose qfile is
+        gone. Run it at start-up, before any runner of this slice dequeues: a
+        held file is assumed abandoned.
         """
         _check_slice(slice, slices)
         self._remove_stale_temps()
@@ -483,6 +602,7 @@ class Switchboard:
             else:
                 self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
                 _unlink_quietly(path)
+                self._drop_progress(qid)  # folded into the qfile just written
                 log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
         self._batch = []
         return count
@@ -493,6 +613,12 @@ class Switchboard:
         except FileNotFoundError:
             return
         for name in names:
+            if name.endswith(DONE) and not name.startswith("."):
+                base = os.path.join(self.dir, name[:-len(DONE)])
+                # held, waiting, held: a runner of another slice may rename it meanwhile
+                if not any(os.path.exists(base + sfx) for sfx in (HELD, READY, HELD)):
+                    _unlink_quietly(base + DONE)  # its qfile is finished or gone
+                continue
             if not (name.startswith(".") and name.endswith(TMP)):
                 continue
             try:

@@ -16,10 +16,11 @@ the message over one persistent SMTP connection (``site.conf.reinject``) and:
   (routing cannot tell). The re-injection client must be in Postfix's
   ``smtpd_authorized_verp_clients``.
 
-Progress is durable: after every hand-over the qfile's ``done`` list is
-rewritten with :meth:`Switchboard.update` before the next recipient. After a
-crash the qfile comes back (``Switchboard.recover``) and only recipients not
-in ``done`` are sent. The one recipient whose transaction was in flight at the
+Progress is durable: after every hand-over the recipient's index is appended
+to the qfile's progress file with :meth:`Switchboard.record_done` (one
+fdatasync, not a rewrite of the qfile) before the next recipient. After a
+crash the qfile comes back (``Switchboard.recover`` folds the progress into
+its ``done``) and only recipients not in ``done`` are sent. The one recipient whose transaction was in flight at the
 crash (the MTA said 250 but ``done`` was not yet written) gets the post twice:
 that window cannot be closed without two-phase commit with the MTA.
 
@@ -236,13 +237,12 @@ class Deliverer:
         deferred: dict[int, str] = {}
 
         def record(indices: list[int]) -> None:
-            for i in indices:
-                if i not in done_set:
-                    done_set.add(i)
-                    done.append(i)
+            new = [i for i in indices if i not in done_set]
+            sb.record_done(qf, new, {str(i): failed[str(i)] for i in new if str(i) in failed})
+            done_set.update(new)
+            done.extend(new)
             meta["done"] = done
             meta["failed"] = failed
-            sb.update(qf, meta)
 
         batch = XVERP_BATCH if xverp else 1
         pos = 0
