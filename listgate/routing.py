@@ -33,12 +33,14 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import os
+import sqlite3
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
 
 from . import verp
 from .addresses import ListAddress, parse, split_address
+from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
 
 __all__ = ["RcptDecision", "decide_rcpt", "ACTIONS"]
@@ -84,6 +86,10 @@ def _tempfail(address, text: str = "list store temporarily unavailable, try agai
     return RcptDecision("tempfail", 451, "4.3.0", text, address)
 
 
+# decisions are immutable: the ones that do not depend on the request are made once
+_NO_SUCH_ADDRESS = _reject(None, "5.1.1", "no such list address")
+
+
 def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str | None = None) -> RcptDecision:
     """Decide what to do with envelope recipient ``rcpt`` (module docstring has the rules).
 
@@ -93,24 +99,34 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     ``tempfail``.
     """
     parts = split_address(rcpt or "")
-    if parts is None or parts[1] not in _domains(site):
+    if parts is None:
         return PASS
-    if sender and client_address and _is_reinjection(site, sender, client_address):
+    plan = _plan(site)
+    local, domain = parts
+    if domain not in plan.domains:
         return PASS
-    if parts[0].lower() == "postmaster":
+    if sender and client_address and _is_reinjection(plan, sender, client_address):
         return PASS
-    address = parse(rcpt, site.lists)
-    if address is None:
-        # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
-        return _reject(None, "5.1.1", "no such list address")
-    lc = site.lists[address.list_key]
+    lower = local.lower()
+    if lower == "postmaster":
+        return PASS
+    # L@D is the post address (addresses.parse's first rule), by far the most common
+    lp = plan.lists.get(f"{lower}@{domain}") if "+" not in local else None
+    if lp is not None:
+        address = lp.post_address
+    else:
+        address = parse(rcpt, site.lists)
+        if address is None:
+            # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
+            return _NO_SUCH_ADDRESS
+        lp = plan.lists[address.list_key]
     try:
+        if address.role == "post":
+            return _decide_post(lp, sender)
         if address.role == "bounces":
-            return _decide_bounces(site, lc, address)
+            return _decide_bounces(site, lp, address)
         if address.role == "confirm" and not is_token(address.extension.lower()):
             return _reject(address, "5.1.1", "not a valid confirmation address")
-        if address.role == "post":
-            return _decide_post(site, lc, address, sender)
     except Exception as exc:  # noqa: BLE001 - any store failure: the client must retry, not lose mail
         if not _is_store_failure(exc):
             raise
@@ -119,87 +135,119 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     return RcptDecision("accept", address=address)
 
 
-def _decide_bounces(site, lc, address: ListAddress) -> RcptDecision:
+def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
     if address.extension is None:
         return RcptDecision("accept", address=address)
-    result = verp.decode(site, lc, address.extension)
+    result = verp.decode(site, lp.lc, address.extension, store=lp)
     if not result.valid:
         return _reject(address, "5.1.1", "not a valid bounce address", verp_result=result)
     return RcptDecision("accept", address=address, verp=result)
 
 
-def _decide_post(site, lc, address: ListAddress, sender: str | None) -> RcptDecision:
-    policy = lc.posting_policy
-    if policy == "open" or sender is None:
-        return RcptDecision("accept", address=address)
+def _decide_post(lp: _ListPlan, sender: str | None) -> RcptDecision:
+    if lp.open or sender is None:
+        return lp.accept_post
     sender_parts = split_address(sender) if sender not in ("", "<>") else None
-    if sender_parts is not None and _may_post(site, lc, policy, sender_parts):
-        return RcptDecision("accept", address=address)
-    if lc.non_member_action == "reject":
-        text = ("only the list's moderators may post to this list" if policy == "announce"
-                else "only members may post to this list")
-        return _reject(address, "5.7.1", text)
-    return RcptDecision("accept", address=address)
+    if sender_parts is not None and _may_post(lp, sender_parts):
+        return lp.accept_post
+    return lp.refuse_post
 
 
-def _may_post(site, lc, policy: str, sender_parts: tuple[str, str]) -> bool:
+def _may_post(lp: _ListPlan, sender_parts: tuple[str, str]) -> bool:
     local, domain = sender_parts
     sender = f"{local}@{domain}"
-    staff = _staff(lc)
-    if sender.lower() in staff:
+    if sender.lower() in lp.staff:
         return True
-    if policy == "announce":
+    if lp.announce:
         return False
-    try:
-        sender.encode("utf-8")
-    except UnicodeEncodeError:
-        return False    # 8-bit junk (surrogate-escaped): no member address looks like that
-    from .store import open_store
-    return open_store(site, f"{lc.name}@{lc.domain}").get_member(sender) is not None
-
-
-def _staff(lc) -> frozenset[str]:
-    return _staff_of(tuple(lc.owners), tuple(lc.moderators))
-
-
-@lru_cache(maxsize=256)
-def _staff_of(owners: tuple[str, ...], moderators: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(a.lower() for a in owners + moderators)
+    if not sender.isascii():
+        try:
+            sender.encode("utf-8")
+        except UnicodeEncodeError:
+            return False    # 8-bit junk (surrogate-escaped): no member address looks like that
+    return lp.store().get_member(sender) is not None
 
 
 def _is_store_failure(exc: Exception) -> bool:
-    import sqlite3
-
-    from .store import StoreUnavailable
     # an unreadable VERP key file is also "cannot decide now": 4xx, the admin fixes it
     return isinstance(exc, (StoreUnavailable, sqlite3.Error, OSError, verp.VerpKeyError))
 
 
-# -- per-Site caches: the caller passes the current Site; a reload gives a new object
-_site_cache: dict[int, tuple[Any, frozenset[str], tuple]] = {}
+# -- per-Site plans: what decisions need from a Site, worked out once per Site object.
+# The caller passes the current Site; a reload gives a new object and so a new plan.
+
+class _ListPlan:
+    """One list's posting rules, its constant decisions and its store (opened on first use)."""
+
+    __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce", "staff",
+                 "accept_post", "refuse_post", "_store")
+
+    def __init__(self, site, list_key: str, lc):
+        self.site = site
+        self.lc = lc
+        self.list_key = list_key
+        policy = lc.posting_policy
+        self.open = policy == "open"
+        self.announce = policy == "announce"
+        # owners and moderators may always post
+        self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
+        name, _, domain = list_key.rpartition("@")
+        self.post_address = ListAddress(name, domain, "post")     # what parse() gives for L@D
+        self.accept_post = RcptDecision("accept", address=self.post_address)
+        if lc.non_member_action == "reject":
+            text = ("only the list's moderators may post to this list" if self.announce
+                    else "only members may post to this list")
+            self.refuse_post = _reject(self.post_address, "5.7.1", text)
+        else:
+            self.refuse_post = self.accept_post     # hold/discard: the runner acts after DATA
+        self._store = None
+
+    def store(self):
+        """``open_store(site, list_key)``, kept; opened again once closed (``close_all``)."""
+        store = self._store
+        if store is None or getattr(store, "closed", False):
+            store = self._store = open_store(self.site, self.list_key)
+        return store
+
+    def peek_pending(self, token: str):
+        # verp.decode's ``store``: the store is opened only when a probe token is looked up
+        return self.store().peek_pending(token)
 
 
-def _cached(site) -> tuple[frozenset[str], tuple]:
-    hit = _site_cache.get(id(site))
-    if hit is not None and hit[0] is site:
-        return hit[1], hit[2]
-    nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
-    if len(_site_cache) >= 8:
-        _site_cache.clear()
-    _site_cache[id(site)] = (site, site.domains, nets)
-    return site.domains, nets
+class _Plan:
+    __slots__ = ("site", "domains", "nets", "lists")
+
+    def __init__(self, site):
+        self.site = site
+        self.domains = site.domains
+        self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
+        self.lists = {key: _ListPlan(site, key, lc) for key, lc in site.lists.items()}
 
 
-def _domains(site) -> frozenset[str]:
-    return _cached(site)[0]
+_plans: dict[int, _Plan] = {}
 
 
-def _is_reinjection(site, sender: str, client_address: str) -> bool:
+def _plan(site) -> _Plan:
+    plan = _plans.get(id(site))
+    if plan is not None and plan.site is site:
+        return plan
+    plan = _Plan(site)
+    if len(_plans) >= 8:
+        _plans.clear()
+    _plans[id(site)] = plan
+    return plan
+
+
+# a forked child opens its own stores (open_store does the same for its cache)
+os.register_at_fork(after_in_child=_plans.clear)
+
+
+def _is_reinjection(plan: _Plan, sender: str, client_address: str) -> bool:
     # cheap string tests first: almost every sender is someone else's address
     parts = split_address(sender)
-    if parts is None or parts[1] not in _domains(site) or "-bounces" not in parts[0].lower():
+    if parts is None or parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
         return False
-    sender_address = parse(sender, site.lists)
+    sender_address = parse(sender, plan.site.lists)
     if sender_address is None or sender_address.role != "bounces":
         return False
     try:
@@ -208,4 +256,4 @@ def _is_reinjection(site, sender: str, client_address: str) -> bool:
         return False
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
-    return any(ip in net for net in _cached(site)[1])
+    return any(ip in net for net in plan.nets)

@@ -199,8 +199,38 @@ def test_store_failure_is_tempfail(site):
         # decisions that need no store still work
         assert decide(site, f"nolist@{D}").action == "reject"
         assert decide(site, f"demo-request@{D}").action == "accept"
+        good_verp = verp.member_bounce_address(site, site.get_list("demo"), "member@example.com")
+        assert decide(site, good_verp, sender="").action == "accept"
     finally:
         close_all()
+
+
+def test_post_address_is_what_parse_says(site, members):
+    from listgate.addresses import parse
+    for rcpt in (f"demo@{D}", f"DeMo@{D.upper()}", f"<demo@{D}.>", f" demo@{D} "):
+        d = decide(site, rcpt, sender="member@example.com")
+        assert d.action == "accept" and d.address == parse(rcpt, site.lists), rcpt
+
+
+def test_decisions_after_close_all_and_in_a_forked_child(site, members):
+    site = _policy(site, "members_only", "reject")
+    post = f"demo@{D}"
+    assert decide(site, post, sender="member@example.com").action == "accept"
+    close_all()                 # routing keeps the list's store: a closed one is opened again
+    assert decide(site, post, sender="member@example.com").action == "accept"
+    pid = os.fork()
+    if pid == 0:                # the child reads through its own connection (never the parent's)
+        code = 1
+        try:
+            open_store(site, f"demo@{D}").add_member("child@example.com")
+            ok = (decide(site, post, sender="child@example.com").action == "accept"
+                  and decide(site, post, sender="stranger@example.net").action == "reject")
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert decide(site, post, sender="child@example.com").action == "accept"
 
 
 def test_unreadable_key_is_tempfail(site):
