@@ -86,6 +86,31 @@ def test_mac_length_from_config(site):
     assert verp.decode(site, demo(site), ext_of(site, address)).kind == "member"
 
 
+@pytest.mark.parametrize("mac_length", [6, 8, 12, 33, 52])
+def test_mac_is_the_documented_hmac_in_lower_case_base32(site, mac_length):
+    # HMAC-SHA256 over "list_key NUL member" (lower case), base32 (RFC 4648) lower case, cut:
+    # computed here with the standard library alone, against verp's faster implementation
+    import base64
+    import hashlib
+    import hmac
+    site = edit_site(site, verp={"keys": [k.as_dict() for k in site.conf.verp.keys], "mac_length": mac_length})
+    with open(site.resolve(site.conf.verp.keys[0].file), encoding="ascii") as fh:
+        secret = bytes.fromhex(fh.read().strip())
+    for member in ("Jane.Doe@Example.COM", "o'brien@example.ie", "x=y@example.org"):
+        digest = hmac.new(secret, f"demo@lists.example.org\x00{member}".lower().encode(), hashlib.sha256).digest()
+        expected = base64.b32encode(digest).decode().lower()[:mac_length]
+        ring = verp._keyring(site)
+        assert verp._mac(ring.signer, "Demo@Lists.Example.Org", member, ring.mac_length) == expected
+        address = verp.member_bounce_address(site, demo(site), member)
+        if address != "demo-bounces@lists.example.org":         # long MACs do not fit in 64 octets
+            assert address.rpartition("@")[0].rpartition(".")[2] == expected
+            local, _, domain = member.rpartition("@")
+            assert verp.decode(site, demo(site), ext_of(site, address)).member == f"{local}@{domain.lower()}"
+    for n in range(0, 40):
+        data = os.urandom(n)
+        assert verp._b32(data).startswith(base64.b32encode(data).decode().lower().rstrip("="))
+
+
 def _rotate(site, *, retired_at=None, window=None):
     """New key k2 signs; the instance's key is retired (optionally with retired_at / window)."""
     old = site.conf.verp.keys[0].as_dict()
