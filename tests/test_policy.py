@@ -345,6 +345,44 @@ def test_parser_any_split_gives_same_requests():
     assert info.value.complete == [{"a": "1", "b": "2"}]
 
 
+class _LineByLine(RequestParser):
+    """The parser without its fast path: every input line by line (the reference)."""
+
+    def _feed(self, data, requests):
+        return self._feed_lines(self._buf + data if self._buf else data, requests)
+
+
+def _outcome(parser, chunks):
+    got = []
+    for chunk in chunks:
+        try:
+            got.append(parser.feed(chunk))
+        except ProtocolError as exc:
+            return got, ("error", exc.complete)
+    try:
+        return got, ("finish", parser.finish())
+    except ProtocolError as exc:
+        return got, ("error", exc.complete)
+
+
+def test_parser_fast_path_equals_line_by_line():
+    import random
+    from listgate.policy.protocol import MAX_ATTRIBUTES
+    rng = random.Random(11)
+    vocabulary = [b"a=1\n", b"b=\n", b"c=x=y\n", b"a=2\r\n", b"\n", b"\r\n", b"=v\n", b"novalue\n",
+                  b"d=\r\r\n", b"e=\xff\xfe\n", b"f=" + b"z" * 150 + b"\n"]
+    many = lambda n, dup=b"": b"".join(b"n%d=1\n" % i for i in range(n)) + dup   # noqa: E731
+    streams = [many(MAX_ATTRIBUTES - 1, b"\n"), many(MAX_ATTRIBUTES, b"\n"), many(MAX_ATTRIBUTES + 1, b"\n"),
+               many(MAX_ATTRIBUTES, b"n0=2\n\n"), b"same=1\n" * 600 + b"\n", many(MAX_ATTRIBUTES, b"")]
+    for _ in range(400):
+        streams.append(b"".join(rng.choice(vocabulary) for _ in range(rng.randint(1, 40))))
+    for stream in streams:
+        cuts = sorted(rng.sample(range(1, len(stream)), min(len(stream) - 1, rng.randint(0, 6))))
+        chunks = [stream[i:j] for i, j in zip([0] + cuts, cuts + [len(stream)])]
+        for max_line in (256, 8192):
+            assert _outcome(RequestParser(max_line), chunks) == _outcome(_LineByLine(max_line), chunks), stream
+
+
 def test_inet_port_in_use_is_an_error(closed_site):
     port = free_port()
     with socket.socket() as busy:

@@ -69,23 +69,29 @@ class RequestParser:
         # fast path: whole input well-formed (one decode, one split); anything odd is
         # re-parsed line by line so the error and the requests before it are exact
         if len(complete) <= self.max_line or max(map(len, complete.split(b"\n"))) <= self.max_line:
+            text = complete.decode("utf-8", "surrogateescape")
+            if "\r" in text:       # one CR before each LF is dropped, as _feed_lines does per line
+                text = (text + "\n").replace("\r\n", "\n")[:-1]
             attrs = self._attrs.copy() if self._attrs else {}
-            for line in complete.decode("utf-8", "surrogateescape").split("\n"):
-                if line[-1:] == "\r":
-                    line = line[:-1]
+            # the attribute limit is looked at per request, not per line: a request that ends
+            # (or a partial one that stops) with MAX_ATTRIBUTES names may have broken it
+            for line in text.split("\n"):
                 if not line:
+                    if len(attrs) >= MAX_ATTRIBUTES:
+                        break
                     requests.append(attrs)
                     attrs = {}
                     continue
                 name, eq, value = line.partition("=")
-                if not eq or not name or len(attrs) >= MAX_ATTRIBUTES:
+                if not eq or not name:
                     break
                 attrs[name] = value
             else:
-                if len(rest) > self.max_line:
-                    raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
-                self._buf, self._attrs = rest, attrs
-                return requests
+                if len(attrs) < MAX_ATTRIBUTES:
+                    if len(rest) > self.max_line:
+                        raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+                    self._buf, self._attrs = rest, attrs
+                    return requests
             requests.clear()
         return self._feed_lines(buf, requests)
 
