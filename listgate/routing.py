@@ -105,7 +105,9 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     local, domain = parts
     if domain not in plan.domains:
         return PASS
-    if sender and client_address and _is_reinjection(plan, sender, client_address):
+    # split once for the re-injection test and the posting rules ("" and "<>" give None)
+    sender_parts = split_address(sender) if sender else None
+    if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
         return PASS
     lower = local.lower()
     if lower == "postmaster":
@@ -122,7 +124,7 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         lp = plan.lists[address.list_key]
     try:
         if address.role == "post":
-            return _decide_post(lp, sender)
+            return _decide_post(lp, sender, sender_parts)
         if address.role == "bounces":
             return _decide_bounces(site, lp, address)
         if address.role == "confirm" and not is_token(address.extension.lower()):
@@ -144,10 +146,9 @@ def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
     return RcptDecision("accept", address=address, verp=result)
 
 
-def _decide_post(lp: _ListPlan, sender: str | None) -> RcptDecision:
+def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
     if lp.open or sender is None:
         return lp.accept_post
-    sender_parts = split_address(sender) if sender not in ("", "<>") else None
     if sender_parts is not None and _may_post(lp, sender_parts):
         return lp.accept_post
     return lp.refuse_post
@@ -242,10 +243,9 @@ def _plan(site) -> _Plan:
 os.register_at_fork(after_in_child=_plans.clear)
 
 
-def _is_reinjection(plan: _Plan, sender: str, client_address: str) -> bool:
+def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_address: str) -> bool:
     # cheap string tests first: almost every sender is someone else's address
-    parts = split_address(sender)
-    if parts is None or parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
+    if parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
         return False
     sender_address = parse(sender, plan.site.lists)
     if sender_address is None or sender_address.role != "bounces":

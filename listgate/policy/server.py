@@ -249,4 +249,13 @@ class _Connection(asyncio.Protocol):
             return _DUNNO
         if refusals is not None and decision is not None and decision.action in ("reject", "tempfail", "discard"):
             refusals.append((action, attrs))
-        return format_reply(action)
+        reply = _replies.get(action)
+        if reply is None:
+            reply = format_reply(action)
+            if len(_replies) >= 256:        # the texts are routing's own, a handful: this is a backstop
+                _replies.clear()
+            _replies[action] = reply
+        return reply
+
+
+_replies: dict[str, bytes] = {}     # action -> its encoded reply
