@@ -432,8 +432,12 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
     serialise every post to a list behind two fsyncs):
 
     1. look: is the message already accepted, here (pending) or in the store?
-       (``remember`` rolled back: nothing written);
-    2. write the qfile (durable): a failure here leaves nothing behind;
+       (``remember`` rolled back: nothing written). The qfile is written and
+       fdatasync'd under its temporary name (:meth:`Switchboard.stage`, which
+       no runner reads) while the look is answered, and removed unseen if the
+       message is a duplicate;
+    2. commit the qfile (rename, directory fsync: durable): a failure here
+       leaves nothing behind;
     3. record the acceptance, now or (``record_later``) by :data:`RECORDS`'s
        writer. If a concurrent transaction of the same message recorded it
        first, our qfile is the duplicate and is taken back. If the record
@@ -442,20 +446,26 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
     """
     window = site.conf.milter.duplicate_window
     key = _dup_key(item.role, item.extension, mkey)
+    staged = None
     try:
-        if (item.list_key, key) in prelooks:
-            fresh = RECORDS.result(prelooks[(item.list_key, key)])
-        elif record_later:
-            fresh = RECORDS.look(site, item.list_key, key, window)
+        look = None
+        if record_later:
+            look = prelooks.get((item.list_key, key)) or RECORDS.start(site, item.list_key, key, window)
+        staged = sb.stage(msg, meta, arrival=meta["arrival"])
+        if look is not None:
+            fresh = RECORDS.result(look)
         else:
             store = open_store(site, item.list_key)
             [fresh] = _look_up(store, [(key, window)])
         if not fresh:
             item.outcome = "duplicate"
             return
-        item.qfile = sb.enqueue(msg, meta, arrival=meta["arrival"])
+        item.qfile = staged.commit()
     except (StoreUnavailable, QueueError, OSError, KeyError) as exc:
         raise NotStored(f"{item.list_key}: {exc}") from exc
+    finally:
+        if staged is not None:
+            staged.discard()  # a duplicate, or a failure: nothing stored (no-op once committed)
     item.outcome = "queued"
     if record_later:
         RECORDS.later(site, sb, item.list_key, key, window, item.qfile)

@@ -245,12 +245,18 @@ def test_concurrent_retry_keeps_exactly_one_qfile(site):
     """Two SMTP transactions of one message at once: both pass the first look, the
     second to record its acceptance takes its qfile back."""
     class RacingSwitchboard(Switchboard):
-        def enqueue(self, msg, meta, **kw):
-            qid = super().enqueue(msg, meta, **kw)
+        def stage(self, msg, meta, **kw):
+            staged = super().stage(msg, meta, **kw)
             if not getattr(self, "raced", False):
-                self.raced = True     # the other transaction stores and records in between
-                inject.store_message(site, msg, "a@example.net", routed(site, LIST), switchboard=self)
-            return qid
+                self.raced = True
+                commit = staged.commit
+
+                def racing_commit():
+                    qid = commit()     # the other transaction stores and records in between
+                    inject.store_message(site, msg, "a@example.net", routed(site, LIST), switchboard=self)
+                    return qid
+                staged.commit = racing_commit
+            return staged
 
     sb = RacingSwitchboard(site.queue_dir, "in")
     out = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb)
@@ -283,3 +289,17 @@ def test_writer_takes_back_a_concurrent_duplicate(site):
     assert out[0].outcome == "queued"
     assert inject.RECORDS.flush(timeout=10)
     assert len(queued(site)) == 1
+
+
+@pytest.mark.parametrize("record_later", [False, True])
+def test_retry_of_a_stored_message_leaves_no_file_behind(site, record_later):
+    """The qfile is staged (written, fdatasync'd under its temporary name) while the
+    duplicate look is answered; a duplicate's staged file is removed unseen."""
+    sb = Switchboard(site.queue_dir, "in")
+    first = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb,
+                                 record_later=record_later)
+    assert inject.RECORDS.flush(timeout=10)
+    again = inject.store_message(site, MSG, "a@example.net", routed(site, LIST), switchboard=sb,
+                                 record_later=record_later)
+    assert first[0].outcome == "queued" and again[0].outcome == "duplicate"
+    assert sorted(leftovers(Path(site.queue_dir) / "in")) == [first[0].qfile + ".qf"]

@@ -174,6 +174,17 @@ class Switchboard:
         OSError (ENOSPC, EROFS, EDQUOT, EIO, ...), after removing the temporary
         file; TypeError/ValueError for metadata that is not JSON-safe.
         """
+        return self.stage(msg, meta, arrival=arrival, qid=qid).commit()
+
+    def stage(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None) -> "Staged":
+        """The first half of :meth:`enqueue`: the qfile written and fdatasync'd under
+        its temporary name, which no reader matches. :meth:`Staged.commit` renames it
+        into place and fsyncs the directory (then it is durable; returns the id);
+        :meth:`Staged.discard` removes it unseen. A caller can so overlap the
+        file's sync with other waiting (the milter's duplicate look) and drop a
+        duplicate before any runner could take it. Same arguments and errors as
+        :meth:`enqueue`.
+        """
         if qid is not None and not ID_RE.match(qid):
             raise ValueError(f"not a qfile id: {qid!r}")
         meta = dict(meta)
@@ -187,8 +198,7 @@ class Switchboard:
         meta.setdefault("attempts", 0)
         qid = qid or new_id(arrival)
         data = qfile.dumps(meta, msg)
-        self._write(os.path.join(self.dir, qid + READY), data, qid, new=True)
-        return qid
+        return Staged(self, self._write_tmp(data, qid), qid)
 
     def _write(self, final: str, data: bytes, qid: str, *, new: bool) -> None:
         """temp name, write, fsync, rename onto ``final``, fsync the directory.
@@ -196,10 +206,13 @@ class Switchboard:
         ``new``: ``final`` is a new name whose directory entry may be withdrawn when
         the directory fsync fails (never an existing held file: that is the message).
         """
+        self._install(self._write_tmp(data, qid), final, qid, new=new)
+
+    def _write_tmp(self, data: bytes, qid: str) -> str:
+        """Write ``data`` to a fresh temporary name and fdatasync it; returns the name."""
         # pid lets recover() tell a dead writer's file from a live one; the counter
         # keeps two threads of one process apart
         tmp = os.path.join(self.dir, f".{qid}.{os.getpid()}.{next(_counter)}{TMP}")
-        step = "write"
         try:
             fd = self._pool.claim(tmp)
             recycled = fd is not None
@@ -216,7 +229,16 @@ class Switchboard:
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
-            step = "rename"
+        except OSError as exc:
+            _unlink_quietly(tmp)
+            raise QueueError(exc.errno or errno.EIO,
+                             f"cannot store qfile {qid} in {self.dir} (write): {exc.strerror or exc}") from None
+        return tmp
+
+    def _install(self, tmp: str, final: str, qid: str, *, new: bool) -> None:
+        """Rename a written temporary file onto ``final`` and fsync the directory."""
+        step = "rename"
+        try:
             os.rename(tmp, final)
             step = "directory fsync"
             self._sync_dir()
@@ -641,6 +663,27 @@ class Switchboard:
             return  # left held: nothing is lost, recover() tries again
         _unlink_quietly(path)
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+
+class Staged:
+    """A qfile written under its temporary name (:meth:`Switchboard.stage`)."""
+
+    def __init__(self, sb: Switchboard, tmp: str, qid: str):
+        self.sb, self.tmp, self.id = sb, tmp, qid
+
+    def commit(self) -> str:
+        """Rename into place and fsync the directory; returns the id. QueueError as enqueue."""
+        tmp, self.tmp = self.tmp, None
+        if tmp is None:
+            raise ValueError(f"qfile {self.id} was already committed or discarded")
+        self.sb._install(tmp, os.path.join(self.sb.dir, self.id + READY), self.id, new=True)
+        return self.id
+
+    def discard(self) -> None:
+        """Remove the temporary file (nothing was stored); a no-op after commit."""
+        if self.tmp is not None:
+            _unlink_quietly(self.tmp)
+            self.tmp = None
 
 
 class _DirSync:
