@@ -2,7 +2,11 @@
 
 :func:`decide_rcpt` is on the hot path of every SMTP transaction to a managed
 domain: it reads nothing but the :class:`~listgate.config.Site` the caller
-passes (no config reload here) and, when needed, the list's store.
+passes (no config reload here) and, when needed, the list's store. What it
+needs from a Site (domains, trusted networks, every list address as a dict
+equal to :func:`listgate.addresses.parse`, posting rules and the decisions
+that do not depend on the request) is worked out once per Site object; a
+reload gives a new object.
 
 Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 
@@ -39,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import verp
-from .addresses import ListAddress, parse, split_address
+from .addresses import DELIMITER, EXTENSION_ROLES, ROLE_SUFFIXES, ListAddress, split_address
 from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
 
@@ -109,19 +113,13 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     sender_parts = split_address(sender) if sender else None
     if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
         return PASS
-    lower = local.lower()
-    if lower == "postmaster":
+    if local.lower() == "postmaster":
         return PASS
-    # L@D is the post address (addresses.parse's first rule), by far the most common
-    lp = plan.lists.get(f"{lower}@{domain}") if "+" not in local else None
-    if lp is not None:
-        address = lp.post_address
-    else:
-        address = parse(rcpt, site.lists)
-        if address is None:
-            # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
-            return _NO_SUCH_ADDRESS
-        lp = plan.lists[address.list_key]
+    found = plan.parse(local, domain)
+    if found is None:
+        # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
+        return _NO_SUCH_ADDRESS
+    lp, address = found
     try:
         if address.role == "post":
             return _decide_post(lp, sender, sender_parts)
@@ -180,8 +178,8 @@ def _is_store_failure(exc: Exception) -> bool:
 class _ListPlan:
     """One list's posting rules, its constant decisions and its store (opened on first use)."""
 
-    __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce", "staff",
-                 "accept_post", "refuse_post", "_store")
+    __slots__ = ("site", "lc", "list_key", "name", "domain", "post_address", "role_addresses", "open", "announce",
+                 "staff", "accept_post", "refuse_post", "_store")
 
     def __init__(self, site, list_key: str, lc):
         self.site = site
@@ -192,8 +190,9 @@ class _ListPlan:
         self.announce = policy == "announce"
         # owners and moderators may always post
         self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
-        name, _, domain = list_key.rpartition("@")
-        self.post_address = ListAddress(name, domain, "post")     # what parse() gives for L@D
+        self.name, _, self.domain = list_key.rpartition("@")
+        self.post_address = ListAddress(self.name, self.domain, "post")     # what parse() gives for L@D
+        self.role_addresses = {role: ListAddress(self.name, self.domain, role) for role in ROLE_SUFFIXES}
         self.accept_post = RcptDecision("accept", address=self.post_address)
         if lc.non_member_action == "reject":
             text = ("only the list's moderators may post to this list" if self.announce
@@ -216,13 +215,35 @@ class _ListPlan:
 
 
 class _Plan:
-    __slots__ = ("site", "domains", "nets", "lists")
+    __slots__ = ("site", "domains", "nets", "lists", "addresses")
 
     def __init__(self, site):
         self.site = site
         self.domains = site.domains
         self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
         self.lists = {key: _ListPlan(site, key, lc) for key, lc in site.lists.items()}
+        # every list address without its +extension -> [list whose post address it is,
+        # list and role it is by its suffix]: the candidates addresses.parse tries, in a dict
+        # (no suffix ends with another, so an address has at most one suffix candidate)
+        self.addresses: dict[str, list] = {}
+        for key, lp in self.lists.items():
+            self.addresses.setdefault(key, [None, None, None])[0] = lp
+            for role, suffix in ROLE_SUFFIXES.items():
+                entry = self.addresses.setdefault(f"{lp.name}{suffix}@{lp.domain}", [None, None, None])
+                entry[1:] = [lp, role]
+
+    def parse(self, local: str, domain: str) -> tuple[_ListPlan, ListAddress] | None:
+        """``addresses.parse(f"{local}@{domain}", site.lists)`` and its list, for a split address."""
+        base, plus, ext = local.partition(DELIMITER)
+        entry = self.addresses.get(f"{base.lower()}@{domain}")
+        if entry is None:
+            return None
+        post, lp, role = entry
+        if post is not None and not plus:
+            return post, post.post_address
+        if lp is None or (plus and role not in EXTENSION_ROLES) or (role == "confirm" and not ext):
+            return None
+        return lp, (ListAddress(lp.name, lp.domain, role, ext) if ext else lp.role_addresses[role])
 
 
 _plans: dict[int, _Plan] = {}
@@ -247,8 +268,8 @@ def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_add
     # cheap string tests first: almost every sender is someone else's address
     if parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
         return False
-    sender_address = parse(sender, plan.site.lists)
-    if sender_address is None or sender_address.role != "bounces":
+    found = plan.parse(*parts)
+    if found is None or found[1].role != "bounces":
         return False
     try:
         ip = ipaddress.ip_address(client_address.strip("[]").removeprefix("IPv6:"))
