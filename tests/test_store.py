@@ -349,3 +349,31 @@ def test_read_cache_is_bounded(store, monkeypatch):
         assert store.get_member(f"n{i}@example.com") is None
         assert len(store._local.view.members) <= 3
     assert store.get_member("m@example.com") is not None
+
+
+def test_pending_payloads_are_fresh_objects(store):
+    flat = store.add_pending("probe", {"member": "a@example.com", "n": 1, "ok": True, "none": None}, 60)
+    nested = store.add_pending("held_message", {"meta": {"x": [1]}}, 60)
+    store.peek_pending(flat.token).payload["member"] = "changed"
+    store.pending("probe")[0].payload["n"] = 2
+    assert store.peek_pending(flat.token).payload == {"member": "a@example.com", "n": 1, "ok": True, "none": None}
+    assert store.pending("probe")[0].payload == flat.payload
+    store.peek_pending(nested.token).payload["meta"]["x"].append(2)
+    assert store.peek_pending(nested.token).payload == {"meta": {"x": [1]}}
+
+
+def test_forked_child_uses_a_parent_store_object_through_its_own_connection(store):
+    store.add_member("parent@example.com")
+    parent_conn = store._conn()
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            ok = store.get_member("parent@example.com") is not None and store._conn() is not parent_conn
+            store.add_member("child@example.com")
+            code = 0 if ok else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert store._conn() is parent_conn and store.get_member("child@example.com") is not None

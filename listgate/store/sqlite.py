@@ -125,6 +125,18 @@ READ_CACHE_MAX = 4096             # rows kept per connection and kind; a full ca
 _MISSING = object()
 
 
+# this process's id, kept by a fork hook: no getpid() system call per store access
+_pid = os.getpid()
+
+
+def _after_fork_in_child() -> None:
+    global _pid
+    _pid = os.getpid()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 def unavailable(exc: sqlite3.Error, path: str) -> StoreUnavailable | None:
     """The :class:`StoreUnavailable` for ``exc`` if it means "cannot store now", else None (a bug)."""
     code = getattr(exc, "sqlite_errorcode", None)
@@ -140,7 +152,24 @@ def _member(row: tuple) -> Member:
 
 
 def _pending(row: tuple) -> PendingRecord:
-    return PendingRecord(token=row[0], type=row[1], payload=json.loads(row[2]), created=row[3], expires=row[4])
+    return PendingRecord(token=row[0], type=row[1], payload=_payload(row[2]), created=row[3], expires=row[4])
+
+
+_flat_payloads: dict[str, dict] = {}     # payload JSON text -> its parse, for flat objects
+
+
+def _payload(text: str) -> Any:
+    """``json.loads(text)``; a flat object (str/number/bool/null values) is parsed once and copied."""
+    flat = _flat_payloads.get(text)
+    if flat is not None:
+        return dict(flat)       # a fresh dict of immutable values: the same as parsing again
+    payload = json.loads(text)
+    if type(payload) is dict and all(v is None or type(v) in (str, int, float, bool) for v in payload.values()):
+        if len(_flat_payloads) >= 1024:
+            _flat_payloads.clear()
+        _flat_payloads[text] = payload
+        return dict(payload)
+    return payload
 
 
 def _event_address(address: str | None) -> str | None:
@@ -182,15 +211,15 @@ class SQLiteStore(ListStore):
         self._lock = threading.Lock()
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
-        self._pid = os.getpid()
+        self._pid = _pid
         self._closed = False
         self._conn()  # open (and migrate) now so a broken file is reported at open time
 
     # -- connections and errors --------------------------------------------
     def _conn(self) -> sqlite3.Connection:
-        if self._pid != os.getpid():
+        if self._pid != _pid:
             # Forked: the parent's connections are not ours to use or close.
-            self._pid = os.getpid()
+            self._pid = _pid
             self._local = threading.local()
             self._conns = []
         conn = getattr(self._local, "conn", None)
@@ -476,9 +505,8 @@ class SQLiteStore(ListStore):
         return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
 
     def peek_pending(self, token: str) -> PendingRecord | None:
-        now = clock.now()
         row = self._cached_row("pending", token, _PENDING_BY_TOKEN)
-        return _pending(row) if row is not None and row[4] > now else None
+        return _pending(row) if row is not None and row[4] > clock.now() else None
 
     def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
         """Select and delete under the write lock (``BEGIN IMMEDIATE``), so one confirmer wins.
