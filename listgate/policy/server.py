@@ -227,18 +227,19 @@ class _Connection(asyncio.Protocol):
         failures are logged as warnings by :mod:`listgate.routing`.
         """
         site = self.server.get_site()
-        refusals: list[tuple[str, dict[str, str]]] | None = [] if log.isEnabledFor(logging.DEBUG) else None
+        refusals: list[tuple[str, dict[str, str]]] = []
         if len(requests) == 1:
             self.transport.write(self._answer(site, requests[0], refusals))
         else:
             self.transport.write(b"".join([self._answer(site, attrs, refusals) for attrs in requests]))
-        for action, attrs in refusals or ():
-            log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                          client=attrs.get("client_address"),
-                                          queue_id=attrs.get("queue_id") or None))
+        if refusals and log.isEnabledFor(logging.DEBUG):     # the level is asked only when there is a refusal
+            for action, attrs in refusals:
+                log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                                              client=attrs.get("client_address"),
+                                              queue_id=attrs.get("queue_id") or None))
 
     @staticmethod
-    def _answer(site: Site, attrs: dict[str, str], refusals: list | None) -> bytes:
+    def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
         try:
             action, decision = decide(site, attrs)
         except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
@@ -247,7 +248,7 @@ class _Connection(asyncio.Protocol):
             return format_reply(_TEMPFAIL)
         if action == "DUNNO":
             return _DUNNO
-        if refusals is not None and decision is not None and decision.action in ("reject", "tempfail", "discard"):
+        if decision is not None and decision.action in ("reject", "tempfail", "discard"):
             refusals.append((action, attrs))
         reply = _replies.get(action)
         if reply is None:
