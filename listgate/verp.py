@@ -213,8 +213,19 @@ def _b32(data: bytes) -> str:
     return "".join(out)
 
 
+# id(list config) -> (config, "name@domain"); holding the config keeps the id from being reused
+_list_keys: dict[int, tuple[Any, str]] = {}
+
+
 def _list_key(lc) -> str:
-    return f"{lc.name}@{lc.domain}"
+    hit = _list_keys.get(id(lc))
+    if hit is not None and hit[0] is lc:
+        return hit[1]
+    key = f"{lc.name}@{lc.domain}"
+    if len(_list_keys) >= 256:     # the lists of a few configurations (reloads) at most
+        _list_keys.clear()
+    _list_keys[id(lc)] = (lc, key)
+    return key
 
 
 def member_bounce_address(site, lc, member_address: str) -> str:
