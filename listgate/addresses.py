@@ -74,6 +74,61 @@ def split_address(address: str) -> tuple[str, str] | None:
     return local, domain.lower().rstrip(".")
 
 
+class AddressTable:
+    """Every address of a set of lists, ready for lookups: the scheme's one parser.
+
+    ``known_lists`` is a container of ``"name@domain"`` keys (lower case),
+    e.g. ``Site.lists``. Built once per set of lists, a lookup is one dict
+    access, so the milter's and policy server's RCPT paths can afford it.
+    """
+
+    __slots__ = ("_entries",)
+
+    def __init__(self, known_lists):
+        # "base@domain" (no +extension) -> [post ListAddress or None, (name, domain, role) or None]
+        # No suffix ends with another, so an address has at most one role reading.
+        self._entries: dict[str, list] = {}
+        for key in known_lists:
+            name, _, domain = key.rpartition("@")
+            self._entries.setdefault(key, [None, None])[0] = ListAddress(name, domain, "post")
+            for role, suffix in ROLE_SUFFIXES.items():
+                self._entries.setdefault(f"{name}{suffix}@{domain}", [None, None])[1] = (
+                    ListAddress(name, domain, role))
+
+    def lookup(self, local: str, domain: str) -> ListAddress | None:
+        """The list address ``local@domain`` is (``domain`` already lower case), or None."""
+        base, plus, ext = local.partition(DELIMITER)
+        entry = self._entries.get(f"{base.lower()}@{domain}")
+        if entry is None:
+            return None
+        post, role_address = entry
+        if post is not None and not plus:
+            return post
+        if role_address is None:
+            return None
+        role = role_address.role
+        if plus and role not in EXTENSION_ROLES:
+            return None          # an extension on a role that takes none: unknown
+        if role == "confirm" and not ext:
+            return None          # L-confirm needs its token
+        return ListAddress(role_address.name, role_address.domain, role, ext) if ext else role_address
+
+
+_tables: dict[int, tuple[object, AddressTable]] = {}
+
+
+def table_for(known_lists) -> AddressTable:
+    """The :class:`AddressTable` of ``known_lists`` (cached per object: a Site's lists never change)."""
+    cached = _tables.get(id(known_lists))
+    if cached is not None and cached[0] is known_lists:
+        return cached[1]
+    table = AddressTable(known_lists)
+    if len(_tables) >= 8:
+        _tables.clear()
+    _tables[id(known_lists)] = (known_lists, table)
+    return table
+
+
 def parse(address: str, known_lists) -> ListAddress | None:
     """Which list and role ``address`` is, or None if it is not a list address.
 
@@ -84,22 +139,7 @@ def parse(address: str, known_lists) -> ListAddress | None:
     parts = split_address(address)
     if parts is None:
         return None
-    local, domain = parts
-    base, plus, ext = local.partition(DELIMITER)
-    ext = ext if plus else None
-    lower = base.lower()
-    if ext is None and f"{lower}@{domain}" in known_lists:
-        return ListAddress(lower, domain, "post")
-    for role, suffix in ROLE_SUFFIXES.items():
-        if lower.endswith(suffix):
-            name = lower[: -len(suffix)]
-            if f"{name}@{domain}" in known_lists:
-                if ext is not None and role not in EXTENSION_ROLES:
-                    return None
-                if role == "confirm" and not ext:
-                    return None
-                return ListAddress(name, domain, role, ext or None)
-    return None
+    return table_for(known_lists).lookup(*parts)
 
 
 def make(name: str, domain: str, role: str = "post", extension: str | None = None) -> str:

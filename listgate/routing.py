@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import verp
-from .addresses import DELIMITER, EXTENSION_ROLES, ROLE_SUFFIXES, ListAddress, split_address
+from .addresses import ListAddress, split_address, table_for
 from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
 
@@ -115,11 +115,11 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         return PASS
     if local.lower() == "postmaster":
         return PASS
-    found = plan.parse(local, domain)
-    if found is None:
+    address = plan.table.lookup(local, domain)
+    if address is None:
         # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
         return _NO_SUCH_ADDRESS
-    lp, address = found
+    lp = plan.lists[address.list_key]
     try:
         if address.role == "post":
             return _decide_post(lp, sender, sender_parts)
@@ -178,7 +178,7 @@ def _is_store_failure(exc: Exception) -> bool:
 class _ListPlan:
     """One list's posting rules, its constant decisions and its store (opened on first use)."""
 
-    __slots__ = ("site", "lc", "list_key", "name", "domain", "post_address", "role_addresses", "open", "announce",
+    __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce",
                  "staff", "accept_post", "refuse_post", "_store")
 
     def __init__(self, site, list_key: str, lc):
@@ -190,9 +190,8 @@ class _ListPlan:
         self.announce = policy == "announce"
         # owners and moderators may always post
         self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
-        self.name, _, self.domain = list_key.rpartition("@")
-        self.post_address = ListAddress(self.name, self.domain, "post")     # what parse() gives for L@D
-        self.role_addresses = {role: ListAddress(self.name, self.domain, role) for role in ROLE_SUFFIXES}
+        name, _, domain = list_key.rpartition("@")
+        self.post_address = ListAddress(name, domain, "post")     # what parse() gives for L@D
         self.accept_post = RcptDecision("accept", address=self.post_address)
         if lc.non_member_action == "reject":
             text = ("only the list's moderators may post to this list" if self.announce
@@ -215,35 +214,14 @@ class _ListPlan:
 
 
 class _Plan:
-    __slots__ = ("site", "domains", "nets", "lists", "addresses")
+    __slots__ = ("site", "domains", "nets", "lists", "table")
 
     def __init__(self, site):
         self.site = site
         self.domains = site.domains
         self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
         self.lists = {key: _ListPlan(site, key, lc) for key, lc in site.lists.items()}
-        # every list address without its +extension -> [list whose post address it is,
-        # list and role it is by its suffix]: the candidates addresses.parse tries, in a dict
-        # (no suffix ends with another, so an address has at most one suffix candidate)
-        self.addresses: dict[str, list] = {}
-        for key, lp in self.lists.items():
-            self.addresses.setdefault(key, [None, None, None])[0] = lp
-            for role, suffix in ROLE_SUFFIXES.items():
-                entry = self.addresses.setdefault(f"{lp.name}{suffix}@{lp.domain}", [None, None, None])
-                entry[1:] = [lp, role]
-
-    def parse(self, local: str, domain: str) -> tuple[_ListPlan, ListAddress] | None:
-        """``addresses.parse(f"{local}@{domain}", site.lists)`` and its list, for a split address."""
-        base, plus, ext = local.partition(DELIMITER)
-        entry = self.addresses.get(f"{base.lower()}@{domain}")
-        if entry is None:
-            return None
-        post, lp, role = entry
-        if post is not None and not plus:
-            return post, post.post_address
-        if lp is None or (plus and role not in EXTENSION_ROLES) or (role == "confirm" and not ext):
-            return None
-        return lp, (ListAddress(lp.name, lp.domain, role, ext) if ext else lp.role_addresses[role])
+        self.table = table_for(site.lists)
 
 
 _plans: dict[int, _Plan] = {}
@@ -268,8 +246,8 @@ def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_add
     # cheap string tests first: almost every sender is someone else's address
     if parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
         return False
-    found = plan.parse(*parts)
-    if found is None or found[1].role != "bounces":
+    found = plan.table.lookup(*parts)
+    if found is None or found.role != "bounces":
         return False
     try:
         ip = ipaddress.ip_address(client_address.strip("[]").removeprefix("IPv6:"))
