@@ -8,7 +8,8 @@ Sources, in order:
 
 * an in-process override set with :func:`set_offset` / :func:`freeze`
   (unit tests);
-* the file named by the environment variable ``LISTGATE_CLOCK_FILE``: it
+* the file named by the environment variable ``LISTGATE_CLOCK_FILE`` (read
+  at the first call and after :func:`reset`): it
   holds a number of seconds (float) added to the real time. A test advances
   every process it started by rewriting that file (:func:`write_offset_file`);
   the file is re-read when its mtime changes, so the cost per call is one
@@ -30,9 +31,15 @@ _offset: float = 0.0
 _file_cache: tuple[str, tuple[int, int], float] | None = None  # (path, (inode, mtime), offset)
 
 
+_UNSET = object()
+_env_path: object = _UNSET  # $LISTGATE_CLOCK_FILE, read once (os.environ costs µs on hot paths)
+
+
 def _file_offset() -> float:
-    global _file_cache
-    path = os.environ.get(ENV_VAR)
+    global _file_cache, _env_path
+    if _env_path is _UNSET:
+        _env_path = os.environ.get(ENV_VAR)
+    path = _env_path
     if not path:
         return 0.0
     try:
@@ -94,11 +101,12 @@ def set_offset(seconds: float) -> None:
 
 
 def reset() -> None:
-    """Back to real time (plus the clock file, if any)."""
-    global _frozen, _offset, _file_cache
+    """Back to real time (plus the clock file, if any); ``$LISTGATE_CLOCK_FILE`` is read again."""
+    global _frozen, _offset, _file_cache, _env_path
     _frozen = None
     _offset = 0.0
     _file_cache = None
+    _env_path = _UNSET
 
 
 def write_offset_file(path: str, seconds: float) -> None:

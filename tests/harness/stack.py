@@ -89,6 +89,7 @@ class Stack:
         for var, value in ((clock.ENV_VAR, self.clock_file), (config.ENV_VAR, path)):
             self._saved_env[var] = os.environ.get(var)
             os.environ[var] = value
+        clock.reset()  # this process reads the clock file too
         self.pf.milter = postfix_socket(milter_socket)
         self.pf.policy = postfix_socket(policy_socket)
         self.serve_log = open(base / "serve.log", "ab")
@@ -136,6 +137,7 @@ class Stack:
             else:
                 os.environ[var] = value
         self._saved_env = {}
+        clock.reset()
 
     def __enter__(self) -> "Stack":
         return self.start()
