@@ -47,9 +47,13 @@ def cmd_check(args) -> int:
     site = load_site(args)
     problems = verp.check_keys(site)
     for what, path in (("state_dir", site.state_dir), ("queue_dir", site.queue_dir)):
-        if not os.path.isdir(path):
-            problems.append(f"{what} {path} is not a directory (listgate init makes one)")
-        elif not os.access(path, os.W_OK | os.X_OK):
+        # a missing directory is made on first use; its nearest existing ancestor must allow that
+        existing = path
+        while not os.path.lexists(existing) and os.path.dirname(existing) != existing:
+            existing = os.path.dirname(existing)
+        if not os.path.isdir(existing):
+            problems.append(f"{what} {path} is not a directory ({existing} is a file)")
+        elif not os.access(existing, os.W_OK | os.X_OK):
             problems.append(f"{what} {path} is not writable")
     if problems:
         for problem in problems:
