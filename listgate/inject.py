@@ -144,11 +144,13 @@ def message_key(msg: bytes) -> str:
     return "sha256:" + digest.hexdigest()
 
 
-def _dup_key(role: str, extension: str | None, mkey: str) -> str:
-    return f"{role}:{extension or ''}:{mkey}"
+def _dup_key(role: str, extension: str | None, mkey: str, sender: str) -> str:
+    # A retry comes from the same envelope sender: with it in the key, nobody can
+    # suppress another sender's post by sending first with its Message-ID.
+    return f"{role}:{extension or ''}:{sender.lower()}:{mkey}"
 
 
-def look_ahead(site: Site, routed: Sequence[Routed], message_id: bytes) -> dict:
+def look_ahead(site: Site, routed: Sequence[Routed], message_id: bytes, sender: str) -> dict:
     """Start the milter's duplicate looks as soon as the Message-ID field arrives.
 
     The MTA keeps sending the body meanwhile (header and body callbacks need
@@ -163,7 +165,7 @@ def look_ahead(site: Site, routed: Sequence[Routed], message_id: bytes) -> dict:
     window = site.conf.milter.duplicate_window
     for action, address, _ in _groups(routed):
         if action == "accept" and address.role != "bounces":
-            key = _dup_key(address.role, address.extension, mkey)
+            key = _dup_key(address.role, address.extension, mkey, sender)
             out[(address.list_key, key)] = RECORDS.start(site, address.list_key, key, window)
     return out
 
@@ -445,7 +447,7 @@ def _queue(site: Site, sb: Switchboard, msg: bytes, meta: dict, mkey: str, item:
        retry of it would not be recognised).
     """
     window = site.conf.milter.duplicate_window
-    key = _dup_key(item.role, item.extension, mkey)
+    key = _dup_key(item.role, item.extension, mkey, meta.get("envelope_sender") or "")
     staged = None
     try:
         look = None

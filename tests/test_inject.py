@@ -96,6 +96,14 @@ def test_retry_without_message_id_is_recognised_by_content(site):
     assert inject.store_message(site, retry, "a@example.net", routed(site, LIST))[0].outcome == "duplicate"
 
 
+def test_same_message_from_another_envelope_sender_is_not_a_duplicate(site):
+    """A retry comes from the same sender; someone else reusing a Message-ID
+    (or identical bytes) cannot suppress the post."""
+    assert inject.store_message(site, MSG, "a@example.net", routed(site, LIST))[0].outcome == "queued"
+    assert inject.store_message(site, MSG, "mallory@example.org", routed(site, LIST))[0].outcome == "queued"
+    assert inject.store_message(site, MSG, "A@example.net", routed(site, LIST))[0].outcome == "duplicate"
+
+
 def test_discard_decision_stores_nothing(site):
     d = RcptDecision("discard", address=ListAddress("demo", "lists.example.org", "post"))
     out = inject.store_message(site, MSG, "a@example.net", [inject.Routed("<demo@lists.example.org>", d)])

@@ -288,11 +288,11 @@ def test_look_ahead_key_matches_end_of_message(milter_site, raw):
     """The look started at the Message-ID field is the one end of message uses."""
     msg = b"Subject: x\r\nMessage-ID:" + raw.replace(b"\n", b"\r\n") + b"\r\n\r\nbody\r\n"
     routed = [inject.Routed(f"<{LIST}>", decide_rcpt(milter_site, LIST))]
-    prelooks = inject.look_ahead(milter_site, routed, raw)
-    assert list(prelooks) == [(LIST, f"post::{inject.message_key(msg)}")]
+    prelooks = inject.look_ahead(milter_site, routed, raw, "A@example.net")
+    assert list(prelooks) == [(LIST, f"post::a@example.net:{inject.message_key(msg)}")]
     out = inject.store_message(milter_site, msg, "a@example.net", routed, record_later=True, prelooks=prelooks)
     assert out[0].outcome == "queued"
-    again = inject.look_ahead(milter_site, routed, raw)       # now pending or recorded: a duplicate
+    again = inject.look_ahead(milter_site, routed, raw, "a@example.net")  # now pending or recorded: a duplicate
     assert inject.store_message(milter_site, msg, "a@example.net", routed, record_later=True,
                                 prelooks=again)[0].outcome == "duplicate"
     assert inject.RECORDS.flush(timeout=10)

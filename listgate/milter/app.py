@@ -158,7 +158,7 @@ class ListgateMilter(Milter.Base):
         self.chunks.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
         if self.prelooks is None and self.record_later and name.lower() == "message-id":
             try:
-                self.prelooks = look_ahead(self.site, self.routed, value)
+                self.prelooks = look_ahead(self.site, self.routed, value, self.sender or "")
             except Exception:  # noqa: BLE001 - an optimisation: end of message looks again
                 log.debug("look-ahead failed", exc_info=True)
                 self.prelooks = {}
