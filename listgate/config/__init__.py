@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Iterator
 
@@ -140,7 +141,7 @@ class Watcher:
         self.interval = interval
         self._site = site or load(self.path)
         self._stamp = self._fingerprint()
-        self._checked = _monotonic()
+        self._checked = time.monotonic()
 
     def _fingerprint(self) -> tuple:
         items = []
@@ -159,7 +160,7 @@ class Watcher:
         return tuple(items)
 
     def current(self) -> Site:
-        now = _monotonic()
+        now = time.monotonic()
         if now - self._checked >= self.interval:
             self._checked = now
             self.maybe_reload()
@@ -181,6 +182,3 @@ class Watcher:
         return True
 
 
-def _monotonic() -> float:
-    import time
-    return time.monotonic()
