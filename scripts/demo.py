@@ -22,8 +22,6 @@ sys.path.insert(0, str(ROOT / "tests"))
 from harness import SPAM_REFUSE, UNKNOWN, available  # noqa: E402
 from harness.stack import Stack  # noqa: E402
 
-from listgate.queue import Switchboard  # noqa: E402
-
 MEMBERS = ["alice@members.test", "bob@members.test", "carol@members.test",
            "dead@members.test", "picky@members.test"]
 DEAD, PICKY = "dead@members.test", "picky@members.test"
@@ -33,21 +31,12 @@ def say(text: str) -> None:
     print(f"[demo] {text}", flush=True)
 
 
-def settle(st: Stack) -> None:
-    def empty() -> bool:
-        boards = [Switchboard.for_site(st.site, q) for q in ("in", "out", "virgin")]
-        return all(not b.ids() and not b.held_ids() for b in boards)
-    st.pf.wait_queue_empty(timeout=60)
-    st.wait_until(empty, 60, what="listgate queues to drain")
-    st.pf.wait_queue_empty(timeout=60)
-
-
 def post(st: Stack, n: int, subject: str, spam: bool = False) -> str:
     mid = f"<demo-{n}-{time.time_ns()}@members.test>"
     msg = (f"From: Alice <alice@members.test>\r\nTo: {st.address()}\r\nSubject: {subject}\r\n"
            f"Message-ID: {mid}\r\n" + ("X-Spam-Flag: YES\r\n" if spam else "") + "\r\nHello list!\r\n").encode()
     st.send("alice@members.test", [st.address()], msg)
-    settle(st)
+    st.settle()
     return mid
 
 
@@ -90,7 +79,7 @@ def main() -> int:
             day += 7
             st.wait_until(lambda: st.member(DEAD) is None or st.member(DEAD).notices_left != before,
                           60, what="reminder or removal")
-            settle(st)
+            st.settle()
             m = st.member(DEAD)
             say(f"day {day}: " + ("member removed, owners notified" if m is None
                                   else f"reminder sent, {m.notices_left} left"))

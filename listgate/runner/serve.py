@@ -34,7 +34,8 @@ READY_TIMEOUT = 15.0
 MAX_PAUSE = 60.0
 
 
-def _listening(site, spec: str) -> bool:
+def listening(site, spec: str) -> bool:
+    """True when the socket ``spec`` (unix:PATH relative to state_dir, or inet) accepts a connection."""
     try:
         kind, where = parse_socket(spec)
     except ValueError:
@@ -83,7 +84,7 @@ class Supervisor:
                  if name in self.children]
         end = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < end and not self.stopping:
-            if all(_listening(self.site, s) for s in specs):
+            if all(listening(self.site, s) for s in specs):
                 return True
             time.sleep(0.1)
         return False

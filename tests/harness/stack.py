@@ -19,13 +19,13 @@ from __future__ import annotations
 import grp
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 from listgate import clock, config, instance
+from listgate.runner.serve import listening
 from listgate.store import open_store
 
 from .postfix import PostfixInstance, free_port, postfix_socket
@@ -103,12 +103,11 @@ class Stack:
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Until the milter socket and the policy port accept connections."""
         end = time.monotonic() + timeout
-        milter = self.site.conf.milter.socket[len("unix:"):]
-        _, (host, port) = config.parse_socket(self.site.conf.policy.socket)
+        specs = (self.site.conf.milter.socket, self.site.conf.policy.socket)
         while time.monotonic() < end:
             if self.serve.poll() is not None:
                 raise RuntimeError(f"listgate serve exited:\n{self.serve_text()}")
-            if _connects(socket.AF_UNIX, milter) and _connects(socket.AF_INET, (host, port)):
+            if all(listening(self.site, spec) for spec in specs):
                 return
             time.sleep(0.05)
         raise TimeoutError(f"listgate serve not listening after {timeout}s:\n{self.serve_text()}")
@@ -187,6 +186,17 @@ class Stack:
         except OSError:
             return ""
 
+    def settle(self, timeout: float = 60.0) -> None:
+        """Until Postfix's queue is empty and listgate's in/out/virgin queues are drained
+        (none waiting, none in progress), then Postfix's queue once more (what the
+        runner handed over last)."""
+        from listgate.queue import Switchboard
+        boards = [Switchboard.for_site(self.site, q) for q in ("in", "out", "virgin")]
+        self.pf.wait_queue_empty(timeout=timeout)
+        self.wait_until(lambda: all(not b.ids() and not b.held_ids() for b in boards), timeout,
+                        what="listgate queues to drain")
+        self.pf.wait_queue_empty(timeout=timeout)
+
     def child_pid(self, name: str) -> int | None:
         """pid of serve's child ``listgate ... NAME`` (milter, policy, runner)."""
         for entry in os.listdir("/proc"):
@@ -215,12 +225,3 @@ class Stack:
                                    + "\n--- postfix log tail ---\n" + self.pf.log_tail(30))
             time.sleep(interval)
 
-
-def _connects(family: int, address) -> bool:
-    try:
-        with socket.socket(family, socket.SOCK_STREAM) as s:
-            s.settimeout(0.5)
-            s.connect(address)
-        return True
-    except OSError:
-        return False
