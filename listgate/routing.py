@@ -43,7 +43,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import verp
-from .addresses import ListAddress, split_address, table_for
+from .addresses import ROLE_SUFFIXES, ListAddress, split_address, table_for
 from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
 
@@ -224,6 +224,7 @@ class _Plan:
         self.table = table_for(site.lists)
 
 
+_BOUNCES_SUFFIX = ROLE_SUFFIXES["bounces"]   # the scheme's, for a cheap pre-test
 _plans: dict[int, _Plan] = {}
 
 
@@ -244,7 +245,7 @@ os.register_at_fork(after_in_child=_plans.clear)
 
 def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_address: str) -> bool:
     # cheap string tests first: almost every sender is someone else's address
-    if parts[1] not in plan.domains or "-bounces" not in parts[0].lower():
+    if parts[1] not in plan.domains or _BOUNCES_SUFFIX not in parts[0].lower():
         return False
     found = plan.table.lookup(*parts)
     if found is None or found.role != "bounces":
