@@ -30,7 +30,7 @@ def json_parent() -> argparse.ArgumentParser:
 
 def open_list_store(args) -> tuple[str, ListStore]:
     """(list key, store) for ``args.list``; exits 1 for an unknown list, 75 if the store is unavailable."""
-    site = load_site(args)
+    site = args.site = load_site(args)     # kept for commands that need more than the store
     lc = get_list(site, args.list)
     key = f"{lc.name}@{lc.domain}"
     try:

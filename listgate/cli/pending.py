@@ -12,7 +12,7 @@ import dataclasses
 import json
 
 from ..store import PENDING_TYPES, PendingRecord, UnknownToken
-from .common import fail, get_list, load_site, print_json
+from .common import fail, print_json
 from .members import add_action, open_list_store, when
 
 
@@ -51,22 +51,17 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_show(args) -> int:
+def _peek(args):
+    """(list key, store, record) for ``args.token``; exits 1 if unknown or expired."""
     key, store = open_list_store(args)
     record = store.peek_pending(args.token)
     if record is None:
         fail(f"unknown or expired token {args.token!r} for {key}")
-    _print(args, record)
-    return 0
+    return key, store, record
 
 
-def _pop(args, verb: str) -> int:
-    key, store = open_list_store(args)
-    try:
-        record = store.confirm_pending(args.token)
-    except UnknownToken:
-        fail(f"unknown or expired token {args.token!r} for {key}")
-    _print(args, record, verb)
+def cmd_show(args) -> int:
+    _print(args, _peek(args)[2])
     return 0
 
 
@@ -74,15 +69,11 @@ def cmd_confirm(args) -> int:
     """Carry the record out as if its confirmation had arrived by mail (an admin's act)."""
     from ..runner.commands import complete
     from ..store import AlreadyMember, NotAMember
-    key, store = open_list_store(args)
-    record = store.peek_pending(args.token)
-    if record is None:
-        fail(f"unknown or expired token {args.token!r} for {key}")
+    key, store, record = _peek(args)
     if record.type == "probe":
         fail(f"{args.token} is a probe token: probes are confirmed only by bouncing (use 'discard')")
     try:
-        site = load_site(args)
-        summary = complete(site, get_list(site, args.list), record)
+        summary = complete(args.site, args.site.lists[key], record)
     except UnknownToken:
         fail(f"unknown or expired token {args.token!r} for {key}")
     except (AlreadyMember, NotAMember) as exc:
@@ -92,4 +83,10 @@ def cmd_confirm(args) -> int:
 
 
 def cmd_discard(args) -> int:
-    return _pop(args, "discarded")
+    key, store = open_list_store(args)
+    try:
+        record = store.confirm_pending(args.token)
+    except UnknownToken:
+        fail(f"unknown or expired token {args.token!r} for {key}")
+    _print(args, record, "discarded")
+    return 0
