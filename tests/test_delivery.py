@@ -189,9 +189,11 @@ def test_sigkill_mid_fanout_then_restart_every_member_exactly_once(env):
 
 
 def test_enhanced_status_and_backoff_helpers(env):
-    assert delivery.enhanced_status(550, "5.1.1 <x>: User unknown") == "5.1.1"
-    assert delivery.enhanced_status(550, "4.1.1 mismatched class") == "5.0.0"
-    assert delivery.enhanced_status(451, "try later") == "4.0.0"
+    from listgate.bounce.status import reply_status
+    assert reply_status(550, "5.1.1 <x>: User unknown") == "5.1.1"
+    assert reply_status(550, "4.1.1 mismatched class") == "5.0.0"
+    assert reply_status(451, "try later") == "4.0.0"
+    assert reply_status(550, "  5.7.1 spam") == "5.7.1"
     assert delivery.failure_class("5.7.1", "Message refused: it looks like spam") == "policy"
     assert delivery.failure_class("5.1.1", "User unknown") == "hard"
     base = env.site.conf.runner.retry_backoff

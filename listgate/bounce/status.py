@@ -131,6 +131,16 @@ def find_status(text: str, classes: str = "245") -> str | None:
     return generic
 
 
+def reply_status(code: int, text: str) -> str:
+    """The RFC 3463 status of one SMTP reply (``code``, ``text``): the enhanced code
+    that starts the text (RFC 2034 section 3) when its class matches the reply
+    code's, else ``X.0.0`` from the reply code."""
+    m = ENHANCED_RE.match((text or "").lstrip())
+    if m and m.group(1) == str(code // 100):
+        return ".".join(m.groups())
+    return f"{code // 100}.0.0"
+
+
 def find_reply_code(text: str, classes: str = "245") -> str | None:
     """First SMTP reply code (RFC 5321 section 4.2.1) of ``classes`` quoted in ``text``, or None.
 

@@ -41,6 +41,7 @@ import smtplib
 from dataclasses import dataclass, field
 
 from .. import clock
+from ..bounce.status import reply_status
 from ..log import kv
 
 log = logging.getLogger("listgate.runner.delivery")
@@ -49,7 +50,6 @@ XVERP_BATCH = 500
 # Backoff doubles per deferral from runner.retry_backoff, at most this many doublings.
 MAX_BACKOFF_DOUBLINGS = 5
 _EOL = re.compile(rb"\r?\n")
-_ENHANCED = re.compile(r"^\s*([245])\.(\d{1,3})\.(\d{1,3})\b")
 
 
 class Unreachable(Exception):
@@ -66,14 +66,6 @@ class Result:
     gave_up: int = 0
     disposition: str = "finished"       # finished | retry | shunt
     errors: list[str] = field(default_factory=list)
-
-
-def enhanced_status(code: int, text: str) -> str:
-    """The RFC 3463 status of an SMTP reply: from the text (RFC 2034) or ``X.0.0`` from the code."""
-    m = _ENHANCED.match(text or "")
-    if m and m.group(1) == str(code // 100):
-        return ".".join(m.groups())
-    return f"{code // 100}.0.0"
 
 
 def failure_class(status: str, text: str) -> str:
@@ -300,7 +292,7 @@ class Deliverer:
 
     def _report_failure(self, lc, meta, rcpt: str, code: int, text: str, bounce_class: str | None = None) -> bool:
         """Tell the bounce engine; False if it cannot record it now (the recipient is retried)."""
-        status = enhanced_status(code, text)
+        status = reply_status(code, text)
         if lc is None:
             log.warning("refused recipient of a non-list message %s", kv(rcpt=rcpt, reply=f"{code} {text}"))
             return True
