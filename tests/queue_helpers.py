@@ -3,7 +3,7 @@
 Run as a script, it is the child of the crash-safety tests::
 
     python queue_helpers.py writer QUEUE_DIR SEED      enqueue forever; print "ID N" after each enqueue returns
-    python queue_helpers.py consumer QUEUE_DIR         dequeue + finish forever; print "ID" after each finish
+    python queue_helpers.py consumer QUEUE_DIR         dequeue + finish forever; print "ID" just before each finish
 """
 from __future__ import annotations
 
@@ -54,9 +54,11 @@ def _consumer(queue_dir: str) -> None:
             continue
         # a little work between taking and finishing, so kills land in both states
         sb.update(qf, {**qf.meta, "touched": True})
-        sb.finish(qf)
+        # announced before finish: a kill between finish and a later print would make a
+        # finished qfile look lost; one announced but not finished is simply still queued
         out.write(f"{qf.id}\n")
         out.flush()
+        sb.finish(qf)
 
 
 def _progress(queue_dir: str) -> None:

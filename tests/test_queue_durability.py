@@ -118,7 +118,7 @@ def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path
 
 def test_sigkilled_consumer_loses_nothing(tmp_path):
     """A consumer (dequeue, update, finish) SIGKILLed at random moments: after recover,
-    every qfile it did not report finished is back in the queue, intact."""
+    every qfile it had not announced it was finishing is back in the queue, intact."""
     qroot = str(tmp_path / "queue")
     sb = Switchboard(qroot, "in", max_attempts=1000)
     expected = {}
