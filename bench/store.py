@@ -12,6 +12,7 @@ import os
 import sqlite3
 import sys
 import tempfile
+import threading
 import time
 
 from listgate import config, instance
@@ -35,8 +36,21 @@ def timed(n: int, fn) -> float:
     return best
 
 
-def baselines(directory: str, n: int) -> tuple[float, float]:
-    conn = sqlite3.connect(os.path.join(directory, "raw.db"), isolation_level=None)
+def in_new_thread(fn):
+    """``fn(i)`` run by a new thread per call, as libmilter runs each SMTP session."""
+    def call(i):
+        t = threading.Thread(target=fn, args=(i,))
+        t.start()
+        t.join()
+    return call
+
+
+def open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def baselines(directory: str, n: int) -> tuple[float, float, float]:
+    conn = sqlite3.connect(os.path.join(directory, "raw.db"), isolation_level=None, check_same_thread=False)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("CREATE TABLE t (k TEXT PRIMARY KEY, v REAL)")
@@ -47,9 +61,13 @@ def baselines(directory: str, n: int) -> tuple[float, float]:
         conn.execute("COMMIT")
 
     writes = timed(n, write)
-    reads = timed(n * 10, lambda i: conn.execute("SELECT k, v FROM t WHERE k = ?", (f"k{i % n}",)).fetchall())
+    def read(i):
+        conn.execute("SELECT k, v FROM t WHERE k = ?", (f"k{i % n}",)).fetchall()
+
+    reads = timed(n * 10, read)
+    thread_reads = timed(n, in_new_thread(read))
     conn.close()
-    return writes, reads
+    return writes, reads, thread_reads
 
 
 def main() -> None:
@@ -57,7 +75,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         site = config.load(instance.init(os.path.join(tmp, "inst")))
         store = open_store(site, LIST)
-        base_write, base_read = baselines(tmp, n)
+        base_write, base_read, base_thread_read = baselines(tmp, n)
         for i in range(n):
             store.add_member(f"m{i}@example.com")
 
@@ -78,6 +96,10 @@ def main() -> None:
             ("remember (Message-ID)", "write", timed(n, lambda i: store.remember("message-id", f"<{i}@x>", 3600))),
             ("get_member", "read", timed(n * 10, lambda i: store.get_member(f"m{i % n}@example.com"))),
         ]
+        fds_before = open_fds()
+        rows.append(("get_member, 1 new thread per call", "thread",
+                     timed(n, in_new_thread(lambda i: store.get_member(f"m{i % n}@example.com")))))
+        thread_fds = open_fds() - fds_before
         members = [ImportedMember(address=f"import{i}@example.com") for i in range(n * 10)]
         start = time.perf_counter()
         import_members(store, members)
@@ -87,9 +109,13 @@ def main() -> None:
     print(f"{'operation':<40} {'ops/s':>10} {'baseline ops/s':>15} {'ratio':>7}")
     print(f"{'raw sqlite3 INSERT+COMMIT (baseline)':<40} {base_write:>10.0f} {base_write:>15.0f} {1:>7.2f}")
     print(f"{'raw sqlite3 SELECT by key (baseline)':<40} {base_read:>10.0f} {base_read:>15.0f} {1:>7.2f}")
+    print(f"{'raw SELECT, 1 new thread per call (base)':<40} {base_thread_read:>10.0f} "
+          f"{base_thread_read:>15.0f} {1:>7.2f}")
+    bases = {"write": base_write, "read": base_read, "thread": base_thread_read}
     for name, kind, ops in rows:
-        base = base_write if kind == "write" else base_read
+        base = bases[kind]
         print(f"{name:<40} {ops:>10.0f} {base:>15.0f} {ops / base:>7.2f}")
+    print(f"file descriptors left open by the store after {n * ROUNDS} short-lived threads: {thread_fds}")
 
 
 if __name__ == "__main__":
