@@ -207,32 +207,33 @@ def test_transaction_rolls_back_and_nested_savepoint(store):
 
 def test_full_database_is_store_unavailable_and_loses_nothing(store):
     store.add_member("a@example.com")
-    conn = store._conn()
-    pages = conn.execute("PRAGMA page_count").fetchone()[0]
-    # SQLITE_FULL for real: cap this connection's file size just above what is used now.
-    conn.execute(f"PRAGMA max_page_count = {pages + 2}")
-    with pytest.raises(StoreUnavailable):
-        with store.transaction():
-            store.add_member("b@example.com")
-            store.add_evidence("b@example.com", os.urandom(200_000), T0)
-    assert [m.key for m in store.members()] == ["a@example.com"] and store.evidence("b@example.com") == []
-    conn.execute("PRAGMA max_page_count = 1073741823")
+    with store._lease() as slot:            # every call below runs on this one connection
+        conn = slot.conn
+        pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        # SQLITE_FULL for real: cap this connection's file size just above what is used now.
+        conn.execute(f"PRAGMA max_page_count = {pages + 2}")
+        with pytest.raises(StoreUnavailable):
+            with store.transaction():
+                store.add_member("b@example.com")
+                store.add_evidence("b@example.com", os.urandom(200_000), T0)
+        assert [m.key for m in store.members()] == ["a@example.com"] and store.evidence("b@example.com") == []
+        conn.execute("PRAGMA max_page_count = 1073741823")
     store.add_member("b@example.com")
     assert len(store.members()) == 2
 
 
 def test_read_only_database_is_store_unavailable(store):
     store.add_member("a@example.com")
-    conn = store._conn()
-    conn.execute("PRAGMA query_only = 1")   # SQLITE_READONLY on every write, as on a read-only mount
-    try:
-        with pytest.raises(StoreUnavailable, match="readonly"):
-            store.add_event(BounceEvent(at=T0, address="a@example.com", bounce_class="hard"))
-        with pytest.raises(StoreUnavailable):
-            store.remember("k", "v", 1)
-        assert store.get_member("a@example.com") is not None        # reads still work
-    finally:
-        conn.execute("PRAGMA query_only = 0")
+    with store._lease() as slot:            # every call below runs on this one connection
+        slot.conn.execute("PRAGMA query_only = 1")  # SQLITE_READONLY on every write, as on a read-only mount
+        try:
+            with pytest.raises(StoreUnavailable, match="readonly"):
+                store.add_event(BounceEvent(at=T0, address="a@example.com", bounce_class="hard"))
+            with pytest.raises(StoreUnavailable):
+                store.remember("k", "v", 1)
+            assert store.get_member("a@example.com") is not None        # reads still work
+        finally:
+            slot.conn.execute("PRAGMA query_only = 0")
     assert store.events() == []
 
 
@@ -266,6 +267,183 @@ def test_threads_share_one_store_safely(store):
     for t in threads:
         t.join(timeout=60)
     assert errors == [] and store.get_member("t@example.com").bounce_score == 200
+
+
+def _in_thread(fn, *args):
+    """``fn(*args)`` on a new thread (as libmilter runs each SMTP session); its result, or its exception raised."""
+    import threading
+    out = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args)
+        except BaseException as exc:  # re-raised below: a thread's exception would otherwise vanish
+            out["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    thread.join(60)
+    assert not thread.is_alive()
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+def test_short_lived_threads_one_after_another_share_one_connection(store):
+    store.add_member("a@example.com")
+    fds = _open_fds()
+    for i in range(300):
+        assert _in_thread(store.get_member, "a@example.com").key == "a@example.com"
+        if i % 30 == 0:
+            _in_thread(store.add_event, BounceEvent(at=T0, address="a@example.com", bounce_class="soft"))
+    assert store._open_count == 1 and len(store._idle) == 1
+    assert _open_fds() - fds < 2            # not one more connection (each is 2 fds: the file and its WAL)
+    assert len(store.events()) == 10
+
+
+def test_overlapping_threads_open_no_more_connections_than_overlap(store):
+    import threading
+    store.add_member("a@example.com")
+    fds = _open_fds()
+    width = 6
+    for _ in range(5):  # five waves of `width` threads holding a connection at the same time
+        barrier = threading.Barrier(width)
+
+        def session():
+            with store._lease():                # held across the barrier: all `width` overlap
+                barrier.wait(30)
+                return store.get_member("a@example.com")
+
+        threads = [threading.Thread(target=session) for _ in range(width)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+        assert store._open_count == width and len(store._idle) == width
+    assert _open_fds() - fds <= 2 * (width - 1)  # the store had one connection before
+
+
+def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(store):
+    import threading
+    store.add_member("a@example.com")
+    inside, finish = threading.Event(), threading.Event()
+    conns, seen = [], {}
+
+    def writer():
+        with store.transaction():
+            with store._lease() as slot:
+                conns.append(slot.conn)
+            store.add_member("new@example.com")
+            m = store.get_member("a@example.com")
+            m.bounce_score = 5
+            store.save_member(m)
+            with store.transaction():
+                with store._lease() as slot:
+                    conns.append(slot.conn)
+                store.add_event(BounceEvent(at=T0, address="a@example.com", bounce_class="hard"))
+            seen["own writes"] = (store.get_member("new@example.com") is not None,
+                                  store.get_member("a@example.com").bounce_score, len(store.events()))
+            inside.set()
+            assert finish.wait(30)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    try:
+        assert inside.wait(30)
+        # this thread: another connection, which sees only what is committed
+        assert store.get_member("new@example.com") is None
+        assert store.get_member("a@example.com").bounce_score == 0 and store.events() == []
+        assert _in_thread(store.get_member, "new@example.com") is None
+        assert store._open_count == 2
+    finally:
+        finish.set()
+        thread.join(60)
+    assert len(conns) == 2 and conns[0] is conns[1]
+    assert seen["own writes"] == (True, 5, 1)
+    assert store.get_member("new@example.com") is not None and store.get_member("a@example.com").bounce_score == 5
+    assert _in_thread(lambda: len(store.events())) == 1
+
+
+def test_read_cache_is_shared_by_threads_and_exact_after_other_commits(store):
+    store.add_member("a@example.com")
+    assert _in_thread(store.get_member, "x@example.com") is None
+    assert "x@example.com" in store._idle[-1].view.members     # the next thread's connection, cache warm
+    with sqlite3.connect(store.path, isolation_level=None) as other:
+        other.execute("INSERT INTO members (key, address, subscribed_at) VALUES ('x@example.com', 'x@example.com', 0)")
+    assert _in_thread(store.get_member, "x@example.com").address == "x@example.com"
+    # two pooled connections: one caches a row, the other commits a change to it
+    with store._lease() as mine:
+        assert _in_thread(store.get_member, "x@example.com") is not None  # cached on the other connection
+        store.remove_member("x@example.com")                              # committed on mine
+        assert _in_thread(store.get_member, "x@example.com") is None      # the other's cache is stale: emptied
+        assert store._open_count == 2 and store._idle[0] is not mine
+
+
+def test_a_failing_transaction_gives_its_connection_back(store):
+    def fail():
+        with store.transaction():
+            store.add_member("gone@example.com")
+            raise RuntimeError("boom")
+
+    for _ in range(3):
+        with pytest.raises(RuntimeError):
+            _in_thread(fail)
+    assert store._open_count == 1 and not store._idle[0].conn.in_transaction and store._idle[0].depth == 0
+    store.add_member("b@example.com")       # the write lock is free
+    assert [m.key for m in store.members()] == ["b@example.com"]
+
+
+def test_an_abandoned_transaction_is_rolled_back_without_touching_another_threads_lease(store):
+    import gc
+    abandoned = {}
+
+    def begin_and_leave():  # enters a transaction and never leaves it: the thread just ends
+        cm = store.transaction()
+        cm.__enter__()
+        store.add_member("ghost@example.com")
+        abandoned["cm"] = cm
+
+    _in_thread(begin_and_leave)
+    with store._lease() as mine:
+        abandoned.clear()
+        gc.collect()                        # the suspended block is finished here, on this thread
+        assert store._local.slot is mine
+        assert store.get_member("ghost@example.com") is None
+    store.add_member("after@example.com")   # the abandoned write lock was released
+    assert store._open_count == len(store._idle)
+
+
+def test_close_lets_a_leased_connection_finish_its_transaction(store):
+    import threading
+    inside, finish = threading.Event(), threading.Event()
+    fds = _open_fds()
+
+    def writer():
+        with store.transaction():
+            store.add_member("late@example.com")
+            inside.set()
+            assert finish.wait(30)
+            store.add_member("later@example.com")       # still its own connection, after close()
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    assert inside.wait(30)
+    store.close()
+    with pytest.raises(StoreUnavailable):
+        store.get_member("late@example.com")
+    assert store._open_count == 1           # the leased one stays open until its block ends
+    finish.set()
+    thread.join(60)
+    assert store._open_count == 0 and _open_fds() < fds
+    again = SQLiteStore(store.path, store.list_key)
+    try:
+        assert [m.key for m in again.members()] == ["late@example.com", "later@example.com"]
+    finally:
+        again.close()
 
 
 def test_forked_child_opens_its_own_connection(site, store):
@@ -345,9 +523,10 @@ def test_read_cache_is_bounded(store, monkeypatch):
     from listgate.store import sqlite as backend
     monkeypatch.setattr(backend, "READ_CACHE_MAX", 3)
     store.add_member("m@example.com")
-    for i in range(10):
-        assert store.get_member(f"n{i}@example.com") is None
-        assert len(store._local.view.members) <= 3
+    with store._lease() as slot:
+        for i in range(10):
+            assert store.get_member(f"n{i}@example.com") is None
+            assert len(slot.view.members) <= 3
     assert store.get_member("m@example.com") is not None
 
 
@@ -364,16 +543,20 @@ def test_pending_payloads_are_fresh_objects(store):
 
 def test_forked_child_uses_a_parent_store_object_through_its_own_connection(store):
     store.add_member("parent@example.com")
-    parent_conn = store._conn()
-    pid = os.fork()
-    if pid == 0:
-        code = 1
-        try:
-            ok = store.get_member("parent@example.com") is not None and store._conn() is not parent_conn
-            store.add_member("child@example.com")
-            code = 0 if ok else 2
-        finally:
-            os._exit(code)
+    with store._lease() as slot:
+        parent_conn = slot.conn
+        pid = os.fork()                     # inside the lease: the child inherits it and must not use it
+        if pid == 0:
+            code = 1
+            try:
+                ok = store.get_member("parent@example.com") is not None
+                with store._lease() as mine:
+                    ok = ok and mine.conn is not parent_conn
+                store.add_member("child@example.com")
+                code = 0 if ok else 2
+            finally:
+                os._exit(code)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
-    assert store._conn() is parent_conn and store.get_member("child@example.com") is not None
+    with store._lease() as slot:
+        assert slot.conn is parent_conn and store.get_member("child@example.com") is not None

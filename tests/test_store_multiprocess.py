@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import threading
 
 import pytest
 
@@ -87,24 +88,38 @@ def test_two_processes_confirming_one_token_exactly_one_wins(site_path, workers,
     assert store.pending() == []
 
 
-def test_read_cache_sees_every_commit_of_another_process(site_path, workers):
-    # get_member/peek_pending answer from a cache guarded by PRAGMA data_version (listgate.store.sqlite)
+def _in_new_thread(fn, *args):
+    """``fn(*args)`` on a new thread, as libmilter runs each SMTP session; its result."""
+    out = []
+    thread = threading.Thread(target=lambda: out.append(fn(*args)))
+    thread.start()
+    thread.join(30)
+    assert out, "the thread failed (its exception is printed above)"
+    return out[0]
+
+
+@pytest.mark.parametrize("read", [lambda fn, *args: fn(*args), _in_new_thread], ids=["one thread", "new threads"])
+def test_read_cache_sees_every_commit_of_another_process(site_path, workers, read):
+    # get_member/peek_pending answer from a cache guarded by PRAGMA data_version (listgate.store.sqlite);
+    # from new threads, every read leases the same pooled connection and its cache
     store = open_store(config.load(site_path), A)
+    member, peek = store.get_member, store.peek_pending
 
     def elsewhere(*ops):
         return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
 
     for _ in range(2):                                  # the second read is a cache hit
-        assert store.get_member("late@example.com") is None
+        assert read(member, "late@example.com") is None
     elsewhere("add:late@example.com")
-    assert store.get_member("late@example.com").key == "late@example.com"
-    assert store.get_member("late@example.com") is not None
+    assert read(member, "late@example.com").key == "late@example.com"
+    assert read(member, "late@example.com") is not None
     elsewhere("remove:late@example.com")
-    assert store.get_member("late@example.com") is None
+    assert read(member, "late@example.com") is None
     [token] = elsewhere("probe:late@example.com")
-    assert store.peek_pending(token).payload == {"member": "late@example.com"}
+    assert read(peek, token).payload == {"member": "late@example.com"}
     elsewhere(f"confirm:{token}")
-    assert store.peek_pending(token) is None
+    assert read(peek, token) is None
+    assert store._open_count == 1
 
 
 def test_writer_killed_inside_transaction_leaves_nothing_behind(site_path, workers):

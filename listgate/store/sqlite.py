@@ -6,16 +6,25 @@ MTA), a busy timeout (a writer waits that long for the lock, then the caller
 gets :class:`StoreUnavailable` and answers 4xx). The schema version lives in
 ``PRAGMA user_version``; :data:`MIGRATIONS` brings an older file forward.
 
-Threads: each thread gets its own connection (pymilter calls back from many
-threads); SQLite's file locks serialise writers across threads and processes.
+Threads: each store keeps a pool of connections shared by all threads
+(libmilter runs one new thread per SMTP session, so a connection per thread
+would leak one per session and always start with a cold cache). A thread
+leases a connection for one call, or for a whole :meth:`SQLiteStore.transaction`
+block with every call and nested block inside it, and gives it back when the
+block ends (leases are context-managed: no thread keeps one past its block).
+Idle connections are reused most recent first, so the pool holds as many
+connections as the most threads that used the store at the same time.
+SQLite's file locks serialise writers across connections and processes.
 Fork: a child never touches its parent's connections (SQLite forbids carrying
 a connection across ``fork()``); it opens its own on first use.
 
 Read cache: :meth:`SQLiteStore.get_member` and :meth:`SQLiteStore.peek_pending`
 (what every RCPT decision reads) keep, per connection, the rows they have
 read, valid for one ``PRAGMA data_version``: that number changes when another
-connection (this process or another) commits to the database, and the cache is
-then emptied before it answers. The connection's own commits do not change it,
+connection (another in the pool, in this process or in another) commits to
+the database, and the cache is then emptied before it answers. A pooled
+connection's cache serves every thread that leases it, so it stays warm
+across SMTP sessions. The connection's own commits do not change it,
 so every transaction of this connection empties the cache when it ends, and
 reads inside a transaction bypass the cache (they must see its uncommitted
 writes). A lookup costs the pragma and a dict access instead of a query, and
@@ -127,11 +136,13 @@ _MISSING = object()
 
 # this process's id, kept by a fork hook: no getpid() system call per store access
 _pid = os.getpid()
+_fork_lock = threading.Lock()       # one thread of a child forgets a store's inherited pool
 
 
 def _after_fork_in_child() -> None:
-    global _pid
+    global _pid, _fork_lock
     _pid = os.getpid()
+    _fork_lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -208,25 +219,16 @@ class SQLiteStore(ListStore):
         self.path = path
         self.list_key = list_key
         self.busy_timeout = float(busy_timeout)
-        self._lock = threading.Lock()
-        self._local = threading.local()
-        self._conns: list[sqlite3.Connection] = []
+        self._lock = threading.Lock()       # guards _open_count and opening after close()
+        self._local = threading.local()     # .slot: the connection this thread holds in a lease()
+        self._idle: list[_Slot] = []        # LIFO: the most recently used connection has the warmest cache
+        self._open_count = 0                # connections open in this process: idle + leased
         self._pid = _pid
         self._closed = False
-        self._conn()  # open (and migrate) now so a broken file is reported at open time
+        self._release(self._acquire())  # open (and migrate) now so a broken file is reported at open time
 
     # -- connections and errors --------------------------------------------
-    def _conn(self) -> sqlite3.Connection:
-        if self._pid != _pid:
-            # Forked: the parent's connections are not ours to use or close.
-            self._pid = _pid
-            self._local = threading.local()
-            self._conns = []
-        conn = getattr(self._local, "conn", None)
-        if conn is not None:
-            return conn
-        if self._closed:
-            raise StoreUnavailable(f"list store {self.path} is closed")
+    def _open(self) -> _Slot:
         try:
             conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                    check_same_thread=False)
@@ -245,12 +247,102 @@ class SQLiteStore(ListStore):
         except StoreUnavailable:
             conn.close()
             raise
-        self._local.conn = conn
-        self._local.depth = 0
-        self._local.view = _View()
+        return _Slot(conn)
+
+    def _forked(self) -> None:
+        """In a child after ``fork()``: forget the parent's connections (never use or close them)."""
+        with _fork_lock:
+            if self._pid == _pid:
+                return                      # another thread of this child did it
+            self._lock = threading.Lock()   # another parent thread may have held it at the fork
+            self._local = threading.local()
+            self._idle = []
+            self._open_count = 0
+            self._pid = _pid                # last: the other threads test it without the lock
+
+    def _acquire(self) -> _Slot:
+        """An idle connection (the most recently returned), or a new one; StoreUnavailable once closed."""
+        if self._closed:
+            raise StoreUnavailable(f"list store {self.path} is closed")
+        try:
+            # list.pop() is atomic under the GIL: no lock on the path every RCPT takes. A close()
+            # that runs meanwhile is settled by _release (the slot comes back to a closed store).
+            return self._idle.pop()
+        except IndexError:
+            pass
         with self._lock:
-            self._conns.append(conn)
-        return conn
+            if self._closed:
+                raise StoreUnavailable(f"list store {self.path} is closed")
+            self._open_count += 1
+        try:
+            return self._open()     # outside the lock: opening may wait for a migration's write lock
+        except BaseException:
+            with self._lock:
+                self._open_count -= 1
+            raise
+
+    def _release(self, slot: _Slot) -> None:
+        """Return ``slot`` to the pool; close it instead if the store is closed or it cannot be reused."""
+        if slot.pid != _pid:
+            return      # the parent's, leased when this process forked: not ours to pool or close
+        if slot.conn.in_transaction:
+            # Only after a COMMIT and its ROLLBACK both failed: never pool a connection inside a
+            # transaction (the next borrower's reads would see its writes, and it holds the write lock).
+            slot.view.reset(None)
+            slot.depth = 0
+            try:
+                slot.conn.execute("ROLLBACK")
+            except sqlite3.Error as exc:
+                log.warning("list store %s: dropping a connection that cannot roll back: %s", self.path, exc)
+                self._discard(slot)
+                return
+        self._idle.append(slot)
+        if self._closed:
+            # close() may have emptied the pool before the append: empty it again. Every slot is
+            # popped by exactly one thread, so each connection is closed once.
+            self._close_idle()
+
+    def _discard(self, slot: _Slot) -> None:
+        with self._lock:
+            self._open_count -= 1
+        try:
+            slot.conn.close()
+        except sqlite3.Error:
+            pass
+
+    def _close_idle(self) -> None:
+        idle = self._idle
+        while True:
+            try:
+                slot = idle.pop()
+            except IndexError:
+                return
+            self._discard(slot)
+
+    @contextmanager
+    def _lease(self) -> Iterator[_Slot]:
+        """This thread's connection for the whole block; nested leases in the thread get the same one.
+
+        The connection goes back to the pool when the outermost block ends,
+        however it ends, so no thread can keep one past its block.
+        """
+        if self._pid != _pid:
+            self._forked()
+        local = self._local
+        slot = getattr(local, "slot", None)
+        if slot is not None:
+            yield slot
+            return
+        slot = self._acquire()
+        local.slot = slot
+        try:
+            yield slot
+        finally:
+            # Cleared only if it is still ours: an abandoned block may be finished by the garbage
+            # collector on another thread, whose own lease must stay.
+            if getattr(local, "slot", None) is slot:
+                local.slot = None
+            self._release(slot)
 
     def _migrate(self, conn: sqlite3.Connection) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
@@ -273,102 +365,112 @@ class SQLiteStore(ListStore):
             conn.execute("ROLLBACK")
             raise
 
+    def _wrapped(self, exc: sqlite3.Error) -> StoreUnavailable:
+        """``exc`` as StoreUnavailable if it means "cannot store now"; re-raises it otherwise (a bug)."""
+        wrapped = unavailable(exc, self.path)
+        if wrapped is None:
+            raise exc
+        return wrapped
+
     @contextmanager
     def _guard(self) -> Iterator[None]:
         """Turn sqlite3 errors that mean "cannot store now" into StoreUnavailable."""
         try:
             yield
         except sqlite3.Error as exc:
-            wrapped = unavailable(exc, self.path)
-            if wrapped is None:
-                raise
-            raise wrapped from exc
+            raise self._wrapped(exc) from exc
+
+    def _run(self, fn, *args):
+        """``fn(slot, *args)`` on this thread's leased connection, or on one leased for this call only."""
+        if self._pid != _pid:
+            self._forked()
+        try:
+            slot = getattr(self._local, "slot", None)
+            if slot is not None:
+                return fn(slot, *args)
+            slot = self._acquire()
+            try:
+                return fn(slot, *args)
+            finally:
+                self._release(slot)
+        except sqlite3.Error as exc:
+            raise self._wrapped(exc) from exc
 
     def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
-        try:
-            return self._conn().execute(sql, tuple(params)).fetchall()
-        except sqlite3.Error as exc:
-            wrapped = unavailable(exc, self.path)
-            if wrapped is None:
-                raise
-            raise wrapped from exc
-
-    def _cached_row(self, kind: str, key: str, sql: str) -> tuple | None:
-        """The row ``sql`` (one ``?``: ``key``) selects, through this connection's read cache (module docstring)."""
-        conn = self._conn()
-        try:
-            if conn.in_transaction:
-                rows = conn.execute(sql, (key,)).fetchall()
-                return rows[0] if rows else None
-            version = conn.execute(_DATA_VERSION).fetchone()[0]
-            view = self._local.view
-            if view.version != version:
-                view.reset(version)
-            cache = view.members if kind == "members" else view.pending
-            row = cache.get(key, _MISSING)
-            if row is _MISSING:
-                rows = conn.execute(sql, (key,)).fetchall()
-                row = rows[0] if rows else None
-                if len(cache) >= READ_CACHE_MAX:
-                    cache.clear()
-                cache[key] = row
-            return row
-        except sqlite3.Error as exc:
-            wrapped = unavailable(exc, self.path)
-            if wrapped is None:
-                raise
-            raise wrapped from exc
+        return self._run(_fetchall, sql, tuple(params))
 
     def _exec(self, sql: str, params: Iterable[Any] = ()) -> sqlite3.Cursor:
-        with self._guard():
-            return self._conn().execute(sql, tuple(params))
+        return self._run(_execute, sql, tuple(params))
+
+    def _cached_row(self, kind: str, key: str, sql: str) -> tuple | None:
+        """The row ``sql`` (one ``?``: ``key``) selects, through the connection's read cache (module docstring).
+
+        :meth:`_run` written out: this is every RCPT's path.
+        """
+        if self._pid != _pid:
+            self._forked()
+        try:
+            slot = getattr(self._local, "slot", None)
+            if slot is not None:
+                return _read_through(slot, kind, key, sql)
+            slot = self._acquire()
+            try:
+                return _read_through(slot, kind, key, sql)
+            finally:
+                self._release(slot)
+        except sqlite3.Error as exc:
+            raise self._wrapped(exc) from exc
 
     # -- transactions -----------------------------------------------------
     @contextmanager
     def transaction(self) -> Iterator[None]:
         """``BEGIN IMMEDIATE`` ... ``COMMIT``; nested uses are savepoints inside the outer one.
 
-        A nested block that raises undoes only its own writes (the exception
-        still propagates). Raises StoreUnavailable if the write lock cannot be
-        had within the busy timeout or the commit cannot be made durable.
+        The thread keeps one connection leased for the whole block (nested
+        blocks included), so every call inside sees the block's writes; other
+        threads use other connections and see only committed data. A nested
+        block that raises undoes only its own writes (the exception still
+        propagates). Raises StoreUnavailable if the write lock cannot be had
+        within the busy timeout or the commit cannot be made durable.
         """
-        conn = self._conn()
-        depth = self._local.depth
-        if depth == 0:
-            with self._guard():
-                conn.execute("BEGIN IMMEDIATE")
-        else:
-            with self._guard():
-                conn.execute(f"SAVEPOINT sp{depth}")
-        self._local.depth = depth + 1
-        try:
-            yield
-        except BaseException:
-            self._local.depth = depth
+        with self._lease() as slot:
+            conn = slot.conn
+            depth = slot.depth
             if depth == 0:
-                self._local.view.reset(None)
-            try:
-                if depth == 0:
-                    conn.execute("ROLLBACK")
-                else:
-                    conn.execute(f"ROLLBACK TO sp{depth}")
-                    conn.execute(f"RELEASE sp{depth}")
-            except sqlite3.Error as exc:  # e.g. SQLite already rolled back after SQLITE_FULL
-                log.debug("list store %s: rollback: %s", self.path, exc)
-            raise
-        self._local.depth = depth
-        if depth == 0:
-            self._local.view.reset(None)    # our own commit does not change data_version
-            try:
                 with self._guard():
-                    conn.execute("COMMIT")
+                    conn.execute("BEGIN IMMEDIATE")
+            else:
+                with self._guard():
+                    conn.execute(f"SAVEPOINT sp{depth}")
+            slot.depth = depth + 1
+            try:
+                yield
             except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                slot.depth = depth
+                if depth == 0:
+                    slot.view.reset(None)
+                try:
+                    if depth == 0:
+                        conn.execute("ROLLBACK")
+                    else:
+                        conn.execute(f"ROLLBACK TO sp{depth}")
+                        conn.execute(f"RELEASE sp{depth}")
+                except sqlite3.Error as exc:  # e.g. SQLite already rolled back after SQLITE_FULL
+                    log.debug("list store %s: rollback: %s", self.path, exc)
                 raise
-        else:
-            with self._guard():
-                conn.execute(f"RELEASE sp{depth}")
+            slot.depth = depth
+            if depth == 0:
+                slot.view.reset(None)    # our own commit does not change data_version
+                try:
+                    with self._guard():
+                        conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        conn.execute("ROLLBACK")
+                    raise
+            else:
+                with self._guard():
+                    conn.execute(f"RELEASE sp{depth}")
 
     # -- members ----------------------------------------------------------
     def get_member(self, address: str) -> Member | None:
@@ -565,17 +667,57 @@ class SQLiteStore(ListStore):
         return self._closed
 
     def close(self) -> None:
-        """Close this process's connections (later calls raise StoreUnavailable)."""
-        with self._lock:
-            conns, self._conns = self._conns, []
-            self._closed = True
-        if self._pid == os.getpid():
-            for conn in conns:
-                try:
-                    conn.close()
-                except sqlite3.Error:
-                    pass
-        self._local = threading.local()
+        """Close this process's connections; later calls raise StoreUnavailable.
+
+        Idle connections close now. One that another thread holds is not cut
+        off: that thread's block (its transaction included) runs to its end,
+        and the connection closes when it comes back.
+        """
+        if self._pid != _pid:
+            self._forked()
+        self._closed = True
+        self._close_idle()
+
+
+class _Slot:
+    """One pooled connection with its read cache and its transaction depth (0: none open)."""
+
+    __slots__ = ("conn", "view", "depth", "pid")
+
+    def __init__(self, conn: sqlite3.Connection):
+        self.conn = conn
+        self.view = _View()
+        self.depth = 0
+        self.pid = _pid
+
+
+def _fetchall(slot: _Slot, sql: str, params: tuple) -> list[tuple]:
+    return slot.conn.execute(sql, params).fetchall()
+
+
+def _execute(slot: _Slot, sql: str, params: tuple) -> sqlite3.Cursor:
+    return slot.conn.execute(sql, params)
+
+
+def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
+    """The row ``sql`` selects for ``key``, from ``slot``'s cache while its data_version holds (module docstring)."""
+    conn = slot.conn
+    if conn.in_transaction:     # must see the transaction's own uncommitted writes
+        rows = conn.execute(sql, (key,)).fetchall()
+        return rows[0] if rows else None
+    version = conn.execute(_DATA_VERSION).fetchone()[0]
+    view = slot.view
+    if view.version != version:
+        view.reset(version)
+    cache = view.members if kind == "members" else view.pending
+    row = cache.get(key, _MISSING)
+    if row is _MISSING:
+        rows = conn.execute(sql, (key,)).fetchall()
+        row = rows[0] if rows else None
+        if len(cache) >= READ_CACHE_MAX:
+            cache.clear()
+        cache[key] = row
+    return row
 
 
 class _View:
