@@ -179,7 +179,8 @@ def _main(argv: list[str]) -> None:
             i += 1
             if i == 20:
                 _say("running")
-    elif mode == "ops":  # one committed change per argument: add:ADDR, remove:ADDR, probe:ADDR, confirm:TOKEN
+    elif mode == "ops":  # one committed change per argument: add:ADDR, remove:ADDR, probe:ADDR, confirm:TOKEN,
+        #                    remember:KEY:OWNER (an empty OWNER is None; says fresh or duplicate)
         done = []
         for op in args:
             verb, _, arg = op.partition(":")
@@ -191,6 +192,10 @@ def _main(argv: list[str]) -> None:
                 done.append(store.add_pending("probe", {"member": arg}, 3600).token)
             elif verb == "confirm":
                 done.append(store.confirm_pending(arg).token)
+            elif verb == "remember":
+                key, _, owner = arg.partition(":")
+                fresh = store.remember("accepted", key, 3600, owner=owner or None)
+                done.append("fresh" if fresh else "duplicate")
             else:
                 raise SystemExit(f"unknown op {op}")
         _say(json.dumps({"done": done}))

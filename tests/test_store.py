@@ -189,6 +189,53 @@ def test_remember_respects_ttl(store):
     assert store.remember("message-id", "<a@x>", 60) is True
 
 
+def test_remember_with_an_owner_is_fresh_again_for_that_owner_only(store):
+    # the runner passes the qfile id: re-processing one qfile after a crash is not its own duplicate
+    assert store.remember("accepted", "k", 60, owner="q1") is True
+    assert store.remember("accepted", "k", 60, owner="q1") is True
+    assert store.remember("accepted", "k", 60, owner="q2") is False
+    assert store.remember("accepted", "k", 60) is False
+    clock.advance(50)
+    assert store.remember("accepted", "k", 60, owner="q1") is True     # and its ttl starts again
+    clock.advance(20)
+    assert store.remember("accepted", "k", 60, owner="q2") is False
+    clock.advance(40)
+    assert store.remember("accepted", "k", 60, owner="q2") is True     # expired: the new owner's now
+    assert store.remember("accepted", "k", 60, owner="q1") is False
+
+
+def test_remember_without_an_owner_never_matches_one(store):
+    assert store.remember("accepted", "k", 60) is True
+    assert store.remember("accepted", "k", 60) is False
+    assert store.remember("accepted", "k", 60, owner="q1") is False    # no owner is nobody's
+    clock.advance(60)
+    assert store.remember("accepted", "k", 60, owner="q1") is True
+    assert store.remember("accepted", "k", 60) is False                # None is never "the same owner"
+
+
+def test_version_1_database_migrates_and_its_facts_have_no_owner(tmp_path):
+    from listgate.store.sqlite import MIGRATIONS
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path, isolation_level=None) as conn:    # a file written by the version 1 code
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+        conn.execute("INSERT INTO remembered (kind, key, expires) VALUES ('accepted', 'k', ?)", (T0 + 60,))
+    clock.freeze(T0)
+    store = SQLiteStore(path, "x@example.org")
+    try:
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert conn.execute("SELECT kind, key, owner FROM remembered").fetchall() == [("accepted", "k", None)]
+        assert store.remember("accepted", "k", 60, owner="q1") is False
+        assert store.remember("accepted", "k", 60) is False
+        clock.advance(60)
+        assert store.remember("accepted", "k", 60, owner="q1") is True
+        assert store.remember("accepted", "k", 60, owner="q1") is True
+    finally:
+        store.close()
+
+
 def test_transaction_rolls_back_and_nested_savepoint(store):
     with pytest.raises(RuntimeError):
         with store.transaction():

@@ -122,6 +122,19 @@ def test_read_cache_sees_every_commit_of_another_process(site_path, workers, rea
     assert store._open_count == 1
 
 
+def test_remember_owner_holds_across_processes(site_path, workers):
+    # a runner that crashed after remember() and the one that re-processes the same qfile
+    def run(*ops):
+        return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
+
+    assert run("remember:<m1@x>:q1") == ["fresh"]
+    assert run("remember:<m1@x>:q1", "remember:<m1@x>:q2", "remember:<m1@x>:") == ["fresh", "duplicate",
+                                                                                    "duplicate"]
+    store = open_store(config.load(site_path), A)
+    assert store.remember("accepted", "<m1@x>", 3600, owner="q1") is True
+    assert store.remember("accepted", "<m1@x>", 3600, owner="q3") is False
+
+
 def test_writer_killed_inside_transaction_leaves_nothing_behind(site_path, workers):
     store = open_store(config.load(site_path), A)
     store.add_member("kept@example.com")

@@ -172,11 +172,18 @@ class ListStore(abc.ABC):
 
     # -- small durable facts -------------------------------------------------
     @abc.abstractmethod
-    def remember(self, kind: str, key: str, ttl: float) -> bool:
-        """Record (kind, key) for ``ttl`` seconds; False if it was already recorded and alive.
+    def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:
+        """True if (kind, key) is not remembered (or expired), or is remembered
+        with this same non-None owner; then remembers it as (kind, key, owner)
+        for ``ttl`` seconds from ``clock.now()``, in one transaction. False
+        otherwise (nothing written): remembered and alive, with another owner,
+        with no owner, or asked with ``owner=None``.
 
-        Used for duplicate suppression (Message-ID of accepted posts) and
-        once-only notices (domain incidents).
+        Used for duplicate suppression (keys of accepted posts; the runner
+        passes the qfile id as ``owner``, so re-processing the same qfile after
+        a crash is not a duplicate of itself) and once-only notices (domain
+        incidents). ``kind`` and ``key`` are free text; ``ttl`` is seconds.
+        Raises StoreUnavailable when the fact cannot be stored durably.
         """
 
     @abc.abstractmethod

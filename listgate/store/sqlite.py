@@ -118,6 +118,10 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         )""",
         "CREATE INDEX remembered_expires ON remembered (expires)",
     ),
+    # version 2: who remembered a fact (remember(..., owner=)); rows from version 1 have none
+    (
+        "ALTER TABLE remembered ADD COLUMN owner TEXT",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -649,14 +653,14 @@ class SQLiteStore(ListStore):
         return [_pending(r) for r in rows]
 
     # -- small durable facts -------------------------------------------------
-    def remember(self, kind: str, key: str, ttl: float) -> bool:
+    def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:
         now = clock.now()
         with self.transaction():
-            rows = self._query("SELECT expires FROM remembered WHERE kind = ? AND key = ?", (kind, key))
-            if rows and rows[0][0] > now:
+            rows = self._query("SELECT expires, owner FROM remembered WHERE kind = ? AND key = ?", (kind, key))
+            if rows and rows[0][0] > now and (owner is None or rows[0][1] != owner):
                 return False
-            self._exec("INSERT OR REPLACE INTO remembered (kind, key, expires) VALUES (?, ?, ?)",
-                       (kind, key, now + ttl))
+            self._exec("INSERT OR REPLACE INTO remembered (kind, key, expires, owner) VALUES (?, ?, ?, ?)",
+                       (kind, key, now + ttl, owner))
             # Bounded clean-up so the table does not grow with every Message-ID ever seen.
             self._exec("DELETE FROM remembered WHERE rowid IN "
                        "(SELECT rowid FROM remembered WHERE expires <= ? LIMIT ?)", (now, REMEMBER_PURGE_BATCH))
