@@ -51,7 +51,8 @@ def test_file_is_readable_text_with_version_and_one_key_per_line(qroot):
                      arrival=1700000000.25)
     data = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
     lines = data.split(b"\n")
-    assert lines[0] == b"listgate-qfile 1"
+    # a new file (the pool is empty): LENGTH is the rest of the file, no padding
+    assert lines[0] == b"listgate-qfile 2 %d" % (len(data) - len(lines[0]) - 1)
     assert lines[1] == b"{"
     assert b' "arrival": 1700000000.25,' in lines
     assert b' "attempts": 0,' in lines
@@ -83,11 +84,27 @@ def test_hand_edited_file_still_parses(qroot):
 def test_reader_dispatches_on_format_version():
     meta, msg = qfile.loads(b"listgate-qfile 1\r\n{}\n--- message ---\nabc")
     assert (meta, msg) == ({}, b"abc")
-    with pytest.raises(QFileFormatError, match="version 2 is not readable"):
-        qfile.loads(b"listgate-qfile 2\n{}\n--- message ---\nabc")
+    meta, msg = qfile.loads(b"listgate-qfile 2 22\n{}\n--- message ---\nabc")
+    assert (meta, msg) == ({}, b"abc")
+    with pytest.raises(QFileFormatError, match="version 3 is not readable"):
+        qfile.loads(b"listgate-qfile 3 19\n{}\n--- message ---\nabc")
     assert qfile.FORMAT_VERSION in qfile._READERS
     assert all(v in qfile._READERS for v in range(1, qfile.FORMAT_VERSION + 1))
 
+
+
+@pytest.mark.parametrize("msg", MESSAGES)
+def test_version_2_padding_is_ignored_exactly(msg):
+    """What follows LENGTH (the old content of a slot file) is not part of the message,
+    even when it looks like one: a separator, a first line, JSON, the message again."""
+    meta = {"list": "demo@example.org", "n": [1, "\u00e9"]}
+    data = qfile.dumps(meta, msg)
+    assert qfile.loads(data) == (meta, msg)  # no padding: LENGTH is the rest of the file
+    padding = b"\n--- message ---\nlistgate-qfile 2 5\n{}" + msg + bytes(range(256)) + b"\0" * 1000
+    assert qfile.loads(data + padding) == (meta, msg)
+    assert qfile.loads(data + b"\0") == (meta, msg)
+    with pytest.raises(QFileFormatError, match="cut short"):
+        qfile.loads(data[:-1])
 
 @pytest.mark.parametrize("content,why", [
     (b"", "first line"),
@@ -100,8 +117,16 @@ def test_reader_dispatches_on_format_version():
     (b"listgate-qfile 1\n[1, 2]\n--- message ---\nx", "not an object"),
     (b"listgate-qfile 1\n" + b"[" * 100000 + b"\n--- message ---\nx", "JSON|deeply"),
     (b"listgate-qfile 1\n{\"a\": NaN}\n--- message ---\nx", "NaN"),
+    (b"listgate-qfile 1 20\n{}\n--- message ---\nabc", "bad format version"),
+    (b"listgate-qfile 2\n{}\n--- message ---\nabc", "decimal LENGTH"),
+    (b"listgate-qfile 2 twenty\n{}\n--- message ---\nabc", "decimal LENGTH"),
+    (b"listgate-qfile 2 +19\n{}\n--- message ---\nabc", "decimal LENGTH"),
+    (b"listgate-qfile 2 23\n{}\n--- message ---\nabc", "beyond the end of the file"),
+    # the separator only in the padding: the qfile proper has none
+    (b"listgate-qfile 2 2\n{}\n--- message ---\nabc", "separator"),
 ], ids=["empty", "pickle", "no-separator", "version-word", "version-99", "not-utf8", "bad-json", "array", "deep",
-        "nan"])
+        "nan", "v1-with-length", "v2-no-length", "v2-length-word", "v2-length-sign", "v2-cut-short",
+        "v2-separator-in-padding"])
 def test_unparsable_qfile_goes_to_bad_with_reason_and_bytes(qroot, content, why):
     sb = Switchboard(qroot, "in")
     good = sb.enqueue(b"good", {}, arrival=20.0)
