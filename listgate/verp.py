@@ -141,6 +141,12 @@ class _Keyring:
         if not signing:
             raise VerpKeyError("every VERP key is retired; one must sign")
         self.signer = signing[0]
+        # (list_key, extension) -> (key, "member" result) of signatures verified with this ring.
+        # Exact: the MAC check is a function of the extension, the list key and these keys
+        # alone; only the retired key's window depends on the time and is looked at per use.
+        # Only verified extensions go in (a forger cannot fill it); a new configuration
+        # (reload) builds a new ring, so a removed key stops verifying at once.
+        self.verified: dict[tuple[str, str], tuple[_Key, VerpResult]] = {}
 
 
 def _read_secret(path: str, key_id: str) -> bytes:
@@ -309,8 +315,18 @@ def _member_of(text: str) -> str | None:
     return f"{local}@{domain}"
 
 
+VERIFIED_CACHE_MAX = 4096        # verified extensions kept per keyring; a full cache is emptied
+
+
 def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
     """A verified/refused result if ``ext`` names one of our key ids, else None."""
+    list_key = _list_key(lc)
+    hit = ring.verified.get((list_key, ext))
+    if hit is not None:
+        key, result = hit
+        if key.verify_until is not None and clock.now() > key.verify_until:
+            return VerpResult("invalid", key_id=key.id, error="retired-key")
+        return result
     rest, dot, mac = ext.rpartition(".")
     if not dot:
         return None
@@ -321,12 +337,16 @@ def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
         member = _member_of(rest[: -len(kid) - 1])
         if member is None:
             return VerpResult("invalid", key_id=key.id, error="malformed")
-        expected = _mac(key, _list_key(lc), member, ring.mac_length)
+        expected = _mac(key, list_key, member, ring.mac_length)
         if not hmac.compare_digest(expected.encode("ascii"), mac.lower().encode("ascii", "replace")):
             return VerpResult("invalid", key_id=key.id, error="bad-mac")
+        result = VerpResult("member", member=member, key_id=key.id)
+        if len(ring.verified) >= VERIFIED_CACHE_MAX:
+            ring.verified.clear()
+        ring.verified[(list_key, ext)] = (key, result)
         if key.verify_until is not None and clock.now() > key.verify_until:
             return VerpResult("invalid", key_id=key.id, error="retired-key")
-        return VerpResult("member", member=member, key_id=key.id)
+        return result
     return None
 
 
