@@ -6,7 +6,12 @@ passes (no config reload here) and, when needed, the list's store. What it
 needs from a Site (domains, trusted networks, every list address as a dict
 equal to :func:`listgate.addresses.parse`, posting rules and the decisions
 that do not depend on the request) is worked out once per Site object; a
-reload gives a new object.
+reload gives a new object. Two bounded memos hang off that per-Site plan,
+both exact: what a recipient text is (managed domain, postmaster, list
+address: a function of the text and the Site alone), and per list the accept
+decision of each verified member VERP (:func:`listgate.verp.decode` keeps its
+result object while the signature stays valid, and the decision is a function
+of that result and the address).
 
 Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 
@@ -102,20 +107,19 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     unknown: never trusted). Never raises for bad input; store failures become
     ``tempfail``.
     """
-    parts = split_address(rcpt or "")
-    if parts is None:
-        return PASS
     plan = _plan(site)
-    local, domain = parts
-    if domain not in plan.domains:
+    seen = plan.recipients.get(rcpt)
+    if seen is None:
+        seen = plan.recipient(rcpt)
+    if seen is _NOT_OURS:
         return PASS
+    address, postmaster = seen
     # split once for the re-injection test and the posting rules ("" and "<>" give None)
     sender_parts = split_address(sender) if sender else None
     if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
         return PASS
-    if local.lower() == "postmaster":
+    if postmaster:
         return PASS
-    address = plan.table.lookup(local, domain)
     if address is None:
         # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
         return _NO_SUCH_ADDRESS
@@ -136,12 +140,24 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
 
 
 def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
-    if address.extension is None:
+    ext = address.extension
+    if ext is None:
         return RcptDecision("accept", address=address)
-    result = verp.decode(site, lp.lc, address.extension, store=lp)
+    result = verp.decode(site, lp.lc, ext, store=lp)
     if not result.valid:
         return _reject(address, "5.1.1", "not a valid bounce address", verp_result=result)
-    return RcptDecision("accept", address=address, verp=result)
+    if result.kind != "member":
+        return RcptDecision("accept", address=address, verp=result)
+    # a verified member VERP: verp.decode keeps its result object while the signature stays
+    # valid, so the same object means the same decision (address is a function of ext)
+    hit = lp.verp_accepts.get(ext)
+    if hit is not None and hit.verp is result:
+        return hit
+    decision = RcptDecision("accept", address=address, verp=result)
+    if len(lp.verp_accepts) >= MEMO_MAX:
+        lp.verp_accepts.clear()
+    lp.verp_accepts[ext] = decision
+    return decision
 
 
 def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
@@ -179,7 +195,7 @@ class _ListPlan:
     """One list's posting rules, its constant decisions and its store (opened on first use)."""
 
     __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce",
-                 "staff", "accept_post", "refuse_post", "_store")
+                 "staff", "accept_post", "refuse_post", "verp_accepts", "_store")
 
     def __init__(self, site, list_key: str, lc):
         self.site = site
@@ -199,6 +215,7 @@ class _ListPlan:
             self.refuse_post = _reject(self.post_address, "5.7.1", text)
         else:
             self.refuse_post = self.accept_post     # hold/discard: the runner acts after DATA
+        self.verp_accepts: dict[str, RcptDecision] = {}     # extension -> accept of a verified member VERP
         self._store = None
 
     def store(self):
@@ -214,7 +231,7 @@ class _ListPlan:
 
 
 class _Plan:
-    __slots__ = ("site", "domains", "nets", "lists", "table")
+    __slots__ = ("site", "domains", "nets", "lists", "table", "recipients")
 
     def __init__(self, site):
         self.site = site
@@ -222,9 +239,32 @@ class _Plan:
         self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
         self.lists = {key: _ListPlan(site, key, lc) for key, lc in site.lists.items()}
         self.table = table_for(site.lists)
+        # rcpt as received -> what recipient() found: a function of the text and this Site only
+        self.recipients: dict[str | None, Any] = {}
+
+    def recipient(self, rcpt: str | None):
+        """``_NOT_OURS`` (not in a managed domain: rule 1), or ``(address, is_postmaster)``.
+
+        ``address`` is :meth:`AddressTable.lookup`'s answer (None: unknown in a
+        managed domain). Kept in :attr:`recipients`, bounded.
+        """
+        parts = split_address(rcpt or "")
+        if parts is None or parts[1] not in self.domains:
+            seen = _NOT_OURS
+        else:
+            local, domain = parts
+            seen = (self.table.lookup(local, domain), local.lower() == "postmaster")
+        if rcpt is not None and len(rcpt) <= _MEMO_TEXT_MAX:
+            if len(self.recipients) >= MEMO_MAX:
+                self.recipients.clear()
+            self.recipients[rcpt] = seen
+        return seen
 
 
 _BOUNCES_SUFFIX = ROLE_SUFFIXES["bounces"]   # the scheme's, for a cheap pre-test
+_NOT_OURS = object()
+MEMO_MAX = 4096      # entries per memo (recipients per Site, verified VERPs per list); a full memo is emptied
+_MEMO_TEXT_MAX = 512  # longer recipient texts are not kept (RFC 5321 section 4.5.3.1.3: a path is <= 256 octets)
 _plans: dict[int, _Plan] = {}
 
 

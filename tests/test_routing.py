@@ -246,3 +246,38 @@ def test_second_list_in_other_domain(site):
     assert decide(site, "news@example.net").action == "accept"
     assert decide(site, "demo@example.net").action == "reject"
     assert decide(site, f"news@{D}").action == "reject"
+
+
+def test_repeated_verp_decisions_follow_the_clock(site):
+    # the second and later decisions come from the verified-VERP memos; the retired key's
+    # window must still be looked at on every one
+    address = verp.member_bounce_address(site, site.get_list("demo"), "member@example.com")
+    key = site.conf.verp.keys[0].as_dict()
+    with open(os.path.join(site.state_dir, "keys", "k2.key"), "w") as fh:
+        fh.write("ab" * 32)
+    site = edit_site(site, verp={"keys": [{"id": "k2", "file": "keys/k2.key"},
+                                          {**key, "retired": True, "retired_at": "2027-01-10"}],
+                                 "retired_verify_window": "30d"})
+    retired = site.conf.verp.keys[1].retired_at
+    clock.freeze(retired + 30 * 86400 - 1)
+    first, again = decide(site, address, sender=""), decide(site, address, sender="")
+    assert first.action == again.action == "accept"
+    assert again.verp.member == "member@example.com" and again.address == first.address
+    clock.freeze(retired + 30 * 86400 + 1)
+    for _ in range(2):
+        d = decide(site, address, sender="")
+        assert (d.action, d.dsn, d.verp.error) == ("reject", "5.1.1", "retired-key")
+
+
+def test_repeated_recipient_decisions_follow_reloads(site):
+    # what a recipient text is, is kept per configuration: a reload that adds a list or a
+    # domain decides the same text anew
+    for _ in range(2):
+        assert decide(site, "news@example.net").action == "pass"
+        assert decide(site, f"news@{D}").action == "reject"
+    site = write_list(site, "news", domain="example.net", posting_policy="open")
+    for _ in range(2):
+        assert decide(site, "news@example.net").action == "accept"
+        assert decide(site, f"news@{D}").action == "reject"
+    site = write_list(site, "news", domain=D, posting_policy="open")
+    assert decide(site, f"news@{D}").action == "accept"
