@@ -8,7 +8,7 @@ import pytest
 from listgate import clock, routing, verp
 from listgate.store import close_all, open_store, store_path
 
-from policy_helpers import edit_site, write_list
+from policy_helpers import add_key, edit_site, write_list
 
 D = "lists.example.org"
 OUTSIDE = "192.0.2.10"        # TEST-NET-1: never in trusted_networks
@@ -252,11 +252,8 @@ def test_repeated_verp_decisions_follow_the_clock(site):
     # the second and later decisions come from the verified-VERP memos; the retired key's
     # window must still be looked at on every one
     address = verp.member_bounce_address(site, site.get_list("demo"), "member@example.com")
-    key = site.conf.verp.keys[0].as_dict()
-    with open(os.path.join(site.state_dir, "keys", "k2.key"), "w") as fh:
-        fh.write("ab" * 32)
-    site = edit_site(site, verp={"keys": [{"id": "k2", "file": "keys/k2.key"},
-                                          {**key, "retired": True, "retired_at": "2027-01-10"}],
+    retiring = {**site.conf.verp.keys[0].as_dict(), "retired": True, "retired_at": "2027-01-10"}
+    site = edit_site(site, verp={"keys": [{"id": "k2", "file": add_key(site, "k2")}, retiring],
                                  "retired_verify_window": "30d"})
     retired = site.conf.verp.keys[1].retired_at
     clock.freeze(retired + 30 * 86400 - 1)
