@@ -2,8 +2,10 @@
 
 Run as a script, it is the child of the crash-safety tests::
 
-    python queue_helpers.py writer QUEUE_DIR SEED      enqueue forever; print "ID N" after each enqueue returns
-    python queue_helpers.py consumer QUEUE_DIR         dequeue + finish forever; print "ID" just before each finish
+    python queue_helpers.py writer QUEUE_DIR SEED [N]  enqueue forever (keeping N pre-allocated pool files,
+                                                       default 0); print "ID N" after each enqueue returns
+    python queue_helpers.py consumer QUEUE_DIR [plain] dequeue (+ update unless plain) + finish forever;
+                                                       print "ID" just before each finish
 """
 from __future__ import annotations
 
@@ -18,6 +20,21 @@ def queue_files(qdir: str) -> list[str]:
     return sorted(n for n in os.listdir(qdir) if n != ".recycle")
 
 
+def pool_problems(qdir: str) -> list[str]:
+    """What is wrong with a queue's pool at rest: temporary files left behind, or files
+    that are not a whole slot of written blocks (which a writer would have to extend)."""
+    from listgate.queue.pool import POOL_SLOT_SIZE
+    pool = os.path.join(qdir, ".recycle")
+    problems = []
+    for name in sorted(os.listdir(pool)):
+        st = os.stat(os.path.join(pool, name))
+        if name.startswith("."):
+            problems.append(f"temporary file {name}")
+        elif st.st_size != POOL_SLOT_SIZE or st.st_blocks * 512 < POOL_SLOT_SIZE:
+            problems.append(f"{name}: {st.st_size} bytes, {st.st_blocks} blocks")
+    return problems
+
+
 def make_message(seed: int, n: int) -> bytes:
     """Message ``n`` of writer ``seed``: CRLF and bare-LF lines, 8-bit bytes, NUL, the
     qfile separator and magic inside the body, sizes from a few bytes to ~200 KB."""
@@ -29,10 +46,10 @@ def make_message(seed: int, n: int) -> bytes:
     return head + tricky + rng.randbytes(size)
 
 
-def _writer(queue_dir: str, seed: int) -> None:
+def _writer(queue_dir: str, seed: int, preallocate: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from listgate.queue import Switchboard
-    sb = Switchboard(queue_dir, "in")
+    sb = Switchboard(queue_dir, "in", preallocate=preallocate)
     n = 0
     out = sys.stdout
     while True:
@@ -42,7 +59,7 @@ def _writer(queue_dir: str, seed: int) -> None:
         n += 1
 
 
-def _consumer(queue_dir: str) -> None:
+def _consumer(queue_dir: str, touch: bool) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from listgate.queue import Switchboard
     sb = Switchboard(queue_dir, "in")
@@ -52,8 +69,9 @@ def _consumer(queue_dir: str) -> None:
         if qf is None:
             time.sleep(0.001)
             continue
-        # a little work between taking and finishing, so kills land in both states
-        sb.update(qf, {**qf.meta, "touched": True})
+        if touch:
+            # a little work between taking and finishing, so kills land in both states
+            sb.update(qf, {**qf.meta, "touched": True})
         # announced before finish: a kill between finish and a later print would make a
         # finished qfile look lost; one announced but not finished is simply still queued
         out.write(f"{qf.id}\n")
@@ -82,9 +100,9 @@ def _progress(queue_dir: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
-        _writer(sys.argv[2], int(sys.argv[3]))
+        _writer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
     elif sys.argv[1] == "consumer":
-        _consumer(sys.argv[2])
+        _consumer(sys.argv[2], sys.argv[3:] != ["plain"])
     elif sys.argv[1] == "progress":
         _progress(sys.argv[2])
     else:

@@ -5,13 +5,15 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
 import pytest
 
 from listgate import clock
 from listgate.queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile, slice_of
-from listgate.queue.switchboard import POOL_MAX_FILES, id_arrival
+from listgate.queue.pool import POOL_MAX_FILES, POOL_SLOT_SIZE
+from listgate.queue.switchboard import id_arrival
 
 from queue_helpers import queue_files
 
@@ -281,35 +283,150 @@ def test_finish_update_release(qroot):
     sb.finish(again)  # twice is harmless
 
 
-def test_finished_files_are_recycled_byte_exactly_and_never_dequeued(qroot):
-    sb = Switchboard(qroot, "in")
+def _pool_files(sb: Switchboard) -> dict[str, os.stat_result]:
+    """The ready files of the queue's pool (temporary names left out), by name."""
     pool = os.path.join(sb.dir, ".recycle")
+    return {n: os.stat(os.path.join(pool, n)) for n in os.listdir(pool) if not n.startswith(".")}
+
+
+def _is_slot(st: os.stat_result) -> bool:
+    # every block allocated: no hole the next writer would fill (st_blocks is in 512-byte units)
+    return st.st_size == POOL_SLOT_SIZE and st.st_blocks * 512 >= POOL_SLOT_SIZE
+
+
+def test_finished_files_become_slots_that_are_overwritten_in_place(qroot):
+    sb = Switchboard(qroot, "in")
     long_msg = b"Subject: long\r\n\r\n" + b"L" * 50_000
-    sb.enqueue(long_msg, {})
+    qid = sb.enqueue(long_msg, {})
+    assert os.path.getsize(os.path.join(sb.dir, qid + ".qf")) < POOL_SLOT_SIZE  # a new file, as long as the qfile
     sb.finish(sb.dequeue())
-    assert len(os.listdir(pool)) == 1 and sb.ids() == []
-    # a shorter message overwrites the recycled file: no tail of the old one survives
+    [(_, slot)] = _pool_files(sb).items()
+    assert _is_slot(slot) and sb.ids() == []  # padded with written zeros to a whole slot
+    # a shorter message is written over the slot: same inode, same size, no truncation ...
     qid = sb.enqueue(b"short", {"n": 1})
-    assert os.listdir(pool) == []
-    assert open(os.path.join(sb.dir, qid + ".qf"), "rb").read().endswith(b"\n--- message ---\nshort")
+    assert _pool_files(sb) == {}
+    path = os.path.join(sb.dir, qid + ".qf")
+    st = os.stat(path)
+    assert (st.st_ino, st.st_size) == (slot.st_ino, POOL_SLOT_SIZE)
+    raw = open(path, "rb").read()
+    first, rest = raw.split(b"\n", 1)
+    length = int(first.split()[2])
+    assert rest[:length].endswith(b"\n--- message ---\nshort")
+    assert b"L" * 1000 in rest[length:]  # the old message's bytes are still there, as padding ...
     qf = sb.dequeue()
-    assert qf.msg == b"short" and qf.meta["n"] == 1
+    assert qf.msg == b"short" and qf.meta["n"] == 1  # ... and none leak into the qfile
     sb.finish(qf)
-    # a longer one grows it
+    # a longer one that fits reuses the slot too, and reads back exactly
     sb.enqueue(long_msg + b"more", {})
     qf = sb.dequeue()
-    assert qf.msg == long_msg + b"more"
+    assert qf.msg == long_msg + b"more" and os.path.getsize(qf.path) == POOL_SLOT_SIZE
     sb.finish(qf)
-    # the pool is capped and big messages are not kept
+    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]
+    assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
+
+
+def test_a_qfile_bigger_than_a_slot_gets_its_own_file(qroot):
+    sb = Switchboard(qroot, "in")
+    sb.finish(sb.dequeue() if sb.enqueue(b"small", {}) else None)
+    [slot] = _pool_files(sb).values()
+    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * (POOL_SLOT_SIZE // 256 + 1)
+    qid = sb.enqueue(big, {})
+    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]  # the slot was left alone
+    path = os.path.join(sb.dir, qid + ".qf")
+    assert os.stat(path).st_ino != slot.st_ino
+    assert os.path.getsize(path) > POOL_SLOT_SIZE
+    qf = sb.dequeue()
+    assert qf.msg == big
+    sb.finish(qf)  # unlinked, not pooled
+    assert list(_pool_files(sb).values()) == [slot] and queue_files(sb.dir) == []
+    # the boundary: a qfile of exactly a slot's size takes the slot, one byte more does not
+    meta = {"arrival": 1.0, "attempts": 0}
+    n = POOL_SLOT_SIZE - len(qfile.dumps(meta, b""))
+    n -= len(qfile.dumps(meta, b"x" * n)) - POOL_SLOT_SIZE  # LENGTH has more digits now
+    assert len(qfile.dumps(meta, b"x" * n)) == POOL_SLOT_SIZE
+    for size, takes_slot in ((n + 1, False), (n, True)):
+        qid = sb.enqueue(b"x" * size, {}, arrival=1.0)
+        assert (os.stat(os.path.join(sb.dir, qid + ".qf")).st_ino == slot.st_ino) == takes_slot
+        qf = sb.dequeue()
+        assert qf.msg == b"x" * size
+        sb.finish(qf)
+
+
+def test_the_pool_is_capped(qroot):
+    sb = Switchboard(qroot, "in")
     for i in range(POOL_MAX_FILES + 10):
         sb.enqueue(b"%d" % i, {})
     while (qf := sb.dequeue()) is not None:
         sb.finish(qf)
-    assert len(os.listdir(pool)) == POOL_MAX_FILES
-    sb.enqueue(b"x" * (1 << 20), {})  # takes a pool file ...
-    sb.finish(sb.dequeue())           # ... and does not give it back
-    assert len(os.listdir(pool)) == POOL_MAX_FILES - 1
-    assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
+    pool = _pool_files(sb)
+    assert len(pool) == POOL_MAX_FILES and all(_is_slot(st) for st in pool.values())
+    assert queue_files(sb.dir) == []
+
+
+def test_a_discarded_staged_slot_goes_back_to_the_pool(qroot):
+    sb = Switchboard(qroot, "in")
+    sb.finish(sb.dequeue() if sb.enqueue(b"first", {}) else None)
+    [slot] = _pool_files(sb).values()
+    staged = sb.stage(b"a duplicate", {})
+    assert _pool_files(sb) == {}
+    staged.discard()
+    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]
+    assert queue_files(sb.dir) == [] and sb.ids() == []
+
+
+def test_preallocate_makes_written_slot_files_beyond_the_default_cap(qroot):
+    n = POOL_MAX_FILES + 6
+    sb = Switchboard(qroot, "in", preallocate=n)
+    assert sb.preallocate() == n
+    pool = _pool_files(sb)
+    assert len(pool) == n and all(_is_slot(st) for st in pool.values())
+    assert sb.preallocate() == 0  # full already
+    assert Switchboard(qroot, "in").preallocate() == 0  # off by default
+    with pytest.raises(ValueError):
+        Switchboard(qroot, "in", preallocate=-1)
+    # the cap allows the target: finished qfiles still go to the pool above POOL_MAX_FILES
+    sb.enqueue(b"x" * 100_000, {})  # bigger than a slot: takes none
+    sb.finish(sb.dequeue())
+    assert len(_pool_files(sb)) == n
+    plain = Switchboard(qroot, "in")  # no target: it never refills, and its cap is POOL_MAX_FILES
+    plain.enqueue(b"y", {})  # a slot leaves the pool ...
+    plain.finish(plain.dequeue())  # ... and is unlinked: the pool is above plain's cap
+    assert len(_pool_files(sb)) == n - 1
+    plain.enqueue(b"z", {})
+    sb.finish(sb.dequeue())  # finished by the switchboard whose cap allows its target: pooled
+    assert len(_pool_files(sb)) == n - 1
+
+
+def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
+    """Poll ``condition`` until true; fail after ``timeout`` seconds (a hang, not a speed check)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up waiting for {what}")
+        time.sleep(0.005)
+
+
+def test_background_refill_tops_the_pool_up_at_the_lowest_priority(qroot):
+    sb = Switchboard(qroot, "in", preallocate=8)
+    assert sb.preallocate() == 8
+    ids = [sb.enqueue(b"Subject: %d\r\n\r\n" % i, {}) for i in range(6)]
+    stored = [os.stat(os.path.join(sb.dir, q + ".qf")) for q in ids]
+    assert all(_is_slot(st) for st in stored)  # each took a slot: the pool never ran dry
+    _wait_for(lambda: len(_pool_files(sb)) >= 8, "the refill thread")
+    pool = _pool_files(sb)
+    assert all(_is_slot(st) for st in pool.values())
+    assert not {st.st_ino for st in stored} & {st.st_ino for st in pool.values()}
+    [refill] = [t for t in threading.enumerate() if t.name == "listgate-pool-refill" and t.is_alive()
+                and sb._pool._thread is t]
+    with open(f"/proc/self/task/{refill.native_id}/stat") as fh:
+        nice = int(fh.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
+    assert nice == 19
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # only that thread
+    got = []
+    while (qf := sb.dequeue()) is not None:
+        got.append(qf.id)
+        sb.finish(qf)
+    assert got == ids
 
 
 def test_a_pool_file_still_linked_to_a_qfile_is_never_overwritten(qroot):
@@ -409,12 +526,20 @@ def test_recover_removes_temp_files_of_dead_writers_only(qroot):
     dead_pid = int(dead.stdout)
     stale = os.path.join(sb.dir, f".0000000000000000001-1-000000-00000000.{dead_pid}.7.tmp")
     live = os.path.join(sb.dir, f".0000000000000000002-1-000000-00000000.{os.getpid()}.8.tmp")
-    for p in (stale, live):
+    # in the pool: a slot file being made, a finished qfile being padded
+    pool = os.path.join(sb.dir, ".recycle")
+    stale_slot = os.path.join(pool, f".slot-{dead_pid}-3-0badcafe.{dead_pid}.9.tmp")
+    stale_pad = os.path.join(pool, f".0000000000000000003-1-000000-00000000.{dead_pid}.10.tmp")
+    live_slot = os.path.join(pool, f".slot-{os.getpid()}-3-0badcafe.{os.getpid()}.11.tmp")
+    for p in (stale, live, stale_slot, stale_pad, live_slot):
         with open(p, "wb") as fh:
-            fh.write(b"listgate-qfile 1\n{")  # half written
+            fh.write(b"listgate-qfile 2 99\n{")  # half written
     assert sb.dequeue() is None and sb.ids() == []
+    assert _pool_files(sb) == {}  # never claimed
+    assert sb.enqueue(b"x", {}) and sb.dequeue().msg == b"x"
     sb.recover()
-    assert not os.path.exists(stale) and os.path.exists(live)
+    assert [os.path.exists(p) for p in (stale, live, stale_slot, stale_pad, live_slot)] == \
+        [False, True, False, False, True]
 
 
 def test_enqueue_rejects_bad_input_before_touching_disk(qroot):

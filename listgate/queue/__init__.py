@@ -16,13 +16,16 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
         path: str                   # the in-progress file while held
 
     class Switchboard:
-        def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3)
+        def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3, preallocate: int = 0)
+            # preallocate: keep at least N 64 KiB slot files in the queue's pool (0 = off)
+        def preallocate(self) -> int          # make them now (start-up); returns how many; never raises
         def enqueue(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None) -> str
-            # temp name, write, flush, fsync, rename, fsync dir; returns the qfile id; raises QueueError
+            # temp name (a claimed pool slot, or a new file), write, fdatasync, rename, fsync dir;
+            # returns the qfile id; raises QueueError
         def dequeue(self, *, slice: int = 0, slices: int = 1) -> QFile | None
             # oldest first (arrival, then tie-breaker); marks the file in progress; unparsable → bad
         def ids(self) -> list[str]            # FIFO order, not in progress
-        def finish(self, qf: QFile) -> None   # done: remove
+        def finish(self, qf: QFile) -> None   # done: remove (into the pool, or unlinked)
         def update(self, qf: QFile, meta: dict) -> None
             # durably rewrite the held file's metadata (e.g. fan-out progress) before continuing
         def move(self, qf: QFile, to: str, *, reason: str | None = None, meta: dict | None = None) -> str
@@ -35,7 +38,7 @@ Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
 ``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``; one instance may be
 shared by threads. The file format is in ``listgate.queue.qfile``, the directory
 layout (``ID.qf``, ``ID.held``, temporary files, ``.recycle/``) in
-``listgate.queue.switchboard``.
+``listgate.queue.switchboard``, the pool of slot files in ``listgate.queue.pool``.
 """
 from .qfile import FORMAT_VERSION, QFileFormatError
 from .switchboard import QUEUES, QFile, QueueError, Switchboard, slice_of

@@ -5,18 +5,22 @@ Files in ``QUEUE_DIR/NAME/``:
 * ``ID.qf``    a stored qfile, ready for a runner;
 * ``ID.held``  dequeued, in progress (Mailman's ``.bak``);
 * ``.ID.PID.N.tmp`` a qfile being written; never matched by dequeue, removed by
-  ``recover`` once the writing process is gone;
+  ``recover`` once the writing process is gone (so are those in ``.recycle/``);
 * ``ID.done``  fan-out progress of a qfile (:meth:`Switchboard.record_done`): a line
   ``listgate-progress 1 ID``, then one JSON array ``[index, rcpt]`` (or
   ``[index, rcpt, reply]`` for a refused one) per delivery handed over, appended
   and fdatasync'd; folded into the qfile's ``done`` by every reader;
-* ``.recycle/`` finished qfiles kept for reuse (at most 64, each under 1 MiB).
-  Freeing a file's blocks is what costs most when a queue turns over (it can
-  cost more than the fsync, e.g. on ext4 mounted with ``discard``), so
-  ``finish`` renames the file here and ``enqueue`` claims one by renaming it to
-  its temporary name and overwrites it in place (truncated to the new length).
-  Pool files are never read; like freed blocks, they hold old mail until
-  overwritten, so queue directories stay private to listgate.
+* ``.recycle/`` the pool (``listgate.queue.pool``): slot files of exactly
+  ``POOL_SLOT_SIZE`` (64 KiB) bytes, every block written and fdatasync'd.
+  Creating a file (inode allocation) and freeing one's blocks is what costs
+  most when a queue turns over, and a write that changes a file's size makes
+  ``fdatasync`` commit the journal; so a qfile that fits a slot is written
+  over a claimed slot file from offset 0 without truncating it (the qfile's
+  LENGTH says where it ends, the rest is ignored padding), and ``finish``
+  (``move``, ``recover``) returns the file to the pool, padded to a slot
+  first if shorter. A larger qfile gets a new file, unlinked when finished.
+  ``Switchboard(..., preallocate=N)`` keeps at least N slot files there
+  (:meth:`Switchboard.preallocate` at start-up, then a low-priority thread).
 
 ``ID`` is ``<arrival ns, 19 digits>-<pid>-<counter>-<random>``: names sort by
 arrival time (the original one, kept when a qfile moves between queues), and
@@ -26,7 +30,8 @@ random bits, so they neither collide nor get skipped.
 Durability follows Postfix's queue manager: a qfile is written to a temporary
 name, flushed and fsync'd (fdatasync), renamed into place, and the directory is
 fsync'd (threads of one process writing at the same moment share that
-directory fsync: group commit, :meth:`Switchboard._sync_dir`), so
+directory fsync: group commit, :meth:`Switchboard._sync_dir`), whether the
+file is new or a claimed slot file, so
 after ``enqueue`` returns the qfile survives a crash or power loss, and no
 reader ever sees a partial file (rename(2) is atomic within a file system).
 Processing is at-least-once: ``finish`` and the rename to ``.held`` are not
@@ -50,21 +55,18 @@ from dataclasses import dataclass, field
 from .. import clock
 from ..log import kv
 from . import qfile
+from .pool import POOL, POOL_SLOT_SIZE, Pool, fsync_dir, remove_dead_temps, temp_name, unlink_quietly
 from .qfile import QFileFormatError
 
 QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
 READY = ".qf"
 HELD = ".held"
-TMP = ".tmp"
 DONE = ".done"
 PROGRESS_MAGIC = b"listgate-progress 1"
 ID_RE = re.compile(r"\A(\d{19})-\d{1,10}-\d{6}-[0-9a-f]{8}\Z")
 # queues where a qfile rests for a human rather than waits for a runner: the
 # attempt count is kept there as evidence instead of being reset
 RESTING = ("shunt", "bad")
-POOL = ".recycle"
-POOL_MAX_FILES = 64
-POOL_MAX_SIZE = 1 << 20
 
 log = logging.getLogger("listgate.queue")
 _counter = itertools.count()
@@ -119,12 +121,20 @@ class Switchboard:
 
     ``max_attempts`` (site ``runner.max_attempts``) caps how many times a qfile
     left in progress by a crash is put back before it goes to ``bad``.
-    Raises ValueError for an unknown queue name and QueueError if the directory
-    cannot be created. One instance may be shared by threads (a runner's
-    delivery workers finish, update and move their qfiles concurrently).
+    ``preallocate`` (default 0 = off) is how many slot files the pool keeps at
+    least: :meth:`preallocate` makes them, and when writes leave fewer, a
+    daemon thread at the lowest CPU priority (nice 19) makes more, so writers
+    find a slot instead of creating a file. It also raises the pool's cap to
+    ``preallocate + POOL_MAX_FILES`` files, which every process finishing this
+    queue's qfiles applies: give them all the same value. Costs
+    ``preallocate`` x 64 KiB of disk per queue, up to the cap x 64 KiB.
+    Raises ValueError for an unknown queue name or a negative ``preallocate``,
+    QueueError if the directory cannot be created. One instance may be shared by
+    threads (a runner's delivery workers finish, update and move their qfiles
+    concurrently).
     """
 
-    def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3):
+    def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3, preallocate: int = 0):
         if name not in QUEUES:
             raise ValueError(f"unknown queue {name!r} (queues: {', '.join(QUEUES)})")
         self.queue_dir = queue_dir
@@ -140,7 +150,7 @@ class Switchboard:
         self._batch_key: tuple[int, int] | None = None
         self._seen_mtime: int | None = None
         self._lock = threading.Lock()  # guards the scan state above
-        self._pool = _Recycler(os.path.join(self.dir, POOL))
+        self._pool = Pool(os.path.join(self.dir, POOL), target=preallocate)
         # group commit of directory fsyncs (see _sync_dir)
         self._dsync = threading.Condition(threading.Lock())
         self._dsync_next: _DirSync | None = None    # the round not started yet
@@ -155,12 +165,22 @@ class Switchboard:
             pass  # exists, or a read-only queue: recycling is an optimisation only
 
     @classmethod
-    def for_site(cls, site, name: str) -> "Switchboard":
+    def for_site(cls, site, name: str, *, preallocate: int = 0) -> "Switchboard":
         """The switchboard for queue ``name`` of a loaded :class:`listgate.config.Site`."""
-        return cls(site.queue_dir, name, max_attempts=site.conf.runner.max_attempts)
+        return cls(site.queue_dir, name, max_attempts=site.conf.runner.max_attempts, preallocate=preallocate)
 
     def __repr__(self) -> str:
         return f"<Switchboard {self.dir}>"
+
+    def preallocate(self) -> int:
+        """Make slot files until the pool holds the ``preallocate`` given to the
+        constructor; returns how many were made (0 when off or already full).
+
+        For start-up, before writers arrive: each file is written with zeros and
+        fdatasync'd, and the pool directory is fsync'd once for the lot. Never
+        raises: a full disk (or read-only queue) ends it early and is logged once.
+        """
+        return self._pool.fill()
 
     # -- writing -------------------------------------------------------------------
 
@@ -198,7 +218,7 @@ class Switchboard:
         meta.setdefault("attempts", 0)
         qid = qid or new_id(arrival)
         data = qfile.dumps(meta, msg)
-        return Staged(self, self._write_tmp(data, qid), qid)
+        return Staged(self, *self._write_tmp(data, qid), qid)
 
     def _write(self, final: str, data: bytes, qid: str, *, new: bool) -> None:
         """temp name, write, fsync, rename onto ``final``, fsync the directory.
@@ -206,34 +226,34 @@ class Switchboard:
         ``new``: ``final`` is a new name whose directory entry may be withdrawn when
         the directory fsync fails (never an existing held file: that is the message).
         """
-        self._install(self._write_tmp(data, qid), final, qid, new=new)
+        self._install(self._write_tmp(data, qid)[0], final, qid, new=new)
 
-    def _write_tmp(self, data: bytes, qid: str) -> str:
-        """Write ``data`` to a fresh temporary name and fdatasync it; returns the name."""
-        # pid lets recover() tell a dead writer's file from a live one; the counter
-        # keeps two threads of one process apart
-        tmp = os.path.join(self.dir, f".{qid}.{os.getpid()}.{next(_counter)}{TMP}")
+    def _write_tmp(self, data: bytes, qid: str) -> tuple[str, bool]:
+        """Write ``data`` under a fresh temporary name and fdatasync it; returns the
+        name and whether the file is a whole slot (it can go back to the pool unused)."""
+        tmp = temp_name(self.dir, qid)
         try:
-            fd = self._pool.claim(tmp)
-            recycled = fd is not None
-            if not recycled:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+            claimed = self._pool.claim(tmp) if len(data) <= POOL_SLOT_SIZE else None
+            if claimed is None:
+                fd, size = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
+            else:
+                fd, size = claimed
             try:
+                # over a slot file from offset 0 and never truncated: its size stays, so
+                # fdatasync flushes the data alone; into a new file it flushes the data
+                # and what is needed to read it back (size, blocks). The directory
+                # fsync in _install commits the name.
                 view = memoryview(data)
                 while view:
                     view = view[os.write(fd, view):]
-                if recycled:
-                    os.ftruncate(fd, len(data))  # the old content may have been longer
-                # fdatasync flushes the data and what is needed to read it back (size,
-                # blocks); the directory fsync below commits the name
                 os.fdatasync(fd)
             finally:
                 os.close(fd)
         except OSError as exc:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             raise QueueError(exc.errno or errno.EIO,
                              f"cannot store qfile {qid} in {self.dir} (write): {exc.strerror or exc}") from None
-        return tmp
+        return tmp, size == POOL_SLOT_SIZE
 
     def _install(self, tmp: str, final: str, qid: str, *, new: bool) -> None:
         """Rename a written temporary file onto ``final`` and fsync the directory."""
@@ -243,11 +263,11 @@ class Switchboard:
             step = "directory fsync"
             self._sync_dir()
         except OSError as exc:
-            _unlink_quietly(tmp)
+            unlink_quietly(tmp)
             if new and step == "directory fsync":
                 # the new name may not survive a crash: withdraw it so the caller's
                 # retry (SMTP 4xx) does not leave a second copy behind
-                _unlink_quietly(final)
+                unlink_quietly(final)
             raise QueueError(exc.errno or errno.EIO,
                              f"cannot store qfile {qid} in {self.dir} ({step}): "
                              f"{exc.strerror or exc}") from None
@@ -287,11 +307,7 @@ class Switchboard:
             raise OSError(rnd.error.errno, rnd.error.strerror)
 
     def _fsync_dir(self) -> None:
-        dfd = os.open(self.dir, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        fsync_dir(self.dir)
 
     # -- reading -------------------------------------------------------------------
 
@@ -468,7 +484,7 @@ class Switchboard:
         except OSError as exc:
             if created:
                 # its name may not be durable: never append to it as if it were
-                _unlink_quietly(path)
+                unlink_quietly(path)
             raise QueueError(exc.errno or errno.EIO, f"cannot record delivery progress of qfile {qf.id} "
                              f"in {self.dir}: {exc.strerror or exc}") from None
         done = list(qf.meta.get("done") or [])
@@ -522,7 +538,7 @@ class Switchboard:
             meta["failed"] = failed
 
     def _drop_progress(self, qid: str) -> None:
-        _unlink_quietly(os.path.join(self.dir, qid + DONE))
+        unlink_quietly(os.path.join(self.dir, qid + DONE))
 
     # -- finishing -----------------------------------------------------------------
 
@@ -532,8 +548,7 @@ class Switchboard:
         self._changed_by_us()
 
     def _discard(self, qf: QFile) -> None:
-        if len(qf.msg) >= POOL_MAX_SIZE or not self._pool.put(qf.path, qf.id):
-            _unlink_quietly(qf.path)
+        self._pool.retire(qf.path, qf.id)
         # after the qfile: a crash in between leaves an orphan (recover removes it), never
         # a qfile that lost its progress
         self._drop_progress(qf.id)
@@ -574,7 +589,7 @@ class Switchboard:
             self._changed_by_us()
         else:
             if qf.path != os.path.join(self.dir, qf.id + READY):
-                _unlink_quietly(qf.path)  # back in this queue: the next dequeue lists it again
+                self._pool.retire(qf.path, qf.id)  # back in this queue: the next dequeue lists it again
             self._drop_progress(qf.id)  # folded into the new qfile's metadata
         if to in RESTING:
             log.warning("qfile moved %s", kv(qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
@@ -600,9 +615,9 @@ class Switchboard:
 
         Each goes back with ``attempts`` + 1, or to ``bad`` with the reason once
         ``attempts`` reaches ``max_attempts``. Temporary files of writers that
-        are gone are removed, and progress files (``ID.done``) whose qfile is
-        gone. Run it at start-up, before any runner of this slice dequeues: a
-        held file is assumed abandoned.
+        are gone are removed (in the pool too), and progress files (``ID.done``)
+        whose qfile is gone. Run it at start-up, before any runner of this
+        slice dequeues: a held file is assumed abandoned.
         """
         _check_slice(slice, slices)
         self._remove_stale_temps()
@@ -623,7 +638,7 @@ class Switchboard:
                           reason=f"left in progress {attempts} times (crashed or killed while processing)")
             else:
                 self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
-                _unlink_quietly(path)
+                self._pool.retire(path, qid)
                 self._drop_progress(qid)  # folded into the qfile just written
                 log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
         self._batch = []
@@ -639,16 +654,12 @@ class Switchboard:
                 base = os.path.join(self.dir, name[:-len(DONE)])
                 # held, waiting, held: a runner of another slice may rename it meanwhile
                 if not any(os.path.exists(base + sfx) for sfx in (HELD, READY, HELD)):
-                    _unlink_quietly(base + DONE)  # its qfile is finished or gone
-                continue
-            if not (name.startswith(".") and name.endswith(TMP)):
-                continue
-            try:
-                pid = int(name[:-len(TMP)].split(".")[-2])
-            except (IndexError, ValueError):
-                continue
-            if pid != os.getpid() and not _alive(pid):
-                _unlink_quietly(os.path.join(self.dir, name))
+                    unlink_quietly(base + DONE)  # its qfile is finished or gone
+        remove_dead_temps(self.dir, names)
+        try:
+            remove_dead_temps(self._pool.dir, os.listdir(self._pool.dir))
+        except OSError:
+            pass  # no pool
 
     def _quarantine(self, qid: str, path: str, data: bytes, reason: str) -> None:
         """An unparsable file goes to ``bad`` whole, as the message of a new qfile."""
@@ -661,15 +672,15 @@ class Switchboard:
         except (QueueError, ValueError) as exc:
             log.error("cannot move unparsable qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
             return  # left held: nothing is lost, recover() tries again
-        _unlink_quietly(path)
+        unlink_quietly(path)
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
 
 
 class Staged:
     """A qfile written under its temporary name (:meth:`Switchboard.stage`)."""
 
-    def __init__(self, sb: Switchboard, tmp: str, qid: str):
-        self.sb, self.tmp, self.id = sb, tmp, qid
+    def __init__(self, sb: Switchboard, tmp: str, slot: bool, qid: str):
+        self.sb, self.tmp, self.slot, self.id = sb, tmp, slot, qid
 
     def commit(self) -> str:
         """Rename into place and fsync the directory; returns the id. QueueError as enqueue."""
@@ -680,9 +691,16 @@ class Staged:
         return self.id
 
     def discard(self) -> None:
-        """Remove the temporary file (nothing was stored); a no-op after commit."""
+        """Remove the temporary file (nothing was stored); a no-op after commit.
+
+        A slot file goes back to the pool as it is (a rename: no padding on the
+        writer's path); pool files are never read.
+        """
         if self.tmp is not None:
-            _unlink_quietly(self.tmp)
+            if self.slot:
+                self.sb._pool.give_back(self.tmp, self.id)
+            else:
+                unlink_quietly(self.tmp)
             self.tmp = None
 
 
@@ -696,92 +714,6 @@ class _DirSync:
         self.error: OSError | None = None
 
 
-class _Recycler:
-    """A queue's pool of finished qfiles whose blocks the next enqueue overwrites.
-
-    Shared by every process using the queue: files are claimed and returned by
-    rename(2), which only one process can win. The file count is an estimate
-    (other processes claim files too), recounted whenever it reaches the cap.
-    """
-
-    def __init__(self, directory: str):
-        self.dir = directory
-        self._free: list[str] = []
-        self._count: int | None = None
-        self._lock = threading.Lock()
-
-    def _next(self) -> str | None:
-        with self._lock:
-            if not self._free:
-                try:
-                    self._free = os.listdir(self.dir)
-                except OSError:
-                    return None
-            return self._free.pop() if self._free else None
-
-    def claim(self, tmp: str) -> int | None:
-        """Rename a pool file to ``tmp`` and open it for writing; None if the pool is empty."""
-        for _ in range(POOL_MAX_FILES):
-            name = self._next()
-            if name is None:
-                return None
-            try:
-                os.rename(os.path.join(self.dir, name), tmp)
-            except FileNotFoundError:
-                continue  # claimed by another process
-            except OSError:
-                return None
-            if self._count:
-                self._count -= 1
-            try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
-            except OSError:
-                _unlink_quietly(tmp)
-                return None
-            if os.fstat(fd).st_nlink == 1:
-                return fd
-            # still linked elsewhere (a file system that lost a rename in a crash):
-            # overwriting it could damage a stored qfile, so drop this name only
-            os.close(fd)
-            _unlink_quietly(tmp)
-        return None
-
-    def put(self, path: str, qid: str) -> bool:
-        """Move a finished file into the pool; False (caller unlinks) if full or impossible."""
-        if self._count is None or self._count >= POOL_MAX_FILES:
-            try:
-                self._count = len(os.listdir(self.dir))
-            except OSError:
-                return False
-            if self._count >= POOL_MAX_FILES:
-                return False
-        try:
-            os.rename(path, os.path.join(self.dir, qid))
-        except OSError:
-            return False
-        with self._lock:
-            self._count += 1
-            self._free.append(qid)  # our own enqueues need not list the pool to find it
-        return True
-
-
 def _safe_name(qid: str) -> bool:
     """A name that stays inside the queue directory and is not a temporary file."""
     return bool(qid) and "/" not in qid and "\0" not in qid and not qid.startswith(".")
-
-
-def _unlink_quietly(path: str) -> None:
-    try:
-        os.unlink(path)
-    except OSError:
-        pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
