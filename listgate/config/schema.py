@@ -42,7 +42,8 @@ MILTER = Section({
     "socket": Field("socket", "unix:milter.sock", doc="unix:PATH (relative to state_dir) or inet:PORT@HOST"),
     "socket_mode": Field("str", "0660", doc="octal mode of a unix socket"),
     "timeout": Field("duration", 600),
-    "duplicate_window": Field("duration", 2 * DAY, doc="how long a list+Message-ID is remembered to refuse double posts"),
+    "duplicate_window": Field("duration", 2 * DAY, doc="how long the runner remembers a list+role+sender+Message-ID "
+                              "to drop a retried SMTP transaction's second copy"),
 })
 
 POLICY = Section({

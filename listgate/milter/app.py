@@ -13,8 +13,7 @@ RCPT TO         :func:`listgate.routing.decide_rcpt`: ``pass`` leaves the
                 code, ``accept``/``discard`` mark a list recipient
 DATA            no list recipient: ACCEPT (headers and body are not sent)
 header, body    no reply (P_NR_HDR, P_NR_BODY): collect the message; header
-                leading space kept (P_HDR_LEADSPC) so it is stored as sent;
-                at Message-ID the duplicate look starts (overlaps the body)
+                leading space kept (P_HDR_LEADSPC) so it is stored as sent
 end of message  :func:`listgate.inject.store_message` first (durable), then
                 ``delrcpt`` each list recipient; DISCARD when no recipient
                 remains, ACCEPT otherwise; ``451 4.3.0`` when it cannot store
@@ -33,7 +32,7 @@ from typing import ClassVar
 
 import Milter
 
-from ..inject import NotStored, Routed, bare, look_ahead, store_message
+from ..inject import NotStored, Routed, bare, store_message
 from ..log import kv
 from ..routing import decide_rcpt
 
@@ -65,12 +64,9 @@ def _reply_text(text: str | None) -> str:
 
 
 class ListgateMilter(Milter.Base):
-    """One SMTP connection. Class attributes: ``sites`` provides ``current() -> Site``;
-    ``record_later`` leaves acceptance records to the writer thread
-    (:class:`listgate.inject.AcceptanceRecords`; the daemon sets it)."""
+    """One SMTP connection. Class attribute ``sites`` provides ``current() -> Site``."""
 
     sites: ClassVar[object] = None
-    record_later: ClassVar[bool] = False
 
     def __init__(self):
         self.client_address: str | None = None
@@ -86,7 +82,6 @@ class ListgateMilter(Milter.Base):
         self.others = 0          # recipients listgate leaves to the MTA
         self.chunks: list[bytes] = []
         self.in_body = False
-        self.prelooks: dict | None = None   # duplicate looks started at the Message-ID field
 
     # -- negotiation ---------------------------------------------------------
     def negotiate(self, opts):
@@ -156,12 +151,6 @@ class ListgateMilter(Milter.Base):
         # Folded fields arrive with bare LF between their lines; the body arrives
         # with CRLF (SMTP's line end): store the whole message with CRLF.
         self.chunks.append(line.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n")
-        if self.prelooks is None and self.record_later and name.lower() == "message-id":
-            try:
-                self.prelooks = look_ahead(self.site, self.routed, value, self.sender or "")
-            except Exception:  # noqa: BLE001 - an optimisation: end of message looks again
-                log.debug("look-ahead failed", exc_info=True)
-                self.prelooks = {}
         return Milter.CONTINUE
 
     @Milter.noreply
@@ -192,8 +181,7 @@ class ListgateMilter(Milter.Base):
         qid = self.getsymval("i")
         try:
             store_message(self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
-                          client_address=self.client_address, client_name=self.client_name,
-                          record_later=self.record_later, prelooks=self.prelooks)
+                          client_address=self.client_address, client_name=self.client_name)
         except NotStored as exc:
             log.warning("tempfail %s", kv(queue_id=qid, error=exc))
             self.setreply(*TEMPFAIL_REPLY)

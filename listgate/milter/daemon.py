@@ -28,7 +28,6 @@ import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
 from .. import sdnotify
 from ..config import Watcher, parse_socket
-from ..inject import RECORDS
 from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
 
 log = logging.getLogger("listgate.milter")
@@ -130,7 +129,6 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     conn, path = socket_spec(site)
     mode = socket_mode(site)
     ListgateMilter.sites = SiteSource(watcher)
-    ListgateMilter.record_later = True
     _register(site.conf.milter.timeout)
     libmilter.setconn(conn)
     if path:
@@ -150,7 +148,5 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
         libmilter.main()
     finally:
         sdnotify.stopping()
-        if not RECORDS.flush(timeout=10):
-            log.warning("milter stopped with acceptance records unwritten")
     log.info("milter stopped")
     return 0

@@ -1,7 +1,8 @@
 """The queue runner: takes qfiles, dispatches them, schedules periodic tasks, stops on SIGTERM.
 
 Queues, in the order one pass serves them: ``in`` (list mail: posts,
-commands, confirmations, owner mail), ``bounces`` (only if a front end queues
+commands, confirmations, owner mail; a retried SMTP transaction's second
+copy is dropped first, :mod:`listgate.runner.duplicates`), ``bounces`` (only if a front end queues
 bounces instead of handling them inline), ``virgin`` (generated mail),
 ``out`` (posts ready for fan-out), ``retry`` (deferred deliveries whose
 backoff has passed).
@@ -34,7 +35,7 @@ from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
 from ..store import StoreUnavailable
-from . import commands, delivery, posts, tasks
+from . import commands, delivery, duplicates, posts, tasks
 
 log = logging.getLogger("listgate.runner")
 
@@ -270,6 +271,8 @@ class Runner:
         if lc is None:
             raise LookupError(f"no such list {qf.meta.get('list')!r} (removed from the configuration?)")
         role = qf.meta.get("role")
+        if qf.queue == "in" and role != "bounces" and not duplicates.first_acceptance(site, lc, qf):
+            return "duplicate: a retried transaction of a message already accepted"
         if role == "post":
             return posts.handle_post(site, lc, qf)
         if role in ("request", "join", "leave"):
