@@ -29,6 +29,9 @@ so every transaction of this connection empties the cache when it ends, and
 reads inside a transaction bypass the cache (they must see its uncommitted
 writes). A lookup costs the pragma and a dict access instead of a query, and
 never answers from an older state of the database than a query would.
+Inside :func:`read_batch` (a server answering requests that had all arrived
+before the block began), each connection runs the pragma once, at its first
+lookup in the block, instead of at every lookup (the argument is there).
 Source: https://www.sqlite.org/pragma.html#pragma_data_version
 
 Source for the locking rules: https://www.sqlite.org/lang_transaction.html
@@ -37,6 +40,7 @@ https://www.sqlite.org/howtocorrupt.html section 2.6 (fork).
 """
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -703,16 +707,58 @@ def _execute(slot: _Slot, sql: str, params: tuple) -> sqlite3.Cursor:
     return slot.conn.execute(sql, params)
 
 
+class _ReadBatch(threading.local):
+    """This thread's :func:`read_batch`: ``number`` (None outside one)."""
+
+    number: int | None = None
+
+
+_read_batch = _ReadBatch()
+_read_batch_numbers = itertools.count(1)
+
+
+class read_batch:
+    """``with read_batch():`` cached reads in this thread check ``PRAGMA data_version``
+    once per connection for the whole block, at that connection's first lookup in it.
+
+    For a server that answers, in one block, requests that had all arrived
+    before the block began (:mod:`listgate.policy.server`: the requests read
+    during one event loop turn). Exactness: a connection's check runs inside
+    the block, so after every one of those requests arrived; the rows its cache
+    then holds are the database at the moment of the check (no other
+    connection has committed since they were read), and a row read later in
+    the block is from a later moment still. So every answer reflects the
+    database at a moment after its request arrived, as a check per lookup would
+    (the moment may be a little earlier within the block). Commits made by
+    another connection during the block are seen by the next block. The
+    connection's own transactions still empty its cache when they end, so the
+    next lookup checks again. Blocks nest (the inner one is a new batch);
+    other threads are not affected.
+    """
+
+    __slots__ = ("_outer",)
+
+    def __enter__(self) -> None:
+        self._outer = _read_batch.number
+        _read_batch.number = next(_read_batch_numbers)
+
+    def __exit__(self, *exc) -> None:
+        _read_batch.number = self._outer
+
+
 def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
     """The row ``sql`` selects for ``key``, from ``slot``'s cache while its data_version holds (module docstring)."""
     conn = slot.conn
     if conn.in_transaction:     # must see the transaction's own uncommitted writes
         rows = conn.execute(sql, (key,)).fetchall()
         return rows[0] if rows else None
-    version = conn.execute(_DATA_VERSION).fetchone()[0]
     view = slot.view
-    if view.version != version:
-        view.reset(version)
+    batch = _read_batch.number
+    if batch is None or view.batch != batch:
+        version = conn.execute(_DATA_VERSION).fetchone()[0]
+        if view.version != version:
+            view.reset(version)
+        view.batch = batch      # checked in this read_batch (None: outside one, check every time)
     cache = view.members if kind == "members" else view.pending
     row = cache.get(key, _MISSING)
     if row is _MISSING:
@@ -725,15 +771,19 @@ def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
 
 
 class _View:
-    """One connection's read cache: rows by key, valid while ``PRAGMA data_version`` is ``version``."""
+    """One connection's read cache: rows by key, valid while ``PRAGMA data_version`` is ``version``.
 
-    __slots__ = ("version", "members", "pending")
+    ``batch``: the :func:`read_batch` in which ``version`` was last checked (None: none).
+    """
+
+    __slots__ = ("version", "batch", "members", "pending")
 
     def __init__(self):
         self.reset(None)
 
     def reset(self, version: int | None) -> None:
         self.version = version
+        self.batch = None
         self.members: dict[str, tuple | None] = {}
         self.pending: dict[str, tuple | None] = {}
 
