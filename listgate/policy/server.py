@@ -1,11 +1,21 @@
 """The asyncio policy server: many connections, several requests per connection.
 
-One :class:`asyncio.Protocol` per connection. Requests are answered in the
-order they arrive (decisions are taken synchronously in arrival order, and all
-replies to one read go out in one write), so pipelining clients get their
-answers in order. Decisions read the list's SQLite store inline: in WAL mode a
-reader never waits for a writer (``listgate.store.sqlite``), so a decision
-costs tens of microseconds and a thread hop would cost more than it saves.
+One :class:`asyncio.Protocol` per connection. A read's complete requests join
+the server's *batch*; the batch is answered by one callback that the event
+loop runs at the start of its next turn, before that turn's reads (``call_soon``),
+so every request of a batch was read before any of them is decided. A batch
+holds what the connections sent during one loop turn (one ``select`` and the
+reads it allowed); with many busy connections that is several requests, and
+per-batch work is done once for all of them: the configuration (see below)
+and the store's freshness check (:class:`listgate.store.sqlite.read_batch`,
+which says why answers stay exact).
+Within a connection requests are decided in arrival order and all replies to
+one read go out in one write, so pipelining clients get their answers in
+order. A connection about to close (a malformed request, Exim's half-close)
+answers the batch at once instead, so its replies are written before the
+close. Decisions read the list's SQLite store inline: in WAL mode a reader
+never waits for a writer (``listgate.store.sqlite``), so a decision costs
+microseconds and a thread hop would cost more than it saves.
 
 Limits (site config ``policy``): an attribute line longer than ``max_line``,
 a line without ``=`` or too many attributes is logged and the connection
@@ -16,7 +26,7 @@ A client that pipelines without reading its answers is paused at the
 transport's high-water mark instead of growing our buffers.
 
 The configuration is taken from ``get_site()`` (a :meth:`listgate.config.Watcher.current`)
-for every request: list and key changes apply without a restart. The socket
+once per batch: list and key changes apply without a restart. The socket
 itself is bound once; moving it needs a restart.
 """
 from __future__ import annotations
@@ -31,6 +41,7 @@ from typing import Callable
 
 from ..config import Site, parse_socket
 from ..log import kv
+from ..store.sqlite import read_batch
 from .protocol import ProtocolError, RequestParser, decide, format_reply
 
 __all__ = ["PolicyServer"]
@@ -60,6 +71,9 @@ class PolicyServer:
         self.where = site.resolve(where) if self.kind == "unix" else where
         self.connections: set[_Connection] = set()
         self._server: asyncio.AbstractServer | None = None
+        self._batch: list[tuple[_Connection, list[dict[str, str]]]] = []
+        self._batch_scheduled = False
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def address(self):
@@ -70,7 +84,7 @@ class PolicyServer:
         return self.kind, self.where
 
     async def start(self) -> None:
-        loop = asyncio.get_running_loop()
+        loop = self._loop = asyncio.get_running_loop()
         if self.kind == "unix":
             mode_text = self.get_site().conf.policy.socket_mode
             try:
@@ -89,6 +103,48 @@ class PolicyServer:
     async def serve_forever(self) -> None:
         assert self._server is not None, "start() first"
         await self._server.serve_forever()
+
+    # -- batches (module docstring) -------------------------------------------
+    def _add(self, conn: _Connection, requests: list[dict[str, str]]) -> None:
+        self._batch.append((conn, requests))
+        if not self._batch_scheduled:
+            self._batch_scheduled = True
+            self._loop.call_soon(self._scheduled_answer)
+
+    def _scheduled_answer(self) -> None:
+        self._batch_scheduled = False
+        self.answer_batch()
+
+    def answer_batch(self) -> None:
+        """Decide and answer every request read so far, one write per connection, then log refusals.
+
+        Refusals are logged at debug level, after the writes: the MTA already
+        logs each one with our reply text (Postfix "NOQUEUE: reject: RCPT
+        from ...", Exim "rejected RCPT"), and a second line per refusal was the
+        largest cost of an unknown-address answer (bench/policy.py). Store
+        failures are logged as warnings by :mod:`listgate.routing`.
+        """
+        batch = self._batch
+        if not batch:
+            return
+        self._batch = []
+        site = self.get_site()
+        refusals: list[tuple[str, dict[str, str]]] = []
+        # every request of the batch was read before this point: one freshness check of
+        # each store connection serves them all (exactness: listgate.store.sqlite.read_batch)
+        with read_batch():
+            for conn, requests in batch:
+                if conn.lost:
+                    continue        # the client went away: its requests need no decision
+                if len(requests) == 1:
+                    conn.transport.write(_answer(site, requests[0], refusals))
+                else:
+                    conn.transport.write(b"".join([_answer(site, attrs, refusals) for attrs in requests]))
+        if refusals and log.isEnabledFor(logging.DEBUG):     # the level is asked only when there is a refusal
+            for action, attrs in refusals:
+                log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                                              client=attrs.get("client_address"),
+                                              queue_id=attrs.get("queue_id") or None))
 
     async def close(self) -> None:
         """Stop listening, close every connection, remove a unix socket file."""
@@ -126,7 +182,7 @@ def _remove_stale_socket(path: str, *, check_live: bool = True) -> None:
 
 
 class _Connection(asyncio.Protocol):
-    __slots__ = ("server", "transport", "parser", "peer", "last_active", "idle_handle", "closing", "loop")
+    __slots__ = ("server", "transport", "parser", "peer", "last_active", "idle_handle", "closing", "lost", "loop")
 
     def __init__(self, server: PolicyServer):
         self.server = server
@@ -136,6 +192,7 @@ class _Connection(asyncio.Protocol):
         self.last_active = 0.0
         self.idle_handle = None
         self.closing = False
+        self.lost = False
         self.loop = None
 
     # -- connection life --------------------------------------------------
@@ -151,6 +208,7 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc) -> None:
         # a client that disconnects mid-request simply loses its partial request
+        self.lost = True
         self.server.connections.discard(self)
         if self.idle_handle is not None:
             self.idle_handle.cancel()
@@ -195,7 +253,7 @@ class _Connection(asyncio.Protocol):
             self._malformed(exc)
             return
         if requests:
-            self._respond(requests)
+            self.server._add(self, requests)
 
     def eof_received(self):
         # Exim's ${readsocket} half-closes after its request, maybe without the empty line
@@ -207,56 +265,38 @@ class _Connection(asyncio.Protocol):
             self._malformed(exc)
             return False
         if attrs is not None:
-            self._respond([attrs])
+            self.server._add(self, [attrs])
+        self.server.answer_batch()      # written before the transport closes
         return False    # close once the answer is flushed
 
     def _malformed(self, exc: ProtocolError) -> None:
         if exc.complete:
-            self._respond(exc.complete)
+            self.server._add(self, exc.complete)
+        self.server.answer_batch()      # the well-formed requests before it are answered before the close
         log.warning("malformed policy request, closing the connection without an answer %s",
                     kv(peer=self.peer, error=exc))
         self.close()
 
-    def _respond(self, requests: list[dict[str, str]]) -> None:
-        """Answer ``requests`` in order with one write, then log the refusals.
 
-        Refusals are logged at debug level, after the write: the MTA already
-        logs each one with our reply text (Postfix "NOQUEUE: reject: RCPT
-        from ...", Exim "rejected RCPT"), and a second line per refusal was the
-        largest cost of an unknown-address answer (bench/policy.py). Store
-        failures are logged as warnings by :mod:`listgate.routing`.
-        """
-        site = self.server.get_site()
-        refusals: list[tuple[str, dict[str, str]]] = []
-        if len(requests) == 1:
-            self.transport.write(self._answer(site, requests[0], refusals))
-        else:
-            self.transport.write(b"".join([self._answer(site, attrs, refusals) for attrs in requests]))
-        if refusals and log.isEnabledFor(logging.DEBUG):     # the level is asked only when there is a refusal
-            for action, attrs in refusals:
-                log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                              client=attrs.get("client_address"),
-                                              queue_id=attrs.get("queue_id") or None))
-
-    @staticmethod
-    def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
-        try:
-            action, decision = decide(site, attrs)
-        except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
-            log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
-                                                          queue_id=attrs.get("queue_id") or None))
-            return format_reply(_TEMPFAIL)
-        if action == "DUNNO":
-            return _DUNNO
-        if decision is not None and decision.action in ("reject", "tempfail", "discard"):
-            refusals.append((action, attrs))
-        reply = _replies.get(action)
-        if reply is None:
-            reply = format_reply(action)
-            if len(_replies) >= 256:        # the texts are routing's own, a handful: this is a backstop
-                _replies.clear()
-            _replies[action] = reply
-        return reply
+def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
+    """The encoded reply to one request; a refusal is also appended to ``refusals``."""
+    try:
+        action, decision = decide(site, attrs)
+    except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
+        log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
+                                                      queue_id=attrs.get("queue_id") or None))
+        return format_reply(_TEMPFAIL)
+    if action == "DUNNO":
+        return _DUNNO
+    if decision is not None and decision.action in ("reject", "tempfail", "discard"):
+        refusals.append((action, attrs))
+    reply = _replies.get(action)
+    if reply is None:
+        reply = format_reply(action)
+        if len(_replies) >= 256:        # the texts are routing's own, a handful: this is a backstop
+            _replies.clear()
+        _replies[action] = reply
+    return reply
 
 
 _replies: dict[str, bytes] = {}     # action -> its encoded reply
