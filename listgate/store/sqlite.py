@@ -418,7 +418,9 @@ class SQLiteStore(ListStore):
         if self._pid != _pid:
             self._forked()
         try:
-            slot = getattr(self._local, "slot", None)
+            # the thread's own dict: getattr(local, "slot", None) raises and catches an
+            # AttributeError whenever no lease is held, which is every RCPT's case
+            slot = self._local.__dict__.get("slot")
             if slot is not None:
                 return _read_through(slot, kind, key, sql)
             slot = self._acquire()
