@@ -113,7 +113,7 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         seen = plan.recipient(rcpt)
     if seen is _NOT_OURS:
         return PASS
-    address, postmaster = seen
+    address, lp, postmaster = seen
     # split once for the re-injection test and the posting rules ("" and "<>" give None)
     sender_parts = split_address(sender) if sender else None
     if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
@@ -123,7 +123,6 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     if address is None:
         # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
         return _NO_SUCH_ADDRESS
-    lp = plan.lists[address.list_key]
     try:
         if address.role == "post":
             return _decide_post(lp, sender, sender_parts)
@@ -243,17 +242,19 @@ class _Plan:
         self.recipients: dict[str | None, Any] = {}
 
     def recipient(self, rcpt: str | None):
-        """``_NOT_OURS`` (not in a managed domain: rule 1), or ``(address, is_postmaster)``.
+        """``_NOT_OURS`` (not in a managed domain: rule 1), or ``(address, list_plan, is_postmaster)``.
 
         ``address`` is :meth:`AddressTable.lookup`'s answer (None: unknown in a
-        managed domain). Kept in :attr:`recipients`, bounded.
+        managed domain), ``list_plan`` its list's :class:`_ListPlan`. Kept in
+        :attr:`recipients`, bounded.
         """
         parts = split_address(rcpt or "")
         if parts is None or parts[1] not in self.domains:
             seen = _NOT_OURS
         else:
             local, domain = parts
-            seen = (self.table.lookup(local, domain), local.lower() == "postmaster")
+            address = self.table.lookup(local, domain)
+            seen = (address, None if address is None else self.lists[address.list_key], local.lower() == "postmaster")
         if rcpt is not None and len(rcpt) <= _MEMO_TEXT_MAX:
             if len(self.recipients) >= MEMO_MAX:
                 self.recipients.clear()
