@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from .. import routing
 
-__all__ = ["ProtocolError", "RequestParser", "decide", "format_reply", "action_for", "MAX_ATTRIBUTES"]
+__all__ = ["ProtocolError", "RequestParser", "decide", "rcpt_decision", "reply_for", "format_reply", "action_for",
+           "MAX_ATTRIBUTES"]
 
 # Postfix sends about 30 attributes; a request with hundreds is not Postfix.
 MAX_ATTRIBUTES = 256
@@ -159,12 +160,37 @@ def decide(site, attrs: dict[str, str]) -> tuple[str, routing.RcptDecision | Non
     ``DUNNO`` and decision None. Raises what :func:`listgate.routing.decide_rcpt`
     raises for bugs only (store failures are already 451 decisions).
     """
+    decision = rcpt_decision(site, attrs)
+    return ("DUNNO" if decision is None else action_for(decision)), decision
+
+
+def rcpt_decision(site, attrs: dict[str, str]) -> routing.RcptDecision | None:
+    """:func:`listgate.routing.decide_rcpt` for a ``protocol_state=RCPT`` request, else None (:func:`decide`)."""
     if attrs.get("protocol_state", "").upper() != "RCPT":
-        return "DUNNO", None
+        return None
     # an absent sender attribute is "unknown" (None); Postfix sends "sender=" for the null sender
-    decision = routing.decide_rcpt(site, attrs.get("recipient", ""), attrs.get("sender"),
-                                   attrs.get("client_address") or None)
-    return action_for(decision), decision
+    return routing.decide_rcpt(site, attrs.get("recipient", ""), attrs.get("sender"),
+                               attrs.get("client_address") or None)
+
+
+def reply_for(decision: routing.RcptDecision) -> bytes:
+    """``format_reply(action_for(decision))``, kept per decision object.
+
+    Decisions are immutable and routing reuses one object for each decision
+    that does not depend on the request (unknown address, non-member refusal),
+    so most replies are encoded once. Bounded: a full memo is emptied.
+    """
+    hit = _replies.get(id(decision))
+    if hit is not None and hit[0] is decision:      # holding the decision keeps its id from being reused
+        return hit[1]
+    reply = format_reply(action_for(decision))
+    if len(_replies) >= 256:
+        _replies.clear()
+    _replies[id(decision)] = (decision, reply)
+    return reply
+
+
+_replies: dict[int, tuple[routing.RcptDecision, bytes]] = {}
 
 
 def format_reply(action: str) -> bytes:

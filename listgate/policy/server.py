@@ -41,14 +41,16 @@ from typing import Callable
 
 from ..config import Site, parse_socket
 from ..log import kv
+from ..routing import RcptDecision
 from ..store.sqlite import read_batch
-from .protocol import ProtocolError, RequestParser, decide, format_reply
+from .protocol import ProtocolError, RequestParser, action_for, format_reply, rcpt_decision, reply_for
 
 __all__ = ["PolicyServer"]
 
 log = logging.getLogger("listgate.policy")
 _TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
 _DUNNO = format_reply("DUNNO")
+_DUNNO_ACTIONS = ("pass", "accept")     # protocol.action_for: every other action refuses
 _NO_LIMIT_RECHECK = 60.0     # seconds between looks at a connection when idle_timeout is 0
 
 
@@ -129,7 +131,7 @@ class PolicyServer:
             return
         self._batch = []
         site = self.get_site()
-        refusals: list[tuple[str, dict[str, str]]] = []
+        refusals: list[tuple[RcptDecision, dict[str, str]]] = []
         # every request of the batch was read before this point: one freshness check of
         # each store connection serves them all (exactness: listgate.store.sqlite.read_batch)
         with read_batch():
@@ -141,10 +143,10 @@ class PolicyServer:
                 else:
                     conn.transport.write(b"".join([_answer(site, attrs, refusals) for attrs in requests]))
         if refusals and log.isEnabledFor(logging.DEBUG):     # the level is asked only when there is a refusal
-            for action, attrs in refusals:
-                log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                              client=attrs.get("client_address"),
-                                              queue_id=attrs.get("queue_id") or None))
+            for decision, attrs in refusals:
+                log.debug("%s %s", action_for(decision),
+                          kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                             client=attrs.get("client_address"), queue_id=attrs.get("queue_id") or None))
 
     async def close(self) -> None:
         """Stop listening, close every connection, remove a unix socket file."""
@@ -281,22 +283,13 @@ class _Connection(asyncio.Protocol):
 def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
     """The encoded reply to one request; a refusal is also appended to ``refusals``."""
     try:
-        action, decision = decide(site, attrs)
+        decision = rcpt_decision(site, attrs)
+        if decision is None or decision.action in _DUNNO_ACTIONS:
+            return _DUNNO
+        reply = reply_for(decision)
     except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
         log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
                                                       queue_id=attrs.get("queue_id") or None))
         return format_reply(_TEMPFAIL)
-    if action == "DUNNO":
-        return _DUNNO
-    if decision is not None and decision.action in ("reject", "tempfail", "discard"):
-        refusals.append((action, attrs))
-    reply = _replies.get(action)
-    if reply is None:
-        reply = format_reply(action)
-        if len(_replies) >= 256:        # the texts are routing's own, a handful: this is a backstop
-            _replies.clear()
-        _replies[action] = reply
+    refusals.append((decision, attrs))
     return reply
-
-
-_replies: dict[str, bytes] = {}     # action -> its encoded reply
