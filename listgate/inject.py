@@ -173,15 +173,26 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
 _IN_QUEUES: dict[tuple[str, int], Switchboard] = {}
 
 
-def _in_queue(site: Site) -> Switchboard:
+def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
     """The site's ``in`` queue, one instance per process: its recycle pool and the
     group commit of its directory fsyncs are shared by the milter's threads (and
-    no mkdir/listdir per message)."""
+    no mkdir/listdir per message). ``preallocate`` applies when the instance is
+    made (see :func:`prepare_in_queue`)."""
     key = (site.queue_dir, site.conf.runner.max_attempts)
     sb = _IN_QUEUES.get(key)
     if sb is None:
-        sb = _IN_QUEUES[key] = Switchboard.for_site(site, "in")
+        sb = _IN_QUEUES[key] = Switchboard.for_site(site, "in", preallocate=preallocate)
     return sb
+
+
+def prepare_in_queue(site: Site) -> int:
+    """For a long-lived front end (the milter): make this process's ``in`` queue keep
+    ``milter.preallocate_qfiles`` slot files written in advance
+    (:meth:`Switchboard.preallocate`), so storing a post creates no file. Returns
+    how many were made now. Raises QueueError when the queue cannot be written.
+    ``listgate inject`` (one message per process) does not call it: it takes
+    slot files from the same pool, which the milter or the runner refills."""
+    return _in_queue(site, site.conf.milter.preallocate_qfiles).preallocate()
 
 
 def _queue(sb: Switchboard, msg: bytes, meta: dict, item: Stored) -> None:

@@ -44,6 +44,9 @@ MILTER = Section({
     "timeout": Field("duration", 600),
     "duplicate_window": Field("duration", 2 * DAY, doc="how long the runner remembers a list+role+sender+Message-ID "
                               "to drop a retried SMTP transaction's second copy"),
+    "preallocate_qfiles": Field("int", 512, minimum=0,
+                                doc="qfiles of 64 KiB kept written in advance in the in queue, so a burst of "
+                                    "that many posts costs the milter no file creation (0: none; restart to change)"),
 })
 
 POLICY = Section({
