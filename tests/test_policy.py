@@ -128,6 +128,16 @@ def test_pipelined_answers_in_order(server):
     assert ask(server, *requests) == expected
 
 
+def test_answers_when_the_loop_has_no_ready_queue(server, closed_site):
+    # without the loop's _ready every batch is answered at the start of the next loop turn
+    server.server._ready = None
+    with connect(server.address) as a, connect(server.address) as b:
+        a.sendall(rcpt_request(f"nolist@{D}") + rcpt_request(f"demo@{D}", sender="member@example.com"))
+        b.sendall(rcpt_request(f"demo@{D}", sender="stranger@example.net"))
+        assert read_replies(a, 2) == [UNKNOWN, "DUNNO"]
+        assert read_replies(b, 1) == ["550 5.7.1 only members may post to this list"]
+
+
 def test_byte_at_a_time(server):
     with connect(server.address) as s:
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -1,14 +1,18 @@
 """The asyncio policy server: many connections, several requests per connection.
 
 One :class:`asyncio.Protocol` per connection. A read's complete requests join
-the server's *batch*; the batch is answered by one callback that the event
-loop runs at the start of its next turn, before that turn's reads (``call_soon``),
-so every request of a batch was read before any of them is decided. A batch
-holds what the connections sent during one loop turn (one ``select`` and the
-reads it allowed); with many busy connections that is several requests, and
-per-batch work is done once for all of them: the configuration (see below)
-and the store's freshness check (:class:`listgate.store.sqlite.read_batch`,
-which says why answers stay exact).
+the server's *batch*: what the connections sent during one loop turn (one
+``select`` and the reads it allowed). The batch is answered once every read
+of the turn is in: by the turn's last callback when that is one of our reads,
+else by a callback the loop runs at the start of its next turn (``call_soon``),
+so every request of a batch was read before any of them is decided. With many
+busy connections a batch holds several requests, and per-batch work is done
+once for all of them: the configuration (see below) and the store's freshness
+check (:class:`listgate.store.sqlite.read_batch`, which says why answers stay
+exact). "The turn's last callback" is read from the length of the loop's
+queue of ready callbacks (``_ready``: CPython's :class:`asyncio.BaseEventLoop`
+keeps no public count); a loop without it always takes the next turn, which
+costs one loop turn per batch and changes no answer.
 Within a connection requests are decided in arrival order and all replies to
 one read go out in one write, so pipelining clients get their answers in
 order. A connection about to close (a malformed request, Exim's half-close)
@@ -32,6 +36,7 @@ itself is bound once; moving it needs a restart.
 from __future__ import annotations
 
 import asyncio
+import collections
 import errno
 import logging
 import os
@@ -76,6 +81,7 @@ class PolicyServer:
         self._batch: list[tuple[_Connection, list[dict[str, str]]]] = []
         self._batch_scheduled = False
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready: collections.deque | None = None     # the loop's callbacks left in this turn
 
     @property
     def address(self):
@@ -87,6 +93,8 @@ class PolicyServer:
 
     async def start(self) -> None:
         loop = self._loop = asyncio.get_running_loop()
+        ready = getattr(loop, "_ready", None)
+        self._ready = ready if isinstance(ready, collections.deque) else None
         if self.kind == "unix":
             mode_text = self.get_site().conf.policy.socket_mode
             try:
@@ -109,7 +117,11 @@ class PolicyServer:
     # -- batches (module docstring) -------------------------------------------
     def _add(self, conn: _Connection, requests: list[dict[str, str]]) -> None:
         self._batch.append((conn, requests))
-        if not self._batch_scheduled:
+        ready = self._ready
+        if ready is not None and len(ready) <= self._batch_scheduled:
+            # nothing but our own scheduled answer runs after this in the turn: every read is in
+            self.answer_batch()
+        elif not self._batch_scheduled:
             self._batch_scheduled = True
             self._loop.call_soon(self._scheduled_answer)
 
