@@ -228,5 +228,6 @@ def test_systemd_readiness_after_the_socket_is_bound(unix_site, sockdir, tmp_pat
         finally:
             d.stop(graceful=True)
         assert "STOPPING=1" in notify.recv(4096).decode()
+        assert not (sockdir / "milter.sock").exists()     # a clean stop removes its socket
     finally:
         notify.close()

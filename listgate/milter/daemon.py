@@ -98,6 +98,14 @@ def clear_stale_socket(path: str) -> None:
     raise DaemonError(f"another milter is listening on {path}")
 
 
+def _remove_socket(path: str) -> None:
+    try:
+        if stat.S_ISSOCK(os.lstat(path).st_mode):
+            os.unlink(path)
+    except OSError:
+        pass
+
+
 def _register(timeout: float) -> None:
     """Point libmilter's callbacks at the per-connection :class:`ListgateMilter`.
 
@@ -162,5 +170,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
         libmilter.main()
     finally:
         sdnotify.stopping()
+        if path:
+            _remove_socket(path)  # libmilter leaves it behind; a stale socket only confuses
     log.info("milter stopped")
     return 0
