@@ -185,6 +185,12 @@ def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
     return sb
 
 
+def forget_in_queues() -> None:
+    """Drop this process's ``in`` queue instances (their directories may be gone:
+    tests that reuse a path)."""
+    _IN_QUEUES.clear()
+
+
 def prepare_in_queue(site: Site) -> int:
     """For a long-lived front end (the milter): make this process's ``in`` queue keep
     ``milter.preallocate_qfiles`` slot files written in advance

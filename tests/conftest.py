@@ -1,6 +1,7 @@
 """Fixtures shared by every test module.
 
-* every test starts with the real clock and ends with it reset;
+* every test starts with the real clock and ends with it reset, and with
+  no list store or ``in`` queue left open by an earlier test;
 * ``site`` makes a fresh self-contained instance (``listgate init``) in the
   test's tmp dir, with free loopback ports, and returns the loaded Site;
 * ``free_port()`` finds an unused loopback TCP port.
@@ -13,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from listgate import clock, config, instance
+from listgate import clock, config, inject, instance
+from listgate.store import close_all
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus" / "bounces"
@@ -32,6 +34,16 @@ def _real_clock(monkeypatch):
     clock.reset()
     yield
     clock.reset()
+
+
+@pytest.fixture(autouse=True)
+def _forget_open_stores():
+    """pytest deletes a passed test's tmp dir and may give its path to the next
+    test: stores and queues this process keeps open by path must not outlive
+    the test (they would point at the deleted files)."""
+    yield
+    close_all()
+    inject.forget_in_queues()
 
 
 def make_site(directory: Path, **kw) -> config.Site:
