@@ -164,9 +164,17 @@ def normalize(address: str) -> str:
     """Canonical member key: local part as written, domain lower-cased, no brackets.
 
     Two addresses that differ only in the domain's case are the same member.
-    Raises ValueError if ``address`` has no ``@``.
+    Raises ValueError if ``address`` has no ``@``, or holds 8-bit bytes that
+    are not UTF-8 (surrogate escapes, as the MTA hands over raw non-SMTPUTF8
+    junk): such a sender is nobody's member key, and the store holds UTF-8 text.
     """
     parts = split_address(address)
     if parts is None:
         raise ValueError(f"not an address: {address!r}")
-    return f"{parts[0]}@{parts[1]}"
+    key = f"{parts[0]}@{parts[1]}"
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"not an address (bytes that are not UTF-8): {address!r}") from None
+    return key

@@ -126,3 +126,35 @@ def test_racing_copies_have_one_winner(env):
     for t in threads:
         t.join()
     assert sorted(results) == [False, True]
+
+
+def test_message_ids_differing_in_8bit_bytes_are_two_messages(env):
+    """RFC 6532 allows UTF-8 in a Message-ID: its bytes are compared, not a lossy decoding."""
+    one = MSG.replace(b"<i1@one.test>", "<ä.1@bücher.example>".encode())
+    two = MSG.replace(b"<i1@one.test>", "<ö.1@bücher.example>".encode())
+    latin = MSG.replace(b"<i1@one.test>", b"<\xe4.1@b\xfccher.example>")
+    keys = {duplicates.message_key(m) for m in (one, two, latin)}
+    assert len(keys) == 3
+    for m in (one, two, latin, one):
+        smtp(env, m)
+    env.run()
+    assert posted(env) == 3 and env.queue("shunt").ids() == []
+
+
+def test_8bit_envelope_sender_and_huge_message_id_are_handled(env):
+    """Keys the store cannot hold as text (surrogate escapes of 8-bit bytes) or
+    would bloat it are stored as digests: no shunt, and the retry is still dropped."""
+    env.edit_list("posting_policy: open")
+    for _ in range(2):
+        smtp(env, sender="caf\udce9@example.com")
+    # folded over lines that SMTP can carry (RFC 5321 section 4.5.3.1.6: 998 octets)
+    huge = MSG.replace(b"<i1@one.test>", b"<" + b"\r\n ".join([b"x" * 900] * 4) + b"@one.test>")
+    for _ in range(2):
+        smtp(env, huge)
+    env.run()
+    assert env.queue("shunt").ids() == [] and env.queue("in").ids() == []
+    assert posted(env) == 2
+    board = env.queue("in")
+    qid = board.enqueue(huge, {"list": LIST, "role": "post", "envelope_sender": "a@one.test"})
+    key = duplicates.duplicate_key(board.peek(qid).meta, huge)
+    assert key.startswith("sha256:") and len(key) < 100

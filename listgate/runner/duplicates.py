@@ -28,6 +28,7 @@ from ..store import open_store
 # ListStore.remember() kind for "this (role, message) was accepted".
 ACCEPTED_KIND = "accepted"
 _BODY_START = re.compile(rb"\r?\n\r?\n")
+KEY_MAX = 1000   # characters of a key kept as text; a longer one is stored as its digest
 
 
 def message_key(msg: bytes) -> str:
@@ -35,28 +36,43 @@ def message_key(msg: bytes) -> str:
 
     The Message-ID (RFC 5322 section 3.6.4) when there is one; otherwise a
     SHA-256 over the body and the author's From/Date/Subject (the trace fields
-    the MTA adds differ from one attempt to the next, these do not).
+    the MTA adds differ from one attempt to the next, these do not). Field
+    values are taken raw, 8-bit bytes kept (as surrogate escapes): two
+    Message-IDs that differ only in non-ASCII bytes (RFC 6532 allows UTF-8)
+    are two messages.
     """
     headers = BytesHeaderParser(policy=email_policy.compat32).parsebytes(msg)
-    mid = headers.get("Message-ID")
-    if mid is not None:
-        mid = " ".join(str(mid).split())
-        if mid:
-            return mid
+    raw: dict[str, str] = {}
+    for name, value in headers.raw_items():
+        raw.setdefault(name.lower(), value)
+    mid = " ".join(raw.get("message-id", "").split())
+    if mid:
+        return mid
     digest = hashlib.sha256()
-    for name in ("From", "Date", "Subject"):
-        digest.update(str(headers.get(name, "")).encode("utf-8", "surrogateescape") + b"\0")
+    for name in ("from", "date", "subject"):
+        digest.update(" ".join(raw.get(name, "").split()).encode("utf-8", "surrogateescape") + b"\0")
     sep = _BODY_START.search(msg)
     digest.update(msg[sep.end():] if sep else b"")
     return "sha256:" + digest.hexdigest()
 
 
 def duplicate_key(meta: dict, msg: bytes) -> str:
-    """The remembered key for an ``in`` qfile's ``meta`` and message."""
+    """The remembered key for an ``in`` qfile's ``meta`` and message: text that
+    the store can hold (UTF-8, at most :data:`KEY_MAX` characters), else its
+    SHA-256, so 8-bit junk or a huge Message-ID neither fails nor bloats it."""
     # A retry comes from the same envelope sender: with it in the key, nobody can
     # suppress another sender's post by sending first with its Message-ID.
-    sender = (meta.get("envelope_sender") or "").lower()
-    return f"{meta.get('role')}:{meta.get('extension') or ''}:{sender}:{message_key(msg)}"
+    sender = (meta.get("envelope_sender") or "")
+    sender = sender.lower() if isinstance(sender, str) else repr(sender)
+    key = f"{meta.get('role')}:{meta.get('extension') or ''}:{sender}:{message_key(msg)}"
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:   # surrogate escapes of 8-bit bytes: SQLite text must be UTF-8
+        pass
+    else:
+        if len(key) <= KEY_MAX:
+            return key
+    return "sha256:" + hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def first_acceptance(site: Site, lc, qf) -> bool:
