@@ -307,3 +307,32 @@ def test_raw_8bit_message_id_and_subject_are_posted_or_held_not_shunted(env, pos
     else:
         [held] = env.store.pending("held_message")
         assert held.payload["subject"].startswith("caf")
+
+
+def test_run_once_ends_when_a_qfile_keeps_being_put_back(env):
+    """A store that stays unavailable: --once returns (cron must not pile up
+    runners), the qfile waits in 'in' for the next run."""
+    import threading
+    from listgate.store import close_all
+    env.members("b@two.test")
+    qid = env.inject(message("b@two.test", "store down"), sender="b@two.test")
+    close_all()
+    db = env.dir / "lists" / f"{LIST}.db"
+    for p in db.parent.glob(f"{LIST}.db*"):
+        p.unlink()
+    db.mkdir()                                   # the list's store cannot be opened
+    result = []
+    worker = threading.Thread(target=lambda: result.append(env.run()))
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive() and result == [0]
+    assert env.queue("in").ids() == [qid]
+
+
+def test_retry_qfile_with_a_damaged_retry_at_is_due_not_a_crash(env):
+    env.members("b@two.test")
+    meta = {"list": LIST, "kind": "post", "retry_at": "tomorrow",
+            "deliveries": [{"rcpt": "b@two.test", "sender": f"demo-bounces@{LIST.split('@')[1]}"}], "done": []}
+    env.queue("retry").enqueue(message("a@one.test", "retried"), meta)
+    env.run()
+    assert env.queue("retry").ids() == [] and env.sink.messages_for("b@two.test")

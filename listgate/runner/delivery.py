@@ -36,6 +36,7 @@ with its progress kept, for ``listgate queue unshunt`` after the fix.
 from __future__ import annotations
 
 import logging
+import math
 import re
 import smtplib
 from dataclasses import dataclass, field
@@ -333,8 +334,17 @@ class Deliverer:
         return res
 
 
+def retry_at(qf) -> float:
+    """When a ``retry`` qfile's backoff ends (POSIX seconds); 0 (now) when its
+    ``retry_at`` is missing or not a finite number (a hand-edited qfile)."""
+    value = qf.meta.get("retry_at")
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return 0.0
+    return float(value)
+
+
 def due(qf) -> bool:
     """True if a ``retry`` qfile's backoff has passed."""
-    return float(qf.meta.get("retry_at") or 0) <= clock.now()
+    return retry_at(qf) <= clock.now()
 
 

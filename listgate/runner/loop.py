@@ -179,10 +179,10 @@ class Runner:
                 qf = board.dequeue(slice=self.slice, slices=self.slices)
                 if qf is None:
                     break
-                count += 1
-                if not self.process(board, qf):
+                if not self.process(board, qf):   # put back: no progress (run_once must end)
                     self._sleep(self.site.conf.runner.poll_interval)
                     break
+                count += 1
         return count
 
     def _pass_parallel(self, board) -> int:
@@ -201,8 +201,9 @@ class Runner:
                 batch.append(qf)
             if not batch:
                 break
-            count += len(batch)
-            if not all(self._pool.map(lambda qf: self.process(board, qf), batch)):
+            done = list(self._pool.map(lambda qf: self.process(board, qf), batch))
+            count += sum(done)
+            if not all(done):
                 self._sleep(self.site.conf.runner.poll_interval)
                 break
         return count
@@ -228,14 +229,14 @@ class Runner:
                 if not delivery.due(qf):
                     waiting.append(qf)
                     continue
-                count += 1
                 if not self.process(board, qf):
                     break
+                count += 1
         finally:
             for qf in waiting:
                 board.release(qf)
             self._retry_seen = {qf.id for qf in waiting}
-            self._next_retry = min((float(qf.meta.get("retry_at") or 0) for qf in waiting), default=0.0)
+            self._next_retry = min((delivery.retry_at(qf) for qf in waiting), default=0.0)
         return count
 
     def process(self, board, qf) -> bool:
