@@ -170,7 +170,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     return results
 
 
-_IN_QUEUES: dict[tuple[str, int], Switchboard] = {}
+_IN_QUEUES: dict[str, Switchboard] = {}
 
 
 def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
@@ -178,10 +178,12 @@ def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
     group commit of its directory fsyncs are shared by the milter's threads (and
     no mkdir/listdir per message). ``preallocate`` applies when the instance is
     made (see :func:`prepare_in_queue`)."""
-    key = (site.queue_dir, site.conf.runner.max_attempts)
-    sb = _IN_QUEUES.get(key)
+    sb = _IN_QUEUES.get(site.queue_dir)
     if sb is None:
-        sb = _IN_QUEUES[key] = Switchboard.for_site(site, "in", preallocate=preallocate)
+        sb = _IN_QUEUES[site.queue_dir] = Switchboard.for_site(site, "in", preallocate=preallocate)
+    else:
+        # a reload changed runner.max_attempts: keep this instance (its pool refill) up to date
+        sb.max_attempts = site.conf.runner.max_attempts
     return sb
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -196,3 +197,16 @@ def test_check_refuses_a_state_dir_that_is_not_a_directory(site, tmp_path):
     out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 1 and ": state_dir: state_dir /etc/passwd is not a directory" in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("value, ok", [("0", True), ("65536", True), ("65537", False), ("-1", False),
+                                       ("99999999999999999999", False), ('"512"', False)])
+def test_preallocate_qfiles_is_bounded(site, value, ok):
+    """A typo must not make the milter fill the disk with pre-allocated qfiles."""
+    path = Path(site.path)
+    path.write_text(path.read_text().replace("milter:\n", f"milter:\n  preallocate_qfiles: {value}\n", 1))
+    if ok:
+        assert config.load(site.path).conf.milter.preallocate_qfiles == int(value)
+    else:
+        errs = errors_for(site)
+        assert any(": milter.preallocate_qfiles: " in e for e in errs), errs

@@ -327,6 +327,8 @@ def _timestamp(raw: Any) -> float:
 def _min(spec: Field, value: float) -> None:
     if spec.minimum is not None and value < spec.minimum:
         raise ValueError(f"must be at least {spec.minimum:g}, got {value!r}")
+    if spec.maximum is not None and value > spec.maximum:
+        raise ValueError(f"must be at most {spec.maximum:g}, got {value!r}")
 
 
 def parse_socket(text: str) -> tuple[str, Any]:

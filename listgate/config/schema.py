@@ -20,6 +20,7 @@ class Field:
     required: bool = False
     choices: tuple[str, ...] = ()
     minimum: float | None = None
+    maximum: float | None = None
     section: "Section | None" = None
     doc: str = ""
 
@@ -44,7 +45,8 @@ MILTER = Section({
     "timeout": Field("duration", 600),
     "duplicate_window": Field("duration", 2 * DAY, doc="how long the runner remembers a list+role+sender+Message-ID "
                               "to drop a retried SMTP transaction's second copy"),
-    "preallocate_qfiles": Field("int", 512, minimum=0,
+    # at most 65536 x 64 KiB = 4 GiB: a typo must not fill the disk before the milter listens
+    "preallocate_qfiles": Field("int", 512, minimum=0, maximum=65536,
                                 doc="qfiles of 64 KiB kept written in advance in the in queue, so a burst of "
                                     "that many posts costs the milter no file creation (0: none; restart to change)"),
 })
