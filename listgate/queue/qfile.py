@@ -2,8 +2,10 @@
 
 A qfile (version 2, what :func:`dumps` writes) is, byte for byte::
 
-    listgate-qfile 2 LENGTH\\n          magic, format version, and LENGTH: the number of
-                                         bytes of the qfile proper that follow this line
+    listgate-qfile 2 LENGTH CRC32\\n    magic, format version, LENGTH: the number of bytes
+                                         of the qfile proper that follow this line, and
+                                         CRC32: zlib.crc32 of exactly those LENGTH bytes,
+                                         8 lowercase hex digits
     {\\n "arrival": 1764408000.5,\\n ...}  metadata: a JSON object (RFC 8259), UTF-8,
                                          one key per line, keys sorted
     \\n--- message ---\\n                 separator line
@@ -11,8 +13,9 @@ A qfile (version 2, what :func:`dumps` writes) is, byte for byte::
                                          broken MIME are kept as received
     <padding>                            anything after those LENGTH bytes: ignored
 
-Version 1 (``listgate-qfile 1\\n``, no LENGTH) is the same without padding: the
-message runs to the end of the file. Readers keep reading it.
+VERSION and LENGTH are ASCII decimal digits without sign, spaces or leading
+zeros. Version 1 (``listgate-qfile 1\\n``, no LENGTH) is the same without
+padding: the message runs to the end of the file. Readers keep reading it.
 
 Why version 2: the switchboard writes a qfile into a pre-allocated pool file of
 fixed size (``listgate.queue.switchboard``, ``.recycle/``) without truncating
@@ -20,21 +23,42 @@ it, because changing a file's size makes ``fdatasync`` commit the file
 system's journal (and creating a file costs inode allocation), which is what
 the milter paid per post. So the end of the qfile can no longer be the end
 of the file; LENGTH says where it is, and what follows is the previous
-content of the pool file. LENGTH also catches a file cut short (it is then
-larger than what follows). To edit a version 2 file by hand, keep LENGTH
-right, or make it a version 1 file (first line ``listgate-qfile 1``, padding
-removed).
+content of the pool file: other people's old mail. LENGTH alone also catches
+a file cut short (it is then larger than what follows).
+
+Why CRC32: a LENGTH that is wrong but not beyond the end of the file (a
+hand edit that removed or added bytes and kept LENGTH) would otherwise
+silently cut the message, or deliver the padding, i.e. the remains of an
+earlier post of somebody else, as part of this one. The checksum covers the
+LENGTH bytes, so any such edit, and any damage to them, is a
+:class:`QFileFormatError` and the file goes to ``bad``, never to a
+recipient. CRC32 is no protection against a deliberate forger (whoever can
+write the queue can write a matching CRC); it detects accidents, cheaply
+(zlib.crc32 runs at memory speed, once per write and once per read). A
+version 2 first line without CRC32 (written by listgate for an hour of
+development before the checksum existed) is refused like any other damage:
+it cannot be told from a hand-edited file, and in ``bad`` it is kept whole.
+
+To edit a qfile by hand, make it a version 1 file: change the first line to
+``listgate-qfile 1`` and remove the padding (everything after the message);
+version 1 has neither LENGTH nor checksum to keep right. Editing a version 2
+file in place means recomputing LENGTH and CRC32 over the edited bytes.
 
 The separator cannot occur inside the JSON text: JSON escapes newlines in
 strings, and ``---`` is no JSON token, so the first separator line ends the
 metadata. Nothing here unpickles or evaluates anything: qfiles hold mail from
-strangers. Readers accept every version up to :data:`FORMAT_VERSION`
-(``_READERS``); a file from a newer listgate, or one that does not parse, raises
+strangers. Whatever :func:`loads` accepts, :func:`dumps` can write back (no
+NaN or infinite numbers, no integers beyond Python's 4300-digit conversion
+limit), so any qfile that is read can also be moved or shunted. Readers
+accept every version up to :data:`FORMAT_VERSION` (``_READERS``); a file from
+a newer listgate, or one that does not parse, raises
 :class:`QFileFormatError`, which the switchboard turns into a move to ``bad``.
 """
 from __future__ import annotations
 
 import json
+import math
+import zlib
 
 MAGIC = b"listgate-qfile"
 FORMAT_VERSION = 2
@@ -64,7 +88,8 @@ def dumps(meta: dict, msg: bytes) -> bytes:
         # \\u escapes keep them exactly and the file stays valid
         head = _object_text(meta, ascii_only=True).encode("ascii")
     length = len(head) + len(SEPARATOR) + len(msg)
-    return b"".join((MAGIC, b" %d %d\n" % (FORMAT_VERSION, length), head, SEPARATOR, bytes(msg)))
+    crc = zlib.crc32(msg, zlib.crc32(SEPARATOR, zlib.crc32(head)))
+    return b"".join((MAGIC, b" %d %d %08x\n" % (FORMAT_VERSION, length, crc), head, SEPARATOR, bytes(msg)))
 
 
 def _object_text(meta: dict, *, ascii_only: bool) -> str:
@@ -90,10 +115,9 @@ def loads(data: bytes) -> tuple[dict, bytes]:
     if magic != MAGIC:
         raise QFileFormatError(f"first line is not 'listgate-qfile VERSION': {data[:end][:40]!r}")
     version, _, args = rest.partition(b" ")
-    try:
-        ver = int(version)
-    except ValueError:
-        raise QFileFormatError(f"bad format version {version[:20]!r}") from None
+    if not _is_decimal(version):
+        raise QFileFormatError(f"bad format version {version[:20]!r}")
+    ver = int(version)
     reader = _READERS.get(ver)
     if reader is None:
         raise QFileFormatError(f"format version {ver} is not readable by this listgate "
@@ -108,14 +132,30 @@ def _read_v1(data: bytes, start: int, args: bytes) -> tuple[dict, bytes]:
 
 
 def _read_v2(data: bytes, start: int, args: bytes) -> tuple[dict, bytes]:
-    # digits only: int() would also take '+5', ' 5' or '5_0'
-    if not (args.isdigit() and args.isascii()):
-        raise QFileFormatError(f"format version 2 needs a decimal LENGTH, not {args[:20]!r}")
-    length = int(args)
+    field, _, crc = args.partition(b" ")
+    if not _is_decimal(field):
+        raise QFileFormatError(f"format version 2 needs a decimal LENGTH, not {field[:20]!r}")
+    if not _is_crc(crc):
+        raise QFileFormatError(f"format version 2 needs 'LENGTH CRC32' (8 lowercase hex digits) "
+                               f"after the version, not {args[:30]!r}")
+    length = int(field)
     if length > len(data) - start:
         raise QFileFormatError(f"LENGTH {length} is beyond the end of the file "
                                f"({len(data) - start} bytes follow the first line): cut short")
-    return _parse(data, start, start + length)
+    stop = start + length
+    if zlib.crc32(memoryview(data)[start:stop]) != int(crc, 16):
+        raise QFileFormatError(f"CRC32 of the {length} bytes after the first line is not {crc.decode()}: "
+                               "edited or damaged (a wrong LENGTH, or changed content)")
+    return _parse(data, start, stop)
+
+
+def _is_decimal(field: bytes) -> bool:
+    # int() would also take '+5', ' 5', '5_0', '05' or non-ASCII digits
+    return field.isdigit() and field.isascii() and (field == b"0" or not field.startswith(b"0"))
+
+
+def _is_crc(field: bytes) -> bool:
+    return len(field) == 8 and field.isascii() and all(c in b"0123456789abcdef" for c in field)
 
 
 def _parse(data: bytes, start: int, stop: int) -> tuple[dict, bytes]:
@@ -124,13 +164,19 @@ def _parse(data: bytes, start: int, stop: int) -> tuple[dict, bytes]:
     if sep < 0:
         raise QFileFormatError("no '--- message ---' separator line after the metadata")
     try:
-        meta = json.loads(data[start:sep].decode("utf-8"), parse_constant=_no_constant)
+        meta = json.loads(data[start:sep].decode("utf-8"), parse_constant=_no_constant, parse_float=_finite)
+    except QFileFormatError:
+        raise  # from _no_constant or _finite
     except UnicodeDecodeError as exc:
         raise QFileFormatError(f"metadata is not UTF-8: {exc.reason} at byte {start + exc.start}") from None
     except json.JSONDecodeError as exc:
         raise QFileFormatError(f"metadata is not valid JSON: {exc.msg} (line {exc.lineno + 1} of the file)") from None
     except RecursionError:
         raise QFileFormatError("metadata is nested too deeply") from None
+    except ValueError as exc:
+        # an integer beyond the int/str conversion limit (sys.int_info.str_digits_check_threshold):
+        # dumps could not write it back either
+        raise QFileFormatError(f"metadata holds a number that cannot be read: {exc}") from None
     if not isinstance(meta, dict):
         raise QFileFormatError(f"metadata is a JSON {type(meta).__name__}, not an object")
     return meta, data[sep + len(SEPARATOR):stop]
@@ -140,6 +186,14 @@ def _no_constant(name: str):
     # json.loads accepts NaN/Infinity, which dumps (allow_nan=False) refuses: such
     # a file could be read but never moved, shunted or updated.
     raise QFileFormatError(f"metadata holds {name}, which is not JSON")
+
+
+def _finite(text: str) -> float:
+    # 1e999 parses to inf without calling parse_constant; dumps would refuse it
+    value = float(text)
+    if not math.isfinite(value):
+        raise QFileFormatError(f"metadata holds {text[:30]}, which overflows a float")
+    return value
 
 
 _READERS = {1: _read_v1, 2: _read_v2}
