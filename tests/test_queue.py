@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import json
 import os
+import stat
 import subprocess
 import sys
 import threading
 import time
+import zlib
 
 import pytest
 
@@ -54,7 +56,8 @@ def test_file_is_readable_text_with_version_and_one_key_per_line(qroot):
     data = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
     lines = data.split(b"\n")
     # a new file (the pool is empty): LENGTH is the rest of the file, no padding
-    assert lines[0] == b"listgate-qfile 2 %d" % (len(data) - len(lines[0]) - 1)
+    rest = data[len(lines[0]) + 1:]
+    assert lines[0] == b"listgate-qfile 2 %d %08x" % (len(rest), zlib.crc32(rest))
     assert lines[1] == b"{"
     assert b' "arrival": 1700000000.25,' in lines
     assert b' "attempts": 0,' in lines
@@ -86,13 +89,20 @@ def test_hand_edited_file_still_parses(qroot):
 def test_reader_dispatches_on_format_version():
     meta, msg = qfile.loads(b"listgate-qfile 1\r\n{}\n--- message ---\nabc")
     assert (meta, msg) == ({}, b"abc")
-    meta, msg = qfile.loads(b"listgate-qfile 2 22\n{}\n--- message ---\nabc")
+    meta, msg = qfile.loads(_v2(b"{}\n--- message ---\nabc"))
     assert (meta, msg) == ({}, b"abc")
     with pytest.raises(QFileFormatError, match="version 3 is not readable"):
         qfile.loads(b"listgate-qfile 3 19\n{}\n--- message ---\nabc")
     assert qfile.FORMAT_VERSION in qfile._READERS
     assert all(v in qfile._READERS for v in range(1, qfile.FORMAT_VERSION + 1))
 
+
+def _v2(proper: bytes, *, length: int | None = None, crc: bytes | None = None, padding: bytes = b"") -> bytes:
+    """A version 2 qfile whose first line says ``length`` (default: right) and ``crc``
+    (default: the right CRC32 of the first ``length`` bytes of ``proper + padding``)."""
+    length = len(proper) if length is None else length
+    crc = b"%08x" % zlib.crc32((proper + padding)[:length]) if crc is None else crc
+    return b"listgate-qfile 2 %d %s\n" % (length, crc) + proper + padding
 
 
 @pytest.mark.parametrize("msg", MESSAGES)
@@ -123,12 +133,29 @@ def test_version_2_padding_is_ignored_exactly(msg):
     (b"listgate-qfile 2\n{}\n--- message ---\nabc", "decimal LENGTH"),
     (b"listgate-qfile 2 twenty\n{}\n--- message ---\nabc", "decimal LENGTH"),
     (b"listgate-qfile 2 +19\n{}\n--- message ---\nabc", "decimal LENGTH"),
-    (b"listgate-qfile 2 23\n{}\n--- message ---\nabc", "beyond the end of the file"),
+    (_v2(b"{}\n--- message ---\nabc", length=23, crc=b"00000000"), "beyond the end of the file"),
     # the separator only in the padding: the qfile proper has none
-    (b"listgate-qfile 2 2\n{}\n--- message ---\nabc", "separator"),
+    (_v2(b"{}", padding=b"\n--- message ---\nabc"), "separator"),
+    # versions and LENGTH are plain decimal: int() would take these
+    (b"listgate-qfile +2 22\n{}\n--- message ---\nabc", "bad format version"),
+    (b"listgate-qfile 02 22\n{}\n--- message ---\nabc", "bad format version"),
+    (b"listgate-qfile  2 22\n{}\n--- message ---\nabc", "bad format version"),
+    (b"listgate-qfile \xd9\xa2\n{}\n--- message ---\nabc", "bad format version"),  # ARABIC-INDIC TWO
+    (_v2(b"{}\n--- message ---\nabc").replace(b" 22 ", b" 022 "), "decimal LENGTH"),
+    # the checksum: missing (a version 2 file from before it), not hex, wrong
+    (b"listgate-qfile 2 22\n{}\n--- message ---\nabc", "LENGTH CRC32"),
+    (_v2(b"{}\n--- message ---\nabc", crc=b"DEADBEEF"), "LENGTH CRC32"),
+    (_v2(b"{}\n--- message ---\nabc", crc=b"0000000"), "LENGTH CRC32"),
+    (_v2(b"{}\n--- message ---\nabc", crc=b"%08x" % zlib.crc32(b"{}\n--- message ---\nabd")), "CRC32"),
+    # numbers json parses but dumps cannot write back: the file could never be moved
+    (b"listgate-qfile 1\n{\"a\": " + b"9" * 5000 + b"}\n--- message ---\nx", "cannot be read.*4300"),
+    (b"listgate-qfile 1\n{\"arrival\": 1e999}\n--- message ---\nx", "1e999"),
+    (b"listgate-qfile 1\n{\"score\": -1e400}\n--- message ---\nx", "-1e400"),
 ], ids=["empty", "pickle", "no-separator", "version-word", "version-99", "not-utf8", "bad-json", "array", "deep",
         "nan", "v1-with-length", "v2-no-length", "v2-length-word", "v2-length-sign", "v2-cut-short",
-        "v2-separator-in-padding"])
+        "v2-separator-in-padding", "version-sign", "version-zero", "version-space", "version-non-ascii",
+        "v2-length-zero", "v2-no-crc", "v2-crc-upper", "v2-crc-short", "v2-crc-wrong", "int-5000-digits",
+        "float-inf", "float-minus-inf"])
 def test_unparsable_qfile_goes_to_bad_with_reason_and_bytes(qroot, content, why):
     sb = Switchboard(qroot, "in")
     good = sb.enqueue(b"good", {}, arrival=20.0)
@@ -582,3 +609,179 @@ def test_json_metadata_on_disk_is_exactly_what_dequeue_returns(qroot):
     raw = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
     head = raw.split(b"\n", 1)[1].split(b"\n--- message ---\n")[0]
     assert json.loads(head) == {**meta, "arrival": 7.0, "attempts": 0} == sb.dequeue().meta
+
+
+# -- entries that are not regular files (break-test findings 2, 4, 9, 10) ----------------
+
+def _plant(path: str, kind: str, target: str = "") -> None:
+    """Put a non-regular entry at ``path``: a symlink to ``target``, a FIFO, a directory."""
+    if kind == "symlink":
+        os.symlink(target, path)
+    elif kind == "fifo":
+        os.mkfifo(path, 0o600)
+    else:
+        os.mkdir(path)
+
+
+def test_symlinks_in_the_pool_are_removed_never_written_through(qroot, tmp_path):
+    """Finding 2: two pool symlinks to one outside file made two posts share it (the first lost)."""
+    sb = Switchboard(qroot, "in")
+    outside = tmp_path / "shared"
+    outside.write_bytes(bytes(POOL_SLOT_SIZE))
+    pool = os.path.join(sb.dir, ".recycle")
+    for name in ("slotA", "slotB"):
+        _plant(os.path.join(pool, name), "symlink", str(outside))
+    ids = [sb.enqueue(b"Subject: post %d\r\n\r\nBODY %d\r\n" % (n, n), {}) for n in (1, 2)]
+    assert outside.read_bytes() == bytes(POOL_SLOT_SIZE)
+    assert os.listdir(pool) == []
+    for n, qid in enumerate(ids, 1):
+        path = os.path.join(sb.dir, qid + ".qf")
+        assert not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600
+        assert sb.peek(qid).msg == b"Subject: post %d\r\n\r\nBODY %d\r\n" % (n, n)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir"])
+def test_fifos_and_directories_in_the_pool_neither_hang_nor_fail_a_writer(qroot, kind):
+    """Finding 4/10: a FIFO in the pool hung inject; a directory was claimed, and the
+    writer then failed with EEXIST (SMTP 451) and left it in the queue."""
+    sb = Switchboard(qroot, "in", preallocate=1)
+    pool = os.path.join(sb.dir, ".recycle")
+    _plant(os.path.join(pool, "odd"), kind)
+    assert sb.preallocate() == 1  # the odd entry does not count as a slot
+    ids = [sb.enqueue(b"m%d" % n, {}) for n in range(3)]  # the pool's slot, then new files
+    assert [sb.peek(q).msg for q in ids] == [b"m0", b"m1", b"m2"]
+    assert queue_files(sb.dir) == sorted(q + ".qf" for q in ids)
+    # a FIFO is unlinked; a directory is left alone, never claimed
+    assert os.path.isdir(os.path.join(pool, "odd")) == (kind == "dir")
+    assert not os.path.exists(os.path.join(pool, "odd")) or kind == "dir"
+
+
+def test_a_planted_slot_file_is_made_private_before_a_qfile_is_written_into_it(qroot):
+    sb = Switchboard(qroot, "in")
+    slot = os.path.join(sb.dir, ".recycle", "planted")
+    with open(slot, "wb") as fh:
+        fh.write(bytes(POOL_SLOT_SIZE))
+    os.chmod(slot, 0o644)
+    qid = sb.enqueue(b"private", {})
+    path = os.path.join(sb.dir, qid + ".qf")
+    assert os.stat(path).st_size == POOL_SLOT_SIZE  # it was the planted slot
+    assert os.stat(path).st_mode & 0o777 == 0o600
+
+
+def test_finishing_never_takes_a_symlink_into_the_pool(qroot, tmp_path):
+    """A held name that is a symlink at finish time (replaced by hand) is unlinked: its
+    target is neither padded nor made a slot."""
+    sb = Switchboard(qroot, "in")
+    sb.enqueue(b"x", {})
+    qf = sb.dequeue()
+    outside = tmp_path / "outside"
+    outside.write_bytes(b"keep me")
+    os.unlink(qf.path)
+    os.symlink(outside, qf.path)
+    sb.finish(qf)
+    assert outside.read_bytes() == b"keep me" and os.stat(outside).st_mode & 0o777 != 0
+    assert _pool_files(sb) == {} and queue_files(sb.dir) == []
+
+
+@pytest.mark.parametrize("kind,what", [
+    ("symlink", "a symbolic link to '/etc/passwd'"),
+    ("dangling", "a symbolic link to '/nonexistent/x'"),
+    ("good-symlink", "a symbolic link to "),
+    ("fifo", "a FIFO"),
+    ("dir", "a directory"),
+])
+@pytest.mark.parametrize("state", ["waiting", "held"])
+def test_a_qfile_that_is_not_a_regular_file_goes_to_bad_as_a_reason_only(qroot, tmp_path, kind, what, state):
+    """Findings 4/10: a FIFO named ID.qf hung the runner (and recover, once held); a
+    directory or dangling symlink stayed in the queue forever; a symlink's target
+    (/etc/passwd) was copied into bad. Now: bad gets an empty message with the reason,
+    and the entry itself is renamed beside it, never opened."""
+    sb = Switchboard(qroot, "in", max_attempts=5)
+    good = sb.enqueue(b"good", {}, arrival=20.0)
+    odd = "0000000000000000001-1-000000-00000000"  # arrives first
+    target = {"symlink": "/etc/passwd", "dangling": "/nonexistent/x"}.get(kind, "")
+    if kind == "good-symlink":  # a well-formed qfile outside the queue
+        target = str(tmp_path / "outside.qf")
+        with open(target, "wb") as fh:
+            fh.write(qfile.dumps({"list": "demo@example.org"}, b"outside"))
+    path = os.path.join(sb.dir, odd + (".qf" if state == "waiting" else ".held"))
+    _plant(path, "symlink" if "symlink" in kind or kind == "dangling" else kind, target)
+
+    if state == "waiting":
+        qf = sb.dequeue()
+        assert qf.id == good and sb.held_ids() == [good]
+        sb.finish(qf)
+    else:
+        assert sb.recover() == 1
+        assert sb.ids() == [good]
+    assert not os.path.lexists(path) and sb.held_ids() == []
+    bad = Switchboard(qroot, "bad")
+    kept = bad.dequeue()
+    assert kept.id == odd and kept.msg == b""  # nothing read through the entry
+    assert kept.meta["reason"].startswith(f"not a regular file: {odd}.qf was {what}")
+    assert kept.meta["unparsable"] is True and kept.meta["from_queue"] == "in"
+    aside = os.path.join(bad.dir, kept.meta["set_aside_as"])
+    assert not stat.S_ISREG(os.lstat(aside).st_mode)
+    if target:
+        assert os.readlink(aside) == target
+    assert bad.ids() == [] and sb.recover() == 0  # nothing left to retry at the next start
+
+
+def test_peek_of_a_fifo_or_dangling_symlink_is_a_format_error_not_a_hang(qroot):
+    sb = Switchboard(qroot, "in")
+    fifo, dangling = "0000000000000000001-1-000000-00000000", "0000000000000000002-1-000000-00000000"
+    os.mkfifo(os.path.join(sb.dir, fifo + ".qf"))
+    os.symlink("/nonexistent/x", os.path.join(sb.dir, dangling + ".held"))
+    with pytest.raises(QFileFormatError, match="not a regular file but a FIFO"):
+        sb.peek(fifo)
+    with pytest.raises(QFileFormatError, match="symbolic link to '/nonexistent/x'"):
+        sb.peek(dangling)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dir", "symlink"])
+def test_a_progress_file_that_is_not_a_regular_file_is_ignored_and_set_aside(qroot, tmp_path, kind):
+    """Finding 4/10: a FIFO named ID.done hung the reader of its qfile; a directory kept
+    the qfile held forever. Never ours (created with O_EXCL): no progress in it."""
+    sb = Switchboard(qroot, "out")
+    qid = sb.enqueue(b"m", {"deliveries": [{"rcpt": "a@example.org"}, {"rcpt": "b@example.org"}]})
+    outside = tmp_path / "progress"
+    outside.write_bytes(b"listgate-progress 1 x\n[0, \"a@example.org\"]\n")
+    done = os.path.join(sb.dir, qid + ".done")
+    _plant(done, kind, str(outside))
+    assert sb.peek(qid).meta.get("done", []) == []  # ignored, left for the runner's reader
+    qf = sb.dequeue()
+    assert qf.id == qid and qf.meta.get("done", []) == []
+    assert not os.path.lexists(done)
+    assert os.path.lexists(os.path.join(qroot, "bad", qid + ".done.notfile"))
+    sb.record_done(qf, [1])  # a new, regular progress file
+    assert sb.peek(qid).meta["done"] == [1]
+    assert outside.read_bytes().count(b"\n") == 2
+
+
+def test_temp_names_with_impossible_pids_are_removed_not_a_crash(qroot):
+    """Finding 9: .slot-x.99999999999.0.tmp made the milter's fill and the runner's recover
+    die with OverflowError."""
+    sb = Switchboard(qroot, "in", preallocate=1)
+    pool = os.path.join(sb.dir, ".recycle")
+    names = [".slot-x.99999999999.0.tmp", ".slot-y.99999999999999999999999.0.tmp", ".slot-z.0.1.tmp",
+             ".slot-w.-1.2.tmp"]
+    for name in names:
+        open(os.path.join(pool, name), "wb").close()
+        open(os.path.join(sb.dir, name), "wb").close()
+    assert sb.preallocate() == 1
+    assert not any(os.path.exists(os.path.join(pool, n)) for n in names)
+    sb.recover()
+    assert queue_files(sb.dir) == []
+
+
+def test_a_qfile_with_an_arrival_no_float_holds_can_still_be_moved(qroot):
+    """Finding 3b's sibling: a hand-edited arrival that is an int beyond float range
+    parses (JSON has no limit) and must not make move() raise."""
+    sb = Switchboard(qroot, "in")
+    qid = "0000000000000000005-1-000000-00000000"
+    with open(os.path.join(sb.dir, qid + ".qf"), "wb") as fh:
+        fh.write(b'listgate-qfile 1\n{"arrival": 1' + b"0" * 400 + b', "attempts": 0}\n--- message ---\nm')
+    qf = sb.dequeue()
+    assert sb.move(qf, "shunt", reason="unknown list") == qid
+    shunted = Switchboard(qroot, "shunt").dequeue()
+    assert shunted.meta["arrival"] == 5e-9 and shunted.msg == b"m"  # the id's arrival

@@ -122,3 +122,19 @@ def test_unshunt_on_a_read_only_queue_exits_75_and_keeps_the_qfile(tmp_path):
         assert b"cannot take qfile" in r.stderr and b"Read-only file system" in r.stderr
         assert Switchboard.for_site(site, "shunt").ids() == [qid]
         assert run(site, "ls", "shunt", "--json", check=0).returncode == 0  # reading still works
+
+
+def test_ls_and_show_report_entries_that_are_not_files_without_hanging(inst):
+    """Finding 4/10: a FIFO named ID.qf hung ``queue ls``; a dangling symlink was counted
+    but not listed. Both are listed as unparsable, and ``show`` says what they are."""
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    fifo, dangling = "0000000000000000001-1-000000-00000000", "0000000000000000002-1-000000-00000000"
+    os.mkfifo(os.path.join(sb.dir, fifo + ".qf"))
+    os.symlink("/nonexistent/x", os.path.join(sb.dir, dangling + ".held"))
+    out = run(site, "ls", "in").stdout.decode()
+    assert "in: 5 qfile(s), 1 in progress" in out
+    assert f"{fifo}  waiting  UNPARSABLE: {fifo}.qf is not a regular file but a FIFO" in out
+    assert f"{dangling}  held     UNPARSABLE: {dangling}.held is not a regular file but a symbolic link" in out
+    r = run(site, "show", fifo, check=1)
+    assert b"unparsable" in r.stderr and b"a FIFO" in r.stderr

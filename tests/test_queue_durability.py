@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from listgate.queue import QueueError, Switchboard
+from listgate.queue import QueueError, Switchboard, pool
 
 from milter_helpers import remount, tmpfs  # the one tmpfs helper of the test suite
 from queue_helpers import make_message, pool_problems, queue_files
@@ -237,7 +238,39 @@ def test_full_disk_preallocation_stops_logs_once_and_never_fails_a_writer(small_
     qid = sb.enqueue(msg, {})  # wakes the refill thread, which fails quietly
     assert sb.dequeue().msg == msg and sb.held_ids() == [qid]
     warnings = [r for r in caplog.records if "cannot pre-allocate" in r.getMessage()]
-    assert len(warnings) == 1 and "No space left" in warnings[0].getMessage()
+    # the free-space look stops it first; a write's ENOSPC (a disk filled by someone else
+    # since that look) ends it the same way
+    assert len(warnings) == 1 and re.search("reserve|No space left", warnings[0].getMessage())
+
+
+def test_preallocation_leaves_the_reserve_free(tmp_path, caplog):
+    """Finding: the milter pre-allocated an 8 MiB tmpfs full and the runner's stores then
+    failed forever. Fill (start-up and refill) and retire's padding stop at the reserve."""
+    with tmpfs(tmp_path / "mnt", "80m") as mnt:
+        sb = Switchboard(str(mnt / "queue"), "in", preallocate=1000)  # 62.5 MiB: does not fit
+        reserve = pool.reserve(sb.dir)
+        assert reserve == pool.RESERVE_MIN  # 5% of 80 MiB is less
+        made = sb.preallocate()
+        st = os.statvfs(sb.dir)
+        assert st.f_bavail * st.f_frsize >= reserve
+        # it went as far as it could: one more slot would have crossed the reserve
+        assert st.f_bavail * st.f_frsize - pool.POOL_SLOT_SIZE < reserve
+        assert 0 < made < 1000 and pool_problems(sb.dir) == []
+        assert sb.preallocate() == 0  # refill: still nothing, and not logged again
+        warnings = [r.getMessage() for r in caplog.records if "cannot pre-allocate" in r.getMessage()]
+        assert len(warnings) == 1 and "reserve of 64 MiB" in warnings[0]
+
+        # a finished qfile shorter than a slot is not padded into the reserve: it is unlinked
+        slots = os.listdir(os.path.join(sb.dir, ".recycle"))
+        for _ in range(3):  # take slots, then finish: the pool is back where it was
+            sb.enqueue(b"Subject: x\r\n\r\n", {})
+        big = b"Subject: big\r\n\r\n" + b"x" * 200_000  # its own file, bigger than a slot
+        sb.enqueue(big, {})
+        while (qf := sb.dequeue()) is not None:
+            sb.finish(qf)
+        assert len(os.listdir(os.path.join(sb.dir, ".recycle"))) == len(slots)
+        st = os.statvfs(sb.dir)
+        assert st.f_bavail * st.f_frsize >= reserve
 
 
 def test_read_only_disk_raises_queue_error_and_keeps_what_is_stored(small_fs):

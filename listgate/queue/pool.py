@@ -25,6 +25,17 @@ ends), so the writer's ``fdatasync`` only flushes data.
   took 3 times as long on an idle machine; nice 19 only yields the CPU).
   Under sustained writing the pool is refilled by finished qfiles instead.
 
+Only regular files are pool files. Listing the pool unlinks anything else
+there that unlink(2) removes without following it (a symlink, FIFO, socket
+or device node: no process of ours made it, and following a symlink made
+two qfiles share one file) and leaves a directory alone; a claimed file is
+opened with ``O_NOFOLLOW | O_NONBLOCK`` (``listgate.queue.files``) and used
+only if it is a regular file with one link, owned by us, its mode set to
+0600 if it was not.
+
+Pool files are an optimisation and must never be what fills the disk: fill
+and retire's padding leave :func:`reserve` bytes free (see there).
+
 Temporary names in the pool (``.NAME.PID.N.tmp``) are never claimed; the
 switchboard's ``recover`` removes those of dead processes. Pool files are
 never read; like freed blocks they hold old mail until overwritten, so queue
@@ -37,10 +48,12 @@ import itertools
 import logging
 import os
 import secrets
+import stat
 import threading
 import time
 
 from ..log import kv
+from .files import open_regular
 
 POOL = ".recycle"
 POOL_SLOT_SIZE = 64 * 1024
@@ -50,6 +63,13 @@ TMP = ".tmp"
 # how long this process's writers must have claimed no slot before the refill thread
 # creates one (seconds): a pause between bursts, not a delay any writer waits for
 REFILL_QUIET = 0.05
+# free space pre-allocation and padding never take: the larger of this share of the file
+# system and RESERVE_MIN. The queue directory usually shares its disk with the list
+# stores (SQLite needs room for its journal to commit anything), the logs and the
+# qfiles themselves; a pool that fills it turns every write there into ENOSPC while
+# the pool holds nothing but zeros (a break-test on an 8 MiB tmpfs did exactly that).
+RESERVE_SHARE = 0.05
+RESERVE_MIN = 64 * 1024 * 1024
 
 log = logging.getLogger("listgate.queue")
 _counter = itertools.count()
@@ -124,19 +144,23 @@ class Pool:
                 if self._count:
                     self._count -= 1
             try:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+                fd, st = open_regular(tmp, write=True)
             except OSError:
-                unlink_quietly(tmp)
-                break
-            try:
-                st = os.fstat(fd)
-            except OSError:
-                st = None
-            if st is not None and st.st_nlink == 1:
-                got = (fd, st.st_size)
-                break
-            # still linked elsewhere (a file system that lost a rename in a crash):
-            # overwriting it could damage a stored qfile, so drop this name only
+                # not a regular file after all (replaced since the listing), or gone
+                if not _drop_odd(tmp, os.path.join(self.dir, name)):
+                    break  # a directory stuck under tmp: the caller takes another name
+                continue
+            # st_nlink > 1: still linked elsewhere (a file system that lost a rename in a
+            # crash); overwriting it could damage a stored qfile. Another owner: not ours
+            # to write. Either way drop this name only.
+            if st.st_nlink == 1 and st.st_uid == os.geteuid():
+                try:
+                    if stat.S_IMODE(st.st_mode) != 0o600:
+                        os.fchmod(fd, 0o600)  # qfiles hold mail: never readable by others
+                    got = (fd, st.st_size)
+                    break
+                except OSError:
+                    pass
             os.close(fd)
             unlink_quietly(tmp)
         if self.target:
@@ -149,12 +173,28 @@ class Pool:
         with self._lock:
             if not self._free:
                 try:
-                    names = os.listdir(self.dir)
+                    self._free = self._list()[1]
                 except OSError:
                     return None
-                self._free = [n for n in names if not n.startswith(".")]
                 self._count = len(self._free)
             return self._free.pop() if self._free else None
+
+    def _list(self) -> tuple[list[str], list[str]]:
+        """``(all names, slot file names)`` of the pool; unlinks what is neither a slot
+        file nor a temporary name nor a directory (see the module docstring). Raises OSError."""
+        names, slots = [], []
+        with os.scandir(self.dir) as it:
+            for entry in it:
+                names.append(entry.name)
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_file(follow_symlinks=False):
+                    slots.append(entry.name)
+                elif not entry.is_dir(follow_symlinks=False):
+                    unlink_quietly(entry.path)
+                    log.warning("removed a pool entry that is not a regular file %s",
+                                kv(pool=self.dir, name=entry.name))
+        return names, slots
 
     def give_back(self, path: str, name: str) -> None:
         """Return an unused claimed slot file (still :data:`POOL_SLOT_SIZE` bytes, all
@@ -173,11 +213,13 @@ class Pool:
         gone at once, and no writer can claim it half made.
         """
         try:
-            st = os.stat(path)
+            st = os.lstat(path)
         except OSError:
             return  # already gone
-        if st.st_size > POOL_SLOT_SIZE or st.st_nlink != 1 or not self._room():
-            unlink_quietly(path)
+        if (not stat.S_ISREG(st.st_mode) or st.st_size > POOL_SLOT_SIZE or st.st_nlink != 1
+                or not self._room()
+                or (st.st_size < POOL_SLOT_SIZE and not _room_on_disk(self.dir, POOL_SLOT_SIZE - st.st_size))):
+            unlink_quietly(path)  # unlink(2) removes a symlink, never its target
             return
         if st.st_size == POOL_SLOT_SIZE:
             if not self._enter(path, name):
@@ -190,8 +232,10 @@ class Pool:
             unlink_quietly(path)
             return
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CLOEXEC)
+            fd, now = open_regular(tmp, write=True)
             try:
+                if (now.st_dev, now.st_ino) != (st.st_dev, st.st_ino):
+                    raise OSError(errno.ESTALE, "replaced since it was looked at")
                 _write_zeros(fd, st.st_size)
             finally:
                 os.close(fd)
@@ -206,7 +250,7 @@ class Pool:
             if self._count is not None and self._count < self.cap:
                 return True
         try:
-            count = sum(not n.startswith(".") for n in os.listdir(self.dir))
+            count = len(self._list()[1])
         except OSError:
             return False
         with self._lock:
@@ -233,23 +277,29 @@ class Pool:
         renamed into the pool (usable at once); the pool directory is fsync'd
         once at the end. ``quiet`` (seconds): before each file, wait until no
         slot was claimed in this process for that long. Never raises: a failure
-        (full disk, quota, read-only) is logged once until a later fill
-        succeeds, and ends this fill.
+        (full disk, quota, read-only), or free space down to :func:`reserve`,
+        is logged once until a later fill succeeds, and ends this fill.
         """
         made = 0
         with self._fill_lock:
             try:
-                names = os.listdir(self.dir)
+                names, slots = self._list()
             except OSError as exc:
                 self._failed(exc)
                 return 0
             remove_dead_temps(self.dir, names)
-            count = sum(not n.startswith(".") for n in names)
+            count = len(slots)
             with self._lock:
                 self._count = count
             try:
                 for _ in range(self.target - count):
                     self._wait_quiet(quiet)
+                    if not _room_on_disk(self.dir, POOL_SLOT_SIZE):
+                        if made:
+                            fsync_dir(self.dir)
+                        self._failed(OSError(errno.ENOSPC, f"free space is down to the reserve of "
+                                                           f"{reserve(self.dir) // 1024 // 1024} MiB"))
+                        return made
                     self._make_slot()
                     made += 1
                 if made:
@@ -337,10 +387,52 @@ def unlink_quietly(path: str) -> None:
         pass
 
 
+def reserve(directory: str) -> int:
+    """Bytes of free space that pool files leave on ``directory``'s file system:
+    max(:data:`RESERVE_SHARE` of its size, :data:`RESERVE_MIN`). Raises OSError."""
+    return _reserve(os.statvfs(directory))
+
+
+def _reserve(st: os.statvfs_result) -> int:
+    return max(int(st.f_blocks * st.f_frsize * RESERVE_SHARE), RESERVE_MIN)
+
+
+def _room_on_disk(directory: str, need: int) -> bool:
+    """Whether ``need`` more bytes leave :func:`reserve` free (statvfs ``f_bavail``: what an
+    unprivileged writer may use). False if statvfs fails."""
+    try:
+        st = os.statvfs(directory)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize - need >= _reserve(st)
+
+
+def _drop_odd(path: str, back: str) -> bool:
+    """Remove what claim renamed to ``path`` and found not to be a usable file: unlink it
+    (never following a symlink), or rename a directory back to ``back``. False if a
+    directory is still at ``path``."""
+    try:
+        os.unlink(path)
+        return True
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    try:
+        os.rename(path, back)
+        return True
+    except OSError:
+        return not os.path.lexists(path)
+
+
 def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; a pid no process can have (0, negative, beyond
+    the kernel's pid range) is not alive."""
+    if pid <= 0:
+        return False  # kill(0 or -N, 0) would ask about process groups
     try:
         os.kill(pid, 0)
-    except ProcessLookupError:
+    except (ProcessLookupError, OverflowError, ValueError):
         return False
     except PermissionError:
         return True

@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from .. import clock
 from ..log import kv
 from . import qfile
+from .files import NotRegularFile, describe, open_regular, read_regular
 from .pool import POOL, POOL_SLOT_SIZE, Pool, fsync_dir, remove_dead_temps, temp_name, unlink_quietly
 from .qfile import QFileFormatError
 
@@ -62,6 +63,9 @@ QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
 READY = ".qf"
 HELD = ".held"
 DONE = ".done"
+# suffix of a non-regular entry (symlink, FIFO, directory, device) set aside in ``bad``:
+# matched by no scan, never opened; kept as evidence for a human
+ASIDE = ".notfile"
 PROGRESS_MAGIC = b"listgate-progress 1"
 ID_RE = re.compile(r"\A(\d{19})-\d{1,10}-\d{6}-[0-9a-f]{8}\Z")
 # queues where a qfile rests for a human rather than waits for a runner: the
@@ -212,7 +216,7 @@ class Switchboard:
             arrival = meta.get("arrival")
             if not isinstance(arrival, (int, float)) or isinstance(arrival, bool):
                 arrival = (id_arrival(qid) if qid else None) or clock.now()
-        if not math.isfinite(arrival):
+        if not _finite_time(arrival):
             raise ValueError(f"arrival must be a finite POSIX time, not {arrival!r}")
         meta["arrival"] = arrival
         meta.setdefault("attempts", 0)
@@ -235,6 +239,8 @@ class Switchboard:
         try:
             claimed = self._pool.claim(tmp) if len(data) <= POOL_SLOT_SIZE else None
             if claimed is None:
+                if len(data) <= POOL_SLOT_SIZE:
+                    tmp = temp_name(self.dir, qid)  # a failed claim may have left a directory there
                 fd, size = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600), 0
             else:
                 fd, size = claimed
@@ -398,10 +404,12 @@ class Switchboard:
             self._seen_mtime = self._dir_mtime()
 
     def _load(self, qid: str, path: str) -> QFile | None:
-        """Read a held file; unreadable or unparsable → ``bad``, returns None."""
+        """Read a held file; unparsable or not a regular file → ``bad``, returns None."""
         try:
-            with open(path, "rb") as fh:
-                data = fh.read()
+            data = read_regular(path)
+        except NotRegularFile as exc:
+            self._quarantine_odd(qid, path, exc.strerror)
+            return None
         except OSError as exc:
             log.error("cannot read qfile %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
             # leave it held: recover() retries it and counts the attempt
@@ -415,7 +423,7 @@ class Switchboard:
             self._quarantine(qid, path, data, str(exc))
             return None
         try:
-            self._merge_progress(qid, meta)
+            self._merge_progress(qid, meta, set_aside=True)
         except OSError as exc:
             log.error("cannot read delivery progress %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
             return None  # left held, as for an unreadable qfile
@@ -424,17 +432,19 @@ class Switchboard:
     def peek(self, qid: str) -> QFile | None:
         """Read qfile ``qid`` (waiting or held) without taking it; None if absent.
 
-        Raises QFileFormatError if it does not parse (for ``queue show``).
+        Raises QFileFormatError if it does not parse or is not a regular file (for
+        ``queue show``), OSError if it cannot be read.
         """
         if not _safe_name(qid):
             return None
         for suffix in (READY, HELD):
             path = os.path.join(self.dir, qid + suffix)
             try:
-                with open(path, "rb") as fh:
-                    data = fh.read()
+                data = read_regular(path)
             except FileNotFoundError:
                 continue
+            except NotRegularFile as exc:
+                raise QFileFormatError(f"{qid + suffix} is not a regular file but {exc.strerror}") from None
             meta, msg = qfile.loads(data)
             self._merge_progress(qid, meta)
             return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
@@ -471,7 +481,7 @@ class Switchboard:
                 created = True
                 data = PROGRESS_MAGIC + b" " + qf.id.encode("ascii") + b"\n" + data
             except FileExistsError:
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC)
+                fd = open_regular(path, write=True, append=True)[0]
             try:
                 view = memoryview(data)
                 while view:
@@ -495,8 +505,11 @@ class Switchboard:
             meta["failed"] = {**(qf.meta.get("failed") or {}), **failed}
         qf.meta = meta
 
-    def _merge_progress(self, qid: str, meta: dict) -> None:
+    def _merge_progress(self, qid: str, meta: dict, *, set_aside: bool = False) -> None:
         """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``.
+
+        An ``ID.done`` that is not a regular file (never one of ours: it is
+        created with O_EXCL) is ignored, and with ``set_aside`` moved to ``bad``.
 
         Only whole lines count (a line torn by a crash is the hand-over in
         flight, which the module docstring of listgate.runner.delivery
@@ -504,10 +517,16 @@ class Switchboard:
         ``meta['deliveries']`` (a stale file cannot mark anybody else done).
         Raises OSError if the file exists but cannot be read.
         """
+        path = os.path.join(self.dir, qid + DONE)
         try:
-            with open(os.path.join(self.dir, qid + DONE), "rb") as fh:
-                data = fh.read()
+            data = read_regular(path)
         except FileNotFoundError:
+            return
+        except NotRegularFile as exc:
+            log.warning("ignored a delivery progress file that is not a regular file %s",
+                        kv(queue=self.name, qfile=qid, what=exc.strerror))
+            if set_aside:
+                self._set_aside(path)
             return
         lines = data.split(b"\n")
         if lines[0].split(b" ")[:2] != PROGRESS_MAGIC.split(b" "):
@@ -581,9 +600,13 @@ class Switchboard:
             meta["reason"] = reason
         if to not in RESTING:
             meta["attempts"] = 0
-        arrival = meta.get("arrival", qf.meta.get("arrival"))
+        # a usable arrival in this order: a hand-edited qfile may hold any number there, and
+        # enqueue refuses what is not a finite time (the id's arrival is the original one)
+        arrival = next((a for a in (meta.get("arrival"), qf.meta.get("arrival"), id_arrival(qf.id))
+                        if _finite_time(a)), None)
+        meta.pop("arrival", None)
         target = self if to == self.name else Switchboard(self.queue_dir, to, max_attempts=self.max_attempts)
-        target.enqueue(qf.msg, meta, arrival=arrival if isinstance(arrival, (int, float)) else None, qid=qf.id)
+        target.enqueue(qf.msg, meta, arrival=arrival, qid=qf.id)
         if target is not self:
             self._discard(qf)
             self._changed_by_us()
@@ -631,7 +654,9 @@ class Switchboard:
             if qf is None:
                 continue  # unparsable: already moved to bad
             attempts = qf.meta.get("attempts")
-            attempts = (attempts if isinstance(attempts, int) and not isinstance(attempts, bool) else 0) + 1
+            # anything but a plausible count (hand-edited: a bool, a negative or a
+            # thousand-digit number) restarts at 0
+            attempts = (attempts if type(attempts) is int and 0 <= attempts < 2**31 else 0) + 1
             meta = {**qf.meta, "attempts": attempts}
             if attempts >= self.max_attempts:
                 self.move(qf, "bad", meta=meta,
@@ -653,7 +678,7 @@ class Switchboard:
             if name.endswith(DONE) and not name.startswith("."):
                 base = os.path.join(self.dir, name[:-len(DONE)])
                 # held, waiting, held: a runner of another slice may rename it meanwhile
-                if not any(os.path.exists(base + sfx) for sfx in (HELD, READY, HELD)):
+                if not any(os.path.lexists(base + sfx) for sfx in (HELD, READY, HELD)):
                     unlink_quietly(base + DONE)  # its qfile is finished or gone
         remove_dead_temps(self.dir, names)
         try:
@@ -674,6 +699,35 @@ class Switchboard:
             return  # left held: nothing is lost, recover() tries again
         unlink_quietly(path)
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+    def _quarantine_odd(self, qid: str, path: str, what: str) -> None:
+        """A held entry that is no regular file (``what``: :func:`describe`) goes to ``bad``:
+        a qfile with an empty message and the reason, and the entry itself renamed beside
+        it (:data:`ASIDE`), never opened: a symlink's target is not copied, a FIFO not read."""
+        original = os.path.basename(path)
+        original = qid + READY if original.endswith(HELD) else original
+        arrival = id_arrival(qid)
+        bad_id = qid if arrival is not None else new_id(clock.now())
+        meta = {"from_queue": self.name, "reason": f"not a regular file: {original} was {what}",
+                "unparsable": True, "original_name": original, "set_aside_as": bad_id + ASIDE}
+        try:
+            Switchboard(self.queue_dir, "bad").enqueue(b"", meta, arrival=arrival, qid=bad_id)
+        except (QueueError, ValueError) as exc:
+            log.error("cannot move odd qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            return  # left held: recover() tries again
+        self._set_aside(path, bad_id + ASIDE)
+        log.error("qfile that is not a regular file moved to bad %s",
+                  kv(queue=self.name, qfile=qid, what=what))
+
+    def _set_aside(self, path: str, name: str | None = None) -> None:
+        """Rename the non-regular entry at ``path`` into ``bad`` as ``name`` (default: its
+        name + :data:`ASIDE`); unlink it if that fails (a directory then stays)."""
+        aside = os.path.join(self.queue_dir, "bad", name or os.path.basename(path) + ASIDE)
+        try:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(path, aside)
+        except OSError:
+            unlink_quietly(path)  # never follows a symlink; a directory stays and is logged again
 
 
 class Staged:
@@ -712,6 +766,16 @@ class _DirSync:
     def __init__(self):
         self.done = False
         self.error: OSError | None = None
+
+
+def _finite_time(value) -> bool:
+    """Whether ``value`` can be an arrival time (an int or float that is finite as a float)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int beyond float range
+        return False
 
 
 def _safe_name(qid: str) -> bool:
