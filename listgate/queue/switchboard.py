@@ -22,6 +22,14 @@ Files in ``QUEUE_DIR/NAME/``:
   ``Switchboard(..., preallocate=N)`` keeps at least N slot files there
   (:meth:`Switchboard.preallocate` at start-up, then a low-priority thread).
 
+Every one of these is opened with ``O_NOFOLLOW | O_NONBLOCK`` and used only
+if it is a regular file (``listgate.queue.files``): a ``ID.qf``/``ID.held``
+that is a symlink, FIFO, directory or device goes to ``bad`` as a qfile with
+an empty message and the reason, the entry itself renamed to
+``bad/ID.notfile`` unopened (a symlink's target is never read or copied); an
+``ID.done`` that is no regular file is ignored and set aside as
+``bad/ID.done.notfile``.
+
 ``ID`` is ``<arrival ns, 19 digits>-<pid>-<counter>-<random>``: names sort by
 arrival time (the original one, kept when a qfile moves between queues), and
 equal arrival times are told apart by writer pid, a per-process counter and 32
