@@ -13,12 +13,16 @@ def register(sub) -> None:
     p = sub.add_parser("init", help="create a self-contained instance under DIR")
     p.add_argument("directory")
     p.add_argument("--list", dest="list_name", default="demo", help="name of the example list (default demo)")
-    p.add_argument("--domain", default="lists.example.org", help="the list's domain")
+    p.add_argument("--domain", default="lists.example.org", help="the list's domain (default %(default)s)")
     p.add_argument("--owner", help="owner address (default owner@DOMAIN)")
-    p.add_argument("--hostname", default="localhost")
-    p.add_argument("--milter-socket", default="unix:milter.sock")
-    p.add_argument("--policy-socket", default="inet:10040@127.0.0.1")
-    p.add_argument("--reinject-port", type=int, default=10026)
+    p.add_argument("--hostname", default="localhost",
+                   help="this host's name, used in Message-IDs and notices (default %(default)s)")
+    p.add_argument("--milter-socket", default="unix:milter.sock",
+                   help="milter.socket: unix:PATH (a relative PATH is under the state directory) or inet:PORT@HOST (default %(default)s)")
+    p.add_argument("--policy-socket", default="inet:10040@127.0.0.1",
+                   help="policy.socket; two instances on one host need different ones (default %(default)s)")
+    p.add_argument("--reinject-port", type=int, default=10026,
+                   help="port of the MTA's re-injection smtpd on 127.0.0.1 (default %(default)s)")
     p.set_defaults(func=cmd_init)
 
     p = sub.add_parser("check", help="validate the site config and every list")
