@@ -130,6 +130,8 @@ def test_import_mailman_pickle(cli, site):
 
 
 def test_pending_commands(cli, site):
+    status, out, _ = cli("pending", "list", "demo")
+    assert status == 0 and out.strip() == f"no pending records for {LIST}"
     store = open_store(site, LIST)
     sub = store.add_pending("subscription", {"address": "new@example.com"}, 3600)
     probe = store.add_pending("probe", {"member": "a@example.com"}, 7200)

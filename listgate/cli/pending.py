@@ -41,11 +41,13 @@ def _print(args, record: PendingRecord, verb: str | None = None) -> None:
 
 
 def cmd_list(args) -> int:
-    _, store = open_list_store(args)
+    key, store = open_list_store(args)
     records = store.pending(args.type)
     if args.json:
         print_json([record_dict(r) for r in records])
         return 0
+    if not records:
+        print(f"no pending records for {key}" + (f" of type {args.type}" if args.type else ""))
     for r in records:
         print(f"{r.token}  {r.type:<17} created {when(r.created)}  expires {when(r.expires)}")
     return 0
