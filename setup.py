@@ -3,7 +3,7 @@ from setuptools import find_packages, setup
 
 setup(
     name="listgate",
-    version="0.1.0",
+    version="0.2.0",
     description="Mailing lists at the MTA: milter, policy server and runner for Postfix and Exim",
     long_description=open("README.md", encoding="utf-8").read(),
     long_description_content_type="text/markdown",

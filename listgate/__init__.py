@@ -15,4 +15,4 @@ Layout (one job per module):
 * ``runner``   queue runners: posts, commands, delivery, periodic tasks
 * ``cli``      the ``listgate`` command
 """
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -158,3 +158,22 @@ def test_8bit_envelope_sender_and_huge_message_id_are_handled(env):
     qid = board.enqueue(huge, {"list": LIST, "role": "post", "envelope_sender": "a@one.test"})
     key = duplicates.duplicate_key(board.peek(qid).meta, huge)
     assert key.startswith("sha256:") and len(key) < 100
+
+
+def test_qfiles_stored_before_the_upgrade_are_posted(env):
+    """listgate 0.1's milter looked duplicates up at SMTP time and recorded the
+    acceptance without an owner, writing ``message_key`` into the qfile: such
+    a qfile still waiting at the upgrade is posted, a later copy is not."""
+    key = duplicates.message_key(MSG)
+    env.store.remember(duplicates.ACCEPTED_KIND, f"post::a@one.test:{key}", 3600)   # 0.1's record
+    env.inject(MSG, sender="a@one.test")
+    board = env.queue("in")
+    [qid] = board.ids()
+    qf = board.take(qid)
+    board.update(qf, {**qf.meta, "message_key": key})      # as 0.1's milter wrote it
+    board.release(qf)
+    env.run()
+    assert posted(env) == 1
+    smtp(env)                                                 # a retry after the upgrade
+    env.run()
+    assert posted(env) == 1

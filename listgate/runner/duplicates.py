@@ -21,9 +21,9 @@ import re
 from email import policy as email_policy
 from email.parser import BytesHeaderParser
 
-from .. import addresses
 from ..config import Site
 from ..store import open_store
+from . import replies
 
 # ListStore.remember() kind for "this (role, message) was accepted".
 ACCEPTED_KIND = "accepted"
@@ -79,7 +79,14 @@ def first_acceptance(site: Site, lc, qf) -> bool:
     """True if ``qf`` (a held ``in`` qfile) is the first copy of its message for
     list ``lc`` within the window (it is recorded as such), False for a retried
     transaction's copy. Raises StoreUnavailable (the runner puts the qfile back).
+
+    A qfile whose metadata has ``message_key`` was stored by a listgate before
+    0.2, whose milter looked for duplicates at SMTP time and recorded the
+    acceptance without an owner: it is a first acceptance (already checked),
+    and the ownerless record it left makes later copies duplicates.
     """
-    store = open_store(site, addresses.make(lc.name, lc.domain, "post"))
+    if "message_key" in qf.meta:
+        return True
+    store = open_store(site, replies.address(lc))
     return store.remember(ACCEPTED_KIND, duplicate_key(qf.meta, qf.msg),
                           site.conf.milter.duplicate_window, owner=qf.id)
