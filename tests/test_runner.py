@@ -329,9 +329,10 @@ def test_run_once_ends_when_a_qfile_keeps_being_put_back(env):
     assert env.queue("in").ids() == [qid]
 
 
-def test_retry_qfile_with_a_damaged_retry_at_is_due_not_a_crash(env):
+@pytest.mark.parametrize("retry_at", ["tomorrow", 10 ** 400, None, True])
+def test_retry_qfile_with_a_damaged_retry_at_is_due_not_a_crash(env, retry_at):
     env.members("b@two.test")
-    meta = {"list": LIST, "kind": "post", "retry_at": "tomorrow",
+    meta = {"list": LIST, "kind": "post", "retry_at": retry_at,
             "deliveries": [{"rcpt": "b@two.test", "sender": f"demo-bounces@{LIST.split('@')[1]}"}], "done": []}
     env.queue("retry").enqueue(message("a@one.test", "retried"), meta)
     env.run()

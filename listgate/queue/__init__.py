@@ -41,6 +41,7 @@ layout (``ID.qf``, ``ID.held``, temporary files, ``.recycle/``) in
 ``listgate.queue.switchboard``, the pool of slot files in ``listgate.queue.pool``.
 """
 from .qfile import FORMAT_VERSION, QFileFormatError
-from .switchboard import QUEUES, QFile, QueueError, Switchboard, slice_of
+from .switchboard import QUEUES, QFile, QueueError, Switchboard, finite_time, slice_of
 
-__all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "slice_of"]
+__all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "finite_time",
+           "slice_of"]

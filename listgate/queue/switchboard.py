@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from .. import clock
 from ..log import kv
 from . import qfile
-from .files import NotRegularFile, describe, open_regular, read_regular
+from .files import NotRegularFile, open_regular, read_regular
 from .pool import POOL, POOL_SLOT_SIZE, Pool, fsync_dir, remove_dead_temps, temp_name, unlink_quietly
 from .qfile import QFileFormatError
 
@@ -138,7 +138,8 @@ class Switchboard:
     daemon thread at the lowest CPU priority (nice 19) makes more, so writers
     find a slot instead of creating a file. It also raises the pool's cap to
     ``preallocate + POOL_MAX_FILES`` files, which every process finishing this
-    queue's qfiles applies: give them all the same value. Costs
+    queue's qfiles applies: give them all the same value (``refill=False`` for
+    those that only finish them, like the runner for ``in``). Costs
     ``preallocate`` x 64 KiB of disk per queue, up to the cap x 64 KiB.
     Raises ValueError for an unknown queue name or a negative ``preallocate``,
     QueueError if the directory cannot be created. One instance may be shared by
@@ -146,7 +147,8 @@ class Switchboard:
     concurrently).
     """
 
-    def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3, preallocate: int = 0):
+    def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3, preallocate: int = 0,
+                 refill: bool = True):
         if name not in QUEUES:
             raise ValueError(f"unknown queue {name!r} (queues: {', '.join(QUEUES)})")
         self.queue_dir = queue_dir
@@ -162,7 +164,7 @@ class Switchboard:
         self._batch_key: tuple[int, int] | None = None
         self._seen_mtime: int | None = None
         self._lock = threading.Lock()  # guards the scan state above
-        self._pool = Pool(os.path.join(self.dir, POOL), target=preallocate)
+        self._pool = Pool(os.path.join(self.dir, POOL), target=preallocate, refill=refill)
         # group commit of directory fsyncs (see _sync_dir)
         self._dsync = threading.Condition(threading.Lock())
         self._dsync_next: _DirSync | None = None    # the round not started yet
@@ -224,7 +226,7 @@ class Switchboard:
             arrival = meta.get("arrival")
             if not isinstance(arrival, (int, float)) or isinstance(arrival, bool):
                 arrival = (id_arrival(qid) if qid else None) or clock.now()
-        if not _finite_time(arrival):
+        if not finite_time(arrival):
             raise ValueError(f"arrival must be a finite POSIX time, not {arrival!r}")
         meta["arrival"] = arrival
         meta.setdefault("attempts", 0)
@@ -611,7 +613,7 @@ class Switchboard:
         # a usable arrival in this order: a hand-edited qfile may hold any number there, and
         # enqueue refuses what is not a finite time (the id's arrival is the original one)
         arrival = next((a for a in (meta.get("arrival"), qf.meta.get("arrival"), id_arrival(qf.id))
-                        if _finite_time(a)), None)
+                        if finite_time(a)), None)
         meta.pop("arrival", None)
         target = self if to == self.name else Switchboard(self.queue_dir, to, max_attempts=self.max_attempts)
         target.enqueue(qf.msg, meta, arrival=arrival, qid=qf.id)
@@ -709,7 +711,7 @@ class Switchboard:
         log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
 
     def _quarantine_odd(self, qid: str, path: str, what: str) -> None:
-        """A held entry that is no regular file (``what``: :func:`describe`) goes to ``bad``:
+        """A held entry that is no regular file (``what``: :func:`listgate.queue.files.describe`) goes to ``bad``:
         a qfile with an empty message and the reason, and the entry itself renamed beside
         it (:data:`ASIDE`), never opened: a symlink's target is not copied, a FIFO not read."""
         original = os.path.basename(path)
@@ -776,8 +778,9 @@ class _DirSync:
         self.error: OSError | None = None
 
 
-def _finite_time(value) -> bool:
-    """Whether ``value`` can be an arrival time (an int or float that is finite as a float)."""
+def finite_time(value) -> bool:
+    """Whether ``value`` can be a time in metadata (arrival, retry_at): an int or float
+    that is finite as a float (a hand-edited or hostile qfile may hold anything)."""
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         return False
     try:

@@ -36,7 +36,6 @@ with its progress kept, for ``listgate queue unshunt`` after the fix.
 from __future__ import annotations
 
 import logging
-import math
 import re
 import smtplib
 from dataclasses import dataclass, field
@@ -44,6 +43,7 @@ from dataclasses import dataclass, field
 from .. import clock
 from ..bounce.status import reply_status
 from ..log import kv
+from ..queue import finite_time
 
 log = logging.getLogger("listgate.runner.delivery")
 
@@ -338,9 +338,7 @@ def retry_at(qf) -> float:
     """When a ``retry`` qfile's backoff ends (POSIX seconds); 0 (now) when its
     ``retry_at`` is missing or not a finite number (a hand-edited qfile)."""
     value = qf.meta.get("retry_at")
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        return 0.0
-    return float(value)
+    return float(value) if finite_time(value) else 0.0
 
 
 def due(qf) -> bool:
