@@ -9,6 +9,7 @@ import sys
 import threading
 import time
 import zlib
+from pathlib import Path
 
 import pytest
 
@@ -785,3 +786,17 @@ def test_a_qfile_with_an_arrival_no_float_holds_can_still_be_moved(qroot):
     assert sb.move(qf, "shunt", reason="unknown list") == qid
     shunted = Switchboard(qroot, "shunt").dequeue()
     assert shunted.meta["arrival"] == 5e-9 and shunted.msg == b"m"  # the id's arrival
+
+
+def test_a_finishing_process_keeps_the_cap_but_makes_no_slot_files(qroot):
+    """The runner's in switchboard (refill=False): finished qfiles stay pooled up to
+    the milter's target plus headroom, and its own claims never start a refill."""
+    sb = Switchboard(qroot, "in", preallocate=8, refill=False)
+    before = {t.name for t in threading.enumerate()}
+    for i in range(3):
+        sb.enqueue(b"Subject: %d\r\n\r\nx\r\n" % i, {"list": "a@b.c"})
+    for _ in range(3):
+        sb.finish(sb.dequeue())
+    pool = Path(qroot) / "in" / ".recycle"
+    assert len([p for p in pool.iterdir() if not p.name.startswith(".")]) == 3
+    assert "listgate-pool-refill" not in {t.name for t in threading.enumerate()} - before

@@ -100,7 +100,7 @@ class Pool:
     """The slot files of one queue; shared by threads, and by processes through rename(2).
 
     ``target`` (0 = off): keep at least that many slot files (:meth:`fill`,
-    and the refill thread). The cap on files at rest is ``target +
+    and the refill thread unless ``refill`` is False). The cap on files at rest is ``target +
     POOL_MAX_FILES``: the headroom lets finished qfiles come back while the
     refill thread has replaced them already (a writer claimed them, a runner
     finishes them), instead of being unlinked while new ones are made. The
@@ -108,11 +108,14 @@ class Pool:
     recounted whenever it reaches the cap.
     """
 
-    def __init__(self, directory: str, *, target: int = 0):
+    def __init__(self, directory: str, *, target: int = 0, refill: bool = True):
         if target < 0:
             raise ValueError(f"pool target must be >= 0, not {target}")
         self.dir = directory
         self.target = target
+        # False: the target only sizes the cap (a process that finishes the queue's
+        # qfiles while another one, the milter, makes the slot files)
+        self.refill = refill
         self.cap = target + POOL_MAX_FILES
         self._free: list[str] = []
         self._count: int | None = None
@@ -163,7 +166,7 @@ class Pool:
                     pass
             os.close(fd)
             unlink_quietly(tmp)
-        if self.target:
+        if self.target and self.refill:
             self._last_claim = time.monotonic()
             if self._count is None or self._count < self.target:
                 self._start_refill()
