@@ -132,7 +132,7 @@ def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
 
 def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
                   mta_queue_id: str | None = None, client_address: str | None = None,
-                  client_name: str | None = None, switchboard: Switchboard | None = None) -> list[Stored]:
+                  client_name: str | None = None) -> list[Stored]:
     """Store ``msg`` (raw bytes, byte-exact) for every routed list recipient.
 
     ``sender`` is the envelope sender without angle brackets (``""`` for the
@@ -143,7 +143,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     """
     arrival = clock.now()
     try:
-        sb = switchboard if switchboard is not None else _in_queue(site)  # (an empty one is falsy)
+        sb = _in_queue(site)
     except QueueError as exc:  # the queue directory cannot even be made: retry later, like a full disk
         raise NotStored(f"in queue: {exc}") from exc
     results: list[Stored] = []
@@ -171,15 +171,18 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
 
 
 _IN_QUEUES: dict[str, Switchboard] = {}
+_keep_pool_filled = False   # set by prepare_in_queue: this process is the milter
 
 
-def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
+def _in_queue(site: Site) -> Switchboard:
     """The site's ``in`` queue, one instance per process: its recycle pool and the
     group commit of its directory fsyncs are shared by the milter's threads (and
-    no mkdir/listdir per message). ``preallocate`` applies when the instance is
-    made (see :func:`prepare_in_queue`)."""
+    no mkdir/listdir per message). In the milter (:func:`prepare_in_queue`) it
+    keeps ``milter.preallocate_qfiles`` slot files, even when it is first made
+    after a failed start-up fill."""
     sb = _IN_QUEUES.get(site.queue_dir)
     if sb is None:
+        preallocate = site.conf.milter.preallocate_qfiles if _keep_pool_filled else 0
         sb = _IN_QUEUES[site.queue_dir] = Switchboard.for_site(site, "in", preallocate=preallocate)
     else:
         # a reload changed runner.max_attempts: keep this instance (its pool refill) up to date
@@ -190,7 +193,9 @@ def _in_queue(site: Site, preallocate: int = 0) -> Switchboard:
 def forget_in_queues() -> None:
     """Drop this process's ``in`` queue instances (their directories may be gone:
     tests that reuse a path)."""
+    global _keep_pool_filled
     _IN_QUEUES.clear()
+    _keep_pool_filled = False
 
 
 def prepare_in_queue(site: Site) -> int:
@@ -200,7 +205,9 @@ def prepare_in_queue(site: Site) -> int:
     how many were made now. Raises QueueError when the queue cannot be written.
     ``listgate inject`` (one message per process) does not call it: it takes
     slot files from the same pool, which the milter or the runner refills."""
-    return _in_queue(site, site.conf.milter.preallocate_qfiles).preallocate()
+    global _keep_pool_filled
+    _keep_pool_filled = True
+    return _in_queue(site).preallocate()
 
 
 def _queue(sb: Switchboard, msg: bytes, meta: dict, item: Stored) -> None:

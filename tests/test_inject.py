@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from listgate import clock, inject, verp
+from listgate import inject, verp
 from listgate.addresses import ListAddress
 from listgate.queue import Switchboard
 from listgate.routing import RcptDecision, decide_rcpt
@@ -96,7 +96,7 @@ def test_full_queue_disk_raises_not_stored_and_commits_nothing(site):
             inject.store_message(site, MSG + b"x" * 300_000, "a@example.net", routed(site, LIST))
         assert leftovers(qdir / "in") == []      # no qfile, no partial or temporary file
         (qdir / "filler").unlink()
-        # the acceptance record rolled back with the failed qfile: the retry is stored
+        # space again: the retry is stored
         assert inject.store_message(site, MSG, "a@example.net", routed(site, LIST))[0].outcome == "queued"
 
 

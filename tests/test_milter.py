@@ -4,16 +4,14 @@ Real store, real queue, real routing: each test has its own instance.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import Milter
 import pytest
 
-from listgate import clock, config, inject
+from listgate import clock, config
 from listgate.milter.app import ListgateMilter, SiteSource
 from listgate.queue import Switchboard
-from listgate.routing import decide_rcpt
 from listgate.store import open_store
 
 from conftest import make_site
@@ -198,7 +196,7 @@ def test_queue_read_only_tempfails_and_commits_nothing(milter_site):
         assert t.ctx._reply[:2] == ("451", "4.3.0")
         assert t.ctx._delrcpt == []
         remount(qdir, "rw")
-        # the client retries: the message is stored now, not taken for a duplicate
+        # the client retries: the message is stored now
         t = transact(fresh_ctx(), "alice@example.net", [LIST, "bob@example.com"], POST)
         assert t.eom_rc == Milter.ACCEPT
         [qf] = queued(milter_site)
