@@ -214,9 +214,9 @@ class Switchboard:
         """The first half of :meth:`enqueue`: the qfile written and fdatasync'd under
         its temporary name, which no reader matches. :meth:`Staged.commit` renames it
         into place and fsyncs the directory (then it is durable; returns the id);
-        :meth:`Staged.discard` removes it unseen. A caller can so overlap the
-        file's sync with other waiting (the milter's duplicate look) and drop a
-        duplicate before any runner could take it. Same arguments and errors as
+        :meth:`Staged.discard` gives it back unseen (a slot file returns to the
+        pool). A caller can so overlap the file's sync with other work and drop
+        the qfile before any runner could take it. Same arguments and errors as
         :meth:`enqueue`.
         """
         if qid is not None and not ID_RE.match(qid):
