@@ -81,3 +81,12 @@ def describe(path: str, st: os.stat_result | None = None) -> str:
         if test(mode):
             return what
     return f"a file of type {stat.S_IFMT(mode):o}"
+
+
+def write_synced(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd``'s offset (os.write may take less than asked),
+    then fdatasync: the data, and what reading it back needs, is on disk. Raises OSError."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
+    os.fdatasync(fd)

@@ -63,7 +63,7 @@ from dataclasses import dataclass, field
 from .. import clock
 from ..log import kv
 from . import qfile
-from .files import NotRegularFile, open_regular, read_regular
+from .files import NotRegularFile, open_regular, read_regular, write_synced
 from .pool import POOL, POOL_SLOT_SIZE, Pool, fsync_dir, remove_dead_temps, temp_name, unlink_quietly
 from .qfile import QFileFormatError
 
@@ -259,10 +259,7 @@ class Switchboard:
                 # fdatasync flushes the data alone; into a new file it flushes the data
                 # and what is needed to read it back (size, blocks). The directory
                 # fsync in _install commits the name.
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fdatasync(fd)
+                write_synced(fd, data)
             finally:
                 os.close(fd)
         except OSError as exc:
@@ -493,10 +490,7 @@ class Switchboard:
             except FileExistsError:
                 fd = open_regular(path, write=True, append=True)[0]
             try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view):]
-                os.fdatasync(fd)
+                write_synced(fd, data)
             finally:
                 os.close(fd)
             if created:
