@@ -329,7 +329,7 @@ def test_unix_socket_stale_replaced_live_refused(closed_site, tmp_path):
         assert ask(srv, rcpt_request(f"nolist@{D}")) == [UNKNOWN]      # the first one keeps its socket
     regular = tmp_path / "not-a-socket"
     regular.write_text("data")
-    with pytest.raises(OSError):
+    with pytest.raises(FileExistsError, match="is not a socket"):
         with ServerThread(closed_site, f"unix:{regular}"):
             pass
     assert regular.read_text() == "data"

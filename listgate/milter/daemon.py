@@ -22,16 +22,13 @@ one (file creation was the largest part of the milter's CPU per post).
 """
 from __future__ import annotations
 
-import errno
 import logging
 import os
-import socket
-import stat
 
 import Milter
 import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
-from .. import sdnotify
+from .. import sdnotify, sockets
 from ..config import Watcher, parse_socket
 from ..inject import prepare_in_queue
 from ..queue import QueueError
@@ -76,34 +73,15 @@ def socket_mode(site) -> int:
 
 
 def clear_stale_socket(path: str) -> None:
-    """Remove ``path`` if it is a socket nobody answers on; refuse a live one or a non-socket."""
+    """Remove ``path`` if it is a socket nobody answers on; refuse a live one or a
+    non-socket (:func:`listgate.sockets.clear_stale`) with a :class:`DaemonError`."""
     try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    if not stat.S_ISSOCK(st.st_mode):
-        raise DaemonError(f"{path} exists and is not a socket; not removing it")
-    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    probe.settimeout(1.0)
-    try:
-        probe.connect(path)
+        if sockets.clear_stale(path):
+            log.info("removed stale socket %s", path)
+    except sockets.SocketInUse:
+        raise DaemonError(f"another milter is listening on {path}") from None
     except OSError as exc:
-        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
-            raise DaemonError(f"cannot check socket {path}: {exc.strerror}") from None
-        os.unlink(path)
-        log.info("removed stale socket %s", path)
-        return
-    finally:
-        probe.close()
-    raise DaemonError(f"another milter is listening on {path}")
-
-
-def _remove_socket(path: str) -> None:
-    try:
-        if stat.S_ISSOCK(os.lstat(path).st_mode):
-            os.unlink(path)
-    except OSError:
-        pass
+        raise DaemonError(exc.strerror or str(exc)) from None
 
 
 def _register(timeout: float) -> None:
@@ -171,6 +149,6 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     finally:
         sdnotify.stopping()
         if path:
-            _remove_socket(path)  # libmilter leaves it behind; a stale socket only confuses
+            sockets.remove(path)  # libmilter leaves it behind; a stale socket only confuses
     log.info("milter stopped")
     return 0

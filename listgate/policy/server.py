@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import errno
 import logging
 import os
-import socket
-import stat
 from typing import Callable
 
+from .. import sockets
 from ..config import Site, parse_socket
 from ..log import kv
 from ..routing import RcptDecision
@@ -66,7 +64,8 @@ class PolicyServer:
     defaults to that site's ``policy.socket`` (a relative unix path is relative
     to ``state_dir``). Use ``await start()``, then ``await serve_forever()`` or
     ``await close()``. ``start()`` raises OSError if the socket cannot be bound
-    (EADDRINUSE also when a live server holds the unix socket), ValueError for
+    (EADDRINUSE also when a live server holds the unix socket, EEXIST when its
+    path is something else: never removed), ValueError for
     a ``policy.socket_mode`` that is not octal.
     """
 
@@ -101,7 +100,7 @@ class PolicyServer:
                 mode = int(mode_text, 8)
             except ValueError:
                 raise ValueError(f"policy.socket_mode {mode_text!r} is not an octal mode like 0660") from None
-            _remove_stale_socket(self.where)
+            sockets.clear_stale(self.where)
             self._server = await loop.create_unix_server(lambda: _Connection(self), self.where, backlog=1024)
             os.chmod(self.where, mode)
         else:
@@ -169,30 +168,7 @@ class PolicyServer:
         if self._server is not None:
             await self._server.wait_closed()
         if self.kind == "unix":
-            _remove_stale_socket(self.where, check_live=False)
-
-
-def _remove_stale_socket(path: str, *, check_live: bool = True) -> None:
-    """Remove a left-over socket file (never a regular file: that would be someone's data).
-
-    Raises OSError(EADDRINUSE) if a server still answers on it: a second
-    ``listgate policy`` must not steal the socket of a running one.
-    """
-    try:
-        if not stat.S_ISSOCK(os.lstat(path).st_mode):
-            return
-    except FileNotFoundError:
-        return
-    if check_live:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
-            probe.settimeout(1.0)
-            try:
-                probe.connect(path)
-            except OSError:
-                pass        # nobody listening: stale
-            else:
-                raise OSError(errno.EADDRINUSE, f"a server is already listening on {path}")
-    os.unlink(path)
+            sockets.remove(self.where)
 
 
 class _Connection(asyncio.Protocol):
