@@ -10,6 +10,7 @@ import json
 import os
 import selectors
 import subprocess
+import sqlite3
 import sys
 import time
 
@@ -180,7 +181,8 @@ def _main(argv: list[str]) -> None:
             if i == 20:
                 _say("running")
     elif mode == "ops":  # one committed change per argument: add:ADDR, remove:ADDR, probe:ADDR, confirm:TOKEN,
-        #                    remember:KEY:OWNER (an empty OWNER is None; says fresh or duplicate)
+        #                    remember:KEY:OWNER (an empty OWNER is None; says fresh or duplicate);
+        #                    checkpoint (a TRUNCATE checkpoint: the next commit restarts the WAL)
         done = []
         for op in args:
             verb, _, arg = op.partition(":")
@@ -196,6 +198,13 @@ def _main(argv: list[str]) -> None:
                 key, _, owner = arg.partition(":")
                 fresh = store.remember("accepted", key, 3600, owner=owner or None)
                 done.append("fresh" if fresh else "duplicate")
+            elif verb == "checkpoint":
+                raw = sqlite3.connect(store.path, timeout=10)
+                try:
+                    busy, _, _ = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+                finally:
+                    raw.close()
+                done.append("busy" if busy else "checkpointed")
             else:
                 raise SystemExit(f"unknown op {op}")
         _say(json.dumps({"done": done}))

@@ -10,6 +10,7 @@ import pytest
 
 from listgate import config
 from listgate.store import close_all, open_store
+from listgate.store.sqlite import _WalIndex
 
 from conftest import make_site
 from store_helpers import Worker, add_second_list, start_all
@@ -120,6 +121,41 @@ def test_read_cache_sees_every_commit_of_another_process(site_path, workers, rea
     elsewhere(f"confirm:{token}")
     assert read(peek, token) is None
     assert store._open_count == 1
+
+
+@pytest.mark.parametrize("header", ["read", "unreadable"])
+def test_read_cache_asks_sqlite_only_when_the_wal_index_header_moved(site_path, workers, tmp_path, header):
+    # lookups outside a read_batch compare the WAL-index header first (listgate.store.sqlite._WalIndex)
+    # and run PRAGMA data_version only when it changed; without a readable header, at every lookup
+    store = open_store(config.load(site_path), A)
+    [slot] = store._idle
+    if header == "unreadable":
+        slot.wal_index = _WalIndex(str(tmp_path / "no-such-shm"))
+    pragmas = []
+    slot.conn.set_trace_callback(lambda sql: pragmas.append(sql) if "data_version" in sql else None)
+
+    def elsewhere(*ops):
+        return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
+
+    lookups = 0
+    for cycle in range(3):
+        address = f"late{cycle}@example.com"
+        for _ in range(3):
+            assert store.get_member(address) is None
+        elsewhere(f"add:{address}")
+        assert store.get_member(address).key == address
+        if cycle:                                  # a TRUNCATE checkpoint: the next commit starts the WAL over
+            assert elsewhere("checkpoint") == ["checkpointed"]
+            assert store.get_member(address) is not None
+            lookups += 1
+        elsewhere(f"remove:{address}")
+        assert store.get_member(address) is None
+        lookups += 5
+    if header == "read":
+        # the first lookup, then one per commit seen (at most: a checkpoint rewrites the header too)
+        assert 1 + 2 * 3 <= len(pragmas) <= 1 + 2 * 3 + 2
+    else:
+        assert len(pragmas) == lookups
 
 
 def test_remember_owner_holds_across_processes(site_path, workers):

@@ -28,7 +28,11 @@ across SMTP sessions. The connection's own commits do not change it,
 so every transaction of this connection empties the cache when it ends, and
 reads inside a transaction bypass the cache (they must see its uncommitted
 writes). A lookup costs the pragma and a dict access instead of a query, and
-never answers from an older state of the database than a query would.
+never answers from an older state of the database than a query would. The
+pragma itself (a read transaction: two lock calls and an ``fstat``) is skipped
+while the WAL-index header, read with one ``pread`` just before it, has not
+changed: every commit rewrites that header (:class:`_WalIndex`); when it
+cannot be read, the pragma runs every time.
 Inside :func:`read_batch` (a server answering requests that had all arrived
 before the block began), each connection runs the pragma once, at its first
 lookup in the block, instead of at every lookup (the argument is there).
@@ -45,6 +49,7 @@ import json
 import logging
 import os
 import sqlite3
+import stat
 import threading
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
@@ -233,6 +238,7 @@ class SQLiteStore(ListStore):
         self._open_count = 0                # connections open in this process: idle + leased
         self._pid = _pid
         self._closed = False
+        self._wal_index = _WalIndex(path + "-shm")     # shared by this process's connections
         self._release(self._acquire())  # open (and migrate) now so a broken file is reported at open time
 
     # -- connections and errors --------------------------------------------
@@ -255,7 +261,7 @@ class SQLiteStore(ListStore):
         except StoreUnavailable:
             conn.close()
             raise
-        return _Slot(conn)
+        return _Slot(conn, self._wal_index)
 
     def _forked(self) -> None:
         """In a child after ``fork()``: forget the parent's connections (never use or close them)."""
@@ -266,6 +272,7 @@ class SQLiteStore(ListStore):
             self._local = threading.local()
             self._idle = []
             self._open_count = 0
+            self._wal_index = _WalIndex(self.path + "-shm")
             self._pid = _pid                # last: the other threads test it without the lock
 
     def _acquire(self) -> _Slot:
@@ -313,10 +320,14 @@ class SQLiteStore(ListStore):
     def _discard(self, slot: _Slot) -> None:
         with self._lock:
             self._open_count -= 1
+            last = self._open_count == 0
         try:
             slot.conn.close()
         except sqlite3.Error:
             pass
+        if last:
+            # without a connection of ours the -shm file may be deleted and made anew: look again later
+            self._wal_index.close(reopen=not self._closed)
 
     def _close_idle(self) -> None:
         idle = self._idle
@@ -687,18 +698,91 @@ class SQLiteStore(ListStore):
             self._forked()
         self._closed = True
         self._close_idle()
+        with self._lock:
+            if self._open_count == 0:
+                self._wal_index.close()
 
 
 class _Slot:
-    """One pooled connection with its read cache and its transaction depth (0: none open)."""
+    """One pooled connection with its read cache and its transaction depth (0: none open).
 
-    __slots__ = ("conn", "view", "depth", "pid")
+    ``wal_index``: its database's :class:`_WalIndex` (one per store and process).
+    """
 
-    def __init__(self, conn: sqlite3.Connection):
+    __slots__ = ("conn", "view", "depth", "pid", "wal_index")
+
+    def __init__(self, conn: sqlite3.Connection, wal_index: _WalIndex):
         self.conn = conn
         self.view = _View()
         self.depth = 0
         self.pid = _pid
+        self.wal_index = wal_index
+
+
+class _WalIndex:
+    """The database's WAL-index file (``DB-shm``), read-only: :meth:`header` tells whether anyone committed.
+
+    The unix VFS keeps the wal-index in ``DB-shm``; its header is two 48-byte
+    copies at offset 0, rewritten by every commit (``iChange`` counts
+    transactions; a WAL reset changes the salts), so equal header bytes mean
+    no commit in between. Source: https://www.sqlite.org/walformat.html
+    section 2.1 ("The WAL-Index Header"). A writer updates the second copy
+    first, so a read torn by a commit differs from the old bytes unless the
+    commit had not begun when the first copy was read (then it is a look from
+    that moment). The file is opened at the first look, once the connections
+    have created it, and closed with the store's last connection: while one
+    of ours is open, SQLite neither deletes nor replaces it (the last
+    connection to close deletes it, https://www.sqlite.org/wal.html).
+    """
+
+    __slots__ = ("path", "fd", "_lock")
+
+    HEADER_BYTES = 96
+
+    def __init__(self, path: str):
+        self.path = path
+        self.fd: int | None = None          # None: not opened yet; -1: closed or unusable
+        self._lock = threading.Lock()
+
+    def header(self) -> bytes | None:
+        """Both header copies (96 bytes), or None when they cannot be read: then ask SQLite."""
+        fd = self.fd
+        if fd is None:
+            fd = self._open()
+        if fd < 0:
+            return None
+        try:
+            header = os.pread(fd, self.HEADER_BYTES, 0)
+        except OSError:
+            return None
+        # isInit (offset 12) is 1 once SQLite has built the index; anything else: ask SQLite
+        if len(header) != self.HEADER_BYTES or header[12] != 1:
+            return None
+        return header
+
+    def _open(self) -> int:
+        with self._lock:
+            if self.fd is None:
+                try:
+                    fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+                except OSError:
+                    fd = -1
+                else:
+                    if not stat.S_ISREG(os.fstat(fd).st_mode):
+                        os.close(fd)
+                        fd = -1
+                self.fd = fd
+            return self.fd
+
+    def close(self, reopen: bool = False) -> None:
+        """Close the file; with ``reopen`` the next :meth:`header` opens it again.
+
+        Only while no connection of the store is open (no lookup is running).
+        """
+        with self._lock:
+            fd, self.fd = self.fd, (None if reopen else -1)
+        if fd is not None and fd >= 0:
+            os.close(fd)
 
 
 def _fetchall(slot: _Slot, sql: str, params: tuple) -> list[tuple]:
@@ -757,9 +841,13 @@ def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
     view = slot.view
     batch = _read_batch.number
     if batch is None or view.batch != batch:
-        version = conn.execute(_DATA_VERSION).fetchone()[0]
-        if view.version != version:
-            view.reset(version)
+        # read before the pragma: a commit between the two shows as a changed header next time
+        header = slot.wal_index.header()
+        if header is None or header != view.header:
+            version = conn.execute(_DATA_VERSION).fetchone()[0]
+            if view.version != version:
+                view.reset(version)
+            view.header = header
         view.batch = batch      # checked in this read_batch (None: outside one, check every time)
     cache = view.members if kind == "members" else view.pending
     row = cache.get(key, _MISSING)
@@ -775,10 +863,11 @@ def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
 class _View:
     """One connection's read cache: rows by key, valid while ``PRAGMA data_version`` is ``version``.
 
-    ``batch``: the :func:`read_batch` in which ``version`` was last checked (None: none).
+    ``batch``: the :func:`read_batch` in which ``version`` was last checked (None: none);
+    ``header``: the WAL-index header read just before that check (None: none).
     """
 
-    __slots__ = ("version", "batch", "members", "pending")
+    __slots__ = ("version", "batch", "header", "members", "pending")
 
     def __init__(self):
         self.reset(None)
@@ -786,6 +875,7 @@ class _View:
     def reset(self, version: int | None) -> None:
         self.version = version
         self.batch = None
+        self.header: bytes | None = None
         self.members: dict[str, tuple | None] = {}
         self.pending: dict[str, tuple | None] = {}
 
