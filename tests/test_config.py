@@ -128,6 +128,19 @@ def test_config_is_read_only(site):
     lc = site.get_list("demo")
     with pytest.raises(AttributeError):
         lc.name = "x"
+    with pytest.raises(AttributeError):
+        del lc.name
+    assert lc.name == lc["name"] == "demo"
+
+
+def test_frozen_values_are_attributes_and_method_names_stay_methods():
+    from listgate.config.loader import Frozen
+    conf = Frozen({"get": "a value", "as_dict": 1, "plain": 2, "inner": Frozen({"x": 3})})
+    assert conf.plain == 2 and conf.inner.x == 3
+    assert conf.get("get") == conf["get"] == "a value" and conf.get("missing", 4) == 4
+    assert conf.as_dict() == {"get": "a value", "as_dict": 1, "plain": 2, "inner": {"x": 3}}
+    with pytest.raises(AttributeError):
+        conf.missing
 
 
 def test_check_cli(site):

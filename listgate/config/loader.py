@@ -39,10 +39,15 @@ class ConfigError(Exception):
 class Frozen:
     """Read-only attribute view of a validated mapping (sections nest)."""
 
-    __slots__ = ("_data",)
+    __slots__ = ("_data", "__dict__")
 
     def __init__(self, data: dict[str, Any]):
-        object.__setattr__(self, "_data", MappingProxyType(dict(data)))
+        data = dict(data)
+        object.__setattr__(self, "_data", MappingProxyType(data))
+        # values are also instance attributes, so reading one is a plain attribute lookup:
+        # __getattr__ runs only after a failed lookup, which costs a Python frame, and every
+        # RCPT decision reads the configuration. Keys named like a method stay behind __getattr__.
+        vars(self).update((k, v) for k, v in data.items() if isinstance(k, str) and not hasattr(Frozen, k))
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -51,6 +56,9 @@ class Frozen:
             raise AttributeError(key) from None
 
     def __setattr__(self, key: str, value: Any) -> None:
+        raise AttributeError("configuration is read-only")
+
+    def __delattr__(self, key: str) -> None:
         raise AttributeError("configuration is read-only")
 
     def __getitem__(self, key: str) -> Any:
