@@ -162,24 +162,15 @@ def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
 def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
     if lp.open or sender is None:
         return lp.accept_post
-    if sender_parts is not None and _may_post(lp, sender_parts):
+    if sender_parts is None:
+        return lp.refuse_post
+    sender = f"{sender_parts[0]}@{sender_parts[1]}"     # addresses.normalize's member key
+    if lp.staff and sender.lower() in lp.staff:
         return lp.accept_post
-    return lp.refuse_post
-
-
-def _may_post(lp: _ListPlan, sender_parts: tuple[str, str]) -> bool:
-    local, domain = sender_parts
-    sender = f"{local}@{domain}"
-    if sender.lower() in lp.staff:
-        return True
     if lp.announce:
-        return False
-    if not sender.isascii():
-        try:
-            sender.encode("utf-8")
-        except UnicodeEncodeError:
-            return False    # 8-bit junk (surrogate-escaped): no member address looks like that
-    return lp.store().get_member(sender) is not None
+        return lp.refuse_post
+    # a sender with 8-bit junk (not UTF-8) is nobody's member: has_member says no
+    return lp.accept_post if lp.store().has_member(sender) else lp.refuse_post
 
 
 def _is_store_failure(exc: Exception) -> bool:

@@ -65,6 +65,14 @@ def test_members_keep_typed_address_and_match_domain_case_insensitively(store):
     assert store.get_member("not an address") is None
     with pytest.raises(ValueError):
         store.add_member("x@example.com", status="sleeping")
+    # has_member: the posting rule's question, same keys as get_member
+    store.add_member("off@example.com", status="by_bounce")
+    for address, expected in [("Jane.Doe@EXAMPLE.com", True), ("<Jane.Doe@example.com>", True),
+                              ("jane.doe@example.com", False), ("off@example.com", True),
+                              ("nobody@example.com", False), ("not an address", False), ("", False),
+                              ("Jane.Doe\udcff@example.com", False)]:
+        assert store.has_member(address) is expected, address
+        assert (store.get_member(address) is not None) is expected, address
 
 
 def test_members_order_status_filter_save_remove(store):

@@ -105,6 +105,13 @@ class ListStore(abc.ABC):
     @abc.abstractmethod
     def get_member(self, address: str) -> Member | None: ...
 
+    def has_member(self, address: str) -> bool:
+        """Whether ``address`` is a member, in any delivery status (False for a malformed address).
+
+        What a posting rule asks on every RCPT: stores answer it without building a :class:`Member`.
+        """
+        return self.get_member(address) is not None
+
     @abc.abstractmethod
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         """Raises AlreadyMember, or ValueError for a malformed address."""

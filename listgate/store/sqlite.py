@@ -502,6 +502,10 @@ class SQLiteStore(ListStore):
         row = self._cached_row("members", key, _MEMBER_BY_KEY)
         return None if row is None else Member(*row)
 
+    def has_member(self, address: str) -> bool:
+        key = _member_key(address)
+        return key is not None and self._cached_row("members", key, _MEMBER_BY_KEY) is not None
+
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         bare = _bare_address(address)
         if status not in DELIVERY_STATUSES:
