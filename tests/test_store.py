@@ -616,3 +616,25 @@ def test_forked_child_uses_a_parent_store_object_through_its_own_connection(stor
     assert os.waitstatus_to_exitcode(status) == 0
     with store._lease() as slot:
         assert slot.conn is parent_conn and store.get_member("child@example.com") is not None
+
+
+def test_wal_index_mapping_lives_while_any_connection_to_the_database_is_open(store):
+    # one read-only mapping of DB-shm per database and process (listgate.store.sqlite._WalIndex): closing
+    # its descriptor would drop SQLite's own POSIX locks on the file, so it closes with the last connection
+    from listgate.store.sqlite import _WalIndex
+    other = SQLiteStore(store.path, LIST)
+    index = store._idle[0].wal_index
+    assert other._idle[0].wal_index is index and index.users == 2
+    before = index.header()
+    assert before is not None and len(before) == _WalIndex.HEADER_BYTES
+    store.close()
+    assert index.users == 1 and index.header() == before
+    other.add_member("new@example.com")
+    assert index.header() != before                     # a commit rewrote it
+    other.close()
+    assert index.users == 0 and index.map is None and store.path + "-shm" not in _WalIndex._open
+    again = SQLiteStore(store.path, LIST)
+    fresh = again._idle[0].wal_index
+    assert fresh is not index and fresh.users == 1 and fresh.header() is not None
+    assert again.get_member("new@example.com") is not None
+    again.close()

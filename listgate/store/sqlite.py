@@ -30,8 +30,8 @@ reads inside a transaction bypass the cache (they must see its uncommitted
 writes). A lookup costs the pragma and a dict access instead of a query, and
 never answers from an older state of the database than a query would. The
 pragma itself (a read transaction: two lock calls and an ``fstat``) is skipped
-while the WAL-index header, read with one ``pread`` just before it, has not
-changed: every commit rewrites that header (:class:`_WalIndex`); when it
+while the WAL-index header, read from a shared mapping just before it, has
+not changed: every commit rewrites that header (:class:`_WalIndex`); when it
 cannot be read, the pragma runs every time.
 Inside :func:`read_batch` (a server answering requests that had all arrived
 before the block began), each connection runs the pragma once, at its first
@@ -47,6 +47,7 @@ from __future__ import annotations
 import itertools
 import json
 import logging
+import mmap
 import os
 import sqlite3
 import stat
@@ -156,6 +157,10 @@ def _after_fork_in_child() -> None:
     global _pid, _fork_lock
     _pid = os.getpid()
     _fork_lock = threading.Lock()
+    # the child maps the wal-index files anew with its own connections; the parent's mappings
+    # and descriptors are left open, never closed (closing would drop the child's locks on the file)
+    _WalIndex._open = {}
+    _WalIndex._lock = threading.Lock()
 
 
 os.register_at_fork(after_in_child=_after_fork_in_child)
@@ -238,7 +243,6 @@ class SQLiteStore(ListStore):
         self._open_count = 0                # connections open in this process: idle + leased
         self._pid = _pid
         self._closed = False
-        self._wal_index = _WalIndex(path + "-shm")     # shared by this process's connections
         self._release(self._acquire())  # open (and migrate) now so a broken file is reported at open time
 
     # -- connections and errors --------------------------------------------
@@ -261,7 +265,8 @@ class SQLiteStore(ListStore):
         except StoreUnavailable:
             conn.close()
             raise
-        return _Slot(conn, self._wal_index)
+        # after the statements above SQLite holds the -shm file open (WAL mode): safe to map
+        return _Slot(conn, _WalIndex.attach(self.path + "-shm"))
 
     def _forked(self) -> None:
         """In a child after ``fork()``: forget the parent's connections (never use or close them)."""
@@ -272,7 +277,6 @@ class SQLiteStore(ListStore):
             self._local = threading.local()
             self._idle = []
             self._open_count = 0
-            self._wal_index = _WalIndex(self.path + "-shm")
             self._pid = _pid                # last: the other threads test it without the lock
 
     def _acquire(self) -> _Slot:
@@ -320,14 +324,11 @@ class SQLiteStore(ListStore):
     def _discard(self, slot: _Slot) -> None:
         with self._lock:
             self._open_count -= 1
-            last = self._open_count == 0
         try:
             slot.conn.close()
         except sqlite3.Error:
             pass
-        if last:
-            # without a connection of ours the -shm file may be deleted and made anew: look again later
-            self._wal_index.close(reopen=not self._closed)
+        slot.wal_index.detach()
 
     def _close_idle(self) -> None:
         idle = self._idle
@@ -702,15 +703,12 @@ class SQLiteStore(ListStore):
             self._forked()
         self._closed = True
         self._close_idle()
-        with self._lock:
-            if self._open_count == 0:
-                self._wal_index.close()
 
 
 class _Slot:
     """One pooled connection with its read cache and its transaction depth (0: none open).
 
-    ``wal_index``: its database's :class:`_WalIndex` (one per store and process).
+    ``wal_index``: its database's :class:`_WalIndex` (one per database and process).
     """
 
     __slots__ = ("conn", "view", "depth", "pid", "wal_index")
@@ -724,69 +722,94 @@ class _Slot:
 
 
 class _WalIndex:
-    """The database's WAL-index file (``DB-shm``), read-only: :meth:`header` tells whether anyone committed.
+    """A database's WAL-index file (``DB-shm``) mapped read-only: :meth:`header` tells whether anyone committed.
 
     The unix VFS keeps the wal-index in ``DB-shm``; its header is two 48-byte
     copies at offset 0, rewritten by every commit (``iChange`` counts
     transactions; a WAL reset changes the salts), so equal header bytes mean
     no commit in between. Source: https://www.sqlite.org/walformat.html
-    section 2.1 ("The WAL-Index Header"). A writer updates the second copy
-    first, so a read torn by a commit differs from the old bytes unless the
-    commit had not begun when the first copy was read (then it is a look from
-    that moment). The file is opened at the first look, once the connections
-    have created it, and closed with the store's last connection: while one
-    of ours is open, SQLite neither deletes nor replaces it (the last
-    connection to close deletes it, https://www.sqlite.org/wal.html).
+    section 2.1 ("The WAL-Index Header"). A writer writes the second copy,
+    then the first, and a reader (``walIndexTryHdr`` in SQLite's wal.c) takes
+    the header only when both copies agree: a commit is visible once the
+    first copy is written. So a look that still finds the second copy's old
+    ``iChange`` was made before the commit became visible, whatever order
+    the bytes were read in.
+
+    One mapping per file and process, shared by every store connection to
+    the database (:meth:`attach` per connection, :meth:`detach` when it
+    closes). It stays open while any of them is: closing a descriptor drops
+    every POSIX lock the process holds on the file, SQLite's included
+    (https://www.sqlite.org/howtocorrupt.html section 2.2), and listgate
+    opens its stores only through :class:`SQLiteStore`. While a connection
+    of ours is open, SQLite neither deletes, truncates nor replaces the file
+    (only the last connection to close may delete it,
+    https://www.sqlite.org/wal.html), so the mapping always shows the live
+    header; it is made anew with the first connection after the last one closed.
     """
 
-    __slots__ = ("path", "fd", "_lock")
+    __slots__ = ("path", "users", "fd", "map")
 
     HEADER_BYTES = 96
+    _open: dict[str, _WalIndex] = {}        # path -> the mapping, while it has users
+    _lock = threading.Lock()
 
     def __init__(self, path: str):
         self.path = path
-        self.fd: int | None = None          # None: not opened yet; -1: closed or unusable
-        self._lock = threading.Lock()
+        self.users = 0
+        self.fd = -1
+        self.map: mmap.mmap | None = None
+
+    @classmethod
+    def attach(cls, path: str) -> _WalIndex:
+        """The mapping of ``path`` for one more connection (mapped now if it is not yet)."""
+        with cls._lock:
+            index = cls._open.get(path)
+            if index is None:
+                index = cls._open[path] = cls(path)
+            index.users += 1
+            if index.map is None:       # never mapped, or could not be (not WAL mode): try again
+                index._map()
+        return index
+
+    def detach(self) -> None:
+        """One connection fewer; the last one unmaps and closes the file."""
+        with self._lock:
+            self.users -= 1
+            if self.users > 0:
+                return
+            if self._open.get(self.path) is self:
+                del self._open[self.path]
+            mapping, self.map = self.map, None
+            fd, self.fd = self.fd, -1
+        if mapping is not None:
+            mapping.close()
+        if fd >= 0:
+            os.close(fd)
 
     def header(self) -> bytes | None:
         """Both header copies (96 bytes), or None when they cannot be read: then ask SQLite."""
-        fd = self.fd
-        if fd is None:
-            fd = self._open()
-        if fd < 0:
+        mapping = self.map
+        if mapping is None:
             return None
-        try:
-            header = os.pread(fd, self.HEADER_BYTES, 0)
-        except OSError:
-            return None
+        header = mapping[:self.HEADER_BYTES]
         # isInit (offset 12) is 1 once SQLite has built the index; anything else: ask SQLite
-        if len(header) != self.HEADER_BYTES or header[12] != 1:
-            return None
-        return header
+        return header if header[12] == 1 else None
 
-    def _open(self) -> int:
-        with self._lock:
-            if self.fd is None:
-                try:
-                    fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-                except OSError:
-                    fd = -1
-                else:
-                    if not stat.S_ISREG(os.fstat(fd).st_mode):
-                        os.close(fd)
-                        fd = -1
-                self.fd = fd
-            return self.fd
-
-    def close(self, reopen: bool = False) -> None:
-        """Close the file; with ``reopen`` the next :meth:`header` opens it again.
-
-        Only while no connection of the store is open (no lookup is running).
-        """
-        with self._lock:
-            fd, self.fd = self.fd, (None if reopen else -1)
-        if fd is not None and fd >= 0:
-            os.close(fd)
+    def _map(self) -> None:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISREG(st.st_mode) and st.st_size >= self.HEADER_BYTES:
+                self.map = mmap.mmap(fd, self.HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+        except (OSError, ValueError):
+            pass
+        if self.map is None:
+            os.close(fd)        # a file no connection of ours uses as its wal-index: no lock to lose
+        else:
+            self.fd = fd
 
 
 def _fetchall(slot: _Slot, sql: str, params: tuple) -> list[tuple]:
