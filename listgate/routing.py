@@ -115,7 +115,12 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         return PASS
     address, lp, postmaster = seen
     # split once for the re-injection test and the posting rules ("" and "<>" give None)
-    sender_parts = split_address(sender) if sender else None
+    if sender:
+        sender_parts = plan.senders.get(sender, _UNSEEN)
+        if sender_parts is _UNSEEN:
+            sender_parts = plan.sender(sender)
+    else:
+        sender_parts = None
     if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
         return PASS
     if postmaster:
@@ -221,7 +226,7 @@ class _ListPlan:
 
 
 class _Plan:
-    __slots__ = ("site", "domains", "nets", "lists", "table", "recipients")
+    __slots__ = ("site", "domains", "nets", "lists", "table", "recipients", "senders")
 
     def __init__(self, site):
         self.site = site
@@ -231,6 +236,7 @@ class _Plan:
         self.table = table_for(site.lists)
         # rcpt as received -> what recipient() found: a function of the text and this Site only
         self.recipients: dict[str | None, Any] = {}
+        self.senders: dict[str, tuple[str, str] | None] = {}   # sender text -> split_address(text)
 
     def recipient(self, rcpt: str | None):
         """``_NOT_OURS`` (not in a managed domain: rule 1), or ``(address, list_plan, is_postmaster)``.
@@ -252,11 +258,21 @@ class _Plan:
             self.recipients[rcpt] = seen
         return seen
 
+    def sender(self, sender: str) -> tuple[str, str] | None:
+        """``split_address(sender)``, kept in :attr:`senders` (bounded): posters send again and again."""
+        parts = split_address(sender)
+        if len(sender) <= _MEMO_TEXT_MAX:
+            if len(self.senders) >= MEMO_MAX:
+                self.senders.clear()
+            self.senders[sender] = parts
+        return parts
+
 
 _BOUNCES_SUFFIX = ROLE_SUFFIXES["bounces"]   # the scheme's, for a cheap pre-test
 _NOT_OURS = object()
-MEMO_MAX = 4096      # entries per memo (recipients per Site, verified VERPs per list); a full memo is emptied
-_MEMO_TEXT_MAX = 512  # longer recipient texts are not kept (RFC 5321 section 4.5.3.1.3: a path is <= 256 octets)
+_UNSEEN = object()
+MEMO_MAX = 4096      # entries per memo (recipients and senders per Site, verified VERPs per list); full: emptied
+_MEMO_TEXT_MAX = 512  # longer address texts are not kept (RFC 5321 section 4.5.3.1.3: a path is <= 256 octets)
 _plans: dict[int, _Plan] = {}
 
 

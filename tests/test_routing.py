@@ -278,3 +278,20 @@ def test_repeated_recipient_decisions_follow_reloads(site):
         assert decide(site, f"news@{D}").action == "reject"
     site = write_list(site, "news", domain=D, posting_policy="open")
     assert decide(site, f"news@{D}").action == "accept"
+
+
+def test_repeated_sender_decisions_follow_the_store(site, members):
+    # a sender text's split is kept per configuration (routing._Plan.senders); membership is asked every time
+    site = _policy(site, "members_only", "reject")
+    post = f"demo@{D}"
+    for _ in range(2):
+        assert decide(site, post, sender="member@example.com").action == "accept"
+        assert decide(site, post, sender="<member@EXAMPLE.com>").action == "accept"
+        assert decide(site, post, sender="no-at-sign").action == "reject"
+    members.remove_member("member@example.com")
+    assert decide(site, post, sender="member@example.com").action == "reject"
+    for i in range(routing.MEMO_MAX + 10):      # more senders than the memo holds: it is emptied
+        assert decide(site, post, sender=f"s{i}@example.net").action == "reject"
+    assert len(routing._plan(site).senders) <= routing.MEMO_MAX
+    members.add_member("member@example.com")
+    assert decide(site, post, sender="<member@EXAMPLE.com>").action == "accept"
