@@ -38,7 +38,7 @@ import hashlib
 import hmac
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from . import clock
 from .addresses import make, split_address
@@ -63,9 +63,8 @@ class VerpKeyError(ValueError):
     """A VERP key file cannot be read or does not hold a hex secret."""
 
 
-@dataclass(frozen=True)
-class VerpResult:
-    """What a ``L-bounces+EXT`` extension means.
+class VerpResult(NamedTuple):
+    """What a ``L-bounces+EXT`` extension means (immutable).
 
     ``kind``: ``member`` (signed, verified), ``probe`` (a live probe token),
     ``unsigned`` (Mailman-style / XVERP, list accepts it), ``invalid``.
@@ -74,7 +73,9 @@ class VerpResult:
     ``token``: the probe token (lower case); ``pending``: its probe
     :class:`~listgate.store.PendingRecord`. ``key_id``: the key that signed
     (also for ``bad-mac`` / ``retired-key``). ``error``: for ``invalid``, one of
-    :data:`ERRORS`.
+    :data:`ERRORS`. A named tuple rather than a frozen dataclass: forged
+    bounce addresses make one per RCPT, and a frozen dataclass costs a
+    ``object.__setattr__`` call per field to build.
     """
 
     kind: str

@@ -27,7 +27,6 @@ from __future__ import annotations
 import logging
 import socket
 import threading
-from dataclasses import replace
 from typing import ClassVar
 
 import Milter
@@ -127,7 +126,7 @@ class ListgateMilter(Milter.Base):
             # original message deferred with "bounce failed" at every queue run.
             # Take the recipient and drop it instead.
             log.info("internal DSN to a refused address dropped %s", kv(rcpt=bare(to), why=d.text))
-            self.routed.append(Routed(to, replace(d, action="discard")))
+            self.routed.append(Routed(to, d._replace(action="discard")))
             return Milter.CONTINUE
         if d.action == "reject":
             self.setreply(str(d.code or "550"), d.dsn or None, _reply_text(d.text))
