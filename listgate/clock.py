@@ -38,9 +38,9 @@ _env_path: object = _UNSET  # $LISTGATE_CLOCK_FILE, read once (os.environ costs 
 def _file_offset() -> float:
     global _file_cache, _env_path
     if _env_path is _UNSET:
-        _env_path = os.environ.get(ENV_VAR)
+        _env_path = os.environ.get(ENV_VAR) or None
     path = _env_path
-    if not path:
+    if path is None:
         return 0.0
     try:
         st = os.stat(path)
@@ -63,6 +63,8 @@ def now() -> float:
     """Current time as a POSIX timestamp (seconds, float)."""
     if _frozen is not None:
         return _frozen
+    if _env_path is None:       # known to have no clock file: no call (every RCPT decision reads the clock)
+        return time.time() + _offset
     return time.time() + _offset + _file_offset()
 
 
