@@ -212,10 +212,21 @@ def _event_address(address: str | None) -> str | None:
 
 
 def _member_key(address: str) -> str | None:
-    try:
-        return normalize(address)
-    except ValueError:
-        return None
+    """``normalize(address)``, None for a malformed address; kept per text (posters look up again and again)."""
+    key = _member_keys.get(address, _MISSING)
+    if key is _MISSING:
+        try:
+            key = normalize(address)
+        except ValueError:
+            key = None
+        if len(address) <= 512:
+            if len(_member_keys) >= 4096:
+                _member_keys.clear()
+            _member_keys[address] = key
+    return key
+
+
+_member_keys: dict[str, str | None] = {}    # bounded: emptied when full
 
 
 def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
