@@ -119,7 +119,9 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
             sender_parts = plan.sender(sender)
     else:
         sender_parts = None
-    if sender_parts is not None and client_address and _is_reinjection(plan, sender, sender_parts, client_address):
+    # only our own bounces address, sent from a trusted network, is a re-injection
+    if (sender_parts is not None and client_address and sender_parts[1] in plan.domains
+            and _is_reinjection(plan, sender, sender_parts, client_address)):
         return PASS
     if postmaster:
         return PASS
@@ -290,8 +292,10 @@ os.register_at_fork(after_in_child=_plans.clear)
 
 
 def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_address: str) -> bool:
-    # cheap string tests first: almost every sender is someone else's address
-    if parts[1] not in plan.domains or _BOUNCES_SUFFIX not in parts[0].lower():
+    """Whether ``sender`` (split: ``parts``, its domain one of ``plan.domains``) is a list's bounces
+    address and ``client_address`` is in ``trusted_networks``: listgate's own mail coming back."""
+    # the caller tested the domain; a cheap string test next: almost every sender is someone else's address
+    if _BOUNCES_SUFFIX not in parts[0].lower():
         return False
     found = plan.table.lookup(*parts)
     if found is None or found.role != "bounces":
