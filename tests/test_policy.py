@@ -270,6 +270,24 @@ def test_idle_connection_closed(closed_site):
             assert 0.5 <= time.monotonic() - started < 5
 
 
+def test_activity_keeps_a_connection_open_past_the_idle_limit(closed_site):
+    # activity is any data read: whole requests (noted once per answered batch) and pieces of one
+    site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": "1s"})
+    request = rcpt_request(f"nolist@{D}")
+    with ServerThread(site) as srv:
+        with connect(srv.address) as s:
+            for _ in range(4):                          # a whole request every 0.6 s
+                s.sendall(request)
+                assert read_replies(s, 1) == [UNKNOWN]
+                time.sleep(0.6)
+            lines = request.split(b"\n")
+            for i, line in enumerate(lines[:-1]):       # one request trickled a line every 0.3 s
+                s.sendall(line + b"\n")
+                if i < len(lines) - 2:
+                    time.sleep(0.3)
+            assert read_replies(s, 1) == [UNKNOWN]
+
+
 def test_idle_timeout_zero_means_no_limit(closed_site):
     site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": 0})
     with ServerThread(site) as srv:

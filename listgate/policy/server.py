@@ -142,6 +142,7 @@ class PolicyServer:
             return
         self._batch = []
         site = self.get_site()
+        now = self._loop.time()
         refusals: list[tuple[RcptDecision, dict[str, str]]] = []
         # every request of the batch was read before this point: one freshness check of
         # each store connection serves them all (exactness: listgate.store.sqlite.read_batch)
@@ -149,6 +150,7 @@ class PolicyServer:
             for conn, requests in batch:
                 if conn.lost:
                     continue        # the client went away: its requests need no decision
+                conn.last_active = now
                 if len(requests) == 1:
                     conn.transport.write(_answer(site, requests[0], refusals))
                 else:
@@ -236,14 +238,15 @@ class _Connection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         if self.closing:
             return
-        self.last_active = self.loop.time()
         try:
             requests = self.parser.feed(data)
         except ProtocolError as exc:
             self._malformed(exc)
             return
         if requests:
-            self.server._add(self, requests)
+            self.server._add(self, requests)    # answer_batch notes the activity, once per batch
+        else:
+            self.last_active = self.loop.time()
 
     def eof_received(self):
         # Exim's ${readsocket} half-closes after its request, maybe without the empty line
