@@ -288,6 +288,26 @@ def test_activity_keeps_a_connection_open_past_the_idle_limit(closed_site):
             assert read_replies(s, 1) == [UNKNOWN]
 
 
+def test_request_read_in_the_turn_the_idle_limit_runs_out_is_answered(closed_site):
+    # the request and the idle timer come due in the same loop turn (the loop was busy past the
+    # limit): the request's batch is answered after the timer runs, yet it is activity, not silence
+    site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": "1s"})
+    request = rcpt_request(f"nolist@{D}")
+    with ServerThread(site) as srv:
+        with connect(srv.address) as s:
+            s.sendall(request)
+            assert read_replies(s, 1) == [UNKNOWN]      # the connection is set up: its idle timer runs
+            busy = threading.Event()
+
+            def hold_the_loop():
+                busy.set()
+                time.sleep(1.5)                         # past the limit, with the request waiting
+            srv.loop.call_soon_threadsafe(hold_the_loop)
+            assert busy.wait(10)
+            s.sendall(request)
+            assert read_replies(s, 1) == [UNKNOWN]
+
+
 def test_idle_timeout_zero_means_no_limit(closed_site):
     site = edit_site(closed_site, policy={"socket": closed_site.conf.policy.socket, "idle_timeout": 0})
     with ServerThread(site) as srv:

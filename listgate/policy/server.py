@@ -219,6 +219,12 @@ class _Connection(asyncio.Protocol):
             self.idle_handle = loop.call_later(_NO_LIMIT_RECHECK, self._check_idle)
             return
         left = self.last_active + timeout - loop.time()
+        if left <= 0 and self.server._batch:
+            # requests read in this loop turn count as activity only when their batch is answered
+            # (answer_batch): answer it now, so a request that came as the limit ran out is not
+            # mistaken for silence and dropped with the connection (a batch may be answered early)
+            self.server.answer_batch()
+            left = self.last_active + timeout - loop.time()
         if left <= 0:
             log.debug("closing idle policy connection %s", kv(peer=self.peer))
             self.idle_handle = None
