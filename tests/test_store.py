@@ -1,8 +1,11 @@
 """The SQLite list store in one process: members, evidence, events, pending records, expiry."""
 from __future__ import annotations
 
+import gc
 import os
 import sqlite3
+import subprocess
+import sys
 
 import pytest
 
@@ -632,9 +635,58 @@ def test_wal_index_mapping_lives_while_any_connection_to_the_database_is_open(st
     other.add_member("new@example.com")
     assert index.header() != before                     # a commit rewrote it
     other.close()
-    assert index.users == 0 and index.map is None and store.path + "-shm" not in _WalIndex._open
+    assert index.users == 0 and index.map is None and index.fd == -1
     again = SQLiteStore(store.path, LIST)
-    fresh = again._idle[0].wal_index
-    assert fresh is not index and fresh.users == 1 and fresh.header() is not None
+    assert again._idle[0].wal_index is index and index.users == 1 and index.header() is not None
     assert again.get_member("new@example.com") is not None
     again.close()
+
+
+def _commit_elsewhere(path: str, address: str) -> None:
+    """``address`` becomes a member, committed by another process."""
+    code = f"from listgate.store.sqlite import SQLiteStore; SQLiteStore({path!r}, {LIST!r}).add_member({address!r})"
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_store_dropped_unclosed_leaves_no_stale_wal_index(store):
+    # its connections are closed when the garbage collector takes them, and the wal-index with them:
+    # the last close deletes DB-shm, so a mapping kept past it would show a file nobody writes any more
+    path = store.path
+    store.close()
+    fds = _open_fds()
+    dropped = SQLiteStore(path, LIST)
+    assert dropped.get_member("a@example.com") is None
+    del dropped
+    gc.collect()
+    assert _open_fds() == fds and not os.path.exists(path + "-shm")
+    again = SQLiteStore(path, LIST)
+    assert again.get_member("late@example.com") is None
+    _commit_elsewhere(path, "late@example.com")
+    assert again.get_member("late@example.com") is not None
+    again.close()
+
+
+def _dms_lock_holder(shm_path: str) -> int | None:
+    """The pid holding a lock on DB-shm's "DMS" byte (120 + SQLITE_SHM_NLOCK, unix VFS), asked from another process."""
+    code = ("import fcntl, os, struct, sys\n"
+            "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+            "got = fcntl.fcntl(fd, fcntl.F_GETLK, struct.pack('hhqqi', fcntl.F_WRLCK, 0, 128, 1, 0))\n"
+            "kind, _, _, _, pid = struct.unpack('hhqqi', got)\n"
+            "print(pid if kind != fcntl.F_UNLCK else 0)\n")
+    out = subprocess.run([sys.executable, "-c", code, shm_path], capture_output=True, text=True, check=True,
+                         timeout=60).stdout
+    return int(out) or None
+
+
+def test_a_store_opened_under_another_name_shares_the_wal_index(store, tmp_path):
+    # two names of one file: closing one store's descriptor of DB-shm must not drop the locks SQLite
+    # holds through the other's connections (https://www.sqlite.org/howtocorrupt.html section 2.2)
+    link = tmp_path / "elsewhere"
+    link.symlink_to(os.path.dirname(store.path))
+    alias = SQLiteStore(str(link / os.path.basename(store.path)), LIST)
+    assert alias._idle[0].wal_index is store._idle[0].wal_index
+    assert _dms_lock_holder(store.path + "-shm") == os.getpid()
+    alias.close()
+    assert _dms_lock_holder(store.path + "-shm") == os.getpid()
+    store.add_member("still@example.com")
+    assert store.get_member("still@example.com") is not None

@@ -52,6 +52,7 @@ import os
 import sqlite3
 import stat
 import threading
+import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
@@ -258,26 +259,31 @@ class SQLiteStore(ListStore):
 
     # -- connections and errors --------------------------------------------
     def _open(self) -> _Slot:
-        try:
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
-                                   check_same_thread=False)
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(f"list store {self.path}: cannot open: {exc}") from None
-        try:
-            mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
-            if mode.lower() != "wal":
-                log.warning("list store %s: journal mode is %s, not wal (readers will wait for writers)",
-                            self.path, mode)
-            conn.execute("PRAGMA synchronous=FULL")
-            self._migrate(conn)
-        except sqlite3.Error as exc:
-            conn.close()
-            raise unavailable(exc, self.path) or StoreUnavailable(f"list store {self.path}: {exc}") from None
-        except StoreUnavailable:
-            conn.close()
-            raise
-        # after the statements above SQLite holds the -shm file open (WAL mode): safe to map
-        return _Slot(conn, _WalIndex.attach(self.path + "-shm"))
+        # opened, counted and mapped under the database's lock, which its closes also hold
+        # (_WalIndex: so the mapping is always of the file SQLite uses)
+        index = _WalIndex.of(self.path + "-shm")
+        with index.lock:
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
+                                       check_same_thread=False)
+            except sqlite3.Error as exc:
+                raise StoreUnavailable(f"list store {self.path}: cannot open: {exc}") from None
+            try:
+                mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+                if mode.lower() != "wal":
+                    log.warning("list store %s: journal mode is %s, not wal (readers will wait for writers)",
+                                self.path, mode)
+                conn.execute("PRAGMA synchronous=FULL")
+                self._migrate(conn)
+            except sqlite3.Error as exc:
+                conn.close()
+                raise unavailable(exc, self.path) or StoreUnavailable(f"list store {self.path}: {exc}") from None
+            except StoreUnavailable:
+                conn.close()
+                raise
+            # in WAL mode SQLite now holds DB-shm open: it is this connection's wal-index (not in
+            # another mode: a DB-shm left there is nobody's, and its header would never move)
+            return _Slot(conn, index.attach(wal=mode.lower() == "wal"))
 
     def _forked(self) -> None:
         """In a child after ``fork()``: forget the parent's connections (never use or close them)."""
@@ -335,11 +341,7 @@ class SQLiteStore(ListStore):
     def _discard(self, slot: _Slot) -> None:
         with self._lock:
             self._open_count -= 1
-        try:
-            slot.conn.close()
-        except sqlite3.Error:
-            pass
-        slot.wal_index.detach()
+        slot.close()
 
     def _close_idle(self) -> None:
         idle = self._idle
@@ -720,9 +722,11 @@ class _Slot:
     """One pooled connection with its read cache and its transaction depth (0: none open).
 
     ``wal_index``: its database's :class:`_WalIndex` (one per database and process).
+    A slot dropped without :meth:`close` (a store nobody closed) still closes its
+    connection and leaves the wal-index, when the garbage collector takes it.
     """
 
-    __slots__ = ("conn", "view", "depth", "pid", "wal_index")
+    __slots__ = ("conn", "view", "depth", "pid", "wal_index", "_closer", "__weakref__")
 
     def __init__(self, conn: sqlite3.Connection, wal_index: _WalIndex):
         self.conn = conn
@@ -730,6 +734,14 @@ class _Slot:
         self.depth = 0
         self.pid = _pid
         self.wal_index = wal_index
+        # holds the connection: it is closed by _WalIndex.collected, in order, not by its own finalizer
+        self._closer = weakref.finalize(self, wal_index.collected, conn, _pid)
+        self._closer.atexit = False
+
+    def close(self) -> None:
+        """Close the connection and leave the wal-index (once; this process's slots only)."""
+        if self._closer.detach() is not None:
+            self.wal_index.close(self.conn)
 
 
 class _WalIndex:
@@ -747,55 +759,92 @@ class _WalIndex:
     the bytes were read in.
 
     One mapping per file and process, shared by every store connection to
-    the database (:meth:`attach` per connection, :meth:`detach` when it
-    closes). It stays open while any of them is: closing a descriptor drops
-    every POSIX lock the process holds on the file, SQLite's included
-    (https://www.sqlite.org/howtocorrupt.html section 2.2), and listgate
-    opens its stores only through :class:`SQLiteStore`. While a connection
-    of ours is open, SQLite neither deletes, truncates nor replaces the file
-    (only the last connection to close may delete it,
-    https://www.sqlite.org/wal.html), so the mapping always shows the live
-    header; it is made anew with the first connection after the last one closed.
+    the database. Closing a descriptor drops every POSIX lock the process
+    holds on the file, SQLite's included (https://www.sqlite.org/howtocorrupt.html
+    section 2.2), and while any connection to the database is open in the
+    process SQLite keeps using the file it opened first (one per database
+    file and process, even when another name is unlinked or made); the last
+    connection to close may delete it (https://www.sqlite.org/wal.html), and
+    the next one makes a new file. So the descriptor must close exactly when
+    the last connection does, and the mapping be made anew with the first
+    one after that: every store connection to the database is opened,
+    counted (:meth:`attach`) and closed (:meth:`close`) under this object's
+    ``lock``, one per file whatever the path's spelling (:meth:`of`; listgate
+    opens its stores only through :class:`SQLiteStore`). A connection the
+    garbage collector takes (:meth:`collected`) is closed under it too, by
+    whichever thread holds or next takes the lock.
     """
 
-    __slots__ = ("path", "users", "fd", "map")
+    __slots__ = ("path", "users", "fd", "map", "lock", "orphans")
 
     HEADER_BYTES = 96
-    _open: dict[str, _WalIndex] = {}        # path -> the mapping, while it has users
-    _lock = threading.Lock()
+    _open: dict[str, _WalIndex] = {}        # real path of DB-shm -> its object (kept: one lock per database)
+    _lock = threading.Lock()                # guards _open
 
     def __init__(self, path: str):
         self.path = path
-        self.users = 0
+        self.users = 0                      # connections open, counted under self.lock
         self.fd = -1
         self.map: mmap.mmap | None = None
+        self.lock = threading.Lock()
+        self.orphans: list[sqlite3.Connection] = []     # collected connections left to close
 
     @classmethod
-    def attach(cls, path: str) -> _WalIndex:
-        """The mapping of ``path`` for one more connection (mapped now if it is not yet)."""
+    def of(cls, path: str) -> _WalIndex:
+        """The object of wal-index file ``path`` (the same for every name of the same file)."""
+        path = os.path.realpath(path)
         with cls._lock:
             index = cls._open.get(path)
             if index is None:
                 index = cls._open[path] = cls(path)
-            index.users += 1
-            if index.map is None:       # never mapped, or could not be (not WAL mode): try again
-                index._map()
         return index
 
-    def detach(self) -> None:
-        """One connection fewer; the last one unmaps and closes the file."""
-        with self._lock:
-            self.users -= 1
-            if self.users > 0:
-                return
-            if self._open.get(self.path) is self:
-                del self._open[self.path]
+    def attach(self, wal: bool) -> _WalIndex:
+        """One more connection, just opened under :attr:`lock`; ``wal``: it is in WAL mode (then map)."""
+        self.users += 1
+        if wal and self.map is None:
+            self._map()
+        self._close_orphans()
+        return self
+
+    def close(self, conn: sqlite3.Connection) -> None:
+        """Close ``conn`` (one of this database's connections), then unmap if it was the last."""
+        with self.lock:
+            self._close(conn)
+            self._close_orphans()
+
+    def collected(self, conn: sqlite3.Connection, pid: int) -> None:
+        """A slot holding ``conn`` was garbage collected: close it under :attr:`lock`, now or by its holder."""
+        if pid != _pid:
+            return      # a parent's connection, in a forked child: never ours to close
+        self.orphans.append(conn)
+        # the lock may be held, by another thread or by this one (the collector runs anywhere):
+        # whoever holds it closes the orphans before letting go
+        if self.lock.acquire(blocking=False):
+            try:
+                self._close_orphans()
+            finally:
+                self.lock.release()
+
+    def _close_orphans(self) -> None:
+        while self.orphans:
+            self._close(self.orphans.pop())
+
+    def _close(self, conn: sqlite3.Connection) -> None:
+        try:
+            conn.close()
+        except sqlite3.Error as exc:
+            # maybe still open: keep counting it, so the file stays open (and SQLite's locks with it)
+            log.warning("list store %s: closing a connection: %s", self.path, exc)
+            return
+        self.users -= 1
+        if self.users == 0:
             mapping, self.map = self.map, None
             fd, self.fd = self.fd, -1
-        if mapping is not None:
-            mapping.close()
-        if fd >= 0:
-            os.close(fd)
+            if mapping is not None:
+                mapping.close()
+            if fd >= 0:
+                os.close(fd)
 
     def header(self) -> bytes | None:
         """Both header copies (96 bytes), or None when they cannot be read: then ask SQLite."""
@@ -807,20 +856,19 @@ class _WalIndex:
         return header if header[12] == 1 else None
 
     def _map(self) -> None:
+        if self.fd < 0:
+            try:
+                self.fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+            except OSError:
+                return
+        # kept open even when it cannot be mapped: it may be SQLite's file, and closing it would drop
+        # SQLite's locks (it closes with the last connection)
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return
-        try:
-            st = os.fstat(fd)
+            st = os.fstat(self.fd)
             if stat.S_ISREG(st.st_mode) and st.st_size >= self.HEADER_BYTES:
-                self.map = mmap.mmap(fd, self.HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
+                self.map = mmap.mmap(self.fd, self.HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError):
             pass
-        if self.map is None:
-            os.close(fd)        # a file no connection of ours uses as its wal-index: no lock to lose
-        else:
-            self.fd = fd
 
 
 def _fetchall(slot: _Slot, sql: str, params: tuple) -> list[tuple]:
