@@ -18,8 +18,8 @@ SQLite's file locks serialise writers across connections and processes.
 Fork: a child never touches its parent's connections (SQLite forbids carrying
 a connection across ``fork()``); it opens its own on first use.
 
-Read cache: :meth:`SQLiteStore.get_member` and :meth:`SQLiteStore.peek_pending`
-(what every RCPT decision reads) keep, per connection, the rows they have
+Read cache: :meth:`SQLiteStore.get_member`, :meth:`SQLiteStore.has_member` and
+:meth:`SQLiteStore.peek_pending` (what every RCPT decision reads) keep, per connection, the rows they have
 read, valid for one ``PRAGMA data_version``: that number changes when another
 connection (another in the pool, in this process or in another) commits to
 the database, and the cache is then emptied before it answers. A pooled
@@ -56,7 +56,7 @@ import weakref
 from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
-from .. import clock
+from .. import clock, memo
 from ..addresses import normalize
 from ..config import valid_address
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
@@ -195,9 +195,7 @@ def _payload(text: str) -> Any:
         return dict(flat)       # a fresh dict of immutable values: the same as parsing again
     payload = json.loads(text)
     if type(payload) is dict and all(v is None or type(v) in (str, int, float, bool) for v in payload.values()):
-        if len(_flat_payloads) >= 1024:
-            _flat_payloads.clear()
-        _flat_payloads[text] = payload
+        memo.put(_flat_payloads, text, payload, limit=1024)
         return dict(payload)
     return payload
 
@@ -220,14 +218,12 @@ def _member_key(address: str) -> str | None:
             key = normalize(address)
         except ValueError:
             key = None
-        if len(address) <= 512:
-            if len(_member_keys) >= 4096:
-                _member_keys.clear()
-            _member_keys[address] = key
+        if len(address) <= memo.MAX_TEXT:
+            memo.put(_member_keys, address, key)
     return key
 
 
-_member_keys: dict[str, str | None] = {}    # bounded: emptied when full
+_member_keys: dict[str, str | None] = {}    # bounded (listgate.memo)
 
 
 def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
@@ -261,8 +257,9 @@ class SQLiteStore(ListStore):
     def _open(self) -> _Slot:
         # opened, counted and mapped under the database's lock, which its closes also hold
         # (_WalIndex: so the mapping is always of the file SQLite uses)
-        index = _WalIndex.of(self.path + "-shm")
-        with index.lock:
+        # SQLite follows a symlinked database file: its wal-index is next to the real file
+        index = _WalIndex.of(os.path.realpath(self.path) + "-shm")
+        with index.held():
             try:
                 conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None,
                                        check_same_thread=False)
@@ -282,8 +279,9 @@ class SQLiteStore(ListStore):
                 conn.close()
                 raise
             # in WAL mode SQLite now holds DB-shm open: it is this connection's wal-index (not in
-            # another mode: a DB-shm left there is nobody's, and its header would never move)
-            return _Slot(conn, index.attach(wal=mode.lower() == "wal"))
+            # another mode: a DB-shm left there is nobody's, and its header would never move). Mapped
+            # only if SQLite names the same file: otherwise the pragma runs at every check.
+            return _Slot(conn, index.attach(wal=mode.lower() == "wal" and _wal_index_path(conn) == index.path))
 
     def _forked(self) -> None:
         """In a child after ``fork()``: forget the parent's connections (never use or close them)."""
@@ -510,15 +508,15 @@ class SQLiteStore(ListStore):
     # -- members ----------------------------------------------------------
     def get_member(self, address: str) -> Member | None:
         """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
-        key = _member_key(address)
-        if key is None:
-            return None
-        row = self._cached_row("members", key, _MEMBER_BY_KEY)
+        row = self._member_row(address)
         return None if row is None else Member(*row)
 
     def has_member(self, address: str) -> bool:
+        return self._member_row(address) is not None
+
+    def _member_row(self, address: str) -> tuple | None:
         key = _member_key(address)
-        return key is not None and self._cached_row("members", key, _MEMBER_BY_KEY) is not None
+        return None if key is None else self._cached_row("members", key, _MEMBER_BY_KEY)
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         bare = _bare_address(address)
@@ -739,8 +737,8 @@ class _Slot:
         self._closer.atexit = False
 
     def close(self) -> None:
-        """Close the connection and leave the wal-index (once; this process's slots only)."""
-        if self._closer.detach() is not None:
+        """Close the connection and leave the wal-index (once; a parent's slot in a forked child: nothing)."""
+        if self.pid == _pid and self._closer.detach() is not None:
             self.wal_index.close(self.conn)
 
 
@@ -769,10 +767,13 @@ class _WalIndex:
     the last connection does, and the mapping be made anew with the first
     one after that: every store connection to the database is opened,
     counted (:meth:`attach`) and closed (:meth:`close`) under this object's
-    ``lock``, one per file whatever the path's spelling (:meth:`of`; listgate
-    opens its stores only through :class:`SQLiteStore`). A connection the
-    garbage collector takes (:meth:`collected`) is closed under it too, by
-    whichever thread holds or next takes the lock.
+    lock (:meth:`held`), one per file (:meth:`of` takes the real path, as
+    SQLite does; a connection whose ``PRAGMA database_list`` names another
+    file is not mapped). listgate opens its stores only through
+    :class:`SQLiteStore`; another SQLite connection to a store file in the
+    same process could lose its locks when this one closes. A connection the
+    garbage collector takes (:meth:`collected`) is closed under the lock too,
+    by the thread that holds it, before it lets go.
     """
 
     __slots__ = ("path", "users", "fd", "map", "lock", "orphans")
@@ -804,14 +805,29 @@ class _WalIndex:
         self.users += 1
         if wal and self.map is None:
             self._map()
-        self._close_orphans()
         return self
 
     def close(self, conn: sqlite3.Connection) -> None:
         """Close ``conn`` (one of this database's connections), then unmap if it was the last."""
-        with self.lock:
+        with self.held():
             self._close(conn)
+
+    @contextmanager
+    def held(self) -> Iterator[None]:
+        """The lock, for opening or closing a connection; collected connections are closed before it is let go."""
+        self.lock.acquire()
+        try:
+            yield
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        while True:
             self._close_orphans()
+            self.lock.release()
+            # a collection that ran after the last look left its connection here: take it back
+            if not self.orphans or not self.lock.acquire(blocking=False):
+                return
 
     def collected(self, conn: sqlite3.Connection, pid: int) -> None:
         """A slot holding ``conn`` was garbage collected: close it under :attr:`lock`, now or by its holder."""
@@ -821,10 +837,7 @@ class _WalIndex:
         # the lock may be held, by another thread or by this one (the collector runs anywhere):
         # whoever holds it closes the orphans before letting go
         if self.lock.acquire(blocking=False):
-            try:
-                self._close_orphans()
-            finally:
-                self.lock.release()
+            self._unlock()
 
     def _close_orphans(self) -> None:
         while self.orphans:
@@ -869,6 +882,14 @@ class _WalIndex:
                 self.map = mmap.mmap(self.fd, self.HEADER_BYTES, mmap.MAP_SHARED, mmap.PROT_READ)
         except (OSError, ValueError):
             pass
+
+
+def _wal_index_path(conn: sqlite3.Connection) -> str | None:
+    """The wal-index file SQLite uses for ``conn``'s main database (its real path + ``-shm``)."""
+    for _, name, file in conn.execute("PRAGMA database_list").fetchall():
+        if name == "main" and file:
+            return os.path.realpath(file) + "-shm"
+    return None
 
 
 def _fetchall(slot: _Slot, sql: str, params: tuple) -> list[tuple]:
@@ -940,9 +961,7 @@ def _read_through(slot: _Slot, kind: str, key: str, sql: str) -> tuple | None:
     if row is _MISSING:
         rows = conn.execute(sql, (key,)).fetchall()
         row = rows[0] if rows else None
-        if len(cache) >= READ_CACHE_MAX:
-            cache.clear()
-        cache[key] = row
+        memo.put(cache, key, row, limit=READ_CACHE_MAX)
     return row
 
 
