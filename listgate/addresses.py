@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from . import memo
+
 DELIMITER = "+"
 
 ROLE_SUFFIXES = {
@@ -123,9 +125,7 @@ def table_for(known_lists) -> AddressTable:
     if cached is not None and cached[0] is known_lists:
         return cached[1]
     table = AddressTable(known_lists)
-    if len(_tables) >= 8:
-        _tables.clear()
-    _tables[id(known_lists)] = (known_lists, table)
+    memo.put(_tables, id(known_lists), (known_lists, table), limit=8)
     return table
 
 

@@ -6,12 +6,14 @@ passes (no config reload here) and, when needed, the list's store. What it
 needs from a Site (domains, trusted networks, every list address as a dict
 equal to :func:`listgate.addresses.parse`, posting rules and the decisions
 that do not depend on the request) is worked out once per Site object; a
-reload gives a new object. Two bounded memos hang off that per-Site plan,
-both exact: what a recipient text is (managed domain, postmaster, list
-address: a function of the text and the Site alone), and per list the accept
-decision of each verified member VERP (:func:`listgate.verp.decode` keeps its
-result object while the signature stays valid, and the decision is a function
-of that result and the address).
+reload gives a new object. Three bounded memos (:mod:`listgate.memo`) hang
+off that per-Site plan, all exact: what a recipient text is (managed domain,
+postmaster, list address: a function of the text and the Site alone), the
+split of a sender text (:func:`listgate.addresses.split_address`, a function
+of the text), and per list the accept decision of each verified member VERP
+(:func:`listgate.verp.decode` keeps its result object while the signature
+stays valid, and the decision is a function of that result and the address).
+Membership and probe tokens are asked of the store every time.
 
 Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 
@@ -46,7 +48,7 @@ import os
 import sqlite3
 from typing import Any, NamedTuple
 
-from . import verp
+from . import memo, verp
 from .addresses import ROLE_SUFFIXES, ListAddress, split_address, table_for
 from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
@@ -158,9 +160,7 @@ def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
     if hit is not None and hit.verp is result:
         return hit
     decision = RcptDecision("accept", address=address, verp=result)
-    if len(lp.verp_accepts) >= MEMO_MAX:
-        lp.verp_accepts.clear()
-    lp.verp_accepts[ext] = decision
+    memo.put(lp.verp_accepts, ext, decision)
     return decision
 
 
@@ -169,7 +169,7 @@ def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str
         return lp.accept_post
     if sender_parts is None:
         return lp.refuse_post
-    sender = f"{sender_parts[0]}@{sender_parts[1]}"     # addresses.normalize's member key
+    sender = f"{sender_parts[0]}@{sender_parts[1]}"     # without brackets: as owners and moderators are listed
     if lp.staff and sender.lower() in lp.staff:
         return lp.accept_post
     if lp.announce:
@@ -252,27 +252,21 @@ class _Plan:
             local, domain = parts
             address = self.table.lookup(local, domain)
             seen = (address, None if address is None else self.lists[address.list_key], local.lower() == "postmaster")
-        if rcpt is not None and len(rcpt) <= _MEMO_TEXT_MAX:
-            if len(self.recipients) >= MEMO_MAX:
-                self.recipients.clear()
-            self.recipients[rcpt] = seen
+        if rcpt is not None and len(rcpt) <= memo.MAX_TEXT:
+            memo.put(self.recipients, rcpt, seen)
         return seen
 
     def sender(self, sender: str) -> tuple[str, str] | None:
         """``split_address(sender)``, kept in :attr:`senders` (bounded): posters send again and again."""
         parts = split_address(sender)
-        if len(sender) <= _MEMO_TEXT_MAX:
-            if len(self.senders) >= MEMO_MAX:
-                self.senders.clear()
-            self.senders[sender] = parts
+        if len(sender) <= memo.MAX_TEXT:
+            memo.put(self.senders, sender, parts)
         return parts
 
 
 _BOUNCES_SUFFIX = ROLE_SUFFIXES["bounces"]   # the scheme's, for a cheap pre-test
 _NOT_OURS = object()
 _UNSEEN = object()
-MEMO_MAX = 4096      # entries per memo (recipients and senders per Site, verified VERPs per list); full: emptied
-_MEMO_TEXT_MAX = 512  # longer address texts are not kept (RFC 5321 section 4.5.3.1.3: a path is <= 256 octets)
 _plans: dict[int, _Plan] = {}
 
 
@@ -281,9 +275,7 @@ def _plan(site) -> _Plan:
     if plan is not None and plan.site is site:
         return plan
     plan = _Plan(site)
-    if len(_plans) >= 8:
-        _plans.clear()
-    _plans[id(site)] = plan
+    memo.put(_plans, id(site), plan, limit=8)
     return plan
 
 

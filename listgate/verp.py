@@ -40,7 +40,7 @@ import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import clock
+from . import clock, memo
 from .addresses import make, split_address
 from .store.tokens import is_token
 
@@ -116,9 +116,7 @@ class _Key:
         if hm is None:
             hm = self.keyed.copy()
             hm.update(f"{list_key.lower()}\x00".encode("utf-8", "surrogateescape"))
-            if len(per_list) >= 1024:       # list keys come from the configuration: this is a backstop
-                per_list.clear()
-            per_list[list_key] = hm
+            memo.put(per_list, list_key, hm, limit=1024)    # list keys come from the configuration: a backstop
         return hm
 
 
@@ -172,9 +170,7 @@ def _keyring(site) -> _Keyring:
     if hit is not None and hit[0] is conf:
         return hit[1]
     ring = _Keyring(conf)
-    if len(_keyrings) >= 8:        # a few configurations alive at once at most (reloads)
-        _keyrings.clear()
-    _keyrings[id(conf)] = (conf, ring)
+    memo.put(_keyrings, id(conf), (conf, ring), limit=8)    # a few configurations alive at once at most (reloads)
     return ring
 
 
@@ -229,9 +225,7 @@ def _list_key(lc) -> str:
     if hit is not None and hit[0] is lc:
         return hit[1]
     key = f"{lc.name}@{lc.domain}"
-    if len(_list_keys) >= 256:     # the lists of a few configurations (reloads) at most
-        _list_keys.clear()
-    _list_keys[id(lc)] = (lc, key)
+    memo.put(_list_keys, id(lc), (lc, key), limit=256)     # the lists of a few configurations (reloads) at most
     return key
 
 
@@ -342,9 +336,7 @@ def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
         if not hmac.compare_digest(expected.encode("ascii"), mac.lower().encode("ascii", "replace")):
             return VerpResult("invalid", key_id=key.id, error="bad-mac")
         result = VerpResult("member", member=member, key_id=key.id)
-        if len(ring.verified) >= VERIFIED_CACHE_MAX:
-            ring.verified.clear()
-        ring.verified[(list_key, ext)] = (key, result)
+        memo.put(ring.verified, (list_key, ext), (key, result), limit=VERIFIED_CACHE_MAX)
         if key.verify_until is not None and clock.now() > key.verify_until:
             return VerpResult("invalid", key_id=key.id, error="retired-key")
         return result

@@ -5,7 +5,7 @@ import os
 
 import pytest
 
-from listgate import clock, routing, verp
+from listgate import clock, memo, routing, verp
 from listgate.store import close_all, open_store, store_path
 
 from policy_helpers import add_key, edit_site, write_list
@@ -290,8 +290,8 @@ def test_repeated_sender_decisions_follow_the_store(site, members):
         assert decide(site, post, sender="no-at-sign").action == "reject"
     members.remove_member("member@example.com")
     assert decide(site, post, sender="member@example.com").action == "reject"
-    for i in range(routing.MEMO_MAX + 10):      # more senders than the memo holds: it is emptied
+    for i in range(memo.MAX_ENTRIES + 10):      # more senders than the memo holds: it is emptied
         assert decide(site, post, sender=f"s{i}@example.net").action == "reject"
-    assert len(routing._plan(site).senders) <= routing.MEMO_MAX
+    assert len(routing._plan(site).senders) <= memo.MAX_ENTRIES
     members.add_member("member@example.com")
     assert decide(site, post, sender="<member@EXAMPLE.com>").action == "accept"

@@ -13,7 +13,7 @@ returns that last request so it is answered too.
 """
 from __future__ import annotations
 
-from .. import routing
+from .. import memo, routing
 
 __all__ = ["ProtocolError", "RequestParser", "decide", "rcpt_decision", "reply_for", "format_reply", "action_for",
            "MAX_ATTRIBUTES"]
@@ -184,9 +184,7 @@ def reply_for(decision: routing.RcptDecision) -> bytes:
     if hit is not None and hit[0] is decision:      # holding the decision keeps its id from being reused
         return hit[1]
     reply = format_reply(action_for(decision))
-    if len(_replies) >= 256:
-        _replies.clear()
-    _replies[id(decision)] = (decision, reply)
+    memo.put(_replies, id(decision), (decision, reply), limit=256)
     return reply
 
 
