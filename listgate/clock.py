@@ -63,7 +63,7 @@ def now() -> float:
     """Current time as a POSIX timestamp (seconds, float)."""
     if _frozen is not None:
         return _frozen
-    if _env_path is None:       # known to have no clock file: no call (every RCPT decision reads the clock)
+    if _env_path is None:       # known to have no clock file: skip _file_offset (every RCPT decision reads the clock)
         return time.time() + _offset
     return time.time() + _offset + _file_offset()
 

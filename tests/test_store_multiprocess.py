@@ -124,14 +124,14 @@ def test_read_cache_sees_every_commit_of_another_process(site_path, workers, rea
 
 
 @pytest.mark.parametrize("header", ["read", "unreadable"])
-def test_read_cache_asks_sqlite_only_when_the_wal_index_header_moved(site_path, workers, tmp_path, header):
+def test_read_cache_asks_sqlite_only_when_the_wal_index_header_moved(site_path, workers, tmp_path, header,
+                                                                      monkeypatch):
     # lookups outside a read_batch compare the WAL-index header first (listgate.store.sqlite._WalIndex)
     # and run PRAGMA data_version only when it changed; without a readable header, at every lookup
     store = open_store(config.load(site_path), A)
     [slot] = store._idle
-    if header == "unreadable":
-        real = slot.wal_index
-        slot.wal_index = _WalIndex(str(tmp_path / "no-such-shm"))      # never mapped
+    if header == "unreadable":      # put back at teardown (monkeypatch), before the store is closed
+        monkeypatch.setattr(slot, "wal_index", _WalIndex(str(tmp_path / "no-such-shm")))     # never mapped
         assert slot.wal_index.header() is None
     pragmas = []
     slot.conn.set_trace_callback(lambda sql: pragmas.append(sql) if "data_version" in sql else None)
@@ -158,7 +158,6 @@ def test_read_cache_asks_sqlite_only_when_the_wal_index_header_moved(site_path, 
         assert 1 + 2 * 3 <= len(pragmas) <= 1 + 2 * 3 + 2
     else:
         assert len(pragmas) == lookups
-        slot.wal_index = real
 
 
 def test_remember_owner_holds_across_processes(site_path, workers):

@@ -46,7 +46,9 @@ class Frozen:
         object.__setattr__(self, "_data", MappingProxyType(data))
         # values are also instance attributes, so reading one is a plain attribute lookup:
         # __getattr__ runs only after a failed lookup, which costs a Python frame, and every
-        # RCPT decision reads the configuration. Keys named like a method stay behind __getattr__.
+        # RCPT decision reads the configuration. Keys named like a method (get, as_dict) are not
+        # copied: conf.get stays the method, such keys are read as conf[key]. (vars(conf) is
+        # writable; nothing in listgate writes it.)
         vars(self).update((k, v) for k, v in data.items() if isinstance(k, str) and not hasattr(Frozen, k))
 
     def __getattr__(self, key: str) -> Any:

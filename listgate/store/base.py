@@ -109,6 +109,7 @@ class ListStore(abc.ABC):
         """Whether ``address`` is a member, in any delivery status (False for a malformed address).
 
         What a posting rule asks on every RCPT: stores answer it without building a :class:`Member`.
+        Raises :class:`StoreUnavailable` when the store cannot be read (callers answer 4xx).
         """
         return self.get_member(address) is not None
 
