@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["put", "MAX_ENTRIES", "MAX_TEXT"]
+__all__ = ["put", "put_text", "MAX_ENTRIES", "MAX_TEXT"]
 
 MAX_ENTRIES = 4096      # per memo, unless the memo says otherwise
 MAX_TEXT = 512          # longer address texts are not kept (RFC 5321 section 4.5.3.1.3: a path is <= 256 octets)
@@ -21,3 +21,9 @@ def put(memo: dict, key: Any, value: Any, limit: int = MAX_ENTRIES) -> None:
     if len(memo) >= limit:
         memo.clear()
     memo[key] = value
+
+
+def put_text(memo: dict, text: str, value: Any) -> None:
+    """:func:`put` for a memo keyed by an address text; texts over :data:`MAX_TEXT` characters are not kept."""
+    if len(text) <= MAX_TEXT:
+        put(memo, text, value)

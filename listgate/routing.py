@@ -252,15 +252,14 @@ class _Plan:
             local, domain = parts
             address = self.table.lookup(local, domain)
             seen = (address, None if address is None else self.lists[address.list_key], local.lower() == "postmaster")
-        if rcpt is not None and len(rcpt) <= memo.MAX_TEXT:
-            memo.put(self.recipients, rcpt, seen)
+        if rcpt is not None:
+            memo.put_text(self.recipients, rcpt, seen)
         return seen
 
     def sender(self, sender: str) -> tuple[str, str] | None:
         """``split_address(sender)``, kept in :attr:`senders` (bounded): posters send again and again."""
         parts = split_address(sender)
-        if len(sender) <= memo.MAX_TEXT:
-            memo.put(self.senders, sender, parts)
+        memo.put_text(self.senders, sender, parts)
         return parts
 
 

@@ -218,8 +218,7 @@ def _member_key(address: str) -> str | None:
             key = normalize(address)
         except ValueError:
             key = None
-        if len(address) <= memo.MAX_TEXT:
-            memo.put(_member_keys, address, key)
+        memo.put_text(_member_keys, address, key)
     return key
 
 
