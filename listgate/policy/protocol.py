@@ -16,7 +16,7 @@ from __future__ import annotations
 from .. import memo, routing
 
 __all__ = ["ProtocolError", "RequestParser", "decide", "rcpt_decision", "reply_for", "format_reply", "action_for",
-           "MAX_ATTRIBUTES"]
+           "DUNNO_ACTIONS", "MAX_ATTRIBUTES"]
 
 # Postfix sends about 30 attributes; a request with hundreds is not Postfix.
 MAX_ATTRIBUTES = 256
@@ -138,6 +138,11 @@ class RequestParser:
         return attrs or None
 
 
+_REFUSALS = ("reject", "tempfail")
+# the routing actions action_for answers with DUNNO: Postfix goes on with its other restrictions
+DUNNO_ACTIONS = tuple(a for a in routing.ACTIONS if a not in _REFUSALS and a != "discard")
+
+
 def action_for(decision: routing.RcptDecision) -> str:
     """The ``action=`` value for a routing decision (Postfix access(5) actions).
 
@@ -146,7 +151,7 @@ def action_for(decision: routing.RcptDecision) -> str:
     ``550 5.1.1 text`` / ``451 4.3.0 text`` (an explicit code: a bare ``REJECT``
     becomes 554 under Postfix's defaults); ``discard`` → ``DISCARD text``.
     """
-    if decision.action in ("reject", "tempfail"):
+    if decision.action in _REFUSALS:
         return _clean(decision.smtp_reply)
     if decision.action == "discard":
         return _clean(f"DISCARD {decision.text}".rstrip())

@@ -46,14 +46,13 @@ from ..config import Site, parse_socket
 from ..log import kv
 from ..routing import RcptDecision
 from ..store.sqlite import read_batch
-from .protocol import ProtocolError, RequestParser, action_for, format_reply, rcpt_decision, reply_for
+from .protocol import DUNNO_ACTIONS, ProtocolError, RequestParser, action_for, format_reply, rcpt_decision, reply_for
 
 __all__ = ["PolicyServer"]
 
 log = logging.getLogger("listgate.policy")
 _TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
 _DUNNO = format_reply("DUNNO")
-_DUNNO_ACTIONS = ("pass", "accept")     # protocol.action_for: every other action refuses
 _NO_LIMIT_RECHECK = 60.0     # seconds between looks at a connection when idle_timeout is 0
 
 
@@ -281,7 +280,7 @@ def _answer(site: Site, attrs: dict[str, str], refusals: list) -> bytes:
     """The encoded reply to one request; a refusal is also appended to ``refusals``."""
     try:
         decision = rcpt_decision(site, attrs)
-        if decision is None or decision.action in _DUNNO_ACTIONS:
+        if decision is None or decision.action in DUNNO_ACTIONS:
             return _DUNNO
         reply = reply_for(decision)
     except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message

@@ -34,8 +34,8 @@ while the WAL-index header, read from a shared mapping just before it, has
 not changed: every commit rewrites that header (:class:`_WalIndex`); when it
 cannot be read, the pragma runs every time.
 Inside :func:`read_batch` (a server answering requests that had all arrived
-before the block began), each connection runs the pragma once, at its first
-lookup in the block, instead of at every lookup (the argument is there).
+before the block began), each connection checks once, at its first lookup in
+the block, instead of at every lookup (the argument is there).
 Source: https://www.sqlite.org/pragma.html#pragma_data_version
 
 Source for the locking rules: https://www.sqlite.org/lang_transaction.html
@@ -791,8 +791,7 @@ class _WalIndex:
 
     @classmethod
     def of(cls, path: str) -> _WalIndex:
-        """The object of wal-index file ``path`` (the same for every name of the same file)."""
-        path = os.path.realpath(path)
+        """The object of wal-index file ``path``, a real path (no symlink in it): one per file."""
         with cls._lock:
             index = cls._open.get(path)
             if index is None:
@@ -910,8 +909,9 @@ _read_batch_numbers = itertools.count(1)
 
 
 class read_batch:
-    """``with read_batch():`` cached reads in this thread check ``PRAGMA data_version``
-    once per connection for the whole block, at that connection's first lookup in it.
+    """``with read_batch():`` cached reads in this thread check freshness (the WAL-index
+    header, then ``PRAGMA data_version`` if it moved) once per connection for the whole
+    block, at that connection's first lookup in it.
 
     For a server that answers, in one block, requests that had all arrived
     before the block began (:mod:`listgate.policy.server`: the requests read
