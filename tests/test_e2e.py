@@ -182,7 +182,7 @@ def test_5_whole_corpus_by_smtp(st, corpus):
     # the corpus's messages are the rows of its EXPECTED.tsv
     rows = (corpus / "EXPECTED.tsv").read_text(encoding="utf-8").splitlines()[1:]
     files = [corpus / row.split("\t", 1)[0] for row in rows if row]
-    assert len(files) == 392
+    assert files and all(path.is_file() for path in files)
     accepted = refused = 0
     for path in files:
         result = st.send("", [st.address("bounces")], path.read_bytes())
