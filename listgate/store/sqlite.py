@@ -179,9 +179,10 @@ class SQLiteStore(ListStore):
         SQLite neither checkpoints nor deletes the WAL of a database that was
         moved when its last connection closes, and a new file at the same name
         would be read through that WAL's frames (https://www.sqlite.org/howtocorrupt.html,
-        "Mispairing database files and hot journals"): so its frames go into the old file first, which also
-        leaves a file moved aside complete. Other processes still reading the
-        old file can keep SQLite from emptying the WAL (then it stays as is).
+        "Mispairing database files and hot journals"): so its frames go into
+        the old file first, which also leaves a file moved aside complete.
+        Another process still reading the old file can keep SQLite from
+        emptying the WAL (the checkpoint then waits up to the busy timeout).
         """
         try:
             held.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
