@@ -45,12 +45,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import sqlite3
 from typing import Any, NamedTuple
 
 from . import memo, verp
 from .addresses import ROLE_SUFFIXES, ListAddress, split_address, table_for
-from .store import StoreUnavailable, open_store
+from .store import StoreError, open_store
 from .store.tokens import is_token
 
 __all__ = ["RcptDecision", "decide_rcpt", "ACTIONS"]
@@ -180,7 +179,8 @@ def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str
 
 def _is_store_failure(exc: Exception) -> bool:
     # an unreadable VERP key file is also "cannot decide now": 4xx, the admin fixes it
-    return isinstance(exc, (StoreUnavailable, sqlite3.Error, OSError, verp.VerpKeyError))
+    # (StoreError: the store contract's failures; the backend's driver errors never get here)
+    return isinstance(exc, (StoreError, OSError, verp.VerpKeyError))
 
 
 # -- per-Site plans: what decisions need from a Site, worked out once per Site object.

@@ -13,7 +13,8 @@ import pytest
 from listgate import clock
 from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownToken,
                             close_all, open_store, store_path)
-from listgate.store.sqlite import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES, SCHEMA_VERSION, SQLiteStore
+from listgate.store.sqlite import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES, SQLiteStore
+from listgate.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from listgate.store.tokens import is_token
 
 LIST = "demo@lists.example.org"
@@ -226,7 +227,6 @@ def test_remember_without_an_owner_never_matches_one(store):
 
 
 def test_version_1_database_migrates_and_its_facts_have_no_owner(tmp_path):
-    from listgate.store.sqlite import MIGRATIONS
     path = str(tmp_path / "old.db")
     with sqlite3.connect(path, isolation_level=None) as conn:    # a file written by the version 1 code
         for statement in MIGRATIONS[0]:
@@ -359,7 +359,7 @@ def test_short_lived_threads_one_after_another_share_one_connection(store):
         assert _in_thread(store.get_member, "a@example.com").key == "a@example.com"
         if i % 30 == 0:
             _in_thread(store.add_event, BounceEvent(at=T0, address="a@example.com", bounce_class="soft"))
-    assert store._open_count == 1 and len(store._idle) == 1
+    assert len(store._idle) == 1
     assert _open_fds() - fds < 2            # not one more connection (each is 2 fds: the file and its WAL)
     assert len(store.events()) == 10
 
@@ -382,8 +382,8 @@ def test_overlapping_threads_open_no_more_connections_than_overlap(store):
             t.start()
         for t in threads:
             t.join(60)
-        assert store._open_count == width and len(store._idle) == width
-    assert _open_fds() - fds <= 2 * (width - 1)  # the store had one connection (and its wal-index) before
+        assert len(store._idle) == width
+    assert _open_fds() - fds <= 2 * (width - 1)  # the store had one connection before (each: db and WAL)
 
 
 def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(store):
@@ -417,7 +417,6 @@ def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(sto
         assert store.get_member("new@example.com") is None
         assert store.get_member("a@example.com").bounce_score == 0 and store.events() == []
         assert _in_thread(store.get_member, "new@example.com") is None
-        assert store._open_count == 2
     finally:
         finish.set()
         thread.join(60)
@@ -425,21 +424,6 @@ def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(sto
     assert seen["own writes"] == (True, 5, 1)
     assert store.get_member("new@example.com") is not None and store.get_member("a@example.com").bounce_score == 5
     assert _in_thread(lambda: len(store.events())) == 1
-
-
-def test_read_cache_is_shared_by_threads_and_exact_after_other_commits(store):
-    store.add_member("a@example.com")
-    assert _in_thread(store.get_member, "x@example.com") is None
-    assert "x@example.com" in store._idle[-1].view.members     # the next thread's connection, cache warm
-    with sqlite3.connect(store.path, isolation_level=None) as other:
-        other.execute("INSERT INTO members (key, address, subscribed_at) VALUES ('x@example.com', 'x@example.com', 0)")
-    assert _in_thread(store.get_member, "x@example.com").address == "x@example.com"
-    # two pooled connections: one caches a row, the other commits a change to it
-    with store._lease() as mine:
-        assert _in_thread(store.get_member, "x@example.com") is not None  # cached on the other connection
-        store.remove_member("x@example.com")                              # committed on mine
-        assert _in_thread(store.get_member, "x@example.com") is None      # the other's cache is stale: emptied
-        assert store._open_count == 2 and store._idle[0] is not mine
 
 
 def test_a_failing_transaction_gives_its_connection_back(store):
@@ -451,7 +435,7 @@ def test_a_failing_transaction_gives_its_connection_back(store):
     for _ in range(3):
         with pytest.raises(RuntimeError):
             _in_thread(fail)
-    assert store._open_count == 1 and not store._idle[0].conn.in_transaction and store._idle[0].depth == 0
+    assert len(store._idle) == 1 and not store._idle[0].conn.in_transaction and store._idle[0].depth == 0
     store.add_member("b@example.com")       # the write lock is free
     assert [m.key for m in store.members()] == ["b@example.com"]
 
@@ -470,10 +454,9 @@ def test_an_abandoned_transaction_is_rolled_back_without_touching_another_thread
     with store._lease() as mine:
         abandoned.clear()
         gc.collect()                        # the suspended block is finished here, on this thread
-        assert store._local.slot is mine
+        assert store._local.held is mine
         assert store.get_member("ghost@example.com") is None
     store.add_member("after@example.com")   # the abandoned write lock was released
-    assert store._open_count == len(store._idle)
 
 
 def test_close_lets_a_leased_connection_finish_its_transaction(store):
@@ -494,10 +477,9 @@ def test_close_lets_a_leased_connection_finish_its_transaction(store):
     store.close()
     with pytest.raises(StoreUnavailable):
         store.get_member("late@example.com")
-    assert store._open_count == 1           # the leased one stays open until its block ends
     finish.set()
     thread.join(60)
-    assert store._open_count == 0 and _open_fds() < fds
+    assert _open_fds() < fds                # the leased one closed when its block ended
     again = SQLiteStore(store.path, store.list_key)
     try:
         assert [m.key for m in again.members()] == ["late@example.com", "later@example.com"]
@@ -522,14 +504,12 @@ def test_forked_child_opens_its_own_connection(site, store):
     store.add_member("after@example.com")
 
 
-def test_read_cache_follows_this_connections_own_writes(store):
-    # get_member/peek_pending answer from a per-connection cache (listgate.store.sqlite):
-    # this connection's commits do not change PRAGMA data_version, so they must empty it
+def test_reads_follow_this_processs_own_writes_and_give_fresh_copies(store):
     assert store.get_member("a@example.com") is None and store.get_member("a@example.com") is None
     store.add_member("a@example.com")
     assert store.get_member("a@example.com").bounce_score == 0
     m = store.get_member("a@example.com")
-    m.bounce_score = 3.5                     # the caller's copy: never the cache's
+    m.bounce_score = 3.5                     # the caller's copy: not the store's
     assert store.get_member("a@example.com").bounce_score == 0
     store.save_member(m)
     assert store.get_member("a@example.com").bounce_score == 3.5
@@ -559,7 +539,7 @@ def test_read_cache_follows_this_connections_own_writes(store):
     assert store.peek_pending(rec.token) is None
 
 
-def test_read_cache_follows_other_connections_commits(store):
+def test_reads_see_other_connections_commits(store):
     import threading
     assert store.get_member("x@example.com") is None
     # another connection in this process: a plain sqlite3 one, then another thread's own
@@ -576,17 +556,6 @@ def test_read_cache_follows_other_connections_commits(store):
     thread.start()
     thread.join(30)
     assert store.peek_pending(rec.token) is None
-
-
-def test_read_cache_is_bounded(store, monkeypatch):
-    from listgate.store import sqlite as backend
-    monkeypatch.setattr(backend, "READ_CACHE_MAX", 3)
-    store.add_member("m@example.com")
-    with store._lease() as slot:
-        for i in range(10):
-            assert store.get_member(f"n{i}@example.com") is None
-            assert len(slot.view.members) <= 3
-    assert store.get_member("m@example.com") is not None
 
 
 def test_pending_payloads_are_fresh_objects(store):
@@ -621,36 +590,14 @@ def test_forked_child_uses_a_parent_store_object_through_its_own_connection(stor
         assert slot.conn is parent_conn and store.get_member("child@example.com") is not None
 
 
-def test_wal_index_mapping_lives_while_any_connection_to_the_database_is_open(store):
-    # one read-only mapping of DB-shm per database and process (listgate.store.sqlite._WalIndex): closing
-    # its descriptor would drop SQLite's own POSIX locks on the file, so it closes with the last connection
-    from listgate.store.sqlite import _WalIndex
-    other = SQLiteStore(store.path, LIST)
-    index = store._idle[0].wal_index
-    assert other._idle[0].wal_index is index and index.users == 2
-    before = index.header()
-    assert before is not None and len(before) == _WalIndex.HEADER_BYTES
-    store.close()
-    assert index.users == 1 and index.header() == before
-    other.add_member("new@example.com")
-    assert index.header() != before                     # a commit rewrote it
-    other.close()
-    assert index.users == 0 and index.map is None and index.fd == -1
-    again = SQLiteStore(store.path, LIST)
-    assert again._idle[0].wal_index is index and index.users == 1 and index.header() is not None
-    assert again.get_member("new@example.com") is not None
-    again.close()
-
-
 def _commit_elsewhere(path: str, address: str) -> None:
     """``address`` becomes a member, committed by another process."""
     code = f"from listgate.store.sqlite import SQLiteStore; SQLiteStore({path!r}, {LIST!r}).add_member({address!r})"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
-def test_store_dropped_unclosed_leaves_no_stale_wal_index(store):
-    # its connections are closed when the garbage collector takes them, and the wal-index with them:
-    # the last close deletes DB-shm, so a mapping kept past it would show a file nobody writes any more
+def test_store_dropped_unclosed_closes_its_connections(store):
+    # its connections are closed when the garbage collector takes them; the last close deletes DB-shm
     path = store.path
     store.close()
     fds = _open_fds()
@@ -678,13 +625,12 @@ def _dms_lock_holder(shm_path: str) -> int | None:
     return int(out) or None
 
 
-def test_a_store_opened_under_another_name_shares_the_wal_index(store, tmp_path):
-    # two names of one file: closing one store's descriptor of DB-shm must not drop the locks SQLite
-    # holds through the other's connections (https://www.sqlite.org/howtocorrupt.html section 2.2)
+def test_closing_a_store_opened_under_another_name_keeps_the_others_locks(store, tmp_path):
+    # two names of one file: closing one store's connections must not drop the locks SQLite
+    # holds through the other's (https://www.sqlite.org/howtocorrupt.html section 2.2)
     link = tmp_path / "elsewhere"
     link.symlink_to(os.path.dirname(store.path))
     alias = SQLiteStore(str(link / os.path.basename(store.path)), LIST)
-    assert alias._idle[0].wal_index is store._idle[0].wal_index
     assert _dms_lock_holder(store.path + "-shm") == os.getpid()
     alias.close()
     assert _dms_lock_holder(store.path + "-shm") == os.getpid()
@@ -692,48 +638,108 @@ def test_a_store_opened_under_another_name_shares_the_wal_index(store, tmp_path)
     assert store.get_member("still@example.com") is not None
 
 
-def test_a_symlinked_database_file_maps_the_wal_index_sqlite_uses(store, tmp_path):
+def test_a_symlinked_database_file_sees_commits_made_through_the_target(store, tmp_path):
     # SQLite follows a symlinked database file, so its DB-shm is next to the target; a stale copy next
-    # to the link (its header initialised, never written again) must not be taken for it
+    # to the link must not be taken for it
     real = store.path
     store.add_member("a@example.com")
     link = tmp_path / "link.db"
     shutil.copy(real + "-shm", str(link) + "-shm")
     link.symlink_to(real)
     via_link = SQLiteStore(str(link), LIST)
-    assert via_link._idle[0].wal_index is store._idle[0].wal_index
     assert via_link.get_member("late@example.com") is None
     _commit_elsewhere(real, "late@example.com")
     assert via_link.get_member("late@example.com") is not None
     via_link.close()
 
 
-def test_a_connection_collected_while_the_lock_is_held_is_closed_by_the_holder(store):
-    # the garbage collector may take a store's connection while another open or close of the same
-    # database holds the wal-index lock, even in the last instant before it is let go: the holder
-    # closes it before leaving (else it would stay open, and counted, until the next open or close)
-    index = store._idle[0].wal_index
-    dropped = [SQLiteStore(store.path, LIST)]
-    assert index.users == 2
 
-    class CollectedJustBeforeRelease:
-        def __init__(self, lock):
-            self.lock = lock
+# -- a store file found corrupt, missing or replaced (issue 20, item 4) ---------------------------
 
-        def acquire(self, blocking=True):
-            return self.lock.acquire(blocking)
+def _good_copy(store, path: str) -> None:
+    """A consistent copy of ``store``'s database at ``path`` (SQLite's online backup)."""
+    with sqlite3.connect(store.path) as src, sqlite3.connect(path) as dst:
+        src.backup(dst)
+    dst.close()
+    src.close()
 
-        def release(self):
-            if dropped:
-                dropped.clear()
-                gc.collect()            # the slot's finalizer finds the lock still held
-                assert len(index.orphans) == 1
-            self.lock.release()
 
-    index.lock = CollectedJustBeforeRelease(index.lock)
-    try:
-        with index.held():
-            pass
-    finally:
-        index.lock = index.lock.lock
-    assert not index.orphans and index.users == 1
+def _mv(src: str, dst: str) -> None:
+    os.rename(src, dst)                     # what mv(1) does within one file system
+
+
+def test_a_corrupt_store_file_replaced_by_mv_is_used_again_by_the_same_store(site, store, tmp_path):
+    store.add_member("a@example.com")
+    good = str(tmp_path / "good.db")
+    _good_copy(store, good)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"garbage, not SQLite" * 500)
+    _mv(str(junk), store.path)
+    for call in (lambda: store.get_member("a@example.com"), lambda: store.has_member("a@example.com"),
+                 lambda: store.add_member("b@example.com"), store.members):
+        with pytest.raises(StoreUnavailable, match="not a database"):
+            call()
+        with pytest.raises(StoreUnavailable):
+            _in_thread(call)                # another thread's connection too
+    _mv(good, store.path)
+    assert open_store(site, LIST) is store
+    assert store.get_member("a@example.com").key == "a@example.com"
+    assert _in_thread(store.has_member, "a@example.com") is True
+    store.add_member("b@example.com")
+    assert [m.key for m in store.members()] == ["a@example.com", "b@example.com"]
+    with sqlite3.connect(store.path) as conn:           # the writes went to the restored file
+        assert conn.execute("SELECT count(*) FROM members").fetchone()[0] == 2
+
+
+def test_a_store_file_corrupted_in_place_is_used_again_once_repaired(store):
+    store.add_member("a@example.com")
+    with sqlite3.connect(store.path) as other:          # everything into the main file, the WAL emptied
+        assert other.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0] == 0
+    other.close()
+    with open(store.path, "r+b") as fh:
+        header = fh.read(100)
+        fh.seek(0)
+        fh.write(b"garbage!" * 12 + b"junk")            # the same inode, its header destroyed
+    with pytest.raises(StoreUnavailable):
+        store.get_member("a@example.com")
+    with open(store.path, "r+b") as fh:
+        fh.write(header)                                # repaired in place
+    assert store.get_member("a@example.com") is not None
+    store.add_member("b@example.com")
+
+
+def test_a_connection_that_saw_a_bad_file_is_not_reused(store, tmp_path):
+    # SQLite raised on it: the next call opens a fresh connection, which reads the repaired file
+    store.add_member("a@example.com")
+    with store._lease() as held:
+        with pytest.raises(StoreUnavailable):
+            with store.transaction():
+                held.conn.execute("PRAGMA query_only = 1")
+                store.add_member("b@example.com")       # SQLITE_READONLY on this connection
+        held.conn.execute("PRAGMA query_only = 0")
+    assert held not in store._idle
+    store.add_member("b@example.com")       # a fresh connection, without the read-only setting
+
+
+def test_a_store_file_moved_away_is_unavailable_not_recreated_empty_then_used_again(store, tmp_path):
+    store.add_member("a@example.com")
+    aside = str(tmp_path / "aside.db")
+    _mv(store.path, aside)
+    with pytest.raises(StoreUnavailable):
+        store.get_member("a@example.com")   # never "no such member": the file is missing
+    with pytest.raises(StoreUnavailable):
+        store.add_member("b@example.com")
+    assert not os.path.exists(store.path)
+    _mv(aside, store.path)
+    assert store.get_member("a@example.com") is not None
+    store.add_member("b@example.com")
+    assert len(store.members()) == 2
+
+
+def test_driver_errors_never_reach_the_caller(store):
+    # the store contract's exceptions only: StoreUnavailable for "cannot now", StoreError for the rest
+    from listgate.store import StoreError
+    with pytest.raises(StoreError) as caught:
+        store._query("SELECT * FROM no_such_table")
+    assert not isinstance(caught.value, (StoreUnavailable, sqlite3.Error))
+    assert store.members() == []            # and the store works on

@@ -4,19 +4,25 @@ from __future__ import annotations
 import os
 import signal
 import sqlite3
+import subprocess
+import sys
 import threading
+import time
+from contextlib import closing
 
 import pytest
 
 from listgate import config
-from listgate.store import close_all, open_store
-from listgate.store.sqlite import _WalIndex
+from listgate.store import close_all, open_store, store_path
 
-from conftest import make_site
+from conftest import free_port, make_site
+from policy_helpers import closed_site, connect, rcpt_request, read_replies  # noqa: F401 - fixture
 from store_helpers import Worker, add_second_list, start_all
 
-A = "demo@lists.example.org"
-B = "other@lists.example.org"
+D = "lists.example.org"
+A = f"demo@{D}"
+B = f"other@{D}"
+REFUSED = "550 5.7.1 only members may post to this list"
 
 
 @pytest.fixture
@@ -100,16 +106,14 @@ def _in_new_thread(fn, *args):
 
 
 @pytest.mark.parametrize("read", [lambda fn, *args: fn(*args), _in_new_thread], ids=["one thread", "new threads"])
-def test_read_cache_sees_every_commit_of_another_process(site_path, workers, read):
-    # get_member/peek_pending answer from a cache guarded by PRAGMA data_version (listgate.store.sqlite);
-    # from new threads, every read leases the same pooled connection and its cache
+def test_reads_see_every_commit_of_another_process(site_path, workers, read):
     store = open_store(config.load(site_path), A)
     member, peek = store.get_member, store.peek_pending
 
     def elsewhere(*ops):
         return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
 
-    for _ in range(2):                                  # the second read is a cache hit
+    for _ in range(2):
         assert read(member, "late@example.com") is None
     elsewhere("add:late@example.com")
     assert read(member, "late@example.com").key == "late@example.com"
@@ -120,44 +124,8 @@ def test_read_cache_sees_every_commit_of_another_process(site_path, workers, rea
     assert read(peek, token).payload == {"member": "late@example.com"}
     elsewhere(f"confirm:{token}")
     assert read(peek, token) is None
-    assert store._open_count == 1
-
-
-@pytest.mark.parametrize("header", ["read", "unreadable"])
-def test_read_cache_asks_sqlite_only_when_the_wal_index_header_moved(site_path, workers, tmp_path, header,
-                                                                      monkeypatch):
-    # lookups outside a read_batch compare the WAL-index header first (listgate.store.sqlite._WalIndex)
-    # and run PRAGMA data_version only when it changed; without a readable header, at every lookup
-    store = open_store(config.load(site_path), A)
-    [slot] = store._idle
-    if header == "unreadable":      # put back at teardown (monkeypatch), before the store is closed
-        monkeypatch.setattr(slot, "wal_index", _WalIndex(str(tmp_path / "no-such-shm")))     # never mapped
-        assert slot.wal_index.header() is None
-    pragmas = []
-    slot.conn.set_trace_callback(lambda sql: pragmas.append(sql) if "data_version" in sql else None)
-
-    def elsewhere(*ops):
-        return spawn(workers, "ops", site_path, A, *ops).result(timeout=30)["done"]
-
-    lookups = 0
-    for cycle in range(3):
-        address = f"late{cycle}@example.com"
-        for _ in range(3):
-            assert store.get_member(address) is None
-        elsewhere(f"add:{address}")
-        assert store.get_member(address).key == address
-        if cycle:                                  # a TRUNCATE checkpoint: the next commit starts the WAL over
-            assert elsewhere("checkpoint") == ["checkpointed"]
-            assert store.get_member(address) is not None
-            lookups += 1
-        elsewhere(f"remove:{address}")
-        assert store.get_member(address) is None
-        lookups += 5
-    if header == "read":
-        # the first lookup, then one per commit seen (at most: a checkpoint rewrites the header too)
-        assert 1 + 2 * 3 <= len(pragmas) <= 1 + 2 * 3 + 2
-    else:
-        assert len(pragmas) == lookups
+    elsewhere("add:again@example.com", "checkpoint", "remove:again@example.com", "add:third@example.com")
+    assert read(member, "again@example.com") is None and read(member, "third@example.com") is not None
 
 
 def test_remember_owner_holds_across_processes(site_path, workers):
@@ -208,3 +176,59 @@ def _assert_integrity(path: str) -> None:
     with sqlite3.connect(path) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     assert os.path.getsize(path) > 0
+
+
+def test_a_running_policy_daemon_uses_a_store_file_put_back_with_mv(closed_site, tmp_path):
+    # issue 20 item 4: while the file is corrupt the daemon answers 451 and stays up; once a good
+    # file is moved back in place, the same process answers from it (no restart)
+    member = rcpt_request(f"demo@{D}", sender="member@example.com")
+    stranger = rcpt_request(f"demo@{D}", sender="stranger@example.net")
+    path = store_path(closed_site, A)
+    close_all()                                         # this process keeps no connection to the file
+    good = str(tmp_path / "good.db")
+    with closing(sqlite3.connect(path)) as src, closing(sqlite3.connect(good)) as dst:
+        src.backup(dst)
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"garbage, not SQLite" * 500)
+    spec = f"inet:127.0.0.1:{free_port()}"
+    daemon = subprocess.Popen([sys.executable, "-m", "listgate", "-c", closed_site.path, "policy", "--socket", spec],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        address = ("inet", ("127.0.0.1", int(spec.rpartition(":")[2])))
+        _wait_listening(address, daemon)
+
+        def ask(*requests: bytes) -> list[str]:
+            with connect(address) as s:
+                s.sendall(b"".join(requests))
+                return read_replies(s, len(requests))
+
+        assert ask(member, stranger) == ["DUNNO", REFUSED]
+        os.rename(junk, path)                           # mv junk.db demo@....db
+        for answer in ask(member, stranger) + ask(member):
+            assert answer.startswith("451 4.3.0 "), answer
+        assert daemon.poll() is None                    # stayed up
+        os.rename(good, path)                           # mv good.db demo@....db
+        assert ask(member, stranger) == ["DUNNO", REFUSED]
+        assert daemon.poll() is None                    # the same process
+    finally:
+        daemon.terminate()
+        try:
+            daemon.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            daemon.wait(timeout=10)
+        daemon.stderr.close()
+
+
+def _wait_listening(address, proc, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connect(address, timeout=1.0).close()
+            return
+        except OSError:
+            if proc.poll() is not None:
+                raise AssertionError(f"the policy daemon exited: {proc.stderr.read().decode(errors='replace')}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the policy daemon did not listen within {timeout}s")
+            time.sleep(0.05)

@@ -45,7 +45,6 @@ from .. import sockets
 from ..config import Site, parse_socket
 from ..log import kv
 from ..routing import RcptDecision
-from ..store.sqlite import read_batch
 from .protocol import DUNNO_ACTIONS, ProtocolError, RequestParser, action_for, format_reply, rcpt_decision, reply_for
 
 __all__ = ["PolicyServer"]
@@ -143,17 +142,14 @@ class PolicyServer:
         site = self.get_site()
         now = self._loop.time()
         refusals: list[tuple[RcptDecision, dict[str, str]]] = []
-        # every request of the batch was read before this point: one freshness check of
-        # each store connection serves them all (exactness: listgate.store.sqlite.read_batch)
-        with read_batch():
-            for conn, requests in batch:
-                if conn.lost:
-                    continue        # the client went away: its requests need no decision
-                conn.last_active = now
-                if len(requests) == 1:
-                    conn.transport.write(_answer(site, requests[0], refusals))
-                else:
-                    conn.transport.write(b"".join([_answer(site, attrs, refusals) for attrs in requests]))
+        for conn, requests in batch:
+            if conn.lost:
+                continue        # the client went away: its requests need no decision
+            conn.last_active = now
+            if len(requests) == 1:
+                conn.transport.write(_answer(site, requests[0], refusals))
+            else:
+                conn.transport.write(b"".join([_answer(site, attrs, refusals) for attrs in requests]))
         if refusals and log.isEnabledFor(logging.DEBUG):     # the level is asked only when there is a refusal
             for decision, attrs in refusals:
                 log.debug("%s %s", action_for(decision),

@@ -5,6 +5,7 @@ cached) store for list ``"name@domain"``; the embedded backend is one SQLite
 database per list at ``STATE_DIR/lists/NAME@DOMAIN.db``
 (implemented in ``listgate.store.sqlite``). Raises ``KeyError`` for a list the
 site does not define, ``StoreUnavailable`` when the database cannot be opened.
+Only this module names a backend: callers see :mod:`listgate.store.base`.
 """
 from __future__ import annotations
 
@@ -45,7 +46,7 @@ def open_store(site, list_key: str) -> ListStore:
             _cache.clear()  # the parent's stores hold the parent's connections
             _cache_pid = os.getpid()
         store = _cache.get(path)
-        if store is None or getattr(store, "closed", False):
+        if store is None or store.closed:
             from .sqlite import SQLiteStore
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)

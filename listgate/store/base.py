@@ -4,10 +4,12 @@ Callers never see SQL. A backend (``sqlite`` now, PostgreSQL later) implements
 :class:`ListStore`. One store per list; work on one list never waits for
 another. All times are POSIX seconds from :mod:`listgate.clock`.
 
-Errors: :class:`StoreError` (and subclasses) for anything the caller can
-report; a backend's own exceptions (sqlite3.OperationalError for a read-only
-or full disk, ...) are wrapped in :class:`StoreUnavailable` so front ends can
-answer 4xx.
+Errors: callers never see a backend's driver exceptions. A failure that
+means "cannot read or write durably now" (disk full or read-only, lock
+timeout, a corrupt, missing or unreachable database) is
+:class:`StoreUnavailable`: front ends answer 4xx, the runner retries later.
+Any other driver failure is a plain :class:`StoreError` (a bug). The
+subclasses below are answers to a request (not a member, unknown token, ...).
 """
 from __future__ import annotations
 
@@ -88,7 +90,18 @@ class PendingRecord:
 
 
 class ListStore(abc.ABC):
-    """One list's members, bounce info, evidence, events and pending records."""
+    """One list's members, bounce info, evidence, events and pending records.
+
+    What every backend guarantees its callers:
+
+    - Threads may share one store; each call (or :meth:`transaction` block)
+      is atomic and sees only committed data of other threads and processes.
+    - A store object used in a ``fork()``ed child works there, on the child's
+      own connections (the parent's are never used or closed by the child).
+    - Recovery without restart: after a :class:`StoreUnavailable` (database
+      unreachable, corrupt, replaced or missing), a later call works as soon
+      as the database is good again (nothing is kept from the failed state).
+    """
 
     list_key: str
 
@@ -108,8 +121,8 @@ class ListStore(abc.ABC):
     def has_member(self, address: str) -> bool:
         """Whether ``address`` is a member, in any delivery status (False for a malformed address).
 
-        What a posting rule asks on every RCPT: stores answer it without building a :class:`Member`.
-        Raises :class:`StoreUnavailable` when the store cannot be read (callers answer 4xx).
+        What a posting rule asks on every RCPT. Raises :class:`StoreUnavailable`
+        when the store cannot be read (callers answer 4xx).
         """
         return self.get_member(address) is not None
 
@@ -194,5 +207,11 @@ class ListStore(abc.ABC):
         Raises StoreUnavailable when the fact cannot be stored durably.
         """
 
+    @property
     @abc.abstractmethod
-    def close(self) -> None: ...
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (``open_store`` then gives a new store)."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release this process's connections; later calls raise :class:`StoreUnavailable`."""
