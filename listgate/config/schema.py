@@ -23,6 +23,7 @@ class Field:
     maximum: float | None = None
     section: "Section | None" = None
     doc: str = ""
+    deprecated: bool = False       # accepted so old site files load, ignored; not in the reference
 
 
 @dataclass(frozen=True)
@@ -47,7 +48,7 @@ MILTER = Section({
                               "to drop a retried SMTP transaction's second copy"),
     # deprecated: accepted so an old site file still loads, ignored; `listgate check` and the
     # milter warn while it is set (None: absent)
-    "preallocate_qfiles": Field("int", None, minimum=0,
+    "preallocate_qfiles": Field("int", None, minimum=0, deprecated=True,
                                 doc="deprecated and ignored (qfiles are no longer written in advance): delete it"),
 })
 
