@@ -171,43 +171,23 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
 
 
 _IN_QUEUES: dict[str, Switchboard] = {}
-_keep_pool_filled = False   # set by prepare_in_queue: this process is the milter
 
 
 def _in_queue(site: Site) -> Switchboard:
-    """The site's ``in`` queue, one instance per process: its recycle pool and the
-    group commit of its directory fsyncs are shared by the milter's threads (and
-    no mkdir/listdir per message). In the milter (:func:`prepare_in_queue`) it
-    keeps ``milter.preallocate_qfiles`` slot files, even when it is first made
-    after a failed start-up fill."""
+    """The site's ``in`` queue, one instance per process: the group commit of its
+    directory fsyncs is shared by the milter's threads (and no mkdir per message)."""
     sb = _IN_QUEUES.get(site.queue_dir)
     if sb is None:
-        preallocate = site.conf.milter.preallocate_qfiles if _keep_pool_filled else 0
-        sb = _IN_QUEUES[site.queue_dir] = Switchboard.for_site(site, "in", preallocate=preallocate)
+        sb = _IN_QUEUES[site.queue_dir] = Switchboard.for_site(site, "in")
     else:
-        # a reload changed runner.max_attempts: keep this instance (its pool refill) up to date
-        sb.max_attempts = site.conf.runner.max_attempts
+        sb.max_attempts = site.conf.runner.max_attempts  # a reload may have changed it
     return sb
 
 
 def forget_in_queues() -> None:
     """Drop this process's ``in`` queue instances (their directories may be gone:
     tests that reuse a path)."""
-    global _keep_pool_filled
     _IN_QUEUES.clear()
-    _keep_pool_filled = False
-
-
-def prepare_in_queue(site: Site) -> int:
-    """For a long-lived front end (the milter): make this process's ``in`` queue keep
-    ``milter.preallocate_qfiles`` slot files written in advance
-    (:meth:`Switchboard.preallocate`), so storing a post creates no file. Returns
-    how many were made now. Raises QueueError when the queue cannot be written.
-    ``listgate inject`` (one message per process) does not call it: it takes
-    slot files from the same pool, which the milter or the runner refills."""
-    global _keep_pool_filled
-    _keep_pool_filled = True
-    return _in_queue(site).preallocate()
 
 
 def _queue(sb: Switchboard, msg: bytes, meta: dict, item: Stored) -> None:

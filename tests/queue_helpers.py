@@ -2,8 +2,7 @@
 
 Run as a script, it is the child of the crash-safety tests::
 
-    python queue_helpers.py writer QUEUE_DIR SEED [N]  enqueue forever (keeping N pre-allocated pool files,
-                                                       default 0); print "ID N" after each enqueue returns
+    python queue_helpers.py writer QUEUE_DIR SEED      enqueue forever; print "ID N" after each enqueue returns
     python queue_helpers.py consumer QUEUE_DIR [plain] dequeue (+ update unless plain) + finish forever;
                                                        print "ID" just before each finish
 """
@@ -16,23 +15,8 @@ import time
 
 
 def queue_files(qdir: str) -> list[str]:
-    """Names in a queue directory, leaving out the pool of recycled files (``.recycle``)."""
-    return sorted(n for n in os.listdir(qdir) if n != ".recycle")
-
-
-def pool_problems(qdir: str) -> list[str]:
-    """What is wrong with a queue's pool at rest: temporary files left behind, or files
-    that are not a whole slot of written blocks (which a writer would have to extend)."""
-    from listgate.queue.pool import POOL_SLOT_SIZE
-    pool = os.path.join(qdir, ".recycle")
-    problems = []
-    for name in sorted(os.listdir(pool)):
-        st = os.stat(os.path.join(pool, name))
-        if name.startswith("."):
-            problems.append(f"temporary file {name}")
-        elif st.st_size != POOL_SLOT_SIZE or st.st_blocks * 512 < POOL_SLOT_SIZE:
-            problems.append(f"{name}: {st.st_size} bytes, {st.st_blocks} blocks")
-    return problems
+    """The names in a queue directory, sorted."""
+    return sorted(os.listdir(qdir))
 
 
 def make_message(seed: int, n: int) -> bytes:
@@ -46,10 +30,10 @@ def make_message(seed: int, n: int) -> bytes:
     return head + tricky + rng.randbytes(size)
 
 
-def _writer(queue_dir: str, seed: int, preallocate: int) -> None:
+def _writer(queue_dir: str, seed: int) -> None:
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from listgate.queue import Switchboard
-    sb = Switchboard(queue_dir, "in", preallocate=preallocate)
+    sb = Switchboard(queue_dir, "in")
     n = 0
     out = sys.stdout
     while True:
@@ -100,7 +84,7 @@ def _progress(queue_dir: str) -> None:
 
 if __name__ == "__main__":
     if sys.argv[1] == "writer":
-        _writer(sys.argv[2], int(sys.argv[3]), int(sys.argv[4]) if len(sys.argv) > 4 else 0)
+        _writer(sys.argv[2], int(sys.argv[3]))
     elif sys.argv[1] == "consumer":
         _consumer(sys.argv[2], sys.argv[3:] != ["plain"])
     elif sys.argv[1] == "progress":

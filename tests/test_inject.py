@@ -6,7 +6,6 @@ mounts (skipped where mounting is not possible).
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -223,18 +222,3 @@ def test_cli_store_unavailable_exits_75(site, corpus):
     # owner mail needs no store until the runner takes it
     assert run_inject(site, MSG, "-r", "demo-owner@lists.example.org").returncode == 0
     assert [q.meta["role"] for q in queued(site)] == ["owner"]
-
-
-def test_milter_keeps_its_pool_target_after_a_failed_start_up_fill(site):
-    """prepare_in_queue fails (the in queue cannot be made): the instance made later,
-    at the first post, still refills the pool to milter.preallocate_qfiles."""
-    from listgate.queue import QueueError
-    qin = Path(site.queue_dir) / "in"
-    shutil.rmtree(qin)
-    qin.write_text("not a directory")
-    with pytest.raises(QueueError):
-        inject.prepare_in_queue(site)
-    qin.unlink()
-    assert inject.store_message(site, MSG, "alice@example.net", routed(site, LIST))[0].outcome == "queued"
-    sb = inject._in_queue(site)
-    assert sb._pool.target == site.conf.milter.preallocate_qfiles > 0 and sb._pool.refill

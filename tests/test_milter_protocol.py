@@ -17,7 +17,6 @@ import pytest
 from miltertest import constants as mc
 
 from listgate.queue import Switchboard
-from listgate.queue.pool import POOL, POOL_SLOT_SIZE
 
 from conftest import free_port, make_site
 from milter_helpers import REPO, Client, Daemon, short_dir
@@ -75,26 +74,6 @@ def test_socket_mode_and_owner(daemon, unix_site):
     st = os.stat(daemon.connect_to)
     assert stat.S_ISSOCK(st.st_mode)
     assert stat.S_IMODE(st.st_mode) == int(unix_site.conf.milter.socket_mode, 8) == 0o660
-
-
-def test_posts_overwrite_files_written_in_advance(daemon, unix_site):
-    """The daemon fills the in queue's pool before it listens; a post takes one of
-    those files (same inode, size unchanged) instead of creating one."""
-    pool = Path(unix_site.queue_dir) / "in" / POOL
-    slots = {f.stat().st_ino: f.stat().st_size for f in pool.iterdir()}
-    assert len(slots) == unix_site.conf.milter.preallocate_qfiles > 0
-    assert set(slots.values()) == {POOL_SLOT_SIZE}
-    c = Client(daemon.connect())
-    c.connect(ip="192.0.2.10")
-    c.mail("alice@example.net")
-    c.rcpt("demo-owner@lists.example.org")
-    c.data()
-    assert codes(c.message(POST, qid="4PRE")) == [mc.SMFIR_DISCARD]
-    c.quit()
-    [qf] = queued(unix_site)
-    st = os.stat(qf.path)
-    assert st.st_ino in slots and st.st_size == POOL_SLOT_SIZE
-    assert qf.msg == POST
 
 
 def test_transactions_on_one_connection(daemon, unix_site):

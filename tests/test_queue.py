@@ -6,17 +6,13 @@ import os
 import stat
 import subprocess
 import sys
-import threading
 import time
 import zlib
-from pathlib import Path
 
 import pytest
 
 from listgate import clock
-from listgate.queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile, slice_of
-from listgate.queue.pool import POOL_MAX_FILES, POOL_SLOT_SIZE
-from listgate.queue.switchboard import id_arrival
+from listgate.queue import QUEUES, QFileFormatError, QueueError, Switchboard, id_arrival, qfile, slice_of
 
 from queue_helpers import queue_files
 
@@ -30,6 +26,7 @@ MESSAGES = [
     b"Subject: tricks\r\n\r\n\n--- message ---\nlistgate-qfile 1\n{\"arrival\": 0}\n--- message ---\n",
     b"\n--- message ---\n",
     bytes(range(256)) * 64,
+    b"Subject: big\r\n\r\n" + bytes(range(256)) * 400,   # 100 KB
 ]
 
 
@@ -56,9 +53,7 @@ def test_file_is_readable_text_with_version_and_one_key_per_line(qroot):
                      arrival=1700000000.25)
     data = open(os.path.join(sb.dir, qid + ".qf"), "rb").read()
     lines = data.split(b"\n")
-    # a new file (the pool is empty): LENGTH is the rest of the file, no padding
-    rest = data[len(lines[0]) + 1:]
-    assert lines[0] == b"listgate-qfile 2 %d %08x" % (len(rest), zlib.crc32(rest))
+    assert lines[0] == b"listgate-qfile 1"  # plain text: no length, no checksum, no padding
     assert lines[1] == b"{"
     assert b' "arrival": 1700000000.25,' in lines
     assert b' "attempts": 0,' in lines
@@ -94,8 +89,7 @@ def test_reader_dispatches_on_format_version():
     assert (meta, msg) == ({}, b"abc")
     with pytest.raises(QFileFormatError, match="version 3 is not readable"):
         qfile.loads(b"listgate-qfile 3 19\n{}\n--- message ---\nabc")
-    assert qfile.FORMAT_VERSION in qfile._READERS
-    assert all(v in qfile._READERS for v in range(1, qfile.FORMAT_VERSION + 1))
+    assert qfile.FORMAT_VERSION == 1 and set(qfile._READERS) == {1, 2}  # 2: written by older releases
 
 
 def _v2(proper: bytes, *, length: int | None = None, crc: bytes | None = None, padding: bytes = b"") -> bytes:
@@ -106,18 +100,60 @@ def _v2(proper: bytes, *, length: int | None = None, crc: bytes | None = None, p
     return b"listgate-qfile 2 %d %s\n" % (length, crc) + proper + padding
 
 
+def v2_file(meta: dict, msg: bytes, *, padding: bytes = b"") -> bytes:
+    """A qfile as releases with a slot pool wrote it: version 2 with LENGTH and CRC32,
+    then ``padding`` (the old content of the slot file)."""
+    return _v2(qfile.dumps(meta, msg).split(b"\n", 1)[1], padding=padding)
+
+
 @pytest.mark.parametrize("msg", MESSAGES)
 def test_version_2_padding_is_ignored_exactly(msg):
     """What follows LENGTH (the old content of a slot file) is not part of the message,
     even when it looks like one: a separator, a first line, JSON, the message again."""
     meta = {"list": "demo@example.org", "n": [1, "\u00e9"]}
-    data = qfile.dumps(meta, msg)
+    data = v2_file(meta, msg)
     assert qfile.loads(data) == (meta, msg)  # no padding: LENGTH is the rest of the file
     padding = b"\n--- message ---\nlistgate-qfile 2 5\n{}" + msg + bytes(range(256)) + b"\0" * 1000
-    assert qfile.loads(data + padding) == (meta, msg)
+    assert qfile.loads(v2_file(meta, msg, padding=padding)) == (meta, msg)
     assert qfile.loads(data + b"\0") == (meta, msg)
     with pytest.raises(QFileFormatError, match="cut short"):
         qfile.loads(data[:-1])
+
+
+def test_version_2_qfiles_left_by_an_upgrade_are_delivered_and_rewritten_as_plain_text(qroot):
+    """An upgrade strands no queued mail: padded version 2 files, waiting and held, are
+    read, recovered and moved; what listgate writes for them is version 1 text."""
+    sb = Switchboard(qroot, "in")
+    msgs = [b"Subject: waiting\r\n\r\nbody\r\n", b"Subject: held\r\n\r\n\xe9\x00\r\n"]
+    ids = ["1700000000000000000-1-000000-0000000a", "1700000000000000001-1-000000-0000000b"]
+    for qid, msg, suffix in zip(ids, msgs, (".qf", ".held")):
+        with open(os.path.join(sb.dir, qid + suffix), "wb") as fh:
+            fh.write(v2_file({"list": "demo@example.org", "attempts": 0}, msg, padding=b"OLD MAIL\r\n" * 5000))
+    assert sb.recover() == 1  # the held one goes back with attempts 1, written as version 1
+    assert open(os.path.join(sb.dir, ids[1] + ".qf"), "rb").read().startswith(b"listgate-qfile 1\n")
+    got = [sb.dequeue(), sb.dequeue()]
+    assert [q.msg for q in got] == msgs and [q.meta["attempts"] for q in got] == [0, 1]
+    sb.move(got[0], "out")
+    data = open(os.path.join(qroot, "out", ids[0] + ".qf"), "rb").read()
+    assert data.startswith(b"listgate-qfile 1\n") and b"OLD MAIL" not in data
+    assert Switchboard(qroot, "out").dequeue().msg == msgs[0] and Switchboard(qroot, "bad").ids() == []
+
+
+def test_a_qfile_edited_in_place_is_read_not_sent_to_bad(qroot):
+    """An admin opens a stored qfile in a text editor and changes the message and the
+    metadata in place (lengths change, the editor adds a final newline)."""
+    sb = Switchboard(qroot, "in")
+    qid = sb.enqueue(b"Subject: x\r\n\r\nbody\r\n", {"list": "demo@example.org", "recipients": ["a@x.org"]})
+    path = os.path.join(sb.dir, qid + ".qf")
+    with open(path, "r+b") as fh:
+        data = fh.read().replace(b'"a@x.org"', b'"a@x.org", "second@x.org"').replace(b"body", b"a longer body")
+        fh.seek(0)
+        fh.write(data + b"\n")
+    qf = sb.dequeue()
+    assert qf is not None and Switchboard(qroot, "bad").ids() == []
+    assert qf.meta["recipients"] == ["a@x.org", "second@x.org"]
+    assert qf.msg == b"Subject: x\r\n\r\na longer body\r\n\n"
+
 
 @pytest.mark.parametrize("content,why", [
     (b"", "first line"),
@@ -311,165 +347,6 @@ def test_finish_update_release(qroot):
     sb.finish(again)  # twice is harmless
 
 
-def _pool_files(sb: Switchboard) -> dict[str, os.stat_result]:
-    """The ready files of the queue's pool (temporary names left out), by name."""
-    pool = os.path.join(sb.dir, ".recycle")
-    return {n: os.stat(os.path.join(pool, n)) for n in os.listdir(pool) if not n.startswith(".")}
-
-
-def _is_slot(st: os.stat_result) -> bool:
-    # every block allocated: no hole the next writer would fill (st_blocks is in 512-byte units)
-    return st.st_size == POOL_SLOT_SIZE and st.st_blocks * 512 >= POOL_SLOT_SIZE
-
-
-def test_finished_files_become_slots_that_are_overwritten_in_place(qroot):
-    sb = Switchboard(qroot, "in")
-    long_msg = b"Subject: long\r\n\r\n" + b"L" * 50_000
-    qid = sb.enqueue(long_msg, {})
-    assert os.path.getsize(os.path.join(sb.dir, qid + ".qf")) < POOL_SLOT_SIZE  # a new file, as long as the qfile
-    sb.finish(sb.dequeue())
-    [(_, slot)] = _pool_files(sb).items()
-    assert _is_slot(slot) and sb.ids() == []  # padded with written zeros to a whole slot
-    # a shorter message is written over the slot: same inode, same size, no truncation ...
-    qid = sb.enqueue(b"short", {"n": 1})
-    assert _pool_files(sb) == {}
-    path = os.path.join(sb.dir, qid + ".qf")
-    st = os.stat(path)
-    assert (st.st_ino, st.st_size) == (slot.st_ino, POOL_SLOT_SIZE)
-    raw = open(path, "rb").read()
-    first, rest = raw.split(b"\n", 1)
-    length = int(first.split()[2])
-    assert rest[:length].endswith(b"\n--- message ---\nshort")
-    assert b"L" * 1000 in rest[length:]  # the old message's bytes are still there, as padding ...
-    qf = sb.dequeue()
-    assert qf.msg == b"short" and qf.meta["n"] == 1  # ... and none leak into the qfile
-    sb.finish(qf)
-    # a longer one that fits reuses the slot too, and reads back exactly
-    sb.enqueue(long_msg + b"more", {})
-    qf = sb.dequeue()
-    assert qf.msg == long_msg + b"more" and os.path.getsize(qf.path) == POOL_SLOT_SIZE
-    sb.finish(qf)
-    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]
-    assert queue_files(sb.dir) == [] and sb.dequeue() is None and sb.recover() == 0
-
-
-def test_a_qfile_bigger_than_a_slot_gets_its_own_file(qroot):
-    sb = Switchboard(qroot, "in")
-    sb.finish(sb.dequeue() if sb.enqueue(b"small", {}) else None)
-    [slot] = _pool_files(sb).values()
-    big = b"Subject: big\r\n\r\n" + bytes(range(256)) * (POOL_SLOT_SIZE // 256 + 1)
-    qid = sb.enqueue(big, {})
-    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]  # the slot was left alone
-    path = os.path.join(sb.dir, qid + ".qf")
-    assert os.stat(path).st_ino != slot.st_ino
-    assert os.path.getsize(path) > POOL_SLOT_SIZE
-    qf = sb.dequeue()
-    assert qf.msg == big
-    sb.finish(qf)  # unlinked, not pooled
-    assert list(_pool_files(sb).values()) == [slot] and queue_files(sb.dir) == []
-    # the boundary: a qfile of exactly a slot's size takes the slot, one byte more does not
-    meta = {"arrival": 1.0, "attempts": 0}
-    n = POOL_SLOT_SIZE - len(qfile.dumps(meta, b""))
-    n -= len(qfile.dumps(meta, b"x" * n)) - POOL_SLOT_SIZE  # LENGTH has more digits now
-    assert len(qfile.dumps(meta, b"x" * n)) == POOL_SLOT_SIZE
-    for size, takes_slot in ((n + 1, False), (n, True)):
-        qid = sb.enqueue(b"x" * size, {}, arrival=1.0)
-        assert (os.stat(os.path.join(sb.dir, qid + ".qf")).st_ino == slot.st_ino) == takes_slot
-        qf = sb.dequeue()
-        assert qf.msg == b"x" * size
-        sb.finish(qf)
-
-
-def test_the_pool_is_capped(qroot):
-    sb = Switchboard(qroot, "in")
-    for i in range(POOL_MAX_FILES + 10):
-        sb.enqueue(b"%d" % i, {})
-    while (qf := sb.dequeue()) is not None:
-        sb.finish(qf)
-    pool = _pool_files(sb)
-    assert len(pool) == POOL_MAX_FILES and all(_is_slot(st) for st in pool.values())
-    assert queue_files(sb.dir) == []
-
-
-def test_a_discarded_staged_slot_goes_back_to_the_pool(qroot):
-    sb = Switchboard(qroot, "in")
-    sb.finish(sb.dequeue() if sb.enqueue(b"first", {}) else None)
-    [slot] = _pool_files(sb).values()
-    staged = sb.stage(b"a duplicate", {})
-    assert _pool_files(sb) == {}
-    staged.discard()
-    assert [st.st_ino for st in _pool_files(sb).values()] == [slot.st_ino]
-    assert queue_files(sb.dir) == [] and sb.ids() == []
-
-
-def test_preallocate_makes_written_slot_files_beyond_the_default_cap(qroot):
-    n = POOL_MAX_FILES + 6
-    sb = Switchboard(qroot, "in", preallocate=n)
-    assert sb.preallocate() == n
-    pool = _pool_files(sb)
-    assert len(pool) == n and all(_is_slot(st) for st in pool.values())
-    assert sb.preallocate() == 0  # full already
-    assert Switchboard(qroot, "in").preallocate() == 0  # off by default
-    with pytest.raises(ValueError):
-        Switchboard(qroot, "in", preallocate=-1)
-    # the cap allows the target: finished qfiles still go to the pool above POOL_MAX_FILES
-    sb.enqueue(b"x" * 100_000, {})  # bigger than a slot: takes none
-    sb.finish(sb.dequeue())
-    assert len(_pool_files(sb)) == n
-    plain = Switchboard(qroot, "in")  # no target: it never refills, and its cap is POOL_MAX_FILES
-    plain.enqueue(b"y", {})  # a slot leaves the pool ...
-    plain.finish(plain.dequeue())  # ... and is unlinked: the pool is above plain's cap
-    assert len(_pool_files(sb)) == n - 1
-    plain.enqueue(b"z", {})
-    sb.finish(sb.dequeue())  # finished by the switchboard whose cap allows its target: pooled
-    assert len(_pool_files(sb)) == n - 1
-
-
-def _wait_for(condition, what: str, timeout: float = 30.0) -> None:
-    """Poll ``condition`` until true; fail after ``timeout`` seconds (a hang, not a speed check)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(f"gave up waiting for {what}")
-        time.sleep(0.005)
-
-
-def test_background_refill_tops_the_pool_up_at_the_lowest_priority(qroot):
-    sb = Switchboard(qroot, "in", preallocate=8)
-    assert sb.preallocate() == 8
-    ids = [sb.enqueue(b"Subject: %d\r\n\r\n" % i, {}) for i in range(6)]
-    stored = [os.stat(os.path.join(sb.dir, q + ".qf")) for q in ids]
-    assert all(_is_slot(st) for st in stored)  # each took a slot: the pool never ran dry
-    _wait_for(lambda: len(_pool_files(sb)) >= 8, "the refill thread")
-    pool = _pool_files(sb)
-    assert all(_is_slot(st) for st in pool.values())
-    assert not {st.st_ino for st in stored} & {st.st_ino for st in pool.values()}
-    [refill] = [t for t in threading.enumerate() if t.name == "listgate-pool-refill" and t.is_alive()
-                and sb._pool._thread is t]
-    with open(f"/proc/self/task/{refill.native_id}/stat") as fh:
-        nice = int(fh.read().rsplit(")", 1)[1].split()[16])  # field 19 of proc(5)
-    assert nice == 19
-    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == 0  # only that thread
-    got = []
-    while (qf := sb.dequeue()) is not None:
-        got.append(qf.id)
-        sb.finish(qf)
-    assert got == ids
-
-
-def test_a_pool_file_still_linked_to_a_qfile_is_never_overwritten(qroot):
-    """After a crash on a file system that lost a rename, a pool entry could share its
-    inode with a stored qfile; enqueue must not write through it."""
-    sb = Switchboard(qroot, "in")
-    qid = sb.enqueue(b"stored", {})
-    for name in os.listdir(os.path.join(sb.dir, ".recycle")):
-        os.unlink(os.path.join(sb.dir, ".recycle", name))
-    os.link(os.path.join(sb.dir, qid + ".qf"), os.path.join(sb.dir, ".recycle", "ghost"))
-    other = sb.enqueue(b"new", {})
-    assert sb.peek(qid).msg == b"stored" and sb.peek(other).msg == b"new"
-    assert os.listdir(os.path.join(sb.dir, ".recycle")) == []
-
-
 def test_one_switchboard_shared_by_threads(qroot):
     """A runner's delivery threads enqueue, update and finish through one instance."""
     from concurrent.futures import ThreadPoolExecutor
@@ -554,20 +431,13 @@ def test_recover_removes_temp_files_of_dead_writers_only(qroot):
     dead_pid = int(dead.stdout)
     stale = os.path.join(sb.dir, f".0000000000000000001-1-000000-00000000.{dead_pid}.7.tmp")
     live = os.path.join(sb.dir, f".0000000000000000002-1-000000-00000000.{os.getpid()}.8.tmp")
-    # in the pool: a slot file being made, a finished qfile being padded
-    pool = os.path.join(sb.dir, ".recycle")
-    stale_slot = os.path.join(pool, f".slot-{dead_pid}-3-0badcafe.{dead_pid}.9.tmp")
-    stale_pad = os.path.join(pool, f".0000000000000000003-1-000000-00000000.{dead_pid}.10.tmp")
-    live_slot = os.path.join(pool, f".slot-{os.getpid()}-3-0badcafe.{os.getpid()}.11.tmp")
-    for p in (stale, live, stale_slot, stale_pad, live_slot):
+    for p in (stale, live):
         with open(p, "wb") as fh:
-            fh.write(b"listgate-qfile 2 99\n{")  # half written
+            fh.write(b"listgate-qfile 1\n{")  # half written
     assert sb.dequeue() is None and sb.ids() == []
-    assert _pool_files(sb) == {}  # never claimed
     assert sb.enqueue(b"x", {}) and sb.dequeue().msg == b"x"
     sb.recover()
-    assert [os.path.exists(p) for p in (stale, live, stale_slot, stale_pad, live_slot)] == \
-        [False, True, False, False, True]
+    assert [os.path.exists(p) for p in (stale, live)] == [False, True]
 
 
 def test_enqueue_rejects_bad_input_before_touching_disk(qroot):
@@ -624,54 +494,9 @@ def _plant(path: str, kind: str, target: str = "") -> None:
         os.mkdir(path)
 
 
-def test_symlinks_in_the_pool_are_removed_never_written_through(qroot, tmp_path):
-    """Finding 2: two pool symlinks to one outside file made two posts share it (the first lost)."""
-    sb = Switchboard(qroot, "in")
-    outside = tmp_path / "shared"
-    outside.write_bytes(bytes(POOL_SLOT_SIZE))
-    pool = os.path.join(sb.dir, ".recycle")
-    for name in ("slotA", "slotB"):
-        _plant(os.path.join(pool, name), "symlink", str(outside))
-    ids = [sb.enqueue(b"Subject: post %d\r\n\r\nBODY %d\r\n" % (n, n), {}) for n in (1, 2)]
-    assert outside.read_bytes() == bytes(POOL_SLOT_SIZE)
-    assert os.listdir(pool) == []
-    for n, qid in enumerate(ids, 1):
-        path = os.path.join(sb.dir, qid + ".qf")
-        assert not os.path.islink(path) and os.stat(path).st_mode & 0o777 == 0o600
-        assert sb.peek(qid).msg == b"Subject: post %d\r\n\r\nBODY %d\r\n" % (n, n)
-
-
-@pytest.mark.parametrize("kind", ["fifo", "dir"])
-def test_fifos_and_directories_in_the_pool_neither_hang_nor_fail_a_writer(qroot, kind):
-    """Finding 4/10: a FIFO in the pool hung inject; a directory was claimed, and the
-    writer then failed with EEXIST (SMTP 451) and left it in the queue."""
-    sb = Switchboard(qroot, "in", preallocate=1)
-    pool = os.path.join(sb.dir, ".recycle")
-    _plant(os.path.join(pool, "odd"), kind)
-    assert sb.preallocate() == 1  # the odd entry does not count as a slot
-    ids = [sb.enqueue(b"m%d" % n, {}) for n in range(3)]  # the pool's slot, then new files
-    assert [sb.peek(q).msg for q in ids] == [b"m0", b"m1", b"m2"]
-    assert queue_files(sb.dir) == sorted(q + ".qf" for q in ids)
-    # a FIFO is unlinked; a directory is left alone, never claimed
-    assert os.path.isdir(os.path.join(pool, "odd")) == (kind == "dir")
-    assert not os.path.exists(os.path.join(pool, "odd")) or kind == "dir"
-
-
-def test_a_planted_slot_file_is_made_private_before_a_qfile_is_written_into_it(qroot):
-    sb = Switchboard(qroot, "in")
-    slot = os.path.join(sb.dir, ".recycle", "planted")
-    with open(slot, "wb") as fh:
-        fh.write(bytes(POOL_SLOT_SIZE))
-    os.chmod(slot, 0o644)
-    qid = sb.enqueue(b"private", {})
-    path = os.path.join(sb.dir, qid + ".qf")
-    assert os.stat(path).st_size == POOL_SLOT_SIZE  # it was the planted slot
-    assert os.stat(path).st_mode & 0o777 == 0o600
-
-
-def test_finishing_never_takes_a_symlink_into_the_pool(qroot, tmp_path):
+def test_finishing_a_held_symlink_unlinks_it_never_its_target(qroot, tmp_path):
     """A held name that is a symlink at finish time (replaced by hand) is unlinked: its
-    target is neither padded nor made a slot."""
+    target is left as it was."""
     sb = Switchboard(qroot, "in")
     sb.enqueue(b"x", {})
     qf = sb.dequeue()
@@ -681,7 +506,7 @@ def test_finishing_never_takes_a_symlink_into_the_pool(qroot, tmp_path):
     os.symlink(outside, qf.path)
     sb.finish(qf)
     assert outside.read_bytes() == b"keep me" and os.stat(outside).st_mode & 0o777 != 0
-    assert _pool_files(sb) == {} and queue_files(sb.dir) == []
+    assert queue_files(sb.dir) == []
 
 
 @pytest.mark.parametrize("kind,what", [
@@ -760,17 +585,12 @@ def test_a_progress_file_that_is_not_a_regular_file_is_ignored_and_set_aside(qro
 
 
 def test_temp_names_with_impossible_pids_are_removed_not_a_crash(qroot):
-    """Finding 9: .slot-x.99999999999.0.tmp made the milter's fill and the runner's recover
-    die with OverflowError."""
-    sb = Switchboard(qroot, "in", preallocate=1)
-    pool = os.path.join(sb.dir, ".recycle")
+    """Finding 9: .slot-x.99999999999.0.tmp made the runner's recover die with OverflowError."""
+    sb = Switchboard(qroot, "in")
     names = [".slot-x.99999999999.0.tmp", ".slot-y.99999999999999999999999.0.tmp", ".slot-z.0.1.tmp",
              ".slot-w.-1.2.tmp"]
     for name in names:
-        open(os.path.join(pool, name), "wb").close()
         open(os.path.join(sb.dir, name), "wb").close()
-    assert sb.preallocate() == 1
-    assert not any(os.path.exists(os.path.join(pool, n)) for n in names)
     sb.recover()
     assert queue_files(sb.dir) == []
 
@@ -787,16 +607,3 @@ def test_a_qfile_with_an_arrival_no_float_holds_can_still_be_moved(qroot):
     shunted = Switchboard(qroot, "shunt").dequeue()
     assert shunted.meta["arrival"] == 5e-9 and shunted.msg == b"m"  # the id's arrival
 
-
-def test_a_finishing_process_keeps_the_cap_but_makes_no_slot_files(qroot):
-    """The runner's in switchboard (refill=False): finished qfiles stay pooled up to
-    the milter's target plus headroom, and its own claims never start a refill."""
-    sb = Switchboard(qroot, "in", preallocate=8, refill=False)
-    before = {t.name for t in threading.enumerate()}
-    for i in range(3):
-        sb.enqueue(b"Subject: %d\r\n\r\nx\r\n" % i, {"list": "a@b.c"})
-    for _ in range(3):
-        sb.finish(sb.dequeue())
-    pool = Path(qroot) / "in" / ".recycle"
-    assert len([p for p in pool.iterdir() if not p.name.startswith(".")]) == 3
-    assert "listgate-pool-refill" not in {t.name for t in threading.enumerate()} - before

@@ -1,4 +1,4 @@
-"""``listgate queue ls|show|unshunt`` run as the real command on a fresh instance."""
+"""``listgate queue ls|show|edit|unshunt`` run as the real command on a fresh instance."""
 from __future__ import annotations
 
 import json
@@ -138,3 +138,143 @@ def test_ls_and_show_report_entries_that_are_not_files_without_hanging(inst):
     assert f"{dangling}  held     UNPARSABLE: {dangling}.held is not a regular file but a symbolic link" in out
     r = run(site, "show", fifo, check=1)
     assert b"unparsable" in r.stderr and b"a FIFO" in r.stderr
+
+
+# -- queue edit ----------------------------------------------------------------------------
+
+def edit(site, tmp_path, qid: str, script: str, check: int | None = 0) -> subprocess.CompletedProcess:
+    """``listgate queue edit QID`` with $EDITOR a Python script (``path`` is the file to edit)."""
+    editor = tmp_path / "editor.py"
+    editor.write_text("import sys\npath = sys.argv[1]\n" + script)
+    env = {**os.environ, "EDITOR": f"{sys.executable} {editor}", "TMPDIR": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "queue", "edit", qid],
+                       capture_output=True, timeout=60, env=env)
+    if check is not None:
+        assert r.returncode == check, r.stderr.decode(errors="replace")
+    return r
+
+
+def _names(sb: Switchboard) -> list[str]:
+    return sorted(os.listdir(sb.dir))
+
+
+def test_edit_stores_a_valid_edit_as_plain_text(inst, tmp_path):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    out = edit(site, tmp_path, ids[1], """
+data = open(path, 'rb').read()
+assert data.startswith(b'listgate-qfile 1\\n'), data[:40]
+data = data.replace(b's1@example.org', b'fixed@example.org').replace(b'body', b'edited body')
+open(path, 'wb').write(data)
+""").stdout.decode()
+    assert out == f"qfile {ids[1]} in queue in updated\n"
+    assert sb.ids() == ids and [n for n in _names(sb) if "edit" in n or n.startswith(".")] == []
+    qf = sb.take(ids[1])
+    assert qf.meta["envelope_sender"] == "fixed@example.org" and qf.msg == MSG.replace(b"body", b"edited body")
+    assert qf.meta["arrival"] == 1800000001.0
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith("listgate-")]  # the temp copy is gone
+
+
+def test_an_invalid_edit_keeps_the_original_and_exits_1(inst, tmp_path):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    path = os.path.join(sb.dir, ids[0] + ".qf")
+    before = open(path, "rb").read()
+    st = os.stat(path)
+    r = edit(site, tmp_path, ids[0], "data = open(path, 'rb').read().replace(b'--- message ---', b'--- massage ---')\n"
+             "open(path, 'wb').write(data)\n", check=1)
+    err = r.stderr.decode()
+    assert "the edited qfile is not valid: no '--- message ---' separator line" in err
+    assert f"qfile {ids[0]} is unchanged" in err
+    kept = err.rsplit("your edit is kept in ", 1)[1].strip()
+    assert b"--- massage ---" in open(kept, "rb").read()
+    assert open(path, "rb").read() == before and os.stat(path).st_ino == st.st_ino
+    assert sb.ids() == ids and not [n for n in _names(sb) if "edit" in n]
+
+
+def test_an_unchanged_edit_writes_nothing(inst, tmp_path):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    path = os.path.join(sb.dir, ids[2] + ".qf")
+    st = os.stat(path)
+    assert edit(site, tmp_path, ids[2], "pass\n").stdout.decode() == f"qfile {ids[2]} unchanged\n"
+    assert os.stat(path).st_ino == st.st_ino and sb.ids() == ids
+
+
+def test_edit_of_an_unknown_or_held_qfile_is_a_clear_error(inst, tmp_path):
+    site, ids = inst
+    unknown = "1800000000000000000-1-000000-00000000"
+    r = edit(site, tmp_path, unknown, "raise SystemExit('the editor must not run')\n", check=1)
+    assert r.stderr.decode() == f"listgate: no qfile {unknown} in any queue (see: listgate queue ls)\n"
+    sb = Switchboard.for_site(site, "in")
+    held = sb.dequeue()
+    r = edit(site, tmp_path, held.id, "raise SystemExit('the editor must not run')\n", check=1)
+    assert "is in progress in queue in (a runner holds it)" in r.stderr.decode()
+    assert sb.held_ids() == [held.id]
+
+
+def test_a_failing_editor_changes_nothing(inst, tmp_path):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    r = edit(site, tmp_path, ids[0], "open(path, 'wb').write(b'junk')\nraise SystemExit(3)\n", check=1)
+    assert "exited with status 3; nothing changed" in r.stderr.decode()
+    assert sb.take(ids[0]).msg == MSG
+
+
+def test_no_runner_takes_a_qfile_while_it_is_edited(inst, tmp_path):
+    """While the editor is open the qfile is out of every runner's reach (dequeue, take,
+    recover) and ``queue ls`` shows it as being edited; afterwards it is back in order."""
+    site, ids = inst
+    report = tmp_path / "seen.json"
+    edit(site, tmp_path, ids[0], f"""
+import json, subprocess
+from listgate.queue import Switchboard
+sb = Switchboard({site.queue_dir!r}, "in")
+ls = subprocess.run([{sys.executable!r}, "-m", "listgate", "-c", {site.path!r}, "queue", "ls", "in", "--json"],
+                    capture_output=True, check=True).stdout
+recovered = sb.recover()  # a runner starting now: the qfile being edited is not abandoned
+taken = [sb.dequeue(), sb.dequeue(), sb.dequeue()]
+result = {{"ids": [q.id if q else None for q in taken], "take": sb.take({ids[0]!r}) is not None,
+          "recovered": recovered, "editing": sb.editing_ids(), "ls": json.loads(ls)["in"]}}
+for q in taken:
+    if q:
+        sb.release(q)
+open({str(report)!r}, "w").write(json.dumps(result))
+open(path, "ab").write(b"appended by hand\\r\\n")
+""")
+    seen = json.loads(report.read_text())
+    assert seen["ids"] == [ids[1], ids[2], None] and seen["take"] is False and seen["recovered"] == 0
+    assert seen["editing"] == [ids[0]]
+    assert {"id": ids[0], "queue": "in", "state": "editing"} in seen["ls"]
+    sb = Switchboard.for_site(site, "in")
+    assert sb.ids() == ids and sb.dequeue().msg == MSG + b"appended by hand\r\n"
+
+
+def test_edit_left_by_a_killed_editor_goes_back_at_recovery(inst, tmp_path):
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    r = edit(site, tmp_path, ids[1], "import os, signal\nos.kill(os.getppid(), signal.SIGKILL)\n", check=None)
+    assert r.returncode == -9
+    assert sb.ids() == [ids[0], ids[2]] and sb.editing_ids() == [ids[1]]
+    assert sb.recover() == 0 and sb.ids() == ids and sb.editing_ids() == []
+    assert sb.take(ids[1]).msg == MSG
+
+
+def test_edit_hands_a_version_2_file_over_as_plain_text(inst, tmp_path):
+    """A qfile written by an older release (version 2, with padding) is edited as
+    version 1 text; the padding, someone else's old mail, never reaches the editor."""
+    from test_queue import v2_file
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    path = os.path.join(sb.dir, ids[0] + ".qf")
+    meta, msg = sb.peek(ids[0]).meta, MSG
+    with open(path, "wb") as fh:
+        fh.write(v2_file(meta, msg, padding=b"OLD MAIL OF SOMEBODY ELSE" * 10))
+    edit(site, tmp_path, ids[0], """
+data = open(path, 'rb').read()
+assert data.startswith(b'listgate-qfile 1\\n') and b'OLD MAIL' not in data, data
+open(path, 'wb').write(data.replace(b'Subject:', b'X-Edited: yes\\r\\nSubject:'))
+""")
+    data = open(path, "rb").read()
+    assert data.startswith(b"listgate-qfile 1\n") and b"OLD MAIL" not in data
+    assert sb.take(ids[0]).msg == b"From: a@example.org\r\nX-Edited: yes\r\n" + MSG.split(b"\r\n", 1)[1]

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from listgate.queue import QueueError, Switchboard, pool
+from listgate.queue import QueueError, Switchboard
 
 from milter_helpers import remount, tmpfs  # the one tmpfs helper of the test suite
-from queue_helpers import make_message, pool_problems, queue_files
+from queue_helpers import make_message, queue_files
 
 HELPER = str(Path(__file__).resolve().parent / "queue_helpers.py")
 ROUNDS = 30
@@ -68,10 +68,7 @@ def _leftovers(qdir: str) -> list[str]:
 def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path):
     """30 rounds: a writer enqueues in a loop while this process dequeues concurrently;
     the writer is SIGKILLed at a random moment. Every id it reported is stored
-    byte-identically; everything ever dequeued is complete; nothing lands in bad.
-    The writer overwrites pool slot files (this process's finished qfiles, and in
-    odd rounds its own pre-allocated ones, made by its refill thread while it
-    writes); after recover the pool holds whole slots only."""
+    byte-identically; everything ever dequeued is complete; nothing lands in bad."""
     qroot = str(tmp_path / "queue")
     sb = Switchboard(qroot, "in")
     rng = random.Random(2)
@@ -90,7 +87,7 @@ def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path
             sb.finish(qf)
 
     for seed in range(ROUNDS):
-        writer = Child("writer", qroot, str(seed), str(16 * (seed % 2)))
+        writer = Child("writer", qroot, str(seed))
         try:
             writer.wait_lines(1)
             deadline = time.monotonic() + rng.uniform(0.0, 0.08)
@@ -108,7 +105,6 @@ def test_sigkilled_writer_loses_nothing_and_no_partial_file_is_dequeued(tmp_path
         assert sb.recover() == 0
         take_all()
         assert _leftovers(sb.dir) == []
-        assert pool_problems(sb.dir) == []
 
     assert len(reported) >= ROUNDS
     missing = [q for q in reported if q not in seen]
@@ -143,7 +139,6 @@ def test_sigkilled_consumer_loses_nothing(tmp_path):
         finished.update(consumer.lines)
         sb.recover()
         assert sb.held_ids() == []
-        assert pool_problems(sb.dir) == []
     remaining = {}
     while (qf := sb.dequeue()) is not None:
         remaining[qf.id] = qf
@@ -153,35 +148,6 @@ def test_sigkilled_consumer_loses_nothing(tmp_path):
             assert qid in remaining, f"qfile {n} neither finished nor in the queue"
             assert remaining[qid].msg == make_message(7, n)
     assert Switchboard(qroot, "bad").ids() == []
-
-
-def test_sigkilled_finisher_leaves_no_half_made_slot(tmp_path):
-    """A consumer that only finishes, SIGKILLed while it pads finished qfiles to pool
-    slots: nothing unfinished is lost, and after recover the pool holds whole slots
-    only (a kill mid-padding leaves a temporary name, which recover removes)."""
-    rng = random.Random(5)
-    kills_mid_padding = 0
-    for rnd in range(6):
-        qroot = str(tmp_path / f"queue{rnd}")
-        sb = Switchboard(qroot, "in", max_attempts=1000)
-        # new files shorter than a slot (the pool is empty): each finish pads one
-        msgs = [b"Subject: %d\r\n\r\n" % n + b"x" * rng.randrange(4000) for n in range(60)]
-        expected = {sb.enqueue(msg, {}): msg for msg in msgs}
-        consumer = Child("consumer", qroot, "plain")
-        try:
-            consumer.wait_lines(rng.randrange(1, 50))  # then killed in or near a finish
-        finally:
-            consumer.kill()
-        pool = sb._pool.dir
-        kills_mid_padding += any(n.startswith(".") for n in os.listdir(pool))
-        sb.recover()
-        assert pool_problems(sb.dir) == []
-        while (qf := sb.dequeue()) is not None:
-            assert qf.msg == expected.pop(qf.id)  # announced ones may still be here: killed before finish
-            sb.finish(qf)
-        assert set(expected) <= set(consumer.lines)
-        assert pool_problems(sb.dir) == [] and _leftovers(sb.dir) == []
-    assert kills_mid_padding >= 1, "no kill landed while a finished qfile was padded"
 
 
 # -- full disk -------------------------------------------------------------------------
@@ -225,52 +191,6 @@ def test_full_disk_enqueue_raises_queue_error_and_leaves_nothing(small_fs):
         sb.finish(qf)
     assert got == stored
     assert queue_files(sb.dir) == []
-
-
-def test_full_disk_preallocation_stops_logs_once_and_never_fails_a_writer(small_fs, caplog):
-    sb = Switchboard(str(small_fs / "queue"), "in", preallocate=4)  # 4 slots do not fit in 64 KiB
-    made = sb.preallocate()
-    assert made < 4
-    assert pool_problems(sb.dir) == []  # the slot that did not fit left nothing behind
-    assert sb.preallocate() == 0  # tried again, failed again: not logged again
-    # a slot that was made lets a writer store on a full disk; without one there is room
-    msg = b"Subject: small\r\n\r\n" + b"x" * 1000
-    qid = sb.enqueue(msg, {})  # wakes the refill thread, which fails quietly
-    assert sb.dequeue().msg == msg and sb.held_ids() == [qid]
-    warnings = [r for r in caplog.records if "cannot pre-allocate" in r.getMessage()]
-    # the free-space look stops it first; a write's ENOSPC (a disk filled by someone else
-    # since that look) ends it the same way
-    assert len(warnings) == 1 and re.search("reserve|No space left", warnings[0].getMessage())
-
-
-def test_preallocation_leaves_the_reserve_free(tmp_path, caplog):
-    """Finding: the milter pre-allocated an 8 MiB tmpfs full and the runner's stores then
-    failed forever. Fill (start-up and refill) and retire's padding stop at the reserve."""
-    with tmpfs(tmp_path / "mnt", "80m") as mnt:
-        sb = Switchboard(str(mnt / "queue"), "in", preallocate=1000)  # 62.5 MiB: does not fit
-        reserve = pool.reserve(sb.dir)
-        assert reserve == pool.RESERVE_MIN  # 5% of 80 MiB is less
-        made = sb.preallocate()
-        st = os.statvfs(sb.dir)
-        assert st.f_bavail * st.f_frsize >= reserve
-        # it went as far as it could: one more slot would have crossed the reserve
-        assert st.f_bavail * st.f_frsize - pool.POOL_SLOT_SIZE < reserve
-        assert 0 < made < 1000 and pool_problems(sb.dir) == []
-        assert sb.preallocate() == 0  # refill: still nothing, and not logged again
-        warnings = [r.getMessage() for r in caplog.records if "cannot pre-allocate" in r.getMessage()]
-        assert len(warnings) == 1 and "reserve of 64 MiB" in warnings[0]
-
-        # a finished qfile shorter than a slot is not padded into the reserve: it is unlinked
-        slots = os.listdir(os.path.join(sb.dir, ".recycle"))
-        for _ in range(3):  # take slots, then finish: the pool is back where it was
-            sb.enqueue(b"Subject: x\r\n\r\n", {})
-        big = b"Subject: big\r\n\r\n" + b"x" * 200_000  # its own file, bigger than a slot
-        sb.enqueue(big, {})
-        while (qf := sb.dequeue()) is not None:
-            sb.finish(qf)
-        assert len(os.listdir(os.path.join(sb.dir, ".recycle"))) == len(slots)
-        st = os.statvfs(sb.dir)
-        assert st.f_bavail * st.f_frsize >= reserve
 
 
 def test_read_only_disk_raises_queue_error_and_keeps_what_is_stored(small_fs):

@@ -1,23 +1,38 @@
-"""``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue unshunt [--discard] [ID...]``.
+"""``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue edit ID``, ``queue unshunt [--discard] [ID...]``.
 
-Exit status: 0 done, 1 unknown queue/qfile or unparsable qfile, 75 (EX_TEMPFAIL)
-when a qfile could not be stored durably (full disk, read-only).
+Exit status: 0 done, 1 unknown queue/qfile, unparsable qfile or invalid edit,
+75 (EX_TEMPFAIL) when a qfile could not be stored durably (full disk, read-only).
 """
 from __future__ import annotations
 
 import json
+import os
+import shlex
+import subprocess
 import sys
+import tempfile
 from datetime import datetime, timezone
 
-from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard
-from ..queue.switchboard import RESTING
+from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile
+from ..queue.names import RESTING
 from .common import fail, load_site, print_json
 
 EX_TEMPFAIL = 75
 
 
+EDIT_HELP = """\
+Open a waiting qfile in $EDITOR (default vi) and store the result. While it is
+open the qfile is taken out of its queue (ID.edit.PID), so no runner sends it
+meanwhile. A qfile is plain text: the first line 'listgate-qfile 1', the
+metadata as JSON, a line '--- message ---', then the message as received. The
+edit is stored only if it still parses; otherwise the qfile stays as it was,
+your edit is kept in a temporary file and the exit status is 1. A qfile a
+runner holds (in progress) cannot be edited: try again once it is done."""
+
+
 def register(sub) -> None:
-    p = sub.add_parser("queue", help="inspect and repair qfile queues")
+    p = sub.add_parser("queue", help="inspect and repair qfile queues",
+                       description="Inspect and repair qfile queues: ls, show, edit, unshunt.")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
 
     s = qsub.add_parser("ls", help="list the qfiles of one queue or of all queues (FIFO order)")
@@ -31,6 +46,11 @@ def register(sub) -> None:
     g.add_argument("--json", action="store_true", help="metadata and message (UTF-8, undecodable bytes escaped) as JSON")
     g.add_argument("--raw", action="store_true", help="only the raw message bytes, exactly as stored")
     s.set_defaults(func=cmd_show)
+
+    s = qsub.add_parser("edit", help="edit a waiting qfile with $EDITOR; no runner takes it meanwhile",
+                        description=EDIT_HELP)
+    s.add_argument("id")
+    s.set_defaults(func=cmd_edit)
 
     s = qsub.add_parser("unshunt", help="move shunted qfiles back to the queue they came from")
     s.add_argument("ids", nargs="*", metavar="ID", help="only these qfiles (default: all of shunt)")
@@ -70,7 +90,8 @@ def cmd_ls(args) -> int:
         sb = Switchboard.for_site(site, name)
         held = [_entry(sb, q, "held") for q in sb.held_ids()]
         waiting = [_entry(sb, q, "waiting") for q in sb.ids()]
-        result[name] = sorted(held + waiting, key=lambda e: e["id"])
+        editing = [{"id": q, "queue": name, "state": "editing"} for q in sb.editing_ids()]
+        result[name] = sorted(held + waiting + editing, key=lambda e: e["id"])
     if args.json:
         print_json(result)
         return 0
@@ -84,6 +105,9 @@ def cmd_ls(args) -> int:
                 print(f"  {e['id']}  {e['state']:<7}  UNPARSABLE: {e['error']}")
                 continue
             if e["state"] == "gone":
+                continue
+            if e["state"] == "editing":
+                print(f"  {e['id']}  editing  (listgate queue edit has it open)")
                 continue
             rcpts = "-" if e.get("recipients") is None else e["recipients"]
             line = (f"  {e['id']}  {e['state']:<7}  {_utc(e.get('arrival'))}  {e.get('size', 0):>8}B  "
@@ -131,6 +155,82 @@ def cmd_show(args) -> int:
     if not qf.msg.endswith(b"\n"):
         sys.stdout.buffer.write(b"\n")
     return 0
+
+
+def cmd_edit(args) -> int:
+    site = load_site(args)
+    qid = args.id
+    sb, original = _take_for_edit(site, qid)
+    try:
+        # a version 2 file (older releases) is handed over as plain version 1 text, without
+        # its padding; one that does not parse is handed over as it is, to be repaired
+        text = qfile.dumps(*qfile.loads(original))
+    except QFileFormatError:
+        text = original
+    except BaseException:
+        sb.end_edit(qid, None)
+        raise
+    keep = False
+    fd, tmp = tempfile.mkstemp(prefix=f"listgate-{qid}-", suffix=".qf")  # mode 0600: it holds mail
+    try:
+        try:
+            with open(fd, "wb") as fh:
+                fh.write(text)
+            edited = _run_editor(tmp)
+        except BaseException:
+            sb.end_edit(qid, None)
+            raise
+        if edited == text:
+            sb.end_edit(qid, None)
+            print(f"qfile {qid} unchanged")
+            return 0
+        try:
+            sb.end_edit(qid, edited)
+        except QFileFormatError as exc:
+            keep = True
+            fail(f"the edited qfile is not valid: {exc}\nqfile {qid} is unchanged; your edit is kept in {tmp}")
+        except QueueError as exc:
+            keep = True
+            fail(f"{exc.strerror}\nqfile {qid} is unchanged; your edit is kept in {tmp}", EX_TEMPFAIL)
+        print(f"qfile {qid} in queue {sb.name} updated")
+        return 0
+    finally:
+        if not keep:
+            os.unlink(tmp)
+
+
+def _take_for_edit(site, qid: str) -> tuple[Switchboard, bytes]:
+    """The queue holding waiting qfile ``qid`` and its bytes, taken for editing; exits 1
+    (75 if the queue cannot be changed) with a clear message otherwise."""
+    for name in QUEUES:
+        sb = Switchboard.for_site(site, name)
+        try:
+            data = sb.take_for_edit(qid)
+        except QFileFormatError as exc:
+            fail(f"qfile {qid} in queue {name} cannot be edited: {exc}")
+        except QueueError as exc:
+            fail(exc.strerror, EX_TEMPFAIL)
+        if data is not None:
+            return sb, data
+        if qid in sb.held_ids():
+            fail(f"qfile {qid} is in progress in queue {name} (a runner holds it): try again once it is done")
+        if qid in sb.editing_ids():
+            fail(f"qfile {qid} in queue {name} is being edited already (listgate queue edit)")
+    fail(f"no qfile {qid} in any queue (see: listgate queue ls)")
+
+
+def _run_editor(path: str) -> bytes:
+    """Run ``$EDITOR`` (default vi; split like a shell word list) on ``path``; its content
+    afterwards. Exits 1 if the editor cannot be run or fails (the caller puts the qfile back)."""
+    command = shlex.split(os.environ.get("EDITOR") or "vi") + [path]
+    try:
+        status = subprocess.run(command).returncode
+    except OSError as exc:
+        fail(f"cannot run the editor {command[0]!r} (set $EDITOR): {exc.strerror}; nothing changed")
+    if status != 0:
+        fail(f"the editor {command[0]!r} exited with status {status}; nothing changed")
+    with open(path, "rb") as fh:
+        return fh.read()
 
 
 def cmd_unshunt(args) -> int:

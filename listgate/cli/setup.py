@@ -59,6 +59,9 @@ def cmd_check(args) -> int:
             problems.append(f"{what} {path} is not a directory ({existing} is a file)")
         elif not os.access(existing, os.W_OK | os.X_OK):
             problems.append(f"{what} {path} is not writable")
+    if site.conf.milter.preallocate_qfiles is not None:  # deprecated: a warning, not a problem
+        print(f"{site.path}: milter.preallocate_qfiles: deprecated and ignored (qfiles are no longer "
+              "written in advance): delete it", file=sys.stderr)
     if problems:
         for problem in problems:
             where = problem.split(" ", 1)[0] if problem.startswith(("state_dir", "queue_dir")) else "verp.keys"

@@ -23,6 +23,7 @@ class Field:
     maximum: float | None = None
     section: "Section | None" = None
     doc: str = ""
+    deprecated: bool = False       # accepted so old site files load, ignored; not in the reference
 
 
 @dataclass(frozen=True)
@@ -45,10 +46,10 @@ MILTER = Section({
     "timeout": Field("duration", 600),
     "duplicate_window": Field("duration", 2 * DAY, doc="how long the runner remembers a list+role+sender+Message-ID "
                               "to drop a retried SMTP transaction's second copy"),
-    # at most 65536 x 64 KiB = 4 GiB: a typo must not fill the disk before the milter listens
-    "preallocate_qfiles": Field("int", 512, minimum=0, maximum=65536,
-                                doc="qfiles of 64 KiB kept written in advance in the in queue, so a burst of "
-                                    "that many posts costs the milter no file creation (0: none; restart to change)"),
+    # deprecated: accepted so an old site file still loads, ignored; `listgate check` and the
+    # milter warn while it is set (None: absent)
+    "preallocate_qfiles": Field("int", None, minimum=0, deprecated=True,
+                                doc="deprecated and ignored (qfiles are no longer written in advance): delete it"),
 })
 
 POLICY = Section({

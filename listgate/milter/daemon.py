@@ -14,11 +14,6 @@ is set), then given ``milter.socket_mode`` (default 0660: the MTA's user
 connects through the group, nobody else may write). A socket left behind by
 a dead milter is removed at start; one a live milter still answers on is an
 error (two daemons must not steal each other's socket).
-
-Before serving, the ``in`` queue's pool is filled with
-``milter.preallocate_qfiles`` slot files (:func:`listgate.inject.prepare_in_queue`):
-storing a post then overwrites a file written in advance instead of creating
-one (file creation was the largest part of the milter's CPU per post).
 """
 from __future__ import annotations
 
@@ -30,8 +25,6 @@ import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
 from .. import sdnotify, sockets
 from ..config import Watcher, parse_socket
-from ..inject import prepare_in_queue
-from ..queue import QueueError
 from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
 
 log = logging.getLogger("listgate.milter")
@@ -122,13 +115,9 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     conn, path = socket_spec(site)
     mode = socket_mode(site)
     ListgateMilter.sites = SiteSource(watcher)
-    try:
-        made = prepare_in_queue(site)
-    except QueueError as exc:  # a full or read-only disk: posts tempfail until it is fixed, bounces still work
-        log.warning("cannot pre-allocate qfiles: %s", exc)
-    else:
-        if made:
-            log.info("pre-allocated %d qfiles in the in queue", made)
+    if site.conf.milter.preallocate_qfiles is not None:
+        log.warning("milter.preallocate_qfiles is ignored (qfiles are no longer written in advance): "
+                    "delete it from %s", site.path)
     _register(site.conf.milter.timeout)
     libmilter.setconn(conn)
     if path:

@@ -16,16 +16,13 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
         path: str                   # the in-progress file while held
 
     class Switchboard:
-        def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3, preallocate: int = 0)
-            # preallocate: keep at least N 64 KiB slot files in the queue's pool (0 = off)
-        def preallocate(self) -> int          # make them now (start-up); returns how many; never raises
+        def __init__(self, queue_dir: str, name: str, *, max_attempts: int = 3)
         def enqueue(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None) -> str
-            # temp name (a claimed pool slot, or a new file), write, fdatasync, rename, fsync dir;
-            # returns the qfile id; raises QueueError
+            # temp name, write, fdatasync, rename, fsync dir; returns the qfile id; raises QueueError
         def dequeue(self, *, slice: int = 0, slices: int = 1) -> QFile | None
             # oldest first (arrival, then tie-breaker); marks the file in progress; unparsable → bad
         def ids(self) -> list[str]            # FIFO order, not in progress
-        def finish(self, qf: QFile) -> None   # done: remove (into the pool, or unlinked)
+        def finish(self, qf: QFile) -> None   # done: remove
         def update(self, qf: QFile, meta: dict) -> None
             # durably rewrite the held file's metadata (e.g. fan-out progress) before continuing
         def move(self, qf: QFile, to: str, *, reason: str | None = None, meta: dict | None = None) -> str
@@ -35,13 +32,20 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
             # at start-up: files left in progress go back with attempts+1; at max_attempts → bad with reason
 
 Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
-``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``; one instance may be
-shared by threads. The file format is in ``listgate.queue.qfile``, the directory
-layout (``ID.qf``, ``ID.held``, temporary files, ``.recycle/``) in
-``listgate.queue.switchboard``, the pool of slot files in ``listgate.queue.pool``.
+``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``, ``record_done``
+(fan-out progress), ``take_for_edit``/``end_edit`` (``listgate queue edit``);
+one instance may be shared by threads. Where things are:
+
+* ``qfile``       the file format (plain text; version 2 files of older releases are read);
+* ``names``       queue names, file suffixes, qfile ids, QueueError and QFile;
+* ``switchboard`` the directory layout, writing, reading, finishing, editing;
+* ``progress``    fan-out progress files (``ID.done``);
+* ``recovery``    start-up recovery and quarantine to ``bad``;
+* ``files``       opening without following links, durable writes, temporary names.
 """
+from .names import QUEUES, QFile, QueueError, finite_time, id_arrival, slice_of
 from .qfile import FORMAT_VERSION, QFileFormatError
-from .switchboard import QUEUES, QFile, QueueError, Switchboard, finite_time, slice_of
+from .switchboard import Switchboard
 
 __all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "finite_time",
-           "slice_of"]
+           "id_arrival", "slice_of"]

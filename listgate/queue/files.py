@@ -1,7 +1,7 @@
-"""Opening queue files without following links or blocking on what is not a file.
+"""Queue files on disk: opening them safely, writing them durably, temporary names.
 
 Every file the queue reads or writes in place (``ID.qf``, ``ID.held``,
-``ID.done``, a pool slot file) is opened with ``O_NOFOLLOW`` (a symlink fails
+``ID.done``) is opened with ``O_NOFOLLOW`` (a symlink fails
 with ELOOP instead of reaching a file outside the queue, or one file under two
 names) and ``O_NONBLOCK`` (open(2) of a FIFO without a peer returns at once
 instead of waiting forever, and is not retried on signals by PEP 475), then
@@ -13,6 +13,7 @@ stay as before.
 from __future__ import annotations
 
 import errno
+import itertools
 import os
 import stat
 
@@ -21,6 +22,8 @@ _WRITE = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXE
 # what open(2) answers for a symlink with O_NOFOLLOW (ELOOP), a directory opened for
 # writing (EISDIR), a FIFO with no reader or a device with no driver opened non-blocking (ENXIO)
 _NOT_A_FILE = (errno.ELOOP, errno.EISDIR, errno.ENXIO)
+TMP = ".tmp"
+_counter = itertools.count()
 
 
 class NotRegularFile(OSError):
@@ -90,3 +93,54 @@ def write_synced(fd: int, data: bytes) -> None:
     while view:
         view = view[os.write(fd, view):]
     os.fdatasync(fd)
+
+
+def fsync_dir(directory: str) -> None:
+    """fsync(2) a directory: the names renamed or created in it are durable. Raises OSError."""
+    dfd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        os.fsync(dfd)
+    finally:
+        os.close(dfd)
+
+
+def unlink_quietly(path: str) -> None:
+    """unlink(2) ``path`` if possible (a symlink itself, never its target); never raises."""
+    try:
+        os.unlink(path)
+    except OSError:
+        pass
+
+
+def temp_name(directory: str, base: str) -> str:
+    """``DIRECTORY/.BASE.PID.N.tmp``: unique per thread; the pid lets
+    :func:`remove_dead_temps` tell a dead writer's file from a live one's."""
+    return os.path.join(directory, f".{base}.{os.getpid()}.{next(_counter)}{TMP}")
+
+
+def remove_dead_temps(directory: str, names: list[str]) -> None:
+    """Unlink the temporary files among ``names`` (of ``directory``) whose process is gone."""
+    me = os.getpid()
+    for name in names:
+        if not (name.startswith(".") and name.endswith(TMP)):
+            continue
+        try:
+            pid = int(name[:-len(TMP)].split(".")[-2])
+        except (IndexError, ValueError):
+            continue
+        if pid != me and not alive(pid):
+            unlink_quietly(os.path.join(directory, name))
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` exists; a pid no process can have (0, negative, beyond
+    the kernel's pid range) is not alive."""
+    if pid <= 0:
+        return False  # kill(0 or -N, 0) would ask about process groups
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError, ValueError):
+        return False
+    except PermissionError:
+        return True
+    return True

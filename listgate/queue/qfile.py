@@ -1,57 +1,38 @@
-"""The qfile format: metadata and the raw message in one text-editor-readable file.
+"""The qfile format: metadata and the raw message in one plain text file.
 
-A qfile (version 2, what :func:`dumps` writes) is, byte for byte::
+A qfile (version 1, what :func:`dumps` writes) is, byte for byte::
 
-    listgate-qfile 2 LENGTH CRC32\\n    magic, format version, LENGTH: the number of bytes
-                                         of the qfile proper that follow this line, and
-                                         CRC32: zlib.crc32 of exactly those LENGTH bytes,
-                                         8 lowercase hex digits
-    {\\n "arrival": 1764408000.5,\\n ...}  metadata: a JSON object (RFC 8259), UTF-8,
+    listgate-qfile 1\n                  magic and format version
+    {\n "arrival": 1764408000.5,\n ...}  metadata: a JSON object (RFC 8259), UTF-8,
                                          one key per line, keys sorted
-    \\n--- message ---\\n                 separator line
-    <raw message bytes>                  verbatim up to LENGTH: 8-bit, CRLF, NUL and
+    \n--- message ---\n                 separator line
+    <raw message bytes>                  to the end of the file: 8-bit, CRLF, NUL and
                                          broken MIME are kept as received
-    <padding>                            anything after those LENGTH bytes: ignored
+
+The file holds nothing else, so an admin can edit it with a text editor (in
+place, or with ``listgate queue edit ID``) and it is read as edited: there is
+no length or checksum to keep right. (Mailman 2.1.5 kept its queue files
+editable on purpose.) The separator cannot occur inside the JSON text: JSON
+escapes newlines in strings, and ``---`` is no JSON token, so the first
+separator line ends the metadata.
+
+Version 2 (``listgate-qfile 2 LENGTH CRC32``) was written by listgate
+releases that reused 64 KiB slot files: LENGTH is the number of bytes of the
+qfile proper after the first line, CRC32 is zlib.crc32 of exactly those
+bytes (8 lowercase hex digits), and whatever follows them is padding, the
+old content of the slot file. Such files are still read, so an upgrade
+strands no queued mail, and never written; a LENGTH beyond the end of the
+file or a wrong CRC32 (a version 2 file edited in place) is a
+:class:`QFileFormatError`, since the padding holds other people's old mail
+that must not reach a recipient. ``listgate queue edit`` hands the editor
+such a file as version 1 text.
 
 VERSION and LENGTH are ASCII decimal digits without sign, spaces or leading
-zeros. Version 1 (``listgate-qfile 1\\n``, no LENGTH) is the same without
-padding: the message runs to the end of the file. Readers keep reading it.
-
-Why version 2: the switchboard writes a qfile into a pre-allocated pool file of
-fixed size (``listgate.queue.switchboard``, ``.recycle/``) without truncating
-it, because changing a file's size makes ``fdatasync`` commit the file
-system's journal (and creating a file costs inode allocation), which is what
-the milter paid per post. So the end of the qfile can no longer be the end
-of the file; LENGTH says where it is, and what follows is the previous
-content of the pool file: other people's old mail. LENGTH alone also catches
-a file cut short (it is then larger than what follows).
-
-Why CRC32: a LENGTH that is wrong but not beyond the end of the file (a
-hand edit that removed or added bytes and kept LENGTH) would otherwise
-silently cut the message, or deliver the padding, i.e. the remains of an
-earlier post of somebody else, as part of this one. The checksum covers the
-LENGTH bytes, so any such edit, and any damage to them, is a
-:class:`QFileFormatError` and the file goes to ``bad``, never to a
-recipient. CRC32 is no protection against a deliberate forger (whoever can
-write the queue can write a matching CRC); it detects accidents, cheaply
-(zlib.crc32 runs at memory speed, once per write and once per read). A
-version 2 first line without CRC32 (written by listgate for an hour of
-development before the checksum existed) is refused like any other damage:
-it cannot be told from a hand-edited file, and in ``bad`` it is kept whole.
-
-To edit a qfile by hand, make it a version 1 file: change the first line to
-``listgate-qfile 1`` and remove the padding (everything after the message);
-version 1 has neither LENGTH nor checksum to keep right. Editing a version 2
-file in place means recomputing LENGTH and CRC32 over the edited bytes.
-
-The separator cannot occur inside the JSON text: JSON escapes newlines in
-strings, and ``---`` is no JSON token, so the first separator line ends the
-metadata. Nothing here unpickles or evaluates anything: qfiles hold mail from
+zeros. Nothing here unpickles or evaluates anything: qfiles hold mail from
 strangers. Whatever :func:`loads` accepts, :func:`dumps` can write back (no
 NaN or infinite numbers, no integers beyond Python's 4300-digit conversion
-limit), so any qfile that is read can also be moved or shunted. Readers
-accept every version up to :data:`FORMAT_VERSION` (``_READERS``); a file from
-a newer listgate, or one that does not parse, raises
+limit), so any qfile that is read can also be moved or shunted. A file of
+another version, or one that does not parse, raises
 :class:`QFileFormatError`, which the switchboard turns into a move to ``bad``.
 """
 from __future__ import annotations
@@ -61,7 +42,7 @@ import math
 import zlib
 
 MAGIC = b"listgate-qfile"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 1          # what dumps writes; loads also reads 2 (_READERS)
 SEPARATOR = b"\n--- message ---\n"
 _MAX_FIRST_LINE = 64
 
@@ -71,9 +52,8 @@ class QFileFormatError(ValueError):
 
 
 def dumps(meta: dict, msg: bytes) -> bytes:
-    """Serialise ``meta`` (a JSON-safe dict) and ``msg`` (raw bytes) as a current-version qfile.
+    """Serialise ``meta`` (a JSON-safe dict) and ``msg`` (raw bytes) as a version 1 qfile.
 
-    The result has no padding: LENGTH is everything after the first line.
     Raises TypeError/ValueError if ``meta`` is not JSON-serialisable or ``msg``
     is not bytes-like: a caller's bug, raised before anything touches the disk.
     """
@@ -87,9 +67,7 @@ def dumps(meta: dict, msg: bytes) -> bytes:
         # lone surrogates (e.g. from surrogateescape-decoded headers) cannot be UTF-8:
         # \\u escapes keep them exactly and the file stays valid
         head = _object_text(meta, ascii_only=True).encode("ascii")
-    length = len(head) + len(SEPARATOR) + len(msg)
-    crc = zlib.crc32(msg, zlib.crc32(SEPARATOR, zlib.crc32(head)))
-    return b"".join((MAGIC, b" %d %d %08x\n" % (FORMAT_VERSION, length, crc), head, SEPARATOR, bytes(msg)))
+    return b"".join((MAGIC, b" %d\n" % FORMAT_VERSION, head, SEPARATOR, bytes(msg)))
 
 
 def _object_text(meta: dict, *, ascii_only: bool) -> str:
@@ -121,7 +99,7 @@ def loads(data: bytes) -> tuple[dict, bytes]:
     reader = _READERS.get(ver)
     if reader is None:
         raise QFileFormatError(f"format version {ver} is not readable by this listgate "
-                               f"(reads 1 to {FORMAT_VERSION})")
+                               f"(reads {' and '.join(map(str, _READERS))})")
     return reader(data, end + 1, args)
 
 
@@ -132,6 +110,7 @@ def _read_v1(data: bytes, start: int, args: bytes) -> tuple[dict, bytes]:
 
 
 def _read_v2(data: bytes, start: int, args: bytes) -> tuple[dict, bytes]:
+    # written by releases with a pool of slot files: padding follows LENGTH bytes
     field, _, crc = args.partition(b" ")
     if not _is_decimal(field):
         raise QFileFormatError(f"format version 2 needs a decimal LENGTH, not {field[:20]!r}")

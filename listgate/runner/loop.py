@@ -68,11 +68,7 @@ class Runner:
         self._next_retry = 0.0             # earliest retry_at among the retry qfiles last seen
         self._retry_seen: set[str] = set()
         mx = self.site.conf.runner.max_attempts
-        # in: keep the milter's pre-allocated files when finishing (the pool's cap counts
-        # them); the milter alone makes them
-        self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx, refill=False,
-                                      preallocate=self.site.conf.milter.preallocate_qfiles if q == "in" else 0)
-                       for q in SERVED}
+        self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
 
     # -- life cycle --------------------------------------------------------------
     def stop(self, *_args) -> None:

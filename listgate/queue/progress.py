@@ -1,0 +1,133 @@
+"""Fan-out progress files (``ID.done``) of held qfiles: :class:`Progress`, a part of the Switchboard.
+
+``ID.done`` is a line ``listgate-progress 1 ID``, then one JSON array
+``[index, rcpt]`` (or ``[index, rcpt, reply]`` for a refused one) per delivery
+handed over, appended and fdatasync'd; every reader of the qfile folds it
+into the metadata's ``done`` (and ``failed``). Appending one line costs one
+fdatasync where rewriting the qfile (:meth:`Switchboard.update`) costs a
+write, a rename and a directory fsync per delivery batch.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import logging
+import os
+
+from ..log import kv
+from .files import NotRegularFile, open_regular, read_regular, unlink_quietly, write_synced
+from .names import DONE, QFile, QueueError
+
+PROGRESS_MAGIC = b"listgate-progress 1"
+
+log = logging.getLogger("listgate.queue")
+
+
+class Progress:
+    """The progress-file methods of :class:`listgate.queue.switchboard.Switchboard`
+    (``self.dir``, ``self.name``, ``_sync_dir`` and ``_set_aside`` come from there)."""
+
+    def record_done(self, qf: QFile, indices: list[int], failed: dict[str, str] | None = None) -> None:
+        """Durably add delivery ``indices`` to ``qf``'s fan-out progress (``done``).
+
+        ``failed`` maps ``str(index)`` to the 5xx reply of a refused one (kept in
+        ``meta['failed']``). Instead of rewriting the whole qfile (:meth:`update`:
+        write, fsync, rename, directory fsync), one line per index is appended to
+        the progress file ``ID.done`` and fdatasync'd; only the first call for a
+        qfile creates it and fsyncs the directory. Readers (dequeue, take, peek,
+        recover) fold it into ``meta['done']``; ``finish``/``move`` remove it and
+        ``recover`` folds it into the qfile. Raises QueueError: nothing of this
+        call is recorded then. ``qf.meta`` is updated.
+        """
+        deliveries = qf.meta.get("deliveries") or []
+        failed = failed or {}
+        lines = []
+        for i in indices:
+            rec = [i, deliveries[i].get("rcpt")]
+            if str(i) in failed:
+                rec.append(failed[str(i)])
+            lines.append(json.dumps(rec) + "\n")   # ASCII: \u escapes keep any address
+        data = "".join(lines).encode("ascii")
+        path = os.path.join(self.dir, qf.id + DONE)
+        created = False
+        try:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
+                created = True
+                data = PROGRESS_MAGIC + b" " + qf.id.encode("ascii") + b"\n" + data
+            except FileExistsError:
+                fd = open_regular(path, write=True, append=True)[0]
+            try:
+                write_synced(fd, data)
+            finally:
+                os.close(fd)
+            if created:
+                self._sync_dir()
+        except OSError as exc:
+            if created:
+                # its name may not be durable: never append to it as if it were
+                unlink_quietly(path)
+            raise QueueError(exc.errno or errno.EIO, f"cannot record delivery progress of qfile {qf.id} "
+                             f"in {self.dir}: {exc.strerror or exc}") from None
+        done = list(qf.meta.get("done") or [])
+        seen = set(done)
+        done.extend(i for i in indices if i not in seen)
+        meta = {**qf.meta, "done": done}
+        if failed:
+            meta["failed"] = {**(qf.meta.get("failed") or {}), **failed}
+        qf.meta = meta
+
+    def _merge_progress(self, qid: str, meta: dict, *, set_aside: bool = False) -> None:
+        """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``.
+
+        An ``ID.done`` that is not a regular file (never one of ours: it is
+        created with O_EXCL) is ignored, and with ``set_aside`` moved to ``bad``.
+
+        Only whole lines count (a line torn by a crash is the hand-over in
+        flight, which the module docstring of listgate.runner.delivery
+        documents), and only a line whose recipient is the one at that index of
+        ``meta['deliveries']`` (a stale file cannot mark anybody else done).
+        Raises OSError if the file exists but cannot be read.
+        """
+        path = os.path.join(self.dir, qid + DONE)
+        try:
+            data = read_regular(path)
+        except FileNotFoundError:
+            return
+        except NotRegularFile as exc:
+            log.warning("ignored a delivery progress file that is not a regular file %s",
+                        kv(queue=self.name, qfile=qid, what=exc.strerror))
+            if set_aside:
+                self._set_aside(path)
+            return
+        lines = data.split(b"\n")
+        if lines[0].split(b" ")[:2] != PROGRESS_MAGIC.split(b" "):
+            log.warning("ignored unreadable delivery progress file %s", kv(queue=self.name, qfile=qid))
+            return
+        deliveries = meta.get("deliveries")
+        if not isinstance(deliveries, list):
+            return
+        done = list(meta.get("done") or [])
+        seen = set(done)
+        failed = dict(meta.get("failed") or {})
+        for raw in lines[1:-1]:  # what follows the last newline is a torn or empty tail
+            try:
+                rec = json.loads(raw)
+            except ValueError:
+                break
+            if not (isinstance(rec, list) and 2 <= len(rec) <= 3 and type(rec[0]) is int
+                    and 0 <= rec[0] < len(deliveries) and isinstance(deliveries[rec[0]], dict)
+                    and deliveries[rec[0]].get("rcpt") == rec[1]):
+                continue
+            if rec[0] not in seen:
+                seen.add(rec[0])
+                done.append(rec[0])
+            if len(rec) == 3:
+                failed[str(rec[0])] = rec[2]
+        meta["done"] = done
+        if failed:
+            meta["failed"] = failed
+
+    def _drop_progress(self, qid: str) -> None:
+        unlink_quietly(os.path.join(self.dir, qid + DONE))
+

@@ -1,0 +1,147 @@
+"""Start-up recovery and quarantine: :class:`Recovery`, a part of the Switchboard.
+
+At start-up a runner puts back the qfiles left in progress (``ID.held``) by a
+crash, counting each replay in ``attempts`` until ``max_attempts`` sends the
+qfile to ``bad``; it removes the temporary files of writers that are gone and
+progress files whose qfile is finished, and puts back qfiles taken by a
+``listgate queue edit`` that was killed (``ID.edit.PID`` of a dead PID).
+
+What cannot be read as a qfile goes to ``bad`` whole (:meth:`Recovery._quarantine`):
+its bytes become the message of a new qfile whose metadata says why, so
+nothing is lost and a human can look. An entry that is not a regular file
+(symlink, FIFO, directory, device) is never opened: ``bad`` gets a qfile with
+an empty message and the reason, and the entry itself is renamed beside it
+as ``bad/ID.notfile`` (a symlink's target is never read or copied).
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+from .. import clock
+from ..log import kv
+from . import qfile
+from .files import alive, remove_dead_temps, unlink_quietly
+from .names import ASIDE, DONE, EDIT, HELD, READY, QueueError, check_slice, id_arrival, new_id, slice_of
+
+log = logging.getLogger("listgate.queue")
+
+
+class Recovery:
+    """The start-up and quarantine methods of :class:`listgate.queue.switchboard.Switchboard`."""
+
+    def recover(self, *, slice: int = 0, slices: int = 1) -> int:
+        """Put back qfiles left in progress by a crash; returns how many were handled.
+
+        Each goes back with ``attempts`` + 1, or to ``bad`` with the reason once
+        ``attempts`` reaches ``max_attempts``. Temporary files of writers that
+        are gone are removed, and progress files (``ID.done``) whose qfile is
+        gone; qfiles taken by a ``queue edit`` that is gone are put back
+        unchanged. Run it at start-up, before any runner of this
+        slice dequeues: a held file is assumed abandoned.
+        """
+        check_slice(slice, slices)
+        self._remove_stale_temps()
+        count = 0
+        for qid in self._scan(HELD):
+            if slices > 1 and slice_of(qid, slices) != slice:
+                continue
+            path = os.path.join(self.dir, qid + HELD)
+            qf = self._load(qid, path)
+            count += 1
+            if qf is None:
+                continue  # unparsable: already moved to bad
+            attempts = qf.meta.get("attempts")
+            # anything but a plausible count (hand-edited: a bool, a negative or a
+            # thousand-digit number) restarts at 0
+            attempts = (attempts if type(attempts) is int and 0 <= attempts < 2**31 else 0) + 1
+            meta = {**qf.meta, "attempts": attempts}
+            if attempts >= self.max_attempts:
+                self.move(qf, "bad", meta=meta,
+                          reason=f"left in progress {attempts} times (crashed or killed while processing)")
+            else:
+                self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
+                unlink_quietly(path)
+                self._drop_progress(qid)  # folded into the qfile just written
+                log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
+        self._batch = []
+        return count
+
+    def _remove_stale_temps(self) -> None:
+        try:
+            names = os.listdir(self.dir)
+        except FileNotFoundError:
+            return
+        for name in names:
+            if name.endswith(DONE) and not name.startswith("."):
+                base = os.path.join(self.dir, name[:-len(DONE)])
+                # held, waiting, held: a runner of another slice may rename it meanwhile
+                if not any(os.path.lexists(base + sfx) for sfx in (HELD, READY, HELD)):
+                    unlink_quietly(base + DONE)  # its qfile is finished or gone
+            elif EDIT + "." in name and not name.startswith("."):
+                self._put_back_abandoned_edit(name)
+        remove_dead_temps(self.dir, names)
+
+    def _put_back_abandoned_edit(self, name: str) -> None:
+        """``ID.edit.PID`` of a ``queue edit`` killed before it finished goes back to
+        ``ID.qf`` unchanged (or is removed if its edit was already written back)."""
+        qid, _, pid = name.rpartition(EDIT + ".")
+        if not (pid.isdigit() and pid.isascii()) or alive(int(pid)):
+            return  # still being edited, or no name of ours
+        path = os.path.join(self.dir, name)
+        ready = os.path.join(self.dir, qid + READY)
+        if os.path.lexists(ready):
+            unlink_quietly(path)  # the edit was stored; only the taken copy was left
+            return
+        try:
+            os.rename(path, ready)
+        except OSError as exc:
+            log.error("cannot put back a qfile left by queue edit %s",
+                      kv(queue=self.name, qfile=qid, error=exc.strerror))
+            return
+        log.warning("qfile put back unchanged after an interrupted queue edit %s", kv(queue=self.name, qfile=qid))
+
+    def _quarantine(self, qid: str, path: str, data: bytes, reason: str) -> None:
+        """An unparsable file goes to ``bad`` whole, as the message of a new qfile."""
+        arrival = id_arrival(qid)
+        meta = {"from_queue": self.name, "reason": f"unparsable qfile: {reason}",
+                "unparsable": True, "original_name": qid + READY}
+        try:
+            self._board("bad").enqueue(
+                data, meta, arrival=arrival, qid=qid if arrival is not None else None)
+        except (QueueError, ValueError) as exc:
+            log.error("cannot move unparsable qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            return  # left held: nothing is lost, recover() tries again
+        unlink_quietly(path)
+        log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+
+    def _quarantine_odd(self, qid: str, path: str, what: str) -> None:
+        """A held entry that is no regular file (``what``: :func:`listgate.queue.files.describe`) goes to ``bad``:
+        a qfile with an empty message and the reason, and the entry itself renamed beside
+        it (:data:`ASIDE`), never opened: a symlink's target is not copied, a FIFO not read."""
+        original = os.path.basename(path)
+        original = qid + READY if original.endswith(HELD) else original
+        arrival = id_arrival(qid)
+        bad_id = qid if arrival is not None else new_id(clock.now())
+        meta = {"from_queue": self.name, "reason": f"not a regular file: {original} was {what}",
+                "unparsable": True, "original_name": original, "set_aside_as": bad_id + ASIDE}
+        try:
+            self._board("bad").enqueue(b"", meta, arrival=arrival, qid=bad_id)
+        except (QueueError, ValueError) as exc:
+            log.error("cannot move odd qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            return  # left held: recover() tries again
+        self._set_aside(path, bad_id + ASIDE)
+        log.error("qfile that is not a regular file moved to bad %s",
+                  kv(queue=self.name, qfile=qid, what=what))
+
+    def _set_aside(self, path: str, name: str | None = None) -> None:
+        """Rename the non-regular entry at ``path`` into ``bad`` as ``name`` (default: its
+        name + :data:`ASIDE`); unlink it if that fails (a directory then stays)."""
+        aside = os.path.join(self.queue_dir, "bad", name or os.path.basename(path) + ASIDE)
+        try:
+            os.makedirs(os.path.dirname(aside), exist_ok=True)
+            os.rename(path, aside)
+        except OSError:
+            unlink_quietly(path)  # never follows a symlink; a directory stays and is logged again
+
+
