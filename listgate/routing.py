@@ -50,7 +50,7 @@ log = logging.getLogger("listgate.routing")
 
 
 class RcptDecision(NamedTuple):
-    """The decision for one RCPT (immutable; a named tuple: cheap to build, see VerpResult).
+    """The decision for one RCPT (immutable).
 
     ``action``: one of :data:`ACTIONS`. For ``reject``/``tempfail``: ``code``
     (``550``, ``451``), ``dsn`` (enhanced status, RFC 3463) and ``text``.
@@ -85,7 +85,6 @@ def _tempfail(address, text: str = "list store temporarily unavailable, try agai
     return RcptDecision("tempfail", 451, "4.3.0", text, address)
 
 
-# decisions are immutable: the ones that do not depend on the request are made once
 _NO_SUCH_ADDRESS = _reject(None, "5.1.1", "no such list address")
 
 

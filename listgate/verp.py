@@ -22,7 +22,9 @@ key that is not ``retired`` signs. A retired key still verifies: for
 ``verp.retired_verify_window`` after its ``retired_at``, or, without
 ``retired_at``, as long as it is listed. Remove a key from the list to stop it
 verifying at once (e.g. after a leak). Key files are read once per loaded
-configuration (a :class:`listgate.config.Watcher` reload reads them again).
+configuration (:class:`Keyring`, kept as ``Site.verp_keys``; a
+:class:`listgate.config.Watcher` reload reads them again). Every signature
+is checked when it arrives, and a retired key's window at that moment.
 
 Long addresses: RFC 5321 section 4.5.3.1.1 limits a local part to 64 octets.
 When the signed local part would be longer, or the member's local part is not
@@ -74,9 +76,7 @@ class VerpResult(NamedTuple):
     ``token``: the probe token (lower case); ``pending``: its probe
     :class:`~listgate.store.PendingRecord`. ``key_id``: the key that signed
     (also for ``bad-mac`` / ``retired-key``). ``error``: for ``invalid``, one of
-    :data:`ERRORS`. A named tuple rather than a frozen dataclass: forged
-    bounce addresses make one per RCPT, and a frozen dataclass costs a
-    ``object.__setattr__`` call per field to build.
+    :data:`ERRORS`.
     """
 
     kind: str
