@@ -16,13 +16,12 @@ The extension delimiter is ``+`` (Postfix ``recipient_delimiter = +``). List
 names are compared case-insensitively; the extension keeps its case (tokens
 are case-sensitive base32/base64url).
 
-This module is the only place that knows these suffixes.
+This module is the only place that knows these suffixes, the form of a list
+key (:func:`list_key`) and how angle brackets come off an address (:func:`bare`).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from . import memo
 
 DELIMITER = "+"
 
@@ -56,7 +55,28 @@ class ListAddress:
 
     @property
     def list_key(self) -> str:
-        return f"{self.name}@{self.domain}"
+        return list_key(self)
+
+
+def list_key(lst) -> str:
+    """``"name@domain"``: the key of a list (its store, its qfiles, ``Site.lists``).
+
+    ``lst`` is anything with the list's ``name`` and ``domain``: a list
+    configuration or a :class:`ListAddress`.
+    """
+    return f"{lst.name}@{lst.domain}"
+
+
+def bare(address: str) -> str:
+    """``" <a@b> "`` → ``"a@b"``; ``"<>"`` → ``""`` (the null sender, RFC 5321 section 4.5.5).
+
+    Takes off surrounding space and one pair of enclosing angle brackets (the
+    ``Path`` of RFC 5321 section 4.1.2), nothing else.
+    """
+    address = address.strip()
+    if address.startswith("<") and address.endswith(">"):
+        address = address[1:-1].strip()
+    return address
 
 
 def split_address(address: str) -> tuple[str, str] | None:
@@ -65,9 +85,7 @@ def split_address(address: str) -> tuple[str, str] | None:
     The domain is lower-cased (RFC 5321 section 2.4: domains are
     case-insensitive); the local part is kept as written.
     """
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1].strip()
+    address = bare(address)
     if address.count("@") < 1:
         return None
     local, _, domain = address.rpartition("@")
@@ -80,8 +98,9 @@ class AddressTable:
     """Every address of a set of lists, ready for lookups: the scheme's one parser.
 
     ``known_lists`` is a container of ``"name@domain"`` keys (lower case),
-    e.g. ``Site.lists``. Built once per set of lists, a lookup is one dict
-    access, so the milter's and policy server's RCPT paths can afford it.
+    e.g. ``Site.lists``. A lookup is one dict access; a loaded
+    :class:`~listgate.config.Site` builds its table once
+    (``Site.address_table``), which is what the RCPT paths use.
     """
 
     __slots__ = ("_entries",)
@@ -116,30 +135,19 @@ class AddressTable:
         return ListAddress(role_address.name, role_address.domain, role, ext) if ext else role_address
 
 
-_tables: dict[int, tuple[object, AddressTable]] = {}
-
-
-def table_for(known_lists) -> AddressTable:
-    """The :class:`AddressTable` of ``known_lists`` (cached per object: a Site's lists never change)."""
-    cached = _tables.get(id(known_lists))
-    if cached is not None and cached[0] is known_lists:
-        return cached[1]
-    table = AddressTable(known_lists)
-    memo.put(_tables, id(known_lists), (known_lists, table), limit=8)
-    return table
-
-
 def parse(address: str, known_lists) -> ListAddress | None:
     """Which list and role ``address`` is, or None if it is not a list address.
 
     ``known_lists`` is a container of ``"name@domain"`` keys (lower case), e.g.
     ``Site.lists``. An address in a managed domain that matches no list and
     role returns None; the caller decides that it is unknown (``550 5.1.1``).
+    Builds the lists' table on each call: for many lookups against one Site,
+    use ``site.address_table.lookup``.
     """
     parts = split_address(address)
     if parts is None:
         return None
-    return table_for(known_lists).lookup(*parts)
+    return AddressTable(known_lists).lookup(*parts)
 
 
 def make(name: str, domain: str, role: str = "post", extension: str | None = None) -> str:

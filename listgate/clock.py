@@ -8,12 +8,10 @@ Sources, in order:
 
 * an in-process override set with :func:`set_offset` / :func:`freeze`
   (unit tests);
-* the file named by the environment variable ``LISTGATE_CLOCK_FILE`` (read
-  at the first call and after :func:`reset`): it
-  holds a number of seconds (float) added to the real time. A test advances
-  every process it started by rewriting that file (:func:`write_offset_file`);
-  the file is re-read when its mtime changes, so the cost per call is one
-  ``stat``;
+* the file named by the environment variable ``LISTGATE_CLOCK_FILE``, read
+  at every call: it holds a number of seconds (float) added to the real
+  time. A test advances every process it started by rewriting that file
+  (:func:`write_offset_file`);
 * the real time.
 
 Times are POSIX timestamps in seconds (float, UTC).
@@ -28,43 +26,24 @@ ENV_VAR = "LISTGATE_CLOCK_FILE"
 
 _frozen: float | None = None
 _offset: float = 0.0
-_file_cache: tuple[str, tuple[int, int], float] | None = None  # (path, (inode, mtime), offset)
-
-
-_UNSET = object()
-_env_path: object = _UNSET  # $LISTGATE_CLOCK_FILE, read once (os.environ costs µs on hot paths)
 
 
 def _file_offset() -> float:
-    global _file_cache, _env_path
-    if _env_path is _UNSET:
-        _env_path = os.environ.get(ENV_VAR) or None
-    path = _env_path
-    if path is None:
+    """The clock file's offset (0 without one, or when it is unreadable)."""
+    path = os.environ.get(ENV_VAR)
+    if not path:
         return 0.0
-    try:
-        st = os.stat(path)
-    except OSError:
-        return 0.0
-    # os.replace gives a new inode, so (inode, mtime) changes on every rewrite
-    mtime = (st.st_ino, st.st_mtime_ns)
-    if _file_cache and _file_cache[0] == path and _file_cache[1] == mtime:
-        return _file_cache[2]
     try:
         with open(path, encoding="ascii") as fh:
-            value = float(fh.read().strip() or 0)
+            return float(fh.read().strip() or 0)
     except (OSError, ValueError):
-        value = 0.0
-    _file_cache = (path, mtime, value)
-    return value
+        return 0.0
 
 
 def now() -> float:
     """Current time as a POSIX timestamp (seconds, float)."""
     if _frozen is not None:
         return _frozen
-    if _env_path is None:       # known to have no clock file: skip _file_offset (every RCPT decision reads the clock)
-        return time.time() + _offset
     return time.time() + _offset + _file_offset()
 
 
@@ -103,12 +82,10 @@ def set_offset(seconds: float) -> None:
 
 
 def reset() -> None:
-    """Back to real time (plus the clock file, if any); ``$LISTGATE_CLOCK_FILE`` is read again."""
-    global _frozen, _offset, _file_cache, _env_path
+    """Back to real time (plus the clock file, if any)."""
+    global _frozen, _offset
     _frozen = None
     _offset = 0.0
-    _file_cache = None
-    _env_path = _UNSET
 
 
 def write_offset_file(path: str, seconds: float) -> None:

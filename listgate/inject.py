@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Iterable, Sequence
 
 from . import clock
+from .addresses import bare
 from .config import Site
 from .log import kv
 from .queue import QueueError, Switchboard
@@ -80,14 +81,6 @@ class Stored:
     outcome: str = ""
     qfile: str | None = None
     detail: str = ""
-
-
-def bare(address: str) -> str:
-    """``"<a@b>"`` → ``"a@b"``; ``"<>"`` → ``""`` (the null sender, RFC 5321 section 4.5.5)."""
-    address = address.strip()
-    if address.startswith("<") and address.endswith(">"):
-        address = address[1:-1].strip()
-    return address
 
 
 def check_message(msg: bytes) -> None:

@@ -38,6 +38,7 @@ from importlib import resources
 from typing import Iterable, Mapping, Sequence
 
 from . import addresses, clock
+from .addresses import list_key  # noqa: F401 - messages.list_key: the list key, for message builders
 
 __all__ = ["make_notice", "queue_virgin", "render", "new_message_id", "owner_deliveries",
            "list_key", "MAX_SAMPLE_BYTES"]
@@ -56,11 +57,6 @@ _POLICY_UTF8 = email.policy.SMTPUTF8.clone(linesep="\n")
 _LOSSY_DEFECTS = (email.errors.MissingHeaderBodySeparatorDefect,
                   email.errors.MultipartInvariantViolationDefect)
 _ADDRESS_HEADERS = ("From", "To", "Cc", "Reply-To", "Sender")
-
-
-def list_key(lc) -> str:
-    """``"name@domain"`` of a list config (the store and qfile key)."""
-    return f"{lc.name}@{lc.domain}"
 
 
 def new_message_id(domain: str) -> str:

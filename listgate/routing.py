@@ -1,19 +1,10 @@
 """Recipient decisions at RCPT: one implementation for milter, policy server and inject.
 
-:func:`decide_rcpt` is on the hot path of every SMTP transaction to a managed
-domain: it reads nothing but the :class:`~listgate.config.Site` the caller
-passes (no config reload here) and, when needed, the list's store. What it
-needs from a Site (domains, trusted networks, every list address as a dict
-equal to :func:`listgate.addresses.parse`, posting rules and the decisions
-that do not depend on the request) is worked out once per Site object; a
-reload gives a new object. Three bounded memos (:mod:`listgate.memo`) hang
-off that per-Site plan, all exact: what a recipient text is (managed domain,
-postmaster, list address: a function of the text and the Site alone), the
-split of a sender text (:func:`listgate.addresses.split_address`, a function
-of the text), and per list the accept decision of each verified member VERP
-(:func:`listgate.verp.decode` keeps its result object while the signature
-stays valid, and the decision is a function of that result and the address).
-Membership and probe tokens are asked of the store every time.
+:func:`decide_rcpt` reads nothing but the :class:`~listgate.config.Site` the
+caller passes (no config reload here) and, when needed, the list's store:
+the Site's ``domains`` and ``address_table`` (built once per loaded
+configuration), :func:`listgate.verp.decode` for bounce addresses, and the
+store for membership and probe tokens, asked every time.
 
 Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 
@@ -44,11 +35,10 @@ from __future__ import annotations
 
 import ipaddress
 import logging
-import os
 from typing import Any, NamedTuple
 
-from . import memo, verp
-from .addresses import ROLE_SUFFIXES, ListAddress, split_address, table_for
+from . import verp
+from .addresses import ListAddress, split_address
 from .store import StoreError, open_store
 from .store.tokens import is_token
 
@@ -59,7 +49,7 @@ log = logging.getLogger("listgate.routing")
 
 
 class RcptDecision(NamedTuple):
-    """The decision for one RCPT (immutable; a named tuple: cheap to build, see VerpResult).
+    """The decision for one RCPT (immutable).
 
     ``action``: one of :data:`ACTIONS`. For ``reject``/``tempfail``: ``code``
     (``550``, ``451``), ``dsn`` (enhanced status, RFC 3463) and ``text``.
@@ -94,7 +84,6 @@ def _tempfail(address, text: str = "list store temporarily unavailable, try agai
     return RcptDecision("tempfail", 451, "4.3.0", text, address)
 
 
-# decisions are immutable: the ones that do not depend on the request are made once
 _NO_SUCH_ADDRESS = _reject(None, "5.1.1", "no such list address")
 
 
@@ -106,34 +95,26 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     unknown: never trusted). Never raises for bad input; store failures become
     ``tempfail``.
     """
-    plan = _plan(site)
-    seen = plan.recipients.get(rcpt)
-    if seen is None:
-        seen = plan.recipient(rcpt)
-    if seen is _NOT_OURS:
+    parts = split_address(rcpt or "")
+    if parts is None or parts[1] not in site.domains:
         return PASS
-    address, lp, postmaster = seen
+    local, domain = parts
+    address = site.address_table.lookup(local, domain)
     # split once for the re-injection test and the posting rules ("" and "<>" give None)
-    if sender:
-        sender_parts = plan.senders.get(sender, _UNSEEN)
-        if sender_parts is _UNSEEN:
-            sender_parts = plan.sender(sender)
-    else:
-        sender_parts = None
+    sender_parts = split_address(sender) if sender else None
     # only our own bounces address, sent from a trusted network, is a re-injection
-    if (sender_parts is not None and client_address and sender_parts[1] in plan.domains
-            and _is_reinjection(plan, sender, sender_parts, client_address)):
+    if sender_parts is not None and client_address and _is_reinjection(site, sender_parts, client_address):
         return PASS
-    if postmaster:
+    if local.lower() == "postmaster":
         return PASS
     if address is None:
         # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
         return _NO_SUCH_ADDRESS
     try:
         if address.role == "post":
-            return _decide_post(lp, sender, sender_parts)
+            return _decide_post(_ListPlan(site, address.list_key, site.lists[address.list_key]), sender, sender_parts)
         if address.role == "bounces":
-            return _decide_bounces(site, lp, address)
+            return _decide_bounces(site, address)
         if address.role == "confirm" and not is_token(address.extension.lower()):
             return _reject(address, "5.1.1", "not a valid confirmation address")
     except Exception as exc:  # noqa: BLE001 - any store failure: the client must retry, not lose mail
@@ -144,23 +125,14 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     return RcptDecision("accept", address=address)
 
 
-def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
+def _decide_bounces(site, address: ListAddress) -> RcptDecision:
     ext = address.extension
     if ext is None:
         return RcptDecision("accept", address=address)
-    result = verp.decode(site, lp.lc, ext, store=lp)
+    result = verp.decode(site, site.lists[address.list_key], ext)
     if not result.valid:
         return _reject(address, "5.1.1", "not a valid bounce address", verp_result=result)
-    if result.kind != "member":
-        return RcptDecision("accept", address=address, verp=result)
-    # a verified member VERP: verp.decode keeps its result object while the signature stays
-    # valid, so the same object means the same decision (address is a function of ext)
-    hit = lp.verp_accepts.get(ext)
-    if hit is not None and hit.verp is result:
-        return hit
-    decision = RcptDecision("accept", address=address, verp=result)
-    memo.put(lp.verp_accepts, ext, decision)
-    return decision
+    return RcptDecision("accept", address=address, verp=result)
 
 
 def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
@@ -183,14 +155,10 @@ def _is_store_failure(exc: Exception) -> bool:
     return isinstance(exc, (StoreError, OSError, verp.VerpKeyError))
 
 
-# -- per-Site plans: what decisions need from a Site, worked out once per Site object.
-# The caller passes the current Site; a reload gives a new object and so a new plan.
-
 class _ListPlan:
-    """One list's posting rules, its constant decisions and its store (opened on first use)."""
+    """One list's posting rules and the decisions they give (for :func:`_decide_post`)."""
 
-    __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce",
-                 "staff", "accept_post", "refuse_post", "verp_accepts", "_store")
+    __slots__ = ("site", "lc", "list_key", "open", "announce", "staff", "accept_post", "refuse_post")
 
     def __init__(self, site, list_key: str, lc):
         self.site = site
@@ -201,94 +169,23 @@ class _ListPlan:
         self.announce = policy == "announce"
         # owners and moderators may always post
         self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
-        name, _, domain = list_key.rpartition("@")
-        self.post_address = ListAddress(name, domain, "post")     # what parse() gives for L@D
-        self.accept_post = RcptDecision("accept", address=self.post_address)
+        post_address = ListAddress(lc.name, lc.domain, "post")     # what parse() gives for L@D
+        self.accept_post = RcptDecision("accept", address=post_address)
         if lc.non_member_action == "reject":
             text = ("only the list's moderators may post to this list" if self.announce
                     else "only members may post to this list")
-            self.refuse_post = _reject(self.post_address, "5.7.1", text)
+            self.refuse_post = _reject(post_address, "5.7.1", text)
         else:
             self.refuse_post = self.accept_post     # hold/discard: the runner acts after DATA
-        self.verp_accepts: dict[str, RcptDecision] = {}     # extension -> accept of a verified member VERP
-        self._store = None
 
     def store(self):
-        """``open_store(site, list_key)``, kept; opened again once closed (``close_all``)."""
-        store = self._store
-        if store is None or getattr(store, "closed", False):
-            store = self._store = open_store(self.site, self.list_key)
-        return store
-
-    def peek_pending(self, token: str):
-        # verp.decode's ``store``: the store is opened only when a probe token is looked up
-        return self.store().peek_pending(token)
+        return open_store(self.site, self.list_key)
 
 
-class _Plan:
-    __slots__ = ("site", "domains", "nets", "lists", "table", "recipients", "senders")
-
-    def __init__(self, site):
-        self.site = site
-        self.domains = site.domains
-        self.nets = tuple(ipaddress.ip_network(n, strict=False) for n in site.conf.trusted_networks)
-        self.lists = {key: _ListPlan(site, key, lc) for key, lc in site.lists.items()}
-        self.table = table_for(site.lists)
-        # rcpt as received -> what recipient() found: a function of the text and this Site only
-        self.recipients: dict[str | None, Any] = {}
-        self.senders: dict[str, tuple[str, str] | None] = {}   # sender text -> split_address(text)
-
-    def recipient(self, rcpt: str | None):
-        """``_NOT_OURS`` (not in a managed domain: rule 1), or ``(address, list_plan, is_postmaster)``.
-
-        ``address`` is :meth:`AddressTable.lookup`'s answer (None: unknown in a
-        managed domain), ``list_plan`` its list's :class:`_ListPlan`. Kept in
-        :attr:`recipients`, bounded.
-        """
-        parts = split_address(rcpt or "")
-        if parts is None or parts[1] not in self.domains:
-            seen = _NOT_OURS
-        else:
-            local, domain = parts
-            address = self.table.lookup(local, domain)
-            seen = (address, None if address is None else self.lists[address.list_key], local.lower() == "postmaster")
-        if rcpt is not None:
-            memo.put_text(self.recipients, rcpt, seen)
-        return seen
-
-    def sender(self, sender: str) -> tuple[str, str] | None:
-        """``split_address(sender)``, kept in :attr:`senders` (bounded): posters send again and again."""
-        parts = split_address(sender)
-        memo.put_text(self.senders, sender, parts)
-        return parts
-
-
-_BOUNCES_SUFFIX = ROLE_SUFFIXES["bounces"]   # the scheme's, for a cheap pre-test
-_NOT_OURS = object()
-_UNSEEN = object()
-_plans: dict[int, _Plan] = {}
-
-
-def _plan(site) -> _Plan:
-    plan = _plans.get(id(site))
-    if plan is not None and plan.site is site:
-        return plan
-    plan = _Plan(site)
-    memo.put(_plans, id(site), plan, limit=8)
-    return plan
-
-
-# a forked child opens its own stores (open_store does the same for its cache)
-os.register_at_fork(after_in_child=_plans.clear)
-
-
-def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_address: str) -> bool:
-    """Whether ``sender`` (split: ``parts``, its domain one of ``plan.domains``) is a list's bounces
-    address and ``client_address`` is in ``trusted_networks``: listgate's own mail coming back."""
-    # the caller tested the domain; a cheap string test next: almost every sender is someone else's address
-    if _BOUNCES_SUFFIX not in parts[0].lower():
-        return False
-    found = plan.table.lookup(*parts)
+def _is_reinjection(site, parts: tuple[str, str], client_address: str) -> bool:
+    """Whether the sender (split: ``parts``) is a list's bounces address and ``client_address``
+    is in ``trusted_networks``: listgate's own mail coming back."""
+    found = site.address_table.lookup(*parts)
     if found is None or found.role != "bounces":
         return False
     try:
@@ -297,4 +194,4 @@ def _is_reinjection(plan: _Plan, sender: str, parts: tuple[str, str], client_add
         return False
     if getattr(ip, "ipv4_mapped", None):
         ip = ip.ipv4_mapped
-    return any(ip in net for net in plan.nets)
+    return any(ip in ipaddress.ip_network(net, strict=False) for net in site.conf.trusted_networks)

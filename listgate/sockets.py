@@ -4,6 +4,9 @@ At start a socket file left behind by a daemon that died is removed; one a
 live daemon still answers on is refused (a second daemon must not steal it);
 anything that is not a socket is someone's data and is never removed. At a
 clean stop the daemon removes its own socket.
+
+A socket file is created under umask 0177, so nobody can connect before it
+gets its configured mode (``milter.socket_mode``, ``policy.socket_mode``).
 """
 from __future__ import annotations
 
@@ -11,6 +14,9 @@ import errno
 import os
 import socket
 import stat
+from typing import Callable, TypeVar
+
+T = TypeVar("T")
 
 
 class SocketInUse(OSError):
@@ -49,3 +55,30 @@ def remove(path: str) -> None:
             os.unlink(path)
     except OSError:
         pass
+
+
+def parse_mode(text: str, setting: str) -> int:
+    """A socket mode setting (an octal string like ``"0660"``) as an int.
+
+    ``setting`` names it in the error: ValueError for text that is not octal
+    or has bits beyond 0777.
+    """
+    try:
+        mode = int(text, 8)
+    except ValueError:
+        raise ValueError(f"{setting} {text!r} is not an octal mode like 0660") from None
+    if mode & ~0o777:
+        raise ValueError(f"{setting} {text!r} has bits beyond 0777")
+    return mode
+
+
+def create(path: str, mode: int, make: Callable[[], T]) -> T:
+    """Call ``make()``, which creates the socket file ``path``, under umask 0177, then give
+    ``path`` ``mode``; returns what ``make`` returned. The caller cleared a stale file first."""
+    old = os.umask(0o177)
+    try:
+        made = make()
+    finally:
+        os.umask(old)
+    os.chmod(path, mode)
+    return made

@@ -22,7 +22,9 @@ key that is not ``retired`` signs. A retired key still verifies: for
 ``verp.retired_verify_window`` after its ``retired_at``, or, without
 ``retired_at``, as long as it is listed. Remove a key from the list to stop it
 verifying at once (e.g. after a leak). Key files are read once per loaded
-configuration (a :class:`listgate.config.Watcher` reload reads them again).
+configuration (:class:`Keyring`, kept as ``Site.verp_keys``; a
+:class:`listgate.config.Watcher` reload reads them again). Every signature
+is checked when it arrives, and a retired key's window at that moment.
 
 Long addresses: RFC 5321 section 4.5.3.1.1 limits a local part to 64 octets.
 When the signed local part would be longer, or the member's local part is not
@@ -34,17 +36,18 @@ truncated, so a VERP address always names its member exactly.
 """
 from __future__ import annotations
 
+import base64
 import hashlib
 import hmac
 import re
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from . import clock, memo
-from .addresses import make, split_address
+from . import clock
+from .addresses import list_key, make, split_address
 from .store.tokens import is_token
 
-__all__ = ["VerpResult", "VerpKeyError", "member_bounce_address", "probe_bounce_address", "decode", "check_keys",
+__all__ = ["VerpResult", "VerpKeyError", "Keyring", "member_bounce_address", "probe_bounce_address", "decode", "check_keys",
            "MAX_LOCAL_PART", "KINDS", "ERRORS"]
 
 MAX_LOCAL_PART = 64           # RFC 5321 section 4.5.3.1.1
@@ -73,9 +76,7 @@ class VerpResult(NamedTuple):
     ``token``: the probe token (lower case); ``pending``: its probe
     :class:`~listgate.store.PendingRecord`. ``key_id``: the key that signed
     (also for ``bad-mac`` / ``retired-key``). ``error``: for ``invalid``, one of
-    :data:`ERRORS`. A named tuple rather than a frozen dataclass: forged
-    bounce addresses make one per RCPT, and a frozen dataclass costs a
-    ``object.__setattr__`` call per field to build.
+    :data:`ERRORS`.
     """
 
     kind: str
@@ -97,30 +98,16 @@ class _Key:
     retired: bool
     verify_until: float | None     # None: verifies while listed
 
-    @property
-    def keyed(self):
-        """HMAC-SHA256 already keyed (copied per MAC: saves hashing the key pads each time)."""
-        hm = self.__dict__.get("_keyed")
-        if hm is None:
-            hm = hmac.new(self.secret, digestmod=hashlib.sha256)
-            object.__setattr__(self, "_keyed", hm)
-        return hm
 
-    def for_list(self, list_key: str):
-        """:attr:`keyed` already fed ``list_key NUL`` (lower case), the start of every MAC for that list."""
-        per_list = self.__dict__.get("_per_list")
-        if per_list is None:
-            per_list = {}
-            object.__setattr__(self, "_per_list", per_list)
-        hm = per_list.get(list_key)
-        if hm is None:
-            hm = self.keyed.copy()
-            hm.update(f"{list_key.lower()}\x00".encode("utf-8", "surrogateescape"))
-            memo.put(per_list, list_key, hm, limit=1024)    # list keys come from the configuration: a backstop
-        return hm
+class Keyring:
+    """The VERP keys of one configuration (``verp`` section): ``signer``, ``by_id``, ``mac_length``.
 
+    Built once per loaded configuration (``Site.verp_keys``); a reload builds
+    a new one, so a key removed from the list stops verifying at once. Raises
+    :class:`VerpKeyError` for an unreadable or short key file, a key id unfit
+    for a local part, or when every key is retired.
+    """
 
-class _Keyring:
     def __init__(self, verp_conf):
         # 52 base32 characters carry all 256 bits of SHA-256; more would be padding
         self.mac_length = min(verp_conf.mac_length, 52)
@@ -133,19 +120,12 @@ class _Keyring:
             if k.retired and k.get("retired_at") is not None:
                 until = k.retired_at + window
             keys.append(_Key(k.id, _read_secret(k.file, k.id), k.retired, until))
-        self.keys = tuple(keys)
         # key ids compared case-insensitively: the whole local part may be case-folded
         self.by_id = {k.id.lower(): k for k in keys}
         signing = [k for k in keys if not k.retired]
         if not signing:
             raise VerpKeyError("every VERP key is retired; one must sign")
         self.signer = signing[0]
-        # (list_key, extension) -> (key, "member" result) of signatures verified with this ring.
-        # Exact: the MAC check is a function of the extension, the list key and these keys
-        # alone; only the retired key's window depends on the time and is looked at per use.
-        # Only verified extensions go in (a forger cannot fill it); a new configuration
-        # (reload) builds a new ring, so a removed key stops verifying at once.
-        self.verified: dict[tuple[str, str], tuple[_Key, VerpResult]] = {}
 
 
 def _read_secret(path: str, key_id: str) -> bytes:
@@ -160,73 +140,22 @@ def _read_secret(path: str, key_id: str) -> bytes:
     return secret
 
 
-# id(verp conf) -> (conf, keyring); holding conf keeps the id from being reused
-_keyrings: dict[int, tuple[Any, _Keyring]] = {}
-
-
-def _keyring(site) -> _Keyring:
-    conf = site.conf.verp
-    hit = _keyrings.get(id(conf))
-    if hit is not None and hit[0] is conf:
-        return hit[1]
-    ring = _Keyring(conf)
-    memo.put(_keyrings, id(conf), (conf, ring), limit=8)    # a few configurations alive at once at most (reloads)
-    return ring
-
-
 def check_keys(site) -> list[str]:
     """Problems with ``site``'s VERP keys (``listgate check``): unreadable or non-hex file,
     secret under 128 bits, key id unfit for a local part. Empty list when all is well."""
     try:
-        _Keyring(site.conf.verp)
+        Keyring(site.conf.verp)
     except VerpKeyError as exc:
         return [str(exc)]
     return []
 
 
 def _mac(key: _Key, list_key: str, member: str, length: int) -> str:
-    # the MAC input is f"{list_key.lower()}\x00{member.lower()}" (UTF-8, surrogateescape);
-    # the list part is already in key.for_list(list_key)
-    hm = key.for_list(list_key).copy()
-    hm.update(member.lower().encode("utf-8", "surrogateescape"))
-    digest = hm.digest()
-    # base32 turns each 5 bytes into 8 characters: encode only the prefix we keep
-    # (same characters as encoding the whole digest, at a fraction of the cost)
-    prefix = digest[: min(len(digest), -(-length // 8) * 5)]
-    return _b32(prefix)[:length]
-
-
-_B32_PAIRS = tuple(a + b for a in "abcdefghijklmnopqrstuvwxyz234567" for b in "abcdefghijklmnopqrstuvwxyz234567")
-
-
-def _b32(data: bytes) -> str:
-    """Lower-case RFC 4648 base32 of ``data``, without padding characters.
-
-    Equal to ``base64.b32encode(data).decode().lower()`` up to its first ``=``
-    (the last group is completed with zero bits, as there); two characters per
-    table lookup instead of base64's Python loop over padded bytes.
-    """
-    if len(data) % 5:
-        data += bytes(5 - len(data) % 5)
-    pairs = _B32_PAIRS
-    out = []
-    for i in range(0, len(data), 5):
-        c = int.from_bytes(data[i:i + 5], "big")
-        out.append(pairs[c >> 30] + pairs[(c >> 20) & 1023] + pairs[(c >> 10) & 1023] + pairs[c & 1023])
-    return "".join(out)
-
-
-# id(list config) -> (config, "name@domain"); holding the config keeps the id from being reused
-_list_keys: dict[int, tuple[Any, str]] = {}
-
-
-def _list_key(lc) -> str:
-    hit = _list_keys.get(id(lc))
-    if hit is not None and hit[0] is lc:
-        return hit[1]
-    key = f"{lc.name}@{lc.domain}"
-    memo.put(_list_keys, id(lc), (lc, key), limit=256)     # the lists of a few configurations (reloads) at most
-    return key
+    """HMAC-SHA256 over ``list_key NUL member`` (each lower-cased, UTF-8), lower-case base32
+    without padding (RFC 4648 section 6), cut to ``length`` characters."""
+    data = f"{list_key.lower()}\x00{member.lower()}".encode("utf-8", "surrogateescape")
+    digest = hmac.new(key.secret, data, hashlib.sha256).digest()
+    return base64.b32encode(digest).decode("ascii").rstrip("=").lower()[:length]
 
 
 def member_bounce_address(site, lc, member_address: str) -> str:
@@ -245,9 +174,9 @@ def member_bounce_address(site, lc, member_address: str) -> str:
     plain = make(lc.name, lc.domain, "bounces")
     if not _DOT_ATOM_RE.match(local) or not _DOMAIN_RE.match(domain):
         return plain
-    ring = _keyring(site)
+    ring = site.verp_keys
     key = ring.signer
-    mac = _mac(key, _list_key(lc), f"{local}@{domain}", ring.mac_length)
+    mac = _mac(key, list_key(lc), f"{local}@{domain}", ring.mac_length)
     address = make(lc.name, lc.domain, "bounces", f"{local}={domain}.{key.id}.{mac}")
     if len(address.rpartition("@")[0].encode("ascii")) > MAX_LOCAL_PART:
         return plain
@@ -281,7 +210,7 @@ def decode(site, lc, extension: str, *, store=None) -> VerpResult:
         if is_token(low):
             return _decode_probe(site, lc, low, store)
         return VerpResult("invalid", error="malformed")
-    ring = _keyring(site)
+    ring = site.verp_keys
     signed = _decode_signed(ring, lc, ext)
     if signed is not None:
         return signed
@@ -310,18 +239,8 @@ def _member_of(text: str) -> str | None:
     return f"{local}@{domain}"
 
 
-VERIFIED_CACHE_MAX = 4096        # verified extensions kept per keyring; a full cache is emptied
-
-
-def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
+def _decode_signed(ring: Keyring, lc, ext: str) -> VerpResult | None:
     """A verified/refused result if ``ext`` names one of our key ids, else None."""
-    list_key = _list_key(lc)
-    hit = ring.verified.get((list_key, ext))
-    if hit is not None:
-        key, result = hit
-        if key.verify_until is not None and clock.now() > key.verify_until:
-            return VerpResult("invalid", key_id=key.id, error="retired-key")
-        return result
     rest, dot, mac = ext.rpartition(".")
     if not dot:
         return None
@@ -332,21 +251,19 @@ def _decode_signed(ring: _Keyring, lc, ext: str) -> VerpResult | None:
         member = _member_of(rest[: -len(kid) - 1])
         if member is None:
             return VerpResult("invalid", key_id=key.id, error="malformed")
-        expected = _mac(key, list_key, member, ring.mac_length)
+        expected = _mac(key, list_key(lc), member, ring.mac_length)
         if not hmac.compare_digest(expected.encode("ascii"), mac.lower().encode("ascii", "replace")):
             return VerpResult("invalid", key_id=key.id, error="bad-mac")
-        result = VerpResult("member", member=member, key_id=key.id)
-        memo.put(ring.verified, (list_key, ext), (key, result), limit=VERIFIED_CACHE_MAX)
         if key.verify_until is not None and clock.now() > key.verify_until:
             return VerpResult("invalid", key_id=key.id, error="retired-key")
-        return result
+        return VerpResult("member", member=member, key_id=key.id)
     return None
 
 
 def _decode_probe(site, lc, token: str, store) -> VerpResult:
     if store is None:
         from .store import open_store
-        store = open_store(site, _list_key(lc))
+        store = open_store(site, list_key(lc))
     record = store.peek_pending(token)
     if record is None or record.type != "probe":
         return VerpResult("invalid", token=token, error="unknown-token")

@@ -130,6 +130,8 @@ def test_config_is_read_only(site):
         lc.name = "x"
     with pytest.raises(AttributeError):
         del lc.name
+    with pytest.raises(TypeError):
+        vars(lc)["name"] = "x"          # no instance dict to write behind the view
     assert lc.name == lc["name"] == "demo"
 
 

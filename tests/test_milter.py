@@ -4,6 +4,7 @@ Real store, real queue, real routing: each test has its own instance.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import Milter
@@ -237,7 +238,7 @@ def test_list_removed_during_transaction_tempfails(milter_site):
     ctx._connect(ip="192.0.2.10")
     ctx._envfrom("<alice@example.net>")
     assert ctx._envrcpt(f"<{LIST}>") == Milter.CONTINUE
-    ctx._priv.site = config.Site(**{**ctx._priv.site.__dict__, "lists": {}})
+    ctx._priv.site = dataclasses.replace(ctx._priv.site, lists={})
     assert ctx._data() == Milter.CONTINUE
     assert ctx._eom() == Milter.TEMPFAIL
 

@@ -21,6 +21,8 @@ from email.message import Message
 
 import flufl.bounce
 
+from ..addresses import bare
+
 log = logging.getLogger("listgate.bounce")
 
 try:  # private in flufl.bounce 6; see the module docstring
@@ -41,7 +43,7 @@ def _decode(addresses) -> tuple[str, ...]:
     for addr in addresses or ():
         if isinstance(addr, bytes):
             addr = addr.decode("utf-8", "replace")
-        addr = str(addr).strip().strip("<>")
+        addr = bare(str(addr))
         if addr and addr not in out:
             out.append(addr)
     return tuple(sorted(out))

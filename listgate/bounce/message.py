@@ -20,6 +20,8 @@ from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
+from ..addresses import bare
+
 MAX_PARSE_BYTES = 1024 * 1024        # 1 MiB of the message is parsed
 MAX_TEXT_CHARS = 64 * 1024           # 64 KiB of each text part is searched
 MAX_PARTS = 200                      # MIME parts walked, at most
@@ -242,7 +244,7 @@ def address_of(value: str) -> str | None:
         _, addr = parseaddr(value)
     except Exception:
         addr = ""
-    addr = (addr or value).strip().strip("<>").strip()
+    addr = bare(addr or value)
     if not _ADDRESS_RE.match(addr):
         return None
     local, _, domain = addr.rpartition("@")

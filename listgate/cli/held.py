@@ -4,6 +4,7 @@ from __future__ import annotations
 import sys
 
 from .. import log as lg_log
+from ..addresses import list_key
 from .common import get_list, load_site, print_json
 
 
@@ -29,7 +30,7 @@ def cmd_list(args) -> int:
     from ..store import open_store
     site = load_site(args)
     lc = get_list(site, args.list)
-    recs = open_store(site, f"{lc.name}@{lc.domain}").pending("held_message")
+    recs = open_store(site, list_key(lc)).pending("held_message")
     rows = [{"token": r.token, "created": r.created, "expires": r.expires, "author": r.payload.get("author"),
              "subject": r.payload.get("subject"), "reason": r.payload.get("reason"),
              "size": len(r.payload.get("message", "")) * 3 // 4} for r in recs]
@@ -39,7 +40,7 @@ def cmd_list(args) -> int:
     for r in rows:
         print(f"{r['token']}  {r['author'] or '-'}  {r['subject'] or '(no subject)'!r}  ({r['reason']})")
     if not rows:
-        print(f"no held posts for {lc.name}@{lc.domain}")
+        print(f"no held posts for {list_key(lc)}")
     return 0
 
 

@@ -14,6 +14,7 @@ import sys
 from datetime import datetime, timezone
 
 from .. import clock
+from ..addresses import list_key
 from ..store import AlreadyMember, DELIVERY_STATUSES, ListStore, Member, NotAMember, StoreUnavailable, open_store
 from ..store.mailman import ImportedMember, MailmanImportError, import_members, looks_like_pickle, read_config
 from .common import fail, get_list, load_site, print_json
@@ -32,7 +33,7 @@ def open_list_store(args) -> tuple[str, ListStore]:
     """(list key, store) for ``args.list``; exits 1 for an unknown list, 75 if the store is unavailable."""
     site = args.site = load_site(args)     # kept for commands that need more than the store
     lc = get_list(site, args.list)
-    key = f"{lc.name}@{lc.domain}"
+    key = list_key(lc)
     try:
         return key, open_store(site, key)
     except StoreUnavailable as exc:

@@ -2,8 +2,7 @@
 
 Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
 :func:`listgate.log.setup` (stderr or syslog facility ``mail``) from the event
-loop's own thread, after the answers of each read are written: a logging
-thread was measured to cost more than it saves (bench/policy.py: with two
+loop's own thread: a logging thread was measured to cost more than it saves (bench/policy.py: with two
 threads, a log thread preempted while holding the GIL stalls the loop for
 milliseconds on a busy machine; one line written in-loop costs microseconds,
 as for Postfix's own daemons). Tells

@@ -5,6 +5,7 @@ import os
 import sys
 
 from .. import config, instance, verp
+from ..addresses import list_key
 from ..config import format_duration
 from .common import load_site
 
@@ -69,7 +70,7 @@ def cmd_check(args) -> int:
         return 1
     print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
     for lc in site.iter_lists():
-        print(f"{lc.name}@{lc.domain}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
+        print(f"{list_key(lc)}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
     return 0

@@ -10,8 +10,10 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Iterator
 
+from ..addresses import AddressTable, list_key
 from . import schema
 from .loader import ConfigError, Frozen, format_duration, load_yaml_file, parse_duration, parse_socket, valid_address
 
@@ -33,7 +35,11 @@ class Site:
     """A loaded site: ``conf`` (site keys), resolved directories, and lists.
 
     ``lists`` maps ``"name@domain"`` (lower case) to the list's :class:`Frozen`
-    config; ``domains`` is the set of domains listgate manages.
+    config. Worked out from them on first use and kept with this object (a
+    reload gives a new Site): ``domains``, the set of domains listgate
+    manages; ``address_table``, the :class:`~listgate.addresses.AddressTable`
+    of every list address; ``verp_keys``, the VERP keyring (its key files
+    read once, :mod:`listgate.verp`).
     """
 
     path: str
@@ -44,9 +50,20 @@ class Site:
     lists: dict[str, Frozen] = field(default_factory=dict)
     list_files: dict[str, str] = field(default_factory=dict)
 
-    @property
+    @cached_property
     def domains(self) -> frozenset[str]:
         return frozenset(lc.domain for lc in self.lists.values())
+
+    @cached_property
+    def address_table(self) -> AddressTable:
+        return AddressTable(self.lists)
+
+    @cached_property
+    def verp_keys(self):
+        """The :class:`listgate.verp.Keyring` of ``conf.verp``; raises :class:`listgate.verp.VerpKeyError`
+        (and reads the files again at the next use) when a key file is unreadable."""
+        from ..verp import Keyring     # verp imports the store, which imports this package
+        return Keyring(self.conf.verp)
 
     def get_list(self, name: str, domain: str | None = None) -> Frozen | None:
         """Find a list by ``name@domain`` or by bare name (when unique)."""
@@ -64,10 +81,6 @@ class Site:
 
     def iter_lists(self) -> Iterator[Frozen]:
         return iter(sorted(self.lists.values(), key=lambda lc: (lc.domain, lc.name)))
-
-
-def list_address(lc: Frozen) -> str:
-    return f"{lc.name}@{lc.domain}"
 
 
 def load(path: str | None = None) -> Site:
@@ -112,11 +125,12 @@ def load(path: str | None = None) -> Site:
             continue
         if lraw["subject_prefix"] is None:
             lraw["subject_prefix"] = f"[{lraw['name']}] "
-        key = f"{lraw['name']}@{lraw['domain']}"
+        lc = Frozen(lraw)
+        key = list_key(lc)
         if key in lists:
             errors.append(f"{fpath}:1: name: list {key} is also defined in {files[key]}")
             continue
-        lists[key] = Frozen(lraw)
+        lists[key] = lc
         files[key] = fpath
     if not keys:
         errors.append(f"{path}:1: verp.keys: at least one VERP signing key is required")

@@ -14,6 +14,7 @@ from typing import Any
 
 import yaml
 
+from ..addresses import ROLE_SUFFIXES
 from .schema import Field, Section
 
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
@@ -23,7 +24,6 @@ _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024 ** 2, "g": 1024 ** 3}
 # A list name becomes a local part and a file name: keep it to characters that
 # are safe in both, and never let it look like one of our address suffixes.
 LISTNAME_RE = re.compile(r"^[a-z0-9](?:[a-z0-9_.-]{0,38}[a-z0-9])?$")
-RESERVED_SUFFIXES = ("-request", "-join", "-leave", "-confirm", "-owner", "-bounces")
 _DOMAIN_RE = re.compile(r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*$", re.I)
 _ADDRESS_RE = re.compile(r"^[^@\s<>()\[\],;:\"\\]{1,64}@[^@\s<>()\[\],;:\"\\]{1,253}$")
 
@@ -37,19 +37,17 @@ class ConfigError(Exception):
 
 
 class Frozen:
-    """Read-only attribute view of a validated mapping (sections nest)."""
+    """Read-only view of a validated mapping (sections nest): ``conf.key`` or ``conf["key"]``.
 
-    __slots__ = ("_data", "__dict__")
+    An unknown key raises AttributeError (KeyError for ``conf["key"]``);
+    nothing can be set or deleted. Keys named like a method (``get``,
+    ``as_dict``) are read as ``conf[key]``.
+    """
+
+    __slots__ = ("_data",)
 
     def __init__(self, data: dict[str, Any]):
-        data = dict(data)
-        object.__setattr__(self, "_data", MappingProxyType(data))
-        # values are also instance attributes, so reading one is a plain attribute lookup:
-        # __getattr__ runs only after a failed lookup, which costs a Python frame, and every
-        # RCPT decision reads the configuration. Keys named like a method (get, as_dict) are not
-        # copied: conf.get stays the method, such keys are read as conf[key]. (vars(conf) is
-        # writable; nothing in listgate writes it.)
-        vars(self).update((k, v) for k, v in data.items() if isinstance(k, str) and not hasattr(Frozen, k))
+        object.__setattr__(self, "_data", MappingProxyType(dict(data)))
 
     def __getattr__(self, key: str) -> Any:
         try:
@@ -287,7 +285,7 @@ def _check(spec: Field, raw: Any) -> Any:
         if not LISTNAME_RE.match(raw) or ".." in raw:
             raise ValueError(f"{raw!r} is not a safe list name (lower-case letters, digits, '.', '_', '-'; "
                              "no '/', no '..', 2-40 characters, starting and ending with a letter or digit)")
-        for suffix in RESERVED_SUFFIXES:
+        for suffix in ROLE_SUFFIXES.values():
             if raw.endswith(suffix):
                 raise ValueError(f"{raw!r} ends with {suffix!r}, which listgate uses for the list's own addresses")
         return raw

@@ -9,9 +9,9 @@ SMTP transaction.
 systemd ``Type=notify``: READY=1 once the socket is bound, STOPPING=1 when
 ``main()`` returns (:mod:`listgate.sdnotify`).
 
-Unix socket: created under umask 0177 (nobody can connect before the mode
-is set), then given ``milter.socket_mode`` (default 0660: the MTA's user
-connects through the group, nobody else may write). A socket left behind by
+Unix socket: created and given ``milter.socket_mode`` by
+:func:`listgate.sockets.create` (default 0660: the MTA's user connects
+through the group, nobody else may write). A socket left behind by
 a dead milter is removed at start; one a live milter still answers on is an
 error (two daemons must not steal each other's socket).
 """
@@ -57,12 +57,9 @@ def socket_spec(site) -> tuple[str, str | None]:
 def socket_mode(site) -> int:
     """``milter.socket_mode`` (an octal string like ``"0660"``) as an int."""
     try:
-        mode = int(site.conf.milter.socket_mode, 8)
-    except ValueError:
-        raise DaemonError(f"milter.socket_mode {site.conf.milter.socket_mode!r} is not an octal mode") from None
-    if mode & ~0o777:
-        raise DaemonError(f"milter.socket_mode {site.conf.milter.socket_mode!r} has bits beyond 0777")
-    return mode
+        return sockets.parse_mode(site.conf.milter.socket_mode, "milter.socket_mode")
+    except ValueError as exc:
+        raise DaemonError(str(exc)) from None
 
 
 def clear_stale_socket(path: str) -> None:
@@ -123,12 +120,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     if path:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         clear_stale_socket(path)
-        old = os.umask(0o177)
-        try:
-            libmilter.opensocket(True)
-        finally:
-            os.umask(old)
-        os.chmod(path, mode)
+        sockets.create(path, mode, lambda: libmilter.opensocket(True))
     else:
         libmilter.opensocket(False)
     log.info("milter listening on %s (%d lists)", conn, len(site.lists))

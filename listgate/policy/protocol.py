@@ -13,10 +13,10 @@ returns that last request so it is answered too.
 """
 from __future__ import annotations
 
-from .. import memo, routing
+from .. import routing
 
-__all__ = ["ProtocolError", "RequestParser", "decide", "rcpt_decision", "reply_for", "format_reply", "action_for",
-           "DUNNO_ACTIONS", "MAX_ATTRIBUTES"]
+__all__ = ["ProtocolError", "RequestParser", "decide", "rcpt_decision", "format_reply", "action_for",
+           "MAX_ATTRIBUTES"]
 
 # Postfix sends about 30 attributes; a request with hundreds is not Postfix.
 MAX_ATTRIBUTES = 256
@@ -53,50 +53,14 @@ class RequestParser:
     def feed(self, data: bytes) -> list[dict[str, str]]:
         requests: list[dict[str, str]] = []
         try:
-            return self._feed(data, requests)
+            self._feed(data, requests)
         except ProtocolError as exc:
             exc.complete = requests
             raise
+        return requests
 
-    def _feed(self, data: bytes, requests: list[dict[str, str]]) -> list[dict[str, str]]:
-        buf = self._buf + data if self._buf else data
-        cut = buf.rfind(b"\n")
-        if cut < 0:
-            if len(buf) > self.max_line:
-                raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
-            self._buf = buf
-            return requests
-        complete, rest = buf[:cut], buf[cut + 1:]
-        # fast path: whole input well-formed (one decode, one split); anything odd is
-        # re-parsed line by line so the error and the requests before it are exact
-        if len(complete) <= self.max_line or max(map(len, complete.split(b"\n"))) <= self.max_line:
-            text = complete.decode("utf-8", "surrogateescape")
-            if "\r" in text:       # one CR before each LF is dropped, as _feed_lines does per line
-                text = (text + "\n").replace("\r\n", "\n")[:-1]
-            attrs = self._attrs.copy() if self._attrs else {}
-            # the attribute limit is looked at per request, not per line: a request that ends
-            # (or a partial one that stops) with MAX_ATTRIBUTES names may have broken it
-            for line in text.split("\n"):
-                if not line:
-                    if len(attrs) >= MAX_ATTRIBUTES:
-                        break
-                    requests.append(attrs)
-                    attrs = {}
-                    continue
-                name, eq, value = line.partition("=")
-                if not eq or not name:
-                    break
-                attrs[name] = value
-            else:
-                if len(attrs) < MAX_ATTRIBUTES:
-                    if len(rest) > self.max_line:
-                        raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
-                    self._buf, self._attrs = rest, attrs
-                    return requests
-            requests.clear()
-        return self._feed_lines(buf, requests)
-
-    def _feed_lines(self, buf: bytes, requests: list[dict[str, str]]) -> list[dict[str, str]]:
+    def _feed(self, data: bytes, requests: list[dict[str, str]]) -> None:
+        buf = self._buf + data
         attrs = self._attrs
         start = 0
         while True:
@@ -124,7 +88,6 @@ class RequestParser:
             raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
         self._buf = rest
         self._attrs = attrs
-        return requests
 
     def finish(self) -> dict[str, str] | None:
         """At end of input: the unterminated last request (Exim), or None if there is none.
@@ -139,8 +102,6 @@ class RequestParser:
 
 
 _REFUSALS = ("reject", "tempfail")
-# the routing actions action_for answers with DUNNO: Postfix goes on with its other restrictions
-DUNNO_ACTIONS = tuple(a for a in routing.ACTIONS if a not in _REFUSALS and a != "discard")
 
 
 def action_for(decision: routing.RcptDecision) -> str:
@@ -176,24 +137,6 @@ def rcpt_decision(site, attrs: dict[str, str]) -> routing.RcptDecision | None:
     # an absent sender attribute is "unknown" (None); Postfix sends "sender=" for the null sender
     return routing.decide_rcpt(site, attrs.get("recipient", ""), attrs.get("sender"),
                                attrs.get("client_address") or None)
-
-
-def reply_for(decision: routing.RcptDecision) -> bytes:
-    """``format_reply(action_for(decision))``, kept per decision object.
-
-    Decisions are immutable and routing reuses one object for each decision
-    that does not depend on the request (unknown address, non-member refusal),
-    so most replies are encoded once. Bounded: a full memo is emptied.
-    """
-    hit = _replies.get(id(decision))
-    if hit is not None and hit[0] is decision:      # holding the decision keeps its id from being reused
-        return hit[1]
-    reply = format_reply(action_for(decision))
-    memo.put(_replies, id(decision), (decision, reply), limit=256)
-    return reply
-
-
-_replies: dict[int, tuple[routing.RcptDecision, bytes]] = {}
 
 
 def format_reply(action: str) -> bytes:

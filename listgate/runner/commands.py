@@ -171,7 +171,7 @@ def handle_request(site, lc, qf) -> str:
             elif cmd in ("unsubscribe", "leave", "signoff"):
                 unsubscribe(ctx)
             elif cmd in ("change-address", "changeaddress"):
-                change_address(ctx, args[0].strip("<>") if args else None)
+                change_address(ctx, addresses.bare(args[0]) if args else None)
             elif cmd == "help":
                 ctx.results.append(help_text(lc))
             elif cmd == "confirm" and args and TOKEN_RE.match(args[0].lower()):

@@ -13,6 +13,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from ..addresses import bare
 from ..bounce import message as bmsg
 from ..bounce.autoreply import autoreply_reason
 
@@ -64,7 +65,7 @@ def header_text_value(text: str) -> str:
 
 def is_null_sender(envelope_sender: str | None) -> bool:
     """True for ``<>`` and the MAILER-DAEMON conventions (RFC 5321 section 4.5.5)."""
-    s = (envelope_sender or "").strip().strip("<>").strip()
+    s = bare(envelope_sender or "")
     if not s:
         return True
     local = s.rpartition("@")[0] if "@" in s else s

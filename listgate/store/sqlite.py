@@ -38,7 +38,7 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from .. import clock
-from ..addresses import normalize
+from ..addresses import bare, normalize
 from ..config import valid_address
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
                    PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
@@ -85,12 +85,10 @@ def _event_address(address: str | None) -> str | None:
 
 def _bare_address(address: str) -> str:
     """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
-    bare = (address or "").strip()
-    if bare.startswith("<") and bare.endswith(">"):
-        bare = bare[1:-1].strip()
-    if not valid_address(bare):
+    address_bare = bare(address or "")
+    if not valid_address(address_bare):
         raise ValueError(f"malformed address {address!r}")
-    return bare
+    return address_bare
 
 
 def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
