@@ -116,7 +116,7 @@ def test_success_dsn_is_a_report_but_nothing_is_scored():
     ("5.0.0", "550 Requested action not taken: mailbox unavailable", "hard"),
     ("5.1.3", "553 http://www.spamhaus.org/query/bl?ip=192.0.2.222", "policy"),
     ("5.1.0", "550-'5.7.1 <bounce@example.org>... Access denied'", "policy"),
-    ("5.2.2", "552 5.2.2 Mailbox full", "hard"),
+    ("5.2.2", "552 5.2.2 Mailbox full", "soft"),      # RFC 3463 3.3: transient even in a 5xx
     ("5.3.4", "552 5.3.4 Message size exceeds fixed limit", "policy"),
     ("5.6.0", "550 5.6.0 Content rejected", "policy"),
     ("4.2.2", "452 4.2.2 Mailbox full, retries given up", "soft"),
@@ -270,13 +270,27 @@ def test_verp_attributes_every_failure_to_the_member():
     assert one(r).attribution == "probe"
 
 
-def test_verp_fast_path_gives_an_address_less_bounce_its_member():
+def test_verp_gives_an_address_less_bounce_its_member():
     raw = (b"From: Mail Delivery System <MAILER-DAEMON@example.net>\r\nSubject: Mail delivery failed\r\n\r\n"
            b"550 5.7.1 Your message was rejected by the recipient's spam filter.\r\n")
     r = classify(raw, verp_address="member@example.com")
     f = one(r)
     assert (f.address, f.bounce_class, f.attribution) == ("member@example.com", "policy", "verp")
-    assert any("detectors skipped" in n for n in r.notes)
+
+
+def test_verp_says_who_the_text_says_what():
+    """Root cause 4: a text-only bounce without a status code is read by the same
+    detectors with or without VERP (no fast path that skips them)."""
+    raw = (b"From: MAILER-DAEMON@example.net\r\nSubject: failure notice\r\n\r\n"
+           b"Hi. This is the qmail-send program at example.net.\r\n"
+           b"I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+           b"This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+           b"<forwarded@example.net>:\r\nThis address no longer accepts mail.\r\n")
+    plain = one(classify(raw))
+    verp = one(classify(raw, verp_address="member@example.com"))
+    assert plain.bounce_class == verp.bounce_class == "hard", (plain.reason, verp.reason)
+    assert (plain.address, verp.address) == ("forwarded@example.net", "member@example.com")
+    assert plain.attribution == "detector:qmail" and verp.attribution == "verp"
 
 
 # --- bad input: never raises ----------------------------------------------------

@@ -43,7 +43,7 @@ def test_text_output_says_class_status_and_why(tmp_path):
     assert rc == 0, err
     assert "dsn (a bounce)" in out
     assert "forwarded@elsewhere.example: policy 5.7.1 [dsn] scored with the list's bounce_weights.policy" in out
-    assert "why: DSN: 5.7.1: security/policy status" in out
+    assert "why: DSN: permanent 5.7.1 + 'blocked' in text" in out
     assert "spamhaus" in out
 
 
