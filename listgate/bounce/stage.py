@@ -25,12 +25,15 @@ fixed phrase:
   (">>> DATA") before the replies of the recipients: a "503 ... RCPT" /
   "no valid recipients" reply after it means the refusals were at RCPT.
 * qmail (``qmail-remote``): "Connected to ... but greeting failed.", "... but
-  my name was rejected.", "... but sender was rejected.", "Failed after I sent
-  the message."; a recipient refusal has no phrase (only "Remote host said").
+  my name was rejected.", "... but sender was rejected.", "HOST does not like
+  recipient.", "HOST failed on DATA command.", "HOST failed after I sent the
+  message.", each followed by "Remote host said: ...".
+* Exchange / Office 365 name the stage in some reply texts: "Client was not
+  authenticated to send anonymous mail during MAIL FROM".
 * Courier: ">>> MAIL FROM:<...>" / ">>> RCPT TO:<...>" / ">>> DATA" before
   the "<<< 5xx" reply, as Sendmail.
 
-Exchange, Office 365, Gmail and most web-mail bounces do not say the stage;
+Most Exchange, Office 365, Gmail and web-mail bounces do not say the stage;
 then :func:`smtp_stage` returns None and the status code and wording decide.
 """
 from __future__ import annotations
@@ -63,7 +66,7 @@ _PHRASES = (
     # Postfix smtp(8): "(in reply to <COMMAND> command)"
     ("postfix", re.compile(
         r"\(in" + _W + r"reply" + _W + r"to" + _W
-        + r"(MAIL" + _W + r"FROM|RCPT" + _W + r"TO|end" + _W + r"of" + _W + r"DATA|DATA|BDAT|[EHL]HLO|STARTTLS|XFORWARD|XCLIENT|AUTH)"
+        + r"(MAIL" + _W + r"FROM|RCPT" + _W + r"TO|end" + _W + r"of" + _W + r"DATA|DATA|BDAT|(?:EHLO|HELO|LHLO)|STARTTLS|XFORWARD|XCLIENT|AUTH)"
         + _W + r"command\)", re.I)),
     ("postfix", re.compile(r"refused" + _W + r"to" + _W + r"talk" + _W + r"to" + _W + r"me"
                            + r"|while" + _W + r"receiving" + _W + r"the" + _W + r"initial" + _W + r"server"
@@ -72,18 +75,22 @@ _PHRASES = (
     ("exim", re.compile(
         r"SMTP" + _W + r"error" + _W + r"from" + _W + r"remote" + _W + r"mail(?:er|" + _W + r"server)" + _W
         + r"after" + _W + r"(initial" + _W + r"connection|(?:pipelined" + _W + r")?(?:MAIL" + _W + r"FROM|RCPT"
-        + _W + r"TO|DATA)|end" + _W + r"of" + _W + r"data|[EHL]HLO|STARTTLS|AUTH|BDAT)", re.I)),
+        + _W + r"TO|DATA)|end" + _W + r"of" + _W + r"data|(?:EHLO|HELO|LHLO)|STARTTLS|AUTH|BDAT)", re.I)),
     # qmail-remote
     ("qmail", re.compile(r"Connected" + _W + r"to" + _W + r"\S+" + _W + r"but" + _W
                          + r"(greeting|my" + _W + r"name|sender)" + _W + r"was" + _W + r"rejected"
                          + r"|Connected" + _W + r"to" + _W + r"\S+" + _W + r"but" + _W + r"(greeting)" + _W + r"failed"
-                         + r"|(Failed)" + _W + r"after" + _W + r"I" + _W + r"sent" + _W + r"the" + _W + r"message",
-                         re.I)),
+                         + r"|(does" + _W + r"not" + _W + r"like" + _W + r"recipient)"
+                         + r"|failed" + _W + r"(on" + _W + r"DATA" + _W + r"command|after" + _W + r"I" + _W
+                         + r"sent" + _W + r"the" + _W + r"message)", re.I)),
+    # Exchange / Office 365: "... during MAIL FROM" in its reply texts
+    ("exchange", re.compile(r"\bduring" + _W + r"(MAIL" + _W + r"FROM|RCPT" + _W + r"TO|DATA)\b", re.I)),
 )
-_QMAIL = {"greeting": "connect", "my name": "helo", "sender": "mail", "failed": "data"}
+_QMAIL = {"greeting": "connect", "my name": "helo", "sender": "mail", "does not like recipient": "rcpt",
+          "on data command": "data", "after i sent the message": "data"}
 
 # Sendmail / Courier transcripts: ">>> COMMAND" lines, then "<<< reply" lines.
-_SENT_RE = re.compile(r"^\s*>>>\s*(MAIL\s+FROM|RCPT\s+TO|DATA|[EHL]HLO|STARTTLS|QUIT)\b", re.I | re.M)
+_SENT_RE = re.compile(r"^\s*>>>\s*(MAIL\s+FROM|RCPT\s+TO|DATA|(?:EHLO|HELO|LHLO)|STARTTLS|QUIT)\b", re.I | re.M)
 _FAILED_REPLY_RE = re.compile(r"^\s*<<<\s*[45]\d\d\b", re.M)
 _NO_RECIPIENT_RE = re.compile(r"^\s*<<<\s*(?:503\b.*rcpt|\d{3}\b.*no\s+valid\s+recipients)", re.I | re.M)
 

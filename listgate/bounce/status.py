@@ -113,7 +113,7 @@ _BLOCK_WORDS = re.compile(
     r"|(?:ip\s+)?name\s+lookup\s+failed|invalid\s+ip\s+for\s+sending|not\s+accepting\s+connections"
     r"|unauthenticated\s+(?:senders?|e-?mail|mail)|not\s+authenticated|authentication\s+(?:is\s+)?required"
     r"|without\s+authentication|smtp\s+authentication"
-    r"|(?:tls|starttls|encryption)\s+(?:is\s+)?(?:required|needed|mandatory)|must\s+use\s+(?:tls|starttls)"
+    r"|(?:tls|starttls|encryption)\s+(?:is\s+)?(?:required|needed|mandatory)|must\s+use\s+(?:tls|starttls)|issue\s+a\s+starttls"
     r"|client\s+host\s+(?:\[[^\]]*\]\s+)?(?:rejected|blocked|refused)|helo\s+command\s+rejected"
     r"|sender\s+address\s+rejected|sending\s+(?:ip|host|server|mta)|(?:your|the\s+sending|sender'?s?)\s+ip"
     r"|ip\s+(?:address\s+)?(?:\S+\s+)?(?:is\s+)?(?:blocked|listed|banned|blacklisted|not\s+allowed)"
