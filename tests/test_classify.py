@@ -116,7 +116,7 @@ def test_success_dsn_is_a_report_but_nothing_is_scored():
     ("5.0.0", "550 Requested action not taken: mailbox unavailable", "hard"),
     ("5.1.3", "553 http://www.spamhaus.org/query/bl?ip=192.0.2.222", "policy"),
     ("5.1.0", "550-'5.7.1 <bounce@example.org>... Access denied'", "policy"),
-    ("5.2.2", "552 5.2.2 Mailbox full", "hard"),
+    ("5.2.2", "552 5.2.2 Mailbox full", "soft"),      # RFC 3463 3.3: transient even in a 5xx
     ("5.3.4", "552 5.3.4 Message size exceeds fixed limit", "policy"),
     ("5.6.0", "550 5.6.0 Content rejected", "policy"),
     ("4.2.2", "452 4.2.2 Mailbox full, retries given up", "soft"),
@@ -270,13 +270,27 @@ def test_verp_attributes_every_failure_to_the_member():
     assert one(r).attribution == "probe"
 
 
-def test_verp_fast_path_gives_an_address_less_bounce_its_member():
+def test_verp_gives_an_address_less_bounce_its_member():
     raw = (b"From: Mail Delivery System <MAILER-DAEMON@example.net>\r\nSubject: Mail delivery failed\r\n\r\n"
            b"550 5.7.1 Your message was rejected by the recipient's spam filter.\r\n")
     r = classify(raw, verp_address="member@example.com")
     f = one(r)
     assert (f.address, f.bounce_class, f.attribution) == ("member@example.com", "policy", "verp")
-    assert any("detectors skipped" in n for n in r.notes)
+
+
+def test_verp_says_who_the_text_says_what():
+    """Root cause 4: a text-only bounce without a status code is read by the same
+    detectors with or without VERP (no fast path that skips them)."""
+    raw = (b"From: MAILER-DAEMON@example.net\r\nSubject: failure notice\r\n\r\n"
+           b"Hi. This is the qmail-send program at example.net.\r\n"
+           b"I'm afraid I wasn't able to deliver your message to the following addresses.\r\n"
+           b"This is a permanent error; I've given up. Sorry it didn't work out.\r\n\r\n"
+           b"<forwarded@example.net>:\r\nThis address no longer accepts mail.\r\n")
+    plain = one(classify(raw))
+    verp = one(classify(raw, verp_address="member@example.com"))
+    assert plain.bounce_class == verp.bounce_class == "hard", (plain.reason, verp.reason)
+    assert (plain.address, verp.address) == ("forwarded@example.net", "member@example.com")
+    assert plain.attribution == "detector:qmail" and verp.attribution == "verp"
 
 
 # --- bad input: never raises ----------------------------------------------------
@@ -344,3 +358,77 @@ def test_words_of_our_own_quoted_message_do_not_make_it_policy():
            b"X-Virus-Scanned: by amavisd-milter\r\nX-Spam-Status: No\r\nSubject: hello\r\n\r\nhi\r\n")
     result = classify(raw)
     assert [(f.address, f.bounce_class) for f in result.failures] == [("gone@example.net", "hard")], result
+
+
+# --- issue 14: stage, registry, wording families --------------------------------
+
+@pytest.mark.parametrize("text,stage", [
+    ("host mx.example.net[192.0.2.1] said: 550 5.7.1 refused (in reply to MAIL\n    FROM command)", "mail"),
+    ("SMTP error from remote mail server after MAIL FROM:<l-bounces@example.org> SIZE=100:\n 550 no", "mail"),
+    ("... while talking to mx.example.net.:\n>>> MAIL From:<l@example.org>\n<<< 550 5.7.1 Access denied", "mail"),
+    ("Connected to 192.0.2.3 but sender was rejected.\nRemote host said: 553 sorry", "mail"),
+    ("530 5.7.57 Client was not authenticated to send anonymous mail during MAIL FROM", "mail"),
+    ("SMTP error from remote mail server after initial connection:\n 554 go away", "connect"),
+    ("host mx.example.net[192.0.2.1] refused to talk to me: 554 5.7.1 blocked", "connect"),
+    ("SMTP error from remote mailer after EHLO lists.example.org:\n 550 no", "helo"),
+    ("said: 554 5.0.0 Service denied (in reply to HELO command)", "helo"),
+    ("said: 550 5.1.1 unknown (in reply to RCPT TO command)", "rcpt"),
+    ("SMTP error from remote mail server after RCPT TO:<a@example.net>:\n 550 unknown", "rcpt"),
+    ("192.0.2.3 does not like recipient.\nRemote host said: 550 no mailbox", "rcpt"),
+    ("said: 554 5.7.1 rejected (in reply to end of DATA command)", "data"),
+    ("SMTP error from remote mail server after end of data:\n 550 rejected", "data"),
+    ("192.0.2.3 failed after I sent the message.\nRemote host said: 554 no", "data"),
+    # Sendmail with PIPELINING shows only '>>> DATA' before the recipients' replies
+    (">>> DATA\n<<< 550 5.1.1 <a@example.net>... User unknown\n<<< 503 5.0.0 Need RCPT (recipient)", "rcpt"),
+    ("Remote Server returned '550 5.1.1 RESOLVER.ADR.RecipNotFound; not found'", None),
+])
+def test_smtp_stage_in_each_mtas_words(text, stage):
+    from listgate.bounce.stage import smtp_stage
+    found = smtp_stage(text)
+    assert (found.stage if found else None) == stage, found
+
+
+@pytest.mark.parametrize("status,about", [
+    ("5.1.1", "recipient"), ("5.1.10", "recipient"), ("5.7.13", "recipient"), ("5.2.1", "recipient"),
+    ("5.2.2", "transient"), ("4.2.2", "transient"), ("5.4.7", "transient"), ("5.7.28", "transient"),
+    ("5.7.26", "message"), ("5.6.0", "message"), ("5.3.4", "message"), ("5.7.23", "message"),
+    ("5.7.27", "sender"), ("5.1.8", "sender"), ("5.7.25", "sender"),
+    ("5.7.1", "ambiguous"), ("5.0.0", "ambiguous"), ("5.7.606", "ambiguous"), ("5.6.99", "message"),
+])
+def test_enhanced_code_registry_says_what_a_code_is_about(status, about):
+    from listgate.bounce.codes import lookup
+    assert lookup(status).about == about
+    assert lookup(None) is None and lookup("junk") is None
+
+
+@pytest.mark.parametrize("diagnostic,context,expected", [
+    # 1. stage: the same bare reply is policy before RCPT, hard at RCPT, policy after DATA
+    ("550 5.0.0 Access denied", "said: 550 5.0.0 Access denied (in reply to MAIL FROM command)", "policy"),
+    ("550 5.0.0 Access denied", "SMTP error from remote mail server after MAIL FROM:<x@y>:", "policy"),
+    ("550 5.0.0 Access denied", "said: 550 5.0.0 Access denied (in reply to RCPT TO command)", "hard"),
+    ("554 5.0.0 Transaction failed", "said: 554 5.0.0 Transaction failed (in reply to end of DATA command)", "policy"),
+    ("554 5.0.0 Transaction failed", "SMTP error from remote mail server after end of data:", "policy"),
+    ("550 5.1.1 <a@example.net>: user unknown", "(in reply to end of DATA command)", "hard"),
+    # 2. blocking words (several MTAs' wordings) and registry codes
+    ("550 Invalid IP for sending mail of domain example.org", "", "policy"),
+    ("554 5.7.1 <h[192.0.2.1]>: Client host rejected: Access denied", "", "policy"),
+    ("550 5.7.606 Access denied, banned sending IP [192.0.2.1]", "", "policy"),
+    ("550 Your IP 192.0.2.1 is listed at zen.spamhaus.org (BL)", "", "policy"),
+    ("530 5.7.0 Must issue a STARTTLS command first", "", "policy"),
+    ("550 5.7.1 RESOLVER.RST.AuthRequired; authentication required", "", "policy"),
+    ("550 5.7.25 The IP address sending this message does not have a PTR record", "", "policy"),
+    ("550 5.7.27 Sender address has null MX", "", "policy"),
+    ("550 5.7.13 RESOLVER.ADR.Disabled; recipient is disabled", "", "hard"),
+    ("550 5.7.13 <a@example.net>: Recipient address rejected: User account disabled", "", "hard"),
+    ("550 5.7.1 Unable to relay; user unknown", "", "hard"),
+    # 3. transient, whatever the reply class
+    ("552 5.2.2 Mailbox full", "", "soft"),
+    ("554 5.2.2 mailbox full; STOREDRV.Deliver.Exception:QuotaExceededException", "", "soft"),
+    ("550 <a@example.net>: Disk quota exceeded", "", "soft"),
+    ("550 5.7.0 x-unix; maildrop: maildir over quota", "", "soft"),
+    ("550 user is receiving mail at a rate that prevents additional messages from being delivered", "", "soft"),
+    ("550 Too many connections, try again later", "", "soft"),
+])
+def test_permanent_rules_by_mechanism(diagnostic, context, expected):
+    bounce_class, reason, _ = st.classify_failure("failed", None, diagnostic, context=context)
+    assert bounce_class == expected, reason

@@ -43,7 +43,7 @@ def test_text_output_says_class_status_and_why(tmp_path):
     assert rc == 0, err
     assert "dsn (a bounce)" in out
     assert "forwarded@elsewhere.example: policy 5.7.1 [dsn] scored with the list's bounce_weights.policy" in out
-    assert "why: DSN: 5.7.1: security/policy status" in out
+    assert "why: DSN: permanent 5.7.1 + 'client host blocked' in text: our host or message was refused" in out
     assert "spamhaus" in out
 
 
@@ -93,3 +93,66 @@ def test_with_config_a_forged_verp_is_not_attributed(site, tmp_path):
     assert rc == 0, err
     assert "bounces, invalid" in out and "bad-mac" in out
     assert "forwarded@elsewhere.example: policy" in out   # the DSN's own address, not a member
+
+
+def test_verp_option_with_a_member_address(tmp_path):
+    f = tmp_path / "b.eml"
+    f.write_bytes(DSN.format(rcpt_header="").encode())
+    rc, out, err = run("classify", "--json", "--verp", "alice@example.com", str(f))
+    assert rc == 0, err
+    [item] = json.loads(out)
+    [failure] = item["failures"]
+    assert (failure["address"], failure["attribution"], failure["bounce_class"]) == \
+        ("alice@example.com", "verp", "policy")
+    assert item["verp"]["header"] == "--verp" and item["verp"]["member"] == "alice@example.com"
+
+
+def test_verp_option_with_a_full_bounce_address_is_decoded(site, tmp_path):
+    path, st = site
+    lc = st.get_list("demo")
+    bounce_addr = verp.member_bounce_address(st, lc, "alice@example.com")
+    f = tmp_path / "b.eml"
+    f.write_bytes(DSN.format(rcpt_header="").encode())
+    rc, out, err = run("-c", path, "classify", "--verp", bounce_addr, str(f))
+    assert rc == 0, err
+    assert f"sent to {bounce_addr} (--verp): demo" in out and "-> member alice@example.com" in out
+    assert "alice@example.com: policy 5.7.1 [verp] scored with weight 0" in out
+
+
+def _corpus_paths() -> list:
+    from engine_helpers import CORPUS
+    from test_corpus import NEW_CORPUS
+    paths = []
+    for base in (CORPUS, NEW_CORPUS):
+        table = base / "EXPECTED.tsv"
+        if table.exists():
+            paths += [base / line.split("\t", 1)[0] for line in table.read_text(encoding="utf-8").splitlines()[1:]
+                      if line.strip()]
+    return paths
+
+
+def test_engine_and_classify_verp_agree_on_every_corpus_message(site, tmp_path):
+    """Root cause 4: ``listgate classify --verp MEMBER`` shows exactly what the engine
+    decides for a bounce that reached MEMBER's VERP address, message by message."""
+    from engine_helpers import make_env
+    paths = _corpus_paths()
+    if len(paths) < 50:
+        pytest.skip("bounce corpus not present")
+    member = "jane@example.com"
+    env = make_env(site[1], members=(member,))
+    engine = []
+    for p in paths:
+        outcome = env.bounce(p.read_bytes(), env.verp_rcpt(member))
+        is_bounce = outcome.classification.is_bounce
+        classes = sorted({a.bounce_class for a in outcome.actions if a.address == member})
+        engine.append((is_bounce, classes if is_bounce else []))
+    rc, out, err = run("classify", "--json", "--verp", member, *map(str, paths))
+    assert rc == 0, err
+    cli = []
+    for item in json.loads(out):
+        classes = sorted({f["bounce_class"] for f in item["failures"]}) or ["unknown"]
+        assert all(f["address"] == member for f in item["failures"])
+        cli.append((item["is_bounce"], classes if item["is_bounce"] else []))
+    differ = [(str(p), e, c) for p, e, c in zip(paths, engine, cli) if e != c]
+    assert not differ, differ[:10]
+    assert len(cli) == len(paths)

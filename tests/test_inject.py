@@ -121,7 +121,7 @@ def test_corpus_bounce_scores_as_classify_predicts(site, corpus, via_verp):
     lc = site.lists[LIST]
     member = "userx@example.com"
     open_store(site, LIST).add_member(member)
-    msg = corpus_bounce(corpus, "flufl.bounce/dsn_01.txt")
+    msg = corpus_bounce(corpus, "flufl.bounce/dsn_13.txt")
     rcpt = verp.member_bounce_address(site, lc, member) if via_verp else "demo-bounces@lists.example.org"
     # what `listgate classify` reports for this message
     predicted = classify(msg, envelope_recipient=rcpt, verp_address=member if via_verp else None)
@@ -139,7 +139,7 @@ def test_bounce_with_read_only_store_is_not_stored(site, corpus):
     lists = Path(site.state_dir) / "lists"
     open_store(site, LIST).add_member("userx@example.com")
     open_store(site, LIST).close()
-    msg = corpus_bounce(corpus, "flufl.bounce/dsn_01.txt")
+    msg = corpus_bounce(corpus, "flufl.bounce/dsn_13.txt")
     r = routed(site, "demo-bounces@lists.example.org", sender="")
     # the same database, on a mount that turns read-only
     mnt = lists
@@ -217,7 +217,7 @@ def test_cli_store_unavailable_exits_75(site, corpus):
     # a non-member post needs the members table: routing answers tempfail
     assert run_inject(site, MSG, "-r", LIST, "-f", "stranger@example.net").returncode == 75
     # a bounce is registered inline, in the store: not now
-    dsn = corpus_bounce(corpus, "flufl.bounce/dsn_01.txt")
+    dsn = corpus_bounce(corpus, "flufl.bounce/dsn_13.txt")
     assert run_inject(site, dsn, "-r", "demo-bounces@lists.example.org", "-f", "").returncode == 75
     # owner mail needs no store until the runner takes it
     assert run_inject(site, MSG, "-r", "demo-owner@lists.example.org").returncode == 0

@@ -125,7 +125,7 @@ def test_corpus_bounce_changes_score_as_classify_predicts(stack, corpus):
     lc = site.lists[LIST]
     member = "userx@example.com"
     open_store(site, LIST).add_member(member)
-    raw = (corpus / "flufl.bounce/dsn_01.txt").read_bytes()
+    raw = (corpus / "flufl.bounce/dsn_13.txt").read_bytes()
     rcpt = verp.member_bounce_address(site, lc, member)
     predicted = classify(raw, envelope_recipient=rcpt, verp_address=member)
     expected = sum(lc.bounce_weights[f.bounce_class] for f in predicted.failures[:1])

@@ -36,9 +36,10 @@ message is attributed to that member (``attribution='verp'`` or
 VERP'd message went to exactly one member. A report naming several
 recipients is then reduced to its most severe outcome
 (hard > policy > soft > complaint > unknown > delayed > others), and the
-address the report named is kept in ``reason``. With a ``verp_address`` a
-message that looks like a bounce by its headers skips flufl.bounce's
-detectors (the address is already known): that is the VERP fast path.
+address the report named is kept in ``reason``. VERP says only *who*: the
+message is read the same way with or without it (same steps 1-6, same
+detectors, same :mod:`.status` rules), so ``listgate classify`` on a file and
+the engine on the same bounce to a VERP address reach the same class.
 
 Never raises on bad input; the limits on how much is parsed are in
 :mod:`.message`.
@@ -170,12 +171,6 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
     auto = autoreply_reason(msg)
     looks_like_bounce = _looks_like_bounce(msg)
     text = None
-    if verp_address and looks_like_bounce and (not auto or _bounce_from(msg)):
-        # VERP fast path: the address is known, only the class is needed.
-        text = m.without_returned_text(m.body_text(msg))
-        notes.append("looks like a bounce by its headers; VERP attributes it, detectors skipped")
-        return done(True, "non-standard", [_heuristic_failure(text, None, "heuristic")])
-
     found = run_detectors(msg)
     if found is not None and not (auto and not _bounce_from(msg)):
         text = m.without_returned_text(m.body_text(msg))
@@ -213,8 +208,12 @@ def _dsn_failures(report) -> list[Failure]:
         # The human-readable part explains a lone recipient's failure when the
         # DSN has no Diagnostic-Code (common with Exchange and qmail gateways).
         diag = rec.diagnostic or (report.human_text if single else "")
+        # The SMTP stage is in the human-readable part ("... (in reply to MAIL FROM
+        # command)"), rarely in the Diagnostic-Code: read it there, near this recipient.
+        human = m.without_returned_text(report.human_text)
+        context = human if single else _near(human, rec.address or "")
         bounce_class, reason, status = classify_failure(
-            rec.action, rec.status, diag,
+            rec.action, rec.status, diag, context=context,
             report_is_final=(gave_up(diag) and not is_warning(diag)) if not rec.action else None)
         if bounce_class is None:
             if rec.action in ("failed", "failure", "fail", "error"):
@@ -228,7 +227,7 @@ def _dsn_failures(report) -> list[Failure]:
 
 def _near(text: str, address: str, before: int = 200, after: int = 600) -> str:
     """The text around the first mention of ``address`` (where MTAs quote its SMTP reply)."""
-    i = text.lower().find(address.lower())
+    i = text.lower().find(address.lower()) if address else -1
     if i < 0:
         return ""
     return text[max(0, i - before): i + len(address) + after]

@@ -3,7 +3,9 @@
 Inputs are what a report says about one recipient: the DSN ``Action``
 (RFC 3464 section 2.3.3), the enhanced status code (RFC 3463) and the
 diagnostic text (``Diagnostic-Code`` or the SMTP reply quoted in a
-non-standard bounce).
+non-standard bounce), plus the text around it where MTAs name the SMTP stage
+(:mod:`.stage`). What each enhanced status code is about is a table in
+:mod:`.codes` (the IANA registry).
 
 The rules (:func:`classify_failure`), in order:
 
@@ -14,37 +16,48 @@ The rules (:func:`classify_failure`), in order:
    says it failed (``Action: failed``, or a bounce that says it gave up:
    "retry time exceeded", "giving up", "expired" ...) → ``soft``; a report
    that only warns ("will keep trying", "delayed") → ``delayed``.
-4. Status class 5 (permanent): is the *address* dead, or was the *message*
-   refused? Policy rejections (the list's mail refused for spam, virus,
-   DMARC, blocklisting, content, size) must never disable a member — this is
-   the case Mailman 2.1.5's probes were invented for. So:
+4. Status class 5 (or a 5xx reply): is the *address* dead, was the *message*
+   or our *host* refused, or is it a *temporary* condition reported as
+   permanent? Policy refusals must never disable a member (the case
+   Mailman 2.1.5's probes were invented for), a full mailbox must not remove
+   one. In order (:func:`_permanent`):
 
-   a. ``5.7.x`` (RFC 3463 section 3.8, "security or policy status") →
-      ``policy`` — *unless* the diagnostic says the address itself is bad
-      ("user unknown", "no such user", "does not exist", "relay access
-      denied" ...), because some MTAs (Exchange, Postfix
-      ``reject_unauth_destination``) send 5.7.1 for a recipient they do not
-      know or serve: that address will never work → ``hard``.
-   b. Status codes that name the message, not the mailbox → ``policy``:
-      ``5.6.x`` (media/content, section 3.7), ``5.3.4`` (message too big for
-      system), ``5.2.3`` (message length exceeds administrative limit),
-      ``5.1.7``/``5.1.8`` (bad *sender* address: ours, not the member's).
-   c. Other specific ``5.1.x``/``5.2.x`` (address and mailbox status) →
-      ``hard``: the code itself says the mailbox is the problem — unless
-      the text names a blocklist/spam/DMARC refusal and no address problem
-      (a misused code: "553 5.1.3 ...spamhaus...") → ``policy``.
-      ``5.1.0``/``5.2.0`` ("other") are generic, see d.
-   d. Generic codes (``5.0.0``, ``5.1.0``, ``5.2.0``, ``5.5.x``, ``5.4.x``, ``5.3.x``, or only a
-      5xx SMTP reply): address words in the text → ``hard``; policy words
-      (spam, virus, blocklist, DMARC, reputation, RBL names, "content",
-      "policy" ...) → ``policy``; otherwise ``hard``.
+   a. **Stage** (root cause 1): refused at the connection, greeting,
+      EHLO/HELO or ``MAIL FROM`` (RFC 5321 section 3.3: no recipient named
+      yet) → ``policy``, whatever the code and words.
+   b. **Transient** (root cause 3): a code about a passing condition (X.2.2
+      mailbox full, X.3.1 system full, X.4.7 expired, X.7.28 flood, ...;
+      RFC 3463 section 3.3 says X.2.2 is transient even in a 5xx) →
+      ``soft``.
+   c. **Code about the recipient** (X.1.1, X.1.2, X.2.1, X.7.13 user
+      account disabled, X.7.17 ...) → ``hard``; a mailbox-status code (X.2.x)
+      with quota or rate-limit wording → ``soft``; an addressing code
+      (X.1.x, X.4.4) whose text names a blocklist and no address problem is
+      misused ("553 5.1.3 ...spamhaus...") → ``policy``.
+   d. **Code about our message or sender** (X.6.x content, X.3.4/X.2.3
+      size, X.1.7/X.1.8 our sender, X.7.20-26 DKIM/SPF/rDNS/DMARC, X.7.27
+      our sender's null MX ...) → ``policy``.
+   e. **Ambiguous code** (X.0.0, X.7.0, X.7.1, X.5.x, an unregistered
+      detail, or only a 5xx reply) → the words decide: the address is bad
+      ("user unknown", "no such user", "relay access denied", "account
+      disabled" ...) → ``hard``; quota or rate-limit words → ``soft``;
+      blocking words (blocklists, "listed", reputation, rDNS/PTR,
+      SPF/DKIM/DMARC, TLS required, "Client host rejected" ...) →
+      ``policy``; a refusal after ``DATA`` (about the message, RFC 5321
+      section 4.1.1.4) → ``policy``; other policy words ("content",
+      "policy", "too large") → ``policy``; a security/policy code (X.7.x)
+      → ``policy``; else (e.g. a bare 5xx at ``RCPT``) → ``hard``.
 
-No status at all and no SMTP code in the text: the caller decides (a
+No status at all and no SMTP code in the text: the stage (before RCPT →
+``policy``) or unambiguous words decide, else the caller decides (a
 detector's "permanent" set is ``hard``).
 """
 from __future__ import annotations
 
 import re
+
+from .codes import lookup
+from .stage import Stage, before_recipient, smtp_stage
 
 # RFC 3463 section 2: class "." subject "." detail; subject and detail are
 # 1-3 digits. Guard against IP addresses and version numbers around it.
@@ -68,10 +81,13 @@ _ADDRESS_WORDS = re.compile(
     r"|relay(?:ing)?\s+(?:access\s+)?(?:denied|not\s+permitted|prohibited)|not\s+our\s+customer"
     r"|unrouteable\s+address|undeliverable\s+address|addressee\s+unknown|bad\s+destination\s+mailbox"
     r"|host\s+(?:\S+\s+)?(?:not\s+found|unknown)|unknown\s+host|no\s+such\s+(?:domain|host)|domain\s+(?:\S+\s+)?not\s+found"
-    r"|not\s+listed\s+in|no\s+mailbox|not\s+a\s+valid\s+(?:user|mailbox|recipient)|user\s+not\s+found|no\s+longer\s+(?:active|valid|available)",
+    r"|not\s+listed\s+in|no\s+mailbox|not\s+a\s+valid\s+(?:user|mailbox|recipient)|user\s+not\s+found|no\s+longer\s+(?:active|valid|available)"
+    r"|does\s*n[o']t\s+have\s+an?\s+(?:\S+\s+)?account|no\s+(?:such\s+)?account\s+(?:here|by\s+that\s+name)"
+    r"|mailbox\s+(?:is\s+)?(?:inactive|deactivated)|account\s+(?:is\s+)?(?:inactive|locked|unavailable)",
     re.IGNORECASE,
 )
-# The message (or the list host sending it) was refused.
+# The message (or the list host sending it) was refused: weaker words, read
+# only when the code is generic.
 _POLICY_WORDS = re.compile(
     r"spam|junk|virus|malware|phish|black\s*list|block\s*list|blocked|dmarc|\bspf\b|dkim|reputation"
     r"|\brbl\b|dnsbl|spamhaus|spamcop|barracuda|sorbs|surbl|uribl|\bpolicy\b|policies|content"
@@ -82,15 +98,40 @@ _POLICY_WORDS = re.compile(
     r"|too\s+(?:big|large)|size\s+limit|exceeds?\s+(?:the\s+)?(?:maximum\s+)?(?:message\s+)?size",
     re.IGNORECASE,
 )
-# Without a status code only unmistakable words may call it policy.
-_STRONG_POLICY_WORDS = re.compile(
-    r"spam|virus|malware|phish|black\s*list|block\s*list|dmarc|reputation|\brbl\b|dnsbl|spamhaus|spamcop"
-    r"|barracuda|sorbs|unsolicited|unwanted|reverse\s+dns|\bptr\b",
+# Blocking vocabulary (root cause 2): our host, our domain or our message is
+# refused -- blocklists and their names, reputation, reverse DNS, sender
+# authentication (SPF, DKIM, DMARC), TLS required, and Postfix smtpd's labels
+# for its client/HELO/sender restrictions (postconf(5): smtpd_client_restrictions
+# ... "Client host rejected", "Helo command rejected", "Sender address rejected").
+# Unmistakable enough to decide without a status code.
+_BLOCK_WORDS = re.compile(
+    r"spam|virus|malware|phish|black\s*list|block\s*list|deny\s*list|\bblocked\b|\bbanned\b"
+    r"|dmarc|\bspf\b|sender\s+policy\s+framework|\bdkim\b|reputation|\brbl\b|dnsbl|\(BL\)"
+    r"|spamhaus|spamcop|barracuda|sorbs|surbl|uribl|proofpoint|cloudmark|senderscore|abuseat|\bcbl\b"
+    r"|(?<!not\s)\blisted\s+(?:at|on|in|by)\b|\bis\s+listed\b"
+    r"|unsolicited|unwanted|reverse\s+dns|\bptr\b|\brdns\b|reverse\s+(?:lookup|resolution)"
+    r"|(?:ip\s+)?name\s+lookup\s+failed|invalid\s+ip\s+for\s+sending|not\s+accepting\s+connections"
+    r"|unauthenticated\s+(?:senders?|e-?mail|mail)|not\s+authenticated|authentication\s+(?:is\s+)?required"
+    r"|without\s+authentication|smtp\s+authentication"
+    r"|(?:tls|starttls|encryption)\s+(?:is\s+)?(?:required|needed|mandatory)|must\s+use\s+(?:tls|starttls)|issue\s+a\s+starttls"
+    r"|client\s+host\s+(?:\[[^\]]*\]\s+)?(?:rejected|blocked|refused)|helo\s+command\s+rejected"
+    r"|sender\s+address\s+rejected|sending\s+(?:ip|host|server|mta)|(?:your|the\s+sending|sender'?s?)\s+ip"
+    r"|ip\s+(?:address\s+)?(?:\S+\s+)?(?:is\s+)?(?:blocked|listed|banned|blacklisted|not\s+allowed)"
+    r"|access\s+denied\W+(?:banned|ip)|insecure\s+mail\s+relay|use\s+the\s+smtp\s+server\s+of\s+your\s+isp",
     re.IGNORECASE,
 )
-# The mailbox exists but is full: a temporary condition that was given up on.
-_QUOTA_WORDS = re.compile(r"mailbox\s+(?:is\s+)?full|over\s*quota|quota\s+exceeded|exceeded\s+(?:the\s+|its\s+)?(?:storage\s+)?quota"
-                          r"|insufficient\s+(?:disk\s+)?space|mailbox\s+size\s+limit", re.IGNORECASE)
+# The mailbox exists but is full (root cause 3): a condition that passes.
+_QUOTA_WORDS = re.compile(
+    r"mailbox\s+(?:is\s+)?full|mail\s*box\s+(?:\S+\s+)?(?:has\s+)?(?:exceeded|reached)|full\s+mailbox"
+    r"|over\s*quota|quota\s+(?:exceeded|reached|full)|exceeded\s+(?:the\s+|its\s+|his\s+|her\s+)?(?:storage\s+|disk\s+)?quota"
+    r"|disk\s+quota|insufficient\s+(?:disk\s+|system\s+)?(?:space|storage)|mailbox\s+size\s+limit"
+    r"|exceeded\s+(?:the\s+)?storage\s+allocation|storage\s+(?:space\s+)?(?:limit|full)|out\s+of\s+(?:disk\s+)?space",
+    re.IGNORECASE)
+# Sending too fast for the receiver (root cause 3): comes right by waiting.
+_RATE_WORDS = re.compile(
+    r"at\s+a\s+rate\s+that\s+prevents|rate[\s-]+limit|too\s+many\s+(?:connections|concurrent|sessions|messages)"
+    r"|(?:try|retry)\s+(?:again\s+)?later|throttl|unexpected\s+volume|sending\s+rate|frequency\s+limit",
+    re.IGNORECASE)
 # A non-DSN report with a 4.x.x status either gave up or only warns.
 _GAVE_UP_WORDS = re.compile(
     r"retry\s+time(?:out)?\s+(?:was\s+)?exceeded|giving\s+up|gave\s+up|given\s+up|expired|too\s+long"
@@ -168,7 +209,8 @@ def normalize_action(value: str) -> str:
 
 
 def classify_failure(action: str, status: str | None, diagnostic: str, *,
-                     report_is_final: bool | None = None) -> tuple[str | None, str, str | None]:
+                     report_is_final: bool | None = None,
+                     context: str = "") -> tuple[str | None, str, str | None]:
     """One recipient's outcome → ``(bounce_class, reason, status)``.
 
     ``action``: normalised DSN action or '' (non-DSN bounce). ``status``:
@@ -176,8 +218,10 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
     is searched for one, then for an SMTP reply code; a Status with detail 0
     yields to a specific same-class code in the diagnostic. ``report_is_final``:
     for a non-DSN report, whether its text says delivery was given up (None:
-    look at ``diagnostic``). Returns class None when nothing decides it (no
-    code anywhere): the caller falls back to its detector's verdict.
+    look at ``diagnostic``). ``context``: more of the report about this
+    recipient (a DSN's human-readable part), read only for the SMTP stage
+    when ``diagnostic`` does not name it. Returns class None when nothing
+    decides it (no code anywhere): the caller falls back to its detector's verdict.
     """
     diagnostic = diagnostic or ""
     if action in IGNORED_ACTIONS:
@@ -195,8 +239,9 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
         reply = find_reply_code(diagnostic, "45")
         code_class = reply[0] if reply else None
     shown = status or (f"SMTP {reply}" if reply else "")
+    stage = smtp_stage(diagnostic) or (smtp_stage(context) if context else None)
     if code_class is None:
-        return _without_code(action, diagnostic, report_is_final)
+        return _without_code(action, diagnostic, report_is_final, stage)
     if code_class == "2":
         return "delivered", f"{shown}: success status", status
     if code_class == "4":
@@ -208,11 +253,15 @@ def classify_failure(action: str, status: str | None, diagnostic: str, *,
         if final:
             return "soft", f"temporary {shown}, report says delivery was given up", status
         return "delayed", f"temporary {shown}, report is a warning", status
-    return _permanent(status, shown, diagnostic)
+    bounce_class, reason = _permanent(status, shown, diagnostic, stage)
+    return bounce_class, reason, status
 
 
-def _without_code(action: str, diagnostic: str, report_is_final: bool | None) -> tuple[str | None, str, str | None]:
-    """No status and no SMTP code: only unambiguous wording decides, else None."""
+def _without_code(action: str, diagnostic: str, report_is_final: bool | None,
+                  stage: Stage | None) -> tuple[str | None, str, str | None]:
+    """No status and no SMTP code: the stage or unambiguous wording decides, else None."""
+    if before_recipient(stage) and report_is_final is not False:
+        return "policy", f"no status code; refused at {stage.stage} ({stage.evidence!r}): our host or sender", None
     words = _ADDRESS_WORDS.search(diagnostic)
     if words:
         return "hard", f"no status code; the text says the address is bad ({words.group(0)!r})", None
@@ -221,40 +270,55 @@ def _without_code(action: str, diagnostic: str, report_is_final: bool | None) ->
         return "soft", f"no status code; the text says retries were given up ({words.group(0)!r})", None
     if _WARNING_WORDS.search(diagnostic) and report_is_final is not True:
         return "delayed", "no status code; the report is a delay warning", None
-    words = _QUOTA_WORDS.search(diagnostic)
+    words = _QUOTA_WORDS.search(diagnostic) or _RATE_WORDS.search(diagnostic)
     if words and report_is_final is not False:
-        return "soft", f"no status code; the text says the mailbox is full ({words.group(0)!r})", None
-    words = _STRONG_POLICY_WORDS.search(diagnostic)
+        return "soft", f"no status code; the text says the condition is temporary ({words.group(0)!r})", None
+    words = _BLOCK_WORDS.search(diagnostic)
     if words and action not in ("delayed",):
         return "policy", f"no status code; {words.group(0)!r} in text: the message was refused", None
     return None, "no status code", None
 
 
-def _permanent(status: str | None, shown: str, diagnostic: str) -> tuple[str, str, str | None]:
-    subject, detail = None, None
-    if status:
-        _, subject, detail = status.split(".")
+def _permanent(status: str | None, shown: str, diagnostic: str, stage: Stage | None) -> tuple[str, str]:
+    """A permanent (5xx) failure → ``(class, reason)``; the order is the module docstring's 4a-e."""
+    code = lookup(status)
+    about = code.about if code else "ambiguous"
+    meaning = f"{shown} ({code.meaning})" if code and about != "ambiguous" else shown
+    subject = status.split(".")[1] if status else None
+    if before_recipient(stage):
+        return "policy", (f"{shown} at {stage.stage} ({stage.evidence!r}): refused before any recipient "
+                          f"was named, so our host or sender, not the address")
     address_words = _ADDRESS_WORDS.search(diagnostic)
-    if subject == "7":
-        if address_words:
-            return "hard", f"{shown} but the text says the address is bad ({address_words.group(0)!r})", status
-        return "policy", f"{shown}: security/policy status (RFC 3463 3.8), the message was refused", status
-    if subject == "6" or (subject, detail) in (("3", "4"), ("2", "3")):
-        return "policy", f"{shown}: the message (content/size) was refused, not the mailbox", status
-    if (subject, detail) in (("1", "7"), ("1", "8")):
-        return "policy", f"{shown}: our sender address was refused, not the member's", status
-    strong = _STRONG_POLICY_WORDS.search(diagnostic)
-    if subject in ("1", "2") and detail != "0":
-        if strong and not address_words:
+    transient_words = _QUOTA_WORDS.search(diagnostic) or _RATE_WORDS.search(diagnostic)
+    block_words = _BLOCK_WORDS.search(diagnostic)
+    if about == "transient":
+        return "soft", f"{meaning}: a passing condition, even in a 5xx (RFC 3463 3.3)"
+    if about == "recipient":
+        if subject == "2" and transient_words and not address_words:
+            return "soft", f"{shown} but {transient_words.group(0)!r} in text: a passing condition"
+        if subject in ("1", "4") and block_words and not address_words:
             # e.g. "553 5.1.3 http://www.spamhaus.org/query/..." : a misused address code
-            return "policy", f"{shown} but {strong.group(0)!r} in text: the message was refused", status
-        return "hard", f"{shown}: permanent address/mailbox status", status
+            return "policy", f"{shown} but {block_words.group(0)!r} in text: the message was refused"
+        return "hard", f"{meaning}: about the recipient's address"
+    if about in ("message", "sender"):
+        side = "our message" if about == "message" else "our sender or host"
+        return "policy", f"{meaning}: about {side}, not the member's address"
     if address_words:
-        return "hard", f"permanent {shown}, text says the address is bad ({address_words.group(0)!r})", status
+        return "hard", f"permanent {shown}, text says the address is bad ({address_words.group(0)!r})"
+    if transient_words:
+        return "soft", f"permanent {shown} but {transient_words.group(0)!r} in text: a passing condition"
+    if block_words:
+        return "policy", f"permanent {shown} + {block_words.group(0)!r} in text: our host or message was refused"
+    if stage is not None and stage.stage == "data":
+        return "policy", (f"permanent {shown} after DATA ({stage.evidence!r}): the message was refused, "
+                          f"the recipient had been accepted")
     policy_words = _POLICY_WORDS.search(diagnostic)
     if policy_words:
-        return "policy", f"permanent {shown} + {policy_words.group(0)!r} in text: the message was refused", status
-    return "hard", f"permanent {shown}", status
+        return "policy", f"permanent {shown} + {policy_words.group(0)!r} in text: the message was refused"
+    if subject == "7":
+        return "policy", f"{shown}: security/policy status (RFC 3463 3.8), the message was refused"
+    where = f" at {stage.stage} ({stage.evidence!r})" if stage is not None else ""
+    return "hard", f"permanent {shown}{where}"
 
 
 def is_warning(text: str) -> bool:

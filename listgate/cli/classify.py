@@ -7,7 +7,13 @@ diagnostic. With a site config ('listgate -c FILE classify ...' or
 $LISTGATE_CONFIG), a message whose To / Delivered-To / X-Original-To is a
 list's bounce address is also decoded as the engine would (signed member
 VERP or probe token), the failures are attributed to that member, and the
-list's weight for each class is shown. Nothing is recorded anywhere: this command only reads.
+list's weight for each class is shown. ``--verp ADDRESS`` gives the bounce
+address the message reached, as the engine sees it: a member address
+(``alice@example.com``), or with a site config a whole list bounce address
+(``L-bounces+EXT@D``, decoded and checked as the engine does). The
+classification is the engine's own call (:func:`listgate.bounce.classify.classify`
+with the same VERP member), so what is shown is what the engine decides.
+Nothing is recorded anywhere: this command only reads.
 
 Exit status: 0; 1 if a file could not be read or the config is bad.
 """
@@ -30,6 +36,9 @@ def register(sub) -> None:
                        description=__doc__.split("\n\n")[1])
     p.add_argument("files", nargs="+", metavar="FILE", help="message file (RFC 5322; '-' for stdin)")
     p.add_argument("--json", action="store_true", help="print JSON for scripts")
+    p.add_argument("--verp", metavar="ADDRESS",
+                   help="classify as a bounce that reached this member's VERP address (the engine's path): "
+                        "a member address, or (with a site config) a full list bounce address L-bounces+EXT@D")
     p.set_defaults(func=cmd_classify)
 
 
@@ -40,38 +49,51 @@ def _read(path: str) -> bytes:
         return fh.read()
 
 
+def _decode(site, rcpt: str, header: str) -> dict | None:
+    """What list bounce address ``rcpt`` decodes to (as the engine decodes it), or None."""
+    from .. import addresses, verp
+    parsed = addresses.parse(rcpt, site.lists)
+    if parsed is None or parsed.role != "bounces":
+        return None
+    info = {"recipient": rcpt, "header": header, "list": parsed.list_key, "kind": "plain",
+            "member": None, "error": None}
+    lc = site.lists[parsed.list_key]
+    weights = lc.get("bounce_weights")
+    info["weights"] = weights.as_dict() if weights is not None else None
+    if not parsed.extension:
+        return info
+    try:
+        decoded = verp.decode(site, lc, parsed.extension)
+    except Exception as exc:  # unreadable key file, store unavailable: say so, go on
+        info.update(kind="undecodable", error=str(exc))
+        return info
+    info["kind"] = decoded.kind
+    info["error"] = decoded.error
+    if decoded.kind in ("member", "unsigned"):
+        info["member"] = decoded.member
+    elif decoded.kind == "probe" and decoded.pending is not None:
+        info["member"] = decoded.pending.payload.get("member")
+    return info
+
+
 def _verp_of(site, raw: bytes) -> dict | None:
     """The bounce address this message was sent to and what it decodes to, or None."""
-    try:
-        from .. import addresses, verp
-    except ImportError:  # listgate.verp not built: no VERP attribution
-        return None
     msg = bm.parse(raw)
     for name in RECIPIENT_HEADERS:
         for rcpt in bm.addresses_in(msg, name):
-            parsed = addresses.parse(rcpt, site.lists)
-            if parsed is None or parsed.role != "bounces":
-                continue
-            info = {"recipient": rcpt, "header": name, "list": parsed.list_key, "kind": "plain",
-                    "member": None, "error": None}
-            lc = site.lists[parsed.list_key]
-            weights = lc.get("bounce_weights")
-            info["weights"] = weights.as_dict() if weights is not None else None
-            if not parsed.extension:
+            info = _decode(site, rcpt, name)
+            if info is not None:
                 return info
-            try:
-                decoded = verp.decode(site, lc, parsed.extension)
-            except Exception as exc:  # unreadable key file, store unavailable: say so, go on
-                info.update(kind="undecodable", error=str(exc))
-                return info
-            info["kind"] = decoded.kind
-            info["error"] = decoded.error
-            if decoded.kind in ("member", "unsigned"):
-                info["member"] = decoded.member
-            elif decoded.kind == "probe" and decoded.pending is not None:
-                info["member"] = decoded.pending.payload.get("member")
-            return info
     return None
+
+
+def _given_verp(site, address: str) -> dict:
+    """``--verp ADDRESS``: a list bounce address (decoded, needs a site) or a member address."""
+    info = _decode(site, address, "--verp") if site is not None else None
+    if info is not None:
+        return info
+    return {"recipient": address, "header": "--verp", "list": None, "kind": "member",
+            "member": address, "error": None, "weights": None}
 
 
 def _weight(verp_info: dict | None, bounce_class: str) -> float | None:
@@ -80,9 +102,16 @@ def _weight(verp_info: dict | None, bounce_class: str) -> float | None:
     return float(value) if value is not None else None
 
 
-def explain(raw: bytes, site=None) -> dict:
-    """Classification of ``raw`` plus VERP decoding as a JSON-able dict."""
-    verp_info = _verp_of(site, raw) if site is not None else None
+def explain(raw: bytes, site=None, verp_address: str | None = None) -> dict:
+    """Classification of ``raw`` plus VERP decoding as a JSON-able dict.
+
+    ``verp_address``: the bounce address it reached (see ``--verp``); else,
+    with a ``site``, the recipient headers are decoded.
+    """
+    if verp_address:
+        verp_info = _given_verp(site, verp_address)
+    else:
+        verp_info = _verp_of(site, raw) if site is not None else None
     member = (verp_info or {}).get("member")
     kind = "probe" if (verp_info or {}).get("kind") == "probe" else "verp"
     result = classify(raw, verp_address=member, verp_kind=kind)
@@ -104,7 +133,8 @@ def _print_text(path: str, info: dict) -> None:
         print(f"  message-id {info['message_id'] or '-'}, original {info['original_message_id'] or '-'}")
     verp = info["verp"]
     if verp:
-        line = f"  sent to {verp['recipient']} ({verp['header']}): {verp['list']} bounces, {verp['kind']}"
+        where = f"{verp['list']} bounces" if verp["list"] else "a member's VERP address"
+        line = f"  sent to {verp['recipient']} ({verp['header']}): {where}, {verp['kind']}"
         if verp["member"]:
             line += f" -> member {verp['member']}"
         if verp["error"]:
@@ -139,7 +169,7 @@ def cmd_classify(args) -> int:
             print(f"listgate: {path}: {exc.strerror or exc}", file=sys.stderr)
             status = 1
             continue
-        info = explain(raw, site)
+        info = explain(raw, site, args.verp)
         if args.json:
             out.append({"file": path, **info})
         else:

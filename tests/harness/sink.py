@@ -14,6 +14,10 @@ be given a behaviour, decided at RCPT time except ``SPAM_REFUSE``:
   transaction -- as a real server would;
 - any other string: that reply, verbatim, at RCPT (e.g. ``"452 4.2.2 Mailbox full"``).
 
+An envelope sender can be refused at ``MAIL FROM`` (before any recipient is
+named, RFC 5321 section 3.3): :meth:`SmtpSink.refuse_sender` gives an exact
+sender address (e.g. one member's VERP address) the reply to send there.
+
 Refusals are recorded too (:attr:`SmtpSink.refusals`) so a test can see that
 Postfix really tried. For benches that only need throughput, Postfix's own
 ``smtp-sink`` (``/usr/sbin/smtp-sink -c 127.0.0.1:PORT 100``) is faster.
@@ -58,7 +62,7 @@ class Delivery:
 
 @dataclass(frozen=True)
 class Refusal:
-    """A recipient (or a whole DATA) the sink refused: stage is 'rcpt' or 'data'."""
+    """A sender, a recipient or a whole DATA the sink refused: stage is 'mail', 'rcpt' or 'data'."""
 
     stage: str
     mail_from: str
@@ -69,6 +73,15 @@ class Refusal:
 class _Handler:
     def __init__(self, sink: "SmtpSink"):
         self.sink = sink
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        reply = self.sink.sender_reply(address)
+        if reply is not None:
+            self.sink._record_refusal(Refusal("mail", address, "", reply))
+            return reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         behaviour = self.sink.behaviour_for(address)
@@ -109,6 +122,7 @@ class SmtpSink:
                  hostname: str = "127.0.0.1"):
         self._lock = threading.Condition()
         self._behaviours = {k.lower(): v for k, v in (behaviours or {}).items()}
+        self._sender_replies: dict[str, str] = {}
         self.default = default
         self.spam_marker = spam_marker.lower()
         self.hostname = hostname
@@ -127,6 +141,15 @@ class SmtpSink:
     def behaviour_for(self, rcpt: str) -> str:
         with self._lock:
             return self._behaviours.get(rcpt.strip("<>").lower(), self.default)
+
+    def refuse_sender(self, sender: str, reply: str) -> None:
+        """Answer ``reply`` (a 4xx/5xx line) to ``MAIL FROM:<sender>`` (case-insensitive)."""
+        with self._lock:
+            self._sender_replies[sender.lower()] = reply
+
+    def sender_reply(self, sender: str) -> str | None:
+        with self._lock:
+            return self._sender_replies.get((sender or "").strip("<>").lower())
 
     def looks_like_spam(self, data: bytes) -> bool:
         return self.spam_marker in data.lower()
