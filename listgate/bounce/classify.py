@@ -75,8 +75,8 @@ KINDS = ("dsn", "arf", "autoreply", "non-standard", "not-a-bounce", "report")
 ATTRIBUTIONS = ("verp", "probe", "dsn", "heuristic", "none")  # plus 'detector:<name>'
 
 # Most severe first: what a VERP'd report with several recipients reduces to.
-_SEVERITY = ("hard", "policy", "soft", "complaint", "unknown", "delayed",
-             "relayed", "expanded", "delivered", "autoreply")
+_SEVERITY = ("hard", "policy", "soft", "complaint", "unknown", "site", "delayed",
+             "relayed", "expanded", "delivered", "autoreply", "report")
 
 _BOUNCE_FROM_RE = re.compile(r"mailer-daemon|post_?master|mail\s*delivery|maildelivery|mail-daemon"
                              r"|\bmmdf\b|\bmdaemon\b|mail\s+administrator|smtp\s+gateway", re.I)

@@ -98,3 +98,29 @@ def transport_problem(text: str) -> str | None:
     """The TLS / MTA-STS / DANE failure wording in ``text`` (the words), or None."""
     found = _TRANSPORT_RE.search(text or "")
     return " ".join(found.group(0).split()) if found else None
+
+
+def postmaster_address(site) -> str:
+    """The site's ``postmaster`` key, else ``postmaster@HOSTNAME`` (RFC 5321 section 4.5.1)."""
+    return site.conf.get("postmaster") or f"postmaster@{site.conf.hostname}"
+
+
+def for_postmaster(raw: bytes) -> str | None:
+    """Why ``raw`` (mail to a list's ``-owner`` address) is a report for the postmaster, or None.
+
+    A non-complaint feedback report, an RFC 8460 TLS report or an RFC 7489
+    aggregate report; never raises.
+    """
+    from .arf import find_feedback_report   # arf imports this module
+
+    try:
+        msg = m.parse(raw)
+        site_report = find_site_report(msg)
+        if site_report is not None:
+            return site_report.reason
+        arf = find_feedback_report(msg)
+    except Exception:
+        return None
+    if arf is not None and not arf.is_complaint:
+        return f"feedback report (RFC 5965), Feedback-Type: {arf.feedback_type}: not a complaint"
+    return None
