@@ -20,8 +20,8 @@ family (:data:`_PROSE`): DragonFly Mail Agent (dma, "There was an error
 delivering your mail to <a>"), Openwave/InterMail "Mail System Error -
 Returned Mail" notices (au/KDDI ezweb, DTI: "Each of the following
 recipients was rejected by a remote mail server", "Recipient: <a>"),
-Japanese carriers' notices (au one net "メールエラー通知"; KDDI, NTT DoCoMo,
-SoftBank wording). Their class comes from the text next to the address
+Japanese carriers' notices (au one net's "メールエラー通知"; the 'jpcarrier'
+row reads notices from the KDDI/au, NTT DoCoMo and SoftBank domains). Their class comes from the text next to the address
 (:mod:`.status`); when that text has no code and no English words the
 carriers' own wording decides (:func:`carrier_verdict`).
 """
@@ -86,7 +86,9 @@ def _ses_object(msg: Message) -> dict | None:
                 value = json.loads(value["Message"])   # SNS "email-json": the SES object as a string
             except ValueError:
                 continue
-        if isinstance(value, dict) and (value.get("notificationType") or value.get("eventType")):
+        # SES always sends the "mail" object (the original message's details).
+        if isinstance(value, dict) and (value.get("notificationType") or value.get("eventType")) \
+                and isinstance(value.get("mail"), dict):
             return value
     return None
 
@@ -166,19 +168,18 @@ _PROSE = (
 _JP_CARRIER_DOMAINS = re.compile(r"(?:^|[.@])(?:ezweb\.ne\.jp|au\.com|auone-net\.jp|dion\.ne\.jp|docomo\.ne\.jp"
                                  r"|softbank\.ne\.jp|softbank\.jp|vodafone\.ne\.jp|disney\.ne\.jp)>?$", re.I)
 
-# The carriers' wording families, most specific first (no status code in these notices).
+# The carriers' wording families, most specific first (no status code in these
+# notices). The generic "rejected by a remote mail server" sentence (and its
+# Japanese rendering) comes last: it heads notices whose reason line says more.
 _VERDICTS = (
-    ("soft", re.compile(r"メールボックスが(?:一杯|いっぱい|満杯)|容量(?:が)?(?:オーバー|超過|不足|一杯)|over\s*quota", re.I),
+    ("soft", re.compile(r"メールボックスが(?:一杯|いっぱい|満杯)|容量(?:が)?(?:オーバー|超過|一杯)|over\s*quota", re.I),
      "the mailbox is full"),
-    ("policy", re.compile(r"受信拒否|拒否され|迷惑メール|指定受信|rejected\s+by\s+the\s+domain\s+filter", re.I),
-     "the recipient's filter refused our mail"),
-    ("hard", re.compile(r"見つかりません|見つからない|存在しません|存在しない|宛先不明|登録されていません"
-                        r"|ユーザー?(?:が|は)?(?:不明|存在)", re.I),
+    ("hard", re.compile(r"見つかりません|見つからない|存在しません|存在しない|宛先不明|登録されていません", re.I),
      "the address is unknown"),
-    ("soft", re.compile(r"not\s+delivered\s+within\s+\d+\s+days|not\s+responding|タイムアウト|時間内に", re.I),
+    ("soft", re.compile(r"not\s+delivered\s+within\s+\d+\s+days|remote\s+host\s+is\s+not\s+responding", re.I),
      "delivery timed out"),
-    ("policy", re.compile(r"rejected\s+by\s+a\s+remote\s+mail\s+server", re.I),
-     "rejected by the recipient's server without a reason (a carrier's receive filter)"),
+    ("policy", re.compile(r"rejected\s+by\s+a\s+remote\s+mail\s+server|メールサーバに拒否されました", re.I),
+     "refused by the recipient's server without a reason (a carrier's receive filter)"),
 )
 
 
