@@ -13,7 +13,8 @@ evidence for one inbound message:
    :func:`listgate.bounce.status.classify_failure` (Action, Status,
    Diagnostic-Code); several recipients with different outcomes are kept
    apart. Amazon SES JSON notifications (:mod:`.formats`) are read here too.
-3. Our detectors for formats flufl.bounce lacks (:mod:`.formats`), then flufl.bounce's detectors (:mod:`.detectors`) for non-standard bounces →
+3. Our detectors for the formats flufl.bounce lacks (:mod:`.formats`), then
+   flufl.bounce's (:mod:`.detectors`), for non-standard bounces →
    ``kind='non-standard'``; each reported address is classed from the status
    code / SMTP reply found in the bounce text next to it (``heuristic``
    rules of :mod:`.status`), else from the detector's own verdict
@@ -42,7 +43,9 @@ recipients is then reduced to its most severe outcome
 (hard > policy > soft > complaint > unknown > delayed > others), and the
 address the report named is kept in ``reason``. With a ``verp_address`` a
 message that looks like a bounce by its headers skips flufl.bounce's
-detectors (the address is already known): that is the VERP fast path.
+detectors (the address is already known): that is the VERP fast path —
+not taken when one of our detectors recognises the format, whose own
+wording may decide the class.
 
 A failure whose text says our own MTA could not get the TLS its policy
 requires (TLS, MTA-STS, DANE: :func:`.reports.transport_problem`) is class
@@ -204,7 +207,7 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
     found = own or run_detectors(msg)
     if found is not None and not (auto and not _bounce_from(msg)):
         text = m.without_returned_text(m.body_text(msg))
-        notes.append(f"flufl.bounce detector {found.name!r} recognised the format")
+        notes.append(f"{'our' if found is own else 'flufl.bounce'} detector {found.name!r} recognised the format")
         bogus = [a for a in found.permanent + found.temporary if m.address_of(a) is None]
         if bogus:
             notes.append(f"ignored {len(bogus)} detector match(es) that are not addresses")
