@@ -3,7 +3,9 @@
 CONTRACT for classification (``listgate.bounce.classify``)::
 
     CLASSES = ("hard", "soft", "delayed", "delivered", "relayed", "expanded",
-               "autoreply", "complaint", "policy", "unknown")
+               "autoreply", "complaint", "policy", "unknown",
+               "site",      # our MTA could not get the TLS/MTA-STS/DANE it requires: weight 0
+               "report")    # for the postmaster: non-complaint ARF, TLS/DMARC reports
     FAILURE_CLASSES = ("hard", "soft", "policy")       # scored (policy with weight 0 by default)
 
     @dataclass(frozen=True)
@@ -18,7 +20,7 @@ CONTRACT for classification (``listgate.bounce.classify``)::
     @dataclass(frozen=True)
     class Classification:
         is_bounce: bool             # False for human replies, auto-replies, ...
-        kind: str                   # 'dsn', 'arf', 'autoreply', 'non-standard', 'not-a-bounce'
+        kind: str                   # 'dsn', 'arf', 'autoreply', 'non-standard', 'not-a-bounce', 'report'
         failures: tuple[Failure, ...]
         message_id: str | None      # of the bounce itself
         original_message_id: str | None

@@ -7,6 +7,17 @@ A feedback report is ``multipart/report; report-type=feedback-report``
 ``Original-Mail-From``, followed by the reported message or its headers.
 The complaining member is ``Original-Rcpt-To``, else the ``To`` of the
 returned message.
+
+Only ``abuse``, ``fraud`` and ``virus`` are complaints
+(:func:`listgate.bounce.reports.is_complaint`); an ``auth-failure``
+(RFC 6591), ``not-spam`` or ``other`` report is a report for the postmaster.
+
+Feedback loops older than RFC 5965 send no ``message/feedback-report``
+part, only the reported message: Microsoft's JMRP marks the complaining
+recipient with ``X-HmXmrOriginalRecipient`` (on the report when it forwards
+the message "as is", or on the attached ``message/rfc822``), and AOL's
+former feedback loop marked its reports ``X-Loop: scomp`` (complainer: the
+``To`` of the attached message). They are read as ``abuse`` reports.
 """
 from __future__ import annotations
 
@@ -16,6 +27,9 @@ from email.parser import HeaderParser
 from email.policy import compat32
 
 from . import message as m
+from .reports import is_complaint
+
+_JMRP_HEADER = "X-HmXmrOriginalRecipient"
 
 
 @dataclass(frozen=True)
@@ -24,6 +38,11 @@ class FeedbackReport:
     addresses: tuple[str, ...]    # complaining recipients (may be empty)
     user_agent: str
     notes: tuple[str, ...]
+
+    @property
+    def is_complaint(self) -> bool:
+        """Whether a recipient complained (abuse, fraud, virus), RFC 5965 section 3.1."""
+        return is_complaint(self.feedback_type)
 
 
 def _fields(part: Message) -> Message:
@@ -49,7 +68,7 @@ def find_feedback_report(msg: Message) -> FeedbackReport | None:
             break
     if fields is None:
         if not is_report:
-            return None
+            return _legacy_feedback_loop(msg)
         fields = Message()
     notes = []
     if not is_report:
@@ -64,3 +83,18 @@ def find_feedback_report(msg: Message) -> FeedbackReport | None:
     feedback_type = (m.header(fields, "Feedback-Type").split() or ["abuse"])[0].lower()
     return FeedbackReport(feedback_type, tuple(dict.fromkeys(addresses)),
                           m.header(fields, "User-Agent"), tuple(notes))
+
+
+def _legacy_feedback_loop(msg: Message) -> FeedbackReport | None:
+    """A pre-ARF feedback-loop report (JMRP, AOL scomp; module docstring), or None."""
+    original = m.returned_message(msg)
+    for where, note in ((msg, "the report"), (original, "the attached message")):
+        if where is not None and m.header(where, _JMRP_HEADER):
+            addresses = m.addresses_in(where, _JMRP_HEADER)
+            return FeedbackReport("abuse", tuple(dict.fromkeys(addresses)), "JMRP",
+                                  (f"Microsoft JMRP complaint without a feedback-report part ({_JMRP_HEADER} on {note})",))
+    if "scomp" in m.header(msg, "X-Loop").lower() and original is not None:
+        addresses = m.addresses_in(original, "To")
+        return FeedbackReport("abuse", tuple(dict.fromkeys(addresses)), "scomp",
+                              ("AOL feedback-loop complaint without a feedback-report part (X-Loop: scomp)",))
+    return None

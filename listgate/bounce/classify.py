@@ -3,13 +3,18 @@
 The contract is in :mod:`listgate.bounce` (``__init__`` docstring). Order of
 evidence for one inbound message:
 
-1. RFC 5965 feedback report (ARF) → ``kind='arf'``, one ``complaint`` per
-   complaining recipient.
+1. RFC 5965 feedback report (ARF, also pre-ARF JMRP/scomp loops) →
+   ``kind='arf'``, one ``complaint`` per complaining recipient — for
+   ``abuse``/``fraud``/``virus`` only; any other Feedback-Type
+   (``auth-failure``, ``not-spam``, ``other``) and RFC 8460 TLS reports or
+   RFC 7489 aggregate reports (:mod:`.reports`) → ``kind='report'``, class
+   ``report``, ``is_bounce=False``: for the postmaster, never scored.
 2. RFC 3464 DSN → ``kind='dsn'``, one failure per recipient block, classed by
    :func:`listgate.bounce.status.classify_failure` (Action, Status,
    Diagnostic-Code); several recipients with different outcomes are kept
-   apart.
-3. flufl.bounce's detectors (:mod:`.detectors`) for non-standard bounces →
+   apart. Amazon SES JSON notifications (:mod:`.formats`) are read here too.
+3. Our detectors for the formats flufl.bounce lacks (:mod:`.formats`), then
+   flufl.bounce's (:mod:`.detectors`), for non-standard bounces →
    ``kind='non-standard'``; each reported address is classed from the status
    code / SMTP reply found in the bounce text next to it (``heuristic``
    rules of :mod:`.status`), else from the detector's own verdict
@@ -41,6 +46,10 @@ message is read the same way with or without it (same steps 1-6, same
 detectors, same :mod:`.status` rules), so ``listgate classify`` on a file and
 the engine on the same bounce to a VERP address reach the same class.
 
+A failure whose text says our own MTA could not get the TLS its policy
+requires (TLS, MTA-STS, DANE: :func:`.reports.transport_problem`) is class
+``site``: a problem of the list host, not of the member (weight 0).
+
 Never raises on bad input; the limits on how much is parsed are in
 :mod:`.message`.
 """
@@ -55,19 +64,21 @@ from .arf import find_feedback_report
 from .autoreply import autoreply_reason
 from .detectors import run_detectors
 from .dsn import find_report
+from .formats import find_ses_notification, prose_verdict, run_own_detectors
+from .reports import find_site_report, transport_problem
 from .status import classify_failure, gave_up, is_warning
 
 log = logging.getLogger("listgate.bounce")
 
 CLASSES = ("hard", "soft", "delayed", "delivered", "relayed", "expanded",
-           "autoreply", "complaint", "policy", "unknown")
+           "autoreply", "complaint", "policy", "unknown", "site", "report")
 FAILURE_CLASSES = ("hard", "soft", "policy")
-KINDS = ("dsn", "arf", "autoreply", "non-standard", "not-a-bounce")
+KINDS = ("dsn", "arf", "autoreply", "non-standard", "not-a-bounce", "report")
 ATTRIBUTIONS = ("verp", "probe", "dsn", "heuristic", "none")  # plus 'detector:<name>'
 
 # Most severe first: what a VERP'd report with several recipients reduces to.
-_SEVERITY = ("hard", "policy", "soft", "complaint", "unknown", "delayed",
-             "relayed", "expanded", "delivered", "autoreply")
+_SEVERITY = ("hard", "policy", "soft", "complaint", "unknown", "site", "delayed",
+             "relayed", "expanded", "delivered", "autoreply", "report")
 
 _BOUNCE_FROM_RE = re.compile(r"mailer-daemon|post_?master|mail\s*delivery|maildelivery|mail-daemon"
                              r"|\bmmdf\b|\bmdaemon\b|mail\s+administrator|smtp\s+gateway", re.I)
@@ -149,6 +160,7 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
         notes.append(f"{defects} MIME defect(s) tolerated")
 
     def done(is_bounce: bool, kind: str, failures: list[Failure]) -> Classification:
+        failures = _site_side(failures, msg)
         if verp_address and failures:
             failures = _attribute_to_member(failures, verp_address, verp_kind)
         return Classification(is_bounce, kind, tuple(failures), message_id, original_id, tuple(notes))
@@ -158,8 +170,16 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
         notes.extend(arf.notes)
         reason = f"ARF feedback report (RFC 5965), Feedback-Type: {arf.feedback_type}"
         addresses = arf.addresses or (None,)
+        if not arf.is_complaint:
+            return done(False, "report", [Failure(a, "report", None, arf.feedback_type, "dsn" if a else "none",
+                                                  reason + ": not a complaint, for the postmaster") for a in addresses])
         return done(True, "arf", [
             Failure(a, "complaint", None, arf.feedback_type, "dsn" if a else "none", reason) for a in addresses])
+
+    site_report = find_site_report(msg)
+    if site_report is not None:
+        return done(False, "report", [Failure(None, "report", None, site_report.domain, "none",
+                                              site_report.reason + ": for the postmaster")])
 
     report = find_report(msg)
     if report is not None and report.records:
@@ -167,18 +187,24 @@ def _classify(raw: bytes, verp_address: str | None, verp_kind: str) -> Classific
         return done(True, "dsn", _dsn_failures(report))
     if report is not None:
         notes.append("delivery-status part without recipient blocks; trying detectors")
+    ses = find_ses_notification(msg)
+    if ses is not None:
+        notes.append(ses.note)
+        return done(ses.is_bounce, ses.kind, [Failure(a, cls, status, _trim(diag), "detector:amazonses", reason)
+                                              for a, cls, status, diag, reason in ses.failures])
 
     auto = autoreply_reason(msg)
     looks_like_bounce = _looks_like_bounce(msg)
     text = None
-    found = run_detectors(msg)
+    own = run_own_detectors(msg)
+    found = own or run_detectors(msg)
     if found is not None and not (auto and not _bounce_from(msg)):
         text = m.without_returned_text(m.body_text(msg))
-        notes.append(f"flufl.bounce detector {found.name!r} recognised the format")
+        notes.append(f"{'our' if found is own else 'flufl.bounce'} detector {found.name!r} recognised the format")
         bogus = [a for a in found.permanent + found.temporary if m.address_of(a) is None]
         if bogus:
             notes.append(f"ignored {len(bogus)} detector match(es) that are not addresses")
-        failures = [_detected_failure(text, a, found.name, permanent=True)
+        failures = [_detected_failure(text, a, found.name, permanent=True, verdict=found.verdict)
                     for a in found.permanent if a not in bogus]
         failures += [_detected_failure(text, a, found.name, permanent=False)
                      for a in found.temporary if a not in found.permanent and a not in bogus]
@@ -233,7 +259,8 @@ def _near(text: str, address: str, before: int = 200, after: int = 600) -> str:
     return text[max(0, i - before): i + len(address) + after]
 
 
-def _detected_failure(text: str, address: str, detector: str, *, permanent: bool) -> Failure:
+def _detected_failure(text: str, address: str, detector: str, *, permanent: bool,
+                      verdict: tuple[str, str] | None = None) -> Failure:
     attribution = f"detector:{detector}"
     if not permanent:
         bounce_class, reason, status = classify_failure("", None, _near(text, address) or text,
@@ -249,12 +276,17 @@ def _detected_failure(text: str, address: str, detector: str, *, permanent: bool
         if bounce_class is not None:
             return Failure(address, bounce_class, status, _trim(_diagnostic_line(snippet, status)),
                            attribution, f"{reason} (from the bounce text)")
+    if verdict is not None:
+        return Failure(address, verdict[0], None, _trim(_near(text, address, 0, 300)), attribution, verdict[1])
     return Failure(address, "hard", None, _trim(_near(text, address, 0, 300)), attribution,
                    f"detector {detector!r} reports a permanent failure; no status code in the text")
 
 
 def _heuristic_failure(text: str, address: str | None, attribution: str) -> Failure:
     bounce_class, reason, status = classify_failure("", None, text, report_is_final=not is_warning(text))
+    if bounce_class is None and prose_verdict(text):
+        bounce_class, reason = prose_verdict(text)
+        return Failure(address, bounce_class, None, _trim(text[:300]), attribution, reason)
     if bounce_class is None:
         return Failure(address, "unknown", None, _trim(text[:300]), attribution,
                        "a bounce by its headers, but no status code or known format")
@@ -299,3 +331,20 @@ def _attribute_to_member(failures: list[Failure], member: str, kind: str) -> lis
     if len(failures) > 1:
         reason += f"; most severe of {len(failures)} reported outcomes"
     return [replace(worst, address=member, attribution=kind, reason=reason)]
+
+
+def _site_side(failures: list[Failure], msg) -> list[Failure]:
+    """Failures whose text says our MTA could not get the TLS it requires → class ``site``.
+
+    The failure's own diagnostic is read; the report's prose too when it
+    reports one failure only (it then explains that one).
+    """
+    if not any(f.bounce_class in FAILURE_CLASSES + ("unknown",) for f in failures):
+        return failures
+    prose = m.without_returned_text(m.body_text(msg)) if len(failures) == 1 else ""
+    out = []
+    for f in failures:
+        words = transport_problem(f.diagnostic + "\n" + prose) if f.bounce_class in FAILURE_CLASSES + ("unknown",) else None
+        out.append(replace(f, bounce_class="site", reason=f"our MTA could not get the TLS it requires ({words!r}): "
+                           f"a problem of the list host, not of the address; was: {f.reason}") if words else f)
+    return out

@@ -9,6 +9,9 @@ classification, and the answer is attributed as ``detector:<name>``. If a
 future flufl.bounce drops that list we fall back to ``all_failures`` as a
 whole (attribution ``detector:flufl``).
 
+Formats flufl.bounce has no detector for are read by ours, in
+:mod:`.formats` (run after these, same result type).
+
 flufl.bounce's "temporary" set comes from delay warnings (DSN
 ``Action: delayed``, its SimpleWarning patterns); its "permanent" set from
 everything else.
@@ -36,6 +39,9 @@ class DetectorResult:
     name: str                     # 'postfix', 'qmail', ... or 'flufl'
     temporary: tuple[str, ...]    # addresses flufl.bounce reports as temporary (warnings)
     permanent: tuple[str, ...]    # addresses it reports as permanently failing
+    # Our own detectors (:mod:`.formats`): (class, reason) from the format's
+    # wording, used when the text next to the address has no code or known words.
+    verdict: tuple[str, str] | None = None
 
 
 def _decode(addresses) -> tuple[str, ...]:

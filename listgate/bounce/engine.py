@@ -53,6 +53,13 @@ Rules, in the order a bounce meets them
   next notice), and removes the member one interval after the last. With 0
   warnings the member gets one last notice and is removed at once. A probe
   refused for policy (5.7.x) does not disable: policy bounces never do.
+* **Reports for the postmaster** (:mod:`.reports`): feedback reports that
+  are not complaints (``auth-failure``, ``not-spam``, ``other``), SMTP TLS
+  reports and DMARC aggregate reports (classification kind ``report``) are
+  forwarded to the site's postmaster and change nothing for any member. A
+  failure of class ``site`` (our MTA could not get the TLS, MTA-STS or DANE
+  security it requires) is recorded, never scored; the postmaster is told
+  once per destination domain and day.
 * **Complaints** (ARF, RFC 5965): recorded; ``complaint_action`` ``disable``
   sets delivery ``by_admin`` (a complaint says nothing about the address, so
   the bounce notices and removal do not apply; an owner re-enables), and
@@ -83,6 +90,7 @@ from ..config.schema import DAY
 from ..store import BounceEvent, Member, NotAMember, UnknownToken, open_store
 from . import notices
 from .classify import Classification, Failure, classify
+from .reports import postmaster_address
 
 __all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK", "PROBE_FAILURE_CLASSES"]
 
@@ -90,10 +98,10 @@ log = logging.getLogger("listgate.bounce")
 
 # Which failure decides when one message reports several for one address
 # (the same order classification uses to reduce a VERP'd report).
-FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown",
-                "delayed", "relayed", "expanded", "delivered", "autoreply")
+FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown", "site",
+                "delayed", "relayed", "expanded", "delivered", "autoreply", "report")
 # Not failures of the address: recorded, never scored (DESIGN.md, "Bounce life cycle" 2).
-IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply")
+IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply", "site", "report")
 # A probe bounce of these classes disables; a policy refusal of the probe does not.
 PROBE_FAILURE_CLASSES = ("hard", "soft", "unknown")
 # Events that describe a member's failure (what the domain-incident rule counts).
@@ -108,7 +116,8 @@ class BounceAction:
 
     ``action``: scored, same_day, recorded, ignored, residual, non_member,
     probe_sent, probe_outstanding, probe_policy, probe_unknown, disabled,
-    removed, incident, complaint, forwarded, discarded.
+    removed, incident, complaint, forwarded, discarded, postmaster (a report
+    forwarded to the site's postmaster).
     """
 
     address: str | None
@@ -252,6 +261,7 @@ class BounceEngine:
         run = _Run(self, lc, result.message_id)
         run.outcome.classification = result
         with run.store.transaction():
+            self._site_problem(run, result, msg, rcpt, envelope_sender)
             if not result.is_bounce:
                 self._not_a_bounce(run, result, msg, rcpt, envelope_sender)
             elif probe_token:
@@ -366,8 +376,29 @@ class BounceEngine:
             run.record(None, "ignored", None, bounce_class="autoreply",
                        detail="auto-reply (RFC 3834) to a bounce address")
             return
+        if result.kind == "report":
+            failure = _top(result.failures)
+            reason = failure.reason if failure else "a report for the postmaster"
+            run.send(notices.to_postmaster(run.lc, postmaster_address(self.site), msg, recipient=rcpt,
+                                           envelope_sender=envelope_sender or "", reason=reason),
+                     [{"rcpt": postmaster_address(self.site), "sender": ""}], "postmaster_forward")
+            run.record(None, "postmaster", failure, bounce_class="report", detail=reason)
+            return
         self._unrecognized(run, msg, rcpt, envelope_sender, "not a bounce (a human reply?): "
                            + "; ".join(result.notes[:3]), bounce_class="unknown")
+
+    def _site_problem(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+                      envelope_sender: str | None) -> None:
+        """Class ``site`` failures: tell the postmaster once per destination domain and day."""
+        for failure in result.failures:
+            if failure.bounce_class != "site":
+                continue
+            domain = _domain_of(failure.address or "") or "-"
+            if run.store.remember("site_problem", domain, DAY):
+                postmaster = postmaster_address(self.site)
+                run.send(notices.to_postmaster(run.lc, postmaster, msg, recipient=rcpt,
+                                               envelope_sender=envelope_sender or "", reason=failure.reason),
+                         [{"rcpt": postmaster, "sender": ""}], "postmaster_notice")
 
     def _unrecognized(self, run: _Run, msg: bytes, rcpt: str, envelope_sender: str | None, reason: str,
                       *, bounce_class: str = "unknown", failure: Failure | None = None) -> None:

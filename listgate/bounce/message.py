@@ -159,6 +159,13 @@ def text_of(part: Message) -> str:
         text = data.decode(charset, "replace")
     except (LookupError, TypeError):
         text = data.decode("utf-8", "replace")
+    if "\ufffd" in text:
+        # A mislabelled charset (8-bit UTF-8 declared as ISO-2022-JP, say):
+        # text that is valid UTF-8 is read as such.
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
     return text[:MAX_TEXT_CHARS]
 
 

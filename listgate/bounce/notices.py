@@ -119,3 +119,17 @@ def unrecognized(lc, msg: bytes, *, recipient: str, envelope_sender: str, reason
     body = render("bounce_unrecognized", recipient=recipient, reason=reason,
                   envelope_sender=envelope_sender or "<>", **_common(lc))
     return _to_owners(lc, f"{lc.name}: unrecognised message at the bounce address", body, [msg])
+
+
+def to_postmaster(lc, postmaster: str, msg: bytes, *, recipient: str, envelope_sender: str,
+                  reason: str) -> EmailMessage:
+    """Forward a report about the site's own mail (not a member's failure) to the postmaster.
+
+    ``reason`` says what it is (a TLS report, an auth-failure feedback
+    report, a TLS/MTA-STS/DANE failure of our MTA; :mod:`listgate.bounce.reports`).
+    """
+    body = render("bounce_postmaster", recipient=recipient, reason=reason,
+                  envelope_sender=envelope_sender or "<>", **_common(lc))
+    return make_notice(sender=addresses.make(lc.name, lc.domain, "owner"), to=postmaster,
+                       subject=f"{lc.name}: report for the postmaster: {reason[:80]}", body=body,
+                       domain=lc.domain, samples=[msg], headers=_list_headers(lc))

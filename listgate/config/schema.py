@@ -104,6 +104,9 @@ SITE = Section({
     "queue_dir": Field("path", None, doc="default STATE_DIR/queue"),
     "lists_dir": Field("path", None, doc="default: lists.d beside the site file"),
     "hostname": Field("domain", "localhost"),
+    "postmaster": Field("address", None, doc="who gets reports about the site's own mail that reach a list "
+                        "(TLS and DMARC reports, non-complaint feedback reports, TLS/MTA-STS/DANE failures of "
+                        "our MTA); default postmaster@HOSTNAME"),
     "milter": Field("section", section=MILTER),
     "policy": Field("section", section=POLICY),
     "reinject": Field("section", section=REINJECT),

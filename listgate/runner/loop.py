@@ -31,6 +31,7 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import addresses, clock, messages
+from ..bounce import reports
 from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
@@ -290,7 +291,17 @@ class Runner:
         raise ValueError(f"unknown role {role!r}")
 
     def forward_to_owners(self, lc, qf) -> str:
-        """Mail to ``L-owner@D``: the message, unchanged, to every owner (null envelope sender)."""
+        """Mail to ``L-owner@D``: the message, unchanged, to every owner (null envelope sender).
+
+        A report about the site's own mail (TLS or DMARC report, a feedback
+        report that is not a complaint) goes to the site's postmaster instead.
+        """
+        why = reports.for_postmaster(qf.msg)
+        if why:
+            qid = messages.queue_virgin(self.site, lc, qf.msg, [{"rcpt": reports.postmaster_address(self.site),
+                                                                  "sender": ""}], kind="postmaster_forward",
+                                        meta={"envelope_sender_original": qf.meta.get("envelope_sender")})
+            return f"{why}: forwarded to the postmaster as {qid}"
         qid = messages.queue_virgin(self.site, lc, qf.msg, messages.owner_deliveries(lc), kind="owner_forward",
                                     meta={"envelope_sender_original": qf.meta.get("envelope_sender")})
         return f"forwarded to owners as {qid}"
