@@ -214,6 +214,12 @@ def test_warning_report_is_delayed_not_soft():
     "Subject: Automatic reply: [list] hello\r\n",
     "Subject: Out of Office: [list] hello\r\n",
     "Subject: =?utf-8?q?R=C3=A9ponse_automatique=3A_hello?=\r\n",
+    "Subject: [Automatyczna =?iso-8859-2?Q?odpowied=BC?=] hello\r\n",
+    "Subject: Automatisch antwoord: hello\r\n",
+    "Subject: Thank you for your e-mail\r\n",
+    # responders mark their answers as bulk mail (RFC 3834 section 3.1.8), people do not
+    "Precedence: bulk\r\nSubject: Re: hello\r\n",
+    "Precedence: junk\r\nSubject: Re: hello\r\n",
 ])
 def test_autoreplies_are_never_bounces(headers):
     raw = (f"From: Alice <alice@example.com>\r\nTo: list-bounces+x@lists.example.org\r\n{headers}\r\n"
@@ -223,6 +229,18 @@ def test_autoreplies_are_never_bounces(headers):
         assert (r.is_bounce, r.kind) == (False, "autoreply"), headers
         assert not r.scored
         assert [f.bounce_class for f in r.failures] == ["autoreply"]
+
+
+def test_human_reply_to_bounce_address_is_not_an_autoreply():
+    raw = (b"From: Alice <alice@example.com>\r\nTo: list-bounces@lists.example.org\r\n"
+           b"Subject: Re: hello\r\n\r\nWhy do I get this?\r\n")
+    assert classify(raw).kind == "not-a-bounce"
+
+
+def test_bounce_with_precedence_bulk_is_still_a_bounce():
+    raw = dsn(recipient_block("alice@example.com", "failed", "5.1.1", "user unknown"),
+              extra_headers="Precedence: bulk\r\n")
+    assert one(classify(raw)).bounce_class == "hard"
 
 
 def test_bounce_marked_auto_submitted_is_still_a_bounce():

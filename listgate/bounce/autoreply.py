@@ -12,7 +12,12 @@ address works. Signals, strongest first:
   ``X-Precedence: auto_reply``, Exchange's ``X-MS-Exchange-Inbox-Rules-Loop``
   and ``X-Auto-Response-Suppress`` together with an auto-reply subject;
 * an auto-reply subject ("Automatic reply:", "Auto:", "Out of Office",
-  "Autoreply", "Vacation", "Abwesenheitsnotiz", "Réponse automatique" ...).
+  "Autoreply", "Vacation", "Abwesenheitsnotiz", "Réponse automatique",
+  "Automatyczna odpowiedź", "Thank you for your e-mail" ...);
+* ``Precedence: bulk`` or ``junk`` on mail that is not a bounce: responders
+  mark their answers so (RFC 3834 section 3.1.8 asks them not to answer
+  such mail, and they label their own the same way); a person's reply does
+  not carry it.
 """
 from __future__ import annotations
 
@@ -26,7 +31,9 @@ _SUBJECT_RE = re.compile(
     r"^\s*(?:automatic\s+reply|auto(?:matic)?[\s-]*(?:reply|response|antwort)|autoreply|auto:|out\s+of\s+(?:the\s+)?office"
     r"|vacation|on\s+vacation|away\s+from|abwesen|r[ée]ponse\s+automatique|respuesta\s+autom[áa]tica"
     r"|risposta\s+automatica|resposta\s+autom[áa]tica|automatisch|absence|ausencia|fuera\s+de\s+la\s+oficina"
-    r"|i\s+am\s+(?:out|away)|i'm\s+(?:out|away))",
+    r"|i\s+am\s+(?:out|away)|i'm\s+(?:out|away)"
+    r"|\[?automatyczna\s+odpowied|automatisch\s+antwoord|automatiskt\s+svar|automaattinen\s+vastaus"
+    r"|thank\s+you\s+for\s+your\s+(?:e-?mail|message))",
     re.IGNORECASE,
 )
 
@@ -47,6 +54,9 @@ def autoreply_reason(msg: Message) -> str | None:
         return f"auto-reply subject {subject[:60]!r}"
     if auto and not auto.startswith("no"):
         return f"Auto-Submitted: {auto.split(';')[0]} (RFC 3834: a machine response)"
+    precedence = m.header(msg, "Precedence").lower()
+    if precedence in ("bulk", "junk"):
+        return f"Precedence: {precedence} (a responder's own mark, RFC 3834 section 3.1.8)"
     if m.header(msg, "X-MS-Exchange-Inbox-Rules-Loop"):
         return "X-MS-Exchange-Inbox-Rules-Loop (an Exchange inbox rule answered)"
     return None
