@@ -73,8 +73,9 @@ SISIMAI_ADDRESS_REASONS = {"userunknown", "hostunknown", "hasmoved"}
 # section 3.3 calls X.2.2 transient even in a 5xx, so ``soft`` agrees there.
 SISIMAI_TRANSIENT_REASONS = {"mailboxfull", "systemfull", "toomanyconn", "speeding", "expired"}
 
-# Thresholds, set a little below what this classifier measures (see the
-# printed figures; measured when written: class agreement 375/386 = 97.2%,
+# Thresholds, set at or a little below what this classifier measures (see the
+# printed figures; measured with the 532-message corpus: class agreement
+# 417/428 = 97.4%, issue 14's target being 97%; earlier 375/386 = 97.2%,
 # flufl address recall and precision 133/133, message-refusal rows classed
 # hard 3/44) so that a regression fails while the honest disagreements stay
 # allowed. The known disagreements, each a judgement call rather than a bug:
@@ -89,7 +90,7 @@ SISIMAI_TRANSIENT_REASONS = {"mailboxfull", "systemfull", "toomanyconn", "speedi
 #   report at all, so `not-a-bounce`;
 # * one "not a bounce" file that plainly reports a rejected delivery
 #   ("Mailbox full") to a VERP address: we say `soft`.
-MIN_CLASS_AGREEMENT = 0.93
+MIN_CLASS_AGREEMENT = 0.97
 MIN_FLUFL_ADDRESS_RECALL = 0.95
 MIN_FLUFL_ADDRESS_PRECISION = 0.95
 # Policy safety: of the sisimai rows whose reason is a message refusal, at
