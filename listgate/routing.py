@@ -29,7 +29,8 @@ Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 6. ``L-confirm+EXT@D`` whose extension is not token-shaped → ``reject 550 5.1.1``
    (a well-formed but unknown or expired token is accepted: the runner tells
    the sender it expired);
-7. a post (``L@D``): ``open`` lists → ``accept``; otherwise a sender that may
+7. a post (``L@D``): the posting rule (:func:`listgate.app.posting.decide`)
+   with the envelope sender: ``open`` lists → ``accept``; otherwise a sender that may
    not post (not a member for ``members_only``/``moderated``, not an owner or
    moderator for ``announce``; owners and moderators may always post; the null
    sender is nobody's) gets ``non_member_action``: ``reject`` → ``550 5.7.1``
@@ -45,10 +46,10 @@ from __future__ import annotations
 import ipaddress
 import logging
 import os
-import sqlite3
 from typing import Any, NamedTuple
 
 from . import memo, verp
+from .app import posting
 from .addresses import ROLE_SUFFIXES, ListAddress, split_address, table_for
 from .store import StoreUnavailable, open_store
 from .store.tokens import is_token
@@ -165,22 +166,17 @@ def _decide_bounces(site, lp: _ListPlan, address: ListAddress) -> RcptDecision:
 
 
 def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
-    if lp.open or sender is None:
+    # the posting rule (listgate.app.posting) with what RCPT knows: the envelope sender only.
+    # An unknown sender (None) is decided after DATA; hold and discard are the runner's too.
+    if sender is None:
         return lp.accept_post
-    if sender_parts is None:
-        return lp.refuse_post
-    sender = f"{sender_parts[0]}@{sender_parts[1]}"     # without brackets: as owners and moderators are listed
-    if lp.staff and sender.lower() in lp.staff:
-        return lp.accept_post
-    if lp.announce:
-        return lp.refuse_post
-    # a sender with 8-bit junk (not UTF-8) is nobody's member: has_member says no
-    return lp.accept_post if lp.store().has_member(sender) else lp.refuse_post
+    verdict = posting.decide(lp.lc, (sender,), lp.store)
+    return lp.refuse_post if verdict.action == "reject" else lp.accept_post
 
 
 def _is_store_failure(exc: Exception) -> bool:
     # an unreadable VERP key file is also "cannot decide now": 4xx, the admin fixes it
-    return isinstance(exc, (StoreUnavailable, sqlite3.Error, OSError, verp.VerpKeyError))
+    return isinstance(exc, (StoreUnavailable, OSError, verp.VerpKeyError))
 
 
 # -- per-Site plans: what decisions need from a Site, worked out once per Site object.
@@ -189,25 +185,18 @@ def _is_store_failure(exc: Exception) -> bool:
 class _ListPlan:
     """One list's posting rules, its constant decisions and its store (opened on first use)."""
 
-    __slots__ = ("site", "lc", "list_key", "post_address", "open", "announce",
-                 "staff", "accept_post", "refuse_post", "verp_accepts", "_store")
+    __slots__ = ("site", "lc", "list_key", "post_address", "accept_post", "refuse_post", "verp_accepts",
+                 "_store")
 
     def __init__(self, site, list_key: str, lc):
         self.site = site
         self.lc = lc
         self.list_key = list_key
-        policy = lc.posting_policy
-        self.open = policy == "open"
-        self.announce = policy == "announce"
-        # owners and moderators may always post
-        self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
         name, _, domain = list_key.rpartition("@")
         self.post_address = ListAddress(name, domain, "post")     # what parse() gives for L@D
         self.accept_post = RcptDecision("accept", address=self.post_address)
         if lc.non_member_action == "reject":
-            text = ("only the list's moderators may post to this list" if self.announce
-                    else "only members may post to this list")
-            self.refuse_post = _reject(self.post_address, "5.7.1", text)
+            self.refuse_post = _reject(self.post_address, "5.7.1", posting.rcpt_refusal_text(lc))
         else:
             self.refuse_post = self.accept_post     # hold/discard: the runner acts after DATA
         self.verp_accepts: dict[str, RcptDecision] = {}     # extension -> accept of a verified member VERP
