@@ -16,6 +16,7 @@ The application sees the store only through :mod:`listgate.store`'s contract
 * :mod:`.bounces` — the bounce life cycle: attribution, scoring, domain
   incidents, complaints (:class:`~.bounces.BounceEngine`);
 * :mod:`.probes` — after the threshold: probes, disable, disabled notices, removal;
+* :mod:`.incidents` — failures that are not the members' own (domain incidents): not scored;
 * :mod:`.notices` — every message the application writes (replies,
   confirmations, owner notices, bounce mail), with one owner notice and one
   ``List-Id``;

@@ -11,10 +11,10 @@ Rules, in the order a bounce meets them
 ---------------------------------------
 
 * **Attribution**: routing decided at RCPT what the ``L-bounces+EXT``
-  extension is (:func:`listgate.routing.decide_rcpt`, its ``verp`` result is
-  passed in: nothing is decoded twice). A signed member VERP
-  (``L-bounces+<member>.<key>.<mac>@D``)
-  names the member, whatever address the DSN reports (forwarding changes it);
+  extension is (:func:`listgate.routing.decide_rcpt`; its ``verp`` result is
+  passed in, nothing is decoded twice). A signed member VERP
+  (``L-bounces+<member>.<key>.<mac>@D``) names the member, whatever address
+  the DSN reports (forwarding changes it);
   a probe token names the probe; otherwise each failing address of the
   classification (RFC 3464 DSN, flufl.bounce detectors) is looked up among the
   members. A DSN whose original Message-ID is a pending probe's is a probe
@@ -30,15 +30,7 @@ Rules, in the order a bounce meets them
   delivered, relayed, expanded, autoreply); classes of weight 0 (``policy``
   by default: the list's mail was refused, not the member's address — these
   never lead to a probe or a disable).
-* **Domain incident**: when at least ``bounce_domain_incident.members``
-  distinct members at one domain fail with one status within
-  ``bounce_domain_incident.window`` (counting the current bounce), the bounce
-  is recorded as ``incident`` and not scored, and so is every later one at
-  that domain with that status while the condition holds; the owners are told
-  once (``store.remember``, for max(window, 1 day)). Decision: bounces scored
-  *before* the incident was recognised keep their score. Each was at most one
-  daily increment for fewer than ``members`` members, and undoing them would
-  need the weights as they were then; the probe still protects those members.
+* **Domain incident** (:mod:`listgate.app.incidents`): recorded as ``incident``, not scored.
 * **Scoring**: bounce info older than ``bounce_info_stale_after`` restarts the
   score; at most one increment per member per UTC day (``clock.day()``); the
   weight is ``bounce_weights[class]``; evidence is kept for scored bounces.
@@ -69,13 +61,11 @@ from typing import Iterable
 
 from .. import addresses, clock, messages, verp
 from ..bounce.classify import Classification, Failure, classify
-from ..config.schema import DAY
 from ..log import kv
 from ..store import BounceEvent, Member, NotAMember, open_store
-from . import notices, probes
-from .probes import PROBE_FAILURE_CLASSES
+from . import incidents, notices, probes
 
-__all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK", "PROBE_FAILURE_CLASSES"]
+__all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK"]
 
 log = logging.getLogger("listgate.app.bounces")
 
@@ -85,9 +75,6 @@ FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown",
                 "delayed", "relayed", "expanded", "delivered", "autoreply")
 # Not failures of the address: recorded, never scored (DESIGN.md, "Bounce life cycle" 2).
 IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply")
-# Events that describe a member's failure (what the domain-incident rule counts).
-_INCIDENT_ACTIONS = ("scored", "same_day", "recorded", "residual", "probe_sent",
-                     "probe_outstanding", "incident")
 _DETAIL_MAX = 500
 
 
@@ -193,11 +180,6 @@ def _find_member(store, address: str) -> Member | None:
     wanted = address.lower()
     found = [m for m in store.members() if m.key.lower() == wanted]
     return found[0] if len(found) == 1 else None
-
-
-def _domain_of(address: str) -> str:
-    parts = addresses.split_address(address)
-    return parts[1] if parts else ""
 
 
 class BounceEngine:
@@ -423,7 +405,7 @@ class BounceEngine:
         if cls in IGNORED_CLASSES:
             run.record(member.key, "ignored", failure, attribution=attribution)
             return
-        if self._domain_incident(run, member, failure, msg):
+        if incidents.domain_incident(run, member, failure, msg):
             run.record(member.key, "incident", failure, attribution=attribution)
             return
         weight = float(lc.bounce_weights.get(cls, 0.0) or 0.0)
@@ -452,27 +434,6 @@ class BounceEngine:
             run.store.save_member(member)
             run.record(member.key, "scored", failure, attribution=attribution,
                        detail=f"score {member.bounce_score:g}: {failure.diagnostic}")
-
-    def _domain_incident(self, run: _Run, member: Member, failure: Failure, msg: bytes) -> bool:
-        """True if this failure is part of a domain incident (see module docstring)."""
-        conf = run.lc.bounce_domain_incident
-        domain = _domain_of(member.key)
-        if not failure.status or not domain:
-            return False
-        seen = {member.key}
-        suffix = "@" + domain
-        for event in run.store.events(since=run.now - conf.window):
-            if (event.status == failure.status and event.action in _INCIDENT_ACTIONS and event.address
-                    and event.address.lower().endswith(suffix)):
-                seen.add(event.address)
-        if len(seen) < conf.members:
-            return False
-        if run.store.remember("bounce_incident", f"{domain} {failure.status}", max(conf.window, DAY)):
-            run.send(notices.owner_incident(run.lc, domain, failure.status, sorted(seen), conf.window, msg),
-                     run.to_owners(), "owner_notice")
-            log.warning("domain incident list=%s domain=%s status=%s members=%d",
-                        run.key, domain, failure.status, len(seen))
-        return True
 
     def _complaint(self, run: _Run, member: Member, failure: Failure, msg: bytes,
                    attribution: str | None) -> None:
