@@ -38,27 +38,24 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
         notices.send(site, lc, member.address, f"Delivery of {lname} enabled",
                      texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
         return f"re-enabled {member.address}"
-    if rec.type == "subscription":
+    if rec.type in ("subscription", "unsubscription"):
+        joining = rec.type == "subscription"
         with store.transaction():
-            store.confirm_pending(token, "subscription")
+            store.confirm_pending(token, rec.type)
             address = rec.payload["address"]
-            store.add_member(address, rec.payload.get("display_name") or "")
-            notices.send(site, lc, address, f"Welcome to {lname}",
-                         texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")), kind="welcome")
-            if lc.notify_owner_on_join:
-                notices.to_owners(site, lc, f"{address} joined {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
-        return f"subscribed {address}"
-    if rec.type == "unsubscription":
-        with store.transaction():
-            store.confirm_pending(token, "unsubscription")
-            address = rec.payload["address"]
-            store.remove_member(address)
-            notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
-            if lc.notify_owner_on_leave:
-                notices.to_owners(site, lc, f"{address} left {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event="left", list=lname))
-        return f"unsubscribed {address}"
+            if joining:
+                store.add_member(address, rec.payload.get("display_name") or "")
+                notices.send(site, lc, address, f"Welcome to {lname}",
+                             texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")), kind="welcome")
+            else:
+                store.remove_member(address)
+                notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname),
+                             kind="goodbye")
+            event = "joined" if joining else "left"
+            if lc.notify_owner_on_join if joining else lc.notify_owner_on_leave:
+                notices.to_owners(site, lc, f"{address} {event} {lname}",
+                                  texts.OWNER_EVENT.format(address=address, event=event, list=lname))
+        return f"{'subscribed' if joining else 'unsubscribed'} {address}"
     if rec.type == "change_of_address":
         with store.transaction():
             store.confirm_pending(token, "change_of_address")
