@@ -34,9 +34,9 @@ import statistics  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
-from listgate import addresses, clock, config, instance, verp  # noqa: E402
+from listgate import clock, config, instance, routing, verp  # noqa: E402
 from listgate.bounce.classify import classify  # noqa: E402
-from listgate.bounce.engine import BounceEngine  # noqa: E402
+from listgate.app.bounces import BounceEngine  # noqa: E402
 from listgate.store import BounceEvent, open_store  # noqa: E402
 from listgate.store import close_all  # noqa: E402
 
@@ -74,7 +74,8 @@ def engine_rate(site, lc, msgs) -> float:
     engine = BounceEngine(site)
     start = time.perf_counter()
     for addr, rcpt, msg in msgs:
-        engine.handle_bounce(lc, msg, addresses.parse(rcpt, site.lists), envelope_sender="")
+        decision = routing.decide_rcpt(site, rcpt, sender="")
+        engine.handle_bounce(lc, msg, decision.address, verp_result=decision.verp, envelope_sender="")
         clock.advance(SPACING)
     return len(msgs) / (time.perf_counter() - start)
 

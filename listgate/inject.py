@@ -10,8 +10,9 @@ and those decisions and
   ``-owner`` mail to the ``in`` queue, ONE qfile per (list, role, extension)
   with the metadata of docs/ARCHITECTURE.md ("Queues and qfile metadata");
 * hands mail for ``L-bounces[+EXT]@D`` to
-  :meth:`listgate.bounce.engine.BounceEngine.handle_bounce`, which classifies
-  and scores it inline and queues its follow-up work.
+  :meth:`listgate.app.bounces.BounceEngine.handle_bounce` with routing's
+  VERP decision (``decision.verp``: nothing is decoded twice), which
+  classifies and scores it inline and queues its follow-up work.
 
 Only when every part has been stored may the caller say yes (SMTP 250, exit
 0). :class:`NotStored` means nothing more can be stored now: answer 451 4.3.0
@@ -104,9 +105,11 @@ def strip_envelope_line(msg: bytes) -> bytes:
     return msg
 
 
-def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
-    """(action, address, rcpts) per distinct (action, list, role, extension), in first-seen order."""
-    out: dict[tuple, tuple[str, object, list[str]]] = {}
+def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str], object]]:
+    """(action, address, rcpts, decision) per distinct (action, list, role, extension), in first-seen order.
+
+    ``decision`` is the first recipient's: one (list, role, extension) has one decision."""
+    out: dict[tuple, tuple[str, object, list[str], object]] = {}
     for r in routed:
         action = r.decision.action
         if action not in ("accept", "discard"):
@@ -114,7 +117,7 @@ def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str]]]:
         a = r.decision.address
         key = (action, a.list_key, a.role, a.extension)
         if key not in out:
-            out[key] = (action, a, [])
+            out[key] = (action, a, [], r.decision)
         rcpt = bare(r.rcpt)
         if rcpt not in out[key][2]:
             out[key][2].append(rcpt)
@@ -140,7 +143,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     except QueueError as exc:  # the queue directory cannot even be made: retry later, like a full disk
         raise NotStored(f"in queue: {exc}") from exc
     results: list[Stored] = []
-    for action, address, rcpts in _groups(routed):
+    for action, address, rcpts, decision in _groups(routed):
         item = Stored(address.list_key, address.role, address.extension, rcpts)
         lc = site.lists.get(address.list_key)
         if lc is None:
@@ -148,7 +151,7 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
         if action == "discard":
             item.outcome = "discarded"
         elif address.role == "bounces":
-            _bounce(site, lc, msg, address, sender, mta_queue_id, item)
+            _bounce(site, lc, msg, decision, sender, mta_queue_id, item)
         else:
             meta = {
                 "list": address.list_key, "role": address.role, "extension": address.extension,
@@ -192,12 +195,12 @@ def _queue(sb: Switchboard, msg: bytes, meta: dict, item: Stored) -> None:
     item.outcome = "queued"
 
 
-def _bounce(site: Site, lc, msg: bytes, address, sender: str, mta_queue_id: str | None, item: Stored) -> None:
-    from .bounce.engine import BounceEngine  # the engine pulls in flufl.bounce: only load it for bounces
+def _bounce(site: Site, lc, msg: bytes, decision, sender: str, mta_queue_id: str | None, item: Stored) -> None:
+    from .app.bounces import BounceEngine  # the engine pulls in flufl.bounce: only load it for bounces
 
     try:
-        outcome = BounceEngine(site).handle_bounce(lc, msg, address, envelope_sender=sender,
-                                                   mta_queue_id=mta_queue_id)
+        outcome = BounceEngine(site).handle_bounce(lc, msg, decision.address, verp_result=decision.verp,
+                                                   envelope_sender=sender, mta_queue_id=mta_queue_id)
     except (StoreUnavailable, QueueError, OSError) as exc:
         raise NotStored(f"{item.list_key}: bounce not registered: {exc}") from exc
     item.outcome = "bounce"

@@ -40,8 +40,7 @@ from typing import Iterable, Mapping, Sequence
 from . import addresses, clock
 from .addresses import list_key  # noqa: F401 - messages.list_key: the list key, for message builders
 
-__all__ = ["make_notice", "queue_virgin", "render", "new_message_id", "owner_deliveries",
-           "list_key", "MAX_SAMPLE_BYTES"]
+__all__ = ["make_notice", "queue_virgin", "render", "new_message_id", "list_key", "MAX_SAMPLE_BYTES"]
 
 # A sample (bounce attached to a probe or an owner notice) larger than this is
 # attached as its header only: the evidence that matters is in the header and
@@ -149,16 +148,6 @@ def serialize(msg: EmailMessage | bytes) -> tuple[bytes, bool]:
         return bytes(msg), False
     utf8 = _needs_utf8(msg)
     return msg.as_bytes(policy=_POLICY_UTF8 if utf8 else _POLICY), utf8
-
-
-def owner_deliveries(lc) -> list[dict]:
-    """One delivery per list owner, with the null reverse-path.
-
-    Owner notices go out from ``<>`` (RFC 5321 section 4.5.5): if an owner's
-    mailbox fails, no bounce comes back to ``L-bounces@D`` to be forwarded to
-    the owners again (a loop).
-    """
-    return [{"rcpt": owner, "sender": ""} for owner in lc.owners]
 
 
 def _check_deliveries(deliveries: Sequence[Mapping[str, str]]) -> list[dict]:

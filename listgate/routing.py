@@ -20,10 +20,9 @@ Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 6. ``L-confirm+EXT@D`` whose extension is not token-shaped → ``reject 550 5.1.1``
    (a well-formed but unknown or expired token is accepted: the runner tells
    the sender it expired);
-7. a post (``L@D``): ``open`` lists → ``accept``; otherwise a sender that may
-   not post (not a member for ``members_only``/``moderated``, not an owner or
-   moderator for ``announce``; owners and moderators may always post; the null
-   sender is nobody's) gets ``non_member_action``: ``reject`` → ``550 5.7.1``
+7. a post (``L@D``): the posting rule (:func:`listgate.app.posting.decide`)
+   with the envelope sender; a sender that may not post (the null sender is
+   nobody) gets ``non_member_action``: ``reject`` → ``550 5.7.1``
    (RFC 3463: delivery not authorized), ``hold``/``discard`` → ``accept`` (the
    runner holds or drops it after DATA). Unknown sender (``None``) → ``accept``;
 8. other roles (request, join, leave, owner) → ``accept``.
@@ -38,6 +37,7 @@ import logging
 from typing import Any, NamedTuple
 
 from . import verp
+from .app import posting
 from .addresses import ListAddress, split_address
 from .store import StoreError, open_store
 from .store.tokens import is_token
@@ -112,7 +112,7 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
         return _NO_SUCH_ADDRESS
     try:
         if address.role == "post":
-            return _decide_post(_ListPlan(site, address.list_key, site.lists[address.list_key]), sender, sender_parts)
+            return _decide_post(_ListPlan(site, address.list_key, site.lists[address.list_key]), sender)
         if address.role == "bounces":
             return _decide_bounces(site, address)
         if address.role == "confirm" and not is_token(address.extension.lower()):
@@ -135,18 +135,13 @@ def _decide_bounces(site, address: ListAddress) -> RcptDecision:
     return RcptDecision("accept", address=address, verp=result)
 
 
-def _decide_post(lp: _ListPlan, sender: str | None, sender_parts: tuple[str, str] | None) -> RcptDecision:
-    if lp.open or sender is None:
+def _decide_post(lp: _ListPlan, sender: str | None) -> RcptDecision:
+    # the posting rule (listgate.app.posting) with what RCPT knows: the envelope sender only.
+    # An unknown sender (None) is decided after DATA; hold and discard are the runner's too.
+    if sender is None:
         return lp.accept_post
-    if sender_parts is None:
-        return lp.refuse_post
-    sender = f"{sender_parts[0]}@{sender_parts[1]}"     # without brackets: as owners and moderators are listed
-    if lp.staff and sender.lower() in lp.staff:
-        return lp.accept_post
-    if lp.announce:
-        return lp.refuse_post
-    # a sender with 8-bit junk (not UTF-8) is nobody's member: has_member says no
-    return lp.accept_post if lp.store().has_member(sender) else lp.refuse_post
+    verdict = posting.decide(lp.lc, (sender,), lp.store)
+    return lp.refuse_post if verdict.action == "reject" else lp.accept_post
 
 
 def _is_store_failure(exc: Exception) -> bool:
@@ -156,25 +151,18 @@ def _is_store_failure(exc: Exception) -> bool:
 
 
 class _ListPlan:
-    """One list's posting rules and the decisions they give (for :func:`_decide_post`)."""
+    """One list's posting decisions at RCPT (for :func:`_decide_post`); its store opened on demand."""
 
-    __slots__ = ("site", "lc", "list_key", "open", "announce", "staff", "accept_post", "refuse_post")
+    __slots__ = ("site", "lc", "list_key", "accept_post", "refuse_post")
 
     def __init__(self, site, list_key: str, lc):
         self.site = site
         self.lc = lc
         self.list_key = list_key
-        policy = lc.posting_policy
-        self.open = policy == "open"
-        self.announce = policy == "announce"
-        # owners and moderators may always post
-        self.staff = frozenset(a.lower() for a in tuple(lc.owners) + tuple(lc.moderators))
         post_address = ListAddress(lc.name, lc.domain, "post")     # what parse() gives for L@D
         self.accept_post = RcptDecision("accept", address=post_address)
         if lc.non_member_action == "reject":
-            text = ("only the list's moderators may post to this list" if self.announce
-                    else "only members may post to this list")
-            self.refuse_post = _reject(post_address, "5.7.1", text)
+            self.refuse_post = _reject(post_address, "5.7.1", posting.rcpt_refusal_text(lc))
         else:
             self.refuse_post = self.accept_post     # hold/discard: the runner acts after DATA
 

@@ -10,8 +10,8 @@ import email.policy
 from dataclasses import dataclass
 from pathlib import Path
 
-from listgate import addresses, clock, verp
-from listgate.bounce.engine import BounceEngine
+from listgate import addresses, clock, routing, verp
+from listgate.app.bounces import BounceEngine
 from listgate.config import Site
 from listgate.queue import Switchboard
 from listgate.store import open_store
@@ -51,7 +51,11 @@ class Env:
         return addresses.parse(f"demo-bounces@{DOMAIN}", self.site.lists)
 
     def bounce(self, msg: bytes, rcpt: addresses.ListAddress, sender: str = ""):
-        return self.engine.handle_bounce(self.lc, msg, rcpt, envelope_sender=sender, mta_queue_id="4ABCD")
+        """Hand ``msg`` to the engine as a front end does: with routing's decision on ``rcpt``."""
+        text = addresses.make(rcpt.name, rcpt.domain, rcpt.role, rcpt.extension)
+        decision = routing.decide_rcpt(self.site, text, sender=sender)
+        return self.engine.handle_bounce(self.lc, msg, rcpt, verp_result=decision.verp, envelope_sender=sender,
+                                         mta_queue_id="4ABCD")
 
     def verp_bounce(self, member: str, status: str = "5.1.1", diagnostic: str = "550 5.1.1 User unknown"):
         return self.bounce(dsn(member, status, diagnostic), self.verp_rcpt(member))

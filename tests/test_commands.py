@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from runner_helpers import OWNER, Env, any_text, message, text_of
 
-from listgate.runner.commands import parse_commands
+from listgate.app.commands import parse_commands
 
 
 @pytest.fixture

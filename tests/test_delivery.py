@@ -140,8 +140,8 @@ def test_progress_is_recorded_after_each_handover(env):
     env.inject(message("m0@one.test", "hello"), sender="m0@one.test")
     env.run()  # fan-out finishes; now replay a partially done copy
     env.sink.clear()
-    from listgate.runner import posts
-    meta = posts.fanout_meta(env.site, env.lc, env.store, message_id="<x@y>")
+    from listgate.app import posting
+    meta = posting.fanout_meta(env.site, env.lc, env.store, message_id="<x@y>")
     meta["done"] = [0, 1]
     env.queue("out").enqueue(b"Subject: again\r\n\r\nbody\r\n", meta)
     env.run()
@@ -202,8 +202,8 @@ def test_enhanced_status_and_backoff_helpers(env):
 
 
 def test_big_post_is_split_and_delivered_in_parallel_exactly_once(env):
-    from listgate.runner import posts
-    members = [f"m{i:03d}@one.test" for i in range(posts.FANOUT_SINGLE + 7)]
+    from listgate.app import posting
+    members = [f"m{i:03d}@one.test" for i in range(posting.FANOUT_SINGLE + 7)]
     with env.store.transaction():
         for m in members:
             env.store.add_member(m)
@@ -215,7 +215,7 @@ def test_big_post_is_split_and_delivered_in_parallel_exactly_once(env):
         qf = in_board.dequeue()
         runner.process(in_board, qf)
         parts = [env.queue("out").peek(q).meta for q in env.queue("out").ids()]
-        n = -(-len(members) // posts.FANOUT_CHUNK)
+        n = -(-len(members) // posting.FANOUT_CHUNK)
         assert sorted(p["part"] for p in parts) == list(range(1, n + 1)) and {p["parts"] for p in parts} == {n}
         assert sum(len(p["deliveries"]) for p in parts) == len(members)
         runner.run_once(with_tasks=False)

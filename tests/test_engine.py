@@ -350,7 +350,7 @@ def test_queue_failure_rolls_back_the_bounce(site):
 
 def _bounce_in_child(site_path: str, member: str, conn) -> None:
     from listgate import config as cfg
-    from listgate.bounce.engine import BounceEngine
+    from listgate.app.bounces import BounceEngine
     from engine_helpers import Env
     try:
         env = Env(cfg.load(site_path), None)

@@ -1,4 +1,4 @@
-"""Generated mail: listgate.messages (make_notice, queue_virgin) and listgate.bounce.notices."""
+"""Generated mail: listgate.messages (make_notice, queue_virgin) and listgate.app.notices."""
 from __future__ import annotations
 
 import email
@@ -7,7 +7,7 @@ import email.policy
 import pytest
 
 from listgate import clock, messages
-from listgate.bounce import notices
+from listgate.app import notices
 from listgate.queue import Switchboard
 
 from engine_helpers import DOMAIN, T0, attachments
@@ -86,7 +86,7 @@ def test_queue_virgin_writes_delivery_envelope(site):
 
 
 def test_owner_deliveries_use_null_sender(site):
-    assert messages.owner_deliveries(site.get_list("demo")) == [{"rcpt": f"owner@{DOMAIN}", "sender": ""}]
+    assert notices.owner_deliveries(site.get_list("demo")) == [{"rcpt": f"owner@{DOMAIN}", "sender": ""}]
 
 
 def test_bounce_notices_render(site):

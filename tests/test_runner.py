@@ -13,7 +13,7 @@ import pytest
 from runner_helpers import LIST, MODERATOR, OWNER, Env, any_text, message, text_of, wait_until
 
 from listgate import clock
-from listgate.runner import posts
+from listgate.app import posting
 
 
 @pytest.fixture
@@ -53,7 +53,7 @@ def test_decorate_replaces_foreign_list_headers_and_keeps_lf_messages():
     lc = Frozen(dict(name="demo", domain="d.test", description='Say "hi"', subject_prefix="[demo] ",
                      posting_policy="announce"))
     raw = b"Subject: x\nList-Id: <other.d.test>\nList-Post: <mailto:other@d.test>\nX-Keep:\n  folded\n\nbody\n"
-    out = posts.decorate(lc, raw)
+    out = posting.decorate(lc, raw)
     head, body = out.split(b"\n\n", 1)
     assert body == b"body\n" and b"\r" not in out
     assert b"other" not in head and b"X-Keep:\n  folded" in head

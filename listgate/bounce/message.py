@@ -16,10 +16,10 @@ from __future__ import annotations
 import email
 import email.policy
 import re
-from email.header import decode_header, make_header
 from email.message import Message
 from email.utils import getaddresses, parseaddr
 
+from .. import header_text
 from ..addresses import bare
 
 MAX_PARSE_BYTES = 1024 * 1024        # 1 MiB of the message is parsed
@@ -70,11 +70,7 @@ def _to_text(value) -> str:
 
 def decoded_header(msg: Message, name: str) -> str:
     """Like :func:`header`, with RFC 2047 encoded words decoded (never raises)."""
-    raw = header(msg, name)
-    try:
-        return str(make_header(decode_header(raw)))
-    except Exception:
-        return raw
+    return header_text.decode(header(msg, name))
 
 
 def headers(msg: Message, name: str) -> list[str]:

@@ -45,7 +45,7 @@ def cmd_list(args) -> int:
 
 
 def cmd_act(args) -> int:
-    from ..runner.posts import moderate
+    from ..app.moderation import moderate
     from ..store import UnknownToken
     site = load_site(args)
     lg_log.setup(site.conf.logging, program="listgate-held", level="warning")

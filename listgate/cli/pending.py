@@ -3,7 +3,7 @@
 ``confirm`` carries the record out as if its confirmation had come by mail
 (subscription, unsubscription, change of address, re-enable, approval of a
 held message), through the same code the runner uses
-(:func:`listgate.runner.commands.complete`). ``discard`` removes a record
+(:func:`listgate.app.subscriptions.complete`). ``discard`` removes a record
 without acting.
 """
 from __future__ import annotations
@@ -69,7 +69,7 @@ def cmd_show(args) -> int:
 
 def cmd_confirm(args) -> int:
     """Carry the record out as if its confirmation had arrived by mail (an admin's act)."""
-    from ..runner.commands import complete
+    from ..app.subscriptions import complete
     from ..store import AlreadyMember, NotAMember
     key, store, record = _peek(args)
     if record.type == "probe":

@@ -68,7 +68,7 @@ def cmd_runner(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from ..runner.serve import Supervisor
+    from ..serve import Supervisor
     site = _watcher(args).current()
     lg_log.setup(site.conf.logging, program="listgate-serve", level=args.log_level)
     sup = Supervisor(site)

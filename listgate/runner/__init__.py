@@ -1,18 +1,16 @@
-"""Queue runners: posts, email commands and confirmations, delivery, periodic tasks.
+"""The queue runner: the queue loop, delivery and periodic tasks; decisions are the list application's.
 
 One job per module:
 
 * :mod:`.loop` — :class:`~.loop.Runner`: takes qfiles from ``in``, ``virgin``,
-  ``out`` and ``retry`` (optionally one hash slice of them), dispatches them,
-  schedules periodic tasks, stops cleanly on SIGTERM;
-* :mod:`.mail` — reading headers of untrusted mail, RFC 3834 auto-reply rules;
-* :mod:`.posts` — posting policy, moderation holds, decoration, loop protection;
-* :mod:`.commands` — ``L-request``/``L-join``/``L-leave`` commands and
-  ``L-confirm+TOKEN`` confirmations;
-* :mod:`.replies` — confirmations, replies and notices into ``virgin``;
+  ``out`` and ``retry`` (optionally one hash slice of them), hands each
+  ``in`` qfile to the list application (:mod:`listgate.app`: posts, commands,
+  confirmations, owner mail), schedules periodic tasks, stops cleanly on SIGTERM;
+* :mod:`.duplicates` — a retried SMTP transaction's second copy is dropped;
 * :mod:`.delivery` — SMTP fan-out to the re-injection listener with a
-  per-recipient envelope sender, durable progress, retry and 5xx bounces;
-* :mod:`.tasks` — periodic tasks (bounce engine, pending eviction, retries);
-* :mod:`.serve` — ``listgate serve``: milter, policy server and runner as
-  supervised child processes.
+  per-recipient envelope sender, durable progress, retry, and 5xx at
+  hand-over reported to the bounce life cycle;
+* :mod:`.tasks` — periodic tasks (bounce life cycle, pending eviction), when due.
+
+The supervisor of ``listgate serve`` is :mod:`listgate.serve`.
 """

@@ -150,7 +150,7 @@ def _options(smtp: smtplib.SMTP, msg: bytes, addresses: list[str], xverp: bool, 
 class Deliverer:
     """Sends qfiles; one per runner process (it owns the SMTP connection).
 
-    ``engine`` is a :class:`listgate.bounce.engine.BounceEngine` (made on first
+    ``engine`` is a :class:`listgate.app.bounces.BounceEngine` (made on first
     need when not given).
     """
 
@@ -162,7 +162,7 @@ class Deliverer:
     @property
     def engine(self):
         if self._engine is None:
-            from ..bounce.engine import BounceEngine
+            from ..app.bounces import BounceEngine
             self._engine = BounceEngine(self.site)
         return self._engine
 

@@ -22,8 +22,8 @@ from email import policy as email_policy
 from email.parser import BytesHeaderParser
 
 from ..config import Site
+from ..messages import list_key
 from ..store import open_store
-from . import replies
 
 # ListStore.remember() kind for "this (role, message) was accepted".
 ACCEPTED_KIND = "accepted"
@@ -87,6 +87,6 @@ def first_acceptance(site: Site, lc, qf) -> bool:
     """
     if "message_key" in qf.meta:
         return True
-    store = open_store(site, replies.address(lc))
+    store = open_store(site, list_key(lc))
     return store.remember(ACCEPTED_KIND, duplicate_key(qf.meta, qf.msg),
                           site.conf.milter.duplicate_window, owner=qf.id)

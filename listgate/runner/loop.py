@@ -30,13 +30,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from .. import addresses, clock, messages
-from ..bounce import reports
+from .. import addresses, clock, routing
+from ..app import commands, notices, posting
 from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
 from ..store import StoreUnavailable
-from . import commands, delivery, duplicates, posts, tasks
+from . import delivery, duplicates, tasks
 
 log = logging.getLogger("listgate.runner")
 
@@ -105,7 +105,7 @@ class Runner:
     @property
     def engine(self):
         if self._engine is None:
-            from ..bounce.engine import BounceEngine
+            from ..app.bounces import BounceEngine
             self._engine = BounceEngine(self.site)
             self.deliverer._engine = self._engine
         return self._engine
@@ -276,32 +276,26 @@ class Runner:
         if qf.queue == "in" and role != "bounces" and not duplicates.first_acceptance(site, lc, qf):
             return "duplicate: a retried transaction of a message already accepted"
         if role == "post":
-            return posts.handle_post(site, lc, qf)
+            return posting.handle_post(site, lc, qf)
         if role in ("request", "join", "leave"):
             return commands.handle_request(site, lc, qf)
         if role == "confirm":
             return commands.handle_confirm(site, lc, qf)
         if role == "owner":
-            return self.forward_to_owners(lc, qf)
+            return notices.forward_to_owners(site, lc, qf.msg, qf.meta.get("envelope_sender"))
         if role == "bounces":
-            address = addresses.ListAddress(lc.name, lc.domain, "bounces", qf.meta.get("extension"))
-            outcome = self.engine.handle_bounce(lc, qf.msg, address, envelope_sender=qf.meta.get("envelope_sender"),
-                                                mta_queue_id=qf.meta.get("mta_queue_id"))
-            return f"bounce: {getattr(outcome, 'actions', outcome)}"
+            return self._bounce(lc, qf)
         raise ValueError(f"unknown role {role!r}")
 
-    def forward_to_owners(self, lc, qf) -> str:
-        """Mail to ``L-owner@D``: the message, unchanged, to every owner (null envelope sender).
-
-        A report about the site's own mail (TLS or DMARC report, a feedback
-        report that is not a complaint) goes to the site's postmaster instead.
-        """
-        why = reports.for_postmaster(qf.msg)
-        if why:
-            qid = messages.queue_virgin(self.site, lc, qf.msg, [{"rcpt": reports.postmaster_address(self.site),
-                                                                  "sender": ""}], kind="postmaster_forward",
-                                        meta={"envelope_sender_original": qf.meta.get("envelope_sender")})
-            return f"{why}: forwarded to the postmaster as {qid}"
-        qid = messages.queue_virgin(self.site, lc, qf.msg, messages.owner_deliveries(lc), kind="owner_forward",
-                                    meta={"envelope_sender_original": qf.meta.get("envelope_sender")})
-        return f"forwarded to owners as {qid}"
+    def _bounce(self, lc, qf) -> str:
+        """A bounce a front end queued instead of handing it over inline: routing decides what
+        its recipient is now (no front end decided it for this qfile), then the bounce life cycle."""
+        rcpt = notices.address(lc, "bounces", qf.meta.get("extension"))
+        decision = routing.decide_rcpt(self.site, rcpt)
+        if decision.action == "tempfail":
+            raise StoreUnavailable(decision.text)
+        address = decision.address or addresses.ListAddress(lc.name, lc.domain, "bounces", None)
+        outcome = self.engine.handle_bounce(lc, qf.msg, address, verp_result=decision.verp,
+                                            envelope_sender=qf.meta.get("envelope_sender"),
+                                            mta_queue_id=qf.meta.get("mta_queue_id"))
+        return f"bounce: {getattr(outcome, 'actions', outcome)}"

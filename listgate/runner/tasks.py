@@ -16,11 +16,11 @@ from __future__ import annotations
 import logging
 import os
 
-from .. import clock
+from .. import clock, messages
+from ..app import moderation
 from ..log import kv
 from ..queue import QueueError
 from ..store import StoreUnavailable, open_store
-from . import replies
 
 log = logging.getLogger("listgate.runner.tasks")
 
@@ -67,22 +67,18 @@ def run(site, engine=None) -> list[str]:
     A list whose store is unavailable is skipped (logged) and the others go on.
     """
     if engine is None:
-        from ..bounce.engine import BounceEngine
+        from ..app.bounces import BounceEngine
         engine = BounceEngine(site)
     started = clock.now()
     done: list[str] = []
     for lc in site.iter_lists():
-        key = replies.address(lc)
+        key = messages.list_key(lc)
         try:
             done += [f"{key}: {line}" for line in engine.run_periodic(lc) or ()]
             for rec in open_store(site, key).evict_expired():
                 done.append(f"{key}: expired {rec.type} {rec.token}")
                 if rec.type == "held_message":
-                    p = rec.payload
-                    replies.to_owners(site, lc, f"Held post expired: {p.get('subject') or '(no subject)'}",
-                                      f"A post to {key} from {p.get('author')} held for {p.get('reason')} "
-                                      f"expired without a decision and was discarded.\n",
-                                      moderators=True, kind="held_expired")
+                    moderation.expired(site, lc, rec)
         except (StoreUnavailable, QueueError) as exc:
             log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
     _write_stamp(site, started)

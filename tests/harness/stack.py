@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from listgate import clock, config, instance
-from listgate.runner.serve import listening
+from listgate.serve import listening
 from listgate.store import open_store
 
 from .postfix import PostfixInstance, free_port, postfix_socket

@@ -13,6 +13,7 @@ from email.message import Message
 from email.parser import BytesHeaderParser
 from email.policy import compat32
 
+from .. import header_text as encoded_words
 from ..addresses import bare
 from ..bounce import message as bmsg
 from ..bounce.autoreply import autoreply_reason
@@ -29,14 +30,9 @@ def header_text(m: Message, name: str) -> str:
     raw = m.get(name)
     if raw is None:
         return ""
-    try:
-        if isinstance(raw, email.header.Header):
-            raw = str(raw)
-        parts = email.header.decode_header(raw)
-        text = "".join(p.decode(cs or "ascii", "replace") if isinstance(p, bytes) else p for p, cs in parts)
-    except (LookupError, ValueError, TypeError, UnicodeError, AssertionError):
-        text = str(raw)
-    return " ".join(text.split())
+    if isinstance(raw, email.header.Header):   # compat32's form of a value with 8-bit bytes
+        raw = str(raw)
+    return " ".join(encoded_words.decode(raw).split())
 
 
 def author(m: Message) -> tuple[str, str] | None:
@@ -52,15 +48,8 @@ def author(m: Message) -> tuple[str, str] | None:
         except (TypeError, ValueError, IndexError):
             continue
         if addr and "@" in addr and " " not in addr:
-            return header_text_value(display), addr
+            return encoded_words.decode(display), addr
     return None
-
-
-def header_text_value(text: str) -> str:
-    try:
-        return str(email.header.make_header(email.header.decode_header(text)))
-    except (LookupError, ValueError, TypeError, UnicodeError, AssertionError):
-        return text
 
 
 def is_null_sender(envelope_sender: str | None) -> bool:

@@ -12,11 +12,11 @@ subscribe/unsubscribe, the new address for a change of address), so a forged
 subscribe/unsubscribe.
 
 A confirmation (a message to ``L-confirm+TOKEN@D``, or ``confirm TOKEN`` in a
-Subject) completes the pending record: ``subscription``,
-``unsubscription``, ``change_of_address``, ``re_enable`` (via the bounce
-engine) and ``held_message`` (moderators: ``approve``/``reject``/``discard``;
-the replier must be an owner or moderator). ``probe`` tokens are for
-bounces only.
+Subject) completes the pending record through
+:func:`listgate.app.subscriptions.complete`: ``subscription``,
+``unsubscription``, ``change_of_address``, ``re_enable`` and
+``held_message`` (moderators: ``approve``/``reject``/``discard``; the
+replier must be an owner or moderator). ``probe`` tokens are for bounces only.
 
 Auto-generated mail (RFC 3834, see :func:`.mail.auto_generated`) never gets a
 reply and never confirms anything: an autoresponder answering a confirmation
@@ -31,9 +31,10 @@ from .. import addresses
 from ..log import kv
 from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
 from ..store.tokens import TOKEN_RE
-from . import mail, posts, replies, texts
+from . import mail, notices, posting, texts
+from .subscriptions import complete
 
-log = logging.getLogger("listgate.runner.commands")
+log = logging.getLogger("listgate.app.commands")
 
 MAX_COMMANDS = 10
 _TOKEN_IN = re.compile(r"\b([a-z2-7]{26})\b")
@@ -73,7 +74,7 @@ class Context:
 
     def __init__(self, site, lc, qf):
         self.site, self.lc, self.qf = site, lc, qf
-        self.store = open_store(site, replies.address(lc))
+        self.store = open_store(site, notices.address(lc))
         self.m = mail.headers(qf.msg)
         writer = mail.author(self.m)
         self.requester = writer[1] if writer else None
@@ -90,9 +91,9 @@ class Context:
     def reply(self) -> None:
         if not self.results or self.requester is None or self.auto:
             return
-        body = texts.RESULTS.format(list=replies.address(self.lc), results="\n".join(self.results),
-                                    request=replies.address(self.lc, "request"))
-        replies.send(self.site, self.lc, self.requester, f"Re: your commands to {replies.address(self.lc)}",
+        body = texts.RESULTS.format(list=notices.address(self.lc), results="\n".join(self.results),
+                                    request=notices.address(self.lc, "request"))
+        notices.send(self.site, self.lc, self.requester, f"Re: your commands to {notices.address(self.lc)}",
                      body, kind="reply", in_reply_to=self.message_id)
 
 
@@ -110,7 +111,7 @@ def subscribe(ctx: Context, address: str | None = None) -> None:
         return
     rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},
                                 ctx.site.conf.pending.user_confirmation)
-    replies.confirmation(ctx.site, ctx.lc, address, rec.token, f"subscribe {address} to {replies.address(ctx.lc)}",
+    notices.confirmation(ctx.site, ctx.lc, address, rec.token, f"subscribe {address} to {notices.address(ctx.lc)}",
                          in_reply_to=ctx.message_id)
     ctx.sent(address, f"subscribe: a confirmation request was sent to {address}")
 
@@ -121,8 +122,8 @@ def unsubscribe(ctx: Context, address: str | None = None) -> None:
         ctx.results.append(f"unsubscribe: {address or 'you'} is not a member")
         return
     rec = ctx.store.add_pending("unsubscription", {"address": address}, ctx.site.conf.pending.user_confirmation)
-    replies.confirmation(ctx.site, ctx.lc, address, rec.token,
-                         f"unsubscribe {address} from {replies.address(ctx.lc)}", in_reply_to=ctx.message_id)
+    notices.confirmation(ctx.site, ctx.lc, address, rec.token,
+                         f"unsubscribe {address} from {notices.address(ctx.lc)}", in_reply_to=ctx.message_id)
     ctx.sent(address, f"unsubscribe: a confirmation request was sent to {address}")
 
 
@@ -139,22 +140,22 @@ def change_address(ctx: Context, new: str | None) -> None:
         return
     rec = ctx.store.add_pending("change_of_address", {"old": old, "new": new},
                                 ctx.site.conf.pending.user_confirmation)
-    replies.confirmation(ctx.site, ctx.lc, new, rec.token,
-                         f"move the subscription to {replies.address(ctx.lc)} of {old} to {new}",
+    notices.confirmation(ctx.site, ctx.lc, new, rec.token,
+                         f"move the subscription to {notices.address(ctx.lc)} of {old} to {new}",
                          in_reply_to=ctx.message_id)
     ctx.results.append(f"change-address: a confirmation request was sent to {new}")
 
 
 def help_text(lc) -> str:
-    return texts.HELP.format(list=replies.address(lc), join=replies.address(lc, "join"),
-                             leave=replies.address(lc, "leave"), owner=replies.address(lc, "owner"))
+    return texts.HELP.format(list=notices.address(lc), join=notices.address(lc, "join"),
+                             leave=notices.address(lc, "leave"), owner=notices.address(lc, "owner"))
 
 
 def handle_request(site, lc, qf) -> str:
     """Run the commands of one ``L-request``/``L-join``/``L-leave`` message; returns a summary."""
     ctx = Context(site, lc, qf)
     if ctx.auto:
-        log.info("command mail ignored %s", kv(list=replies.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+        log.info("command mail ignored %s", kv(list=notices.address(lc), qfile=qf.id, why=repr(ctx.auto)))
         return "ignored"
     role = qf.meta.get("role")
     if role == "join":
@@ -205,8 +206,7 @@ def _moderation_action(ctx: Context) -> tuple[str, str]:
 
 
 def _privileged(ctx: Context) -> bool:
-    who = {a.lower() for a in (ctx.requester, ctx.qf.meta.get("envelope_sender")) if a}
-    return bool(who & {a.lower() for a in tuple(ctx.lc.owners) + tuple(ctx.lc.moderators)})
+    return any(posting.is_staff(ctx.lc, a) for a in (ctx.requester, ctx.qf.meta.get("envelope_sender")))
 
 
 def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
@@ -214,15 +214,15 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
     ctx = ctx or Context(site, lc, qf)
     if ctx.auto:
         log.info("confirmation from an auto-generated message ignored %s",
-                 kv(list=replies.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+                 kv(list=notices.address(lc), qfile=qf.id, why=repr(ctx.auto)))
         return "ignored"
     token = token.lower()
     rec = ctx.store.peek_pending(token)
     if rec is None or rec.type == "probe":
-        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=replies.address(lc)))
+        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=notices.address(lc)))
         ctx.reply()
         return "unknown token"
-    lname = replies.address(lc)
+    lname = notices.address(lc)
     try:
         if rec.type == "held_message":
             if not _privileged(ctx):
@@ -242,61 +242,6 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
         ctx.results.append(f"confirm: {exc}")
     ctx.reply()
     return "; ".join(r.splitlines()[0] for r in ctx.results) or rec.type
-
-
-def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) -> str:
-    """Carry out pending record ``rec`` (already authorised by the caller); returns a summary.
-
-    The one place a confirmation takes effect, for the ``L-confirm+TOKEN``
-    reply and for ``listgate pending confirm``: ``subscription``,
-    ``unsubscription``, ``change_of_address``, ``re_enable`` (through the
-    bounce engine) and ``held_message`` (``moderation`` = (approve|reject|discard,
-    reason)). Raises UnknownToken if the record was taken meanwhile,
-    AlreadyMember/NotAMember, StoreUnavailable, or ValueError for a ``probe``
-    record (probes are confirmed only by bouncing).
-    """
-    store = open_store(site, replies.address(lc))
-    lname = replies.address(lc)
-    token = rec.token
-    if rec.type == "held_message":
-        return posts.moderate(site, lc, token, *moderation)
-    if rec.type == "re_enable":
-        from ..bounce.engine import BounceEngine
-        member = BounceEngine(site).re_enable(lc, token)
-        replies.send(site, lc, member.address, f"Delivery of {lname} enabled",
-                     texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
-        return f"re-enabled {member.address}"
-    if rec.type == "subscription":
-        with store.transaction():
-            store.confirm_pending(token, "subscription")
-            address = rec.payload["address"]
-            store.add_member(address, rec.payload.get("display_name") or "")
-            replies.send(site, lc, address, f"Welcome to {lname}",
-                         texts.WELCOME.format(list=lname, leave=replies.address(lc, "leave")), kind="welcome")
-            if lc.notify_owner_on_join:
-                replies.to_owners(site, lc, f"{address} joined {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
-        return f"subscribed {address}"
-    if rec.type == "unsubscription":
-        with store.transaction():
-            store.confirm_pending(token, "unsubscription")
-            address = rec.payload["address"]
-            store.remove_member(address)
-            replies.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
-            if lc.notify_owner_on_leave:
-                replies.to_owners(site, lc, f"{address} left {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event="left", list=lname))
-        return f"unsubscribed {address}"
-    if rec.type == "change_of_address":
-        with store.transaction():
-            store.confirm_pending(token, "change_of_address")
-            old, new = rec.payload["old"], rec.payload["new"]
-            store.change_address(old, new)
-            body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
-            for to in (old, new):
-                replies.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
-        return f"moved {old} to {new}"
-    raise ValueError(f"a {rec.type} record cannot be confirmed")
 
 
 def handle_confirm(site, lc, qf) -> str:

@@ -1,15 +1,23 @@
-"""Posts: posting policy, moderation holds, decoration, loop protection, queueing for fan-out.
+"""Posts: the posting rule, decoration, loop protection, queueing for fan-out.
 
-Policy (list config ``posting_policy``, ``non_member_action``, ``max_message_size``):
+The posting rule (:func:`decide`), list config ``posting_policy``,
+``non_member_action`` and ``max_message_size``; the one rule for the RCPT
+decision (:mod:`listgate.routing`) and for the runner after DATA:
 
 * ``open``: anyone; ``members_only``: members (any delivery status), others
   per ``non_member_action``; ``moderated``: owners and moderators pass,
   members are held, non-members per ``non_member_action``; ``announce``:
   owners and moderators only, everyone else per ``non_member_action``;
-* larger than ``max_message_size``: held for the moderators.
+* owners and moderators may always post; addresses compare without angle
+  brackets and without case (owners are listed as written, members are
+  keyed with the domain lower-cased: a mail admin expects ``Jane@Example.COM``
+  to be ``jane@example.com``);
+* larger than ``max_message_size``: held for the moderators (known after DATA only).
 
-The poster is the ``From`` address or the envelope sender (either may be
-forged: a closed list is a spam filter, not an authentication scheme).
+The poster is known by the addresses the caller has: at RCPT only the
+envelope sender, after DATA also the ``From`` address. Either may be forged:
+a closed list is a spam filter, not an authentication scheme. A poster with
+no address (the null sender) is nobody's member.
 
 Decoration works on the raw header section, byte for byte: fields are
 removed or added, the ``Subject`` gets the prefix, and the body (8-bit, CRLF,
@@ -22,18 +30,20 @@ is discarded (loop protection).
 """
 from __future__ import annotations
 
-import base64
 import email.header
 import logging
 from dataclasses import dataclass
+from typing import Callable, Iterable
 
 from .. import verp
+from ..addresses import split_address
 from ..log import kv
 from ..queue import Switchboard
 from ..store import open_store
-from . import mail, replies, texts
+from . import mail, moderation
+from .notices import address, list_id
 
-log = logging.getLogger("listgate.runner.posts")
+log = logging.getLogger("listgate.app.posting")
 
 LOOP_HEADER = "X-Listgate-Loop"
 # A post to at most FANOUT_SINGLE members is one out qfile; a bigger one is split into
@@ -47,19 +57,64 @@ _REPLACED = {"list-id", "list-post", "list-help", "list-subscribe", "list-unsubs
 
 @dataclass(frozen=True)
 class Decision:
-    action: str          # accept | hold | reject | discard
+    """The posting rule's verdict: ``action`` accept | hold | reject | discard, and why."""
+
+    action: str
     reason: str = ""
 
 
-def list_id(lc) -> str:
-    """``"description" <name.domain>`` (RFC 2919 section 2: the list-label is dot-atom text)."""
-    label = f"<{lc.name}.{lc.domain}>"
-    desc = " ".join(str(lc.description or "").replace('"', "").replace("\\", "").split())
-    if not desc:
-        return label
-    if not desc.isascii():
-        return f"{email.header.Header(desc, 'utf-8').encode()} {label}"
-    return f'"{desc}" {label}'
+ACCEPT = Decision("accept")
+
+
+def rcpt_refusal_text(lc) -> str:
+    """The text of the ``550 5.7.1`` (RFC 3463: delivery not authorized) for a refused poster at RCPT."""
+    if lc.posting_policy == "announce":
+        return "only the list's owners and moderators may post to this list"
+    return "only members may post to this list"
+
+
+def _bare(sender: str | None) -> str | None:
+    """``<Jane@Example.COM>`` -> ``Jane@example.com``: as members are keyed; None for no address."""
+    parts = split_address(sender) if sender else None
+    return f"{parts[0]}@{parts[1]}" if parts else None
+
+
+def is_staff(lc, sender: str | None) -> bool:
+    """Whether ``sender`` is one of the list's owners or moderators (no brackets, no case)."""
+    bare = _bare(sender)
+    if bare is None:
+        return False
+    bare = bare.lower()
+    return any(bare == (_bare(a) or "").lower() for a in tuple(lc.owners) + tuple(lc.moderators))
+
+
+def decide(lc, senders: Iterable[str | None], store: Callable[[], object], *,
+           size: int | None = None) -> Decision:
+    """The posting rule's verdict for a poster known by ``senders`` (see the module docstring).
+
+    ``senders``: the poster's addresses the caller knows (the envelope sender,
+    the ``From`` address; ``""``/``<>``/None entries are nobody). ``store``: a
+    function returning the list's store, called only when membership decides
+    (an open list or an owner's post never opens it). ``size``: the message's
+    size in octets, if known. Raises what the store raises
+    (:class:`~listgate.store.StoreUnavailable`): the caller answers 4xx or retries.
+    """
+    if size is not None and size > lc.max_message_size:
+        return Decision("hold", f"message is {size} bytes, the limit is {lc.max_message_size}")
+    policy = lc.posting_policy
+    if policy == "open":
+        return ACCEPT
+    known = [b for b in (_bare(s) for s in senders) if b]
+    if any(is_staff(lc, b) for b in known):
+        return ACCEPT
+    if policy != "announce":
+        members = store() if known else None
+        # a sender with 8-bit junk (not UTF-8) is nobody's member: has_member says no
+        if any(members.has_member(b) for b in known):
+            return ACCEPT if policy == "members_only" else Decision("hold", "the list is moderated")
+    reason = ("only owners and moderators post to this announce list" if policy == "announce"
+              else "the poster is not a member")
+    return Decision(lc.non_member_action, reason)
 
 
 def _fields(head: bytes, eol: bytes) -> list[bytes]:
@@ -103,15 +158,15 @@ def decorate(lc, msg: bytes) -> bytes:
         fields[subj[0]] = _prefixed_subject(lc, fields[subj[0]])
     else:
         fields.append(_prefixed_subject(lc, None))
-    post = "NO" if lc.posting_policy == "announce" else f"<mailto:{replies.address(lc)}>"
+    post = "NO" if lc.posting_policy == "announce" else f"<mailto:{address(lc)}>"
     added = [
         ("List-Id", list_id(lc)),
         ("List-Post", post),
-        ("List-Help", f"<mailto:{replies.address(lc, 'request')}?subject=help>"),
-        ("List-Subscribe", f"<mailto:{replies.address(lc, 'join')}>"),
-        ("List-Unsubscribe", f"<mailto:{replies.address(lc, 'leave')}>"),
+        ("List-Help", f"<mailto:{address(lc, 'request')}?subject=help>"),
+        ("List-Subscribe", f"<mailto:{address(lc, 'join')}>"),
+        ("List-Unsubscribe", f"<mailto:{address(lc, 'leave')}>"),
         ("Precedence", "list"),
-        (LOOP_HEADER, replies.address(lc)),
+        (LOOP_HEADER, address(lc)),
     ]
     fields += [f"{n}: {v}".encode("utf-8") for n, v in added]
     return eol.join(fields) + eol + eol + body
@@ -119,42 +174,11 @@ def decorate(lc, msg: bytes) -> bytes:
 
 def been_here(lc, m) -> bool:
     """True if the message already went through this list (loop protection)."""
-    me = replies.address(lc).lower()
+    me = address(lc).lower()
     if any(str(v).strip().lower() == me for v in (m.get_all(LOOP_HEADER) or ())):
         return True
     label = f"<{lc.name}.{lc.domain}>"
     return label in mail.header_text(m, "List-Id").lower()
-
-
-def _is(addr: str | None, group) -> bool:
-    return bool(addr) and addr.lower() in {a.lower() for a in group}
-
-
-def decide(lc, store, msg: bytes, m, envelope_sender: str | None) -> Decision:
-    """The posting policy's verdict for one post (see the module docstring)."""
-    writer = mail.author(m)
-    candidates = [a for a in ((writer[1] if writer else None), envelope_sender) if a]
-    privileged = any(_is(a, tuple(lc.owners) + tuple(lc.moderators)) for a in candidates)
-    if len(msg) > lc.max_message_size:
-        return Decision("hold", f"message is {len(msg)} bytes, the limit is {lc.max_message_size}")
-    policy = lc.posting_policy
-    if policy == "open" or privileged:
-        return Decision("accept")
-    member = any(_member(store, a) for a in candidates)
-    if policy == "members_only" and member:
-        return Decision("accept")
-    if policy == "moderated" and member:
-        return Decision("hold", "the list is moderated")
-    reason = ("only owners and moderators post to this announce list" if policy == "announce"
-              else "the poster is not a member")
-    return Decision(lc.non_member_action, reason)
-
-
-def _member(store, address: str) -> bool:
-    try:
-        return store.get_member(address) is not None
-    except ValueError:
-        return False
 
 
 def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None = None) -> dict:
@@ -164,7 +188,7 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
     ``xverp``: ``L-bounces@D`` and ``xverp: True`` (see :mod:`.delivery`).
     """
     xverp = lc.verp_mode == "xverp"
-    plain = replies.address(lc, "bounces")
+    plain = address(lc, "bounces")
     if xverp and not lc.accept_unsigned_verp:
         log.warning("verp_mode xverp without accept_unsigned_verp: bounces to the unsigned VERP "
                     "addresses Postfix makes will be refused at RCPT %s", kv(list=plain))
@@ -173,7 +197,7 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
                   for m in store.members("enabled")]
     meta = {k: v for k, v in (origin or {}).items()
             if k in ("envelope_sender", "mta_queue_id", "client_address", "arrival")}
-    meta.update(list=replies.address(lc), role="post", kind="post", message_id=message_id,
+    meta.update(list=address(lc), role="post", kind="post", message_id=message_id,
                 deliveries=deliveries, done=[], recipients_count=len(deliveries))
     if xverp:
         meta["xverp"] = True
@@ -189,7 +213,7 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     the runner's delivery threads (or several runner slices) share a big post.
     Returns None when the list has no enabled member.
     """
-    store = open_store(site, replies.address(lc))
+    store = open_store(site, address(lc))
     m = mail.headers(msg)
     meta = fanout_meta(site, lc, store, message_id=mail.header_text(m, "Message-ID") or None, origin=origin)
     deliveries = meta.pop("deliveries")
@@ -212,89 +236,27 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     return first
 
 
-def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
-    """Make a ``held_message`` pending record and notify the moderators; returns the token."""
-    writer = mail.author(m)
-    payload = {
-        "message": base64.b64encode(msg).decode("ascii"),
-        "author": writer[1] if writer else None,
-        "envelope_sender": meta.get("envelope_sender"),
-        "subject": mail.header_text(m, "Subject"),
-        "message_id": mail.header_text(m, "Message-ID") or None,
-        "reason": reason,
-        "reply_ok": mail.auto_generated(m, meta.get("envelope_sender")) is None,
-        "arrival": meta.get("arrival"),
-    }
-    rec = store.add_pending("held_message", payload, site.conf.pending.held_message)
-    confirm = replies.confirm_address(lc, rec.token)
-    body = texts.HELD.format(list=replies.address(lc), author=payload["author"] or "(unknown)",
-                             subject=payload["subject"] or "(no subject)", reason=reason, confirm=confirm,
-                             token=rec.token)
-    replies.to_owners(site, lc, f"confirm {rec.token}", body, samples=[msg], kind="held_notice",
-                      moderators=True, reply_to=confirm)
-    log.info("post held %s", kv(list=replies.address(lc), token=rec.token, reason=repr(reason)))
-    return rec.token
-
-
-def reject_notice(site, lc, to: str | None, subject: str, reason: str, reply_ok: bool) -> None:
-    """Tell the author why their post was refused, unless answering could loop (RFC 3834)."""
-    if not to or not reply_ok:
-        return
-    body = texts.REJECTED.format(list=replies.address(lc), subject=subject or "(no subject)", reason=reason)
-    replies.send(site, lc, to, f"Your message to {replies.address(lc)} was rejected", body, kind="reject")
-
-
 def handle_post(site, lc, qf) -> str:
     """Process one post from ``in``: returns what was done (``queued``, ``held``, ``rejected``,
     ``discarded``, ``loop``). The caller finishes ``qf`` afterwards."""
-    store = open_store(site, replies.address(lc))
     m = mail.headers(qf.msg)
     if been_here(lc, m):
-        log.info("loop: post already went through the list %s", kv(list=replies.address(lc), qfile=qf.id))
+        log.info("loop: post already went through the list %s", kv(list=address(lc), qfile=qf.id))
         return "loop"
     envelope_sender = qf.meta.get("envelope_sender")
-    decision = decide(lc, store, qf.msg, m, envelope_sender)
+    writer = mail.author(m)
+    store = open_store(site, address(lc))
+    decision = decide(lc, ((writer[1] if writer else None), envelope_sender), lambda: store, size=len(qf.msg))
     if decision.action == "accept":
         queue_post(site, lc, qf.msg, qf.meta, qid=qf.id)
         return "queued"
     if decision.action == "hold":
-        hold(site, lc, store, qf.msg, m, qf.meta, decision.reason)
+        moderation.hold(site, lc, store, qf.msg, m, qf.meta, decision.reason)
         return "held"
     if decision.action == "reject":
-        writer = mail.author(m)
-        reject_notice(site, lc, writer[1] if writer else envelope_sender, mail.header_text(m, "Subject"),
-                      decision.reason, mail.auto_generated(m, envelope_sender) is None)
-        log.info("post rejected %s", kv(list=replies.address(lc), qfile=qf.id, reason=repr(decision.reason)))
+        moderation.reject_notice(site, lc, writer[1] if writer else envelope_sender, mail.header_text(m, "Subject"),
+                                 decision.reason, mail.auto_generated(m, envelope_sender) is None)
+        log.info("post rejected %s", kv(list=address(lc), qfile=qf.id, reason=repr(decision.reason)))
         return "rejected"
-    log.info("post discarded %s", kv(list=replies.address(lc), qfile=qf.id, reason=repr(decision.reason)))
+    log.info("post discarded %s", kv(list=address(lc), qfile=qf.id, reason=repr(decision.reason)))
     return "discarded"
-
-
-def moderate(site, lc, token: str, action: str, reason: str = "") -> str:
-    """Act on a held post: ``approve`` (fan out now), ``reject`` (notice to the author) or ``discard``.
-
-    Returns a line for the moderator. Raises :class:`listgate.store.UnknownToken`
-    for an unknown or expired token, ValueError for an unknown action.
-    """
-    if action not in ("approve", "reject", "discard"):
-        raise ValueError(f"unknown moderation action {action!r}")
-    store = open_store(site, replies.address(lc))
-    # The record goes only if the follow-up mail was queued: a failure leaves the post held.
-    with store.transaction():
-        rec = store.confirm_pending(token, "held_message")
-        p = rec.payload
-        msg = base64.b64decode(p.get("message", ""))
-        if action == "approve":
-            qid = queue_post(site, lc, msg, {"envelope_sender": p.get("envelope_sender"),
-                                             "arrival": p.get("arrival")})
-            result = f"approved: {p.get('subject') or '(no subject)'} (qfile {qid})"
-        elif action == "reject":
-            reject_notice(site, lc, p.get("author") or p.get("envelope_sender"), p.get("subject", ""),
-                          reason or "rejected by a moderator", bool(p.get("reply_ok")))
-            result = f"rejected: {p.get('subject') or '(no subject)'}"
-        else:
-            result = f"discarded: {p.get('subject') or '(no subject)'}"
-    log.info("held post %s %s", action, kv(list=replies.address(lc), token=token))
-    return result
-
-

@@ -1,4 +1,4 @@
-"""Texts of the runner's confirmations, replies and notices (``str.format`` fields)."""
+"""Texts of the list application's confirmations, replies and notices (``str.format`` fields)."""
 
 CONFIRM = """\
 Someone (hopefully you) asked to {action}.

@@ -22,9 +22,9 @@ import subprocess
 import sys
 import time
 
-from .. import sdnotify
-from ..config import parse_socket
-from ..log import kv
+from . import sdnotify
+from .config import parse_socket
+from .log import kv
 
 log = logging.getLogger("listgate.serve")
 

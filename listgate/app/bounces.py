@@ -2,13 +2,19 @@
 
 Mailman 2.1.5's scheme (DESIGN.md, "Bounce life cycle"), made stricter. One
 :class:`BounceEngine` serves every front end (milter, ``listgate inject``,
-runner). All time comes from :mod:`listgate.clock`.
+runner). All time comes from :mod:`listgate.clock`. Reading a bounce (what
+it says) is :mod:`listgate.bounce`'s; deciding what it means for a member is
+here; what happens after the threshold (probes, disable, notices, removal)
+is :mod:`listgate.app.probes`.
 
 Rules, in the order a bounce meets them
 ---------------------------------------
 
-* **Attribution**: a signed member VERP (``L-bounces+<member>.<key>.<mac>@D``)
-  names the member, whatever address the DSN reports (forwarding changes it);
+* **Attribution**: routing decided at RCPT what the ``L-bounces+EXT``
+  extension is (:func:`listgate.routing.decide_rcpt`; its ``verp`` result is
+  passed in, nothing is decoded twice). A signed member VERP
+  (``L-bounces+<member>.<key>.<mac>@D``) names the member, whatever address
+  the DSN reports (forwarding changes it);
   a probe token names the probe; otherwise each failing address of the
   classification (RFC 3464 DSN, flufl.bounce detectors) is looked up among the
   members. A DSN whose original Message-ID is a pending probe's is a probe
@@ -24,42 +30,18 @@ Rules, in the order a bounce meets them
   delivered, relayed, expanded, autoreply); classes of weight 0 (``policy``
   by default: the list's mail was refused, not the member's address — these
   never lead to a probe or a disable).
-* **Domain incident**: when at least ``bounce_domain_incident.members``
-  distinct members at one domain fail with one status within
-  ``bounce_domain_incident.window`` (counting the current bounce), the bounce
-  is recorded as ``incident`` and not scored, and so is every later one at
-  that domain with that status while the condition holds; the owners are told
-  once (``store.remember``, for max(window, 1 day)). Decision: bounces scored
-  *before* the incident was recognised keep their score. Each was at most one
-  daily increment for fewer than ``members`` members, and undoing them would
-  need the weights as they were then; the probe still protects those members.
-* **Outstanding probe**: while a member's probe is pending, their other
-  bounces are recorded (``probe_outstanding``), not scored: the probe
-  decides. This is what makes "no probe bounce: scoring starts from zero" hold
-  when the probe expires, with nothing to do at expiry.
+* **Domain incident** (:mod:`listgate.app.incidents`): recorded as ``incident``, not scored.
 * **Scoring**: bounce info older than ``bounce_info_stale_after`` restarts the
   score; at most one increment per member per UTC day (``clock.day()``); the
   weight is ``bounce_weights[class]``; evidence is kept for scored bounces.
-* **Threshold** (``score >= bounce_score_threshold``): a probe goes to the
-  member, envelope sender and ``From`` ``L-bounces+TOKEN@D`` with a fresh
-  ``probe`` pending record (lifetime ``pending.probe``), the last bounce
-  attached; the score is reset.
-* **Probe bounce** (hard, soft or unknown class; by VERP token, DSN, or
-  :meth:`BounceEngine.register_failure` with ``probe_token``): the token is
-  confirmed (single use), the member is disabled ``by_bounce`` and gets notice
-  1 of ``bounce_you_are_disabled_warnings`` with a ``re_enable`` token
-  (``L-confirm+TOKEN@D``); :meth:`BounceEngine.run_periodic` sends one more
-  every ``..._interval`` (refreshing the token's lifetime so it outlives the
-  next notice), and removes the member one interval after the last. With 0
-  warnings the member gets one last notice and is removed at once. A probe
-  refused for policy (5.7.x) does not disable: policy bounces never do.
-* **Reports for the postmaster** (:mod:`.reports`): feedback reports that
-  are not complaints (``auth-failure``, ``not-spam``, ``other``), SMTP TLS
-  reports and DMARC aggregate reports (classification kind ``report``) are
-  forwarded to the site's postmaster and change nothing for any member. A
-  failure of class ``site`` (our MTA could not get the TLS, MTA-STS or DANE
-  security it requires) is recorded, never scored; the postmaster is told
-  once per destination domain and day.
+  While a probe is pending, and at the threshold: :mod:`listgate.app.probes`.
+* **Reports for the postmaster** (:mod:`listgate.bounce.reports`): feedback
+  reports that are not complaints (``auth-failure``, ``not-spam``, ``other``),
+  SMTP TLS reports and DMARC aggregate reports (classification kind
+  ``report``) are forwarded to the site's postmaster and change nothing for
+  any member. A failure of class ``site`` (our MTA could not get the TLS,
+  MTA-STS or DANE security it requires) is recorded, never scored; the
+  postmaster is told once per destination domain and day.
 * **Complaints** (ARF, RFC 5965): recorded; ``complaint_action`` ``disable``
   sets delivery ``by_admin`` (a complaint says nothing about the address, so
   the bounce notices and removal do not apply; an owner re-enables), and
@@ -85,16 +67,16 @@ from dataclasses import dataclass, field
 from typing import Iterable
 
 from .. import addresses, clock, messages, verp
+from ..bounce.classify import Classification, Failure, classify
 from ..log import kv
+from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
-from ..store import BounceEvent, Member, NotAMember, UnknownToken, open_store
-from . import notices
-from .classify import Classification, Failure, classify
-from .reports import postmaster_address
+from ..store import BounceEvent, Member, NotAMember, open_store
+from . import incidents, notices, probes
 
-__all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK", "PROBE_FAILURE_CLASSES"]
+__all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK"]
 
-log = logging.getLogger("listgate.bounce")
+log = logging.getLogger("listgate.app.bounces")
 
 # Which failure decides when one message reports several for one address
 # (the same order classification uses to reduce a VERP'd report).
@@ -102,11 +84,6 @@ FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown", "site",
                 "delayed", "relayed", "expanded", "delivered", "autoreply", "report")
 # Not failures of the address: recorded, never scored (DESIGN.md, "Bounce life cycle" 2).
 IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply", "site", "report")
-# A probe bounce of these classes disables; a policy refusal of the probe does not.
-PROBE_FAILURE_CLASSES = ("hard", "soft", "unknown")
-# Events that describe a member's failure (what the domain-incident rule counts).
-_INCIDENT_ACTIONS = ("scored", "same_day", "recorded", "residual", "probe_sent",
-                     "probe_outstanding", "incident")
 _DETAIL_MAX = 500
 
 
@@ -181,7 +158,7 @@ class _Run:
                  "sender": verp.member_bounce_address(self.site, self.lc, member_address)}]
 
     def to_owners(self) -> list[dict]:
-        return messages.owner_deliveries(self.lc)
+        return notices.owner_deliveries(self.lc)
 
     def flush(self) -> None:
         """Write collected mail to ``virgin``; called inside the transaction, before commit."""
@@ -215,11 +192,6 @@ def _find_member(store, address: str) -> Member | None:
     return found[0] if len(found) == 1 else None
 
 
-def _domain_of(address: str) -> str:
-    parts = addresses.split_address(address)
-    return parts[1] if parts else ""
-
-
 class BounceEngine:
     """Scoring and the life cycle for every list of ``site`` (docs/ARCHITECTURE.md, "Bounce engine").
 
@@ -233,17 +205,24 @@ class BounceEngine:
         self.site = site
 
     # -- inbound bounces ------------------------------------------------------
-    def handle_bounce(self, lc, msg: bytes, address: addresses.ListAddress, *,
+    def handle_bounce(self, lc, msg: bytes, address: addresses.ListAddress, *, verp_result=None,
                       envelope_sender: str | None, mta_queue_id: str | None = None) -> BounceOutcome:
         """Handle mail that reached ``L-bounces[+EXT]@D`` (``address``, role ``bounces``).
 
-        ``msg`` is the raw message. Returns what happened per address.
+        ``msg`` is the raw message. ``verp_result``: what routing decided the
+        extension is (the :class:`~listgate.verp.VerpResult` of the recipient's
+        :class:`~listgate.routing.RcptDecision`, ``decision.verp``); required
+        when ``address`` has an extension (ValueError otherwise): the engine
+        never decodes a VERP address itself. A probe token live at RCPT is
+        still checked unspent here, in the transaction. Returns what happened
+        per address.
         """
-        store = open_store(self.site, messages.list_key(lc))
         verp_member = probe_token = probe_member = None
         verp_note = ""
         if address.extension:
-            decoded = verp.decode(self.site, lc, address.extension, store=store)
+            if verp_result is None:
+                raise ValueError(f"no routing decision for the VERP extension of {address.list_key}")
+            decoded = verp_result
             if decoded.kind in ("member", "unsigned"):
                 verp_member = decoded.member
             elif decoded.kind == "probe":
@@ -265,13 +244,13 @@ class BounceEngine:
             if not result.is_bounce:
                 self._not_a_bounce(run, result, msg, rcpt, envelope_sender)
             elif probe_token:
-                self._probe_bounce(run, probe_token, result.failures, msg)
+                probes.probe_bounce(run, probe_token, _top(result.failures), msg)
             elif verp_member:
                 self._verp_bounce(run, verp_member, result, msg)
             else:
-                token = self._probe_by_message_id(run, result.original_message_id)
+                token = probes.probe_by_message_id(run, result.original_message_id)
                 if token:
-                    self._probe_bounce(run, token, result.failures, msg)
+                    probes.probe_bounce(run, token, _top(result.failures), msg)
                 else:
                     self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note)
             run.flush()
@@ -298,7 +277,7 @@ class BounceEngine:
         run = _Run(self, lc)
         with run.store.transaction():
             if probe_token:
-                self._probe_bounce(run, probe_token, [failure], evidence)
+                probes.probe_bounce(run, probe_token, failure, evidence)
             else:
                 member = _find_member(run.store, address)
                 if member is None:
@@ -326,7 +305,7 @@ class BounceEngine:
             if member.delivery_status == "by_bounce":
                 member.delivery_status = "enabled"
                 member.status_changed_at = run.now
-            self._clear_bounce_info(member)
+            probes.clear_bounce_info(member)
             run.store.save_member(member)
             run.record(member.key, "re_enabled", None, bounce_class="none", attribution="confirm")
         return member
@@ -356,13 +335,13 @@ class BounceEngine:
                         or current.last_notice_at is None or run.now - current.last_notice_at < interval):
                     continue
                 if current.notices_left > 0:
-                    self._send_disabled_notice(run, current)
+                    probes.send_disabled_notice(run, current)
                     run.store.save_member(current)
                     run.record(current.key, "notice_sent", None, bounce_class="none", attribution="periodic",
                                detail=f"{current.notices_left} notices left")
                     line = f"notice to {current.key} ({current.notices_left} left)"
                 else:
-                    self._remove(run, current, "no re-enable confirmation after the last disabled notice",
+                    probes.remove(run, current, "no re-enable confirmation after the last disabled notice",
                                  "periodic")
                     line = f"removed {current.key}"
                 run.flush()
@@ -458,7 +437,7 @@ class BounceEngine:
         if cls in IGNORED_CLASSES:
             run.record(member.key, "ignored", failure, attribution=attribution)
             return
-        if self._domain_incident(run, member, failure, msg):
+        if incidents.domain_incident(run, member, failure, msg):
             run.record(member.key, "incident", failure, attribution=attribution)
             return
         weight = float(lc.bounce_weights.get(cls, 0.0) or 0.0)
@@ -466,7 +445,7 @@ class BounceEngine:
             run.record(member.key, "recorded", failure, attribution=attribution,
                        detail=f"weight of class {cls} is 0: {failure.diagnostic}")
             return
-        if self._outstanding_probe(run, member.key):
+        if probes.outstanding_probe(run, member.key):
             run.record(member.key, "probe_outstanding", failure, attribution=attribution)
             return
         if member.last_bounce_at is not None and run.now - member.last_bounce_at > lc.bounce_info_stale_after:
@@ -480,155 +459,13 @@ class BounceEngine:
         member.last_bounce_at = run.now
         run.store.add_evidence(member.key, msg, run.now)
         if member.bounce_score >= lc.bounce_score_threshold:
-            self._send_probe(run, member, msg)
+            probes.send_probe(run, member, msg)
             run.store.save_member(member)
             run.record(member.key, "probe_sent", failure, attribution=attribution)
         else:
             run.store.save_member(member)
             run.record(member.key, "scored", failure, attribution=attribution,
                        detail=f"score {member.bounce_score:g}: {failure.diagnostic}")
-
-    def _domain_incident(self, run: _Run, member: Member, failure: Failure, msg: bytes) -> bool:
-        """True if this failure is part of a domain incident (see module docstring)."""
-        conf = run.lc.bounce_domain_incident
-        domain = _domain_of(member.key)
-        if not failure.status or not domain:
-            return False
-        seen = {member.key}
-        suffix = "@" + domain
-        for event in run.store.events(since=run.now - conf.window):
-            if (event.status == failure.status and event.action in _INCIDENT_ACTIONS and event.address
-                    and event.address.lower().endswith(suffix)):
-                seen.add(event.address)
-        if len(seen) < conf.members:
-            return False
-        if run.store.remember("bounce_incident", f"{domain} {failure.status}", max(conf.window, DAY)):
-            run.send(notices.owner_incident(run.lc, domain, failure.status, sorted(seen), conf.window, msg),
-                     run.to_owners(), "owner_notice")
-            log.warning("domain incident list=%s domain=%s status=%s members=%d",
-                        run.key, domain, failure.status, len(seen))
-        return True
-
-    def _outstanding_probe(self, run: _Run, member_key: str) -> bool:
-        return any(r.payload.get("member") == member_key for r in run.store.pending("probe"))
-
-    def _probe_by_message_id(self, run: _Run, original_message_id: str | None) -> str | None:
-        """The token of the pending probe a DSN quotes by Message-ID (a probe bounce without VERP)."""
-        if not original_message_id:
-            return None
-        wanted = original_message_id.strip()
-        for record in run.store.pending("probe"):
-            if record.payload.get("message_id") == wanted:
-                return record.token
-        return None
-
-    def _send_probe(self, run: _Run, member: Member, sample: bytes) -> None:
-        lc = run.lc
-        message_id = messages.new_message_id(lc.domain)
-        record = run.store.add_pending("probe", {"member": member.key, "address": member.address,
-                                                 "message_id": message_id, "score": member.bounce_score},
-                                       self.site.conf.pending.probe)
-        probe_address = verp.probe_bounce_address(lc, record.token)
-        msg = notices.probe(lc, member.address, probe_address, score=member.bounce_score,
-                            sample=sample, message_id=message_id)
-        run.send(msg, [{"rcpt": member.address, "sender": probe_address}], "probe",
-                 {"probe_token": record.token})
-        member.bounce_score = 0.0
-
-    def _probe_bounce(self, run: _Run, token: str, failures: Iterable[Failure], msg: bytes) -> None:
-        failures = list(failures)
-        record = run.store.peek_pending(token)
-        member_key = record.payload.get("member") if record is not None and record.type == "probe" else None
-        failure = _top(failures) or Failure(
-            address=member_key, bounce_class="unknown", status=None, diagnostic="",
-            attribution="probe", reason="bounce to a probe address without a parsable failure")
-        if member_key is None:
-            run.record(failure.address, "probe_unknown", failure, attribution="probe",
-                       detail="probe token unknown, used or expired")
-            return
-        if not run.lc.bounce_processing:
-            run.record(member_key, "recorded", failure, attribution="probe",
-                       detail="bounce processing is off for this list")
-            return
-        if failure.bounce_class not in PROBE_FAILURE_CLASSES:
-            action = "probe_policy" if failure.bounce_class == "policy" else "ignored"
-            run.record(member_key, action, failure, attribution="probe")
-            return
-        try:
-            run.store.confirm_pending(token, "probe")  # single use: a second bounce finds nothing
-        except UnknownToken:
-            run.record(member_key, "probe_unknown", failure, attribution="probe")
-            return
-        member = run.store.get_member(member_key)
-        if member is None:
-            run.record(member_key, "non_member", failure, attribution="probe")
-            return
-        if member.delivery_status != "enabled":
-            run.record(member_key, "residual", failure, attribution="probe")
-            return
-        run.store.add_evidence(member.key, msg, run.now)
-        self._disable(run, member, failure)
-
-    def _disable(self, run: _Run, member: Member, failure: Failure) -> None:
-        lc = run.lc
-        member.delivery_status = "by_bounce"
-        member.status_changed_at = run.now
-        member.bounce_score = 0.0
-        reason = f"the probe bounced ({failure.bounce_class} {failure.status or ''} {failure.diagnostic})".strip()
-        warnings = lc.bounce_you_are_disabled_warnings
-        if warnings == 0:
-            run.send(notices.removed_notice(lc, member.address), run.to_member(member.address), "removed_notice")
-            run.record(member.key, "disabled", failure, attribution="probe")
-            self._remove(run, member, reason, "probe")
-            return
-        record = run.store.add_pending("re_enable", {"member": member.key}, self._token_lifetime(lc, warnings))
-        member.re_enable_token = record.token
-        member.notices_left = warnings
-        self._send_disabled_notice(run, member)
-        run.store.save_member(member)
-        if lc.bounce_notify_owner_on_disable:
-            evidence = [m for _, m in run.store.evidence(member.key)]
-            run.send(notices.owner_member_notice(lc, member.address, "disabled", reason, evidence),
-                     run.to_owners(), "owner_notice")
-        run.record(member.key, "disabled", failure, attribution="probe")
-
-    @staticmethod
-    def _token_lifetime(lc, notices_left: int) -> float:
-        # Until the removal that follows the remaining notices, plus a day of slack
-        # for a periodic run that comes late.
-        return (notices_left + 1) * lc.bounce_you_are_disabled_warnings_interval + DAY
-
-    def _send_disabled_notice(self, run: _Run, member: Member) -> None:
-        """Next disabled notice; refreshes (or, if lost, remakes) the re-enable token."""
-        lc = run.lc
-        total = lc.bounce_you_are_disabled_warnings
-        member.notices_left = max(0, (member.notices_left or 0) - 1)
-        lifetime = self._token_lifetime(lc, member.notices_left)
-        try:
-            if not member.re_enable_token:
-                raise UnknownToken("no token")
-            run.store.repend(member.re_enable_token, lifetime)
-        except UnknownToken:
-            member.re_enable_token = run.store.add_pending("re_enable", {"member": member.key}, lifetime).token
-        member.last_notice_at = run.now
-        removal_in = (member.notices_left + 1) * lc.bounce_you_are_disabled_warnings_interval
-        run.send(notices.disabled_notice(lc, member.address, member.re_enable_token,
-                                         notice=total - member.notices_left, notices=total, removal_in=removal_in),
-                 run.to_member(member.address), "disabled_notice")
-
-    def _remove(self, run: _Run, member: Member, reason: str, attribution: str) -> None:
-        lc = run.lc
-        evidence = [m for _, m in run.store.evidence(member.key)]  # removal deletes it
-        if member.re_enable_token:
-            try:
-                run.store.confirm_pending(member.re_enable_token, "re_enable")
-            except UnknownToken:
-                pass
-        run.store.remove_member(member.key)
-        if lc.bounce_notify_owner_on_removal:
-            run.send(notices.owner_member_notice(lc, member.address, "removed", reason, evidence),
-                     run.to_owners(), "owner_notice")
-        run.record(member.key, "removed", None, bounce_class="none", attribution=attribution, detail=reason)
 
     def _complaint(self, run: _Run, member: Member, failure: Failure, msg: bytes,
                    attribution: str | None) -> None:
@@ -647,13 +484,3 @@ class BounceEngine:
             what = "member unsubscribed"
         run.send(notices.owner_complaint(lc, member.address, what, msg), run.to_owners(), "owner_notice")
         run.record(member.key, "complaint", failure, attribution=attribution, detail=what)
-
-    @staticmethod
-    def _clear_bounce_info(member: Member) -> None:
-        member.bounce_score = 0.0
-        member.last_bounce_day = None
-        member.last_bounce_at = None
-        member.notices_left = None
-        member.last_notice_at = None
-        member.re_enable_token = None
-
