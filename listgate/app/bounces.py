@@ -372,7 +372,7 @@ class BounceEngine:
         for failure in result.failures:
             if failure.bounce_class != "site":
                 continue
-            domain = _domain_of(failure.address or "") or "-"
+            domain = incidents.domain_of(failure.address or "") or "-"
             if run.store.remember("site_problem", domain, DAY):
                 postmaster = postmaster_address(self.site)
                 run.send(notices.to_postmaster(run.lc, postmaster, msg, recipient=rcpt,
