@@ -766,3 +766,21 @@ def test_driver_errors_never_reach_the_caller(site, store):
         store._query("SELECT * FROM no_such_table")
     assert not isinstance(caught.value, (StoreUnavailable, sqlite3.Error, psycopg.Error))
     assert store.members() == []            # and the store works on
+
+
+@BOTH_BACKENDS
+def test_try_lock_one_holder_per_lease_until_it_expires_or_is_given_up(site, store):
+    # periodic tasks: whoever takes ("tasks", period) runs them; the others skip until it expires
+    assert store.try_lock("tasks", 3600, "mx1:100") is True
+    assert store.try_lock("tasks", 3600, "mx2:200") is False
+    assert store.try_lock("other", 60, "mx2:200") is True          # leases are separate by name
+    clock.advance(1800)
+    assert store.try_lock("tasks", 3600, "mx1:100") is True        # its holder renews it
+    clock.advance(3599)
+    assert store.try_lock("tasks", 3600, "mx2:200") is False
+    clock.advance(1)
+    assert store.try_lock("tasks", 3600, "mx2:200") is True        # expired: a crashed holder loses it
+    store.unlock("tasks", "mx1:100")                                # not its lease any more: nothing happens
+    assert store.try_lock("tasks", 60, "mx1:100") is False
+    store.unlock("tasks", "mx2:200")
+    assert store.try_lock("tasks", 60, "mx1:100") is True

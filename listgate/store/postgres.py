@@ -71,7 +71,10 @@ class _Database:
         self.schema_ok = False
         self.pool = ConnectionPool(
             conf.url, min_size=conf.pool.min, max_size=conf.pool.max, kwargs=lambda: connect_kwargs(conf),
-            timeout=conf.connect_timeout, check=ConnectionPool.check_connection, open=False, name="listgate")
+            timeout=conf.connect_timeout, check=ConnectionPool.check_connection, open=False, name="listgate",
+            # the pool's own retries (with growing back-off) stop after connect_timeout; the next
+            # caller then starts a fresh attempt, so a server that is back is used at once
+            reconnect_timeout=conf.connect_timeout)
         self.pool.open(wait=False)          # a server down at start-up: callers get 4xx until it is up
 
 
@@ -148,7 +151,7 @@ class _Held:
         self.depth = 0
 
 
-def _clean(text: str | None) -> str | None:
+def clean_text(text: str | None) -> str | None:
     """``text`` as PostgreSQL's text type holds it: no NUL, no lone surrogate (each becomes U+FFFD / '?')."""
     if text is None:
         return None
@@ -243,19 +246,19 @@ class PostgresStore(ListStore):
     def get_member(self, address: str) -> Member | None:
         """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
         key = member_key(address)
-        if key is None or _clean(key) != key:
+        if key is None or clean_text(key) != key:
             return None
         rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s AND key = %s", (self.list_key, key))
         return Member(*rows[0]) if rows else None
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         bare = bare_address(address)
-        if _clean(bare) != bare:
+        if clean_text(bare) != bare:
             raise ValueError(f"malformed address {address!r}")
         if status not in DELIVERY_STATUSES:
             raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
         now = clock.now()
-        member = Member(address=bare, key=normalize(bare), display_name=_clean(display_name) or "",
+        member = Member(address=bare, key=normalize(bare), display_name=clean_text(display_name) or "",
                         delivery_status=status, subscribed_at=now,
                         status_changed_at=None if status == "enabled" else now)
         with self.transaction():
@@ -286,7 +289,7 @@ class PostgresStore(ListStore):
         if member.delivery_status not in DELIVERY_STATUSES:
             raise ValueError(f"unknown delivery status {member.delivery_status!r}")
         columns = [c for c in MEMBER_COLUMNS if c != "key"]
-        values = [_clean(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in columns)]
+        values = [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in columns)]
         with self.transaction():
             cur = self._exec(f"UPDATE members SET {', '.join(f'{c} = %s' for c in columns)} "
                              "WHERE list_key = %s AND key = %s", [*values, self.list_key, member.key])
@@ -296,7 +299,7 @@ class PostgresStore(ListStore):
     def change_address(self, old: str, new: str) -> Member:
         """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
         bare = bare_address(new)
-        if _clean(bare) != bare:
+        if clean_text(bare) != bare:
             raise ValueError(f"malformed address {new!r}")
         new_key = normalize(bare)
         with self.transaction():
@@ -313,7 +316,7 @@ class PostgresStore(ListStore):
     # -- bounce evidence ---------------------------------------------------
     def add_evidence(self, address: str, message: bytes, at: float) -> None:
         """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
-        key = _clean(member_key(address) or address)
+        key = clean_text(member_key(address) or address)
         with self.transaction():
             self._exec("INSERT INTO evidence (list_key, member_key, at, message) VALUES (%s, %s, %s, %s)",
                        (self.list_key, key, at, truncate_evidence(bytes(message))))
@@ -322,7 +325,7 @@ class PostgresStore(ListStore):
                        "ORDER BY at DESC, id DESC LIMIT %s)", (self.list_key, key, self.list_key, key, EVIDENCE_KEEP))
 
     def evidence(self, address: str) -> list[tuple[float, bytes]]:
-        key = _clean(member_key(address) or address)
+        key = clean_text(member_key(address) or address)
         rows = self._query("SELECT at, message FROM evidence WHERE list_key = %s AND member_key = %s "
                            "ORDER BY at DESC, id DESC", (self.list_key, key))
         return [(at, bytes(msg)) for at, msg in rows]
@@ -332,7 +335,7 @@ class PostgresStore(ListStore):
         """Append ``event`` (address filed under its member key; NUL and lone surrogates replaced); its id."""
         values = [getattr(event, c) for c in EVENT_COLUMNS[:-1]]
         values[1] = event_address(event.address)
-        values = [_clean(v) if isinstance(v, str) else v for v in values]
+        values = [clean_text(v) if isinstance(v, str) else v for v in values]
         with self.transaction():
             rows = self._query(f"INSERT INTO events (list_key, {', '.join(EVENT_COLUMNS[:-1])}) VALUES "
                                f"(%s, {', '.join(['%s'] * (len(EVENT_COLUMNS) - 1))}) RETURNING id",
@@ -345,7 +348,7 @@ class PostgresStore(ListStore):
         where, params = ["list_key = %s"], [self.list_key]
         if address is not None:
             where.append("address = %s")
-            params.append(_clean(event_address(address)))
+            params.append(clean_text(event_address(address)))
         if since is not None:
             where.append("at >= %s")
             params.append(since)
@@ -372,7 +375,7 @@ class PostgresStore(ListStore):
 
     def peek_pending(self, token: str) -> PendingRecord | None:
         rows = self._query(f"{_PENDING_SELECT} WHERE token = %s AND list_key = %s AND expires > %s",
-                           (_clean(token), self.list_key, clock.now()))
+                           (clean_text(token), self.list_key, clock.now()))
         return pending_record(rows[0]) if rows else None
 
     def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
@@ -384,7 +387,7 @@ class PostgresStore(ListStore):
         with self.transaction():
             rows = self._query(f"DELETE FROM pending WHERE token = %s AND list_key = %s AND expires > %s "
                                f"AND type = ANY(%s) RETURNING {_PENDING_RETURNING}",
-                               (_clean(token), self.list_key, clock.now(), types))
+                               (clean_text(token), self.list_key, clock.now(), types))
         if not rows:
             raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
         return pending_record(rows[0])
@@ -394,7 +397,7 @@ class PostgresStore(ListStore):
         with self.transaction():
             rows = self._query(f"UPDATE pending SET expires = %s WHERE token = %s AND list_key = %s "
                                f"AND expires > %s RETURNING {_PENDING_RETURNING}",
-                               (now + lifetime, _clean(token), self.list_key, now))
+                               (now + lifetime, clean_text(token), self.list_key, now))
         if not rows:
             raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
         return pending_record(rows[0])
@@ -424,7 +427,7 @@ class PostgresStore(ListStore):
                 "INSERT INTO remembered AS r (list_key, kind, key, expires, owner) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (list_key, kind, key) DO UPDATE SET expires = EXCLUDED.expires, owner = EXCLUDED.owner "
                 "WHERE r.expires <= %s OR r.owner = EXCLUDED.owner RETURNING 1",
-                (self.list_key, _clean(kind), _clean(key), now + ttl, _clean(owner), now))
+                (self.list_key, clean_text(kind), clean_text(key), now + ttl, clean_text(owner), now))
             # Bounded clean-up so the table does not grow with every Message-ID ever seen.
             self._exec("DELETE FROM remembered WHERE ctid = ANY(ARRAY(SELECT ctid FROM remembered "
                        "WHERE list_key = %s AND expires <= %s LIMIT %s))", (self.list_key, now, REMEMBER_PURGE_BATCH))
@@ -437,12 +440,12 @@ class PostgresStore(ListStore):
             "INSERT INTO leases AS l (list_key, name, holder, expires) VALUES (%s, %s, %s, %s) "
             "ON CONFLICT (list_key, name) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires "
             "WHERE l.expires <= %s OR l.holder = EXCLUDED.holder RETURNING 1",
-            (self.list_key, _clean(name), _clean(holder), now + ttl, now))
+            (self.list_key, clean_text(name), clean_text(holder), now + ttl, now))
         return bool(rows)
 
     def unlock(self, name: str, holder: str) -> None:
         self._exec("DELETE FROM leases WHERE list_key = %s AND name = %s AND holder = %s",
-                   (self.list_key, _clean(name), _clean(holder)))
+                   (self.list_key, clean_text(name), clean_text(holder)))
 
     @property
     def closed(self) -> bool:
@@ -454,4 +457,4 @@ class PostgresStore(ListStore):
 
 
 def _member_values(member: Member) -> list[Any]:
-    return [_clean(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in MEMBER_COLUMNS)]
+    return [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in MEMBER_COLUMNS)]
