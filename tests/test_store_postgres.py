@@ -245,3 +245,41 @@ def test_store_copy_refuses_two_sqlite_sides_and_hides_passwords(site):
     assert out.returncode == 1 and "name the database" in out.stderr and "s3cret" not in out.stderr
     out = _cli(site, "store", "copy", "--to", "postgresql://u:s3cret@127.0.0.1:1/db", check=False)
     assert out.returncode == 75 and "s3cret" not in out.stderr, out.stderr
+
+
+def test_policy_server_answers_451_while_postgresql_is_down_and_resumes_without_restart(pg_site, pg_server, tmp_path):
+    from policy_helpers import connect, rcpt_request, read_replies, write_list
+    site = write_list(pg_site, "demo", posting_policy="members_only", non_member_action="reject")
+    open_store(site, LIST).add_member("member@example.com")
+    sock_path = tmp_path / "p.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "listgate", "-c", site.path, "policy", "--log-level", "debug",
+                             "--socket", f"unix:{sock_path}"], stderr=subprocess.PIPE, cwd=str(tmp_path))
+    member, stranger = (rcpt_request(LIST, sender=f"{who}@example.com") for who in ("member", "stranger"))
+    try:
+        deadline = time.monotonic() + 30
+        while not sock_path.exists():
+            assert proc.poll() is None and time.monotonic() < deadline, "listgate policy did not start"
+            time.sleep(0.1)
+        address = ("unix", str(sock_path))
+        with connect(address) as s:
+            s.sendall(member + stranger)
+            up = read_replies(s, 2)
+        assert up[0] == "DUNNO" and up[1].startswith("550 "), up
+        pg_server.stop()
+        try:
+            for request in (member, stranger):              # a new SMTP session each, as Postfix retries
+                with connect(address, timeout=20) as s:
+                    s.sendall(request)
+                    down = read_replies(s, 1, timeout=20)
+                assert down[0].startswith("451 4.3.0 "), down
+        finally:
+            pg_server.start()
+        with connect(address) as s:
+            s.sendall(member + stranger)
+            assert read_replies(s, 2, timeout=20) == up     # the same process: no restart
+    finally:
+        proc.terminate()
+        proc.wait(20)
+        stderr = proc.stderr.read().decode()
+        proc.stderr.close()
+    assert pg_server.password not in stderr
