@@ -17,10 +17,17 @@ setup(
         "flufl.bounce>=4.0",
     ],
     extras_require={
+        # the PostgreSQL store backend (site config ``store: {url: postgresql://...}``)
+        "postgres": [
+            "psycopg[binary]>=3.1",
+            "psycopg_pool>=3.3",
+        ],
         "test": [
             "pytest>=7",
             "aiosmtpd>=1.4",
             "miltertest>=1.0",
+            "psycopg[binary]>=3.1",
+            "psycopg_pool>=3.3",
         ],
     },
     entry_points={"console_scripts": ["listgate = listgate.cli:main"]},

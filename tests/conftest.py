@@ -54,9 +54,34 @@ def make_site(directory: Path, **kw) -> config.Site:
     return config.load(path)
 
 
+@pytest.fixture(scope="session")
+def pg_server():
+    """A private PostgreSQL server for the whole session (tests/pg_helpers.py), stopped at the end."""
+    from pg_helpers import PostgresServer, binaries
+    bindir = binaries()
+    if bindir is None:
+        pytest.skip("PostgreSQL binaries missing in /usr/lib/postgresql/*/bin (scripts/install-deps installs them)")
+    server = PostgresServer(bindir)
+    try:
+        server.start()
+        yield server
+    finally:
+        server.destroy()
+
+
 @pytest.fixture
-def site(tmp_path) -> config.Site:
-    return make_site(tmp_path / "instance")
+def site(request, tmp_path) -> config.Site:
+    """The instance; parametrized indirectly with "postgres", its store is a fresh PostgreSQL database."""
+    made = make_site(tmp_path / "instance")
+    if getattr(request, "param", "sqlite") == "postgres":
+        from pg_helpers import use_postgres
+        use_postgres(made.path, request.getfixturevalue("pg_server"))
+        made = config.load(made.path)
+    return made
+
+
+# a store contract test runs on both backends
+BOTH_BACKENDS = pytest.mark.parametrize("site", ["sqlite", "postgres"], indirect=True)
 
 
 @pytest.fixture

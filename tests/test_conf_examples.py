@@ -43,7 +43,7 @@ def _walk(section: schema.Section, raw: dict, loaded, where: str, missing: list,
             missing.append(path)
             continue
         value = loaded[key]
-        if spec.kind == "section":
+        if spec.kind in ("section", "store"):
             _walk(spec.section, raw[key] or {}, value, path + ".", missing, differs)
         elif spec.kind == "keys":
             for i, item in enumerate(raw[key]):

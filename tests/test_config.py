@@ -227,3 +227,55 @@ def test_preallocate_qfiles_is_accepted_ignored_and_warned_about(site):
     assert out.returncode == 0, out.stderr
     assert f"{site.path}: milter.preallocate_qfiles: deprecated and ignored" in out.stderr
     assert "delete it" in out.stderr
+
+
+def _with_store(site, text: str) -> None:
+    path = Path(site.path)
+    path.write_text(path.read_text() + text)
+
+
+def test_store_is_sqlite_by_default_or_by_name(site):
+    assert site.conf.store.url is None and site.conf.store.busy_timeout == 10
+    _with_store(site, "store: sqlite\n")
+    store = config.load(site.path).conf.store
+    assert store.url is None and store.busy_timeout == 10 and store.pool.max == 8
+
+
+def test_store_postgresql_mapping_loads_with_its_defaults(site):
+    _with_store(site, "store:\n  url: postgresql://lg@db.example.org/lists?sslmode=verify-full\n"
+                      "  password_file: keys/db.pw\n  pool: {min: 2, max: 4}\n  statement_timeout: 3s\n")
+    store = config.load(site.path).conf.store
+    assert store.url == "postgresql://lg@db.example.org/lists?sslmode=verify-full"
+    assert store.password_file == os.path.join(os.path.dirname(site.path), "keys", "db.pw")
+    assert (store.pool.min, store.pool.max, store.connect_timeout, store.statement_timeout) == (2, 4, 5, 3)
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("store: mysql\n", "store: expected sqlite or a mapping"),
+    ("store: 3\n", "store: expected sqlite or a mapping"),
+    ("store:\n  url: mysql://u@h/db\n", "store.url: 'mysql://u@h/db': only postgresql://"),
+    ("store:\n  url: postgresql://u@h\n", "store.url: 'postgresql://u@h': name the database"),
+    ("store:\n  url: postgresql://u@h:99999/db\n", "store.url: not a URL"),
+    ("store:\n  url: postgresql://u@h/db\n  pool: {min: 5, max: 2}\n", "store.pool: min (5) is more than max (2)"),
+    ("store:\n  url: postgresql://u@h/db\n  pool: {max: 0}\n", "store.pool.max: must be at least 1"),
+    ("store:\n  url: postgresql://u@h/db\n  sslmode: require\n", "store.sslmode: unknown key"),
+    ("store:\n  url: postgresql://u@h/db\n  statement_timeout: 10\n", "store.statement_timeout: expected a duration"),
+])
+def test_store_errors_have_line_and_key(site, text, expect):
+    _with_store(site, text)
+    errs = errors_for(site)
+    assert any(expect in e for e in errs), errs
+
+
+def test_a_password_in_the_url_is_never_shown(site):
+    _with_store(site, "store:\n  url: postgresql://lg:s3cret@db.example.org/nodb#x\n")
+    errs = errors_for(site)
+    assert any("store.url:" in e for e in errs) and not any("s3cret" in e for e in errs), errs
+    _with_store(site, "")
+    Path(site.path).write_text(Path(site.path).read_text().replace("/nodb#x", "/lists"))
+    out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "store: PostgreSQL postgresql://lg:***@db.example.org/lists" in out.stdout
+    assert "s3cret" not in out.stdout + out.stderr
+    assert config.mask_url("postgresql://u@h/db") == "postgresql://u@h/db"

@@ -8,14 +8,18 @@ import sqlite3
 import subprocess
 import sys
 
+import psycopg
 import pytest
 
 from listgate import clock
 from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownToken,
                             close_all, open_store, store_path)
-from listgate.store.sqlite import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES, SQLiteStore
+from listgate.store.common import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES
+from listgate.store.sqlite import SQLiteStore
 from listgate.store.sqlite_schema import MIGRATIONS, SCHEMA_VERSION
 from listgate.store.tokens import is_token
+
+from conftest import BOTH_BACKENDS
 
 LIST = "demo@lists.example.org"
 T0 = 1_800_000_000.0
@@ -39,6 +43,7 @@ def test_open_store_layout_and_pragmas(site, store):
         open_store(site, "nosuch@lists.example.org")
 
 
+@BOTH_BACKENDS
 def test_closed_store_is_reopened_by_open_store(site, store):
     store.add_member("a@example.com")
     store.close()
@@ -57,7 +62,8 @@ def test_newer_schema_is_refused(site, store):
         open_store(site, LIST)
 
 
-def test_members_keep_typed_address_and_match_domain_case_insensitively(store):
+@BOTH_BACKENDS
+def test_members_keep_typed_address_and_match_domain_case_insensitively(site, store):
     m = store.add_member("<Jane.Doe@Example.COM>", "Jane Doe")
     assert (m.address, m.key, m.display_name, m.subscribed_at) == ("Jane.Doe@Example.COM", "Jane.Doe@example.com",
                                                                      "Jane Doe", T0)
@@ -80,7 +86,8 @@ def test_members_keep_typed_address_and_match_domain_case_insensitively(store):
         assert (store.get_member(address) is not None) is expected, address
 
 
-def test_members_order_status_filter_save_remove(store):
+@BOTH_BACKENDS
+def test_members_order_status_filter_save_remove(site, store):
     store.add_member("b@example.com")
     store.add_member("a@example.com")
     store.add_member("c@example.com", status="by_admin")
@@ -102,7 +109,8 @@ def test_members_order_status_filter_save_remove(store):
         store.save_member(m)
 
 
-def test_change_address_moves_bounce_info_and_evidence(store):
+@BOTH_BACKENDS
+def test_change_address_moves_bounce_info_and_evidence(site, store):
     m = store.add_member("old@example.com", "Old")
     m.bounce_score = 3
     store.save_member(m)
@@ -125,7 +133,8 @@ def test_change_address_moves_bounce_info_and_evidence(store):
     assert store.get_member("new@example.com") is None
 
 
-def test_evidence_is_capped_in_count_and_size(store):
+@BOTH_BACKENDS
+def test_evidence_is_capped_in_count_and_size(site, store):
     store.add_member("a@example.com")
     for i in range(EVIDENCE_KEEP + 3):
         store.add_evidence("a@example.com", f"bounce {i}".encode(), T0 + i)
@@ -140,7 +149,8 @@ def test_evidence_is_capped_in_count_and_size(store):
     assert store.evidence("a@example.com") == []
 
 
-def test_events_append_only_filters_newest_first(store):
+@BOTH_BACKENDS
+def test_events_append_only_filters_newest_first(site, store):
     ids = [store.add_event(BounceEvent(at=T0 + i, address="Bob@Example.com" if i % 2 else "eve@example.com",
                                        bounce_class="hard", status="5.1.1", attribution="verp",
                                        message_id=f"<m{i}@x>", action="scored", detail="user unknown"))
@@ -156,7 +166,8 @@ def test_events_append_only_filters_newest_first(store):
     assert store.events(limit=1)[0].address is None
 
 
-def test_pending_lifecycle_and_expiry_with_controlled_clock(store):
+@BOTH_BACKENDS
+def test_pending_lifecycle_and_expiry_with_controlled_clock(site, store):
     sub = store.add_pending("subscription", {"address": "a@example.com", "name": "Ä"}, 3 * 86400)
     probe = store.add_pending("probe", {"member": "b@example.com"}, 10 * 86400)
     assert is_token(sub.token) and sub.token != probe.token
@@ -186,7 +197,8 @@ def test_pending_lifecycle_and_expiry_with_controlled_clock(store):
     assert store.evict_expired() == []
 
 
-def test_pending_rejects_bad_type_and_payload(store):
+@BOTH_BACKENDS
+def test_pending_rejects_bad_type_and_payload(site, store):
     with pytest.raises(ValueError):
         store.add_pending("lottery", {}, 10)
     with pytest.raises(ValueError):
@@ -194,7 +206,8 @@ def test_pending_rejects_bad_type_and_payload(store):
     assert store.pending() == []
 
 
-def test_remember_respects_ttl(store):
+@BOTH_BACKENDS
+def test_remember_respects_ttl(site, store):
     assert store.remember("message-id", "<a@x>", 60) is True
     assert store.remember("message-id", "<a@x>", 60) is False
     assert store.remember("incident", "<a@x>", 60) is True     # kinds are separate
@@ -202,7 +215,8 @@ def test_remember_respects_ttl(store):
     assert store.remember("message-id", "<a@x>", 60) is True
 
 
-def test_remember_with_an_owner_is_fresh_again_for_that_owner_only(store):
+@BOTH_BACKENDS
+def test_remember_with_an_owner_is_fresh_again_for_that_owner_only(site, store):
     # the runner passes the qfile id: re-processing one qfile after a crash is not its own duplicate
     assert store.remember("accepted", "k", 60, owner="q1") is True
     assert store.remember("accepted", "k", 60, owner="q1") is True
@@ -217,7 +231,8 @@ def test_remember_with_an_owner_is_fresh_again_for_that_owner_only(store):
     assert store.remember("accepted", "k", 60, owner="q1") is False
 
 
-def test_remember_without_an_owner_never_matches_one(store):
+@BOTH_BACKENDS
+def test_remember_without_an_owner_never_matches_one(site, store):
     assert store.remember("accepted", "k", 60) is True
     assert store.remember("accepted", "k", 60) is False
     assert store.remember("accepted", "k", 60, owner="q1") is False    # no owner is nobody's
@@ -248,7 +263,8 @@ def test_version_1_database_migrates_and_its_facts_have_no_owner(tmp_path):
         store.close()
 
 
-def test_transaction_rolls_back_and_nested_savepoint(store):
+@BOTH_BACKENDS
+def test_transaction_rolls_back_and_nested_savepoint(site, store):
     with pytest.raises(RuntimeError):
         with store.transaction():
             store.add_member("a@example.com")
@@ -305,7 +321,8 @@ def test_unopenable_database_is_store_unavailable(tmp_path):
         SQLiteStore(str(tmp_path / "junk.db"), "x@example.org")
 
 
-def test_threads_share_one_store_safely(store):
+@BOTH_BACKENDS
+def test_threads_share_one_store_safely(site, store):
     import threading
     store.add_member("t@example.com")
     errors = []
@@ -386,7 +403,8 @@ def test_overlapping_threads_open_no_more_connections_than_overlap(store):
     assert _open_fds() - fds <= 2 * (width - 1)  # the store had one connection before (each: db and WAL)
 
 
-def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(store):
+@BOTH_BACKENDS
+def test_transaction_keeps_one_connection_and_other_threads_see_only_commits(site, store):
     import threading
     store.add_member("a@example.com")
     inside, finish = threading.Event(), threading.Event()
@@ -487,6 +505,7 @@ def test_close_lets_a_leased_connection_finish_its_transaction(store):
         again.close()
 
 
+@BOTH_BACKENDS
 def test_forked_child_opens_its_own_connection(site, store):
     store.add_member("parent@example.com")
     pid = os.fork()
@@ -504,7 +523,8 @@ def test_forked_child_opens_its_own_connection(site, store):
     store.add_member("after@example.com")
 
 
-def test_reads_follow_this_processs_own_writes_and_give_fresh_copies(store):
+@BOTH_BACKENDS
+def test_reads_follow_this_processs_own_writes_and_give_fresh_copies(site, store):
     assert store.get_member("a@example.com") is None and store.get_member("a@example.com") is None
     store.add_member("a@example.com")
     assert store.get_member("a@example.com").bounce_score == 0
@@ -558,7 +578,8 @@ def test_reads_see_other_connections_commits(store):
     assert store.peek_pending(rec.token) is None
 
 
-def test_pending_payloads_are_fresh_objects(store):
+@BOTH_BACKENDS
+def test_pending_payloads_are_fresh_objects(site, store):
     flat = store.add_pending("probe", {"member": "a@example.com", "n": 1, "ok": True, "none": None}, 60)
     nested = store.add_pending("held_message", {"meta": {"x": [1]}}, 60)
     store.peek_pending(flat.token).payload["member"] = "changed"
@@ -569,7 +590,8 @@ def test_pending_payloads_are_fresh_objects(store):
     assert store.peek_pending(nested.token).payload == {"meta": {"x": [1]}}
 
 
-def test_forked_child_uses_a_parent_store_object_through_its_own_connection(store):
+@BOTH_BACKENDS
+def test_forked_child_uses_a_parent_store_object_through_its_own_connection(site, store):
     store.add_member("parent@example.com")
     with store._lease() as slot:
         parent_conn = slot.conn
@@ -736,10 +758,29 @@ def test_a_store_file_moved_away_is_unavailable_not_recreated_empty_then_used_ag
     assert len(store.members()) == 2
 
 
-def test_driver_errors_never_reach_the_caller(store):
+@BOTH_BACKENDS
+def test_driver_errors_never_reach_the_caller(site, store):
     # the store contract's exceptions only: StoreUnavailable for "cannot now", StoreError for the rest
     from listgate.store import StoreError
     with pytest.raises(StoreError) as caught:
         store._query("SELECT * FROM no_such_table")
-    assert not isinstance(caught.value, (StoreUnavailable, sqlite3.Error))
+    assert not isinstance(caught.value, (StoreUnavailable, sqlite3.Error, psycopg.Error))
     assert store.members() == []            # and the store works on
+
+
+@BOTH_BACKENDS
+def test_try_lock_one_holder_per_lease_until_it_expires_or_is_given_up(site, store):
+    # periodic tasks: whoever takes ("tasks", period) runs them; the others skip until it expires
+    assert store.try_lock("tasks", 3600, "mx1:100") is True
+    assert store.try_lock("tasks", 3600, "mx2:200") is False
+    assert store.try_lock("other", 60, "mx2:200") is True          # leases are separate by name
+    clock.advance(1800)
+    assert store.try_lock("tasks", 3600, "mx1:100") is True        # its holder renews it
+    clock.advance(3599)
+    assert store.try_lock("tasks", 3600, "mx2:200") is False
+    clock.advance(1)
+    assert store.try_lock("tasks", 3600, "mx2:200") is True        # expired: a crashed holder loses it
+    store.unlock("tasks", "mx1:100")                                # not its lease any more: nothing happens
+    assert store.try_lock("tasks", 60, "mx1:100") is False
+    store.unlock("tasks", "mx2:200")
+    assert store.try_lock("tasks", 60, "mx1:100") is True

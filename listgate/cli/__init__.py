@@ -27,6 +27,7 @@ COMMAND_MODULES = (
     "runner_cmd",  # runner, serve
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run
+    "store",       # store init|copy
 )
 
 

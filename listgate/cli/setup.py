@@ -69,6 +69,13 @@ def cmd_check(args) -> int:
             print(f"{site.path}:1: {where}: {problem}", file=sys.stderr)
         return 1
     print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
+    store = site.conf.store
+    if store.url:   # never the password: it is masked in the URL, and password_file is only named
+        print(f"store: PostgreSQL {config.mask_url(store.url)}"
+              + (f", password from {store.password_file}" if store.password_file else "")
+              + f", pool {store.pool.min}-{store.pool.max} per process")
+    else:
+        print(f"store: SQLite, one file per list in {os.path.join(site.state_dir, 'lists')}")
     for lc in site.iter_lists():
         print(f"{list_key(lc)}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "

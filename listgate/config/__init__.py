@@ -15,10 +15,11 @@ from typing import Iterator
 
 from ..addresses import AddressTable, list_key
 from . import schema
-from .loader import ConfigError, Frozen, format_duration, load_yaml_file, parse_duration, parse_socket, valid_address
+from .loader import (ConfigError, Frozen, format_duration, load_yaml_file, mask_url, parse_duration, parse_socket,
+                     valid_address)
 
 __all__ = ["ConfigError", "Frozen", "Site", "Watcher", "load", "default_path",
-           "format_duration", "parse_duration", "parse_socket", "valid_address"]
+           "format_duration", "mask_url", "parse_duration", "parse_socket", "valid_address"]
 
 ENV_VAR = "LISTGATE_CONFIG"
 DEFAULT_PATH = "/etc/listgate/listgate.yaml"
@@ -105,6 +106,8 @@ def load(path: str | None = None) -> Site:
     lists_dir = here(raw["lists_dir"]) if raw["lists_dir"] else os.path.join(base, "lists.d")
     keys = tuple(Frozen({**k.as_dict(), "file": here(k.file)}) for k in raw["verp"].keys)
     raw["verp"] = Frozen({**raw["verp"].as_dict(), "keys": keys})
+    if raw["store"].password_file:
+        raw["store"] = Frozen({**raw["store"]._data, "password_file": here(raw["store"].password_file)})
     conf = Frozen(raw)
     lists: dict[str, Frozen] = {}
     files: dict[str, str] = {}

@@ -9,6 +9,7 @@ import ipaddress
 import os
 import re
 import stat
+import urllib.parse
 from types import MappingProxyType
 from typing import Any
 
@@ -179,13 +180,15 @@ class _Checker:
                 continue
             if spec.required:
                 self.err(node, f"{path}.{key}" if path else key, "required key is missing")
-            elif spec.kind == "section":
+            elif spec.kind in ("section", "store"):
                 out[key] = Frozen(self.section(None, spec.section, key) or {})
             else:
                 out[key] = spec.default
         return out
 
     def value(self, node: yaml.Node, spec: Field, path: str) -> Any:
+        if spec.kind == "store":
+            return self.store(node, spec, path)
         if spec.kind == "section":
             sub = self.section(node, spec.section, path)
             return _BAD if sub is None else Frozen(sub)
@@ -215,7 +218,60 @@ class _Checker:
             return _BAD
 
 
+    def store(self, node: yaml.Node, spec: Field, path: str) -> Any:
+        """``store: sqlite`` (the defaults) or a mapping whose ``url``, if any, is a PostgreSQL URL."""
+        if isinstance(node, yaml.ScalarNode) and node.tag != "tag:yaml.org,2002:null":
+            raw = self.scalar(node)
+            if raw != "sqlite":
+                self.err(node, path, f"expected sqlite or a mapping (url: postgresql://...), got {_tname(raw)}"
+                         + (f" {raw!r}" if isinstance(raw, str) else ""))
+                return _BAD
+            node = None
+        sub = self.section(node, spec.section, path)
+        if sub is None:
+            return _BAD
+        problem = url_problem(sub["url"]) if sub.get("url") is not None else None
+        if problem:
+            self.err(node, f"{path}.url", problem)
+            return _BAD
+        pool = sub.get("pool")
+        if isinstance(pool, Frozen) and "min" in pool and "max" in pool and pool.min > pool.max:
+            self.err(node, f"{path}.pool", f"min ({pool.min}) is more than max ({pool.max})")
+            return _BAD
+        return Frozen(sub)
+
+
 _BAD = object()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any password replaced by ``***`` (what logs and ``listgate check`` show)."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.netloc.rsplit("@", 1)[1]
+    return urllib.parse.urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+def url_problem(url: str) -> str | None:
+    """Why ``url`` is not a PostgreSQL URL we accept (None if it is); never quotes a password.
+
+    Form (libpq "Connection URIs", https://www.postgresql.org/docs/current/libpq-connect.html
+    section 34.1.1.2): ``postgresql://[USER[:PASSWORD]@][HOST][:PORT][/DB][?PARAM=VALUE...]``.
+    """
+    try:
+        parts = urllib.parse.urlsplit(url)
+        parts.port                              # raises ValueError for a port that is not a number
+    except ValueError as exc:
+        return f"not a URL ({exc})"
+    if parts.scheme not in ("postgresql", "postgres"):
+        return f"{mask_url(url)!r}: only postgresql:// URLs are supported"
+    if not parts.path.strip("/"):
+        return f"{mask_url(url)!r}: name the database (postgresql://USER@HOST/DB)"
+    if parts.fragment:
+        return f"{mask_url(url)!r}: a URL with a #fragment"
+    return None
 
 
 def _verp_key_schema() -> Section:

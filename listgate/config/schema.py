@@ -15,7 +15,7 @@ from typing import Any, Mapping
 class Field:
     kind: str                      # str, int, float, bool, duration, size, address, addresses,
                                    # listname, domain, enum, strings, socket, networks, path, section, keys,
-                                   # timestamp
+                                   # timestamp, store (a section that may also be the word "sqlite")
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -87,8 +87,23 @@ PENDING = Section({
     "held_message": Field("duration", 14 * DAY),
 })
 
+STORE_POOL = Section({
+    "min": Field("int", 1, minimum=0, doc="connections each process keeps open to PostgreSQL"),
+    "max": Field("int", 8, minimum=1, maximum=1000, doc="most connections each process opens (busy: callers wait "
+                 "up to connect_timeout, then answer 4xx)"),
+})
+
+# ``store: sqlite`` (the default: one SQLite file per list under STATE_DIR/lists) or a mapping;
+# a mapping with ``url`` puts every list in one shared PostgreSQL database.
 STORE = Section({
     "busy_timeout": Field("duration", 10, doc="how long a writer waits for a list store's lock before answering 4xx"),
+    "url": Field("str", None, doc="postgresql://USER@HOST[:PORT]/DB[?sslmode=verify-full...]: the shared "
+                 "PostgreSQL store (none: SQLite files); a password goes in password_file, not here"),
+    "password_file": Field("path", None, doc="file holding the database password (read at each connect; "
+                           "relative to the site file)"),
+    "pool": Field("section", section=STORE_POOL),
+    "connect_timeout": Field("duration", 5, doc="longest wait for a PostgreSQL connection before answering 4xx"),
+    "statement_timeout": Field("duration", 10, doc="longest PostgreSQL statement before answering 4xx"),
 })
 
 RUNNER = Section({
@@ -113,7 +128,7 @@ SITE = Section({
     "verp": Field("section", section=VERP),
     "pending": Field("section", section=PENDING),
     "runner": Field("section", section=RUNNER),
-    "store": Field("section", section=STORE),
+    "store": Field("store", section=STORE, doc="sqlite, or a mapping (url: postgresql://... for PostgreSQL)"),
     "trusted_networks": Field("networks", ("127.0.0.0/8", "::1/128")),
     "logging": Field("section", section=LOGGING),
 })

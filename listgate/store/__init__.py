@@ -1,15 +1,18 @@
 """Per-list stores. ``open_store(site, list_key)`` is the only way callers get one.
 
 CONTRACT: ``open_store(site, list_key) -> ListStore`` returns the (process-wide
-cached) store for list ``"name@domain"``; the embedded backend is one SQLite
-database per list at ``STATE_DIR/lists/NAME@DOMAIN.db``
-(implemented in ``listgate.store.sqlite``). Raises ``KeyError`` for a list the
-site does not define, ``StoreUnavailable`` when the database cannot be opened.
-Only this module names a backend: callers see :mod:`listgate.store.base`.
+cached) store for list ``"name@domain"``. The site config's ``store`` picks the
+backend: the embedded default is one SQLite database per list at
+``STATE_DIR/lists/NAME@DOMAIN.db`` (``listgate.store.sqlite``); with
+``store.url`` every list lives in one shared PostgreSQL database
+(``listgate.store.postgres``, for several MX hosts). Raises ``KeyError`` for a
+list the site does not define, ``StoreUnavailable`` when the database cannot
+be opened. Only this module names a backend: callers see :mod:`listgate.store.base`.
 """
 from __future__ import annotations
 
 import os
+import sys
 import threading
 
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
@@ -40,13 +43,17 @@ def open_store(site, list_key: str) -> ListStore:
     key = list_key.lower()
     if key not in site.lists:
         raise KeyError(list_key)
-    path = store_path(site, key)
+    url = site.conf.store.url
+    path = f"{url} {key}" if url else store_path(site, key)
     with _cache_lock:
         if _cache_pid != os.getpid():
             _cache.clear()  # the parent's stores hold the parent's connections
             _cache_pid = os.getpid()
         store = _cache.get(path)
-        if store is None or store.closed:
+        if (store is None or store.closed) and url:
+            from .postgres import PostgresStore
+            store = _cache[path] = PostgresStore(site.conf.store, key)
+        elif store is None or store.closed:
             from .sqlite import SQLiteStore
             try:
                 os.makedirs(os.path.dirname(path), exist_ok=True)
@@ -64,3 +71,6 @@ def close_all() -> None:
         _cache.clear()
     for store in stores:
         store.close()
+    postgres = sys.modules.get(f"{__name__}.postgres")   # imported only by a site that uses it
+    if postgres is not None:
+        postgres.close_databases()

@@ -126,6 +126,13 @@ class ListStore(abc.ABC):
         """
         return self.get_member(address) is not None
 
+    def _require(self, address: str) -> Member:
+        """The member with ``address``; raises NotAMember (for the backends' own use)."""
+        member = self.get_member(address)
+        if member is None:
+            raise NotAMember(f"{address} is not a member of {self.list_key}")
+        return member
+
     @abc.abstractmethod
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         """Raises AlreadyMember, or ValueError for a malformed address."""
@@ -206,6 +213,25 @@ class ListStore(abc.ABC):
         incidents). ``kind`` and ``key`` are free text; ``ttl`` is seconds.
         Raises StoreUnavailable when the fact cannot be stored durably.
         """
+
+    # -- leases (periodic tasks: once per list and period, however many runners) ----
+    @abc.abstractmethod
+    def try_lock(self, name: str, ttl: float, holder: str) -> bool:
+        """Take the lease ``name`` of this list for ``ttl`` seconds from ``clock.now()``.
+
+        True if it was free, expired, or already ``holder``'s (then it is
+        renewed); False while another holder's lease is alive (nothing
+        written). One atomic step in the database: of any number of
+        processes or hosts asking at once, one gets True. A holder names one
+        process (host and pid, say); a lease is not released by a crash, it
+        expires. Periodic tasks take ``("tasks", period, runner)`` and do not
+        unlock, so whoever ran a period's tasks holds them until the period
+        ends (the hosts' clocks must agree, as NTP keeps them).
+        """
+
+    @abc.abstractmethod
+    def unlock(self, name: str, holder: str) -> None:
+        """Give up ``holder``'s lease ``name`` early (nothing happens if it is not ``holder``'s)."""
 
     @property
     @abc.abstractmethod

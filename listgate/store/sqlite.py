@@ -38,21 +38,19 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 from .. import clock
-from ..addresses import bare, normalize
-from ..config import valid_address
+from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
-from .sqlite_schema import EVENT_COLUMNS, MEMBER_COLUMNS, connect, store_error
+                   PendingRecord, StoreUnavailable, UnknownToken)
+from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
+                     bare_address, event_address, member_key, pending_payload, pending_record,
+                     truncate_evidence)
+from .sqlite_schema import connect, store_error
 from .tokens import new_token
 
 log = logging.getLogger("listgate.store")
 
-EVIDENCE_KEEP = 5                 # bouncing messages kept per member (newest)
-EVIDENCE_MAX_BYTES = 256 * 1024   # per message; longer ones are cut with a note
-REMEMBER_PURGE_BATCH = 100        # expired (kind, key) facts dropped per remember() call
-
 _MEMBER_SELECT = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members"
-_PENDING_SELECT = "SELECT token, type, payload, created, expires FROM pending"
+_PENDING_SELECT = f"SELECT {', '.join(PENDING_COLUMNS)} FROM pending"
 
 
 def _file_id(path: str) -> tuple[int, int] | None:
@@ -62,41 +60,6 @@ def _file_id(path: str) -> tuple[int, int] | None:
     except OSError:
         return None
     return st.st_dev, st.st_ino
-
-
-def _pending(row: tuple) -> PendingRecord:
-    return PendingRecord(token=row[0], type=row[1], payload=json.loads(row[2]), created=row[3], expires=row[4])
-
-
-def _member_key(address: str) -> str | None:
-    """``normalize(address)``, None for a malformed address."""
-    try:
-        return normalize(address)
-    except ValueError:
-        return None
-
-
-def _event_address(address: str | None) -> str | None:
-    """Events about an address are filed under its member key so they can be found again."""
-    if address is None:
-        return None
-    return _member_key(address) or address
-
-
-def _bare_address(address: str) -> str:
-    """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
-    address_bare = bare(address or "")
-    if not valid_address(address_bare):
-        raise ValueError(f"malformed address {address!r}")
-    return address_bare
-
-
-def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
-    """``message`` if it fits in ``limit`` bytes, else its head plus a note saying it was cut."""
-    if len(message) <= limit:
-        return message
-    note = f"\n\n[listgate: bounce truncated from {len(message)} to at most {limit} bytes]\n".encode("ascii")
-    return message[: max(0, limit - len(note))] + note
 
 
 class _Connection:
@@ -281,12 +244,12 @@ class SQLiteStore(ListStore):
     # -- members ----------------------------------------------------------
     def get_member(self, address: str) -> Member | None:
         """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
-        key = _member_key(address)
+        key = member_key(address)
         rows = self._query(f"{_MEMBER_SELECT} WHERE key = ?", (key,)) if key is not None else []
         return Member(*rows[0]) if rows else None
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
-        bare = _bare_address(address)
+        bare = bare_address(address)
         if status not in DELIVERY_STATUSES:
             raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
         now = clock.now()
@@ -328,7 +291,7 @@ class SQLiteStore(ListStore):
 
     def change_address(self, old: str, new: str) -> Member:
         """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
-        bare = _bare_address(new)
+        bare = bare_address(new)
         new_key = normalize(bare)
         with self.transaction():
             member = self._require(old)
@@ -339,16 +302,10 @@ class SQLiteStore(ListStore):
         member.key, member.address = new_key, bare
         return member
 
-    def _require(self, address: str) -> Member:
-        member = self.get_member(address)
-        if member is None:
-            raise NotAMember(f"{address} is not a member of {self.list_key}")
-        return member
-
     # -- bounce evidence ---------------------------------------------------
     def add_evidence(self, address: str, message: bytes, at: float) -> None:
         """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
-        key = _member_key(address) or address
+        key = member_key(address) or address
         with self.transaction():
             self._exec("INSERT INTO evidence (member_key, at, message) VALUES (?, ?, ?)",
                        (key, at, truncate_evidence(bytes(message))))
@@ -357,7 +314,7 @@ class SQLiteStore(ListStore):
                        (key, key, EVIDENCE_KEEP))
 
     def evidence(self, address: str) -> list[tuple[float, bytes]]:
-        key = _member_key(address) or address
+        key = member_key(address) or address
         rows = self._query("SELECT at, message FROM evidence WHERE member_key = ? ORDER BY at DESC, id DESC",
                            (key,))
         return [(at, bytes(msg)) for at, msg in rows]
@@ -366,7 +323,7 @@ class SQLiteStore(ListStore):
     def add_event(self, event: BounceEvent) -> int:
         """Append ``event`` (address filed under its member key); returns its id."""
         values = [getattr(event, c) for c in EVENT_COLUMNS[:-1]]
-        values[1] = _event_address(event.address)
+        values[1] = event_address(event.address)
         with self.transaction():
             cur = self._exec(f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}) VALUES "
                              f"({', '.join('?' * (len(EVENT_COLUMNS) - 1))})", values)
@@ -378,7 +335,7 @@ class SQLiteStore(ListStore):
         where, params = [], []
         if address is not None:
             where.append("address = ?")
-            params.append(_event_address(address))
+            params.append(event_address(address))
         if since is not None:
             where.append("at >= ?")
             params.append(since)
@@ -394,12 +351,7 @@ class SQLiteStore(ListStore):
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
         """Raises ValueError for an unknown type or a payload JSON cannot hold."""
-        if type not in PENDING_TYPES:
-            raise ValueError(f"unknown pending type {type!r} (one of {', '.join(PENDING_TYPES)})")
-        try:
-            text = json.dumps(payload, sort_keys=True)
-        except (TypeError, ValueError) as exc:
-            raise ValueError(f"pending payload is not JSON-safe: {exc}") from None
+        text = pending_payload(type, payload)
         now = clock.now()
         with self.transaction():
             while True:  # a 128-bit collision is astronomically unlikely, but never overwrite
@@ -412,7 +364,7 @@ class SQLiteStore(ListStore):
 
     def peek_pending(self, token: str) -> PendingRecord | None:
         rows = self._query(f"{_PENDING_SELECT} WHERE token = ? AND expires > ?", (token, clock.now()))
-        return _pending(rows[0]) if rows else None
+        return pending_record(rows[0]) if rows else None
 
     def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
         """Select and delete under the write lock (``BEGIN IMMEDIATE``), so one confirmer wins.
@@ -425,7 +377,7 @@ class SQLiteStore(ListStore):
             if not rows or (types is not None and rows[0][1] not in types):
                 raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
             self._exec("DELETE FROM pending WHERE token = ?", (token,))
-        return _pending(rows[0])
+        return pending_record(rows[0])
 
     def repend(self, token: str, lifetime: float) -> PendingRecord:
         with self.transaction():
@@ -441,7 +393,7 @@ class SQLiteStore(ListStore):
         with self.transaction():
             rows = self._query(f"{_PENDING_SELECT} WHERE expires <= ? ORDER BY created, rowid", (now,))
             self._exec("DELETE FROM pending WHERE expires <= ?", (now,))
-        return [_pending(r) for r in rows]
+        return [pending_record(r) for r in rows]
 
     def pending(self, type: str | None = None) -> list[PendingRecord]:
         now = clock.now()
@@ -450,7 +402,7 @@ class SQLiteStore(ListStore):
         else:
             rows = self._query(f"{_PENDING_SELECT} WHERE type = ? AND expires > ? ORDER BY created, rowid",
                                (type, now))
-        return [_pending(r) for r in rows]
+        return [pending_record(r) for r in rows]
 
     # -- small durable facts -------------------------------------------------
     def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:
@@ -465,6 +417,20 @@ class SQLiteStore(ListStore):
             self._exec("DELETE FROM remembered WHERE rowid IN "
                        "(SELECT rowid FROM remembered WHERE expires <= ? LIMIT ?)", (now, REMEMBER_PURGE_BATCH))
         return True
+
+    def try_lock(self, name: str, ttl: float, holder: str) -> bool:
+        """See :meth:`ListStore.try_lock`: read and write under the write lock (``BEGIN IMMEDIATE``)."""
+        now = clock.now()
+        with self.transaction():
+            rows = self._query("SELECT holder, expires FROM leases WHERE name = ?", (name,))
+            if rows and rows[0][1] > now and rows[0][0] != holder:
+                return False
+            self._exec("INSERT OR REPLACE INTO leases (name, holder, expires) VALUES (?, ?, ?)",
+                       (name, holder, now + ttl))
+        return True
+
+    def unlock(self, name: str, holder: str) -> None:
+        self._exec("DELETE FROM leases WHERE name = ? AND holder = ?", (name, holder))
 
     @property
     def closed(self) -> bool:

@@ -18,7 +18,7 @@ import logging
 import sqlite3
 import urllib.parse
 
-from .base import Member, StoreError, StoreUnavailable
+from .base import StoreError, StoreUnavailable
 
 log = logging.getLogger("listgate.store")
 
@@ -86,14 +86,17 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
         "ALTER TABLE remembered ADD COLUMN owner TEXT",
     ),
+    # version 3: leases (try_lock) for periodic tasks
+    (
+        """CREATE TABLE leases (
+            name TEXT PRIMARY KEY,
+            holder TEXT NOT NULL,
+            expires REAL NOT NULL
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
-MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscribed_at", "status_changed_at",
-                  "bounce_score", "last_bounce_day", "last_bounce_at", "notices_left", "last_notice_at",
-                  "re_enable_token")
-EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
-assert tuple(Member.__dataclass_fields__) == MEMBER_COLUMNS, "rows build Member positionally"
 
 
 def store_error(exc: sqlite3.Error, path: str) -> StoreError:

@@ -1,0 +1,71 @@
+"""What every store backend does alike: address keys, the evidence cap, row shapes.
+
+One place for the rules both :mod:`listgate.store.sqlite` and
+:mod:`listgate.store.postgres` apply before anything reaches SQL, so the two
+backends cannot drift apart.
+"""
+from __future__ import annotations
+
+import json
+
+from ..addresses import bare, normalize
+from ..config import valid_address
+from .base import PENDING_TYPES, Member, PendingRecord
+
+EVIDENCE_KEEP = 5                 # bouncing messages kept per member (newest)
+EVIDENCE_MAX_BYTES = 256 * 1024   # per message; longer ones are cut with a note
+REMEMBER_PURGE_BATCH = 100        # expired (kind, key) facts dropped per remember() call
+
+MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscribed_at", "status_changed_at",
+                  "bounce_score", "last_bounce_day", "last_bounce_at", "notices_left", "last_notice_at",
+                  "re_enable_token")
+EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
+PENDING_COLUMNS = ("token", "type", "payload", "created", "expires")
+assert tuple(Member.__dataclass_fields__) == MEMBER_COLUMNS, "rows build Member positionally"
+
+
+def pending_record(row: tuple) -> PendingRecord:
+    """A row of :data:`PENDING_COLUMNS` (payload as JSON text) as a fresh record."""
+    return PendingRecord(token=row[0], type=row[1], payload=json.loads(row[2]), created=row[3], expires=row[4])
+
+
+def member_key(address: str) -> str | None:
+    """``normalize(address)``, None for a malformed address."""
+    try:
+        return normalize(address)
+    except ValueError:
+        return None
+
+
+def event_address(address: str | None) -> str | None:
+    """Events about an address are filed under its member key so they can be found again."""
+    if address is None:
+        return None
+    return member_key(address) or address
+
+
+def bare_address(address: str) -> str:
+    """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
+    plain = bare(address or "")
+    if not valid_address(plain):
+        raise ValueError(f"malformed address {address!r}")
+    return plain
+
+
+def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:
+    """``message`` if it fits in ``limit`` bytes, else its head plus a note saying it was cut."""
+    if len(message) <= limit:
+        return message
+    note = f"\n\n[listgate: bounce truncated from {len(message)} to at most {limit} bytes]\n".encode("ascii")
+    return message[: max(0, limit - len(note))] + note
+
+
+def pending_payload(type: str, payload: dict) -> str:
+    """``payload`` as the JSON text a pending record keeps (ASCII: \\u escapes keep NUL and lone
+    surrogates out of the column); ValueError for an unknown ``type`` or a payload JSON cannot hold."""
+    if type not in PENDING_TYPES:
+        raise ValueError(f"unknown pending type {type!r} (one of {', '.join(PENDING_TYPES)})")
+    try:
+        return json.dumps(payload, sort_keys=True)
+    except (TypeError, ValueError) as exc:
+        raise ValueError(f"pending payload is not JSON-safe: {exc}") from None

@@ -1,0 +1,460 @@
+"""The shared :class:`~listgate.store.base.ListStore`: every list in one PostgreSQL database.
+
+For sites with several MX hosts (site config ``store: {url: postgresql://...}``):
+a probe token made on one host is known on the others, a member added on one
+is a member on all. Tables and migrations: :mod:`listgate.store.postgres_schema`
+(created by ``listgate store init``; the daemons only check the version).
+
+Connections: one psycopg_pool pool per process and database URL, shared by
+every list's store. A thread takes one connection for a call, or for a whole
+:meth:`PostgresStore.transaction` block (nested blocks are savepoints on it).
+The pool checks a connection before handing it out and replaces broken ones,
+so after the server restarts or fails over the next call works again, with no
+restart of listgate. Every wait is bounded: ``connect_timeout`` for a
+connection (connecting, or waiting for a busy pool), ``busy_timeout`` for a
+list's write lock (PostgreSQL's ``lock_timeout``), ``statement_timeout`` for
+any statement; past them the caller gets :class:`StoreUnavailable` (4xx).
+
+Exactly once, across hosts: each write block takes its list's transaction-level
+advisory lock first (``pg_advisory_xact_lock``), which serialises one list's
+read-modify-writes (a bounce score) as SQLite's write lock does, and never
+waits on another list. The once-only answers rest on single statements and
+constraints: ``confirm_pending`` is a ``DELETE ... RETURNING`` (one confirmer
+gets the row), ``remember`` and ``try_lock`` an ``INSERT ... ON CONFLICT DO
+UPDATE ... WHERE`` on the primary key (one writer wins), pending tokens the
+primary key of their table (unique site-wide).
+
+Fork: a child process never uses its parent's pool (libpq forbids sharing a
+connection across processes, https://www.postgresql.org/docs/current/libpq-connect.html);
+it opens its own and keeps a reference to the parent's, so the parent's
+connections are neither used nor closed by the child.
+
+Credentials: the password is read from ``password_file`` at each connect and
+never logged; messages name the URL with any password masked.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+from contextlib import contextmanager
+from typing import Any, Iterable, Iterator
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from .. import clock
+from ..addresses import normalize
+from ..config import mask_url
+from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
+                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
+from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
+                     bare_address, event_address, member_key, pending_payload, pending_record, truncate_evidence)
+from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
+from .tokens import new_token
+
+log = logging.getLogger("listgate.store")
+
+_MEMBER_SELECT = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members"
+_PENDING_RETURNING = ", ".join(PENDING_COLUMNS)
+_PENDING_SELECT = f"SELECT {_PENDING_RETURNING} FROM pending"
+
+
+# -- one pool per process and URL ------------------------------------------------------------
+
+class _Database:
+    """A process's pool for one store config, and whether its schema was found current."""
+
+    def __init__(self, conf):
+        self.where = f"PostgreSQL store {mask_url(conf.url)}"
+        self.schema_ok = False
+        self.pool = ConnectionPool(
+            conf.url, min_size=conf.pool.min, max_size=conf.pool.max, kwargs=lambda: connect_kwargs(conf),
+            timeout=conf.connect_timeout, check=ConnectionPool.check_connection, open=False, name="listgate",
+            # the pool's own retries (with growing back-off) stop after connect_timeout; the next
+            # caller then starts a fresh attempt, so a server that is back is used at once
+            reconnect_timeout=conf.connect_timeout)
+        self.pool.open(wait=False)          # a server down at start-up: callers get 4xx until it is up
+
+
+_databases: dict[tuple, _Database] = {}
+_databases_pid = os.getpid()
+_inherited: list[_Database] = []            # the parent's pools, kept so the child never closes them
+_databases_lock = threading.Lock()
+
+
+def connect_kwargs(conf) -> dict[str, Any]:
+    """libpq parameters for a new connection (https://www.postgresql.org/docs/current/libpq-connect.html).
+
+    The password comes from ``conf.password_file`` (read now, so a changed
+    password needs no restart); raises OSError if that file cannot be read.
+    """
+    options = (f"-c statement_timeout={int(conf.statement_timeout * 1000)} "
+               f"-c lock_timeout={int(conf.busy_timeout * 1000)}")
+    kwargs: dict[str, Any] = {"autocommit": True, "application_name": "listgate", "options": options,
+                              "connect_timeout": max(1, round(conf.connect_timeout))}
+    if conf.password_file:
+        with open(conf.password_file, encoding="utf-8") as fh:
+            kwargs["password"] = fh.read().strip("\r\n")
+    return kwargs
+
+
+def database(conf) -> _Database:
+    """This process's :class:`_Database` for store config ``conf`` (made on first use)."""
+    global _databases_pid
+    key = (conf.url, conf.password_file, conf.pool.min, conf.pool.max, conf.connect_timeout,
+           conf.statement_timeout, conf.busy_timeout)
+    with _databases_lock:
+        if _databases_pid != os.getpid():
+            _inherited.extend(_databases.values())
+            _databases.clear()
+            _databases_pid = os.getpid()
+        db = _databases.get(key)
+        if db is None:
+            db = _databases[key] = _Database(conf)
+        return db
+
+
+def close_databases() -> None:
+    """Close every pool this process opened (tests, daemon shutdown)."""
+    with _databases_lock:
+        mine = list(_databases.values()) if _databases_pid == os.getpid() else []
+        _databases.clear()
+    for db in mine:
+        db.pool.close(timeout=5)
+
+
+def init(conf) -> list[int]:
+    """Create or bring forward the schema (``listgate store init``); the versions applied.
+
+    Connects on its own (no pool) with the site's credentials; the role needs
+    the right to create tables in the database. Raises StoreUnavailable.
+    """
+    where = f"PostgreSQL store {mask_url(conf.url)}"
+    try:
+        with psycopg.connect(conf.url, **connect_kwargs(conf)) as conn:
+            return migrate(conn)
+    except psycopg.Error as exc:
+        raise store_error(exc, where) from None
+    except OSError as exc:
+        raise StoreUnavailable(f"{where}: cannot read the password file: {exc.strerror}") from None
+
+
+class _Held:
+    """A connection a thread holds for a call or a transaction block, and the block's depth."""
+
+    __slots__ = ("conn", "depth")
+
+    def __init__(self, conn: psycopg.Connection):
+        self.conn = conn
+        self.depth = 0
+
+
+def clean_text(text: str | None) -> str | None:
+    """``text`` as PostgreSQL's text type holds it: no NUL, no lone surrogate (each becomes U+FFFD / '?')."""
+    if text is None:
+        return None
+    return str(text).replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
+class PostgresStore(ListStore):
+    """List ``list_key``'s rows in the PostgreSQL database of store config ``conf``.
+
+    Creating one does not connect; a call raises :class:`StoreUnavailable`
+    when the server cannot be reached in time or its schema is not this
+    code's (run ``listgate store init``).
+    """
+
+    def __init__(self, conf, list_key: str):
+        self.conf = conf
+        self.list_key = list_key.lower()
+        self.where = f"list store {self.list_key} on {mask_url(conf.url)}"
+        self._closed = False
+        self._local = threading.local()
+        self._pid = os.getpid()
+
+    # -- connections -------------------------------------------------------
+    @contextmanager
+    def _lease(self) -> Iterator[_Held]:
+        """This thread's connection for the whole block; nested leases in the thread get the same one."""
+        if self._pid != os.getpid():
+            self._local, self._pid = threading.local(), os.getpid()     # the parent's: never used here
+        held = getattr(self._local, "held", None)
+        if held is not None:
+            yield held
+            return
+        if self._closed:
+            raise StoreUnavailable(f"{self.where} is closed")
+        db = database(self.conf)
+        try:
+            conn = db.pool.getconn()
+        except psycopg.Error as exc:        # PoolTimeout: the server is unreachable or every connection busy
+            raise store_error(exc, self.where) from None
+        try:
+            if not db.schema_ok:
+                try:
+                    check_schema(conn, self.where)
+                except psycopg.Error as exc:
+                    raise store_error(exc, self.where) from None
+                db.schema_ok = True
+            held = self._local.held = _Held(conn)
+            yield held
+        finally:
+            if getattr(self._local, "held", None) is held:
+                self._local.held = None
+            db.pool.putconn(conn)           # the pool discards a broken connection, rolls back an open one
+
+    def _query(self, sql: str, params: Iterable[Any] = ()) -> list[tuple]:
+        with self._lease() as held:
+            try:
+                return held.conn.execute(sql, tuple(params)).fetchall()
+            except psycopg.Error as exc:
+                raise store_error(exc, self.where) from exc
+
+    def _exec(self, sql: str, params: Iterable[Any] = ()) -> psycopg.Cursor:
+        with self._lease() as held:
+            try:
+                return held.conn.execute(sql, tuple(params))
+            except psycopg.Error as exc:
+                raise store_error(exc, self.where) from exc
+
+    # -- transactions -----------------------------------------------------
+    @contextmanager
+    def transaction(self) -> Iterator[None]:
+        """``BEGIN`` and the list's advisory write lock ... ``COMMIT``; nested uses are savepoints.
+
+        The lock is held until the outer block ends; a writer waits for it at
+        most ``busy_timeout`` (then StoreUnavailable). A nested block that
+        raises undoes only its own writes (the exception still propagates).
+        """
+        with self._lease() as held:
+            try:
+                with held.conn.transaction():
+                    if held.depth == 0:
+                        held.conn.execute("SELECT pg_advisory_xact_lock(%s, hashtext(%s))",
+                                          (LOCK_LIST, self.list_key))
+                    held.depth += 1
+                    try:
+                        yield
+                    finally:
+                        held.depth -= 1
+            except psycopg.Error as exc:    # BEGIN, the lock, COMMIT or ROLLBACK failed
+                raise store_error(exc, self.where) from exc
+
+    # -- members ----------------------------------------------------------
+    def get_member(self, address: str) -> Member | None:
+        """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
+        key = member_key(address)
+        if key is None or clean_text(key) != key:
+            return None
+        rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s AND key = %s", (self.list_key, key))
+        return Member(*rows[0]) if rows else None
+
+    def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
+        bare = bare_address(address)
+        if clean_text(bare) != bare:
+            raise ValueError(f"malformed address {address!r}")
+        if status not in DELIVERY_STATUSES:
+            raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
+        now = clock.now()
+        member = Member(address=bare, key=normalize(bare), display_name=clean_text(display_name) or "",
+                        delivery_status=status, subscribed_at=now,
+                        status_changed_at=None if status == "enabled" else now)
+        with self.transaction():
+            cur = self._exec(f"INSERT INTO members (list_key, {', '.join(MEMBER_COLUMNS)}) VALUES "
+                             f"(%s, {', '.join(['%s'] * len(MEMBER_COLUMNS))}) ON CONFLICT DO NOTHING",
+                             [self.list_key, *_member_values(member)])
+            if cur.rowcount == 0:
+                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+        return member
+
+    def remove_member(self, address: str) -> Member:
+        """Removes the member and their evidence (events stay: they are the history)."""
+        with self.transaction():
+            member = self._require(address)
+            self._exec("DELETE FROM members WHERE list_key = %s AND key = %s", (self.list_key, member.key))
+            self._exec("DELETE FROM evidence WHERE list_key = %s AND member_key = %s", (self.list_key, member.key))
+        return member
+
+    def members(self, status: str | None = None) -> list[Member]:
+        if status is None:
+            rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s ORDER BY key", (self.list_key,))
+        else:
+            rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s AND delivery_status = %s ORDER BY key",
+                               (self.list_key, status))
+        return [Member(*r) for r in rows]
+
+    def save_member(self, member: Member) -> None:
+        if member.delivery_status not in DELIVERY_STATUSES:
+            raise ValueError(f"unknown delivery status {member.delivery_status!r}")
+        columns = [c for c in MEMBER_COLUMNS if c != "key"]
+        values = [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in columns)]
+        with self.transaction():
+            cur = self._exec(f"UPDATE members SET {', '.join(f'{c} = %s' for c in columns)} "
+                             "WHERE list_key = %s AND key = %s", [*values, self.list_key, member.key])
+            if cur.rowcount == 0:
+                raise NotAMember(f"{member.address} is not a member of {self.list_key}")
+
+    def change_address(self, old: str, new: str) -> Member:
+        """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
+        bare = bare_address(new)
+        if clean_text(bare) != bare:
+            raise ValueError(f"malformed address {new!r}")
+        new_key = normalize(bare)
+        with self.transaction():
+            member = self._require(old)
+            if new_key != member.key and self.get_member(bare) is not None:
+                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            self._exec("UPDATE members SET key = %s, address = %s WHERE list_key = %s AND key = %s",
+                       (new_key, bare, self.list_key, member.key))
+            self._exec("UPDATE evidence SET member_key = %s WHERE list_key = %s AND member_key = %s",
+                       (new_key, self.list_key, member.key))
+        member.key, member.address = new_key, bare
+        return member
+
+    # -- bounce evidence ---------------------------------------------------
+    def add_evidence(self, address: str, message: bytes, at: float) -> None:
+        """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
+        key = clean_text(member_key(address) or address)
+        with self.transaction():
+            self._exec("INSERT INTO evidence (list_key, member_key, at, message) VALUES (%s, %s, %s, %s)",
+                       (self.list_key, key, at, truncate_evidence(bytes(message))))
+            self._exec("DELETE FROM evidence WHERE list_key = %s AND member_key = %s AND id NOT IN "
+                       "(SELECT id FROM evidence WHERE list_key = %s AND member_key = %s "
+                       "ORDER BY at DESC, id DESC LIMIT %s)", (self.list_key, key, self.list_key, key, EVIDENCE_KEEP))
+
+    def evidence(self, address: str) -> list[tuple[float, bytes]]:
+        key = clean_text(member_key(address) or address)
+        rows = self._query("SELECT at, message FROM evidence WHERE list_key = %s AND member_key = %s "
+                           "ORDER BY at DESC, id DESC", (self.list_key, key))
+        return [(at, bytes(msg)) for at, msg in rows]
+
+    # -- bounce events -------------------------------------------------------
+    def add_event(self, event: BounceEvent) -> int:
+        """Append ``event`` (address filed under its member key; NUL and lone surrogates replaced); its id."""
+        values = [getattr(event, c) for c in EVENT_COLUMNS[:-1]]
+        values[1] = event_address(event.address)
+        values = [clean_text(v) if isinstance(v, str) else v for v in values]
+        with self.transaction():
+            rows = self._query(f"INSERT INTO events (list_key, {', '.join(EVENT_COLUMNS[:-1])}) VALUES "
+                               f"(%s, {', '.join(['%s'] * (len(EVENT_COLUMNS) - 1))}) RETURNING id",
+                               [self.list_key, *values])
+        event.id = rows[0][0]
+        return event.id
+
+    def events(self, address: str | None = None, since: float | None = None,
+               limit: int | None = None) -> list[BounceEvent]:
+        where, params = ["list_key = %s"], [self.list_key]
+        if address is not None:
+            where.append("address = %s")
+            params.append(clean_text(event_address(address)))
+        if since is not None:
+            where.append("at >= %s")
+            params.append(since)
+        sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT %s"
+            params.append(int(limit))
+        return [BounceEvent(**dict(zip(EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    # -- pending records -----------------------------------------------------
+    def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
+        """Raises ValueError for an unknown type or a payload JSON cannot hold."""
+        text = pending_payload(type, payload)
+        now = clock.now()
+        with self.transaction():
+            while True:  # the token is the primary key site-wide: a collision (never seen) draws again
+                token = new_token()
+                cur = self._exec("INSERT INTO pending (token, list_key, type, payload, created, expires) "
+                                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (token) DO NOTHING",
+                                 (token, self.list_key, type, text, now, now + lifetime))
+                if cur.rowcount == 1:
+                    break
+        return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
+
+    def peek_pending(self, token: str) -> PendingRecord | None:
+        rows = self._query(f"{_PENDING_SELECT} WHERE token = %s AND list_key = %s AND expires > %s",
+                           (clean_text(token), self.list_key, clock.now()))
+        return pending_record(rows[0]) if rows else None
+
+    def confirm_pending(self, token: str, type: str | Iterable[str] | None = None) -> PendingRecord:
+        """One ``DELETE ... RETURNING``: of two hosts confirming at once, one gets the row.
+
+        An expired record is left for :meth:`evict_expired` (whose caller acts on it).
+        """
+        types = [type] if isinstance(type, str) else (list(type) if type is not None else list(PENDING_TYPES))
+        with self.transaction():
+            rows = self._query(f"DELETE FROM pending WHERE token = %s AND list_key = %s AND expires > %s "
+                               f"AND type = ANY(%s) RETURNING {_PENDING_RETURNING}",
+                               (clean_text(token), self.list_key, clock.now(), types))
+        if not rows:
+            raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
+        return pending_record(rows[0])
+
+    def repend(self, token: str, lifetime: float) -> PendingRecord:
+        now = clock.now()
+        with self.transaction():
+            rows = self._query(f"UPDATE pending SET expires = %s WHERE token = %s AND list_key = %s "
+                               f"AND expires > %s RETURNING {_PENDING_RETURNING}",
+                               (now + lifetime, clean_text(token), self.list_key, now))
+        if not rows:
+            raise UnknownToken(f"unknown or expired token {token!r} for {self.list_key}")
+        return pending_record(rows[0])
+
+    def evict_expired(self) -> list[PendingRecord]:
+        with self.transaction():
+            rows = self._query(f"WITH gone AS (DELETE FROM pending WHERE list_key = %s AND expires <= %s "
+                               f"RETURNING {_PENDING_RETURNING}, seq) "
+                               f"SELECT {_PENDING_RETURNING} FROM gone ORDER BY created, seq",
+                               (self.list_key, clock.now()))
+        return [pending_record(r) for r in rows]
+
+    def pending(self, type: str | None = None) -> list[PendingRecord]:
+        where, params = "list_key = %s AND expires > %s", [self.list_key, clock.now()]
+        if type is not None:
+            where += " AND type = %s"
+            params.append(type)
+        rows = self._query(f"{_PENDING_SELECT} WHERE {where} ORDER BY created, seq", params)
+        return [pending_record(r) for r in rows]
+
+    # -- small durable facts -------------------------------------------------
+    def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:
+        """One upsert on the primary key decides, so two hosts remembering one key at once get one True."""
+        now = clock.now()
+        with self.transaction():
+            rows = self._query(
+                "INSERT INTO remembered AS r (list_key, kind, key, expires, owner) VALUES (%s, %s, %s, %s, %s) "
+                "ON CONFLICT (list_key, kind, key) DO UPDATE SET expires = EXCLUDED.expires, owner = EXCLUDED.owner "
+                "WHERE r.expires <= %s OR r.owner = EXCLUDED.owner RETURNING 1",
+                (self.list_key, clean_text(kind), clean_text(key), now + ttl, clean_text(owner), now))
+            # Bounded clean-up so the table does not grow with every Message-ID ever seen.
+            self._exec("DELETE FROM remembered WHERE ctid = ANY(ARRAY(SELECT ctid FROM remembered "
+                       "WHERE list_key = %s AND expires <= %s LIMIT %s))", (self.list_key, now, REMEMBER_PURGE_BATCH))
+        return bool(rows)
+
+    def try_lock(self, name: str, ttl: float, holder: str) -> bool:
+        """See :meth:`ListStore.try_lock`: one upsert on the lease's primary key decides."""
+        now = clock.now()
+        rows = self._query(
+            "INSERT INTO leases AS l (list_key, name, holder, expires) VALUES (%s, %s, %s, %s) "
+            "ON CONFLICT (list_key, name) DO UPDATE SET holder = EXCLUDED.holder, expires = EXCLUDED.expires "
+            "WHERE l.expires <= %s OR l.holder = EXCLUDED.holder RETURNING 1",
+            (self.list_key, clean_text(name), clean_text(holder), now + ttl, now))
+        return bool(rows)
+
+    def unlock(self, name: str, holder: str) -> None:
+        self._exec("DELETE FROM leases WHERE list_key = %s AND name = %s AND holder = %s",
+                   (self.list_key, clean_text(name), clean_text(holder)))
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def close(self) -> None:
+        """Later calls raise StoreUnavailable; the process's pool (shared by every list) stays open."""
+        self._closed = True
+
+
+def _member_values(member: Member) -> list[Any]:
+    return [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in MEMBER_COLUMNS)]
