@@ -173,6 +173,25 @@ def test_tasks_run_evicts_expired_held_posts(env):
     assert any_text(env.sink.messages_for(OWNER), "expired without a decision")
 
 
+def test_tasks_of_a_list_run_once_per_period_whoever_asks(env):
+    """Another runner (another MX host, a cron job) holding the list's tasks lease
+    this period: the tasks are skipped here; once its lease expires they run here."""
+    from listgate.runner import tasks
+    env.members("a@one.test")
+    env.inject(message("stranger@x.test", "old"), sender="stranger@x.test")
+    env.run()
+    clock.freeze(clock.now())
+    interval = env.site.conf.runner.tasks_interval
+    assert env.store.try_lock("tasks", interval, "mx2.example:4242")
+    clock.advance(env.site.conf.pending.held_message + 60 - interval)
+    assert env.store.try_lock("tasks", interval, "mx2.example:4242")      # mx2 ran this period's tasks
+    assert tasks.run(env.site) == []
+    assert len(env.store.pending("held_message")) == 1
+    clock.advance(interval)
+    assert any("expired held_message" in line for line in tasks.run(env.site))
+    assert env.store.pending("held_message") == []
+
+
 def test_runner_schedules_tasks_by_interval(env):
     from listgate.runner import tasks
     from listgate.runner.loop import Runner

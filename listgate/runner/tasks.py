@@ -10,11 +10,18 @@ The runner runs the tasks every ``runner.tasks_interval`` seconds of
 :mod:`listgate.clock` time; the time of the last run is kept in
 ``STATE_DIR/runner-tasks.stamp`` so a cron job and a runner, or a restarted
 runner, do not repeat them early.
+
+Several runners (several MX hosts sharing one PostgreSQL store, or a cron job
+beside a runner) run each list's tasks once per period: before a list's
+tasks, the runner takes that list's ``tasks`` lease for ``tasks_interval``
+(:meth:`ListStore.try_lock`, one atomic step in the store), and a list whose
+lease another process holds is skipped.
 """
 from __future__ import annotations
 
 import logging
 import os
+import socket
 
 from .. import clock, messages
 from ..app import moderation
@@ -71,11 +78,16 @@ def run(site, engine=None) -> list[str]:
         engine = BounceEngine(site)
     started = clock.now()
     done: list[str] = []
+    holder = f"{socket.gethostname()}:{os.getpid()}"
     for lc in site.iter_lists():
         key = messages.list_key(lc)
         try:
+            store = open_store(site, key)
+            if not store.try_lock("tasks", site.conf.runner.tasks_interval, holder):
+                log.info("periodic tasks run elsewhere this period %s", kv(list=key))
+                continue
             done += [f"{key}: {line}" for line in engine.run_periodic(lc) or ()]
-            for rec in open_store(site, key).evict_expired():
+            for rec in store.evict_expired():
                 done.append(f"{key}: expired {rec.type} {rec.token}")
                 if rec.type == "held_message":
                     moderation.expired(site, lc, rec)
