@@ -366,6 +366,27 @@ def common_args(ap) -> None:
     ap.add_argument("--summary", metavar="FILE", help="append summary rows as JSON lines (bench/run.py)")
 
 
+def load_args(ap, rounds: int) -> None:
+    """The options of the benches that load Postfix with ``smtp-source``."""
+    ap.add_argument("--messages", type=int, default=500, help="messages per round and side (default 500)")
+    ap.add_argument("--sessions", type=int, default=4, help="parallel smtp-source sessions (default 4)")
+    ap.add_argument("--rounds", type=int, default=rounds, help=f"rounds; medians are reported (default {rounds})")
+
+
+def parse(ap, quick: dict, postfix: bool = True):
+    """Parse the command line (with :func:`common_args`); ``--quick`` sets ``quick``'s
+    values. Exits with status 2 when a Postfix bench cannot run here."""
+    common_args(ap)
+    args = ap.parse_args()
+    if args.quick:
+        vars(args).update(quick)
+    why = needs_postfix() if postfix else None
+    if why:
+        print(f"{ap.prog}: {why}", file=sys.stderr)
+        raise SystemExit(2)
+    return args
+
+
 def alternate(rounds: int, sides: dict, before=None) -> dict[str, list]:
     """Run each of ``sides`` (name -> callable returning a figure) once per round,
     the order rotated every round so that no side always goes first; ``before()``

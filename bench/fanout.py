@@ -71,14 +71,7 @@ def main() -> int:
     ap.add_argument("--members", type=int, default=2000, help="list members = deliveries per round (default 2000)")
     ap.add_argument("--rounds", type=int, default=3, help="rounds; medians are reported (default 3)")
     ap.add_argument("--size", type=int, default=2000, help="message size in bytes (default 2000)")
-    _mta.common_args(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.members, args.rounds = 300, 2
-    why = _mta.needs_postfix()
-    if why:
-        print(f"fanout bench: {why}", file=sys.stderr)
-        return 2
+    args = _mta.parse(ap, {"members": 300, "rounds": 2})
     tmp = Path(tempfile.mkdtemp(prefix="lgbench-fanout-"))
     try:
         with SmtpSink() as sink, BenchPostfix(sink_port=sink.port) as pf:

@@ -12,7 +12,6 @@ smtp-sink. Needs root and Postfix.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -108,17 +107,8 @@ def stored_posts(site: str) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=500, help="messages per round and side (default 500)")
-    ap.add_argument("--sessions", type=int, default=4, help="parallel smtp-source sessions (default 4)")
-    ap.add_argument("--rounds", type=int, default=5, help="rounds; medians are reported (default 5)")
-    _mta.common_args(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.messages, args.rounds = 200, 3
-    why = _mta.needs_postfix()
-    if why:
-        print(f"milter bench: {why}", file=sys.stderr)
-        return 2
+    _mta.load_args(ap, rounds=5)
+    args = _mta.parse(ap, {"messages": 200, "rounds": 3})
     tmp = Path(tempfile.mkdtemp(prefix="lgbench-milter-"))
     pf = None
     try:

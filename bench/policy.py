@@ -43,17 +43,8 @@ def wired(pf) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--messages", type=int, default=500, help="messages per round and side (default 500)")
-    ap.add_argument("--sessions", type=int, default=4, help="parallel smtp-source sessions (default 4)")
-    ap.add_argument("--rounds", type=int, default=7, help="rounds; medians are reported (default 7)")
-    _mta.common_args(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.messages, args.rounds = 200, 3
-    why = _mta.needs_postfix()
-    if why:
-        print(f"policy bench: {why}", file=sys.stderr)
-        return 2
+    _mta.load_args(ap, rounds=7)
+    args = _mta.parse(ap, {"messages": 200, "rounds": 3})
     tmp = Path(tempfile.mkdtemp(prefix="lgbench-policy-"))
     policy_port = free_port()
     pf = BenchPostfix(policy=f"inet:{policy_port}@127.0.0.1", extra={"default_transport": "discard:bench"},

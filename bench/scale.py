@@ -183,10 +183,8 @@ def main() -> int:
     ap.add_argument("--delivery", choices=("discard", "sink"), default="discard",
                     help="where Postfix delivers the fan-out (default discard)")
     ap.add_argument("--timeout", type=float, default=900, help="bound on one fan-out, seconds (default 900)")
-    _mta.common_args(ap)
-    args = ap.parse_args()
-    if args.quick:
-        args.members, args.store_members, args.requests = "1000,10000", "100000", 500
+    # the store-level sizes alone need no Postfix: checked below, once the sizes are known
+    args = _mta.parse(ap, {"members": "1000,10000", "store_members": "100000", "requests": 500}, postfix=False)
     sizes = [int(x) for x in args.members.split(",") if x]
     store_sizes = [int(x) for x in args.store_members.split(",") if x]
     if sizes and _mta.needs_postfix():
