@@ -231,8 +231,8 @@ def main() -> int:
                 if i is not None:
                     x, y = x[i], y[i]
                 return f"{y / x:.2f}"
-            print(f"| {a['n']:,} → {b['n']:,} (×{b['n'] / a['n']:g}) | {g('import')} | {g('post50')} | {g('post99')} | {g('verp50')} | "
-                  f"{g('verp99')} | {g('policy_rss', 1)} | {g('fanout')} |")
+            print(f"| {a['n']:,} → {b['n']:,} (×{b['n'] / a['n']:g}) | {g('import')} | {g('post50')} | "
+                  f"{g('post99')} | {g('verp50')} | {g('verp99')} | {g('policy_rss', 1)} | {g('fanout')} |")
     print()
     for r in rows:
         _mta.summary(args, f"e. scale, {r['n']:,} members",
