@@ -8,9 +8,9 @@ this script prints the machine's description, the summary table against the
 targets (from the benches' ``--summary`` rows), then every section, and how
 long it all took. ``--quick`` passes ``--quick`` to each (short counts: a
 check that the benches work, not figures to publish). A full run takes
-about 20-30 minutes on a quiet 2-core machine, most of it bench/scale.py
-(10,000 and 100,000 members through the whole stack, 1,000,000 in the store);
-``--quick`` about 3 minutes.
+about 10 minutes on a 2-core machine, most of it bench/scale.py (10,000 and
+100,000 members through the whole stack, 1,000,000 in the store); ``--quick``
+about 2 minutes.
 """
 from __future__ import annotations
 
