@@ -87,17 +87,11 @@ def loadavg() -> str:
 
 # -- /proc -----------------------------------------------------------------------
 
-def cpu_seconds(pid: int | None = None) -> float:
-    """CPU time so far (user + system, s): of process ``pid``, or of the whole machine
-    (every core's busy time) when ``pid`` is None."""
-    hz = os.sysconf("SC_CLK_TCK")
-    if pid is None:
-        with open("/proc/stat") as fh:
-            f = [int(x) for x in fh.readline().split()[1:]]
-        return (sum(f) - f[3] - f[4]) / hz  # all but idle and iowait
+def cpu_seconds(pid: int) -> float:
+    """CPU time process ``pid`` has used so far (user + system, all threads), seconds."""
     with open(f"/proc/{pid}/stat") as fh:
         f = fh.read().rsplit(")", 1)[1].split()
-    return (int(f[11]) + int(f[12])) / hz
+    return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def memory_mib(pid: int) -> tuple[float, float]:
@@ -401,12 +395,44 @@ def alternate(rounds: int, sides: dict, before=None) -> dict[str, list]:
     return out
 
 
-def throughput(pf, port: int, rcpt: str, messages: int, sessions: int, pid: int | None = None,
+def mta_cpu(pf, pids=()) -> float:
+    """CPU seconds used so far by this Postfix instance and by processes ``pids``
+    (listgate's daemons): every live process of the instance, plus what its
+    master has collected from the children it reaped. Unlike the machine's
+    busy time, other users of a shared machine do not count."""
+    hz = os.sysconf("SC_CLK_TCK")
+    master = pf.master_pid()
+    total = 0
+    for pid in set(pf._instance_pids()) | set(pids):
+        try:
+            with open(f"/proc/{pid}/stat") as fh:
+                f = fh.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # exited: its master has its time now
+        total += int(f[11]) + int(f[12]) + (int(f[13]) + int(f[14]) if pid == master else 0)
+    return total / hz
+
+
+def drained(pf, timeout: float = 120) -> None:
+    """Wait until Postfix's queue directories hold no message (read directly: asking
+    ``postqueue`` would add Postfix processes to what is measured)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if not any(files for q in ("maildrop", "incoming", "active", "deferred")
+                   for _, _, files in os.walk(pf.queue_dir / q)):
+            return
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Postfix queue not empty after {timeout:.0f}s")
+        time.sleep(0.02)
+
+
+def throughput(pf, port: int, rcpt: str, messages: int, sessions: int, pids=(),
                sender: str = "someone@senders.test") -> dict:
-    """One ``smtp-source`` run to ``port``: msg/s, the machine's CPU µs per message,
-    and process ``pid``'s (a daemon of listgate's) CPU µs per message."""
-    c0 = cpu_seconds()
-    p0 = cpu_seconds(pid) if pid else 0.0
+    """One ``smtp-source`` run to ``port``: msg/s until its last QUIT; CPU µs per
+    message of this Postfix and ``pids`` (listgate's daemons) until the queue has
+    drained; and of ``pids[0]`` alone."""
+    c0, p0 = mta_cpu(pf, pids), (cpu_seconds(pids[0]) if pids else 0.0)
     rate = smtp_source(port, rcpt, messages, sessions, sender=sender)
-    return {"rate": rate, "cpu": (cpu_seconds() - c0) / messages * 1e6,
-            "cpu_daemon": (cpu_seconds(pid) - p0) / messages * 1e6 if pid else float("nan")}
+    drained(pf)
+    return {"rate": rate, "cpu": (mta_cpu(pf, pids) - c0) / messages * 1e6,
+            "cpu_daemon": (cpu_seconds(pids[0]) - p0) / messages * 1e6 if pids else float("nan")}

@@ -12,8 +12,10 @@ messages of 2000 bytes over ``S`` parallel sessions to each, alternately, for
 ``R`` rounds; mail has no list recipient (``bob@members.test``), the mail an
 MTA running listgate mostly sees. Postfix delivers it to its ``discard``
 transport. Reported: the median rate of each, the median of the rounds'
-ratios (target >= 0.97), CPU per message (the machine's busy time, and the
-policy daemon's own) from ``/proc``.
+ratios (target >= 0.97), and CPU per message from ``/proc`` until Postfix's
+queue has drained: of this Postfix and the policy daemon together (other
+users of a shared machine do not count: on a CPU-bound machine its ratio
+without/with is what the throughput ratio tends to), and of the daemon alone.
 """
 from __future__ import annotations
 
@@ -59,8 +61,8 @@ def main() -> int:
                 smtp_source(port, RCPT, 40, args.sessions)
             runs = _mta.alternate(args.rounds, {
                 "without": lambda: _mta.throughput(pf, pf.ports["nopolicy"], RCPT, args.messages, args.sessions),
-                "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, daemon.pid),
-            }, before=lambda: pf.wait_queue_empty(timeout=120))
+                "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, [daemon.pid]),
+            })
             rss = _mta.memory_mib(daemon.pid)[0]
     finally:
         pf.close()
@@ -71,17 +73,19 @@ def main() -> int:
     print("### Policy service: mail with no list recipient (bench/policy.py)\n")
     print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} smtp-source sessions, 2000 bytes, "
           f"medians; load average {_mta.loadavg()} at the end.\n")
-    print("| smtpd | msg/s | CPU µs/msg, machine | CPU µs/msg, policy daemon |")
+    print("| smtpd | msg/s | CPU µs/msg, Postfix + listgate | CPU µs/msg, policy daemon |")
     print("|---|---|---|---|")
     print(f"| without policy service | {m['without']['rate']:.0f} | {m['without']['cpu']:.0f} | |")
     print(f"| with `check_policy_service` (listgate) | {m['with']['rate']:.0f} | {m['with']['cpu']:.0f} | "
           f"{m['with']['cpu_daemon']:.0f} |")
     met = ratio >= TARGET
+    cpu_ratio = median([wo["cpu"] / w["cpu"] for w, wo in zip(runs["with"], runs["without"])])
     print(f"\nratio with/without (median of the rounds' ratios): **{ratio:.2f}** "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); target >= {TARGET}: {'met' if met else 'NOT met'}. "
-          f"Policy daemon RSS after the run: {rss:.0f} MiB.\n")
+          f"CPU per message without/with: {cpu_ratio:.2f}. Policy daemon RSS after the run: {rss:.0f} MiB.\n")
     _mta.summary(args, "a. Postfix + policy service vs Postfix alone, no list recipient", round(ratio, 2),
-                 f">= {TARGET}", met, f"{m['with']['rate']:.0f} vs {m['without']['rate']:.0f} msg/s")
+                 f">= {TARGET}", met,
+                 f"{m['with']['rate']:.0f} vs {m['without']['rate']:.0f} msg/s; CPU/msg ratio {cpu_ratio:.2f}")
     return 0
 
 
