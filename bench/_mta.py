@@ -12,6 +12,7 @@ bench starts is stopped by the bench.
 from __future__ import annotations
 
 import json
+import math
 import os
 import platform
 import re
@@ -109,7 +110,7 @@ def memory_mib(pid: int) -> tuple[float, float]:
 def percentile(values: list[float], q: float) -> float:
     """The ``q`` quantile (0..1) of ``values``, nearest rank."""
     s = sorted(values)
-    return s[min(len(s) - 1, max(0, int(round(q * len(s) + 0.5)) - 1))]
+    return s[min(len(s) - 1, max(0, math.ceil(q * len(s)) - 1))]
 
 
 def median(values: list[float]) -> float:

@@ -178,10 +178,12 @@ def main() -> int:
     print(f"- c. list posts, listgate / no milter: **{rc:.2f}** (target >= 0.5); CPU per message none/listgate "
           f"{cpu_ratio(posts, 'listgate', 'none'):.2f}; {stored} posts stored, as many as sent")
     print(f"- listgate milter RSS after the run: {rss[0]:.0f} MiB (peak {rss[1]:.0f} MiB)\n")
-    _mta.summary(args, "b. Postfix + listgate milter vs + null milter, no list recipient", round(rb, 2), ">= 0.97",
-                 rb >= 0.97, f"{med(other, 'listgate'):.0f} vs {med(other, 'null'):.0f} msg/s")
-    _mta.summary(args, "c. list posts, Postfix + listgate milter vs Postfix alone", round(rc, 2), ">= 0.5",
-                 rc >= 0.5, f"{med(posts, 'listgate'):.0f} vs {med(posts, 'none'):.0f} msg/s")
+    _mta.summary(args, "b. Postfix + listgate milter vs + null milter, no list recipient", f"{rb:.2f}", ">= 0.97",
+                 rb >= 0.97, f"{med(other, 'listgate'):.0f} vs {med(other, 'null'):.0f} msg/s; "
+                 f"CPU/msg ratio {cpu_ratio(other, 'listgate', 'null'):.2f}")
+    _mta.summary(args, "c. list posts, Postfix + listgate milter vs Postfix alone", f"{rc:.2f}", ">= 0.5",
+                 rc >= 0.5, f"{med(posts, 'listgate'):.0f} vs {med(posts, 'none'):.0f} msg/s; "
+                 f"CPU/msg ratio {cpu_ratio(posts, 'listgate', 'none'):.2f}")
     return 0
 
 

@@ -83,7 +83,7 @@ def main() -> int:
     print(f"\nratio with/without (median of the rounds' ratios): **{ratio:.2f}** "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); target >= {TARGET}: {'met' if met else 'NOT met'}. "
           f"CPU per message without/with: {cpu_ratio:.2f}. Policy daemon RSS after the run: {rss:.0f} MiB.\n")
-    _mta.summary(args, "a. Postfix + policy service vs Postfix alone, no list recipient", round(ratio, 2),
+    _mta.summary(args, "a. Postfix + policy service vs Postfix alone, no list recipient", f"{ratio:.2f}",
                  f">= {TARGET}", met,
                  f"{m['with']['rate']:.0f} vs {m['without']['rate']:.0f} msg/s; CPU/msg ratio {cpu_ratio:.2f}")
     return 0
