@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import yaml
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
 for p in (str(REPO), str(REPO / "tests")):
@@ -142,11 +144,17 @@ def init_instance(directory: Path, *, milter_socket: str, policy_socket: str, re
                    check=True, capture_output=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
     site_path = directory / "listgate.yaml"
     if poll_interval:
-        site_path.write_text(site_path.read_text() + f"runner:\n  poll_interval: {poll_interval}\n")
+        _edit_yaml(site_path, lambda d: d.setdefault("runner", {}).__setitem__("poll_interval", poll_interval))
     if non_member_action:
-        lst = directory / "lists.d" / "demo.yaml"
-        lst.write_text(lst.read_text().replace("non_member_action: hold", f"non_member_action: {non_member_action}"))
+        _edit_yaml(directory / "lists.d" / "demo.yaml", lambda d: d.__setitem__("non_member_action", non_member_action))
     return str(site_path)
+
+
+def _edit_yaml(path: Path, change) -> None:
+    """Rewrite a configuration file ``listgate init`` wrote, with ``change(data)`` applied (comments go)."""
+    data = yaml.safe_load(path.read_text())
+    change(data)
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
 
 
 def import_members(site_path: str, addresses, workdir: Path) -> float:
@@ -189,8 +197,8 @@ class Daemon:
                 deadline = time.monotonic() + self.timeout
                 while True:
                     if self.proc.poll() is not None:
-                        raise RuntimeError(f"{' '.join(self.argv[2:])} exited {self.proc.returncode}"
-                                           + (f"; see {self.log}" if self.log else ""))
+                        raise RuntimeError(f"{' '.join(self.argv[2:])} exited {self.proc.returncode}: "
+                                           + self.log_tail())
                     if time.monotonic() > deadline:
                         raise RuntimeError(f"{' '.join(self.argv[2:])} not ready within {self.timeout}s")
                     try:
@@ -205,6 +213,12 @@ class Daemon:
             if out is not subprocess.DEVNULL:
                 out.close()
             shutil.rmtree(notify_dir, ignore_errors=True)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log.read_text(errors="replace").splitlines()[-lines:]) if self.log else ""
+        except OSError:
+            return ""
 
     @property
     def pid(self) -> int:
