@@ -155,7 +155,8 @@ def full_stack(n: int, args, tmp: Path) -> dict:
                 milter_after = _mta.memory_mib(milter.pid)
                 sent = LogCounter(pf, rb"status=sent")
                 msg = (f"From: {member(0)}\r\nTo: {LIST}\r\nSubject: scale\r\n"
-                       f"Message-ID: <scale-{n}-{time.time_ns()}@members.test>\r\n\r\n").encode() + b"x" * 70 * 25
+                       f"Message-ID: <scale-{n}-{time.time_ns()}@members.test>\r\n\r\n").encode()
+                msg += (b"x" * 70 + b"\r\n") * 25
                 with pf.smtp() as c:
                     c.sendmail(member(0), [LIST], msg)
                 t0 = time.perf_counter()
@@ -167,11 +168,6 @@ def full_stack(n: int, args, tmp: Path) -> dict:
             pf.close()
             shutil.rmtree(tmp / f"stack-{n}", ignore_errors=True)
     return row
-
-
-def fmt(row: dict, key: str, spec: str = ".0f") -> str:
-    v = row.get(key)
-    return "" if v is None else format(v, spec)
 
 
 def main() -> int:
