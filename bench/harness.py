@@ -1,7 +1,7 @@
 """How fast the test harness is: Postfix instance start/stop, and delivery
 throughput into the aiosmtpd sink against Postfix's own smtp-sink.
 
-    python bench/harness.py [--messages 500] [--rounds 3]
+    python bench/harness.py [--messages 500] [--rounds 3] [--quick]
 
 One private Postfix (tests/harness) relays ``--messages`` messages injected
 with smtp-source (4 sessions) to (a) ``SmtpSink`` and (b) ``smtp-sink``, same
@@ -12,14 +12,12 @@ smtp-sink. Needs root and Postfix.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import subprocess
 import sys
 import time
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "tests"))
-
+import _mta  # noqa: E402  (puts tests/ on sys.path)
 from harness import PostfixInstance, SmtpSink, available, free_port  # noqa: E402
 
 
@@ -53,7 +51,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--messages", type=int, default=500)
     ap.add_argument("--rounds", type=int, default=3)
+    _mta.common_args(ap)
     args = ap.parse_args()
+    if args.quick:
+        args.messages, args.rounds = 100, 1
     if not available():
         print("needs root and Postfix", file=sys.stderr)
         return 2
@@ -82,12 +83,15 @@ def main() -> int:
         smtp_sink.terminate()
         smtp_sink.wait(10)
 
-    print(f"{'measure':<44} {'value':>10}")
-    print(f"{'PostfixInstance start (check + 220 banners), s':<44} {min(starts):>10.2f}")
-    print(f"{'PostfixInstance stop + cleanup, s':<44} {min(stops):>10.2f}")
-    print(f"{'Postfix -> SmtpSink (aiosmtpd), msg/s':<44} {max(ours):>10.0f}")
-    print(f"{'Postfix -> smtp-sink, msg/s':<44} {max(theirs):>10.0f}")
-    print(f"{'ratio SmtpSink / smtp-sink':<44} {max(ours) / max(theirs):>10.2f}")
+    print("### Test harness (bench/harness.py)\n")
+    print(f"{args.messages} messages x {args.rounds} rounds, best round; load average {_mta.loadavg()} at the end.\n")
+    print("| measure | value |")
+    print("|---|---|")
+    print(f"| PostfixInstance start (postfix check + 220 banners), s | {min(starts):.2f} |")
+    print(f"| PostfixInstance stop + cleanup, s | {min(stops):.2f} |")
+    print(f"| Postfix → SmtpSink (aiosmtpd), msg/s | {max(ours):.0f} |")
+    print(f"| Postfix → smtp-sink, msg/s | {max(theirs):.0f} |")
+    print(f"| ratio SmtpSink / smtp-sink | {max(ours) / max(theirs):.2f} |\n")
     return 0
 
 
