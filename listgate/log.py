@@ -32,13 +32,6 @@ def setup(conf=None, program: str = "listgate", level: str | None = None) -> Non
         handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(logging.Formatter(f"%(asctime)s {program}[%(process)d] %(levelname)s %(message)s"))
     root.addHandler(handler)
-    # Our formats name no source line, thread or process name: skip collecting
-    # them for every record (Python's logging HOWTO, "Optimization"). The
-    # milter logs a line per stored message, and findCaller alone cost more
-    # than the rest of the line.
-    logging._srcfile = None
-    logging.logThreads = False
-    logging.logMultiprocessing = False
     root.setLevel(lvl)
     root.propagate = False
     _configured = True

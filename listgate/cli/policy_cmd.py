@@ -2,10 +2,8 @@
 
 Runs in the foreground until SIGTERM/SIGINT (exit 0). Logs via
 :func:`listgate.log.setup` (stderr or syslog facility ``mail``) from the event
-loop's own thread: a logging thread was measured to cost more than it saves (bench/policy.py: with two
-threads, a log thread preempted while holding the GIL stalls the loop for
-milliseconds on a busy machine; one line written in-loop costs microseconds,
-as for Postfix's own daemons). Tells
+loop's own thread, as Postfix's own daemons do (a local syslog socket or
+stderr takes a line without waiting). Tells
 systemd it is ready (``Type=notify``, :mod:`listgate.sdnotify`) once the
 socket is bound. Exit 1 on bad configuration, 71 (EX_OSERR) if the socket
 cannot be bound (or a live server already holds it).
