@@ -38,6 +38,10 @@ class UnknownToken(StoreError):
     pass
 
 
+class UnknownEvent(StoreError):
+    pass
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be read or written durably now (disk full, read-only, locked): retry later."""
 
@@ -169,6 +173,17 @@ class ListStore(abc.ABC):
     def events(self, address: str | None = None, since: float | None = None,
                limit: int | None = None) -> list[BounceEvent]:
         """Newest first."""
+
+    @abc.abstractmethod
+    def event(self, event_id: int) -> BounceEvent | None:
+        """The event with ``event_id``, None if there is none (a malformed id is None too)."""
+
+    @abc.abstractmethod
+    def strike_event(self, event_id: int) -> BounceEvent:
+        """Mark event ``event_id`` wrongly scored: its ``action`` becomes ``struck`` and its
+        ``detail`` starts with ``[struck, was ACTION]`` (the history stays); returns the
+        event as it was. Raises :class:`UnknownEvent` for an id that names no event, or
+        one already struck."""
 
     # -- pending records -----------------------------------------------------
     @abc.abstractmethod

@@ -48,7 +48,7 @@ from .. import clock
 from ..addresses import normalize
 from ..config import mask_url
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
+                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownEvent, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
                      bare_address, event_address, member_key, pending_payload, pending_record, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
@@ -357,6 +357,23 @@ class PostgresStore(ListStore):
             sql += " LIMIT %s"
             params.append(int(limit))
         return [BounceEvent(**dict(zip(EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    def event(self, event_id: int) -> BounceEvent | None:
+        if not isinstance(event_id, int) or isinstance(event_id, bool) or not 0 < event_id < 2 ** 63:
+            return None
+        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE list_key = %s AND id = %s",
+                           (self.list_key, event_id))
+        return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
+
+    def strike_event(self, event_id: int) -> BounceEvent:
+        with self.transaction():
+            found = self.event(event_id)
+            if found is None or found.action == "struck":
+                raise UnknownEvent(f"no bounce event {event_id!r} to strike in {self.list_key}")
+            self._exec("UPDATE events SET action = 'struck', detail = %s WHERE list_key = %s AND id = %s",
+                       (clean_text(f"[struck, was {found.action}] {found.detail or ''}".strip()),
+                        self.list_key, event_id))
+        return found
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:

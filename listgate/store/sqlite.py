@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 from .. import clock
 from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PendingRecord, StoreUnavailable, UnknownToken)
+                   PendingRecord, StoreUnavailable, UnknownEvent, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
                      bare_address, event_address, member_key, pending_payload, pending_record,
                      truncate_evidence)
@@ -347,6 +347,21 @@ class SQLiteStore(ListStore):
             sql += " LIMIT ?"
             params.append(int(limit))
         return [BounceEvent(**dict(zip(EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    def event(self, event_id: int) -> BounceEvent | None:
+        if not isinstance(event_id, int) or isinstance(event_id, bool):
+            return None
+        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?", (event_id,))
+        return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
+
+    def strike_event(self, event_id: int) -> BounceEvent:
+        with self.transaction():
+            found = self.event(event_id)
+            if found is None or found.action == "struck":
+                raise UnknownEvent(f"no bounce event {event_id!r} to strike in {self.list_key}")
+            self._exec("UPDATE events SET action = 'struck', detail = ? WHERE id = ?",
+                       (f"[struck, was {found.action}] {found.detail or ''}".strip(), event_id))
+        return found
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
