@@ -48,7 +48,7 @@ from .. import clock
 from ..addresses import normalize
 from ..config import mask_url
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownEvent, UnknownToken)
+                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
                      bare_address, event_address, member_key, pending_payload, pending_record, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
@@ -365,15 +365,9 @@ class PostgresStore(ListStore):
                            (self.list_key, event_id))
         return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
 
-    def strike_event(self, event_id: int) -> BounceEvent:
-        with self.transaction():
-            found = self.event(event_id)
-            if found is None or found.action == "struck":
-                raise UnknownEvent(f"no bounce event {event_id!r} to strike in {self.list_key}")
-            self._exec("UPDATE events SET action = 'struck', detail = %s WHERE list_key = %s AND id = %s",
-                       (clean_text(f"[struck, was {found.action}] {found.detail or ''}".strip()),
-                        self.list_key, event_id))
-        return found
+    def _rewrite_event(self, event_id: int, action: str, detail: str) -> None:
+        self._exec("UPDATE events SET action = %s, detail = %s WHERE list_key = %s AND id = %s",
+                   (action, clean_text(detail), self.list_key, event_id))
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:

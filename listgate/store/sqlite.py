@@ -40,7 +40,7 @@ from typing import Any, Iterable, Iterator
 from .. import clock
 from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PendingRecord, StoreUnavailable, UnknownEvent, UnknownToken)
+                   PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
                      bare_address, event_address, member_key, pending_payload, pending_record,
                      truncate_evidence)
@@ -354,14 +354,8 @@ class SQLiteStore(ListStore):
         rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?", (event_id,))
         return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
 
-    def strike_event(self, event_id: int) -> BounceEvent:
-        with self.transaction():
-            found = self.event(event_id)
-            if found is None or found.action == "struck":
-                raise UnknownEvent(f"no bounce event {event_id!r} to strike in {self.list_key}")
-            self._exec("UPDATE events SET action = 'struck', detail = ? WHERE id = ?",
-                       (f"[struck, was {found.action}] {found.detail or ''}".strip(), event_id))
-        return found
+    def _rewrite_event(self, event_id: int, action: str, detail: str) -> None:
+        self._exec("UPDATE events SET action = ?, detail = ? WHERE id = ?", (action, detail, event_id))
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
