@@ -30,7 +30,8 @@ Rules, in the order a bounce meets them
   delivered, relayed, expanded, autoreply); classes of weight 0 (``policy``
   by default: the list's mail was refused, not the member's address — these
   never lead to a probe or a disable).
-* **Domain incident** (:mod:`listgate.app.incidents`): recorded as ``incident``, not scored.
+* **Site or domain incident** (:mod:`listgate.app.incidents`,
+  :mod:`listgate.app.site_incidents`): recorded as ``incident``, not scored.
 * **Scoring**: bounce info older than ``bounce_info_stale_after`` restarts the
   score; at most one increment per member per UTC day (``clock.day()``); the
   weight is ``bounce_weights[class]``; evidence is kept for scored bounces.
@@ -437,7 +438,7 @@ class BounceEngine:
         if cls in IGNORED_CLASSES:
             run.record(member.key, "ignored", failure, attribution=attribution)
             return
-        if incidents.domain_incident(run, member, failure, msg):
+        if incidents.site_incident(run, member, failure, msg) or incidents.domain_incident(run, member, failure, msg):
             run.record(member.key, "incident", failure, attribution=attribution)
             return
         weight = float(lc.bounce_weights.get(cls, 0.0) or 0.0)

@@ -171,8 +171,8 @@ class ListStore(abc.ABC):
 
     @abc.abstractmethod
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
-        """Newest first."""
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
+        """Newest first; only those whose ``action`` is in ``actions`` when given."""
 
     @abc.abstractmethod
     def event(self, event_id: int) -> BounceEvent | None:

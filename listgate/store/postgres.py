@@ -344,7 +344,7 @@ class PostgresStore(ListStore):
         return event.id
 
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
         where, params = ["list_key = %s"], [self.list_key]
         if address is not None:
             where.append("address = %s")
@@ -352,6 +352,10 @@ class PostgresStore(ListStore):
         if since is not None:
             where.append("at >= %s")
             params.append(since)
+        if actions is not None:
+            wanted = list(actions)
+            where.append(f"action IN ({', '.join(['%s'] * len(wanted)) or 'NULL'})")
+            params.extend(wanted)
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC"
         if limit is not None:
             sql += " LIMIT %s"

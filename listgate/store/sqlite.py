@@ -331,7 +331,7 @@ class SQLiteStore(ListStore):
         return event.id
 
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
         where, params = [], []
         if address is not None:
             where.append("address = ?")
@@ -339,6 +339,10 @@ class SQLiteStore(ListStore):
         if since is not None:
             where.append("at >= ?")
             params.append(since)
+        if actions is not None:
+            wanted = list(actions)
+            where.append(f"action IN ({', '.join(['?'] * len(wanted)) or 'NULL'})")
+            params.extend(wanted)
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
