@@ -459,6 +459,11 @@ class BounceEngine:
         member.last_bounce_day = today
         member.last_bounce_at = run.now
         run.store.add_evidence(member.key, msg, run.now)
+        if lc.bounce_notify_owner_on_bounce_increment:
+            run.send(notices.owner_member_notice(lc, member.address, "scored",
+                                                 f"score {member.bounce_score:g} of {lc.bounce_score_threshold:g}: "
+                                                 f"{cls} {failure.status or ''} {failure.diagnostic}", [msg]),
+                     run.to_owners(), "owner_notice")
         if member.bounce_score >= lc.bounce_score_threshold:
             probes.send_probe(run, member, msg)
             run.store.save_member(member)
