@@ -78,3 +78,23 @@ def test_subscription_after_removal_is_not_hit_by_an_old_probe(site):
     subscriptions.complete(env.site, env.lc, rec)
     assert env.store.peek_pending(probe.token) is None
     assert env.member(JANE).delivery_status == "enabled"
+
+
+def test_bounced_confirmation_cancels_its_pending_record(site):
+    """Issue 15 item 5: a subscription confirmation that bounces (DSN to L-bounces@D) cancels the request."""
+    env = make_env(site)
+    rec = env.store.add_pending("subscription", {"address": "new@gone.example", "display_name": ""}, DAY)
+    other = env.store.add_pending("subscription", {"address": "ok@fine.example", "display_name": ""}, DAY)
+    outcome = env.bounce(dsn("new@gone.example"), env.plain_rcpt())
+    assert [a.action for a in outcome.actions] == ["non_member", "pending_cancelled"]
+    assert env.store.peek_pending(rec.token) is None and env.store.peek_pending(other.token) is not None
+    [event] = env.store.events(actions=("pending_cancelled",))
+    assert "subscription confirmation to new@gone.example bounced" in event.detail
+
+
+def test_confirmation_refused_at_hand_over_cancels_the_change_of_address(site):
+    env = make_env(site)
+    rec = env.store.add_pending("change_of_address", {"old": JANE, "new": "typo@gone.example"}, DAY)
+    env.engine.register_failure(env.lc, "typo@gone.example", "hard", "5.1.1", "550 5.1.1 no such user")
+    assert env.store.peek_pending(rec.token) is None
+    assert env.member(JANE).delivery_status == "enabled"

@@ -282,7 +282,7 @@ class BounceEngine:
             else:
                 member = _find_member(run.store, address)
                 if member is None:
-                    run.record(address, "non_member", failure)
+                    self._non_member(run, address, failure)
                 else:
                     self._member_failure(run, member, failure, evidence)
             run.flush()
@@ -417,9 +417,16 @@ class BounceEngine:
             failure = _top(failures)
             member = _find_member(run.store, address)
             if member is None:
-                run.record(address, "non_member", failure)
+                self._non_member(run, address, failure)
             else:
                 self._member_failure(run, member, failure, msg)
+
+    def _non_member(self, run: _Run, address: str, failure: Failure) -> None:
+        run.record(address, "non_member", failure)
+        if failure is not None and failure.bounce_class in ("hard", "soft", "unknown"):
+            # A confirmation request to this address bounced: nobody can confirm it.
+            from .subscriptions import cancel_for_bounce
+            cancel_for_bounce(run, address)
 
     def _member_failure(self, run: _Run, member: Member, failure: Failure, msg: bytes,
                         attribution: str | None = None) -> None:

@@ -123,3 +123,37 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
                 notices.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
         return f"moved {old} to {new}"
     raise ValueError(f"a {rec.type} record cannot be confirmed")
+
+
+# Pending records that wait on a confirmation mailed to an address not (yet) a member,
+# and the payload key holding that address.
+_CONFIRMED_AT = {"subscription": "address", "change_of_address": "new"}
+
+
+def cancel_for_bounce(run, address: str) -> list[str]:
+    """A bounce from ``address``, not a member: a confirmation sent there cannot be answered,
+    so the pending ``subscription`` / ``change_of_address`` records waiting on it are
+    cancelled (recorded as ``pending_cancelled``). Called by the bounce engine inside its
+    transaction (``run``: see :mod:`listgate.app.probes`). Returns the cancelled types."""
+    try:
+        wanted = addresses.normalize(address)
+    except ValueError:
+        return []
+    gone = []
+    for rec in run.store.pending():
+        key = _CONFIRMED_AT.get(rec.type)
+        target = rec.payload.get(key) if key else None
+        try:
+            same = bool(target) and addresses.normalize(target) == wanted
+        except ValueError:
+            same = False
+        if not same:
+            continue
+        try:
+            run.store.confirm_pending(rec.token, rec.type)
+        except UnknownToken:
+            continue
+        gone.append(rec.type)
+        run.record(address, "pending_cancelled", None, bounce_class="none", attribution="confirm",
+                   detail=f"the {rec.type} confirmation to {target} bounced: the request is cancelled")
+    return gone
