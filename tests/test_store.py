@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from listgate import clock
-from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownToken,
+from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownEvent, UnknownToken,
                             close_all, open_store, store_path)
 from listgate.store.common import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES
 from listgate.store.sqlite import SQLiteStore
@@ -147,6 +147,25 @@ def test_evidence_is_capped_in_count_and_size(site, store):
     assert len(newest) <= EVIDENCE_MAX_BYTES and newest.startswith(b"XXXX") and b"truncated" in newest
     store.remove_member("a@example.com")
     assert store.evidence("a@example.com") == []
+
+
+@BOTH_BACKENDS
+def test_event_by_id_and_strike(site, store):
+    first = store.add_event(BounceEvent(at=T0, address="bob@example.com", bounce_class="hard", status="5.1.1",
+                                        action="scored", detail="user unknown"))
+    other = store.add_event(BounceEvent(at=T0 + 1, address="bob@example.com", bounce_class="hard",
+                                        action="scored"))
+    assert store.event(first).detail == "user unknown" and store.event(first).id == first
+    assert store.event(other + 1000) is None and store.event("1") is None and store.event(-1) is None
+    was = store.strike_event(first)
+    assert was.action == "scored"
+    struck = store.event(first)
+    assert struck.action == "struck" and struck.detail == "[struck, was scored] user unknown"
+    assert store.event(other).action == "scored"
+    with pytest.raises(UnknownEvent):
+        store.strike_event(first)          # already struck
+    with pytest.raises(UnknownEvent):
+        store.strike_event(other + 1000)
 
 
 @BOTH_BACKENDS

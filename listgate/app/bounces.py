@@ -30,7 +30,8 @@ Rules, in the order a bounce meets them
   delivered, relayed, expanded, autoreply); classes of weight 0 (``policy``
   by default: the list's mail was refused, not the member's address — these
   never lead to a probe or a disable).
-* **Domain incident** (:mod:`listgate.app.incidents`): recorded as ``incident``, not scored.
+* **Site or domain incident** (:mod:`listgate.app.incidents`,
+  :mod:`listgate.app.site_incidents`): recorded as ``incident``, not scored.
 * **Scoring**: bounce info older than ``bounce_info_stale_after`` restarts the
   score; at most one increment per member per UTC day (``clock.day()``); the
   weight is ``bounce_weights[class]``; evidence is kept for scored bounces.
@@ -281,7 +282,7 @@ class BounceEngine:
             else:
                 member = _find_member(run.store, address)
                 if member is None:
-                    run.record(address, "non_member", failure)
+                    self._non_member(run, address, failure)
                 else:
                     self._member_failure(run, member, failure, evidence)
             run.flush()
@@ -416,9 +417,16 @@ class BounceEngine:
             failure = _top(failures)
             member = _find_member(run.store, address)
             if member is None:
-                run.record(address, "non_member", failure)
+                self._non_member(run, address, failure)
             else:
                 self._member_failure(run, member, failure, msg)
+
+    def _non_member(self, run: _Run, address: str, failure: Failure) -> None:
+        run.record(address, "non_member", failure)
+        if failure is not None and failure.bounce_class in ("hard", "soft", "unknown"):
+            # A confirmation request to this address bounced: nobody can confirm it.
+            from .subscriptions import cancel_for_bounce
+            cancel_for_bounce(run, address)
 
     def _member_failure(self, run: _Run, member: Member, failure: Failure, msg: bytes,
                         attribution: str | None = None) -> None:
@@ -437,7 +445,7 @@ class BounceEngine:
         if cls in IGNORED_CLASSES:
             run.record(member.key, "ignored", failure, attribution=attribution)
             return
-        if incidents.domain_incident(run, member, failure, msg):
+        if incidents.site_incident(run, member, failure, msg) or incidents.domain_incident(run, member, failure, msg):
             run.record(member.key, "incident", failure, attribution=attribution)
             return
         weight = float(lc.bounce_weights.get(cls, 0.0) or 0.0)
@@ -458,6 +466,11 @@ class BounceEngine:
         member.last_bounce_day = today
         member.last_bounce_at = run.now
         run.store.add_evidence(member.key, msg, run.now)
+        if lc.bounce_notify_owner_on_bounce_increment:
+            run.send(notices.owner_member_notice(lc, member.address, "scored",
+                                                 f"score {member.bounce_score:g} of {lc.bounce_score_threshold:g}: "
+                                                 f"{cls} {failure.status or ''} {failure.diagnostic}", [msg]),
+                     run.to_owners(), "owner_notice")
         if member.bounce_score >= lc.bounce_score_threshold:
             probes.send_probe(run, member, msg)
             run.store.save_member(member)

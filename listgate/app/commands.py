@@ -106,7 +106,8 @@ def subscribe(ctx: Context, address: str | None = None) -> None:
     if not address or not _valid(address):
         ctx.results.append("subscribe: no usable address")
         return
-    if ctx.store.get_member(address) is not None:
+    member = ctx.store.get_member(address)
+    if member is not None and member.delivery_status != "by_bounce":  # by_bounce: confirming re-enables
         ctx.results.append(f"subscribe: {address} is already a member")
         return
     rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},

@@ -1,5 +1,10 @@
 """Incidents: failures that are not the members' own, so they are not scored.
 
+Two kinds. A *domain incident* (one remote domain failing for its members)
+and a *site incident* (our own MTA, or one cause across many domains); both
+pause fan-out to what they cover (:mod:`listgate.app.site_incidents` keeps
+that state; this module holds the rules that recognise them).
+
 A domain incident (DESIGN.md, "Bounce life cycle"): when at least
 ``bounce_domain_incident.members`` distinct members at one domain fail with one status within
 ``bounce_domain_incident.window`` (counting the current bounce), the bounce
@@ -21,7 +26,7 @@ from .. import addresses
 from ..bounce.classify import Failure
 from ..config.schema import DAY
 from ..store import Member
-from . import notices
+from . import notices, site_incidents
 
 log = logging.getLogger("listgate.app.incidents")
 
@@ -55,4 +60,43 @@ def domain_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
                  run.to_owners(), "owner_notice")
         log.warning("domain incident list=%s domain=%s status=%s members=%d",
                     run.key, domain, failure.status, len(seen))
+    # Pause fan-out to the domain until a delivery there succeeds (the owners were told above).
+    site_incidents.open_incident(run.site, run.lc, run.store, domain,
+                                 f"{len(seen)} members at {domain} failing with {failure.status}",
+                                 [f"{a}: {failure.status} {failure.diagnostic}" for a in sorted(seen)][:20], msg,
+                                 send=run.send, tell_owners=False)
+    return True
+
+
+def site_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
+    """True if ``failure`` is covered by an open site or domain incident, or opens one by
+    :func:`share_incident` (then it is recorded, not scored)."""
+    if site_incidents.covering(run.store, run.lc, member.key) is not None:
+        return True
+    return share_incident(run, member, failure, msg)
+
+
+def share_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
+    """Rule (b) of a site incident: failures with one status and one text (addresses and the
+    reporting host taken out) from at least ``bounce_site_incident.share`` of the enabled
+    members across at least ``.domains`` domains within ``.window`` (one post's failures
+    come within minutes, so this is the post rule and the day rule at once). True if
+    ``failure`` is part of one; the incident (scope all) is opened or refreshed."""
+    conf = run.lc.bounce_site_incident
+    text = site_incidents.normalized_text(failure.diagnostic)
+    if not failure.status:
+        return False
+    seen = {member.key}
+    for event in run.store.events(since=run.now - conf.window, actions=_INCIDENT_ACTIONS):
+        if (event.status == failure.status and event.address
+                and site_incidents.normalized_text(event.detail) == text):
+            seen.add(event.address)
+    domains = {domain_of(a) for a in seen}
+    enabled = len(run.store.members("enabled"))
+    if len(domains) < conf.domains or len(seen) < max(2, conf.share * enabled):
+        return False
+    site_incidents.open_incident(
+        run.site, run.lc, run.store, site_incidents.ALL,
+        f"{len(seen)} of {enabled} members across {len(domains)} domains refused with one text ({failure.status})",
+        [f"{a}: {failure.status} {failure.diagnostic}" for a in sorted(seen)][:20], msg, send=run.send)
     return True

@@ -30,7 +30,7 @@ from .. import messages, verp
 from ..bounce.classify import Failure
 from ..config.schema import DAY
 from ..store import Member, UnknownToken
-from . import notices
+from . import notices, site_incidents
 
 # A probe bounce of these classes disables; a policy refusal of the probe does not.
 PROBE_FAILURE_CLASSES = ("hard", "soft", "unknown")
@@ -90,6 +90,10 @@ def probe_bounce(run, token: str, failure: Failure | None, msg: bytes) -> None:
     if failure.bounce_class not in PROBE_FAILURE_CLASSES:
         action = "probe_policy" if failure.bounce_class == "policy" else "ignored"
         run.record(member_key, action, failure, attribution="probe")
+        return
+    if site_incidents.covering(run.store, run.lc, member_key) is not None:
+        # The site's failure, not the member's: the probe says nothing (it stays pending).
+        run.record(member_key, "incident", failure, attribution="probe")
         return
     try:
         run.store.confirm_pending(token, "probe")  # single use: a second bounce finds nothing

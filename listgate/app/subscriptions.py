@@ -8,12 +8,58 @@ authorise first: the ``L-confirm+TOKEN`` reply (:mod:`listgate.app.commands`)
 and ``listgate pending confirm`` (an admin's act). Each change commits in one
 store transaction together with the mail it sends (welcome, goodbye, owner
 notice): a failure to queue the mail leaves the record pending.
+
+A confirmed change of address or a resubscription proves the address works:
+the member starts clean (:func:`start_clean`): bounce score, disabled-by-bounce
+state, disabled notices and the old address's ``re_enable`` and ``probe``
+records go, the member is enabled, and a bounce event (action
+``bounce_cleared``) says why.
 """
 from __future__ import annotations
 
-from ..store import open_store
-from . import notices, texts
+from .. import addresses, clock
+from ..store import BounceEvent, UnknownToken, open_store
+from . import notices, probes, texts
 from .moderation import moderate
+
+
+def _cancel_bounce_records(store, keys: set[str]) -> list[str]:
+    """Remove the pending ``re_enable`` and ``probe`` records of the member keys ``keys``; their types."""
+    gone = []
+    for rec in store.pending():
+        if rec.type in ("re_enable", "probe") and rec.payload.get("member") in keys:
+            try:
+                store.confirm_pending(rec.token, rec.type)
+                gone.append(rec.type)
+            except UnknownToken:
+                pass  # taken meanwhile
+    return gone
+
+
+def start_clean(store, member, why: str, old_keys=()) -> None:
+    """Clear ``member``'s bounce life cycle (module docstring) inside the caller's transaction.
+
+    ``old_keys``: member keys the member had before (a change of address),
+    whose pending records go too. Records a ``bounce_cleared`` event whose
+    detail says ``why`` and what was cleared; a member with nothing to clear
+    gets no event.
+    """
+    was = (member.delivery_status, member.bounce_score, member.notices_left)
+    gone = _cancel_bounce_records(store, {member.key, *old_keys})
+    if member.re_enable_token:
+        gone.append("re_enable token")
+    if member.delivery_status == "enabled" and not member.bounce_score and not gone and member.notices_left is None:
+        return
+    if member.delivery_status == "by_bounce":
+        member.delivery_status = "enabled"
+        member.status_changed_at = clock.now()
+    probes.clear_bounce_info(member)
+    store.save_member(member)
+    detail = (f"{why}: bounce state cleared (was {was[0]}, score {was[1]:g}"
+              + (f", {was[2]} notices left" if was[2] is not None else "")
+              + (f", cancelled {', '.join(sorted(set(gone)))}" if gone else "") + ")")
+    store.add_event(BounceEvent(at=clock.now(), address=member.key, bounce_class="none",
+                                attribution="confirm", action="bounce_cleared", detail=detail))
 
 
 def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) -> str:
@@ -43,8 +89,17 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
         with store.transaction():
             store.confirm_pending(token, rec.type)
             address = rec.payload["address"]
-            if joining:
+            existing = store.get_member(address) if joining else None
+            if existing is not None and existing.delivery_status == "by_bounce":
+                # A member disabled by bounce who subscribes again: the confirmation
+                # proved the address works.
+                start_clean(store, existing, "resubscription confirmed")
+            elif joining:
                 store.add_member(address, rec.payload.get("display_name") or "")
+                member = store.get_member(address)
+                # Records left from an earlier membership of this address (a probe
+                # still pending when it was removed) must not act on the new one.
+                start_clean(store, member, "subscription confirmed")
                 notices.send(site, lc, address, f"Welcome to {lname}",
                              texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")), kind="welcome")
             else:
@@ -60,9 +115,45 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
         with store.transaction():
             store.confirm_pending(token, "change_of_address")
             old, new = rec.payload["old"], rec.payload["new"]
-            store.change_address(old, new)
+            member = store.change_address(old, new)
+            start_clean(store, member, f"change of address from {old} to {new} confirmed",
+                        old_keys={addresses.normalize(old)})
             body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
             for to in (old, new):
                 notices.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
         return f"moved {old} to {new}"
     raise ValueError(f"a {rec.type} record cannot be confirmed")
+
+
+# Pending records that wait on a confirmation mailed to an address not (yet) a member,
+# and the payload key holding that address.
+_CONFIRMED_AT = {"subscription": "address", "change_of_address": "new"}
+
+
+def cancel_for_bounce(run, address: str) -> list[str]:
+    """A bounce from ``address``, not a member: a confirmation sent there cannot be answered,
+    so the pending ``subscription`` / ``change_of_address`` records waiting on it are
+    cancelled (recorded as ``pending_cancelled``). Called by the bounce engine inside its
+    transaction (``run``: see :mod:`listgate.app.probes`). Returns the cancelled types."""
+    try:
+        wanted = addresses.normalize(address)
+    except ValueError:
+        return []
+    gone = []
+    for rec in run.store.pending():
+        key = _CONFIRMED_AT.get(rec.type)
+        target = rec.payload.get(key) if key else None
+        try:
+            same = bool(target) and addresses.normalize(target) == wanted
+        except ValueError:
+            same = False
+        if not same:
+            continue
+        try:
+            run.store.confirm_pending(rec.token, rec.type)
+        except UnknownToken:
+            continue
+        gone.append(rec.type)
+        run.record(address, "pending_cancelled", None, bounce_class="none", attribution="confirm",
+                   detail=f"the {rec.type} confirmation to {target} bounced: the request is cancelled")
+    return gone

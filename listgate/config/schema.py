@@ -138,6 +138,15 @@ DOMAIN_INCIDENT = Section({
     "window": Field("duration", 3600),
 })
 
+SITE_INCIDENT = Section({
+    "share": Field("float", 0.2, minimum=0.0, maximum=1.0,
+                   doc="share of the enabled members failing with one status and text"),
+    "domains": Field("int", 3, minimum=2, doc="... across at least this many domains"),
+    "window": Field("duration", DAY, doc="... within this time (one post's failures, or a day's)"),
+    "retry": Field("duration", 3600, doc="while paused, one delivery is let through this often; "
+                   "an incident seen from bounces clears when none came back this long after it"),
+})
+
 LIST = Section({
     "name": Field("listname", required=True),
     "domain": Field("domain", required=True),
@@ -159,6 +168,8 @@ LIST = Section({
     "bounce_you_are_disabled_warnings_interval": Field("duration", 7 * DAY),
     "bounce_notify_owner_on_disable": Field("bool", True),
     "bounce_notify_owner_on_removal": Field("bool", True),
+    "bounce_notify_owner_on_bounce_increment": Field("bool", False, doc="a notice to the owners, with the "
+                                                     "bounce attached, on each scored bounce (Mailman 3)"),
     "bounce_unrecognized_goes_to_list_owner": Field("bool", True),
     "bounce_weights": Field("section", section=Section({
         "hard": Field("float", 1.0, minimum=0.0),
@@ -169,4 +180,5 @@ LIST = Section({
     })),
     "complaint_action": Field("enum", "record", choices=("record", "disable", "unsubscribe")),
     "bounce_domain_incident": Field("section", section=DOMAIN_INCIDENT),
+    "bounce_site_incident": Field("section", section=SITE_INCIDENT),
 })

@@ -40,9 +40,10 @@ import re
 import smtplib
 from dataclasses import dataclass, field
 
-from .. import clock
+from .. import clock, messages
 from ..bounce.status import reply_status
 from ..log import kv
+from ..app import site_incidents
 from ..queue import finite_time
 
 log = logging.getLogger("listgate.runner.delivery")
@@ -228,6 +229,16 @@ class Deliverer:
         wire = wire_form(qf.msg)
         res = Result()
         deferred: dict[int, str] = {}
+        # Site incidents (app.site_incidents): recipients they cover wait, paused.
+        open_incidents = site_incidents.open_incidents(self._store(lc), lc) if lc is not None else {}
+        paused: dict[int, str] = {}
+
+        def pause(indices) -> None:
+            for i in indices:
+                paused[i] = "paused by a site incident"
+        held = [i for i in todo if self._paused(open_incidents, deliveries[i]["rcpt"])]
+        pause(held)
+        todo = [i for i in todo if i not in paused]
 
         def record(indices: list[int]) -> None:
             new = [i for i in indices if i not in done_set]
@@ -267,11 +278,18 @@ class Deliverer:
                 res.errors.append(reason)
                 return res
             finished: list[int] = []
+            site_failure = None
             for i, rcpt in zip(chunk, rcpts):
                 code, text = replies.get(rcpt, (250, ""))
+                reason = site_incidents.handover_site_reason(code, text, reply_status(code, text)) \
+                    if code // 100 == 5 else None
                 if code // 100 == 2:
                     res.delivered += 1
                     finished.append(i)
+                    self._cleared(lc, open_incidents, rcpt)
+                elif reason is not None and lc is not None:
+                    site_failure = (rcpt, code, text, reason)
+                    pause([i])
                 elif code // 100 == 5:
                     if self._report_failure(lc, meta, rcpt, code, text):
                         failed[str(i)] = f"{code} {text}"[:300]
@@ -283,13 +301,45 @@ class Deliverer:
                     deferred[i] = f"{code} {text}"
             if finished:
                 record(finished)
-        res.deferred = len(deferred)
-        if deferred:
-            return self._defer(sb, qf, meta, deliveries, deferred, lc, res)
+            if site_failure is not None:
+                try:
+                    self._site_failure(lc, *site_failure)
+                except Exception as exc:  # StoreUnavailable, QueueError: the recipients wait all the same
+                    log.error("cannot record site incident %s", kv(list=meta.get("list"), error=exc))
+                pause(todo[pos:])   # the rest of this qfile waits for the incident to clear
+                break
+        res.deferred = len(deferred) + len(paused)
+        if deferred or paused:
+            return self._defer(sb, qf, meta, deliveries, deferred, lc, res, paused)
         sb.finish(qf)
         log.info("delivered %s", kv(qfile=qf.id, list=meta.get("list"), sent=res.delivered,
                                     failed=res.failed or None))
         return res
+
+    def _store(self, lc):
+        from ..store import open_store
+        return open_store(self.site, messages.list_key(lc))
+
+    @staticmethod
+    def _paused(open_incidents: dict, rcpt: str) -> bool:
+        for scope in (site_incidents.ALL, site_incidents.scope_of(rcpt)):
+            incident = open_incidents.get(scope)
+            if incident is not None and incident.paused:
+                return True
+        return False
+
+    def _cleared(self, lc, open_incidents: dict, rcpt: str) -> None:
+        """A 2xx at hand-over to ``rcpt``: incidents covering it (whose pause has ended) clear."""
+        for scope in (site_incidents.ALL, site_incidents.scope_of(rcpt)):
+            if scope in open_incidents:
+                del open_incidents[scope]
+                site_incidents.clear(self.site, lc, scope, f"delivery to {rcpt} accepted at hand-over")
+
+    def _site_failure(self, lc, rcpt: str, code: int, text: str, reason: str) -> None:
+        log.warning("refused at hand-over, site incident %s", kv(list=messages.list_key(lc), rcpt=rcpt,
+                                                               reply=repr(f"{code} {text}"[:200])))
+        site_incidents.open_incident(self.site, lc, self._store(lc), site_incidents.ALL, reason,
+                                     [f"{rcpt}: {code} {text}"], None)
 
     def _report_failure(self, lc, meta, rcpt: str, code: int, text: str, bounce_class: str | None = None) -> bool:
         """Tell the bounce engine; False if it cannot record it now (the recipient is retried)."""
@@ -308,25 +358,53 @@ class Deliverer:
                                                reply=repr(f"{code} {text}"[:200])))
         return True
 
-    def _defer(self, sb, qf, meta, deliveries, deferred: dict[int, str], lc, res: Result) -> Result:
+    def _defer(self, sb, qf, meta, deliveries, deferred: dict[int, str], lc, res: Result,
+               paused: dict[int, str] | None = None) -> Result:
+        """Move the ``deferred`` (4xx, unreachable) and ``paused`` (site incident) recipients to
+        ``retry``. Paused time never counts toward ``retry_giveup``; at give-up, recipients our own
+        MTA kept refusing or never answered for open a site incident and wait, the others are
+        reported as ``soft`` failures."""
         now = clock.now()
+        paused = dict(paused or {})
         first = meta.get("first_deferred_at") or now
         retries = int(meta.get("retries") or 0) + 1
-        if now - first >= self.site.conf.runner.retry_giveup:
+        if deferred and now - first >= self.site.conf.runner.retry_giveup:
+            ours = {}
             for i, why in deferred.items():
                 code = int(why[:3]) if why[:3].isdigit() else 451
                 text = why[4:] if why[:3].isdigit() else why
+                # Never answered, or a refusal naming our own MTA's tables: the site's. (A 4xx
+                # for one recipient while others were taken is that recipient's.)
+                if lc is not None and (not why[:3].isdigit() or site_incidents.names_our_mta(text)):
+                    ours[i] = f"{code} {text}"
+                    continue
                 self._report_failure(lc, meta, deliveries[i]["rcpt"], code,
                                      f"{text} (gave up after {retries - 1} retries)", bounce_class="soft")
-            res.gave_up, res.deferred = len(deferred), 0
-            log.warning("gave up %s", kv(qfile=qf.id, list=meta.get("list"), recipients=len(deferred)))
-            sb.finish(qf)
-            return res
+            if ours:
+                site_incidents.open_incident(
+                    self.site, lc, self._store(lc), site_incidents.ALL,
+                    f"our MTA did not take mail for {self.site.conf.runner.retry_giveup:g} seconds",
+                    [f"{deliveries[i]['rcpt']}: {why}" for i, why in ours.items()][:20], None)
+                paused.update(ours)
+            res.gave_up, res.deferred = len(deferred) - len(ours), len(paused)
+            log.warning("gave up %s", kv(qfile=qf.id, list=meta.get("list"), recipients=res.gave_up,
+                                         paused=len(paused) or None))
+            deferred = {}
+            if not paused:
+                sb.finish(qf)
+                return res
         new_meta = {k: v for k, v in meta.items() if k not in ("done", "failed")}
-        new_meta.update(deliveries=[deliveries[i] for i in sorted(deferred)], done=[],
-                        first_deferred_at=first, retries=retries,
-                        retry_at=now + retry_delay(self.site, retries),
-                        last_error=next(iter(deferred.values()))[:300])
+        if deferred:
+            new_meta.update(first_deferred_at=first, retries=retries,
+                            retry_at=now + retry_delay(self.site, retries),
+                            last_error=next(iter(deferred.values()))[:300])
+        else:
+            # Only paused: the incident's pause ends at resume_at; the give-up clock starts over.
+            incidents = site_incidents.open_incidents(self._store(lc), lc).values() if lc is not None else ()
+            new_meta.pop("first_deferred_at", None)
+            new_meta.update(retry_at=min([x.resume_at for x in incidents if x.paused], default=now + retry_delay(
+                self.site, 1)), last_error=next(iter(paused.values())), paused=True)
+        new_meta.update(deliveries=[deliveries[i] for i in sorted({**deferred, **paused})], done=[])
         sb.move(qf, "retry", reason=new_meta["last_error"], meta=new_meta)
         res.disposition = "retry"
         log.info("deferred %s", kv(qfile=qf.id, list=meta.get("list"), recipients=len(deferred),
@@ -344,5 +422,3 @@ def retry_at(qf) -> float:
 def due(qf) -> bool:
     """True if a ``retry`` qfile's backoff has passed."""
     return retry_at(qf) <= clock.now()
-
-

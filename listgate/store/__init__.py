@@ -16,10 +16,10 @@ import sys
 import threading
 
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreError, StoreUnavailable, UnknownToken)
+                   PENDING_TYPES, PendingRecord, StoreError, StoreUnavailable, UnknownEvent, UnknownToken)
 
 __all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_STATUSES", "ListStore", "Member", "NotAMember",
-           "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownToken",
+           "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownEvent", "UnknownToken",
            "close_all", "open_store", "store_path"]
 
 _cache: dict[str, ListStore] = {}

@@ -38,6 +38,10 @@ class UnknownToken(StoreError):
     pass
 
 
+class UnknownEvent(StoreError):
+    pass
+
+
 class StoreUnavailable(StoreError):
     """The store cannot be read or written durably now (disk full, read-only, locked): retry later."""
 
@@ -167,8 +171,28 @@ class ListStore(abc.ABC):
 
     @abc.abstractmethod
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
-        """Newest first."""
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
+        """Newest first; only those whose ``action`` is in ``actions`` when given."""
+
+    @abc.abstractmethod
+    def event(self, event_id: int) -> BounceEvent | None:
+        """The event with ``event_id``, None if there is none (a malformed id is None too)."""
+
+    def strike_event(self, event_id: int) -> BounceEvent:
+        """Mark event ``event_id`` wrongly scored: its ``action`` becomes ``struck`` and its
+        ``detail`` starts with ``[struck, was ACTION]`` (the history stays); returns the
+        event as it was. Raises :class:`UnknownEvent` for an id that names no event, or
+        one already struck."""
+        with self.transaction():
+            found = self.event(event_id)
+            if found is None or found.action == "struck":
+                raise UnknownEvent(f"no bounce event {event_id!r} to strike in {self.list_key}")
+            self._rewrite_event(event_id, "struck", f"[struck, was {found.action}] {found.detail or ''}".strip())
+        return found
+
+    @abc.abstractmethod
+    def _rewrite_event(self, event_id: int, action: str, detail: str) -> None:
+        """Set the ``action`` and ``detail`` of event ``event_id`` (for :meth:`strike_event`)."""
 
     # -- pending records -----------------------------------------------------
     @abc.abstractmethod

@@ -344,7 +344,7 @@ class PostgresStore(ListStore):
         return event.id
 
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
         where, params = ["list_key = %s"], [self.list_key]
         if address is not None:
             where.append("address = %s")
@@ -352,11 +352,26 @@ class PostgresStore(ListStore):
         if since is not None:
             where.append("at >= %s")
             params.append(since)
+        if actions is not None:
+            wanted = list(actions)
+            where.append(f"action IN ({', '.join(['%s'] * len(wanted)) or 'NULL'})")
+            params.extend(wanted)
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE {' AND '.join(where)} ORDER BY at DESC, id DESC"
         if limit is not None:
             sql += " LIMIT %s"
             params.append(int(limit))
         return [BounceEvent(**dict(zip(EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    def event(self, event_id: int) -> BounceEvent | None:
+        if not isinstance(event_id, int) or isinstance(event_id, bool) or not 0 < event_id < 2 ** 63:
+            return None
+        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE list_key = %s AND id = %s",
+                           (self.list_key, event_id))
+        return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
+
+    def _rewrite_event(self, event_id: int, action: str, detail: str) -> None:
+        self._exec("UPDATE events SET action = %s, detail = %s WHERE list_key = %s AND id = %s",
+                   (action, clean_text(detail), self.list_key, event_id))
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:

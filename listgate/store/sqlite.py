@@ -331,7 +331,7 @@ class SQLiteStore(ListStore):
         return event.id
 
     def events(self, address: str | None = None, since: float | None = None,
-               limit: int | None = None) -> list[BounceEvent]:
+               limit: int | None = None, actions: Iterable[str] | None = None) -> list[BounceEvent]:
         where, params = [], []
         if address is not None:
             where.append("address = ?")
@@ -339,6 +339,10 @@ class SQLiteStore(ListStore):
         if since is not None:
             where.append("at >= ?")
             params.append(since)
+        if actions is not None:
+            wanted = list(actions)
+            where.append(f"action IN ({', '.join(['?'] * len(wanted)) or 'NULL'})")
+            params.extend(wanted)
         sql = f"SELECT {', '.join(EVENT_COLUMNS)} FROM events"
         if where:
             sql += " WHERE " + " AND ".join(where)
@@ -347,6 +351,15 @@ class SQLiteStore(ListStore):
             sql += " LIMIT ?"
             params.append(int(limit))
         return [BounceEvent(**dict(zip(EVENT_COLUMNS, r))) for r in self._query(sql, params)]
+
+    def event(self, event_id: int) -> BounceEvent | None:
+        if not isinstance(event_id, int) or isinstance(event_id, bool):
+            return None
+        rows = self._query(f"SELECT {', '.join(EVENT_COLUMNS)} FROM events WHERE id = ?", (event_id,))
+        return BounceEvent(**dict(zip(EVENT_COLUMNS, rows[0]))) if rows else None
+
+    def _rewrite_event(self, event_id: int, action: str, detail: str) -> None:
+        self._exec("UPDATE events SET action = ?, detail = ? WHERE id = ?", (action, detail, event_id))
 
     # -- pending records -----------------------------------------------------
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
