@@ -15,6 +15,7 @@ setup(
         "PyYAML>=6.0",
         "dnspython>=2.0",
         "flufl.bounce>=4.0",
+        "aiosmtpd>=1.4",  # the LMTP front end (listgate lmtp)
     ],
     extras_require={
         # the PostgreSQL store backend (site config ``store: {url: postgresql://...}``)

@@ -1,7 +1,8 @@
-"""``listgate serve``: milter, policy server and runner as supervised child processes.
+"""``listgate serve``: milter, policy server, runner (and LMTP server) as supervised child processes.
 
 The embedded default for small sites: one command (one systemd unit) runs
-``listgate milter``, ``listgate policy`` and ``listgate runner``, each its own
+``listgate milter``, ``listgate policy`` and ``listgate runner``, and
+``listgate lmtp`` when the site config sets ``lmtp.socket``, each its own
 process with its own job (Postfix's shape). A child that exits is restarted
 after a pause that doubles on each quick failure (1 s up to 60 s), so a broken
 configuration does not spin. SIGTERM/SIGINT: every child gets SIGTERM (the
@@ -9,7 +10,7 @@ runner finishes the transaction in hand), then, after ``STOP_TIMEOUT``
 seconds, SIGKILL; serve returns once all are gone.
 
 Readiness (``Type=notify``): ``READY=1`` goes to ``$NOTIFY_SOCKET`` once the
-milter and policy sockets accept connections (bounded wait); children do not
+milter, policy (and LMTP) sockets accept connections (bounded wait); children do not
 see ``$NOTIFY_SOCKET`` (only the main process may talk to systemd).
 """
 from __future__ import annotations
@@ -54,8 +55,10 @@ def listening(site, spec: str) -> bool:
 class Supervisor:
     """Starts and watches the children; ``stop()`` (the signal handler) ends :meth:`run`."""
 
-    def __init__(self, site, *, children=CHILDREN, extra_args: dict | None = None):
+    def __init__(self, site, *, children=None, extra_args: dict | None = None):
         self.site = site
+        if children is None:
+            children = CHILDREN + (("lmtp",) if site.conf.lmtp.socket else ())
         self.children = tuple(children)
         self.extra = extra_args or {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -79,7 +82,7 @@ class Supervisor:
         self.stopping = True
 
     def wait_ready(self) -> bool:
-        """True once the milter and policy sockets accept connections (or READY_TIMEOUT passed)."""
+        """True once the milter, policy (and LMTP) sockets accept connections (or READY_TIMEOUT passed)."""
         specs = [s for name, s in (("milter", self.site.conf.milter.socket), ("policy", self.site.conf.policy.socket))
                  if name in self.children]
         end = time.monotonic() + READY_TIMEOUT

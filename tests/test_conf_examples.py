@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from harness import PostfixInstance, available
-from harness.postfix import MAIN_SNIPPET, MASTER_SNIPPET, PostfixError, render_snippet
+from harness.postfix import LMTP_SNIPPET, MAIN_SNIPPET, MASTER_SNIPPET, PostfixError, render_snippet
 from listgate import config, instance
 from listgate.config import schema
 
@@ -113,7 +113,8 @@ def test_postfix_check_passes_on_the_snippets(milter):
 
 def test_install_quotes_the_snippets_verbatim():
     install = (ROOT / "INSTALL").read_text(encoding="utf-8")
-    for path in [MAIN_SNIPPET, MASTER_SNIPPET, CONF / "exim" / "router_transport.conf"]:
+    for path in [MAIN_SNIPPET, MASTER_SNIPPET, LMTP_SNIPPET, CONF / "exim" / "router_transport.conf",
+                 CONF / "exim" / "lmtp_transport.conf"]:
         assert path.read_text(encoding="utf-8") in install, f"INSTALL does not quote {path.name} verbatim"
     for unit in sorted((CONF / "systemd").glob("*.service")):
         assert unit.read_text(encoding="utf-8") in install or unit.name in install, unit.name

@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "classify",    # classify FILE...
     "milter_cmd",  # milter
     "policy_cmd",  # policy
+    "lmtp_cmd",    # lmtp
     "runner_cmd",  # runner, serve
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run

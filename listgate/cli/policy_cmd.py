@@ -10,15 +10,8 @@ cannot be bound (or a live server already holds it).
 """
 from __future__ import annotations
 
-import asyncio
-import logging
-import signal
-import sys
-
-from .. import config, log as lg_log, sdnotify
 from ..policy import PolicyServer
-
-EX_OSERR = 71
+from .common import EX_OSERR, run_async_server  # noqa: F401 - EX_OSERR: this command's exit status
 
 
 def register(sub) -> None:
@@ -29,34 +22,5 @@ def register(sub) -> None:
 
 
 def cmd_policy(args) -> int:
-    try:
-        watcher = config.Watcher(getattr(args, "config", None))
-    except config.ConfigError as exc:
-        print("\n".join(exc.errors), file=sys.stderr)
-        return 1
-    site = watcher.current()
-    lg_log.setup(site.conf.logging, program="listgate-policy", level=args.log_level)
-    return asyncio.run(_serve(watcher, args.socket))
-
-
-async def _serve(watcher: config.Watcher, socket_spec: str | None) -> int:
-    log = logging.getLogger("listgate.policy")
-    server = PolicyServer(watcher.current, socket_spec)
-    try:
-        await server.start()
-    except OSError as exc:
-        log.error("cannot listen on %s: %s", server.socket_spec, exc)
-        return EX_OSERR
-    except ValueError as exc:
-        log.error("%s", exc)
-        return 1
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    sdnotify.ready(f"policy server on {server.socket_spec}")
-    await stop.wait()
-    sdnotify.stopping()
-    log.info("policy server stopping")
-    await server.close()
-    return 0
+    return run_async_server(args, "listgate-policy", lambda watcher, spec: PolicyServer(watcher.current, spec),
+                            "policy server")

@@ -17,7 +17,7 @@ def register(sub) -> None:
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
     p.set_defaults(func=cmd_runner)
 
-    p = sub.add_parser("serve", help="run milter, policy server and runner together (supervised)")
+    p = sub.add_parser("serve", help="run milter, policy server, runner (and LMTP server when lmtp.socket is set) together (supervised)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
     p.set_defaults(func=cmd_serve)
 

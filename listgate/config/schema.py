@@ -59,6 +59,16 @@ POLICY = Section({
     "max_line": Field("int", 8192, minimum=256, doc="longest attribute line accepted (bytes)"),
 })
 
+# The LMTP front end (``listgate lmtp``, RFC 2033): served only when ``socket`` is set.
+LMTP = Section({
+    "socket": Field("socket", None, doc="unix:PATH (relative to state_dir) or inet:PORT@HOST; none: no LMTP server "
+                    "(the milter takes list mail)"),
+    "socket_mode": Field("str", "0660", doc="octal mode of a unix socket (the MTA's delivery agent connects)"),
+    "max_message_size": Field("size", 64 * 1024 * 1024, minimum=0, doc="largest message accepted (announced as "
+                              "SIZE, RFC 1870; larger ones get 552 5.3.4); 0: no limit"),
+    "timeout": Field("duration", 300, doc="close a connection idle for this long"),
+})
+
 REINJECT = Section({
     "host": Field("str", "127.0.0.1"),
     "port": Field("int", 10026, minimum=1),
@@ -124,6 +134,7 @@ SITE = Section({
                         "our MTA); default postmaster@HOSTNAME"),
     "milter": Field("section", section=MILTER),
     "policy": Field("section", section=POLICY),
+    "lmtp": Field("section", section=LMTP),
     "reinject": Field("section", section=REINJECT),
     "verp": Field("section", section=VERP),
     "pending": Field("section", section=PENDING),

@@ -52,6 +52,7 @@ from listgate.config import parse_socket
 CONF = Path(__file__).resolve().parents[2] / "conf" / "postfix"
 MAIN_SNIPPET = CONF / "main.cf.listgate"
 MASTER_SNIPPET = CONF / "master.cf.listgate"
+LMTP_SNIPPET = CONF / "main.cf.listgate-lmtp"
 
 POSTFIX = shutil.which("postfix") or "/usr/sbin/postfix"
 POSTCONF = shutil.which("postconf") or "/usr/sbin/postconf"
@@ -138,6 +139,8 @@ class PostfixInstance:
     - ``milter``: listgate milter socket (listgate or Postfix syntax), or
       None for no milter (``smtpd_milters``/``non_smtpd_milters`` emptied).
     - ``policy``: listgate policy socket, or None for no policy check.
+    - ``lmtp``: listgate LMTP socket: the list domain goes to it
+      (``main.cf.listgate-lmtp`` instead of ``main.cf.listgate``; no milter).
     - ``smtpd_port``: the public smtpd (with milter and policy);
       ``reinject_port``: the re-injection smtpd from ``master.cf.listgate``.
     - ``bounce_queue_lifetime`` / ``maximal_queue_lifetime``: Postfix time
@@ -155,7 +158,7 @@ class PostfixInstance:
     """
 
     def __init__(self, *, list_domain: str | None = None, sink_port: int | None = None,
-                 milter: str | None = None, policy: str | None = None,
+                 milter: str | None = None, policy: str | None = None, lmtp: str | None = None,
                  smtpd_port: int | None = None, reinject_port: int | None = None,
                  bounce_queue_lifetime: str = "1h", maximal_queue_lifetime: str = "1h",
                  myhostname: str = "mx.listgate.test", extra: dict[str, str] | None = None,
@@ -171,6 +174,7 @@ class PostfixInstance:
         self.sink_port = sink_port if sink_port is not None else free_port()
         self.milter = postfix_socket(milter) if milter else None
         self.policy = postfix_socket(policy) if policy else None
+        self.lmtp = postfix_socket(lmtp) if lmtp else None
         self._fixed_ports = smtpd_port is not None or reinject_port is not None
         self.smtpd_port = smtpd_port or free_port()
         self.reinject_port = reinject_port or free_port()
@@ -233,6 +237,10 @@ smtp_connect_timeout = 5s
 bounce_queue_lifetime = {self.bounce_queue_lifetime}
 maximal_queue_lifetime = {self.maximal_queue_lifetime}
 """
+        if self.lmtp:
+            return base + "\n" + render_snippet(LMTP_SNIPPET, {
+                "LIST_DOMAIN": self.list_domain, "LMTP_SERVICE": self.lmtp,
+                "POLICY_SERVICE": self.policy or "inet:127.0.0.1:9"})
         snippet = render_snippet(MAIN_SNIPPET, {
             "LIST_DOMAIN": self.list_domain,
             # a placeholder service keeps the snippet intact; emptied below when unused
@@ -245,7 +253,7 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
         """Parameters changed after the snippet is written (``postconf -e``,
         in place): the unused milter/policy lines, then ``extra``."""
         out = {}
-        if self.milter is None:
+        if self.milter is None and not self.lmtp:
             out.update(smtpd_milters="", non_smtpd_milters="")
         if self.policy is None:
             out.update(smtpd_recipient_restrictions="")
@@ -271,6 +279,7 @@ maximal_queue_lifetime = {self.maximal_queue_lifetime}
             "showq     unix  n - n -  - showq",
             "smtp      unix  - - n -  - smtp",
             "relay     unix  - - n -  - smtp",
+            "lmtp      unix  - - n -  - lmtp",
             "error     unix  - - n -  - error",
             "retry     unix  - - n -  - error",
             "discard   unix  - - n -  - discard",

@@ -39,7 +39,10 @@ class Stack:
 
     def __init__(self, *, behaviours: dict[str, str] | None = None, list_name: str = "demo",
                  owner: str = "owner@owners.test", list_settings: str = "", site_settings: str = "",
-                 workdir: str | None = None, log_level: str = "info"):
+                 workdir: str | None = None, log_level: str = "info", front_end: str = "milter"):
+        """``front_end``: ``milter`` (main.cf.listgate) or ``lmtp`` (main.cf.listgate-lmtp:
+        the policy service at RCPT, list mail delivered to ``listgate lmtp`` on a unix socket)."""
+        self.front_end = front_end
         self.behaviours = behaviours or {}
         self.list_name = list_name
         self.owner = owner
@@ -78,8 +81,11 @@ class Stack:
         path = instance.init(str(base), name=self.list_name, domain=LIST_DOMAIN, owner=self.owner,
                              milter_socket=milter_socket, policy_socket=policy_socket,
                              reinject_port=self.pf.reinject_port)
+        lmtp_socket = f"unix:{sockdir / 'lmtp.sock'}"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write("runner:\n  poll_interval: 0.2s\n  tasks_interval: 1s\n" + self.site_settings)
+            if self.front_end == "lmtp":
+                fh.write(f"lmtp:\n  socket: {lmtp_socket}\n")
         if self.list_settings:
             with open(base / "lists.d" / f"{self.list_name}.yaml", "a", encoding="utf-8") as fh:
                 fh.write(self.list_settings)
@@ -90,7 +96,10 @@ class Stack:
             self._saved_env[var] = os.environ.get(var)
             os.environ[var] = value
         clock.reset()  # this process reads the clock file too
-        self.pf.milter = postfix_socket(milter_socket)
+        if self.front_end == "lmtp":
+            self.pf.lmtp = postfix_socket(lmtp_socket)
+        else:
+            self.pf.milter = postfix_socket(milter_socket)
         self.pf.policy = postfix_socket(policy_socket)
         self.serve_log = open(base / "serve.log", "ab")
         self.serve = subprocess.Popen(
@@ -103,7 +112,9 @@ class Stack:
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Until the milter socket and the policy port accept connections."""
         end = time.monotonic() + timeout
-        specs = (self.site.conf.milter.socket, self.site.conf.policy.socket)
+        specs = [self.site.conf.milter.socket, self.site.conf.policy.socket]
+        if self.site.conf.lmtp.socket:
+            specs.append(self.site.conf.lmtp.socket)
         while time.monotonic() < end:
             if self.serve.poll() is not None:
                 raise RuntimeError(f"listgate serve exited:\n{self.serve_text()}")
