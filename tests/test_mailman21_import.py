@@ -227,6 +227,8 @@ def test_whole_tree(site, tree):
     # a Mailman token routes at RCPT as L-confirm+TOKEN
     assert decide_rcpt(site, f"alpha-confirm+{C_SUB}@{DOMAIN}").action == "accept"
     assert decide_rcpt(site, f"alpha-confirm+{'9' * 40}@{DOMAIN}").action == "accept"   # shape ok; token checked later
+    probe = decide_rcpt(site, f"alpha-bounces+{C_PROBE}@{DOMAIN}")          # Mailman's probe address
+    assert probe.action == "accept" and probe.verp.kind == "probe" and probe.verp.token == C_PROBE
     # queue entries: one qfile each, arrival kept; unreadable ones in bad with the reason
     assert (s["queue_moved"], s["queue_refused"]) == (4, 3)
     boards = {n: Switchboard.for_site(site, n) for n in ("in", "out", "virgin", "shunt", "bad")}
@@ -320,3 +322,20 @@ def _state(site) -> dict:
     out["queues"] = {n: sorted(Switchboard.for_site(site, n).ids()) for n in ("in", "out", "virgin", "shunt", "bad")}
     return out
 
+
+
+def test_real_mailman_databases_and_a_hostile_one(site, tmp_path):
+    from conftest import SHARED
+    corpus = SHARED / "corpus" / "mailman21"
+    if not corpus.exists():
+        pytest.skip("../shared/corpus/mailman21 not present")
+    prefix = tmp_path / "mm"
+    for name, source in (("plain", "config.pck"), ("greek", "config-greek.pck"),
+                         ("bouncy", "config-with-instances.pck")):
+        write(f"{prefix}/lists/{name}/config.pck", (corpus / source).read_bytes())
+    write(f"{prefix}/lists/evil/config.pck", EVIL)
+    status, s = run_cli(site, str(prefix))
+    assert status == 1 and set(s["lists"]) == {"plain", "greek", "bouncy"}
+    assert any("refusing to load os.system" in p["reason"] for p in s["problems"] if p["what"] == "list")
+    assert main(["-c", site.path, "check"]) == 0
+    assert sum(s["members"].values()) > 0
