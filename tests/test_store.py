@@ -803,3 +803,37 @@ def test_try_lock_one_holder_per_lease_until_it_expires_or_is_given_up(site, sto
     assert store.try_lock("tasks", 60, "mx1:100") is False
     store.unlock("tasks", "mx2:200")
     assert store.try_lock("tasks", 60, "mx1:100") is True
+
+
+@BOTH_BACKENDS
+def test_delivery_mode_moderation_and_language_are_kept(site, store):
+    member = store.add_member("dig@example.com")
+    assert (member.delivery_mode, member.moderated, member.language) == ("regular", False, "")
+    member.delivery_mode, member.moderated, member.language = "mime_digest", True, "de"
+    store.save_member(member)
+    again = store.get_member("dig@example.com")
+    assert (again.delivery_mode, again.moderated, again.language) == ("mime_digest", True, "de")
+    assert again.moderated is True
+    member.delivery_mode = "weekly"
+    with pytest.raises(ValueError):
+        store.save_member(member)
+    assert store.get_member("dig@example.com").delivery_mode == "mime_digest"
+
+
+@BOTH_BACKENDS
+def test_restore_pending_keeps_a_mailman_token(site, store):
+    from listgate.store import PendingRecord
+    token = "0123456789abcdef0123456789abcdef01234567"
+    record = PendingRecord(token=token, type="re_enable", payload={"member": "a@example.com"},
+                           created=T0 - 100, expires=T0 + 3600)
+    assert store.restore_pending(record) is True
+    assert store.restore_pending(record) is False            # idempotent: nothing written twice
+    seen = store.peek_pending(token)
+    assert (seen.type, seen.payload, seen.created, seen.expires) == ("re_enable", record.payload, T0 - 100, T0 + 3600)
+    assert store.confirm_pending(token, "re_enable").payload == {"member": "a@example.com"}
+    for bad in ("not-a-token", "0123", "ZZ" * 20):
+        with pytest.raises(ValueError):
+            store.restore_pending(PendingRecord(token=bad, type="probe", payload={}, created=T0, expires=T0 + 1))
+    with pytest.raises(ValueError):
+        store.restore_pending(PendingRecord(token="f" * 40, type="digest", payload={}, created=T0, expires=T0 + 1))
+    assert is_token("a" * 40) and not is_token("a" * 39) and not is_token("g" * 40)

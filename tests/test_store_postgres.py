@@ -59,7 +59,7 @@ def test_store_init_is_idempotent_and_the_daemons_refuse_another_schema(pg_site,
     close_all()
     with pytest.raises(StoreUnavailable, match="listgate store init"):
         open_store(config.load(site.path), LIST).members()
-    assert "schema migrated to version 1" in _cli(site, "store", "init").stdout
+    assert f"schema migrated to version {SCHEMA_VERSION}" in _cli(site, "store", "init").stdout
     close_all()
     assert open_store(config.load(site.path), LIST).members() == []
 

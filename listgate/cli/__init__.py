@@ -29,6 +29,7 @@ COMMAND_MODULES = (
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run
     "store",       # store init|copy
+    "import_cmd",  # import mailman21
 )
 
 

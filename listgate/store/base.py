@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 DELIVERY_STATUSES = ("enabled", "by_user", "by_admin", "by_bounce")
+# how a member takes posts: one by one, or collected in a MIME (RFC 2046 multipart/digest) or
+# plain text (RFC 1153) digest. Digest delivery is not built yet: every member gets posts one by
+# one, and the mode is kept so members imported as digest members keep their choice.
+DELIVERY_MODES = ("regular", "mime_digest", "plain_digest")
 PENDING_TYPES = ("subscription", "unsubscription", "change_of_address", "held_message", "re_enable", "probe")
 
 
@@ -66,6 +70,12 @@ class Member:
     notices_left: int | None = None         # disabled-by-bounce warnings still to send
     last_notice_at: float | None = None
     re_enable_token: str | None = None
+    delivery_mode: str = "regular"          # one of DELIVERY_MODES
+    moderated: bool = False                 # the member's posts are held (Mailman's per-member flag)
+    language: str = ""                      # preferred language code ('' : the list's)
+
+    def __post_init__(self) -> None:
+        self.moderated = bool(self.moderated)   # SQLite keeps it as 0/1
 
 
 @dataclass
@@ -151,7 +161,8 @@ class ListStore(abc.ABC):
 
     @abc.abstractmethod
     def save_member(self, member: Member) -> None:
-        """Write every field of ``member`` back (matched by ``key``); raises NotAMember."""
+        """Write every field of ``member`` back (matched by ``key``); raises NotAMember, or
+        ValueError for a delivery status or mode that is not one of the known ones."""
 
     @abc.abstractmethod
     def change_address(self, old: str, new: str) -> Member:
@@ -198,6 +209,15 @@ class ListStore(abc.ABC):
     @abc.abstractmethod
     def add_pending(self, type: str, payload: dict[str, Any], lifetime: float) -> PendingRecord:
         """New record with a fresh token (>= 128 bits from ``secrets``, local-part safe)."""
+
+    @abc.abstractmethod
+    def restore_pending(self, record: PendingRecord) -> bool:
+        """Insert ``record`` with its own token, ``created`` and ``expires`` (moving a site: a
+        confirmation another system mailed keeps working). True if written; False (nothing
+        written) when this list already has that token. Raises ValueError for an unknown type,
+        a token :func:`listgate.store.tokens.is_token` refuses, a payload JSON cannot hold, or a
+        token another list of a shared database holds.
+        """
 
     @abc.abstractmethod
     def peek_pending(self, token: str) -> PendingRecord | None:

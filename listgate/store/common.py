@@ -10,7 +10,8 @@ import json
 
 from ..addresses import bare, normalize
 from ..config import valid_address
-from .base import PENDING_TYPES, Member, PendingRecord
+from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, Member, PendingRecord
+from .tokens import is_token
 
 EVIDENCE_KEEP = 5                 # bouncing messages kept per member (newest)
 EVIDENCE_MAX_BYTES = 256 * 1024   # per message; longer ones are cut with a note
@@ -18,7 +19,7 @@ REMEMBER_PURGE_BATCH = 100        # expired (kind, key) facts dropped per rememb
 
 MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscribed_at", "status_changed_at",
                   "bounce_score", "last_bounce_day", "last_bounce_at", "notices_left", "last_notice_at",
-                  "re_enable_token")
+                  "re_enable_token", "delivery_mode", "moderated", "language")
 EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
 PENDING_COLUMNS = ("token", "type", "payload", "created", "expires")
 assert tuple(Member.__dataclass_fields__) == MEMBER_COLUMNS, "rows build Member positionally"
@@ -69,3 +70,18 @@ def pending_payload(type: str, payload: dict) -> str:
         return json.dumps(payload, sort_keys=True)
     except (TypeError, ValueError) as exc:
         raise ValueError(f"pending payload is not JSON-safe: {exc}") from None
+
+
+def check_member(member: Member) -> None:
+    """ValueError unless ``member``'s delivery status and mode are known ones."""
+    if member.delivery_status not in DELIVERY_STATUSES:
+        raise ValueError(f"unknown delivery status {member.delivery_status!r}")
+    if member.delivery_mode not in DELIVERY_MODES:
+        raise ValueError(f"unknown delivery mode {member.delivery_mode!r} (one of {', '.join(DELIVERY_MODES)})")
+
+
+def restored_pending(record: PendingRecord) -> str:
+    """The payload text of a record brought in with its own token; ValueError if it cannot be kept."""
+    if not isinstance(record.token, str) or not is_token(record.token):
+        raise ValueError(f"not a pending token: {record.token!r}")
+    return pending_payload(record.type, record.payload)

@@ -123,7 +123,7 @@ class _PostgresSide:
                         cur.execute(f"DELETE FROM {table} WHERE list_key = %s", (key,))
                         cur.executemany(f"INSERT INTO {table} (list_key, {', '.join(cols)}) VALUES "
                                         f"(%s, {', '.join(['%s'] * len(cols))})",
-                                        [(key, *(clean_text(v) if isinstance(v, str) else v for v in row))
+                                        [(key, *(_pg_value(c, v) for c, v in zip(cols, row)))
                                          for row in rows[table]])
                         counts[table] = cur.execute(f"SELECT count(*) FROM {table} WHERE list_key = %s",
                                                     (key,)).fetchone()[0]
@@ -133,6 +133,13 @@ class _PostgresSide:
 
     def close(self) -> None:
         self.conn.close()
+
+
+def _pg_value(column: str, value):
+    """A value read from either side as PostgreSQL takes it (SQLite keeps booleans as 0/1)."""
+    if column == "moderated":
+        return bool(value)
+    return clean_text(value) if isinstance(value, str) else value
 
 
 def copy(site, source_conf, target_conf, progress=None) -> CopyReport:

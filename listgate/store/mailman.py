@@ -2,10 +2,8 @@
 
 A ``config.pck`` is a Python 2 pickle of the list's attribute dict, written by
 ``MailList.Save`` (protocol 0 or 1). It is data from another system, so it is
-read with a restricted unpickler: the only class it may name is
-``Mailman.Bouncer._BounceInfo``, loaded into an inert stand-in (plus
-``set``/``frozenset`` and a ``copy_reg._reconstructor`` that can only make
-that stand-in); any other global refuses the file. Python 2 byte strings are read as latin-1 (so
+read with :mod:`listgate.migrate.unpickle` (known Mailman classes become inert
+stand-ins, any other global refuses the file). Python 2 byte strings are read as latin-1 (so
 nothing fails to decode) and display names are then re-decoded with the
 charset of the list's language (Mailman 2.1 ``Defaults.py``, ``LC_DESCRIPTIONS``).
 
@@ -13,27 +11,29 @@ Member attributes used (Mailman 2.1 ``OldStyleMemberships.py``): ``members``
 and ``digest_members`` (lower-cased address → 0, or the address as typed),
 ``usernames`` (display names), ``delivery_status`` (address → (status, time);
 0 enabled, 1 unknown (legacy), 2 by user, 3 by admin, 4 by bounce),
-``user_options`` (bit 1: delivery disabled), ``bounce_info`` (``_BounceInfo``:
-``score``, ``date`` and ``lastnotice`` as (year, month, day), ``noticesleft``,
-``cookie``).
+``user_options`` (bits: 1 delivery disabled, 8 plain text digests, 128
+moderated), ``language`` (address → language code), ``bounce_info``
+(``_BounceInfo``: ``score``, ``date`` and ``lastnotice`` as (year, month, day),
+``noticesleft``, ``cookie``: the token of the re-enable record Mailman mailed).
 """
 from __future__ import annotations
 
 import calendar
-import io
-import pickle
-import pickletools
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..migrate.unpickle import MAX_PICKLE_BYTES, UnsafePickle, is_a, loads, looks_like_pickle
 from .base import AlreadyMember, ListStore
 
-MAX_PICKLE_BYTES = 64 * 1024 * 1024
+__all__ = ["MAX_PICKLE_BYTES", "MailmanImportError", "ImportedMember", "MailmanList", "import_members",
+           "load_config", "looks_like_pickle", "read_config"]
 
 # MemberAdaptor.ENABLED/UNKNOWN/BYUSER/BYADMIN/BYBOUNCE -> listgate delivery status. UNKNOWN is
 # Mailman 2.0's "disabled, reason not recorded": keep it disabled, as the admin's doing.
 _DELIVERY = {0: "enabled", 1: "by_admin", 2: "by_user", 3: "by_admin", 4: "by_bounce"}
 _DISABLE_DELIVERY = 1          # Mailman 2.1 Defaults.DisableDelivery option bit
+_DISABLE_MIME = 8              # Defaults.DisableMime: plain text (RFC 1153) digests
+_MODERATE = 128                # Defaults.Moderate: the member's posts are held
 _NEVER = (1970, 1, 2)          # Mailman's ZEROHOUR_PLUSONEDAY: "no notice sent yet"
 
 # Charsets of Mailman 2.1's languages whose byte strings are not latin-1 or ASCII text.
@@ -47,51 +47,6 @@ _LANGUAGE_CHARSETS = {
 
 class MailmanImportError(ValueError):
     """The file is not a Mailman 2.1 list database we can read safely."""
-
-
-class _BounceInfoStandIn:
-    """Inert holder for ``Mailman.Bouncer._BounceInfo`` attributes (no methods run from the pickle)."""
-
-    def __init__(self, *args: Any) -> None:
-        self.args = args
-
-    def __setstate__(self, state: Any) -> None:
-        if not isinstance(state, dict):
-            raise pickle.UnpicklingError("_BounceInfo state is not a dict")
-        self.__dict__.update(state)
-
-
-def _reconstructor(cls: Any, base: Any, state: Any) -> _BounceInfoStandIn:
-    """``copy_reg._reconstructor`` limited to making an empty stand-in (a new-style class's pickle)."""
-    if cls is not _BounceInfoStandIn or base is not object or state is not None:
-        raise pickle.UnpicklingError("unexpected copy_reg._reconstructor call in a Mailman list database")
-    return cls.__new__(cls)
-
-
-_ALLOWED = {
-    ("Mailman.Bouncer", "_BounceInfo"): _BounceInfoStandIn,
-    ("copy_reg", "_reconstructor"): _reconstructor, ("copyreg", "_reconstructor"): _reconstructor,
-    ("__builtin__", "object"): object, ("builtins", "object"): object,
-    ("__builtin__", "set"): set, ("builtins", "set"): set,
-    ("__builtin__", "frozenset"): frozenset, ("builtins", "frozenset"): frozenset,
-}
-
-
-# Python 2 wrote protocols 0-2 only. Later opcodes (BYTEARRAY8, READONLY_BUFFER, FRAME, ...) are
-# refused: in a damaged or hostile file their length fields make the unpickler allocate gigabytes.
-_PROTOCOL_2_OPCODES = frozenset(op.code.encode("latin-1")[0] for op in pickletools.opcodes if op.proto <= 2)
-
-
-class _RestrictedUnpickler(pickle._Unpickler):
-    """The pure-Python unpickler (its opcode table can be cut down) with only known classes."""
-
-    dispatch = {code: load for code, load in pickle._Unpickler.dispatch.items() if code in _PROTOCOL_2_OPCODES}
-
-    def find_class(self, module: str, name: str) -> Any:
-        try:
-            return _ALLOWED[(module, name)]
-        except KeyError:
-            raise pickle.UnpicklingError(f"refusing to load {module}.{name} from a Mailman list database") from None
 
 
 @dataclass
@@ -113,6 +68,11 @@ class ImportedMember:
     delivery_status: str = "enabled"
     digest: bool = False
     bounce: BounceInfo | None = None
+    delivery_mode: str = "regular"            # regular, mime_digest, plain_digest
+    moderated: bool = False
+    language: str = ""
+    status_changed_at: float | None = None    # when Mailman disabled delivery
+    cookie: str | None = None                 # the re-enable token Mailman mailed (bounce info)
 
 
 @dataclass
@@ -123,6 +83,12 @@ class MailmanList:
     host_name: str
     language: str
     members: list[ImportedMember] = field(default_factory=list)
+    charset: str = "iso-8859-1"
+    conf: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def text(self, value: Any) -> str:
+        """A Python 2 string of this list's database as text (see :func:`_text`)."""
+        return _text(value, self.charset)
 
 
 @dataclass
@@ -131,19 +97,12 @@ class ImportReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)    # (address, reason)
 
 
-def looks_like_pickle(data: bytes) -> bool:
-    """True if ``data`` starts like a protocol 0-2 pickle of a dict (what Mailman writes)."""
-    return data[:2] == b"\x80\x02" or data[:1] in (b"}", b"(")
-
-
 def load_config(data: bytes) -> dict[str, Any]:
     """The attribute dict of a ``config.pck``; MailmanImportError if it is not one or names a disallowed class."""
-    if len(data) > MAX_PICKLE_BYTES:
-        raise MailmanImportError(f"list database is larger than {MAX_PICKLE_BYTES} bytes")
     try:
-        result = _RestrictedUnpickler(io.BytesIO(data), encoding="latin1").load()
-    except Exception as exc:  # noqa: BLE001 - junk input raises anything from OverflowError to KeyError
-        raise MailmanImportError(f"not a readable Mailman 2.1 list database: {exc}") from None
+        result = loads(data, what="Mailman 2.1 list database")
+    except UnsafePickle as exc:
+        raise MailmanImportError(str(exc)) from None
     if not isinstance(result, dict) or not isinstance(result.get("members"), dict):
         raise MailmanImportError("not a Mailman 2.1 list database (no members table)")
     return result
@@ -158,17 +117,26 @@ def read_config(data: bytes) -> MailmanList:
     statuses = _dict(conf.get("delivery_status"))
     options = _dict(conf.get("user_options"))
     bounces = _dict(conf.get("bounce_info"))
+    languages = _dict(conf.get("language"))
     found = MailmanList(real_name=_text(conf.get("real_name"), charset), host_name=_text(conf.get("host_name"), charset),
-                        language=language)
+                        language=language, charset=charset, conf=conf)
     for table, digest in (("members", False), ("digest_members", True)):
         for key, typed in sorted(_dict(conf.get(table)).items(), key=lambda kv: str(kv[0])):
             if not isinstance(key, str):
                 continue
             address = typed if isinstance(typed, str) and typed else key
             status = _delivery_status(statuses.get(key), options.get(key))
+            bits = options.get(key) if isinstance(options.get(key), int) else 0
+            info = bounces.get(key)
+            cookie = info.get("cookie") if is_a(info, "Mailman.Bouncer._BounceInfo") else None
+            member_language = _text(languages.get(key), "us-ascii")
             found.members.append(ImportedMember(
                 address=address, display_name=_text(usernames.get(key), charset), delivery_status=status,
-                digest=digest, bounce=_bounce_info(bounces.get(key), status)))
+                digest=digest, bounce=_bounce_info(info, status),
+                delivery_mode=("plain_digest" if bits & _DISABLE_MIME else "mime_digest") if digest else "regular",
+                moderated=bool(bits & _MODERATE), language="" if member_language == language else member_language,
+                status_changed_at=_changed_at(statuses.get(key), status),
+                cookie=cookie if isinstance(cookie, str) and cookie else None))
     return found
 
 
@@ -176,8 +144,9 @@ def import_members(store: ListStore, members: Iterable[ImportedMember]) -> Impor
     """Add ``members`` to ``store`` in one transaction; existing or malformed ones are skipped, not changed.
 
     Bounce info is carried over (score, last bounce day, notices left for
-    members disabled by bounce). Mailman's re-enable cookies are not: they
-    are not pending records here.
+    members disabled by bounce), with the delivery mode, moderation flag,
+    language and the time delivery was disabled. Mailman's re-enable cookies
+    are pending records: ``listgate import mailman21`` moves them.
     """
     report = ImportReport()
     with store.transaction():
@@ -190,13 +159,17 @@ def import_members(store: ListStore, members: Iterable[ImportedMember]) -> Impor
             except ValueError as exc:
                 report.skipped.append((item.address, str(exc)))
                 continue
+            member.delivery_mode, member.moderated, member.language = (
+                item.delivery_mode, item.moderated, item.language)
+            if item.status_changed_at is not None and item.delivery_status != "enabled":
+                member.status_changed_at = item.status_changed_at
             if item.bounce is not None:
                 member.bounce_score = item.bounce.score
                 member.last_bounce_day = item.bounce.date
                 member.last_bounce_at = _day_start(item.bounce.date)
                 member.notices_left = item.bounce.notices_left
                 member.last_notice_at = _day_start(item.bounce.last_notice)
-                store.save_member(member)
+            store.save_member(member)
             report.added.append(member.address)
     return report
 
@@ -244,8 +217,15 @@ def _day_start(day: str | None) -> float | None:
     return float(calendar.timegm((year, month, mday, 0, 0, 0)))
 
 
+def _changed_at(entry: Any, status: str) -> float | None:
+    if status == "enabled" or not (isinstance(entry, (tuple, list)) and len(entry) >= 2):
+        return None
+    when = entry[1]
+    return float(when) if isinstance(when, (int, float)) and not isinstance(when, bool) and when > 0 else None
+
+
 def _bounce_info(info: Any, status: str) -> BounceInfo | None:
-    if not isinstance(info, _BounceInfoStandIn):
+    if not is_a(info, "Mailman.Bouncer._BounceInfo"):
         return None
     state = info.__dict__
     score = state.get("score")

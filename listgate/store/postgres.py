@@ -50,7 +50,8 @@ from ..config import mask_url
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
                    PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, event_address, member_key, pending_payload, pending_record, truncate_evidence)
+                     bare_address, check_member, event_address, member_key, pending_payload, pending_record,
+                     restored_pending, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
 from .tokens import new_token
 
@@ -286,8 +287,7 @@ class PostgresStore(ListStore):
         return [Member(*r) for r in rows]
 
     def save_member(self, member: Member) -> None:
-        if member.delivery_status not in DELIVERY_STATUSES:
-            raise ValueError(f"unknown delivery status {member.delivery_status!r}")
+        check_member(member)
         columns = [c for c in MEMBER_COLUMNS if c != "key"]
         values = [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in columns)]
         with self.transaction():
@@ -387,6 +387,20 @@ class PostgresStore(ListStore):
                 if cur.rowcount == 1:
                     break
         return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
+
+    def restore_pending(self, record: PendingRecord) -> bool:
+        text = restored_pending(record)
+        with self.transaction():
+            cur = self._exec("INSERT INTO pending (token, list_key, type, payload, created, expires) "
+                             "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (token) DO NOTHING",
+                             (record.token, self.list_key, record.type, text, float(record.created),
+                              float(record.expires)))
+            if cur.rowcount == 1:
+                return True
+            rows = self._query("SELECT list_key FROM pending WHERE token = %s", (record.token,))
+        if rows and rows[0][0] != self.list_key:
+            raise ValueError(f"token {record.token} is pending in another list ({rows[0][0]})")
+        return False
 
     def peek_pending(self, token: str) -> PendingRecord | None:
         rows = self._query(f"{_PENDING_SELECT} WHERE token = %s AND list_key = %s AND expires > %s",

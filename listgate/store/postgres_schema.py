@@ -23,7 +23,7 @@ import logging
 
 import psycopg
 
-from .base import DELIVERY_STATUSES, PENDING_TYPES, StoreError, StoreUnavailable
+from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, StoreError, StoreUnavailable
 
 log = logging.getLogger("listgate.store")
 
@@ -32,7 +32,8 @@ LOCK_MIGRATE = (0x4C47, 0)        # 'LG', 0: schema migration
 LOCK_LIST = 0x4C48                # (LOCK_LIST, hashtext(list_key)): a list's write lock
 
 _IN = {"statuses": ", ".join(f"'{s}'" for s in DELIVERY_STATUSES),
-       "types": ", ".join(f"'{t}'" for t in PENDING_TYPES)}
+       "types": ", ".join(f"'{t}'" for t in PENDING_TYPES),
+       "modes": ", ".join(f"'{m}'" for m in DELIVERY_MODES)}
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     # version 1
@@ -103,6 +104,13 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires double precision NOT NULL,
             PRIMARY KEY (list_key, name)
         )""",
+    ),
+    # version 2: delivery mode (digests), per-member moderation and language (moving from Mailman 2.1)
+    (
+        f"""ALTER TABLE members
+            ADD COLUMN delivery_mode text NOT NULL DEFAULT 'regular' CHECK (delivery_mode IN ({_IN['modes']})),
+            ADD COLUMN moderated boolean NOT NULL DEFAULT false,
+            ADD COLUMN language text NOT NULL DEFAULT ''""",
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)

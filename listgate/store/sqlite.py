@@ -42,8 +42,8 @@ from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
                    PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, event_address, member_key, pending_payload, pending_record,
-                     truncate_evidence)
+                     bare_address, check_member, event_address, member_key, pending_payload, pending_record,
+                     restored_pending, truncate_evidence)
 from .sqlite_schema import connect, store_error
 from .tokens import new_token
 
@@ -279,8 +279,7 @@ class SQLiteStore(ListStore):
         return [Member(*r) for r in rows]
 
     def save_member(self, member: Member) -> None:
-        if member.delivery_status not in DELIVERY_STATUSES:
-            raise ValueError(f"unknown delivery status {member.delivery_status!r}")
+        check_member(member)
         columns = [c for c in MEMBER_COLUMNS if c != "key"]
         values = [getattr(member, c) for c in columns]
         with self.transaction():
@@ -374,6 +373,15 @@ class SQLiteStore(ListStore):
             self._exec("INSERT INTO pending (token, type, payload, created, expires) VALUES (?, ?, ?, ?, ?)",
                        (token, type, text, now, now + lifetime))
         return PendingRecord(token=token, type=type, payload=json.loads(text), created=now, expires=now + lifetime)
+
+    def restore_pending(self, record: PendingRecord) -> bool:
+        text = restored_pending(record)
+        with self.transaction():
+            if self._query("SELECT 1 FROM pending WHERE token = ?", (record.token,)):
+                return False
+            self._exec("INSERT INTO pending (token, type, payload, created, expires) VALUES (?, ?, ?, ?, ?)",
+                       (record.token, record.type, text, float(record.created), float(record.expires)))
+        return True
 
     def peek_pending(self, token: str) -> PendingRecord | None:
         rows = self._query(f"{_PENDING_SELECT} WHERE token = ? AND expires > ?", (token, clock.now()))

@@ -94,6 +94,12 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             expires REAL NOT NULL
         )""",
     ),
+    # version 4: delivery mode (digests), per-member moderation and language (moving from Mailman 2.1)
+    (
+        "ALTER TABLE members ADD COLUMN delivery_mode TEXT NOT NULL DEFAULT 'regular'",
+        "ALTER TABLE members ADD COLUMN moderated INTEGER NOT NULL DEFAULT 0",
+        "ALTER TABLE members ADD COLUMN language TEXT NOT NULL DEFAULT ''",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -2,6 +2,11 @@
 
 26 lower-case base32 characters: survives MTAs that fold the case of local
 parts, fits easily in RFC 5321's 64-octet local part next to ``L-confirm+``.
+
+Tokens moved from Mailman 2.1 (``listgate import mailman21``) keep their form,
+so a confirmation or probe Mailman mailed still works: 40 lower-case hex digits
+(``Pending.py``: a SHA-1 hexdigest). Case folding by an MTA is undone by the
+callers, which lower-case a token before matching it.
 """
 from __future__ import annotations
 
@@ -10,7 +15,7 @@ import re
 import secrets
 
 TOKEN_BYTES = 16
-TOKEN_RE = re.compile(r"^[a-z2-7]{26}$")
+TOKEN_RE = re.compile(r"^(?:[a-z2-7]{26}|[0-9a-f]{40})$")
 
 
 def new_token() -> str:
