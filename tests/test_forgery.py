@@ -53,7 +53,7 @@ def test_forged_plain_dsns_for_ten_days_never_score_or_probe(site):
 
 def test_member_without_verp_scored_only_for_a_post_we_sent(site):
     env = make_env(site, members=(LONG,))
-    assert not attribution.gets_verp(type("R", (), {"site": env.site, "lc": env.lc})(), env.member(LONG))
+    assert verp.member_bounce_address(env.site, env.lc, LONG) == f"demo-bounces@{DOMAIN}"   # no VERP for LONG
     # no post with that Message-ID went out: not scored
     outcome = env.bounce(dsn(LONG, original_message_id="<made-up@x>", list_id=LIST_ID), env.plain_rcpt())
     assert env.actions(outcome) == [(LONG, "unverified")]
@@ -196,3 +196,25 @@ def test_forged_probe_envid_is_no_probe_bounce(site):
     assert env.actions(outcome) == [(JANE, "unverified")]
     assert env.member(JANE).delivery_status == "enabled" and len(env.pending_probes(JANE)) == 1
 
+
+
+# -- what the runner asks of the re-injection listener (RFC 3461 section 4) ------------------------
+
+def test_dsn_options_for_probes_posts_and_other_mail(site):
+    from listgate.runner.delivery import dsn_options
+    from listgate.store.tokens import new_token
+    env = make_env(site, members=(JANE,))
+    token = new_token()
+    mail_opts, rcpt_opts = dsn_options(env.site, env.lc, {"kind": "probe", "probe_token": token}, JANE)
+    [envid] = [o[len("ENVID="):] for o in mail_opts]
+    assert verp.envid_probe_token(env.site, env.lc, envid) == token
+    assert rcpt_opts == ["NOTIFY=SUCCESS,FAILURE", f"ORCPT=rfc822;{JANE}"]
+    mail_opts, rcpt_opts = dsn_options(env.site, env.lc, {"kind": "post"}, JANE)
+    assert verp.envid_member(env.site, env.lc, mail_opts[0][len("ENVID="):], [JANE]) == JANE
+    assert rcpt_opts[0] == "NOTIFY=FAILURE,DELAY"
+    # ORCPT is xtext: "+" and "=" in an address are encoded
+    assert dsn_options(env.site, env.lc, {"kind": "post"}, "a+b=c@example.org")[1][1] == "ORCPT=rfc822;a+2Bb+3Dc@example.org"
+    # notices, XVERP batches and non-list mail ask for nothing
+    assert dsn_options(env.site, env.lc, {"kind": "owner_notice"}, JANE) == ([], [])
+    assert dsn_options(env.site, env.lc, {"kind": "post", "xverp": True}, JANE) == ([], [])
+    assert dsn_options(env.site, None, {"kind": "post"}, JANE) == ([], [])
