@@ -15,8 +15,9 @@ Rules (docs/ARCHITECTURE.md, "Routing"), in order:
 4. no list and role matches → ``reject 550 5.1.1`` (RFC 3463: bad destination
    mailbox address);
 5. ``L-bounces@D`` → ``accept``; ``L-bounces+EXT@D`` → ``accept`` for a verified
-   member VERP, a live probe token or accepted unsigned VERP, else
-   ``reject 550 5.1.1`` "not a valid bounce address";
+   member VERP within ``verp.max_age`` of its day, a live probe token or
+   accepted unsigned VERP, else ``reject 550 5.1.1`` "not a valid bounce
+   address" ("bounce address expired" for an old or undated one; like BATV);
 6. ``L-confirm+EXT@D`` whose extension is not token-shaped → ``reject 550 5.1.1``
    (a well-formed but unknown or expired token is accepted: the runner tells
    the sender it expired);
@@ -131,7 +132,9 @@ def _decide_bounces(site, address: ListAddress) -> RcptDecision:
         return RcptDecision("accept", address=address)
     result = verp.decode(site, site.lists[address.list_key], ext)
     if not result.valid:
-        return _reject(address, "5.1.1", "not a valid bounce address", verp_result=result)
+        # an expired (or undated, old-format) VERP address is refused like a forged one: 5.1.1
+        text = "bounce address expired" if result.error in ("expired", "undated") else "not a valid bounce address"
+        return _reject(address, "5.1.1", text, verp_result=result)
     return RcptDecision("accept", address=address, verp=result)
 
 

@@ -3,12 +3,24 @@
 Forms, for list ``L`` at domain ``D`` (the ``+`` is Postfix's
 ``recipient_delimiter``):
 
-* member VERP, signed: ``L-bounces+<local>=<domain>.<keyid>.<mac>@D``.
-  ``mac`` is HMAC-SHA256 (RFC 2104, stdlib :mod:`hmac`) keyed with the VERP
-  key ``keyid`` over ``list_key NUL member`` with the member address
-  lower-cased, written in lower-case base32 (RFC 4648 section 6) and cut to
-  ``verp.mac_length`` characters. Lower case throughout, so an MTA that folds
-  the case of local parts does not break the signature.
+* member VERP, signed and dated: ``L-bounces+<local>=<domain>.<keyid>.<day><mac>@D``.
+  ``day`` is the UTC day number of signing (POSIX days) modulo 32768, three
+  lower-case base32 characters (RFC 4648 section 6 alphabet, most
+  significant first); ``mac`` is HMAC-SHA256 (RFC 2104, stdlib :mod:`hmac`)
+  keyed with the VERP key ``keyid`` over ``list_key NUL member NUL day`` with
+  the list key and member address lower-cased, written in lower-case base32
+  and cut to ``verp.mac_length`` characters. Lower case throughout, so an MTA
+  that folds the case of local parts does not break the signature. Like
+  BATV's ``prvs`` addresses (draft-levine-smtp-batv), an address is valid
+  from its day for ``verp.max_age`` (default 14 days, more than an MTA's
+  maximal queue lifetime): older ones decode as ``expired`` and are refused
+  at RCPT like forged ones. One day of clock skew ahead is tolerated.
+* undated, as signed before dated addresses existed:
+  ``L-bounces+<local>=<domain>.<keyid>.<mac>@D``, MAC over ``list_key NUL
+  member`` (the last label is exactly ``mac_length`` long, so the two forms
+  never overlap). They verify only while ``verp.accept_undated_until`` (a
+  date, set for one window after the upgrade) has not passed; otherwise
+  they decode as ``undated`` and are refused.
 * probe: ``L-bounces+<token>@D``, ``token`` a pending ``probe`` record
   (:mod:`listgate.store.tokens`).
 * Mailman-style unsigned ``L-bounces+<local>=<domain>@D``: decoded only when
@@ -25,6 +37,18 @@ verifying at once (e.g. after a leak). Key files are read once per loaded
 configuration (:class:`Keyring`, kept as ``Site.verp_keys``; a
 :class:`listgate.config.Watcher` reload reads them again). Every signature
 is checked when it arrives, and a retired key's window at that moment.
+
+Envelope ids (RFC 3461 section 4.4, ``MAIL FROM ... ENVID=``, at most 100
+characters, returned in a DSN's ``Original-Envelope-Id``), signed with the
+same keys:
+
+* a post to a member: ``m.<day>.<keyid>.<mac>``, MAC over ``"envid" NUL "m"
+  NUL list_key NUL member NUL day``. It does not carry the member (addresses
+  run to 254 octets): :func:`envid_member` checks it against the recipients a
+  DSN names, so it attributes exactly the members who cannot get VERP. It
+  expires with ``verp.max_age`` like a VERP address.
+* a probe: ``p.<token>.<keyid>.<mac>``, MAC over ``"envid" NUL "p" NUL
+  list_key NUL token``; the token's pending record is what expires.
 
 Long addresses: RFC 5321 section 4.5.3.1.1 limits a local part to 64 octets.
 When the signed local part would be longer, or the member's local part is not
@@ -48,11 +72,17 @@ from .addresses import list_key, make, split_address
 from .store.tokens import is_token
 
 __all__ = ["VerpResult", "VerpKeyError", "Keyring", "member_bounce_address", "probe_bounce_address", "decode", "check_keys",
+           "post_envid", "probe_envid", "envid_member", "envid_probe_token", "xtext",
            "MAX_LOCAL_PART", "KINDS", "ERRORS"]
 
 MAX_LOCAL_PART = 64           # RFC 5321 section 4.5.3.1.1
 KINDS = ("member", "probe", "unsigned", "invalid")
-ERRORS = ("bad-mac", "retired-key", "unknown-key", "malformed", "unsigned-not-accepted", "unknown-token")
+ERRORS = ("bad-mac", "retired-key", "unknown-key", "malformed", "unsigned-not-accepted", "unknown-token",
+          "expired", "undated")
+DAY_CHARS = 3                 # base32 characters of the signing day
+_DAY_MOD = 32 ** DAY_CHARS    # day numbers wrap every ~90 years
+_B32 = "abcdefghijklmnopqrstuvwxyz234567"
+_SKEW_DAYS = 1                # a signing day this far ahead of ours still verifies (hosts' clocks)
 
 # RFC 5322 section 3.2.3 dot-atom of atext, minus '@' (implicitly) and '=' kept
 # legal: we split the member's local part from its domain at the *last* '='.
@@ -111,6 +141,8 @@ class Keyring:
     def __init__(self, verp_conf):
         # 52 base32 characters carry all 256 bits of SHA-256; more would be padding
         self.mac_length = min(verp_conf.mac_length, 52)
+        self.max_age_days = max(1, int(verp_conf.max_age // 86400))
+        self.accept_undated_until = verp_conf.accept_undated_until
         window = verp_conf.retired_verify_window
         keys = []
         for k in verp_conf.keys:
@@ -150,19 +182,43 @@ def check_keys(site) -> list[str]:
     return []
 
 
-def _mac(key: _Key, list_key: str, member: str, length: int) -> str:
-    """HMAC-SHA256 over ``list_key NUL member`` (each lower-cased, UTF-8), lower-case base32
-    without padding (RFC 4648 section 6), cut to ``length`` characters."""
-    data = f"{list_key.lower()}\x00{member.lower()}".encode("utf-8", "surrogateescape")
-    digest = hmac.new(key.secret, data, hashlib.sha256).digest()
+def _mac(key: _Key, list_key: str, member: str, length: int, day: str | None = None) -> str:
+    """HMAC-SHA256 over ``list_key NUL member`` (each lower-cased, UTF-8), then ``NUL day`` for
+    a dated address, lower-case base32 without padding (RFC 4648 section 6), cut to ``length``."""
+    text = f"{list_key.lower()}\x00{member.lower()}" + (f"\x00{day}" if day is not None else "")
+    return _hmac_b32(key, text, length)
+
+
+def _hmac_b32(key: _Key, text: str, length: int) -> str:
+    digest = hmac.new(key.secret, text.encode("utf-8", "surrogateescape"), hashlib.sha256).digest()
     return base64.b32encode(digest).decode("ascii").rstrip("=").lower()[:length]
+
+
+def day_code(ts: float | None = None) -> str:
+    """The signing day of ``ts`` (default: now): POSIX day number mod 32768 as 3 base32 characters."""
+    n = int((clock.now() if ts is None else ts) // 86400) % _DAY_MOD
+    return "".join(_B32[(n >> shift) & 31] for shift in range(5 * (DAY_CHARS - 1), -1, -5))
+
+
+def day_age(code: str, ts: float | None = None) -> int | None:
+    """Whole days from signing day ``code`` to ``ts`` (default now); None if ``code`` is not one.
+
+    A day up to one ahead (another host's clock) counts as age 0.
+    """
+    if len(code) != DAY_CHARS or any(c not in _B32 for c in code):
+        return None
+    n = 0
+    for c in code:
+        n = n * 32 + _B32.index(c)
+    age = (int((clock.now() if ts is None else ts) // 86400) - n) % _DAY_MOD
+    return 0 if age >= _DAY_MOD - _SKEW_DAYS else age
 
 
 def member_bounce_address(site, lc, member_address: str) -> str:
     """The envelope sender for list ``lc``'s mail to ``member_address``.
 
-    Returns ``L-bounces+<local>=<domain>.<keyid>.<mac>@D`` signed with the
-    current signing key, or the plain ``L-bounces@D`` when the member cannot be
+    Returns ``L-bounces+<local>=<domain>.<keyid>.<day><mac>@D`` signed with
+    the current signing key and today's day, or the plain ``L-bounces@D`` when the member cannot be
     embedded within 64 octets (see the module docstring). Raises
     :class:`VerpKeyError` if the signing key file is unreadable, ValueError if
     ``member_address`` has no ``@``.
@@ -176,8 +232,9 @@ def member_bounce_address(site, lc, member_address: str) -> str:
         return plain
     ring = site.verp_keys
     key = ring.signer
-    mac = _mac(key, list_key(lc), f"{local}@{domain}", ring.mac_length)
-    address = make(lc.name, lc.domain, "bounces", f"{local}={domain}.{key.id}.{mac}")
+    day = day_code()
+    mac = _mac(key, list_key(lc), f"{local}@{domain}", ring.mac_length, day)
+    address = make(lc.name, lc.domain, "bounces", f"{local}={domain}.{key.id}.{day}{mac}")
     if len(address.rpartition("@")[0].encode("ascii")) > MAX_LOCAL_PART:
         return plain
     return address
@@ -219,7 +276,8 @@ def decode(site, lc, extension: str, *, store=None) -> VerpResult:
         return VerpResult("unsigned", member=member) if member else VerpResult("invalid", error="malformed")
     # neither a known key nor accepted unsigned: say which it looks like
     labels = ext.rpartition("=")[2].split(".")
-    if len(labels) >= 3 and _is_mac(labels[-1].lower(), ring.mac_length):
+    if len(labels) >= 3 and (_is_mac(labels[-1].lower(), ring.mac_length)
+                             or _is_mac(labels[-1].lower(), ring.mac_length + DAY_CHARS)):
         return VerpResult("invalid", error="unknown-key")
     if _member_of(ext):
         return VerpResult("invalid", error="unsigned-not-accepted")
@@ -251,11 +309,23 @@ def _decode_signed(ring: Keyring, lc, ext: str) -> VerpResult | None:
         member = _member_of(rest[: -len(kid) - 1])
         if member is None:
             return VerpResult("invalid", key_id=key.id, error="malformed")
-        expected = _mac(key, list_key(lc), member, ring.mac_length)
-        if not hmac.compare_digest(expected.encode("ascii"), mac.lower().encode("ascii", "replace")):
+        mac = mac.lower()
+        day = None
+        if len(mac) == ring.mac_length + DAY_CHARS:
+            day, mac = mac[:DAY_CHARS], mac[DAY_CHARS:]
+        expected = _mac(key, list_key(lc), member, ring.mac_length, day)
+        if not hmac.compare_digest(expected.encode("ascii"), mac.encode("ascii", "replace")):
             return VerpResult("invalid", key_id=key.id, error="bad-mac")
         if key.verify_until is not None and clock.now() > key.verify_until:
             return VerpResult("invalid", key_id=key.id, error="retired-key")
+        if day is None:
+            until = ring.accept_undated_until
+            if until is None or clock.now() > until:
+                return VerpResult("invalid", member=member, key_id=key.id, error="undated")
+        else:
+            age = day_age(day)
+            if age is None or age > ring.max_age_days:
+                return VerpResult("invalid", member=member, key_id=key.id, error="expired")
         return VerpResult("member", member=member, key_id=key.id)
     return None
 
@@ -268,3 +338,87 @@ def _decode_probe(site, lc, token: str, store) -> VerpResult:
     if record is None or record.type != "probe":
         return VerpResult("invalid", token=token, error="unknown-token")
     return VerpResult("probe", token=token, pending=record)
+
+
+# -- envelope ids (RFC 3461 section 4.4) -----------------------------------------------------------
+
+MAX_ENVID = 100               # RFC 3461 section 4.4
+
+
+def _envid_mac(key: _Key, kind: str, lc, value: str, length: int, day: str = "") -> str:
+    return _hmac_b32(key, f"envid\x00{kind}\x00{list_key(lc).lower()}\x00{value.lower()}\x00{day}", length)
+
+
+def post_envid(site, lc, member_address: str) -> str:
+    """The ENVID of a post to ``member_address``: ``m.<day>.<keyid>.<mac>`` (module docstring).
+
+    Raises :class:`VerpKeyError` if the signing key file is unreadable."""
+    ring = site.verp_keys
+    day = day_code()
+    return f"m.{day}.{ring.signer.id}.{_envid_mac(ring.signer, 'm', lc, member_address, ring.mac_length, day)}"
+
+
+def probe_envid(site, lc, token: str) -> str:
+    """The ENVID of probe ``token``: ``p.<token>.<keyid>.<mac>``. ValueError if not token-shaped."""
+    if not is_token(token):
+        raise ValueError(f"not a token: {token!r}")
+    ring = site.verp_keys
+    return f"p.{token}.{ring.signer.id}.{_envid_mac(ring.signer, 'p', lc, token, ring.mac_length)}"
+
+
+def _envid_key(ring: Keyring, key_id: str) -> _Key | None:
+    key = ring.by_id.get(key_id.lower())
+    if key is None or (key.verify_until is not None and clock.now() > key.verify_until):
+        return None
+    return key
+
+
+def _envid_parts(envid: str | None, kind: str) -> list[str] | None:
+    parts = (envid or "").strip().lower().split(".")
+    return parts if len(parts) == 4 and parts[0] == kind and len(envid) <= MAX_ENVID else None
+
+
+def envid_probe_token(site, lc, envid: str | None) -> str | None:
+    """The probe token a DSN's ``Original-Envelope-Id`` carries, if it is one we signed, else None."""
+    parts = _envid_parts(envid, "p")
+    if parts is None or not is_token(parts[1]):
+        return None
+    ring = site.verp_keys
+    key = _envid_key(ring, parts[2])
+    if key is None:
+        return None
+    expected = _envid_mac(key, "p", lc, parts[1], ring.mac_length)
+    return parts[1] if hmac.compare_digest(expected.encode("ascii"), parts[3].encode("ascii", "replace")) else None
+
+
+def envid_member(site, lc, envid: str | None, candidates) -> str | None:
+    """The one of ``candidates`` (addresses a DSN names) that post ENVID ``envid`` was signed for.
+
+    None when ``envid`` is not a post ENVID of ours, is older than ``verp.max_age``,
+    or names none of them. Candidates are compared lower-cased.
+    """
+    parts = _envid_parts(envid, "m")
+    if parts is None:
+        return None
+    ring = site.verp_keys
+    key = _envid_key(ring, parts[2])
+    age = day_age(parts[1])
+    if key is None or age is None or age > ring.max_age_days:
+        return None
+    for address in candidates:
+        if not address:
+            continue
+        expected = _envid_mac(key, "m", lc, address, ring.mac_length, parts[1])
+        if hmac.compare_digest(expected.encode("ascii"), parts[3].encode("ascii", "replace")):
+            return address
+    return None
+
+
+def xtext(text: str) -> str:
+    """``text`` as RFC 3461 section 4 xtext: ``+`` and ``=``, and anything outside ``!``..``~``,
+    become ``+HH`` (upper-case hex of each UTF-8 octet)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        ch = chr(byte)
+        out.append(ch if 33 <= byte <= 126 and ch not in "+=" else f"+{byte:02X}")
+    return "".join(out)

@@ -85,8 +85,13 @@ def make_env(site: Site, members=("jane@example.com",), **list_keys) -> Env:
 
 def dsn(rcpt: str, status: str = "5.1.1", diagnostic: str = "550 5.1.1 User unknown", *,
         action: str = "failed", original_message_id: str = "<post-1@lists.example.org>",
-        reporting_mta: str = "mx.example.com") -> bytes:
-    """An RFC 3464 delivery status notification for one recipient, as an MTA writes it."""
+        reporting_mta: str = "mx.example.com", envid: str | None = None, list_id: str | None = None) -> bytes:
+    """An RFC 3464 delivery status notification for one recipient, as an MTA writes it.
+
+    ``envid``: the ``Original-Envelope-Id`` (RFC 3464 section 2.2.1); ``list_id``:
+    a ``List-Id`` on the returned headers."""
+    envid_line = f"Original-Envelope-Id: {envid}\n" if envid else ""
+    list_id_line = f"List-Id: {list_id}\n" if list_id else ""
     boundary = "dsn-boundary-1234"
     return (
         f"From: MAILER-DAEMON@{reporting_mta}\n"
@@ -100,12 +105,12 @@ def dsn(rcpt: str, status: str = "5.1.1", diagnostic: str = "550 5.1.1 User unkn
         f"--{boundary}\nContent-Type: text/plain\n\n"
         f"This is the mail system at host {reporting_mta}.\n\n<{rcpt}>: {diagnostic}\n\n"
         f"--{boundary}\nContent-Type: message/delivery-status\n\n"
-        f"Reporting-MTA: dns; {reporting_mta}\n\n"
+        f"{envid_line}Reporting-MTA: dns; {reporting_mta}\n\n"
         f"Final-Recipient: rfc822; {rcpt}\nOriginal-Recipient: rfc822; {rcpt}\n"
         f"Action: {action}\nStatus: {status}\nDiagnostic-Code: smtp; {diagnostic}\n\n"
         f"--{boundary}\nContent-Type: text/rfc822-headers\n\n"
         f"From: someone@example.net\nTo: demo@{DOMAIN}\nSubject: a post\n"
-        f"Message-ID: {original_message_id}\n\n"
+        f"Message-ID: {original_message_id}\n{list_id_line}\n"
         f"--{boundary}--\n"
     ).encode("utf-8")
 

@@ -119,3 +119,40 @@ def test_unknown_or_reused_token(env):
     env.run()
     assert env.store.get_member("new@one.test") is not None
     assert any_text(env.sink.messages_for("new@one.test"), "unknown or has expired")
+
+
+def test_forged_requests_to_one_address_are_rate_limited_and_logged_once(env, caplog):
+    # issue 20: forged -request mail (unsubscribe, made-up confirmation tokens) must not mail-bomb its victim
+    env.members("victim@one.test")
+    for i in range(4):
+        env.inject(message("victim@one.test", "unsubscribe"), role="request", sender="attacker@evil.test")
+        env.inject(message("victim@one.test", f"confirm {'a' * 25}{'bcdefg'[i]}"), role="request",
+                   sender="attacker@evil.test")
+    with caplog.at_level("WARNING", logger="listgate.app.ratelimit"):
+        env.run()
+    got = env.sink.messages_for("victim@one.test")
+    assert len(got) == env.site.conf.commands.max_replies_per_address == 3
+    assert env.store.get_member("victim@one.test") is not None
+    # no pending record was made for the requests past the limit
+    assert len(env.store.pending("unsubscription")) <= 3
+    bursts = [r for r in caplog.records if "rate-limited" in r.getMessage()]
+    assert len(bursts) == 1 and "victim@one.test" in bursts[0].getMessage()
+    # another address is served as usual
+    env.inject(message("other@one.test", "help"), role="request", sender="other@one.test")
+    env.run()
+    assert len(env.sink.messages_for("other@one.test")) == 1
+
+
+def test_per_list_limit(env):
+    import yaml
+    with open(env.site.path, encoding="utf-8") as fh:
+        data = yaml.safe_load(fh)
+    data["commands"] = {"max_replies_per_list": 2}
+    with open(env.site.path, "w", encoding="utf-8") as fh:
+        yaml.safe_dump(data, fh)
+    from listgate import config
+    env.site = config.load(env.site.path)
+    for i in range(4):
+        env.inject(message(f"u{i}@one.test", "help"), role="request", sender=f"u{i}@one.test")
+    env.run()
+    assert sum(len(env.sink.messages_for(f"u{i}@one.test")) for i in range(4)) == 2

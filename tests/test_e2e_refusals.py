@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from listgate import verp
+from listgate import clock, verp
 
 from harness import available
 from harness.stack import Stack
@@ -34,6 +34,13 @@ def st():
         yield stack
 
 
+@pytest.fixture(autouse=True)
+def stack_clock(st, monkeypatch):
+    # VERP addresses are dated: this process must sign with the stack's clock (conftest resets ours)
+    monkeypatch.setenv(clock.ENV_VAR, st.clock_file)
+    clock.reset()
+
+
 def post(st: Stack, n: int) -> str:
     mid = f"<refusals-{n}-{time.monotonic_ns()}@members.test>"
     msg = (f"From: Alice <{ALICE}>\r\nTo: demo@lists.example.org\r\nSubject: day {n}\r\n"
@@ -45,10 +52,9 @@ def post(st: Stack, n: int) -> str:
 def test_mail_from_refusal_is_never_scored_and_disabled_account_is_removed(st):
     for member in (ALICE, BLOCKED, CLOSED):
         st.listgate("members", "add", "demo", member)
-    # the sink refuses BLOCKED's own VERP envelope sender at MAIL FROM
-    st.sink.refuse_sender(verp.member_bounce_address(st.site, st.lc, BLOCKED), BLOCKLIST_REPLY)
-
     for day in range(1, 6):
+        # the sink refuses BLOCKED's own VERP envelope sender at MAIL FROM (dated: one per day)
+        st.sink.refuse_sender(verp.member_bounce_address(st.site, st.lc, BLOCKED), BLOCKLIST_REPLY)
         mid = post(st, day)
         st.wait_until(lambda: [d for d in st.sink.messages_for(ALICE) if mid.encode() in d.data], 60,
                       what=f"day {day} post for alice")

@@ -134,12 +134,26 @@ def test_non_member_bounce_recorded_and_ignored(site):
     assert env.store.events("stranger@example.net")[0].action == "non_member"
 
 
-def test_plain_dsn_attributes_to_member(site):
+def test_plain_dsn_naming_a_verp_member_is_unverified_evidence(site):
+    # issue 20: anyone can send this to L-bounces@D; Bob's posts go out with his VERP sender
     env = make_env(site, members=("jane@example.com", "Bob@Example.NET"))
     outcome = env.bounce(dsn("bob@example.net"), env.plain_rcpt())
-    assert env.actions(outcome) == [("Bob@example.net", "scored")]
+    assert env.actions(outcome) == [("Bob@example.net", "unverified")]
     assert outcome.actions[0].attribution == "dsn"
+    assert env.member("Bob@example.net").bounce_score == 0.0
+    assert env.store.evidence("Bob@example.net") == []
+
+
+def test_plain_dsn_with_our_post_envid_scores_its_member(site):
+    env = make_env(site, members=("jane@example.com", "Bob@Example.NET"))
+    envid = verp.post_envid(env.site, env.lc, "Bob@Example.NET")
+    outcome = env.bounce(dsn("bob@example.net", envid=envid), env.plain_rcpt())
+    assert env.actions(outcome) == [("Bob@example.net", "scored")]
+    assert outcome.actions[0].attribution == "envid"
     assert env.member("Bob@example.net").bounce_score == 1.0
+    # the ENVID names Bob only: a DSN naming Jane with Bob's ENVID proves nothing about Jane
+    outcome = env.bounce(dsn("jane@example.com", envid=envid), env.plain_rcpt())
+    assert env.actions(outcome) == [("jane@example.com", "unverified")]
 
 
 def test_bounce_processing_off_records_only(site):
@@ -238,7 +252,7 @@ def test_real_corpus_dsn_attributes_by_address(site, corpus):
     rel = "flufl.bounce/dsn_01.txt"
     outcome = env.bounce(corpus_file(rel), env.plain_rcpt())
     assert [a.address for a in outcome.actions] == ["userx@example.com"]
-    assert outcome.actions[0].action in ("scored", "recorded")
+    assert outcome.actions[0].action == "unverified"     # a VERP member: the plain address never scores
 
 
 def test_human_reply_to_verp_is_forwarded_to_owners(site):
@@ -418,5 +432,5 @@ def test_one_report_several_members_different_outcomes(site):
     outcome = env.bounce(msg, env.plain_rcpt())
     assert sorted((a.address, a.action, a.bounce_class) for a in outcome.actions) == [
         ("bob@example.net", "ignored", "delayed"),
-        ("eve@example.org", "recorded", "policy"),
-        ("jane@example.com", "scored", "hard")]
+        ("eve@example.org", "unverified", "policy"),       # plain address, VERP members: evidence only
+        ("jane@example.com", "unverified", "hard")]

@@ -130,7 +130,9 @@ def test_corpus_bounce_scores_as_classify_predicts(site, corpus, via_verp):
     out = inject.store_message(site, msg, "", routed(site, rcpt, sender=""), mta_queue_id="BQ1")
     assert [s.outcome for s in out] == ["bounce"]
     got = open_store(site, LIST).get_member(member)
-    assert got.bounce_score == pytest.approx(weight)
+    # a plain-address DSN naming a member who gets VERP is evidence, never a score (issue 20)
+    assert got.bounce_score == pytest.approx(weight if via_verp else 0.0)
+    assert open_store(site, LIST).events(member)[0].action == ("scored" if via_verp else "unverified")
     assert weight > 0 and failure.bounce_class == "hard"
     assert queued(site) == []          # bounces never go to the in queue
 
@@ -140,7 +142,7 @@ def test_bounce_with_read_only_store_is_not_stored(site, corpus):
     open_store(site, LIST).add_member("userx@example.com")
     open_store(site, LIST).close()
     msg = corpus_bounce(corpus, "flufl.bounce/dsn_13.txt")
-    r = routed(site, "demo-bounces@lists.example.org", sender="")
+    r = routed(site, verp.member_bounce_address(site, site.lists[LIST], "userx@example.com"), sender="")
     # the same database, on a mount that turns read-only
     mnt = lists
     data = {p.name: p.read_bytes() for p in lists.iterdir()}

@@ -250,6 +250,7 @@ def test_second_list_in_other_domain(site):
 
 def test_repeated_verp_decisions_follow_the_clock(site):
     # the retired key's window is looked at on every decision
+    clock.freeze(1_799_539_200.0 + 25 * 86400)      # signed 5 days before the window ends
     address = verp.member_bounce_address(site, site.get_list("demo"), "member@example.com")
     retiring = {**site.conf.verp.keys[0].as_dict(), "retired": True, "retired_at": "2027-01-10"}
     site = edit_site(site, verp={"keys": [{"id": "k2", "file": add_key(site, "k2")}, retiring],
@@ -290,3 +291,21 @@ def test_repeated_sender_decisions_follow_the_store(site, members):
     assert decide(site, post, sender="member@example.com").action == "reject"
     members.add_member("member@example.com")
     assert decide(site, post, sender="<member@EXAMPLE.com>").action == "accept"
+
+
+def test_expired_and_undated_verp_refused_like_forged(site):
+    lc = site.get_list("demo")
+    now = clock.now()
+    clock.freeze(now)
+    address = verp.member_bounce_address(site, lc, "member@example.com")
+    assert decide(site, address, sender="").action == "accept"
+    clock.freeze(now + 15 * 86400)
+    d = decide(site, address, sender="")
+    assert (d.action, d.code, d.dsn, d.verp.error) == ("reject", 550, "5.1.1", "expired")
+    assert "expired" in d.text
+    # an undated address of the old form, correctly signed: refused unless accept_undated_until says so
+    ring = site.verp_keys
+    mac = verp._mac(ring.signer, "demo@lists.example.org", "member@example.com", ring.mac_length)
+    old = f"demo-bounces+member=example.com.{ring.signer.id}.{mac}@{D}"
+    d = decide(site, old, sender="")
+    assert (d.action, d.dsn, d.verp.error) == ("reject", "5.1.1", "undated")

@@ -30,7 +30,9 @@ def test_round_trip(site):
     assert address.endswith("@lists.example.org")
     assert local.startswith(f"demo-bounces+Jane.Doe=example.com.{key_id}.")
     assert len(local) <= verp.MAX_LOCAL_PART
-    mac = local.rpartition(".")[2]
+    last = local.rpartition(".")[2]
+    day, mac = last[:verp.DAY_CHARS], last[verp.DAY_CHARS:]
+    assert day == verp.day_code() and verp.day_age(day) == 0
     assert len(mac) == site.conf.verp.mac_length and mac == mac.lower()
     result = verp.decode(site, lc, ext_of(site, address))
     assert result.kind == "member" and result.valid
@@ -82,13 +84,13 @@ def test_signature_is_bound_to_the_list(site):
 def test_mac_length_from_config(site):
     site = edit_site(site, verp={"keys": [k.as_dict() for k in site.conf.verp.keys], "mac_length": 12})
     address = verp.member_bounce_address(site, demo(site), "jane@example.com")
-    assert len(address.rpartition("@")[0].rpartition(".")[2]) == 12
+    assert len(address.rpartition("@")[0].rpartition(".")[2]) == 12 + verp.DAY_CHARS   # day + MAC
     assert verp.decode(site, demo(site), ext_of(site, address)).kind == "member"
 
 
 @pytest.mark.parametrize("mac_length", [6, 8, 12, 33, 52])
 def test_mac_is_the_documented_hmac_in_lower_case_base32(site, mac_length):
-    # HMAC-SHA256 over "list_key NUL member" (lower case), base32 (RFC 4648) lower case, cut:
+    # HMAC-SHA256 over "list_key NUL member NUL day" (lower case), base32 (RFC 4648) lower case, cut:
     # computed here with the standard library alone, independently of verp
     import base64
     import hashlib
@@ -97,19 +99,22 @@ def test_mac_is_the_documented_hmac_in_lower_case_base32(site, mac_length):
     with open(site.resolve(site.conf.verp.keys[0].file), encoding="ascii") as fh:
         secret = bytes.fromhex(fh.read().strip())
     for member in ("Jane.Doe@Example.COM", "o'brien@example.ie", "x=y@example.org"):
-        digest = hmac.new(secret, f"demo@lists.example.org\x00{member}".lower().encode(), hashlib.sha256).digest()
+        day = verp.day_code()
+        digest = hmac.new(secret, f"demo@lists.example.org\x00{member}".lower().encode() + f"\x00{day}".encode(),
+                          hashlib.sha256).digest()
         expected = base64.b32encode(digest).decode().lower()[:mac_length]
         ring = site.verp_keys
-        assert verp._mac(ring.signer, "Demo@Lists.Example.Org", member, ring.mac_length) == expected
+        assert verp._mac(ring.signer, "Demo@Lists.Example.Org", member, ring.mac_length, day) == expected
         address = verp.member_bounce_address(site, demo(site), member)
         if address != "demo-bounces@lists.example.org":         # long MACs do not fit in 64 octets
-            assert address.rpartition("@")[0].rpartition(".")[2] == expected
+            assert address.rpartition("@")[0].rpartition(".")[2] == day + expected
             local, _, domain = member.rpartition("@")
             assert verp.decode(site, demo(site), ext_of(site, address)).member == f"{local}@{domain.lower()}"
 
 
-# Addresses signed by listgate before its MAC encoding moved to base64.b32encode (commit 141b1f4),
-# with the key 000102...1f: members already hold them, so they must keep verifying, byte for byte.
+# Undated addresses signed by listgate before dated ones (and before its MAC encoding moved to
+# base64.b32encode, commit 141b1f4), with the key 000102...1f: mail sent just before the upgrade
+# carries them, so they verify byte for byte while verp.accept_undated_until says so.
 SIGNED_BEFORE = [
     (8, "Jane.Doe@Example.COM", "demo-bounces+Jane.Doe=example.com.fixed.rdabftlw@lists.example.org"),
     (8, "a@x.org", "demo-bounces+a=x.org.fixed.5bqpinb2@lists.example.org"),
@@ -125,11 +130,27 @@ def test_addresses_signed_by_earlier_versions_still_verify(site, mac_length, mem
     path = os.path.join(site.state_dir, "keys", "fixed.key")
     with open(path, "w", encoding="ascii") as fh:
         fh.write(bytes(range(32)).hex() + "\n")
-    site = edit_site(site, verp={"keys": [{"id": "fixed", "file": path}], "mac_length": mac_length})
-    assert verp.member_bounce_address(site, demo(site), member) == address
+    import datetime
+    until = clock.now() + 86400
+    iso = datetime.datetime.fromtimestamp(until, datetime.timezone.utc).isoformat()
+    site = edit_site(site, verp={"keys": [{"id": "fixed", "file": path}], "mac_length": mac_length,
+                                 "accept_undated_until": iso})
     local, _, domain = member.rpartition("@")
     result = verp.decode(site, demo(site), ext_of(site, address))
     assert (result.kind, result.member, result.key_id) == ("member", f"{local}@{domain.lower()}", "fixed")
+    # past the date (or without one) the old form is refused: it carries no date to expire by
+    clock.freeze(until + 1)
+    try:
+        assert verp.decode(site, demo(site), ext_of(site, address)).error == "undated"
+    finally:
+        clock.freeze(None)
+    site = edit_site(site, verp={"keys": [{"id": "fixed", "file": path}], "mac_length": mac_length})
+    result = verp.decode(site, demo(site), ext_of(site, address))
+    assert (result.kind, result.error) == ("invalid", "undated")
+    # and what is signed now is dated: its last label is day + MAC
+    signed = verp.member_bounce_address(site, demo(site), member)
+    if signed != "demo-bounces@lists.example.org":
+        assert len(signed.rpartition("@")[0].rpartition(".")[2]) == mac_length + verp.DAY_CHARS
 
 
 def _rotate(site, *, retired_at=None, window=None):
@@ -146,6 +167,7 @@ def _rotate(site, *, retired_at=None, window=None):
 
 
 def test_rotation_new_key_signs_retired_key_verifies_within_window(site):
+    clock.freeze(1_800_000_000.0 - 6 * DAY)             # signed before the rotation
     old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
     old_id = site.conf.verp.keys[0].id
     clock.freeze(1_800_000_000.0)                       # 2027-01-15
@@ -158,9 +180,11 @@ def test_rotation_new_key_signs_retired_key_verifies_within_window(site):
 
 
 def test_retired_key_after_window_is_refused(site):
+    retired = 1_799_539_200.0                           # 2027-01-10
+    clock.freeze(retired + 25 * DAY)                    # signed within verp.max_age of the checks below
     old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
     site = _rotate(site, retired_at="2027-01-10", window="30d")
-    retired = site.conf.verp.keys[1].retired_at
+    assert site.conf.verp.keys[1].retired_at == retired
     clock.freeze(retired + 30 * DAY - 1)
     assert verp.decode(site, demo(site), old_ext).kind == "member"
     clock.freeze(retired + 30 * DAY + 1)
@@ -174,7 +198,7 @@ def test_retired_key_after_window_is_refused(site):
 def test_retired_key_without_retired_at_verifies_while_listed(site):
     old_ext = ext_of(site, verp.member_bounce_address(site, demo(site), "jane@example.com"))
     site = _rotate(site)
-    clock.freeze(clock.now() + 3650 * DAY)
+    clock.freeze(clock.now() + 10 * DAY)                # (a dated address's own age still counts)
     assert verp.decode(site, demo(site), old_ext).kind == "member"
 
 
@@ -272,7 +296,7 @@ def test_probe_address_needs_a_token(site):
 
 def test_local_part_limit_and_fallback(site):
     lc = demo(site)
-    overhead = len(f"demo-bounces+=.{site.conf.verp.keys[0].id}.") + site.conf.verp.mac_length
+    overhead = len(f"demo-bounces+=.{site.conf.verp.keys[0].id}.") + verp.DAY_CHARS + site.conf.verp.mac_length
     # exactly 64 octets: still signed
     domain = "example.com"
     local = "a" * (verp.MAX_LOCAL_PART - overhead - len(domain))
@@ -295,3 +319,90 @@ def test_unembeddable_members_get_plain_sender(site, member):
 def test_member_bounce_address_rejects_non_address(site):
     with pytest.raises(ValueError):
         verp.member_bounce_address(site, demo(site), "no-at-sign")
+
+
+def test_dated_address_expires_after_max_age(site):
+    lc = demo(site)
+    now = clock.now()
+    clock.freeze(now)
+    try:
+        ext = ext_of(site, verp.member_bounce_address(site, lc, "jane@example.com"))
+        for days, kind in ((0, "member"), (14, "member"), (15, "invalid"), (400, "invalid")):
+            clock.freeze(now + days * 86400)
+            result = verp.decode(site, lc, ext)
+            assert result.kind == kind, days
+            if kind == "invalid":
+                assert result.error == "expired"
+        # another host a day behind signs "tomorrow": still valid here
+        clock.freeze(now - 86400)
+        assert verp.decode(site, lc, ext).kind == "member"
+        clock.freeze(now - 3 * 86400)
+        assert verp.decode(site, lc, ext).error == "expired"
+        # the date is under the MAC: moving it forward breaks the signature
+        local_dom, _, last = ext.rpartition(".")
+        day = verp.day_code(now + 20 * 86400)
+        clock.freeze(now + 20 * 86400)
+        assert verp.decode(site, lc, f"{local_dom}.{day}{last[verp.DAY_CHARS:]}").error == "bad-mac"
+    finally:
+        clock.freeze(None)
+
+
+def test_max_age_from_config(site):
+    site = edit_site(site, verp={"keys": [k.as_dict() for k in site.conf.verp.keys], "max_age": "3d"})
+    lc = demo(site)
+    now = clock.now()
+    try:
+        clock.freeze(now)
+        ext = ext_of(site, verp.member_bounce_address(site, lc, "jane@example.com"))
+        clock.freeze(now + 3 * 86400)
+        assert verp.decode(site, lc, ext).kind == "member"
+        clock.freeze(now + 4 * 86400)
+        assert verp.decode(site, lc, ext).error == "expired"
+    finally:
+        clock.freeze(None)
+
+
+def test_day_code_round_trip_and_wrap():
+    for day in (0, 1, 20000, 32767, 32768, 40000):
+        ts = day * 86400 + 3600
+        code = verp.day_code(ts)
+        assert len(code) == verp.DAY_CHARS and code.isalnum() and code == code.lower()
+        assert verp.day_age(code, ts) == 0
+        assert verp.day_age(code, ts + 5 * 86400) == 5
+    assert verp.day_age("ab") is None and verp.day_age("a1!") is None
+
+
+def test_post_envid_names_only_its_member_and_expires(site):
+    lc = demo(site)
+    now = clock.now()
+    try:
+        clock.freeze(now)
+        envid = verp.post_envid(site, lc, "Long.Name@Example.org")
+        assert len(envid) <= verp.MAX_ENVID and verp.xtext(envid) == envid
+        assert verp.envid_member(site, lc, envid, ["other@example.org", "long.name@example.org"]) \
+            == "long.name@example.org"
+        assert verp.envid_member(site, lc, envid, ["other@example.org"]) is None
+        assert verp.envid_member(site, site.get_list("demo"), envid.upper(), ["long.name@example.org"])
+        forged = envid[:-1] + ("a" if envid[-1] != "a" else "b")
+        assert verp.envid_member(site, lc, forged, ["long.name@example.org"]) is None
+        assert verp.envid_probe_token(site, lc, envid) is None
+        clock.freeze(now + 15 * 86400)
+        assert verp.envid_member(site, lc, envid, ["long.name@example.org"]) is None
+    finally:
+        clock.freeze(None)
+
+
+def test_probe_envid_carries_a_signed_token(site):
+    from listgate.store.tokens import new_token
+    lc = demo(site)
+    token = new_token()
+    envid = verp.probe_envid(site, lc, token)
+    assert len(envid) <= verp.MAX_ENVID
+    assert verp.envid_probe_token(site, lc, envid) == token
+    assert verp.envid_probe_token(site, lc, f"p.{new_token()}.{envid.split('.')[2]}.{envid.split('.')[3]}") is None
+    assert verp.envid_probe_token(site, lc, None) is None and verp.envid_probe_token(site, lc, "junk") is None
+
+
+def test_xtext():
+    assert verp.xtext("a+b=c d") == "a+2Bb+3Dc+20d"
+    assert verp.xtext("é") == "+C3+A9"

@@ -15,10 +15,13 @@ Rules, in the order a bounce meets them
   passed in, nothing is decoded twice). A signed member VERP
   (``L-bounces+<member>.<key>.<mac>@D``) names the member, whatever address
   the DSN reports (forwarding changes it);
-  a probe token names the probe; otherwise each failing address of the
-  classification (RFC 3464 DSN, flufl.bounce detectors) is looked up among the
-  members. A DSN whose original Message-ID is a pending probe's is a probe
-  bounce too. Forged, retired-key or malformed VERP extensions attribute
+  a probe token names the probe; so does a DSN whose ``Original-Envelope-Id``
+  is a probe ENVID we signed, or whose original Message-ID is a pending
+  probe's. Otherwise each failing address of the classification (RFC 3464
+  DSN, flufl.bounce detectors) is looked up among the members, and
+  :mod:`listgate.app.attribution` says whether it may score them: a signed
+  post ENVID naming them, or (members without VERP only) a returned original
+  that is a post we sent them; anything else is recorded ``unverified``. Forged, retired-key or malformed VERP extensions attribute
   nothing (routing refuses them at RCPT; if one gets here, the message is
   handled as if it came to plain ``L-bounces@D``).
 * **Not a bounce** (human reply, RFC 3834 auto-reply) is never scored:
@@ -43,10 +46,8 @@ Rules, in the order a bounce meets them
   any member. A failure of class ``site`` (our MTA could not get the TLS,
   MTA-STS or DANE security it requires) is recorded, never scored; the
   postmaster is told once per destination domain and day.
-* **Complaints** (ARF, RFC 5965): recorded; ``complaint_action`` ``disable``
-  sets delivery ``by_admin`` (a complaint says nothing about the address, so
-  the bounce notices and removal do not apply; an owner re-enables), and
-  ``unsubscribe`` removes the member; the owners are told either way.
+* **Complaints** (ARF, RFC 5965): :mod:`listgate.app.complaints` (they act
+  only when authenticated).
 
 Durability and ordering
 -----------------------
@@ -73,7 +74,7 @@ from ..log import kv
 from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
 from ..store import BounceEvent, Member, NotAMember, open_store
-from . import incidents, notices, probes
+from . import attribution, complaints, incidents, notices, probes
 
 __all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK"]
 
@@ -249,11 +250,13 @@ class BounceEngine:
             elif verp_member:
                 self._verp_bounce(run, verp_member, result, msg)
             else:
-                token = probes.probe_by_message_id(run, result.original_message_id)
+                original = attribution.read_original(msg)
+                token = (verp.envid_probe_token(self.site, lc, original.envid)
+                         or probes.probe_by_message_id(run, result.original_message_id))
                 if token:
                     probes.probe_bounce(run, token, _top(result.failures), msg)
                 else:
-                    self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note)
+                    self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note, original)
             run.flush()
         log.info("bounce %s", kv(list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary()))
         return run.outcome
@@ -401,7 +404,7 @@ class BounceEngine:
         self._member_failure(run, member, failure, msg, attribution="verp")
 
     def _plain_bounce(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
-                      envelope_sender: str | None, verp_note: str) -> None:
+                      envelope_sender: str | None, verp_note: str, original: attribution.Original) -> None:
         by_address: dict[str, list[Failure]] = {}
         for f in result.failures:
             if f.address:
@@ -413,13 +416,28 @@ class BounceEngine:
             reason = "no failing address found" + (f"; {verp_note}" if verp_note else "")
             self._unrecognized(run, msg, rcpt, envelope_sender, reason, failure=_top(result.failures))
             return
+        envid_address = verp.envid_member(self.site, run.lc, original.envid, list(by_address))
         for address, failures in sorted(by_address.items()):
             failure = _top(failures)
             member = _find_member(run.store, address)
             if member is None:
                 self._non_member(run, address, failure)
+            elif address == envid_address:
+                self._member_failure(run, member, failure, msg, attribution="envid",
+                                     sample=attribution.summary(failure, "envid"))
+            elif failure.bounce_class == "complaint" or not self._plain_may_score(run, member, failure, original):
+                self._member_failure(run, member, failure, msg, unverified=failure.bounce_class != "complaint")
             else:
-                self._member_failure(run, member, failure, msg)
+                self._member_failure(run, member, failure, msg, attribution="post",
+                                     sample=attribution.summary(failure, "post"))
+
+    def _plain_may_score(self, run: _Run, member: Member, failure: Failure, original) -> bool:
+        """Whether a plain-address bounce naming ``member`` may score them (:mod:`.attribution`)."""
+        if run.lc.verp_mode != "signed":
+            return True                     # xverp: unsigned VERP by choice, forgeable anyway
+        if attribution.gets_verp(run, member):
+            return False
+        return attribution.sent_to(run, member, original)
 
     def _non_member(self, run: _Run, address: str, failure: Failure) -> None:
         run.record(address, "non_member", failure)
@@ -429,7 +447,14 @@ class BounceEngine:
             cancel_for_bounce(run, address)
 
     def _member_failure(self, run: _Run, member: Member, failure: Failure, msg: bytes,
-                        attribution: str | None = None) -> None:
+                        attribution: str | None = None, *, unverified: bool = False,
+                        sample: bytes | None = None) -> None:
+        """Score, ignore or record ``failure`` of ``member``; ``msg`` is kept as evidence.
+
+        A probe attaches ``sample`` when given (a summary, for bounces that did not
+        reach the member's VERP address: never a message an outsider chose), else
+        ``msg``. ``unverified``: a plain-address bounce that may not score
+        (:mod:`listgate.app.attribution`): recorded only, after the same checks."""
         lc = run.lc
         cls = failure.bounce_class
         if not lc.bounce_processing:
@@ -440,10 +465,14 @@ class BounceEngine:
             run.record(member.key, "residual", failure, attribution=attribution)
             return
         if cls == "complaint":
-            self._complaint(run, member, failure, msg, attribution)
+            complaints.complaint(run, member, failure, msg, attribution)
             return
         if cls in IGNORED_CLASSES:
             run.record(member.key, "ignored", failure, attribution=attribution)
+            return
+        if unverified:      # never counted towards a domain incident either: anyone can send it
+            run.record(member.key, "unverified", failure, attribution=attribution,
+                       detail=f"not scored: no VERP, ENVID or post of ours proves it: {failure.diagnostic}")
             return
         if incidents.site_incident(run, member, failure, msg) or incidents.domain_incident(run, member, failure, msg):
             run.record(member.key, "incident", failure, attribution=attribution)
@@ -472,28 +501,10 @@ class BounceEngine:
                                                  f"{cls} {failure.status or ''} {failure.diagnostic}", [msg]),
                      run.to_owners(), "owner_notice")
         if member.bounce_score >= lc.bounce_score_threshold:
-            probes.send_probe(run, member, msg)
+            probes.send_probe(run, member, sample or msg)
             run.store.save_member(member)
             run.record(member.key, "probe_sent", failure, attribution=attribution)
         else:
             run.store.save_member(member)
             run.record(member.key, "scored", failure, attribution=attribution,
                        detail=f"score {member.bounce_score:g}: {failure.diagnostic}")
-
-    def _complaint(self, run: _Run, member: Member, failure: Failure, msg: bytes,
-                   attribution: str | None) -> None:
-        lc = run.lc
-        action = lc.complaint_action
-        if action == "record":
-            run.record(member.key, "complaint", failure, attribution=attribution)
-            return
-        if action == "disable":
-            member.delivery_status = "by_admin"
-            member.status_changed_at = run.now
-            run.store.save_member(member)
-            what = "delivery disabled (by_admin)"
-        else:
-            run.store.remove_member(member.key)
-            what = "member unsubscribed"
-        run.send(notices.owner_complaint(lc, member.address, what, msg), run.to_owners(), "owner_notice")
-        run.record(member.key, "complaint", failure, attribution=attribution, detail=what)

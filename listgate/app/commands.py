@@ -21,6 +21,9 @@ replier must be an owner or moderator). ``probe`` tokens are for bounces only.
 Auto-generated mail (RFC 3834, see :func:`.mail.auto_generated`) never gets a
 reply and never confirms anything: an autoresponder answering a confirmation
 request must not subscribe its owner.
+
+Confirmation requests and replies are rate-limited per address and per list
+(:mod:`.ratelimit`): past the limit a command is neither answered nor acted on.
 """
 from __future__ import annotations
 
@@ -31,7 +34,7 @@ from .. import addresses
 from ..log import kv
 from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
 from ..store.tokens import TOKEN_RE
-from . import mail, notices, posting, texts
+from . import mail, notices, posting, ratelimit, texts
 from .subscriptions import complete
 
 log = logging.getLogger("listgate.app.commands")
@@ -91,6 +94,8 @@ class Context:
     def reply(self) -> None:
         if not self.results or self.requester is None or self.auto:
             return
+        if not ratelimit.may_send(self.site, self.lc, self.store, self.requester):
+            return
         body = texts.RESULTS.format(list=notices.address(self.lc), results="\n".join(self.results),
                                     request=notices.address(self.lc, "request"))
         notices.send(self.site, self.lc, self.requester, f"Re: your commands to {notices.address(self.lc)}",
@@ -110,6 +115,9 @@ def subscribe(ctx: Context, address: str | None = None) -> None:
     if member is not None and member.delivery_status != "by_bounce":  # by_bounce: confirming re-enables
         ctx.results.append(f"subscribe: {address} is already a member")
         return
+    if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
+        ctx.results.append(f"subscribe: {texts.RATE_LIMITED.format(address=address)}")
+        return
     rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},
                                 ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, address, rec.token, f"subscribe {address} to {notices.address(ctx.lc)}",
@@ -121,6 +129,9 @@ def unsubscribe(ctx: Context, address: str | None = None) -> None:
     address = address or ctx.requester
     if not address or not _valid(address) or ctx.store.get_member(address) is None:
         ctx.results.append(f"unsubscribe: {address or 'you'} is not a member")
+        return
+    if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
+        ctx.results.append(f"unsubscribe: {texts.RATE_LIMITED.format(address=address)}")
         return
     rec = ctx.store.add_pending("unsubscription", {"address": address}, ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, address, rec.token,
@@ -138,6 +149,9 @@ def change_address(ctx: Context, new: str | None) -> None:
         return
     if ctx.store.get_member(new) is not None:
         ctx.results.append(f"change-address: {new} is already a member")
+        return
+    if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, new):
+        ctx.results.append(f"change-address: {texts.RATE_LIMITED.format(address=new)}")
         return
     rec = ctx.store.add_pending("change_of_address", {"old": old, "new": new},
                                 ctx.site.conf.pending.user_confirmation)

@@ -40,7 +40,7 @@ from ..addresses import split_address
 from ..log import kv
 from ..queue import Switchboard
 from ..store import open_store
-from . import mail, moderation
+from . import attribution, mail, moderation
 from .notices import address, list_id
 
 log = logging.getLogger("listgate.app.posting")
@@ -220,6 +220,7 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     if not deliveries:
         log.info("post for a list without enabled members %s", kv(list=meta["list"]))
         return None
+    attribution.record_post(store, lc, meta["message_id"])     # what bounces and complaints may quote
     arrival = (origin or {}).get("arrival")
     arrival = arrival if isinstance(arrival, (int, float)) else None
     board = Switchboard.for_site(site, "out")

@@ -23,6 +23,14 @@ transaction, with its per-call context ``run`` (``run.lc``, ``run.store``,
   notice), and removes the member one interval after the last. With 0
   warnings the member gets one last notice and is removed at once. A probe
   refused for policy (5.7.x) does not disable: policy bounces never do.
+* **Probe delivered**: probes go out with ``NOTIFY=SUCCESS,FAILURE`` and a
+  signed ``ENVID`` carrying the token (RFC 3461; ``listgate.runner.delivery``).
+  A ``delivered``, ``relayed`` or ``expanded`` DSN for the probe (by its VERP
+  token, its ENVID or its Message-ID) spends the token at once: the member
+  stays enabled, scoring starts over, the event is ``probe_delivered``.
+* **Sample**: the probe attaches the bounce that crossed the threshold only
+  if it reached the member's VERP address; otherwise a text summary of it
+  (:func:`listgate.app.attribution.summary`), never a message an outsider chose.
 """
 from __future__ import annotations
 
@@ -34,6 +42,8 @@ from . import notices, site_incidents
 
 # A probe bounce of these classes disables; a policy refusal of the probe does not.
 PROBE_FAILURE_CLASSES = ("hard", "soft", "unknown")
+# A success DSN (RFC 3464 Action, asked for with NOTIFY=SUCCESS, RFC 3461) closes the probe at once.
+PROBE_SUCCESS_CLASSES = ("delivered", "relayed", "expanded")
 
 
 def outstanding_probe(run, member_key: str) -> bool:
@@ -86,6 +96,15 @@ def probe_bounce(run, token: str, failure: Failure | None, msg: bytes) -> None:
     if not run.lc.bounce_processing:
         run.record(member_key, "recorded", failure, attribution="probe",
                    detail="bounce processing is off for this list")
+        return
+    if failure.bounce_class in PROBE_SUCCESS_CLASSES:
+        try:
+            run.store.confirm_pending(token, "probe")
+        except UnknownToken:
+            run.record(member_key, "probe_unknown", failure, attribution="probe")
+            return
+        run.record(member_key, "probe_delivered", failure, attribution="probe",
+                   detail=f"the probe was {failure.bounce_class} (success DSN): the member stays enabled")
         return
     if failure.bounce_class not in PROBE_FAILURE_CLASSES:
         action = "probe_policy" if failure.bounce_class == "policy" else "ignored"

@@ -85,3 +85,6 @@ UNKNOWN_TOKEN = """\
 The confirmation token in your message to {list} is unknown or has expired.
 Nothing was done. Requests expire after a few days; please make the request again.
 """
+
+RATE_LIMITED = ("too many messages went to {address} from this list recently; nothing was done. "
+                "Please try again tomorrow.")

@@ -89,6 +89,20 @@ VERP = Section({
     "keys": Field("keys", (), doc="signing keys; the first non-retired key signs"),
     "mac_length": Field("int", 8, minimum=6, doc="base32 characters of MAC in a VERP address"),
     "retired_verify_window": Field("duration", 30 * DAY, doc="how long a retired key (with retired_at) still verifies"),
+    "max_age": Field("duration", 14 * DAY, minimum=DAY, doc="how long a dated member VERP address (and a post's "
+                     "ENVID) stays valid; older ones are refused at RCPT like forged ones (more than the MTA's "
+                     "maximal_queue_lifetime)"),
+    "accept_undated_until": Field("timestamp", None, doc="until this date (YYYY-MM-DD, UTC), also accept the "
+                                  "undated VERP addresses signed before dated ones existed (set it to the upgrade "
+                                  "day plus max_age); null: refuse them"),
+})
+
+COMMANDS = Section({
+    "max_replies_per_address": Field("int", 3, minimum=0, doc="confirmation requests and command replies one "
+                                     "address gets from one list per replies_window (0: no limit)"),
+    "max_replies_per_list": Field("int", 200, minimum=0, doc="confirmation requests and command replies one list "
+                                  "sends per replies_window, to anyone (0: no limit)"),
+    "replies_window": Field("duration", DAY, minimum=60),
 })
 
 PENDING = Section({
@@ -139,6 +153,7 @@ SITE = Section({
     "verp": Field("section", section=VERP),
     "pending": Field("section", section=PENDING),
     "runner": Field("section", section=RUNNER),
+    "commands": Field("section", section=COMMANDS),
     "store": Field("store", section=STORE, doc="sqlite, or a mapping (url: postgresql://... for PostgreSQL)"),
     "trusted_networks": Field("networks", ("127.0.0.0/8", "::1/128")),
     "logging": Field("section", section=LOGGING),

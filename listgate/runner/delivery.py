@@ -24,6 +24,16 @@ its ``done``) and only recipients not in ``done`` are sent. The one recipient wh
 crash (the MTA said 250 but ``done`` was not yet written) gets the post twice:
 that window cannot be closed without two-phase commit with the MTA.
 
+DSN requests (RFC 3461), when the listener offers ``DSN`` (Postfix's smtpd
+does unless ``smtpd_discard_ehlo_keywords`` hides it; INSTALL, "DSN"): a
+probe goes out with ``ENVID=`` its signed probe id
+(:func:`listgate.verp.probe_envid`) and ``NOTIFY=SUCCESS,FAILURE``, so a
+success DSN closes it within minutes; a post to one member (``verp_mode:
+signed``) with ``ENVID=`` its signed post id (:func:`listgate.verp.post_envid`)
+and ``NOTIFY=FAILURE,DELAY``. Both set ``ORCPT=rfc822;`` the member's
+address (ASCII addresses), so DSNs name the address we sent to even after
+forwarding. Values are xtext (RFC 3461 section 4). XVERP batches get none.
+
 Replies (RFC 5321 section 4.2.1): 2xx → done; 5xx for a recipient → done,
 reported to :meth:`BounceEngine.register_failure` (with ``probe_token`` for a
 probe qfile: the probe bounced); 4xx, or the listener unreachable → the
@@ -137,6 +147,23 @@ class Connection:
         self.drop()
 
 
+def dsn_options(site, lc, meta: dict, rcpt: str) -> tuple[list[str], list[str]]:
+    """``(MAIL FROM options, RCPT TO options)`` asking for DSNs (RFC 3461 section 4) for one
+    recipient of the qfile with ``meta``: probes and per-member posts (module docstring), else none."""
+    if lc is None or meta.get("xverp"):
+        return [], []
+    from .. import verp
+    token = meta.get("probe_token")
+    if token:
+        mail_opts, notify = [f"ENVID={verp.xtext(verp.probe_envid(site, lc, token))}"], "NOTIFY=SUCCESS,FAILURE"
+    elif meta.get("kind") == "post":
+        mail_opts, notify = [f"ENVID={verp.xtext(verp.post_envid(site, lc, rcpt))}"], "NOTIFY=FAILURE,DELAY"
+    else:
+        return [], []
+    rcpt_opts = [notify] + ([f"ORCPT=rfc822;{verp.xtext(rcpt)}"] if rcpt.isascii() else [])
+    return mail_opts, rcpt_opts
+
+
 def _options(smtp: smtplib.SMTP, msg: bytes, addresses: list[str], xverp: bool, utf8: bool) -> list[str]:
     opts = []
     if xverp:
@@ -172,8 +199,10 @@ class Deliverer:
 
     # -- one transaction -------------------------------------------------------
     def _transaction(self, sender: str, rcpts: list[str], msg: bytes, xverp: bool,
-                     utf8: bool = False) -> dict[str, tuple[int, str]]:
+                     utf8: bool = False, dsn: tuple[list[str], list[str]] = ([], [])) -> dict[str, tuple[int, str]]:
         """Send once; returns ``{rcpt: (code, text)}`` for every recipient.
+
+        ``dsn``: :func:`dsn_options`, used only when the listener offers ``DSN``.
 
         Raises :class:`Unreachable` when the listener is gone (after one reconnect),
         ``smtplib.SMTPSenderRefused`` for a refused ``MAIL FROM``.
@@ -181,7 +210,11 @@ class Deliverer:
         for attempt in (1, 2):
             smtp = self.conn.get()
             try:
-                refused = smtp.sendmail(sender, rcpts, msg, _options(smtp, msg, rcpts + [sender], xverp, utf8))
+                mail_opts = _options(smtp, msg, rcpts + [sender], xverp, utf8)
+                rcpt_opts: list[str] = []
+                if smtp.has_extn("dsn"):
+                    mail_opts, rcpt_opts = mail_opts + dsn[0], dsn[1]
+                refused = smtp.sendmail(sender, rcpts, msg, mail_opts, rcpt_opts)
             except smtplib.SMTPRecipientsRefused as exc:
                 return {r: (c, _text(t)) for r, (c, t) in exc.recipients.items()}
             except smtplib.SMTPDataError as exc:
@@ -259,7 +292,8 @@ class Deliverer:
             sender = deliveries[chunk[0]].get("sender") or ""
             rcpts = [deliveries[i]["rcpt"] for i in chunk]
             try:
-                replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")))
+                replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")),
+                                            dsn_options(self.site, lc, meta, rcpts[0]))
             except Unreachable as exc:
                 for i in todo[pos - len(chunk):]:
                     deferred[i] = f"4.4.1 {exc}"
