@@ -16,7 +16,7 @@ from .. import __version__
 
 COMMAND_MODULES = (
     "setup",       # init, check
-    "queue",       # queue ls|show|unshunt
+    "queue",       # queue ls|show|edit|unshunt|requeue
     "inject",      # inject (Exim pipe hand-off)
     "members",     # members ...
     "pending",     # pending ...
@@ -28,6 +28,7 @@ COMMAND_MODULES = (
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run
     "store",       # store init|copy
+    "status",      # status (runner slices, queue sizes)
 )
 
 
