@@ -95,3 +95,12 @@ def test_status_names_the_holder_and_other_slicings_are_refused(storm):
     out = subprocess.run([sys.executable, "-m", "listgate", "-c", storm.site.path, "status"],
                          capture_output=True, text=True, timeout=60)
     assert "slice 1/2: no runner" in out.stdout, out.stdout
+
+
+@pytest.mark.slow
+def test_kill_storm_full_size(tmp_path):
+    """Issue 20's measurement (bench/kill_storm.py): 30 kills, 25 posts, 300 members."""
+    with Storm(str(tmp_path), members=300) as s:
+        s.queue_posts(25)
+        fig = s.kill_storm(30)
+    assert fig.kills >= 25 and fig.missing == 0 and fig.bad == 0 and fig.duplicates <= fig.kills, fig.line()
