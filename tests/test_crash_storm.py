@@ -64,8 +64,9 @@ def test_waiting_runner_takes_over_when_the_first_dies(storm):
     first = storm.spawn()
     _wait(lambda: len(storm.sink.deliveries) >= 20)
     second = storm.spawn("--wait")
-    time.sleep(1.0)
-    assert second.poll() is None and "waiting (--wait)" in storm.stderr_of(second)
+    _wait(lambda: "waiting (--wait)" in storm.stderr_of(second))
+    time.sleep(0.5)
+    assert second.poll() is None
     [live] = [h for h in holders(storm.site.queue_dir) if h.live]
     assert live.pid == first.pid
     first.send_signal(signal.SIGKILL)
