@@ -7,7 +7,10 @@ process with its own job (Postfix's shape). A child that exits is restarted
 after a pause that doubles on each quick failure (1 s up to 60 s), so a broken
 configuration does not spin. SIGTERM/SIGINT: every child gets SIGTERM (the
 runner finishes the transaction in hand), then, after ``STOP_TIMEOUT``
-seconds, SIGKILL; serve returns once all are gone.
+seconds, SIGKILL; serve returns once all are gone. The runner child is started
+with ``--wait``: it takes its slice lock (``listgate.queue.lock``) and, if a
+runner of an earlier serve still lives, waits for it rather than sharing the
+slice.
 
 Readiness (``Type=notify``): ``READY=1`` goes to ``$NOTIFY_SOCKET`` once the
 milter, policy (and LMTP) sockets accept connections (bounded wait); children do not
@@ -71,7 +74,10 @@ class Supervisor:
         self.env = env
 
     def command(self, name: str) -> list[str]:
-        return [sys.executable, "-m", "listgate", "-c", self.site.path, name, *self.extra.get(name, ())]
+        # The runner takes its slice lock (listgate.queue.lock); --wait: a runner left over
+        # from an earlier serve (orphaned by a SIGHUP) is waited for, not raced.
+        wait = ["--wait"] if name == "runner" else []
+        return [sys.executable, "-m", "listgate", "-c", self.site.path, name, *wait, *self.extra.get(name, ())]
 
     def start(self, name: str) -> None:
         self.procs[name] = subprocess.Popen(self.command(name), env=self.env, stdin=subprocess.DEVNULL)

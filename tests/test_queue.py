@@ -396,6 +396,29 @@ def test_recover_counts_attempts_then_moves_to_bad(qroot):
     assert "left in progress 3 times" in bad.meta["reason"]
 
 
+def test_recover_counts_only_runs_without_progress(qroot):
+    """Issue 20, defect 1: a fan-out killed many times, each run handing over some
+    recipients, never reaches bad; runs that hand over nothing still do."""
+    deliveries = [{"rcpt": f"m{i}@example.org", "sender": "b@example.org"} for i in range(10)]
+    qid = Switchboard(qroot, "out").enqueue(b"m", {"deliveries": deliveries, "done": []})
+    for n in range(6):  # six kills, one hand-over each
+        crashed = Switchboard(qroot, "out")
+        qf = crashed.dequeue()
+        crashed.record_done(qf, [n])
+        assert Switchboard(qroot, "out", max_attempts=3).recover() == 1
+        back = Switchboard(qroot, "out").peek(qid)
+        assert back.meta["attempts"] == 0 and back.meta["done"] == list(range(n + 1))
+    for attempt in (1, 2):  # now runs that die before any hand-over
+        Switchboard(qroot, "out").dequeue()
+        Switchboard(qroot, "out", max_attempts=3).recover()
+        assert Switchboard(qroot, "out").peek(qid).meta["attempts"] == attempt
+    Switchboard(qroot, "out").dequeue()
+    Switchboard(qroot, "out", max_attempts=3).recover()
+    bad = Switchboard(qroot, "bad").peek(qid)
+    assert bad.meta["attempts"] == 3 and bad.meta["done"] == list(range(6))
+    assert "without progress" in bad.meta["reason"]
+
+
 def test_recover_keeps_durable_progress(qroot):
     sb = Switchboard(qroot, "out")
     sb.enqueue(b"m", {"done": []})

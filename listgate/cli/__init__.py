@@ -16,7 +16,7 @@ from .. import __version__
 
 COMMAND_MODULES = (
     "setup",       # init, check
-    "queue",       # queue ls|show|unshunt
+    "queue",       # queue ls|show|edit|unshunt|requeue
     "inject",      # inject (Exim pipe hand-off)
     "members",     # members ...
     "pending",     # pending ...
@@ -30,6 +30,7 @@ COMMAND_MODULES = (
     "tasks",       # tasks run
     "store",       # store init|copy
     "import_cmd",  # import mailman21
+    "status",      # status (runner slices, queue sizes)
 )
 
 

@@ -1,4 +1,5 @@
-"""``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue edit ID``, ``queue unshunt [--discard] [ID...]``.
+"""``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue edit ID``, ``queue unshunt [--discard] [ID...]``,
+``queue requeue ID...|--all``.
 
 Exit status: 0 done, 1 unknown queue/qfile, unparsable qfile or invalid edit,
 75 (EX_TEMPFAIL) when a qfile could not be stored durably (full disk, read-only).
@@ -13,6 +14,7 @@ import sys
 import tempfile
 from datetime import datetime, timezone
 
+from .. import clock
 from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile
 from ..queue.names import RESTING
 from .common import fail, load_site, print_json
@@ -57,6 +59,17 @@ def register(sub) -> None:
     s.add_argument("--discard", action="store_true", help="delete them instead")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_unshunt)
+
+    s = qsub.add_parser("requeue", help="put qfiles of bad back into the queue they came from",
+                        description="Put qfiles of the bad queue back into the queue they came from "
+                                    "(from_queue; else out for a fan-out, in otherwise), attempts reset, "
+                                    "the requeue recorded in their metadata (requeued). Files bad holds "
+                                    "because they could not be parsed stay there: repair them with "
+                                    "'listgate queue edit' first.")
+    s.add_argument("ids", nargs="*", metavar="ID", help="these qfiles of bad")
+    s.add_argument("--all", action="store_true", help="every qfile of bad")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_requeue)
 
 
 def _utc(ts) -> str:
@@ -234,46 +247,74 @@ def _run_editor(path: str) -> bytes:
 
 
 def cmd_unshunt(args) -> int:
-    site = load_site(args)
-    shunt = Switchboard.for_site(site, "shunt")
+    return _put_back(load_site(args), "shunt", args.ids, args.ids or None, args.json, discard=args.discard)
+
+
+def cmd_requeue(args) -> int:
+    if bool(args.ids) == args.all:
+        fail("name the qfiles of bad to requeue, or --all (see: listgate queue ls bad)", 2)
+    return _put_back(load_site(args), "bad", args.ids, None if args.all else args.ids, args.json)
+
+
+def _put_back(site, resting: str, ids: list[str], named, as_json: bool, *, discard: bool = False) -> int:
+    """Move qfiles of ``resting`` (shunt, bad) back to work: ``named`` ids, or all (None)."""
+    board = Switchboard.for_site(site, resting)
     done = []
     status = 0
-    for qid in args.ids or shunt.ids():
+    for qid in ids or board.ids():
         try:
-            to = _unshunt_one(shunt, qid, args.discard)
+            to = _put_back_one(board, qid, discard)
         except QueueError as exc:
             print(f"listgate: {exc.strerror}", file=sys.stderr)
             status = EX_TEMPFAIL
             break
         if to is False:
-            print(f"listgate: no qfile {qid} waiting in shunt", file=sys.stderr)
+            print(f"listgate: no qfile {qid} waiting in {resting} (see: listgate queue ls {resting})",
+                  file=sys.stderr)
             status = 1
             continue
+        if to is True:
+            print(f"listgate: qfile {qid} in {resting} is a file that could not be parsed; repair it with "
+                  f"'listgate queue edit {qid}' first", file=sys.stderr)
+            status = status or (1 if named else 0)
+            continue
         done.append({"id": qid, "to": to})
-    if args.json:
+    if as_json:
         print_json(done)
     else:
         for d in done:
             print(f"{d['id']} -> {d['to'] or 'discarded'}")
-        if not done and not args.ids and status == 0:
-            print("shunt is empty")
+        if not done and named is None and status == 0:
+            print(f"{resting} is empty")
     return status
 
 
-def _unshunt_one(shunt: Switchboard, qid: str, discard: bool):
-    """Send shunted ``qid`` back where it came from (or delete it): the queue, None
-    when discarded, False when it is not in shunt. Raises QueueError."""
-    qf = shunt.take(qid)
+def _put_back_one(board: Switchboard, qid: str, discard: bool):
+    """Send ``qid`` of shunt or bad back where it came from (or delete it): the queue,
+    None when discarded, False when it is not there, True when it is an unparsable
+    file bad keeps as evidence (left alone). Raises QueueError."""
+    qf = board.take(qid)
     if qf is None:
         return False
     if discard:
-        shunt.finish(qf)
+        board.finish(qf)
         return None
+    meta = {k: v for k, v in qf.meta.items() if k != "reason"}
+    if board.name == "bad":
+        if qf.meta.get("unparsable"):
+            board.release(qf)
+            return True
+        # what put it in bad stays visible: a qfile that comes back again is a pattern
+        before = qf.meta.get("requeued")
+        meta["requeued"] = [*(before if isinstance(before, list) else [])[-9:],
+                            {"at": clock.now(), "reason": qf.meta.get("reason"),
+                             "attempts": qf.meta.get("attempts")}]
     back = qf.meta.get("from_queue")
-    to = back if back in QUEUES and back not in RESTING else "in"
+    default = "out" if isinstance(qf.meta.get("deliveries"), list) else "in"
+    to = back if back in QUEUES and back not in RESTING else default
     try:
-        shunt.move(qf, to, meta={k: v for k, v in qf.meta.items() if k != "reason"})
+        board.move(qf, to, meta=meta)
     except QueueError:
-        shunt.release(qf)
+        board.release(qf)
         raise
     return to

@@ -1,4 +1,8 @@
-"""``listgate runner [--once] [--slice i/n]`` and ``listgate serve``."""
+"""``listgate runner [--once] [--slice i/n] [--wait]`` and ``listgate serve``.
+
+Exit status of ``runner``: 0 stopped (SIGTERM), 2 bad ``--slice``, 75 queues or
+stores unavailable, or another live runner serves the slice (without ``--wait``).
+"""
 from __future__ import annotations
 
 import signal
@@ -6,6 +10,7 @@ import sys
 
 from .. import config, log as lg_log
 from ..queue import QueueError
+from ..queue.lock import SliceBusy
 from ..store import StoreUnavailable
 
 
@@ -14,6 +19,8 @@ def register(sub) -> None:
     p.add_argument("--once", action="store_true", help="process what is queued now (due retries too) and exit")
     p.add_argument("--slice", default="0/1", metavar="I/N",
                    help="serve hash slice I of N (several runner processes; slice 0 runs periodic tasks)")
+    p.add_argument("--wait", action="store_true",
+                   help="if another live runner serves this slice, wait until it is gone (default: exit 75)")
     p.add_argument("--log-level", choices=("debug", "info", "warning", "error"), help="override logging.level")
     p.set_defaults(func=cmd_runner)
 
@@ -52,6 +59,17 @@ def cmd_runner(args) -> int:
     runner = Runner(watcher, slice=sl, slices=n)
     runner.install_signal_handlers()
     try:
+        # One live runner per slice (issue 20, defect 5): a second one would reclaim the
+        # first one's qfiles in recover() and send them again.
+        try:
+            runner.lock.acquire()
+        except SliceBusy as exc:
+            if not args.wait:
+                print(f"listgate: {exc}", file=sys.stderr)
+                return 75
+            print(f"listgate: {exc}; waiting (--wait)", file=sys.stderr)
+            if not runner.lock.acquire(wait=True, should_stop=lambda: runner.stopping):
+                return 0
         runner.recover()
         if args.once:
             try:

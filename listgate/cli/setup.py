@@ -68,6 +68,7 @@ def cmd_check(args) -> int:
             where = problem.split(" ", 1)[0] if problem.startswith(("state_dir", "queue_dir")) else "verp.keys"
             print(f"{site.path}:1: {where}: {problem}", file=sys.stderr)
         return 1
+    _warn_bad(site)
     print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
     store = site.conf.store
     if store.url:   # never the password: it is masked in the URL, and password_file is only named
@@ -81,3 +82,16 @@ def cmd_check(args) -> int:
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
     return 0
+
+
+def _warn_bad(site) -> None:
+    """A warning line (stderr) when the ``bad`` queue holds mail: members may not have had it."""
+    from ..runner.tasks import bad_entries
+    if not os.path.isdir(os.path.join(site.queue_dir, "bad")):
+        return
+    entries = bad_entries(site)
+    if entries:
+        qid, meta = entries[0]
+        print(f"{site.path}: warning: {len(entries)} qfile(s) in the bad queue, oldest {qid} "
+              f"({(meta or {}).get('reason') or 'unreadable'}); see 'listgate queue ls bad', "
+              "then 'listgate queue requeue ID|--all'", file=sys.stderr)

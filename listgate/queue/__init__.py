@@ -29,7 +29,8 @@ CONTRACT (implemented in ``listgate.queue.switchboard``; other modules import fr
             # finish here and enqueue in queue ``to`` keeping id and arrival (retry, shunt, bad, out)
         def release(self, qf: QFile) -> None  # put back unprocessed (e.g. SIGTERM before work began)
         def recover(self) -> int
-            # at start-up: files left in progress go back with attempts+1; at max_attempts → bad with reason
+            # at start-up, under the slice lock: files left in progress go back, attempts+1 when
+            # the interrupted run made no progress (else 0); at max_attempts → bad with reason
 
 Beyond the contract: ``Switchboard.for_site(site, name)``, ``held_ids()``,
 ``peek(id)``, ``take(id)``, ``recover(slice=, slices=)``, ``record_done``
@@ -41,6 +42,7 @@ one instance may be shared by threads. Where things are:
 * ``switchboard`` the directory layout, writing, reading, finishing, editing;
 * ``progress``    fan-out progress files (``ID.done``);
 * ``recovery``    start-up recovery and quarantine to ``bad``;
+* ``lock``        one live runner per hash slice (``flock``), which ``recover`` needs;
 * ``files``       opening without following links, durable writes, temporary names.
 """
 from .names import QUEUES, QFile, QueueError, finite_time, id_arrival, slice_of

@@ -49,6 +49,9 @@ class QFile:
     meta: dict
     msg: bytes
     path: str = field(repr=False, default="")
+    # delivery indices folded in from the progress file ``ID.done`` when it was read: the
+    # hand-overs of the run that holds (or held) it, not yet written into the qfile itself
+    progressed: int = field(repr=False, default=0)
 
 
 def new_id(arrival: float) -> str:

@@ -77,8 +77,9 @@ class Progress:
             meta["failed"] = {**(qf.meta.get("failed") or {}), **failed}
         qf.meta = meta
 
-    def _merge_progress(self, qid: str, meta: dict, *, set_aside: bool = False) -> None:
-        """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``.
+    def _merge_progress(self, qid: str, meta: dict, *, set_aside: bool = False) -> int:
+        """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``; returns how
+        many indices it added (the hand-overs since the qfile itself was last written).
 
         An ``ID.done`` that is not a regular file (never one of ours: it is
         created with O_EXCL) is ignored, and with ``set_aside`` moved to ``bad``.
@@ -93,21 +94,22 @@ class Progress:
         try:
             data = read_regular(path)
         except FileNotFoundError:
-            return
+            return 0
         except NotRegularFile as exc:
             log.warning("ignored a delivery progress file that is not a regular file %s",
                         kv(queue=self.name, qfile=qid, what=exc.strerror))
             if set_aside:
                 self._set_aside(path)
-            return
+            return 0
         lines = data.split(b"\n")
         if lines[0].split(b" ")[:2] != PROGRESS_MAGIC.split(b" "):
             log.warning("ignored unreadable delivery progress file %s", kv(queue=self.name, qfile=qid))
-            return
+            return 0
         deliveries = meta.get("deliveries")
         if not isinstance(deliveries, list):
-            return
+            return 0
         done = list(meta.get("done") or [])
+        before = len(done)
         seen = set(done)
         failed = dict(meta.get("failed") or {})
         for raw in lines[1:-1]:  # what follows the last newline is a torn or empty tail
@@ -127,6 +129,7 @@ class Progress:
         meta["done"] = done
         if failed:
             meta["failed"] = failed
+        return len(done) - before
 
     def _drop_progress(self, qid: str) -> None:
         unlink_quietly(os.path.join(self.dir, qid + DONE))

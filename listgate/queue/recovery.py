@@ -1,8 +1,12 @@
 """Start-up recovery and quarantine: :class:`Recovery`, a part of the Switchboard.
 
-At start-up a runner puts back the qfiles left in progress (``ID.held``) by a
-crash, counting each replay in ``attempts`` until ``max_attempts`` sends the
-qfile to ``bad``; it removes the temporary files of writers that are gone and
+At start-up a runner, holding its slice lock (:mod:`listgate.queue.lock`), puts
+back the qfiles left in progress (``ID.held``) by a crash. ``attempts`` counts
+the interrupted runs in a row that made no progress (no recipient handed over
+since the qfile was last written: its progress file ``ID.done`` added
+nothing); a run that made progress starts the count again, so a long fan-out
+killed many times is finished, while a qfile that kills its runner before any
+hand-over goes to ``bad`` once ``attempts`` reaches ``max_attempts``; it removes the temporary files of writers that are gone and
 progress files whose qfile is finished, and puts back qfiles taken by a
 ``listgate queue edit`` that was killed (``ID.edit.PID`` of a dead PID).
 
@@ -33,12 +37,14 @@ class Recovery:
     def recover(self, *, slice: int = 0, slices: int = 1) -> int:
         """Put back qfiles left in progress by a crash; returns how many were handled.
 
-        Each goes back with ``attempts`` + 1, or to ``bad`` with the reason once
-        ``attempts`` reaches ``max_attempts``. Temporary files of writers that
-        are gone are removed, and progress files (``ID.done``) whose qfile is
-        gone; qfiles taken by a ``queue edit`` that is gone are put back
-        unchanged. Run it at start-up, before any runner of this
-        slice dequeues: a held file is assumed abandoned.
+        Each goes back with its progress folded in and ``attempts`` 0 if the
+        interrupted run handed something over, else ``attempts`` + 1, or to
+        ``bad`` with the reason once that reaches ``max_attempts``. Temporary
+        files of writers that are gone are removed, and progress files
+        (``ID.done``) whose qfile is gone; qfiles taken by a ``queue edit`` that
+        is gone are put back unchanged. A held file is assumed abandoned: call
+        it only while holding the slice's lock (:class:`listgate.queue.lock.SliceLock`,
+        which every runner holds while it runs), before dequeuing.
         """
         check_slice(slice, slices)
         self._remove_stale_temps()
@@ -54,16 +60,21 @@ class Recovery:
             attempts = qf.meta.get("attempts")
             # anything but a plausible count (hand-edited: a bool, a negative or a
             # thousand-digit number) restarts at 0
-            attempts = (attempts if type(attempts) is int and 0 <= attempts < 2**31 else 0) + 1
+            attempts = attempts if type(attempts) is int and 0 <= attempts < 2**31 else 0
+            # Only a run that made no progress counts: killing a runner during a long fan-out
+            # (deploys, OOM, an admin) must not send a post half delivered to bad.
+            attempts = 0 if qf.progressed else attempts + 1
             meta = {**qf.meta, "attempts": attempts}
             if attempts >= self.max_attempts:
                 self.move(qf, "bad", meta=meta,
-                          reason=f"left in progress {attempts} times (crashed or killed while processing)")
+                          reason=f"left in progress {attempts} times in a row without progress "
+                                 "(crashed or killed while processing)")
             else:
                 self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
                 unlink_quietly(path)
                 self._drop_progress(qid)  # folded into the qfile just written
-                log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts))
+                log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts,
+                                                  progressed=qf.progressed or None))
         self._batch = []
         return count
 

@@ -23,7 +23,7 @@ directory fsync: group commit, :meth:`Switchboard._sync_dir`), so after
 ever sees a partial file (rename(2) is atomic within a file system).
 Processing is at-least-once: ``finish`` and the rename to ``.held`` are not
 followed by a directory fsync, because a crash just before either replays the
-qfile anyway; ``recover`` counts such replays in ``attempts``.
+qfile anyway; ``recover`` counts the replays that made no progress in ``attempts``.
 """
 from __future__ import annotations
 
@@ -296,11 +296,11 @@ class Switchboard(Progress, Recovery):
             self._quarantine(qid, path, data, str(exc))
             return None
         try:
-            self._merge_progress(qid, meta, set_aside=True)
+            progressed = self._merge_progress(qid, meta, set_aside=True)
         except OSError as exc:
             log.error("cannot read delivery progress %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
             return None  # left held, as for an unreadable qfile
-        return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path)
+        return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path, progressed=progressed)
 
     def peek(self, qid: str) -> QFile | None:
         """Read qfile ``qid`` (waiting or held) without taking it; None if absent.

@@ -24,6 +24,19 @@ its ``done``) and only recipients not in ``done`` are sent. The one recipient wh
 crash (the MTA said 250 but ``done`` was not yet written) gets the post twice:
 that window cannot be closed without two-phase commit with the MTA.
 
+At most one such window per runner process: the MTA commits a transaction
+when it answers the final dot (RFC 5321 section 4.1.1.4; Postfix's cleanup
+has fsync'd the queue file by then), so every transaction between its final
+dot and the fdatasync of its progress line is one duplicate if the runner
+dies. With several delivery threads each used to be there at once (the
+MTA's commit and ours are both disk waits, exactly what the threads overlap),
+and a SIGKILL duplicated up to one transaction per thread: 12 duplicates
+for 9 kills in ``bench/kill_storm.py``. :data:`COMMIT_GATE` closes that: a
+thread takes it before it sends the final dot and gives it back once the
+progress line is durable, so the threads still send envelopes and bodies in
+parallel but send the body and commit one at a time, and a kill duplicates at most one
+transaction (an XVERP batch is one transaction: all of its recipients).
+
 DSN requests (RFC 3461), when the listener offers ``DSN`` (Postfix's smtpd
 does unless ``smtpd_discard_ehlo_keywords`` hides it; INSTALL, "DSN"): a
 probe goes out with ``ENVID=`` its signed probe id
@@ -48,6 +61,7 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
+import threading
 from dataclasses import dataclass, field
 
 from .. import clock, messages
@@ -62,6 +76,11 @@ XVERP_BATCH = 500
 # Backoff doubles per deferral from runner.retry_backoff, at most this many doublings.
 MAX_BACKOFF_DOUBLINGS = 5
 _EOL = re.compile(rb"\r?\n")
+
+
+# Held from a transaction's final dot until its progress is durable (module docstring):
+# one per process, shared by every delivery thread and Deliverer.
+COMMIT_GATE = threading.Lock()
 
 
 class Unreachable(Exception):
@@ -109,20 +128,62 @@ def retry_delay(site, retries: int) -> float:
     return site.conf.runner.retry_backoff * (2 ** min(max(retries - 1, 0), MAX_BACKOFF_DOUBLINGS))
 
 
-class Connection:
-    """One persistent SMTP client connection to ``site.conf.reinject`` (reconnects on demand)."""
+class _GatedSMTP(smtplib.SMTP):
+    """smtplib's client, whose DATA takes the connection's commit gate before the final dot."""
 
-    def __init__(self, reinject):
+    def __init__(self, *args, before_dot, **kw):
+        self._before_dot = before_dot
+        super().__init__(*args, **kw)
+
+    def data(self, msg):
+        """DATA (RFC 5321 section 4.1.1.4) with ``msg`` as bytes with CRLF line ends:
+        354, then the gate, then the dot-stuffed body (section 4.5.2) and the final dot.
+
+        Body and dot go in one write: a dot written alone after the body waits for
+        the body's ACK (Nagle), which the MTA delays (delayed ACK), 40 ms a message."""
+        self.putcmd("data")
+        code, repl = self.getreply()
+        if code != 354:
+            raise smtplib.SMTPDataError(code, repl)
+        body = re.sub(rb"(?m)^\.", b"..", msg)
+        if not body.endswith(b"\r\n"):
+            body += b"\r\n"
+        self._before_dot()
+        self.send(body + b".\r\n")
+        return self.getreply()
+
+
+class Connection:
+    """One persistent SMTP client connection to ``site.conf.reinject`` (reconnects on demand).
+
+    ``gate`` is taken before a final dot (:meth:`_enter_commit`) and given back by
+    :meth:`end_commit`, once the caller recorded the outcome (module docstring).
+    """
+
+    def __init__(self, reinject, gate: threading.Lock = COMMIT_GATE):
         self.conf = reinject
         self._smtp: smtplib.SMTP | None = None
+        self.gate = gate
+        self._holding = False
+
+    def _enter_commit(self) -> None:
+        if not self._holding:  # a retried transaction (reconnect) already holds it
+            self.gate.acquire()
+            self._holding = True
+
+    def end_commit(self) -> None:
+        """Give the gate back if this connection holds it (idempotent)."""
+        if self._holding:
+            self._holding = False
+            self.gate.release()
 
     def get(self) -> smtplib.SMTP:
         if self._smtp is not None and self._smtp.sock is not None:
             return self._smtp
         self.drop()
         try:
-            smtp = smtplib.SMTP(self.conf.host, self.conf.port, local_hostname=self.conf.helo,
-                                timeout=self.conf.timeout)
+            smtp = _GatedSMTP(self.conf.host, self.conf.port, local_hostname=self.conf.helo,
+                              timeout=self.conf.timeout, before_dot=self._enter_commit)
             smtp.ehlo_or_helo_if_needed()
         except (OSError, smtplib.SMTPException) as exc:
             raise Unreachable(f"cannot connect to {self.conf.host}:{self.conf.port}: {exc}") from None
@@ -291,50 +352,53 @@ class Deliverer:
             pos += len(chunk)
             sender = deliveries[chunk[0]].get("sender") or ""
             rcpts = [deliveries[i]["rcpt"] for i in chunk]
-            try:
-                replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")),
-                                            dsn_options(self.site, lc, meta, rcpts[0]))
-            except Unreachable as exc:
-                for i in todo[pos - len(chunk):]:
-                    deferred[i] = f"4.4.1 {exc}"
-                res.errors.append(str(exc))
-                break
-            except smtplib.SMTPSenderRefused as exc:
-                if exc.smtp_code // 100 == 4:
+            try:  # the gate taken before the final dot is given back once the outcome is durable
+                try:
+                    replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")),
+                                                dsn_options(self.site, lc, meta, rcpts[0]))
+                except Unreachable as exc:
                     for i in todo[pos - len(chunk):]:
-                        deferred[i] = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                        deferred[i] = f"4.4.1 {exc}"
+                    res.errors.append(str(exc))
                     break
-                reason = f"envelope sender {sender} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
-                log.error("delivery stopped %s", kv(qfile=qf.id, list=meta.get("list"), reason=reason))
-                meta["done"], meta["failed"] = done, failed
-                sb.move(qf, "shunt", reason=reason, meta=meta)
-                res.disposition = "shunt"
-                res.errors.append(reason)
-                return res
-            finished: list[int] = []
-            site_failure = None
-            for i, rcpt in zip(chunk, rcpts):
-                code, text = replies.get(rcpt, (250, ""))
-                reason = site_incidents.handover_site_reason(code, text, reply_status(code, text)) \
-                    if code // 100 == 5 else None
-                if code // 100 == 2:
-                    res.delivered += 1
-                    finished.append(i)
-                    self._cleared(lc, open_incidents, rcpt)
-                elif reason is not None and lc is not None:
-                    site_failure = (rcpt, code, text, reason)
-                    pause([i])
-                elif code // 100 == 5:
-                    if self._report_failure(lc, meta, rcpt, code, text):
-                        failed[str(i)] = f"{code} {text}"[:300]
-                        res.failed += 1
+                except smtplib.SMTPSenderRefused as exc:
+                    if exc.smtp_code // 100 == 4:
+                        for i in todo[pos - len(chunk):]:
+                            deferred[i] = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+                        break
+                    reason = f"envelope sender {sender} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
+                    log.error("delivery stopped %s", kv(qfile=qf.id, list=meta.get("list"), reason=reason))
+                    meta["done"], meta["failed"] = done, failed
+                    sb.move(qf, "shunt", reason=reason, meta=meta)
+                    res.disposition = "shunt"
+                    res.errors.append(reason)
+                    return res
+                finished: list[int] = []
+                site_failure = None
+                for i, rcpt in zip(chunk, rcpts):
+                    code, text = replies.get(rcpt, (250, ""))
+                    reason = site_incidents.handover_site_reason(code, text, reply_status(code, text)) \
+                        if code // 100 == 5 else None
+                    if code // 100 == 2:
+                        res.delivered += 1
                         finished.append(i)
+                        self._cleared(lc, open_incidents, rcpt)
+                    elif reason is not None and lc is not None:
+                        site_failure = (rcpt, code, text, reason)
+                        pause([i])
+                    elif code // 100 == 5:
+                        if self._report_failure(lc, meta, rcpt, code, text):
+                            failed[str(i)] = f"{code} {text}"[:300]
+                            res.failed += 1
+                            finished.append(i)
+                        else:
+                            deferred[i] = f"{code} {text}"
                     else:
                         deferred[i] = f"{code} {text}"
-                else:
-                    deferred[i] = f"{code} {text}"
-            if finished:
-                record(finished)
+                if finished:
+                    record(finished)
+            finally:
+                self.conn.end_commit()
             if site_failure is not None:
                 try:
                     self._site_failure(lc, *site_failure)

@@ -10,7 +10,10 @@ backoff has passed).
 Several runner processes may share the queues by hash slice
 (``--slice i/n``, Mailman 3's scheme): each takes only the qfiles of its
 slice and recovers only its own slice's files at start-up. Periodic tasks
-run in slice 0 only.
+run in slice 0 only. One live runner per slice: :meth:`Runner.recover` first
+takes the slice's lock (:mod:`listgate.queue.lock`), held until the process
+ends, so a second runner of the slice never reclaims the qfiles the first
+one is delivering.
 
 Failures: a store or queue that is unavailable (:class:`StoreUnavailable`,
 :class:`QueueError`: full disk, locked database) puts the qfile back and the
@@ -35,6 +38,7 @@ from ..app import commands, notices, posting
 from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
+from ..queue.lock import SliceLock
 from ..store import StoreUnavailable
 from . import delivery, duplicates, tasks
 
@@ -70,6 +74,7 @@ class Runner:
         self._retry_seen: set[str] = set()
         mx = self.site.conf.runner.max_attempts
         self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
+        self.lock = SliceLock(self.site.queue_dir, slice, slices)
 
     # -- life cycle --------------------------------------------------------------
     def stop(self, *_args) -> None:
@@ -81,7 +86,10 @@ class Runner:
         signal.signal(signal.SIGINT, self.stop)
 
     def recover(self) -> int:
-        """Put back this slice's qfiles left in progress by a crash (start-up only)."""
+        """Take this slice's lock (if not held yet: :meth:`SliceLock.acquire`, raises
+        ``SliceBusy`` when a live runner has it), then put back the slice's qfiles
+        left in progress by a crash. Start-up only."""
+        self.lock.acquire()
         return sum(b.recover(slice=self.slice, slices=self.slices) for b in self.boards.values())
 
     def close(self) -> None:
@@ -90,6 +98,7 @@ class Runner:
             self._pool = None
         for d in self._deliverers:
             d.close()
+        self.lock.release()
 
     def _thread_deliverer(self) -> delivery.Deliverer:
         """The calling thread's Deliverer (one SMTP connection per delivery thread)."""

@@ -11,6 +11,12 @@ The runner runs the tasks every ``runner.tasks_interval`` seconds of
 ``STATE_DIR/runner-tasks.stamp`` so a cron job and a runner, or a restarted
 runner, do not repeat them early.
 
+Mail waiting in ``bad`` (qfiles a crash loop or a bug set aside: members
+may not have had it) is never left there silently: once a day
+(``STATE_DIR/bad-report.stamp``) while ``bad`` is not empty, the owners of
+each list concerned and the site's postmaster get a notice listing those
+qfiles and how to put them back (``listgate queue requeue``).
+
 Several runners (several MX hosts sharing one PostgreSQL store, or a cron job
 beside a runner) run each list's tasks once per period: before a list's
 tasks, the runner takes that list's ``tasks`` lease for ``tasks_interval``
@@ -24,24 +30,23 @@ import os
 import socket
 
 from .. import clock, messages
-from ..app import moderation
+from ..app import moderation, notices
+from ..bounce.reports import postmaster_address
 from ..log import kv
-from ..queue import QueueError
+from ..queue import QueueError, Switchboard
 from ..store import StoreUnavailable, open_store
 
 log = logging.getLogger("listgate.runner.tasks")
 
 STAMP = "runner-tasks.stamp"
+BAD_STAMP = "bad-report.stamp"
+BAD_REPORT_EVERY = 86400.0
 
 
-def _stamp_path(site) -> str:
-    return os.path.join(site.state_dir, STAMP)
-
-
-def last_run(site) -> float | None:
-    """Clock time of the last completed run, or None."""
+def last_run(site, name: str = STAMP) -> float | None:
+    """Clock time of the last completed run (of the stamp ``name``), or None."""
     try:
-        with open(_stamp_path(site), encoding="ascii") as fh:
+        with open(os.path.join(site.state_dir, name), encoding="ascii") as fh:
             return float(fh.read().strip())
     except (OSError, ValueError):
         return None
@@ -52,9 +57,9 @@ def due(site) -> bool:
     return last is None or clock.now() - last >= site.conf.runner.tasks_interval
 
 
-def _write_stamp(site, when: float) -> None:
+def _write_stamp(site, when: float, name: str = STAMP) -> None:
     """Record the last run; on a full or read-only disk the tasks simply run again next time."""
-    path = _stamp_path(site)
+    path = os.path.join(site.state_dir, name)
     tmp = f"{path}.{os.getpid()}.tmp"
     try:
         with open(tmp, "w", encoding="ascii") as fh:
@@ -93,7 +98,66 @@ def run(site, engine=None) -> list[str]:
                     moderation.expired(site, lc, rec)
         except (StoreUnavailable, QueueError) as exc:
             log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
+    try:
+        done += report_bad(site)
+    except QueueError as exc:
+        log.warning("report of the bad queue postponed %s", kv(error=exc))
     _write_stamp(site, started)
     for line in done:
         log.info("task %s", line)
+    return done
+
+
+def bad_entries(site) -> list[tuple[str, dict | None]]:
+    """``(id, metadata or None if unreadable)`` of every qfile in ``bad``, oldest first."""
+    bad = Switchboard.for_site(site, "bad")
+    found = []
+    for qid in bad.ids():
+        try:
+            qf = bad.peek(qid)
+        except (OSError, ValueError):   # QFileFormatError is a ValueError
+            qf = None
+        found.append((qid, qf.meta if qf is not None else None))
+    return found
+
+
+def _bad_lines(entries) -> str:
+    lines = []
+    for qid, meta in entries:
+        meta = meta or {}
+        lines.append(f"  {qid}  from {meta.get('from_queue') or '?'}  list {meta.get('list') or '-'}\n"
+                     f"      {str(meta.get('reason') or 'unreadable')[:200]}")
+    return "\n".join(lines)
+
+
+def report_bad(site) -> list[str]:
+    """Once a day while ``bad`` is not empty: a notice to the owners of each list with
+    qfiles there and one to the postmaster listing them all. Returns what was queued."""
+    entries = bad_entries(site)
+    last = last_run(site, BAD_STAMP)
+    if not entries or (last is not None and clock.now() - last < BAD_REPORT_EVERY):
+        return []
+    how = ("These qfiles were set aside in listgate's bad queue: the members may not have\n"
+           "received them. See them with 'listgate queue ls bad' and 'listgate queue show ID';\n"
+           "once the cause is fixed, 'listgate queue requeue ID' (or --all) puts them back.\n\n")
+    done = []
+    by_list: dict[str, list] = {}
+    for qid, meta in entries:
+        by_list.setdefault((meta or {}).get("list") or "", []).append((qid, meta))
+    for key, items in by_list.items():
+        lc = site.get_list(key) if key else None
+        if lc is None:
+            continue
+        qid = notices.to_owners(site, lc, f"{lc.name}: {len(items)} message(s) not delivered (bad queue)",
+                                how + _bad_lines(items), kind="bad_report")
+        done.append(f"{key}: bad queue reported to the owners ({len(items)} qfile(s)) as {qid}")
+    pm = postmaster_address(site)
+    msg = messages.make_notice(sender=pm, to=pm, subject=f"listgate: {len(entries)} qfile(s) in the bad queue",
+                               body=how + _bad_lines(entries), domain=site.conf.hostname)
+    data, utf8 = messages.serialize(msg)
+    qid = Switchboard.for_site(site, "virgin").enqueue(data, {
+        "kind": "bad_report", "deliveries": [{"rcpt": pm, "sender": ""}], "done": [], "recipients": [pm],
+        "envelope_sender": "", "smtputf8": utf8})
+    done.append(f"bad queue reported to the postmaster {pm} ({len(entries)} qfile(s)) as {qid}")
+    _write_stamp(site, clock.now(), BAD_STAMP)
     return done
