@@ -356,3 +356,41 @@ def test_retry_qfile_with_a_damaged_retry_at_is_due_not_a_crash(env, retry_at):
     env.queue("retry").enqueue(message("a@one.test", "retried"), meta)
     env.run()
     assert env.queue("retry").ids() == [] and env.sink.messages_for("b@two.test")
+
+
+def test_a_replayed_big_post_queues_each_part_once(env, monkeypatch):
+    """A runner killed between two parts of a big post's fan-out: the replay of the
+    in-qfile finds the parts already written (waiting or being delivered) and does
+    not queue copies of them (issue 20: duplicates at most the transaction in flight)."""
+    from listgate.app import posting
+    from listgate.queue import derived_id
+    from listgate.queue.names import new_id
+    members = [f"m{i:04d}@many.test" for i in range(posting.FANOUT_SINGLE + 2 * posting.FANOUT_CHUNK)]
+    env.members(*members)
+    lc = env.site.get_list("demo", "lists.example.org")
+    qid = new_id(1_800_000_000.0)
+    out = env.queue("out")
+    real_enqueue = out.enqueue.__func__
+    calls = []
+
+    def dies_after_two(self, *args, **kw):
+        if len(calls) == 2:
+            raise SystemExit("runner killed")
+        calls.append(kw.get("qid"))
+        return real_enqueue(self, *args, **kw)
+
+    monkeypatch.setattr(type(out), "enqueue", dies_after_two)
+    with pytest.raises(SystemExit):
+        posting.queue_post(env.site, lc, message("a@one.test", "big"), qid=qid)
+    monkeypatch.setattr(type(out), "enqueue", real_enqueue)
+    taken = out.take(derived_id(qid, 1))        # a delivery thread holds part 2 when the replay comes
+    assert taken is not None
+    posting.queue_post(env.site, lc, message("a@one.test", "big"), qid=qid)
+    assert not set(out.ids()) & set(out.held_ids())   # the held part was not written again
+    ids = set(out.ids()) | set(out.held_ids())
+    parts = len(members) // posting.FANOUT_CHUNK + (len(members) % posting.FANOUT_CHUNK > 0)
+    assert ids == {derived_id(qid, n) for n in range(parts)}
+    rcpts = []
+    for part_id in ids:
+        rcpts += [d["rcpt"] for d in out.peek(part_id).meta["deliveries"]]
+    assert sorted(rcpts) == sorted(members)      # every member once, nobody twice

@@ -38,7 +38,7 @@ from typing import Callable, Iterable
 from .. import verp
 from ..addresses import split_address
 from ..log import kv
-from ..queue import Switchboard
+from ..queue import Switchboard, derived_id
 from ..store import open_store
 from . import attribution, mail, moderation
 from .notices import address, list_id
@@ -229,10 +229,17 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     parts = [deliveries[i:i + size] for i in range(0, len(deliveries), size)]
     first = None
     for n, part in enumerate(parts):
-        # The first part keeps the in-qfile's id (a replay after a crash rewrites it, not a
-        # copy); the window between the first and the last enqueue is not covered.
+        # A part's id derives from the in-qfile's (the first part keeps it): a replay of the
+        # in-qfile after a crash between two enqueues finds the parts already written, waiting
+        # or being delivered, and leaves them alone instead of queueing copies. (A part fully
+        # delivered and finished before the crash would be written again: that needs all its
+        # deliveries to finish between its enqueue and the in-qfile's, a window of milliseconds.)
+        part_id = derived_id(qid, n) if qid is not None else None
+        if part_id is not None and board.peek(part_id) is not None:
+            first = first or part_id
+            continue
         part_id = board.enqueue(data, {**meta, "deliveries": part, "part": n + 1, "parts": len(parts)},
-                                qid=qid if n == 0 else None, arrival=arrival)
+                                qid=part_id, arrival=arrival)
         first = first or part_id
     return first
 

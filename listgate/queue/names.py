@@ -62,6 +62,22 @@ def new_id(arrival: float) -> str:
     return f"{ns:019d}-{os.getpid()}-{next(_counter) % 1000000:06d}-{secrets.token_hex(4)}"
 
 
+def derived_id(qid: str, n: int) -> str:
+    """The id of the ``n``-th qfile made from qfile ``qid`` (``n`` = 0: ``qid`` itself).
+
+    Same arrival and tie-breakers as ``qid``, a digest of (``qid``, ``n``) as the
+    last field: made again after a crash, it is the same id, so a replay finds
+    what it already wrote instead of writing a copy. ValueError unless ``qid`` is an id.
+    """
+    m = ID_RE.match(qid)
+    if m is None:
+        raise ValueError(f"not a qfile id: {qid!r}")
+    if n == 0:
+        return qid
+    digest = hashlib.sha1(f"{qid}/{n}".encode("ascii")).hexdigest()[:8]
+    return qid[:-8] + digest
+
+
 def id_arrival(qid: str) -> float | None:
     """The arrival time (POSIX seconds) encoded in a qfile id, or None if it is not one."""
     m = ID_RE.match(qid)
