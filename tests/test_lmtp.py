@@ -10,6 +10,7 @@ import sys
 
 import pytest
 
+from listgate import verp
 from listgate.queue import Switchboard
 from listgate.store import open_store
 
@@ -61,8 +62,9 @@ def test_bounce_with_null_sender_is_scored_inline(site, corpus):
     open_store(site, LIST).add_member("userx@example.com")
     bounce = (corpus / "flufl.bounce/dsn_13.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     with RunningLmtp(site) as srv:
-        out = srv.transact("", ["demo-bounces@lists.example.org"], bounce)
-    assert out == {"demo-bounces@lists.example.org": (250, "2.0.0 stored")}
+        rcpt = verp.member_bounce_address(site, site.get_list("demo", "lists.example.org"), "userx@example.com")
+        out = srv.transact("", [rcpt], bounce)
+    assert out == {rcpt: (250, "2.0.0 stored")}
     assert open_store(site, LIST).get_member("userx@example.com").bounce_score == 1.0
     assert queued(site) == []
 

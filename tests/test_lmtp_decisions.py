@@ -8,7 +8,7 @@ from __future__ import annotations
 import Milter
 import pytest
 
-from listgate import config
+from listgate import config, verp
 from listgate.milter.app import ListgateMilter, SiteSource
 from listgate.queue import Switchboard
 from listgate.store import open_store
@@ -27,6 +27,10 @@ def _forged(site) -> str:
     return f"demo-bounces+bob=example.com.{site.conf.verp.keys[0].id}.aaaaaaaa@lists.example.org"
 
 
+def _member_verp(site) -> str:
+    return verp.member_bounce_address(site, site.get_list("demo", "lists.example.org"), MEMBER)
+
+
 # (name, sender, recipient (a function of the site for VERP), message ("bounce": the corpus DSN),
 #  expected: ("refused", enhanced code) or ("queued", role) or ("scored", score))
 CASES = [
@@ -36,7 +40,9 @@ CASES = [
     ("unknown list", "alice@example.net", "nolist@lists.example.org", POST, ("refused", "5.1.1")),
     ("unknown suffix", "alice@example.net", "demo-nosuch@lists.example.org", POST, ("refused", "5.1.1")),
     ("forged VERP", "", _forged, "bounce", ("refused", "5.1.1")),
-    ("bounce", "", "demo-bounces@lists.example.org", "bounce", ("scored", 1.0)),
+    ("bounce", "", _member_verp, "bounce", ("scored", 1.0)),
+    # a bare DSN to the plain bounce address naming a VERP member proves nothing (issue 20)
+    ("plain bounce", "", "demo-bounces@lists.example.org", "bounce", ("taken unscored", 0.0)),
 ]
 
 
@@ -88,5 +94,5 @@ def test_same_decision_through_each_front_end(tmp_path, corpus, monkeypatch, fro
         assert got == ("refused", value) and roles == [] and score == 0
     elif kind == "queued":
         assert got == ("taken", None) and roles == [value] and score == 0
-    else:
+    else:   # scored / taken unscored
         assert got == ("taken", None) and roles == [] and score == value
