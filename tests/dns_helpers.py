@@ -20,6 +20,10 @@ import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
 
+# Tests never ask the machine's resolver (loopback only): no domain checks, and a resolver
+# on a loopback port where nothing answers. DNS tests run their own ZoneServer.
+TEST_DNS = "dns:\n  check_domains: false\n  nameservers: [127.0.0.1]\n  port: 9\n  timeout: 1s\n  attempts: 1\n"
+
 ZONE = "test."
 NEG_TTL = 60
 

@@ -93,6 +93,8 @@ VERP = Section({
 
 # The one DNS resolver (listgate.dns): subscriptions, bounces, DMARC, DKIM verification at intake.
 DNS = Section({
+    "check_domains": Field("bool", True, doc="refuse subscriptions to domains that take no mail (null MX, "
+                           "NXDOMAIN, no MX and no address)"),
     "nameservers": Field("strings", (), doc="IP addresses of recursive resolvers; empty: those of /etc/resolv.conf"),
     "port": Field("int", 53, minimum=1, maximum=65535),
     "timeout": Field("duration", 3, doc="wait for one server's answer"),
