@@ -27,6 +27,10 @@ whatever it is) is never re-encoded. Added: ``List-Id`` (RFC 2919),
 ``Precedence: list`` and ``X-Listgate-Loop: L@D``. A post that already carries
 this list's ``X-Listgate-Loop`` or ``List-Id`` has been through the list and
 is discarded (loop protection).
+
+Before decoration a post may be changed for DMARC (:mod:`.dmarc`, list
+``dmarc_mitigation``); after it, the final bytes are DKIM-signed and
+ARC-sealed once (:mod:`.signing`), then split into ``out`` qfiles.
 """
 from __future__ import annotations
 
