@@ -16,6 +16,9 @@ setup(
         "dnspython>=2.0",
         "flufl.bounce>=4.0",
         "aiosmtpd>=1.4",  # the LMTP front end (listgate lmtp)
+        "dkimpy>=1.1",  # DKIM signing and ARC sealing of posts
+        "authres>=1.2",  # Authentication-Results parsing, which dkimpy's ARC needs
+        "publicsuffixlist>=1.0",  # organizational domains for DMARC (bundled list, no download)
     ],
     extras_require={
         # the PostgreSQL store backend (site config ``store: {url: postgresql://...}``)

@@ -17,6 +17,8 @@ import pytest
 from listgate import clock, config, inject, instance
 from listgate.store import close_all
 
+from dns_helpers import TEST_DNS
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus" / "bounces"
 
@@ -51,6 +53,8 @@ def make_site(directory: Path, **kw) -> config.Site:
     kw.setdefault("policy_socket", f"inet:{free_port()}@127.0.0.1")
     kw.setdefault("reinject_port", free_port())
     path = instance.init(str(directory), **kw)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(TEST_DNS)
     return config.load(path)
 
 

@@ -18,6 +18,11 @@ Subject) completes the pending record through
 ``held_message`` (moderators: ``approve``/``reject``/``discard``; the
 replier must be an owner or moderator). ``probe`` tokens are for bounces only.
 
+A subscription or change of address to a domain that takes no mail (null
+MX, NXDOMAIN, no MX and no address: :func:`.subscriptions.deliverable`) is
+refused with the reason; when the DNS cannot answer, the request raises
+:class:`~listgate.dns.DnsUnknown` and the runner tries it again later.
+
 Auto-generated mail (RFC 3834, see :func:`.mail.auto_generated`) never gets a
 reply and never confirms anything: an autoresponder answering a confirmation
 request must not subscribe its owner.
@@ -30,12 +35,13 @@ from __future__ import annotations
 import logging
 import re
 
-from .. import addresses
+from .. import addresses, clock
+from ..dns import DnsUnknown
 from ..log import kv
 from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
 from ..store.tokens import TOKEN_RE
 from . import mail, notices, posting, ratelimit, texts
-from .subscriptions import complete
+from .subscriptions import complete, deliverable
 
 log = logging.getLogger("listgate.app.commands")
 
@@ -106,10 +112,29 @@ def _valid(address: str) -> bool:
     return addresses.split_address(address) is not None and " " not in address and len(address) <= 320
 
 
+def _reachable(ctx: Context, what: str, address: str) -> bool:
+    """False (with the reason in the reply) when ``address``'s domain takes no mail. Raises
+    :class:`DnsUnknown` when the DNS cannot say: the runner retries the request later; one that
+    has waited ``runner.retry_giveup`` goes ahead unchecked (the confirmation still has to come back)."""
+    verdict = deliverable(ctx.site, address)
+    if verdict.dead:
+        ctx.results.append(f"{what}: {address} cannot receive mail: {verdict.reason}")
+        log.info("subscription refused %s", kv(list=notices.address(ctx.lc), address=address, dns=verdict.status))
+        return False
+    if verdict.status == "unknown":
+        arrival = ctx.qf.meta.get("arrival")
+        if not isinstance(arrival, (int, float)) or clock.now() - arrival < ctx.site.conf.runner.retry_giveup:
+            raise DnsUnknown(verdict.reason)
+        log.warning("DNS still unknown, going ahead %s", kv(list=notices.address(ctx.lc), address=address))
+    return True
+
+
 def subscribe(ctx: Context, address: str | None = None) -> None:
     address = address or ctx.requester
     if not address or not _valid(address):
         ctx.results.append("subscribe: no usable address")
+        return
+    if not _reachable(ctx, "subscribe", address):
         return
     member = ctx.store.get_member(address)
     if member is not None and member.delivery_status != "by_bounce":  # by_bounce: confirming re-enables
@@ -149,6 +174,8 @@ def change_address(ctx: Context, new: str | None) -> None:
         return
     if ctx.store.get_member(new) is not None:
         ctx.results.append(f"change-address: {new} is already a member")
+        return
+    if not _reachable(ctx, "change-address", new):
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, new):
         ctx.results.append(f"change-address: {texts.RATE_LIMITED.format(address=new)}")

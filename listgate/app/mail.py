@@ -111,3 +111,21 @@ def split(msg: bytes) -> tuple[bytes, bytes, bytes]:
         return msg.rstrip(b"\r\n"), eol, b""
     eol = b"\r\n" if msg[m.start():m.start() + 1] == b"\r" else b"\n"
     return msg[:m.start()], eol, msg[m.end():]
+
+
+def fields(head: bytes, eol: bytes) -> list[bytes]:
+    """Header fields of a raw header section with their continuation lines (RFC 5322 section 2.2.3),
+    each without its last eol; continuation lines joined with ``eol``."""
+    out: list[bytes] = []
+    for line in head.split(b"\n"):
+        line = line.rstrip(b"\r")
+        if out and line[:1] in (b" ", b"\t"):
+            out[-1] += eol + line
+        else:
+            out.append(line)
+    return [f for f in out if f]
+
+
+def field_name(field: bytes) -> str:
+    """The lower-cased name of a raw header field."""
+    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()

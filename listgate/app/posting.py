@@ -27,6 +27,10 @@ whatever it is) is never re-encoded. Added: ``List-Id`` (RFC 2919),
 ``Precedence: list`` and ``X-Listgate-Loop: L@D``. A post that already carries
 this list's ``X-Listgate-Loop`` or ``List-Id`` has been through the list and
 is discarded (loop protection).
+
+Before decoration a post may be changed for DMARC (:mod:`.dmarc`, list
+``dmarc_mitigation``); after it, the final bytes are DKIM-signed and
+ARC-sealed once (:mod:`.signing`), then split into ``out`` qfiles.
 """
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ from ..addresses import split_address
 from ..log import kv
 from ..queue import Switchboard, derived_id
 from ..store import open_store
-from . import attribution, mail, moderation
+from . import attribution, dmarc, mail, moderation, signing
 from .notices import address, list_id
 
 log = logging.getLogger("listgate.app.posting")
@@ -117,20 +121,8 @@ def decide(lc, senders: Iterable[str | None], store: Callable[[], object], *,
     return Decision(lc.non_member_action, reason)
 
 
-def _fields(head: bytes, eol: bytes) -> list[bytes]:
-    """Header fields with their continuation lines (RFC 5322 section 2.2.3), each without its last eol."""
-    out: list[bytes] = []
-    for line in head.split(b"\n"):
-        line = line.rstrip(b"\r")
-        if out and line[:1] in (b" ", b"\t"):
-            out[-1] += eol + line
-        else:
-            out.append(line)
-    return [f for f in out if f]
-
-
-def _name(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+_fields = mail.fields
+_name = mail.field_name
 
 
 def _prefixed_subject(lc, field: bytes | None) -> bytes:
@@ -205,7 +197,8 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
 
 
 def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | None = None) -> str | None:
-    """Decorate ``msg`` and put it in ``out`` for every enabled member; returns the first qfile id.
+    """Mitigate (:mod:`.dmarc`), decorate and sign (:mod:`.signing`) ``msg`` and put it in ``out`` for
+    every enabled member; returns the first qfile id.
 
     Up to :data:`FANOUT_SINGLE` deliveries make one ``out`` qfile; more are split
     into qfiles of :data:`FANOUT_CHUNK` (``part``/``parts`` in their metadata):
@@ -224,7 +217,8 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     arrival = (origin or {}).get("arrival")
     arrival = arrival if isinstance(arrival, (int, float)) else None
     board = Switchboard.for_site(site, "out")
-    data = decorate(lc, msg)
+    # final bytes, once per post: DMARC mitigation, decoration, then DKIM/ARC over the result
+    data = signing.sign(site, lc, decorate(lc, dmarc.mitigate(site, lc, msg)), original=msg)
     size = len(deliveries) if len(deliveries) <= FANOUT_SINGLE else FANOUT_CHUNK
     parts = [deliveries[i:i + size] for i in range(0, len(deliveries), size)]
     first = None

@@ -9,6 +9,9 @@ and ``listgate pending confirm`` (an admin's act). Each change commits in one
 store transaction together with the mail it sends (welcome, goodbye, owner
 notice): a failure to queue the mail leaves the record pending.
 
+Before a subscription or a change of address is offered, :func:`deliverable`
+asks the DNS whether the address's domain takes mail at all.
+
 A confirmed change of address or a resubscription proves the address works:
 the member starts clean (:func:`start_clean`): bounce score, disabled-by-bounce
 state, disabled notices and the old address's ``re_enable`` and ``probe``
@@ -21,6 +24,17 @@ from .. import addresses, clock
 from ..store import BounceEvent, UnknownToken, open_store
 from . import notices, probes, texts
 from .moderation import moderate
+
+
+def deliverable(site, address: str):
+    """Whether mail can reach ``address``'s domain: a :class:`listgate.dns.MailDomain` (``dead`` for a
+    null MX, RFC 7505; NXDOMAIN; no MX and no A/AAAA, RFC 5321 section 5.1; ``unknown`` without an
+    answer). The one check before a subscription, for ``L-request`` and ``listgate members add``."""
+    from ..dns import MailDomain
+    domain = address.rpartition("@")[2].strip("[]")
+    if not site.conf.dns.check_domains or not domain or address.rpartition("@")[2].startswith("["):
+        return MailDomain(domain, "ok")        # not asked to check, or an address literal
+    return site.resolver.mail_domain(domain)
 
 
 def _cancel_bounce_records(store, keys: set[str]) -> list[str]:

@@ -14,7 +14,7 @@ import sys
 from datetime import datetime, timezone
 
 from .. import clock
-from ..addresses import list_key
+from ..addresses import list_key, split_address
 from ..store import AlreadyMember, DELIVERY_STATUSES, ListStore, Member, NotAMember, StoreUnavailable, open_store
 from ..store.mailman import ImportedMember, MailmanImportError, import_members, looks_like_pickle, read_config
 from .common import fail, get_list, load_site, print_json
@@ -74,8 +74,10 @@ def add_action(actions, name: str, handler, help: str, *positionals: str) -> arg
 def register(sub) -> None:
     p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, import, export")
     actions = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
-    add_action(actions, "add", cmd_add, "add a member", "address").add_argument(
-        "--name", default="", help="display name")
+    add = add_action(actions, "add", cmd_add, "add a member", "address")
+    add.add_argument("--name", default="", help="display name")
+    add.add_argument("--force", action="store_true",
+                     help="add even when the DNS says the domain takes no mail, or cannot be asked")
     add_action(actions, "remove", cmd_remove, "remove a member", "address")
     add_action(actions, "list", cmd_list, "list members").add_argument(
         "--status", choices=DELIVERY_STATUSES, help="only members with this delivery status")
@@ -102,7 +104,17 @@ def _show(args, member: Member, verb: str) -> int:
 
 
 def cmd_add(args) -> int:
+    """Add a member; unless ``--force``, only at a domain that takes mail (null MX, NXDOMAIN, no MX
+    and no address: exit 1; the DNS cannot be asked: exit 75)."""
     _, store = open_list_store(args)
+    if not args.force and split_address(args.address):    # a malformed one: the store says why
+        from ..app.subscriptions import deliverable
+        verdict = deliverable(args.site, args.address)
+        if verdict.dead:
+            fail(f"{args.address} cannot receive mail: {verdict.reason} (--force adds it anyway)")
+        if verdict.status == "unknown":
+            fail(f"the DNS check of {verdict.domain} could not be made: {verdict.reason} "
+                 "(try again, or --force to add without it)", EX_TEMPFAIL)
     return _show(args, store.add_member(args.address, args.name), "added")
 
 

@@ -49,8 +49,9 @@ def cmd_init(args) -> int:
 
 
 def cmd_check(args) -> int:
+    from ..app import signing
     site = load_site(args)
-    problems = verp.check_keys(site)
+    problems = verp.check_keys(site) + signing.check_keys(site)
     for what, path in (("state_dir", site.state_dir), ("queue_dir", site.queue_dir)):
         # a missing directory is made on first use; its nearest existing ancestor must allow that
         existing = path

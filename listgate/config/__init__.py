@@ -40,7 +40,8 @@ class Site:
     reload gives a new Site): ``domains``, the set of domains listgate
     manages; ``address_table``, the :class:`~listgate.addresses.AddressTable`
     of every list address; ``verp_keys``, the VERP keyring (its key files
-    read once, :mod:`listgate.verp`).
+    read once, :mod:`listgate.verp`); ``resolver``, the DNS resolver
+    (:mod:`listgate.dns`); ``dkim_keys``, the DKIM keyring.
     """
 
     path: str
@@ -65,6 +66,19 @@ class Site:
         (and reads the files again at the next use) when a key file is unreadable."""
         from ..verp import Keyring     # verp imports the store, which imports this package
         return Keyring(self.conf.verp)
+
+    @cached_property
+    def resolver(self):
+        """The site's one :class:`listgate.dns.Resolver` (``conf.dns``); its answer cache lives with it."""
+        from ..dns import Resolver
+        return Resolver(self.conf.dns)
+
+    @cached_property
+    def dkim_keys(self):
+        """The :class:`listgate.app.signing.Keyring` of ``conf.dkim`` (key files read once); raises
+        :class:`listgate.app.signing.DkimKeyError` (and reads them again at the next use) when one is unusable."""
+        from ..app.signing import Keyring
+        return Keyring(self.conf.dkim)
 
     def get_list(self, name: str, domain: str | None = None) -> Frozen | None:
         """Find a list by ``name@domain`` or by bare name (when unique)."""
@@ -106,6 +120,8 @@ def load(path: str | None = None) -> Site:
     lists_dir = here(raw["lists_dir"]) if raw["lists_dir"] else os.path.join(base, "lists.d")
     keys = tuple(Frozen({**k.as_dict(), "file": here(k.file)}) for k in raw["verp"].keys)
     raw["verp"] = Frozen({**raw["verp"].as_dict(), "keys": keys})
+    dkim_keys = tuple(Frozen({**k.as_dict(), "file": here(k.file)}) for k in raw["dkim"].keys)
+    raw["dkim"] = Frozen({**raw["dkim"].as_dict(), "keys": dkim_keys})
     if raw["store"].password_file:
         raw["store"] = Frozen({**raw["store"]._data, "password_file": here(raw["store"].password_file)})
     conf = Frozen(raw)

@@ -198,10 +198,11 @@ class _Checker:
                 return _BAD
             keys = []
             for i, item in enumerate(node.value):
-                sub = self.section(item, _verp_key_schema(), f"{path}[{i}]")
+                sub = self.section(item, spec.section or _verp_key_schema(), f"{path}[{i}]")
                 if sub is not None:
                     keys.append(Frozen(sub))
-            ids = [k.id for k in keys]
+            # a VERP key is named by its id, a DKIM key by selector and domain
+            ids = [k.id if "id" in k else (k.selector, k.domain) for k in keys]
             if len(set(ids)) != len(ids):
                 self.err(node, path, "key ids must be unique")
             return tuple(keys)

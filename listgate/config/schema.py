@@ -105,6 +105,33 @@ COMMANDS = Section({
     "replies_window": Field("duration", DAY, minimum=60),
 })
 
+# The one DNS resolver (listgate.dns): subscriptions, bounces, DMARC, DKIM verification at intake.
+DNS = Section({
+    "check_domains": Field("bool", True, doc="refuse subscriptions to domains that take no mail (null MX, "
+                           "NXDOMAIN, no MX and no address)"),
+    "nameservers": Field("strings", (), doc="IP addresses of recursive resolvers; empty: those of /etc/resolv.conf"),
+    "port": Field("int", 53, minimum=1, maximum=65535),
+    "timeout": Field("duration", 3, doc="wait for one server's answer"),
+    "attempts": Field("int", 2, minimum=1, doc="rounds over the servers before the answer is unknown"),
+})
+
+DKIM_KEY = Section({
+    "selector": Field("str", required=True, doc="the DKIM selector (s=): the key is published at SELECTOR._domainkey.DOMAIN"),
+    "domain": Field("domain", None, doc="the list domain this key signs for; none: every list domain"),
+    "file": Field("path", required=True, doc="PEM private key (RSA, at least 1024 bits; mode 0600)"),
+    "retired": Field("bool", False, doc="no longer signs (keep its DNS record until mail signed with it is read)"),
+})
+
+DKIM = Section({
+    "sign": Field("bool", False, doc="DKIM-sign every outgoing list message (lists may say otherwise: dkim_sign)"),
+    "keys": Field("keys", (), section=DKIM_KEY, doc="signing keys; per domain, the first non-retired key signs"),
+})
+
+ARC = Section({
+    "seal": Field("bool", False, doc="ARC-seal posts (RFC 8617) with the results listgate observed at intake"),
+    "authserv_id": Field("str", None, doc="authserv-id of our Authentication-Results (RFC 8601); default: hostname"),
+})
+
 PENDING = Section({
     "user_confirmation": Field("duration", 3 * DAY),
     "probe": Field("duration", 10 * DAY),
@@ -151,6 +178,9 @@ SITE = Section({
     "lmtp": Field("section", section=LMTP),
     "reinject": Field("section", section=REINJECT),
     "verp": Field("section", section=VERP),
+    "dns": Field("section", section=DNS),
+    "dkim": Field("section", section=DKIM),
+    "arc": Field("section", section=ARC),
     "pending": Field("section", section=PENDING),
     "runner": Field("section", section=RUNNER),
     "commands": Field("section", section=COMMANDS),
@@ -183,6 +213,18 @@ LIST = Section({
     "non_member_action": Field("enum", "hold", choices=("hold", "reject", "discard")),
     "max_message_size": Field("size", 10 * 1024 * 1024),
     "subject_prefix": Field("str", None, doc="default: '[NAME] '"),
+    "dmarc_mitigation": Field("enum", "none", choices=("none", "munge_from", "wrap_message"),
+                              doc="what to do with a post From: a domain whose DMARC policy is in "
+                                  "dmarc_mitigate_policies (Mailman's dmarc_mitigate_action)"),
+    "dmarc_mitigate_policies": Field("strings", ("reject", "quarantine"),
+                                     doc="DMARC policies (p=, or sp= at the organizational domain) that call for "
+                                         "dmarc_mitigation: reject, quarantine, none"),
+    "dmarc_mitigate_addresses": Field("strings", (), doc="posters always mitigated: an address, or a regular "
+                                      "expression starting with ^ (Mailman's dmarc_addresses)"),
+    "dmarc_poster_in": Field("enum", "reply_to", choices=("reply_to", "cc"),
+                             doc="where a mitigated post names its author (RFC 5322 section 3.6.2, 3.6.3)"),
+    "dmarc_wrapped_message_text": Field("str", "", doc="text/plain part before the wrapped post (wrap_message)"),
+    "dkim_sign": Field("bool", None, doc="DKIM-sign this list's mail; none: as the site's dkim.sign says"),
     "verp_mode": Field("enum", "signed", choices=("signed", "xverp")),
     "accept_unsigned_verp": Field("bool", False, doc="Mailman-style L-bounces+local=domain@D (migration window)"),
     "notify_owner_on_join": Field("bool", True),

@@ -17,7 +17,11 @@ one is delivering.
 
 Failures: a store or queue that is unavailable (:class:`StoreUnavailable`,
 :class:`QueueError`: full disk, locked database) puts the qfile back and the
-runner waits a poll interval: nothing is lost, it is tried again. Anything
+runner waits a poll interval: nothing is lost, it is tried again. A request
+that needs a DNS answer the resolver cannot get (:class:`~listgate.dns.DnsUnknown`:
+a subscription whose domain cannot be checked) waits in ``retry``
+(``requeue``: its queue, ``retry_at``: ``runner.retry_backoff`` later) and
+then goes back to its queue, without holding up the mail behind it. Anything
 else (a bug, mail nothing can handle) moves the qfile to ``shunt`` with the
 reason, for ``listgate queue unshunt`` after a fix.
 
@@ -38,6 +42,7 @@ from ..app import commands, notices, posting
 from ..config import Site, Watcher
 from ..log import kv
 from ..queue import QueueError, Switchboard
+from ..dns import DnsUnknown
 from ..queue.lock import SliceLock
 from ..store import StoreUnavailable
 from . import delivery, duplicates, tasks
@@ -249,7 +254,9 @@ class Runner:
     def process(self, board, qf) -> bool:
         """Handle one qfile; False if it was put back because a store or queue is unavailable."""
         try:
-            if board.name in ("out", "virgin", "retry"):
+            if board.name == "retry" and qf.meta.get("requeue"):
+                board.move(qf, qf.meta["requeue"])      # a request that waited for DNS: its turn again
+            elif board.name in ("out", "virgin", "retry"):
                 deliverer = (self._thread_deliverer() if threading.current_thread() is not threading.main_thread()
                              else self.deliverer)
                 res = deliverer.deliver(board, qf, should_stop=lambda: self.stopping)
@@ -266,6 +273,16 @@ class Runner:
             log.warning("put back, will retry %s", kv(queue=board.name, qfile=qf.id, error=exc))
             board.release(qf)
             return False
+        except DnsUnknown as exc:
+            # waits in retry, not at the head of its queue: other mail goes on meanwhile
+            retry_at = clock.now() + self.site.conf.runner.retry_backoff
+            log.info("waiting for DNS %s", kv(queue=board.name, qfile=qf.id, error=exc, retry_at=int(retry_at)))
+            try:
+                board.move(qf, "retry", meta={**qf.meta, "requeue": board.name, "retry_at": retry_at})
+            except QueueError:
+                board.release(qf)
+                return False
+            return True
         except Exception as exc:  # noqa: BLE001 - one bad qfile must not stop the runner
             log.exception("shunted %s", kv(queue=board.name, qfile=qf.id))
             try:

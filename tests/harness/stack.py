@@ -28,6 +28,8 @@ from listgate import clock, config, instance
 from listgate.serve import listening
 from listgate.store import open_store
 
+from dns_helpers import TEST_DNS
+
 from .postfix import PostfixInstance, free_port, postfix_socket
 from .sink import SmtpSink
 
@@ -84,6 +86,8 @@ class Stack:
         lmtp_socket = f"unix:{sockdir / 'lmtp.sock'}"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write("runner:\n  poll_interval: 0.2s\n  tasks_interval: 1s\n" + self.site_settings)
+            if "\ndns:" not in "\n" + self.site_settings:
+                fh.write(TEST_DNS)
             if self.front_end == "lmtp":
                 fh.write(f"lmtp:\n  socket: {lmtp_socket}\n")
         if self.list_settings:
