@@ -16,6 +16,7 @@ setup(
         "dnspython>=2.0",
         "flufl.bounce>=4.0",
         "aiosmtpd>=1.4",  # the LMTP front end (listgate lmtp)
+        "aiohttp>=3.9",   # the web front end (listgate web: one-click unsubscribe)
     ],
     extras_require={
         # the PostgreSQL store backend (site config ``store: {url: postgresql://...}``)
