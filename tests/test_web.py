@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from conftest import free_port
+from listgate.config import schema
 from listgate.queue import Switchboard
 from listgate.store import open_store
 from listgate.web import tokens
@@ -165,3 +167,12 @@ def test_web_without_base_url_exits_1(site):
     assert proc.returncode == 1
     assert "web.base_url is not set" in proc.stderr
 
+
+
+def test_install_quotes_the_nginx_snippet():
+    root = Path(__file__).resolve().parents[1]
+    snippet = (root / "conf" / "nginx" / "listgate-web.conf").read_text(encoding="utf-8")
+    assert snippet in (root / "INSTALL").read_text(encoding="utf-8")
+    # the snippet's upstream is the default web.listen
+    assert "proxy_pass http://127.0.0.1:8025/u/;" in snippet
+    assert schema.WEB.fields["listen"].default == "inet:8025@127.0.0.1"
