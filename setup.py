@@ -19,6 +19,7 @@ setup(
         "dkimpy>=1.1",  # DKIM signing and ARC sealing of posts
         "authres>=1.2",  # Authentication-Results parsing, which dkimpy's ARC needs
         "publicsuffixlist>=1.0",  # organizational domains for DMARC (bundled list, no download)
+        "aiohttp>=3.9",   # the web front end (listgate web: one-click unsubscribe)
     ],
     extras_require={
         # the PostgreSQL store backend (site config ``store: {url: postgresql://...}``)

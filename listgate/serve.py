@@ -1,8 +1,9 @@
-"""``listgate serve``: milter, policy server, runner (and LMTP server) as supervised child processes.
+"""``listgate serve``: milter, policy server, runner (LMTP server, web front end) as supervised child processes.
 
 The embedded default for small sites: one command (one systemd unit) runs
 ``listgate milter``, ``listgate policy`` and ``listgate runner``, and
-``listgate lmtp`` when the site config sets ``lmtp.socket``, each its own
+``listgate lmtp`` when the site config sets ``lmtp.socket``, ``listgate web``
+when it sets ``web.base_url``, each its own
 process with its own job (Postfix's shape). A child that exits is restarted
 after a pause that doubles on each quick failure (1 s up to 60 s), so a broken
 configuration does not spin. SIGTERM/SIGINT: every child gets SIGTERM (the
@@ -13,7 +14,7 @@ runner of an earlier serve still lives, waits for it rather than sharing the
 slice.
 
 Readiness (``Type=notify``): ``READY=1`` goes to ``$NOTIFY_SOCKET`` once the
-milter, policy (and LMTP) sockets accept connections (bounded wait); children do not
+milter, policy (and web) sockets accept connections (bounded wait); children do not
 see ``$NOTIFY_SOCKET`` (only the main process may talk to systemd).
 """
 from __future__ import annotations
@@ -61,7 +62,8 @@ class Supervisor:
     def __init__(self, site, *, children=None, extra_args: dict | None = None):
         self.site = site
         if children is None:
-            children = CHILDREN + (("lmtp",) if site.conf.lmtp.socket else ())
+            children = (CHILDREN + (("lmtp",) if site.conf.lmtp.socket else ())
+                        + (("web",) if site.conf.web.base_url else ()))
         self.children = tuple(children)
         self.extra = extra_args or {}
         self.procs: dict[str, subprocess.Popen] = {}
@@ -88,8 +90,9 @@ class Supervisor:
         self.stopping = True
 
     def wait_ready(self) -> bool:
-        """True once the milter, policy (and LMTP) sockets accept connections (or READY_TIMEOUT passed)."""
-        specs = [s for name, s in (("milter", self.site.conf.milter.socket), ("policy", self.site.conf.policy.socket))
+        """True once the milter, policy (and web) sockets accept connections (or READY_TIMEOUT passed)."""
+        specs = [s for name, s in (("milter", self.site.conf.milter.socket), ("policy", self.site.conf.policy.socket),
+                                   ("web", self.site.conf.web.listen))
                  if name in self.children]
         end = time.monotonic() + READY_TIMEOUT
         while time.monotonic() < end and not self.stopping:

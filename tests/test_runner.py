@@ -41,7 +41,7 @@ def test_post_is_decorated_and_body_bytes_kept(env):
     assert _header(first.data, "List-Id") == ["<demo.lists.example.org>"] or \
         _header(first.data, "List-Id")[0].endswith("<demo.lists.example.org>")
     assert _header(first.data, "List-Post") == [f"<mailto:{LIST}>"]
-    assert _header(first.data, "List-Unsubscribe") == ["<mailto:demo-leave@lists.example.org>"]
+    assert _header(first.data, "List-Unsubscribe") == ["<mailto:demo-leave@lists.example.org?subject=unsubscribe>"]
     assert _header(first.data, "List-Subscribe") == ["<mailto:demo-join@lists.example.org>"]
     assert _header(first.data, "List-Help") == ["<mailto:demo-request@lists.example.org?subject=help>"]
     assert _header(first.data, "Precedence") == ["list"]

@@ -24,7 +24,10 @@ removed or added, the ``Subject`` gets the prefix, and the body (8-bit, CRLF,
 whatever it is) is never re-encoded. Added: ``List-Id`` (RFC 2919),
 ``List-Post``, ``List-Help``, ``List-Subscribe``, ``List-Unsubscribe``
 (RFC 2369; ``List-Post: NO`` for announce lists, RFC 2369 section 3.4),
-``Precedence: list`` and ``X-Listgate-Loop: L@D``. A post that already carries
+``Precedence: list`` and ``X-Listgate-Loop: L@D``. ``List-Unsubscribe`` is the
+``mailto:`` form here, the same for every member; when the site has a web
+front end (``web.base_url``) the runner replaces it at hand-over, per member,
+with the one-click form (:func:`add_unsubscribe_headers`, RFC 8058). A post that already carries
 this list's ``X-Listgate-Loop`` or ``List-Id`` has been through the list and
 is discarded (loop protection).
 
@@ -56,7 +59,9 @@ FANOUT_SINGLE = 200
 FANOUT_CHUNK = 50
 # Fields this list sets; copies from elsewhere (another list) are removed first.
 _REPLACED = {"list-id", "list-post", "list-help", "list-subscribe", "list-unsubscribe", "list-archive",
-             "list-owner", "precedence"}
+             "list-owner", "precedence", "list-unsubscribe-post"}
+# What a one-click List-Unsubscribe-Post field says (RFC 8058 section 3.1), and what the POST body is.
+ONE_CLICK = "List-Unsubscribe=One-Click"
 
 
 @dataclass(frozen=True)
@@ -156,12 +161,60 @@ def decorate(lc, msg: bytes) -> bytes:
         ("List-Post", post),
         ("List-Help", f"<mailto:{address(lc, 'request')}?subject=help>"),
         ("List-Subscribe", f"<mailto:{address(lc, 'join')}>"),
-        ("List-Unsubscribe", f"<mailto:{address(lc, 'leave')}>"),
+        ("List-Unsubscribe", unsubscribe_mailto(lc)),
         ("Precedence", "list"),
         (LOOP_HEADER, address(lc)),
     ]
     fields += [f"{n}: {v}".encode("utf-8") for n, v in added]
     return eol.join(fields) + eol + eol + body
+
+
+def unsubscribe_mailto(lc) -> str:
+    """``<mailto:L-leave@D?subject=unsubscribe>``: the RFC 2369 section 3.2 form (RFC 6068 URI)."""
+    return f"<mailto:{address(lc, 'leave')}?subject=unsubscribe>"
+
+
+def unsubscribe_url(site, lc, member: str) -> str | None:
+    """``BASE/u/TOKEN`` for ``member`` of ``lc`` (:mod:`listgate.web.tokens`), or None when the
+    site has no ``web.base_url``. Raises ValueError for a member that is not an address,
+    :class:`listgate.verp.VerpKeyError` when the signing key cannot be read."""
+    base = site.conf.web.base_url
+    if not base:
+        return None
+    from ..web import tokens
+    if not base.isascii():
+        raise ValueError(f"web.base_url {base!r} is not ASCII (write a non-ASCII host name as its A-label)")
+    return f"{base.rstrip('/')}/u/{tokens.sign(site, lc, member)}"
+
+
+def add_unsubscribe_headers(msg: bytes, site, lc, member: str) -> bytes:
+    """``msg`` (a decorated post) as it goes to ``member``: with the one-click unsubscribe fields.
+
+    ``List-Unsubscribe: <BASE/u/TOKEN>,<eol> <mailto:L-leave@D?subject=unsubscribe>`` and
+    ``List-Unsubscribe-Post: List-Unsubscribe=One-Click`` (RFC 8058 section 3.1: an HTTPS
+    URI, and the POST field) replace the ``List-Unsubscribe`` that :func:`decorate` wrote, in
+    its place; the rest of the message is unchanged byte for byte. ``msg`` is returned as it
+    is when the site has no ``web.base_url``, and (with a warning in the log) when no token
+    can be made for ``member`` (a key file unreadable now, not an address): the ``mailto:``
+    form stays. Called once per recipient at hand-over (:mod:`listgate.runner.delivery`),
+    before anything signs the message (DKIM must cover these fields, RFC 8058 section 4).
+    """
+    from ..verp import VerpKeyError
+    try:
+        url = unsubscribe_url(site, lc, member)
+    except (ValueError, VerpKeyError) as exc:   # VerpKeyError is a ValueError; named for the reader
+        log.warning("no one-click unsubscribe for this delivery %s", kv(list=address(lc), rcpt=member, error=exc))
+        return msg
+    if url is None:
+        return msg
+    head, eol, body = mail.split(msg)
+    fields = _fields(head, eol)
+    ours = [i for i, f in enumerate(fields) if _name(f) in ("list-unsubscribe", "list-unsubscribe-post")]
+    at = ours[0] if ours else len(fields)
+    new = [b"List-Unsubscribe: <" + url.encode("ascii") + b">," + eol + b" " + unsubscribe_mailto(lc).encode("utf-8"),
+           b"List-Unsubscribe-Post: " + ONE_CLICK.encode("ascii")]
+    kept = [f for i, f in enumerate(fields) if i not in ours]
+    return eol.join(kept[:at] + new + kept[at:]) + eol + eol + body
 
 
 def been_here(lc, m) -> bool:

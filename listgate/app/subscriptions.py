@@ -117,13 +117,10 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
                 notices.send(site, lc, address, f"Welcome to {lname}",
                              texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")), kind="welcome")
             else:
-                store.remove_member(address)
-                notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname),
-                             kind="goodbye")
-            event = "joined" if joining else "left"
-            if lc.notify_owner_on_join if joining else lc.notify_owner_on_leave:
-                notices.to_owners(site, lc, f"{address} {event} {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event=event, list=lname))
+                leave(site, lc, store, address)
+            if joining and lc.notify_owner_on_join:
+                notices.to_owners(site, lc, f"{address} joined {lname}",
+                                  texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
         return f"{'subscribed' if joining else 'unsubscribed'} {address}"
     if rec.type == "change_of_address":
         with store.transaction():
@@ -137,6 +134,31 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
                 notices.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
         return f"moved {old} to {new}"
     raise ValueError(f"a {rec.type} record cannot be confirmed")
+
+
+def leave(site, lc, store, address: str) -> None:
+    """Remove member ``address`` inside the caller's transaction: the goodbye mail, and the
+    owners' notice when ``notify_owner_on_leave``. The one unsubscription rule, for a confirmed
+    ``unsubscription`` and a one-click unsubscribe. Raises NotAMember, StoreUnavailable,
+    QueueError (the caller's transaction then rolls back)."""
+    lname = notices.address(lc)
+    store.remove_member(address)
+    notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
+    if lc.notify_owner_on_leave:
+        notices.to_owners(site, lc, f"{address} left {lname}",
+                          texts.OWNER_EVENT.format(address=address, event="left", list=lname))
+
+
+def unsubscribe_now(site, lc, address: str) -> bool:
+    """One-click unsubscribe (RFC 8058; the signed token is the member's consent, no pending record):
+    :func:`leave` in one transaction. Idempotent: False when ``address`` is not a member (any
+    more), True when it was removed now. Raises StoreUnavailable, QueueError (nothing changed)."""
+    store = open_store(site, notices.address(lc))
+    with store.transaction():
+        if store.get_member(address) is None:
+            return False
+        leave(site, lc, store, address)
+    return True
 
 
 # Pending records that wait on a confirmation mailed to an address not (yet) a member,

@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "milter_cmd",  # milter
     "policy_cmd",  # policy
     "lmtp_cmd",    # lmtp
+    "web_cmd",     # web
     "runner_cmd",  # runner, serve
     "held",        # held list|approve|reject|discard
     "tasks",       # tasks run

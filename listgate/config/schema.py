@@ -69,6 +69,18 @@ LMTP = Section({
     "timeout": Field("duration", 300, doc="close a connection idle for this long"),
 })
 
+# The web front end (``listgate web``): one-click unsubscribe (RFC 8058), served only when
+# ``base_url`` is set; ``listgate serve`` runs it then.
+WEB = Section({
+    "base_url": Field("str", None, doc="public URL of the web front end behind the site's HTTPS reverse proxy, "
+                      "e.g. https://lists.example.org/listgate; posts then carry one-click List-Unsubscribe "
+                      "links BASE/u/TOKEN (RFC 8058 wants https). None: no web front end, posts carry the "
+                      "mailto: form only (RFC 2369)"),
+    "listen": Field("socket", "inet:8025@127.0.0.1", doc="where listgate web listens for the reverse proxy: "
+                    "inet:PORT@HOST or unix:PATH (relative to state_dir)"),
+    "socket_mode": Field("str", "0660", doc="octal mode of a unix socket (the reverse proxy connects)"),
+})
+
 REINJECT = Section({
     "host": Field("str", "127.0.0.1"),
     "port": Field("int", 10026, minimum=1),
@@ -176,6 +188,7 @@ SITE = Section({
     "milter": Field("section", section=MILTER),
     "policy": Field("section", section=POLICY),
     "lmtp": Field("section", section=LMTP),
+    "web": Field("section", section=WEB),
     "reinject": Field("section", section=REINJECT),
     "verp": Field("section", section=VERP),
     "dns": Field("section", section=DNS),

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from .. import clock, messages
 from ..bounce.status import reply_status
 from ..log import kv
-from ..app import site_incidents
+from ..app import posting, site_incidents
 from ..queue import finite_time
 
 log = logging.getLogger("listgate.runner.delivery")
@@ -352,9 +352,10 @@ class Deliverer:
             pos += len(chunk)
             sender = deliveries[chunk[0]].get("sender") or ""
             rcpts = [deliveries[i]["rcpt"] for i in chunk]
+            data = wire if xverp else self._recipient_bytes(meta, lc, rcpts[0], wire)
             try:  # the gate taken before the final dot is given back once the outcome is durable
                 try:
-                    replies = self._transaction(sender, rcpts, wire, xverp, bool(meta.get("smtputf8")),
+                    replies = self._transaction(sender, rcpts, data, xverp, bool(meta.get("smtputf8")),
                                                 dsn_options(self.site, lc, meta, rcpts[0]))
                 except Unreachable as exc:
                     for i in todo[pos - len(chunk):]:
@@ -413,6 +414,15 @@ class Deliverer:
         log.info("delivered %s", kv(qfile=qf.id, list=meta.get("list"), sent=res.delivered,
                                     failed=res.failed or None))
         return res
+
+    def _recipient_bytes(self, meta, lc, rcpt: str, wire: bytes) -> bytes:
+        """The bytes ``rcpt`` is sent: a post gets its member's own one-click unsubscribe fields
+        (:func:`listgate.app.posting.add_unsubscribe_headers`); anything else, and an ``xverp``
+        batch (one message for many members: the ``mailto:`` form only), goes as it is. Whatever
+        signs the final message (DKIM) signs what this returns."""
+        if lc is None or meta.get("kind") != "post":
+            return wire
+        return posting.add_unsubscribe_headers(wire, self.site, lc, rcpt)
 
     def _store(self, lc):
         from ..store import open_store
