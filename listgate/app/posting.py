@@ -174,6 +174,13 @@ def unsubscribe_mailto(lc) -> str:
     return f"<mailto:{address(lc, 'leave')}?subject=unsubscribe>"
 
 
+def per_member_fields(site, lc) -> bool:
+    """Whether each member's copy of a post gets fields of its own at hand-over
+    (:func:`add_unsubscribe_headers`): the site has ``web.base_url`` and the list sends
+    one copy per member (not ``xverp`` batches)."""
+    return bool(site.conf.web.base_url) and lc.verp_mode != "xverp"
+
+
 def unsubscribe_url(site, lc, member: str) -> str | None:
     """``BASE/u/TOKEN`` for ``member`` of ``lc`` (:mod:`listgate.web.tokens`), or None when the
     site has no ``web.base_url``. Raises ValueError for a member that is not an address,
@@ -270,8 +277,14 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     arrival = (origin or {}).get("arrival")
     arrival = arrival if isinstance(arrival, (int, float)) else None
     board = Switchboard.for_site(site, "out")
-    # final bytes, once per post: DMARC mitigation, decoration, then DKIM/ARC over the result
-    data = signing.sign(site, lc, decorate(lc, dmarc.mitigate(site, lc, msg)), original=msg)
+    # final bytes, once per post: DMARC mitigation, decoration, then DKIM/ARC over the result;
+    # but a post whose copies carry each member's own one-click link is signed per copy at
+    # hand-over, after that link is in (DKIM must cover it, RFC 8058 section 4)
+    data = decorate(lc, dmarc.mitigate(site, lc, msg))
+    if per_member_fields(site, lc) and signing.enabled(site, lc):
+        meta["sign_each"] = signing.intake_results(site, msg) if site.conf.arc.seal else ""
+    else:
+        data = signing.sign(site, lc, data, original=msg)
     size = len(deliveries) if len(deliveries) <= FANOUT_SINGLE else FANOUT_CHUNK
     parts = [deliveries[i:i + size] for i in range(0, len(deliveries), size)]
     first = None

@@ -145,9 +145,10 @@ def _with_results(site, msg: bytes, results: str) -> bytes:
     return eol.join([top] + kept) + eol + eol + body
 
 
-def sign(site, lc, msg: bytes, *, original: bytes | None = None) -> bytes:
+def sign(site, lc, msg: bytes, *, original: bytes | None = None, results: str | None = None) -> bytes:
     """``msg`` (the decorated post) with CRLF line ends, ARC-sealed when ``arc.seal`` (with
-    :func:`intake_results` of ``original``) and DKIM-signed, as the list says (module docstring).
+    :func:`intake_results` of ``original``, or ``results`` already taken from it) and
+    DKIM-signed, as the list says (module docstring).
 
     Returns ``msg`` unchanged when the list does not sign. Raises :class:`DkimKeyError`.
     """
@@ -156,8 +157,10 @@ def sign(site, lc, msg: bytes, *, original: bytes | None = None) -> bytes:
     selector, pem = site.dkim_keys.signer(lc.domain)
     wire = _EOL.sub(b"\r\n", msg)
     domain = lc.domain.encode("ascii")
-    if site.conf.arc.seal and original is not None:
-        wire = _with_results(site, wire, intake_results(site, original))
+    if results is None and original is not None and site.conf.arc.seal:
+        results = intake_results(site, original)
+    if site.conf.arc.seal and results is not None:
+        wire = _with_results(site, wire, results)
         arc_set = dkim.arc_sign(wire, selector.encode(), domain, pem, authserv_id(site).encode())
         wire = b"".join(arc_set) + wire
     sig = dkim.sign(wire, selector.encode(), domain, pem, canonicalize=(b"relaxed", b"relaxed"),

@@ -67,7 +67,7 @@ from dataclasses import dataclass, field
 from .. import clock, messages
 from ..bounce.status import reply_status
 from ..log import kv
-from ..app import posting, site_incidents
+from ..app import posting, signing, site_incidents
 from ..queue import finite_time
 
 log = logging.getLogger("listgate.runner.delivery")
@@ -419,10 +419,15 @@ class Deliverer:
         """The bytes ``rcpt`` is sent: a post gets its member's own one-click unsubscribe fields
         (:func:`listgate.app.posting.add_unsubscribe_headers`); anything else, and an ``xverp``
         batch (one message for many members: the ``mailto:`` form only), goes as it is. Whatever
-        signs the final message (DKIM) signs what this returns."""
+        signs the final message (DKIM) signs what this returns: a post queued with ``sign_each``
+        (:func:`listgate.app.posting.queue_post`) is signed here, per copy, with the ARC
+        intake results recorded then. Raises :class:`~listgate.app.signing.DkimKeyError`."""
         if lc is None or meta.get("kind") != "post":
             return wire
-        return posting.add_unsubscribe_headers(wire, self.site, lc, rcpt)
+        data = posting.add_unsubscribe_headers(wire, self.site, lc, rcpt)
+        if "sign_each" in meta:
+            data = signing.sign(self.site, lc, data, results=meta["sign_each"] or None)
+        return data
 
     def _store(self, lc):
         from ..store import open_store
