@@ -17,6 +17,8 @@ import pytest
 from listgate import clock, config, inject, instance
 from listgate.store import close_all
 
+from wheel_helpers import installed_wheel  # noqa: F401  (session fixture: the built wheel in a fresh venv)
+
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus" / "bounces"
 
