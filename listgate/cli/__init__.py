@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from .common import become_state_owner
     try:
         if args.command not in NO_SITE and (args.command != "classify" or args.config or os.environ.get(ENV_VAR)):
-            become_state_owner(args)
+            become_state_owner(args, missing_ok=args.command == "check")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -23,7 +23,7 @@ def load_site(args) -> config.Site:
         raise SystemExit(1) from None
 
 
-def become_state_owner(args) -> None:
+def become_state_owner(args, *, missing_ok: bool = False) -> None:
     """Run as root: become the user and group that own ``state_dir`` (mlmmj's rule), or exit 1.
 
     Called by :func:`listgate.cli.main` before a command touches anything, so what
@@ -31,7 +31,8 @@ def become_state_owner(args) -> None:
     Nothing happens when not root, with ``--as-root``, or when ``state_dir`` is
     root's own. Supplementary groups are those of the owner's passwd entry
     (none when it has no entry). A missing ``state_dir`` is an error: creating
-    it as root is exactly what this prevents.
+    it as root is exactly what this prevents, unless ``missing_ok`` (``check``,
+    which creates nothing and reports it).
     """
     if os.geteuid() != 0 or getattr(args, "as_root", False):
         return
@@ -40,6 +41,8 @@ def become_state_owner(args) -> None:
     try:
         st = os.stat(site.state_dir)
     except OSError as exc:
+        if missing_ok:
+            return
         fail(f"state_dir {site.state_dir}: {exc.strerror}; create it owned by listgate's user "
              "(INSTALL, section 2), or run with --as-root")
     if st.st_uid == 0:
