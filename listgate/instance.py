@@ -39,16 +39,19 @@ def init(directory: str, *, name: str = "demo", domain: str = "lists.example.org
     site_path = os.path.join(directory, "listgate.yaml")
     if os.path.exists(site_path):
         raise FileExistsError(f"{site_path} already exists")
+    # read the templates before making anything: a broken install leaves no half-made instance
+    list_text = _template("list.yaml").format(name=name, domain=domain, owner=owner or f"owner@{domain}")
+    key_id = "k" + secrets.token_hex(2)
+    site_text = _template("site.yaml").format(hostname=hostname, milter_socket=milter_socket,
+                                              policy_socket=policy_socket, reinject_port=reinject_port,
+                                              key_id=key_id)
     os.makedirs(os.path.join(directory, "lists.d"), exist_ok=True)
     os.makedirs(os.path.join(directory, "lists"), exist_ok=True)
     for q in QUEUES:
         os.makedirs(os.path.join(directory, "queue", q), exist_ok=True)
-    key_id = "k" + secrets.token_hex(2)
     write_key(os.path.join(directory, "keys", f"{key_id}.key"))
     with open(os.path.join(directory, "lists.d", f"{name}.yaml"), "w", encoding="utf-8") as fh:
-        fh.write(_template("list.yaml").format(name=name, domain=domain, owner=owner or f"owner@{domain}"))
+        fh.write(list_text)
     with open(site_path, "w", encoding="utf-8") as fh:
-        fh.write(_template("site.yaml").format(
-            hostname=hostname, milter_socket=milter_socket, policy_socket=policy_socket,
-            reinject_port=reinject_port, key_id=key_id))
+        fh.write(site_text)
     return site_path

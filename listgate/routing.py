@@ -13,7 +13,8 @@ Rules (docs/ARCHITECTURE.md, "Routing"), in order:
    and the client is in ``trusted_networks`` → ``pass`` (our own re-injection);
 3. ``postmaster@D`` (RFC 5321 section 4.5.1 requires it) → ``pass``;
 4. no list and role matches → ``reject 550 5.1.1`` (RFC 3463: bad destination
-   mailbox address);
+   mailbox address), unless it is an address of a list whose file the loaded
+   configuration refused (``Site.broken_lists``) → ``tempfail 451 4.3.0``;
 5. ``L-bounces@D`` → ``accept``; ``L-bounces+EXT@D`` → ``accept`` for a verified
    member VERP within ``verp.max_age`` of its day, a live probe token or
    accepted unsigned VERP, else ``reject 550 5.1.1`` "not a valid bounce
@@ -109,6 +110,9 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     if local.lower() == "postmaster":
         return PASS
     if address is None:
+        broken = site.broken_table.lookup(local, domain)
+        if broken is not None:     # its YAML is being fixed: the client retries, nothing is lost
+            return _tempfail(broken, "list temporarily unavailable, try again later")
         # no address in the texts: Postfix prefixes "<rcpt>: Recipient address rejected:"
         return _NO_SUCH_ADDRESS
     try:

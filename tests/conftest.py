@@ -18,6 +18,7 @@ from listgate import clock, config, inject, instance
 from listgate.store import close_all
 
 from dns_helpers import TEST_DNS
+from wheel_helpers import installed_wheel  # noqa: F401  (session fixture: the built wheel in a fresh venv)
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 CORPUS = SHARED / "corpus" / "bounces"

@@ -5,17 +5,23 @@ its parsers with ``set_defaults(func=handler)``; a handler takes the parsed
 arguments and returns the exit status. A queue or store that cannot be used
 now exits 75 (EX_TEMPFAIL) and any other I/O error 74 (EX_IOERR), with a
 message instead of a traceback, whichever command met it.
+
+Run as root, every command that reads the site config first becomes the
+user and group that own ``state_dir`` (:func:`common.become_state_owner`;
+``--as-root`` keeps root), so a store or qfile it writes stays usable by the
+daemons. ``init``, ``conf-path`` and ``classify`` without a config do not.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from .. import __version__
 
 COMMAND_MODULES = (
-    "setup",       # init, check
+    "setup",       # init, check, conf-path
     "queue",       # queue ls|show|edit|unshunt|requeue
     "inject",      # inject (Exim pipe hand-off)
     "members",     # members ...
@@ -34,11 +40,17 @@ COMMAND_MODULES = (
     "status",      # status (runner slices, queue sizes)
 )
 
+# commands that do not read the site config (no user to become)
+NO_SITE = frozenset({"init", "conf-path"})
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="listgate", description="Mailing lists at the MTA.")
     parser.add_argument("-c", "--config", metavar="FILE",
                         help="site config (default: $LISTGATE_CONFIG or /etc/listgate/listgate.yaml)")
+    parser.add_argument("--as-root", action="store_true",
+                        help="run as root even when state_dir belongs to another user (by default a command "
+                             "run as root becomes the user and group that own state_dir first)")
     parser.add_argument("--version", action="version", version=f"listgate {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name in COMMAND_MODULES:
@@ -52,9 +64,13 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from ..config import ENV_VAR
     from ..queue import QueueError
     from ..store import StoreUnavailable
+    from .common import become_state_owner
     try:
+        if args.command not in NO_SITE and (args.command != "classify" or args.config or os.environ.get(ENV_VAR)):
+            become_state_owner(args, missing_ok=args.command == "check")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
         return 130

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any
 
@@ -9,19 +10,59 @@ from .. import config
 
 
 def load_site(args) -> config.Site:
-    """The site named by ``-c``/``$LISTGATE_CONFIG``; exits 1 with every error on bad config."""
+    """The site named by ``-c``/``$LISTGATE_CONFIG``; exits 1 with every error on bad site config.
+
+    A broken list file does not stop commands about the other lists
+    (``strict=False``); :func:`get_list` names it when it is the one asked for.
+    """
     try:
-        return config.load(getattr(args, "config", None))
+        return config.load(getattr(args, "config", None), strict=False)
     except config.ConfigError as exc:
         for line in exc.errors:
             print(line, file=sys.stderr)
         raise SystemExit(1) from None
 
 
+def become_state_owner(args, *, missing_ok: bool = False) -> None:
+    """Run as root: become the user and group that own ``state_dir`` (mlmmj's rule), or exit 1.
+
+    Called by :func:`listgate.cli.main` before a command touches anything, so what
+    it writes (stores, qfiles, their directories) belongs to the daemons' user.
+    Nothing happens when not root, with ``--as-root``, or when ``state_dir`` is
+    root's own. Supplementary groups are those of the owner's passwd entry
+    (none when it has no entry). A missing ``state_dir`` is an error: creating
+    it as root is exactly what this prevents, unless ``missing_ok`` (``check``,
+    which creates nothing and reports it).
+    """
+    if os.geteuid() != 0 or getattr(args, "as_root", False):
+        return
+    import pwd
+    site = load_site(args)
+    try:
+        st = os.stat(site.state_dir)
+    except OSError as exc:
+        if missing_ok:
+            return
+        fail(f"state_dir {site.state_dir}: {exc.strerror}; create it owned by listgate's user "
+             "(INSTALL, section 2), or run with --as-root")
+    if st.st_uid == 0:
+        return
+    try:
+        os.initgroups(pwd.getpwuid(st.st_uid).pw_name, st.st_gid)
+    except KeyError:
+        os.setgroups([])
+    os.setgid(st.st_gid)
+    os.setuid(st.st_uid)
+
+
 def get_list(site: config.Site, name: str):
-    """The list named ``name`` or ``name@domain``; exits 1 with a clear message if unknown."""
+    """The list named ``name`` or ``name@domain``; exits 1 with a clear message if unknown or broken."""
     lc = site.get_list(name)
     if lc is None:
+        wanted = name.lower() if "@" in name else None
+        for key, fpath in site.broken_lists.items():
+            if key == wanted or (wanted is None and key.partition("@")[0] == name.lower()):
+                fail(f"list {key} is not loaded, its file has errors:\n" + "\n".join(site.list_errors[fpath]))
         known = ", ".join(sorted(site.lists)) or "none"
         fail(f"unknown list {name!r} (lists: {known})")
     return lc
@@ -61,6 +102,7 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
         print("\n".join(exc.errors), file=sys.stderr)
         return 1
     lg_log.setup(watcher.current().conf.logging, program=program, level=args.log_level)
+    config.log_list_errors(watcher.current())
     log = logging.getLogger(program.replace("-", "."))
 
     async def serve() -> int:

@@ -17,6 +17,7 @@ def cmd_milter(args) -> int:
 
     site = load_site(args)
     log.setup(site.conf.logging, program="listgate-milter")
+    config.log_list_errors(site)
     try:
         return daemon.run(watcher=config.Watcher(site.path, site=site))
     except daemon.DaemonError as exc:

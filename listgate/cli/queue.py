@@ -100,6 +100,9 @@ def cmd_ls(args) -> int:
     names = [args.queue] if args.queue else list(QUEUES)
     result: dict[str, list[dict]] = {}
     for name in names:
+        if not os.path.lexists(os.path.join(site.queue_dir, name)):
+            result[name] = []        # never made yet: nothing in it (a read creates nothing)
+            continue
         sb = Switchboard.for_site(site, name)
         held = [_entry(sb, q, "held") for q in sb.held_ids()]
         waiting = [_entry(sb, q, "waiting") for q in sb.ids()]
@@ -137,6 +140,8 @@ def cmd_ls(args) -> int:
 
 def _find(site, qid: str):
     for name in QUEUES:
+        if not os.path.lexists(os.path.join(site.queue_dir, name)):
+            continue                 # never made yet: nothing in it (a read creates nothing)
         sb = Switchboard.for_site(site, name)
         try:
             qf = sb.peek(qid)

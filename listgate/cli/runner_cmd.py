@@ -56,6 +56,7 @@ def cmd_runner(args) -> int:
     watcher = _watcher(args)
     site = watcher.current()
     lg_log.setup(site.conf.logging, program="listgate-runner", level=args.log_level)
+    config.log_list_errors(site)
     runner = Runner(watcher, slice=sl, slices=n)
     runner.install_signal_handlers()
     try:

@@ -1,8 +1,9 @@
-"""``listgate init DIR`` and ``listgate check``."""
+"""``listgate init DIR``, ``listgate check`` and ``listgate conf-path``."""
 from __future__ import annotations
 
 import os
 import sys
+import sysconfig
 
 from .. import config, instance, verp
 from ..addresses import list_key
@@ -26,8 +27,20 @@ def register(sub) -> None:
                    help="port of the MTA's re-injection smtpd on 127.0.0.1 (default %(default)s)")
     p.set_defaults(func=cmd_init)
 
-    p = sub.add_parser("check", help="validate the site config and every list")
+    p = sub.add_parser("check", help="validate the site config and every list; report files state_dir's owner does not own",
+                       description="Exit 0 when everything is right, 1 otherwise. Site errors (the site file, "
+                                   "VERP keys, state directories) are fatal: the daemons refuse to start. "
+                                   "A list whose file has errors is left out by the daemons (its addresses get "
+                                   "451 4.3.0) while the others are served; files in state_dir, queue_dir or "
+                                   "the VERP keys not owned by state_dir's owner are reported.")
+    p.add_argument("--site-only", action="store_true",
+                   help="exit 1 only for site errors; list errors and ownership are still printed "
+                        "(what the systemd units run before starting: one broken list must not stop the others)")
     p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("conf-path", help="print the directory holding conf/ (reference YAML, Postfix and Exim "
+                                         "snippets, systemd units), INSTALL and docs/ of this installation")
+    p.set_defaults(func=cmd_conf_path)
 
 
 def cmd_init(args) -> int:
@@ -50,7 +63,7 @@ def cmd_init(args) -> int:
 
 def cmd_check(args) -> int:
     from ..app import signing
-    site = load_site(args)
+    site = load_site(args)                   # a site error: printed, exit 1
     problems = verp.check_keys(site) + signing.check_keys(site)
     for what, path in (("state_dir", site.state_dir), ("queue_dir", site.queue_dir)):
         # a missing directory is made on first use; its nearest existing ancestor must allow that
@@ -82,6 +95,87 @@ def cmd_check(args) -> int:
         print(f"{list_key(lc)}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
+    warnings = _list_errors(site) + _ownership(site)
+    for line in warnings:
+        print(line, file=sys.stderr)
+    return 0 if not warnings or args.site_only else 1
+
+
+def _list_errors(site) -> list[str]:
+    """Each refused list file's errors, then what the daemons do about it."""
+    lines = [e for errs in site.list_errors.values() for e in errs]
+    owners = {f: k for k, f in site.broken_lists.items()}
+    for fpath in site.list_errors:
+        key = owners.get(fpath)
+        lines.append(f"{fpath}: list {key} not served: its addresses get 451 4.3.0 until the file is fixed"
+                     if key else f"{fpath}: ignored (no valid name and domain in it): fix or remove it")
+    return lines
+
+
+MAX_OWNERSHIP_LINES = 20
+
+
+def _ownership(site) -> list[str]:
+    """Files under state_dir and queue_dir, and the VERP keys, that state_dir's owner does not own.
+
+    The daemons run as that user (INSTALL, section 2): a store, qfile or key of
+    another user (root, after a command run with --as-root) is one they cannot
+    write or read.
+    """
+    try:
+        uid = os.stat(site.state_dir).st_uid
+    except OSError:
+        return []                            # not made yet: nothing in it
+    paths = [k.file for k in site.conf.verp.keys]
+    seen: set[str] = set()
+    for top in (site.state_dir, site.queue_dir):
+        for dirpath, dirnames, filenames in os.walk(top):
+            if dirpath in seen:
+                dirnames[:] = []
+                continue
+            seen.add(dirpath)
+            paths.append(dirpath)
+            paths.extend(os.path.join(dirpath, name) for name in filenames)
+    wrong = []
+    for path in dict.fromkeys(paths):
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue                         # gone meanwhile (a runner moved the qfile)
+        if st.st_uid != uid:
+            wrong.append((path, st.st_uid))
+    try:
+        import pwd
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    lines = [f"{path}: owned by uid {owner}, not by {user} (state_dir's owner, the daemons' user): "
+             f"chown {user} it" for path, owner in wrong[:MAX_OWNERSHIP_LINES]]
+    if len(wrong) > MAX_OWNERSHIP_LINES:
+        lines.append(f"... and {len(wrong) - MAX_OWNERSHIP_LINES} more file(s) not owned by {user}")
+    return lines
+
+
+def data_dir() -> str | None:
+    """Where this installation keeps conf/, INSTALL and docs/: ``PREFIX/share/listgate`` of a
+    wheel install (setup.py's data_files), or the source tree of an editable one; None if neither."""
+    import site as py_site
+    candidates = [os.path.join(sys.prefix, "share", "listgate"),
+                  os.path.join(sysconfig.get_path("data"), "share", "listgate"),
+                  os.path.join(py_site.getuserbase(), "share", "listgate"),
+                  os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
+    for path in candidates:
+        if os.path.isfile(os.path.join(path, "INSTALL")) and os.path.isdir(os.path.join(path, "conf")):
+            return path
+    return None
+
+
+def cmd_conf_path(args) -> int:
+    path = data_dir()
+    if path is None:
+        print("listgate: conf/ and INSTALL are not installed with this copy of listgate", file=sys.stderr)
+        return 1
+    print(path)
     return 0
 
 

@@ -3,22 +3,30 @@
 ``load(path)`` returns a :class:`Site`: the validated site file, resolved paths
 and every list from ``lists_dir``. :class:`Watcher` reloads when the files
 change, so daemons pick up edits without a restart or a signal.
+
+Site errors (the site file, ``lists_dir``, the VERP keys) are fatal. With
+``strict=False`` (the daemons, through :class:`Watcher`, and the CLI) an error
+in one list's file is not: that list is left out, its file and errors are in
+``Site.list_errors``, and its addresses (``Site.broken_lists``, when the file
+still says which list it is) get ``451 4.3.0`` at RCPT (:mod:`listgate.routing`)
+until the file is fixed, while every other list is served.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Iterator
 
 from ..addresses import AddressTable, list_key
 from . import schema
 from .loader import (ConfigError, Frozen, format_duration, load_yaml_file, mask_url, parse_duration, parse_socket,
-                     valid_address)
+                     read_small_file, valid_address)
 
-__all__ = ["ConfigError", "Frozen", "Site", "Watcher", "load", "default_path",
+__all__ = ["ConfigError", "Frozen", "Site", "Watcher", "load", "default_path", "log_list_errors",
            "format_duration", "mask_url", "parse_duration", "parse_socket", "valid_address"]
 
 ENV_VAR = "LISTGATE_CONFIG"
@@ -38,10 +46,16 @@ class Site:
     ``lists`` maps ``"name@domain"`` (lower case) to the list's :class:`Frozen`
     config. Worked out from them on first use and kept with this object (a
     reload gives a new Site): ``domains``, the set of domains listgate
-    manages; ``address_table``, the :class:`~listgate.addresses.AddressTable`
-    of every list address; ``verp_keys``, the VERP keyring (its key files
-    read once, :mod:`listgate.verp`); ``resolver``, the DNS resolver
-    (:mod:`listgate.dns`); ``dkim_keys``, the DKIM keyring.
+    manages (broken lists' domains included); ``address_table``, the
+    :class:`~listgate.addresses.AddressTable` of every list address;
+    ``broken_table``, the same for ``broken_lists``; ``verp_keys``, the VERP
+    keyring (its key files read once, :mod:`listgate.verp`); ``resolver``, the
+    DNS resolver (:mod:`listgate.dns`); ``dkim_keys``, the DKIM keyring.
+
+    ``list_errors`` maps a list file that was refused to its errors
+    (``FILE:LINE: key.path: message``); ``broken_lists`` maps the
+    ``"name@domain"`` such a file is for, when it says so, to the file.
+    Both are empty for a site loaded with ``strict=True``.
     """
 
     path: str
@@ -51,14 +65,21 @@ class Site:
     lists_dir: str
     lists: dict[str, Frozen] = field(default_factory=dict)
     list_files: dict[str, str] = field(default_factory=dict)
+    list_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    broken_lists: dict[str, str] = field(default_factory=dict)
 
     @cached_property
     def domains(self) -> frozenset[str]:
-        return frozenset(lc.domain for lc in self.lists.values())
+        return frozenset([lc.domain for lc in self.lists.values()]
+                         + [key.rpartition("@")[2] for key in self.broken_lists])
 
     @cached_property
     def address_table(self) -> AddressTable:
         return AddressTable(self.lists)
+
+    @cached_property
+    def broken_table(self) -> AddressTable:
+        return AddressTable(self.broken_lists)
 
     @cached_property
     def verp_keys(self):
@@ -98,11 +119,12 @@ class Site:
         return iter(sorted(self.lists.values(), key=lambda lc: (lc.domain, lc.name)))
 
 
-def load(path: str | None = None) -> Site:
+def load(path: str | None = None, *, strict: bool = True) -> Site:
     """Load and validate the site file and every ``*.yaml`` in its lists_dir.
 
     Raises :class:`ConfigError` carrying every problem found, each as
-    ``FILE:LINE: key.path: message``.
+    ``FILE:LINE: key.path: message``; with ``strict=False`` only for site
+    errors (list errors go to ``Site.list_errors``, module docstring).
     """
     path = os.path.abspath(path or default_path())
     errors: list[str] = []
@@ -127,6 +149,7 @@ def load(path: str | None = None) -> Site:
     conf = Frozen(raw)
     lists: dict[str, Frozen] = {}
     files: dict[str, str] = {}
+    list_errors: dict[str, list[str]] = {}
     try:
         names = sorted(n for n in os.listdir(lists_dir) if n.endswith((".yaml", ".yml")) and not n.startswith("."))
     except OSError as exc:
@@ -136,18 +159,18 @@ def load(path: str | None = None) -> Site:
         try:
             lraw = load_yaml_file(fpath, schema.LIST)
         except ConfigError as exc:
-            errors.extend(exc.errors)
+            list_errors[fpath] = exc.errors
             continue
         stem = name.rsplit(".", 1)[0]
         if stem != lraw["name"]:
-            errors.append(f"{fpath}:1: name: list {lraw['name']!r} must live in {lraw['name']}.yaml")
+            list_errors[fpath] = [f"{fpath}:1: name: list {lraw['name']!r} must live in {lraw['name']}.yaml"]
             continue
         if lraw["subject_prefix"] is None:
             lraw["subject_prefix"] = f"[{lraw['name']}] "
         lc = Frozen(lraw)
         key = list_key(lc)
         if key in lists:
-            errors.append(f"{fpath}:1: name: list {key} is also defined in {files[key]}")
+            list_errors[fpath] = [f"{fpath}:1: name: list {key} is also defined in {files[key]}"]
             continue
         lists[key] = lc
         files[key] = fpath
@@ -155,36 +178,75 @@ def load(path: str | None = None) -> Site:
         errors.append(f"{path}:1: verp.keys: at least one VERP signing key is required")
     elif all(k.retired for k in keys):
         errors.append(f"{path}:1: verp.keys: every key is retired; one must sign")
+    if strict:
+        errors.extend(e for errs in list_errors.values() for e in errs)
     if errors:
         raise ConfigError(errors)
+    broken: dict[str, str] = {}
+    for fpath in list_errors:
+        key = _which_list(fpath)
+        if key is not None and key not in lists:
+            broken.setdefault(key, fpath)
     return Site(path=path, conf=conf, state_dir=state_dir, queue_dir=queue_dir,
-                lists_dir=lists_dir, lists=lists, list_files=files)
+                lists_dir=lists_dir, lists=lists, list_files=files,
+                list_errors={f: tuple(e) for f, e in list_errors.items()}, broken_lists=broken)
+
+
+_TOP_KEY_RE = re.compile(r"^(name|domain)\s*:\s*[\"']?([A-Za-z0-9_.-]+)[\"']?\s*(?:#.*)?$", re.M)
+
+
+def _which_list(fpath: str) -> str | None:
+    """``"name@domain"`` of a list file that failed validation, read as loosely as it takes, or None.
+
+    The top-level ``name:`` and ``domain:`` lines are looked for line by line, so a
+    syntax error elsewhere in the file does not hide them; ``name`` defaults to the
+    file's stem. None when no valid domain is found (nothing to answer 451 for).
+    """
+    from .loader import LISTNAME_RE, valid_domain
+    try:
+        text = read_small_file(fpath).decode("utf-8", "replace")
+    except (OSError, ConfigError):
+        return None
+    found = {k: v for k, v in reversed(_TOP_KEY_RE.findall(text))}   # the first of each wins
+    name = found.get("name", os.path.basename(fpath).rsplit(".", 1)[0]).lower()
+    domain = found.get("domain", "").lower()
+    if not LISTNAME_RE.match(name) or not valid_domain(domain):
+        return None
+    return f"{name}@{domain}"
+
+
+def log_list_errors(site: Site, only: set[str] | None = None) -> None:
+    """Log each refused list file of ``site`` (or of those in ``only``) on one line (daemons at start/reload)."""
+    owners = {f: k for k, f in site.broken_lists.items()}
+    for fpath, errs in site.list_errors.items():
+        if only is not None and fpath not in only:
+            continue
+        key = owners.get(fpath)
+        what = f"list {key} not served (451 4.3.0 at RCPT)" if key else "list file ignored"
+        log.error("%s until %s is fixed: %s", what, fpath, " | ".join(errs))
 
 
 class Watcher:
     """Holds the current :class:`Site` and reloads it when its files change.
 
-    ``current()`` costs a few ``stat`` calls at most once per ``interval``
-    seconds. A reload that fails validation is logged and the previous
-    configuration stays in force (a typo must not take mail down).
+    Loads with ``strict=False``: a broken list file leaves that list out (see
+    the module docstring) and the others are served. ``current()`` costs a few
+    ``stat`` calls at most once per ``interval`` seconds. A reload whose site
+    file fails validation is logged and the previous configuration stays in
+    force; a list whose file became invalid keeps its previous configuration
+    (a typo must not take mail down); each refused file is logged once per change.
     """
 
     def __init__(self, path: str | None = None, interval: float = 1.0, site: Site | None = None):
         self.path = os.path.abspath(path or default_path())
         self.interval = interval
-        self._site = site or load(self.path)
+        self._site = site or load(self.path, strict=False)
         self._stamp = self._fingerprint()
         self._checked = time.monotonic()
 
     def _fingerprint(self) -> tuple:
         items = []
-        for p in [self.path, self._site.lists_dir]:
-            try:
-                st = os.stat(p)
-                items.append((p, st.st_mtime_ns, st.st_ino, st.st_size))
-            except OSError:
-                items.append((p, None))
-        for p in self._site.list_files.values():
+        for p in [self.path, self._site.lists_dir, *self._site.list_files.values(), *self._site.list_errors]:
             try:
                 st = os.stat(p)
                 items.append((p, st.st_mtime_ns, st.st_ino, st.st_size))
@@ -206,12 +268,25 @@ class Watcher:
             return False
         self._stamp = stamp
         try:
-            self._site = load(self.path)
+            new = load(self.path, strict=False)
         except ConfigError as exc:
-            log.error("configuration reload failed, keeping the previous one:\n%s", exc)
+            log.error("configuration reload failed, keeping the previous one: %s", " | ".join(exc.errors))
             return False
+        old = self._site
+        changed = {f for f, errs in new.list_errors.items() if old.list_errors.get(f) != errs}
+        kept = {key: f for key, f in new.broken_lists.items() if key in old.lists}
+        if kept:   # a list that was served stays served with its previous configuration
+            lists = {**new.lists, **{key: old.lists[key] for key in kept}}
+            files = {**new.list_files, **{key: old.list_files[key] for key in kept}}
+            broken = {key: f for key, f in new.broken_lists.items() if key not in kept}
+            new = replace(new, lists=lists, list_files=files, broken_lists=broken)
+        self._site = new
         self._stamp = self._fingerprint()
-        log.info("configuration reloaded: %d lists", len(self._site.lists))
+        for key, fpath in kept.items():
+            if fpath in changed:
+                log.error("list %s: %s refused, keeping its previous configuration: %s",
+                          key, fpath, " | ".join(new.list_errors[fpath]))
+        log_list_errors(new, only=changed - set(kept.values()))
+        log.info("configuration reloaded: %d lists%s", len(new.lists),
+                 f", {len(new.list_errors)} list file(s) refused" if new.list_errors else "")
         return True
-
-

@@ -421,12 +421,16 @@ def parse_socket(text: str) -> tuple[str, Any]:
 MAX_FILE_BYTES = 1024 * 1024
 
 
-def load_yaml_file(path: str, schema: Section) -> dict[str, Any]:
-    """Read and validate one YAML file; raises :class:`ConfigError` with every problem.
+def valid_domain(text: str) -> bool:
+    """A domain name as list files accept it (LDH labels, at most 253 characters)."""
+    return bool(_DOMAIN_RE.match(text))
 
-    Only regular files of at most :data:`MAX_FILE_BYTES` are read (a FIFO or a
-    device would hang or never end); only the YAML core schema is accepted
-    (no ``!!python`` tags, no ``<<`` merge keys: each is reported with its line).
+
+def read_small_file(path: str) -> bytes:
+    """The bytes of regular file ``path`` of at most :data:`MAX_FILE_BYTES`.
+
+    Raises :class:`ConfigError` (``FILE:1: (file): ...``) otherwise: a FIFO or a
+    device would hang or never end.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
@@ -444,6 +448,17 @@ def load_yaml_file(path: str, schema: Section) -> dict[str, Any]:
         raise ConfigError([f"{path}:1: (file): cannot read: {exc.strerror}"]) from None
     finally:
         os.close(fd)
+    return data
+
+
+def load_yaml_file(path: str, schema: Section) -> dict[str, Any]:
+    """Read and validate one YAML file; raises :class:`ConfigError` with every problem.
+
+    Only regular files of at most :data:`MAX_FILE_BYTES` are read
+    (:func:`read_small_file`); only the YAML core schema is accepted
+    (no ``!!python`` tags, no ``<<`` merge keys: each is reported with its line).
+    """
+    data = read_small_file(path)
     checker = _Checker(path)
     try:
         text = data.decode("utf-8")
