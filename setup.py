@@ -4,44 +4,16 @@ Besides the package, a wheel carries what INSTALL uses, under the install
 prefix (``listgate conf-path`` prints where): ``share/listgate/`` holds
 ``conf/`` (reference YAML, Postfix and Exim snippets, systemd units),
 INSTALL, README.md, LICENSE and ``docs/``; ``share/man/man1/listgate.1`` is
-generated at build time from the CLI's own argparse parser by
-argparse-manpage (a build requirement, pyproject.toml).
+``docs/listgate.1``, generated from the CLI's own argparse parser by
+``scripts/make-man`` (argparse-manpage; a test keeps it in step with the CLI).
 """
 import glob
 import os
-import sys
 
 from setuptools import find_packages, setup
-from setuptools.command.build_py import build_py
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-MAN_PAGE = os.path.join("build", "man", "listgate.1")
-
-
-def write_man_page(path: str) -> None:
-    """listgate(1) from ``listgate.cli.build_parser`` (every sub-command with its options)."""
-    from argparse_manpage.manpage import Manpage
-
-    sys.path.insert(0, HERE)           # the CLI of this source tree, not an installed copy
-    try:
-        from listgate import __version__
-        from listgate.cli import build_parser
-    finally:
-        sys.path.remove(HERE)
-    data = {"prog": "listgate", "project_name": "listgate", "version": __version__,
-            "description": "mailing lists run at the MTA (Postfix milter and policy server, Exim)",
-            "manual_title": "listgate manual", "url": None, "authors": ["the listgate developers"]}
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w", encoding="utf-8") as fh:
-        fh.write(str(Manpage(build_parser(), _data=data)))
-
-
-class BuildWithManPage(build_py):
-    """build_py, and the man page that data_files installs."""
-
-    def run(self):
-        write_man_page(os.path.join(HERE, MAN_PAGE))
-        super().run()
+MAN_PAGE = os.path.join("docs", "listgate.1")   # written by scripts/make-man from the CLI's parser
 
 
 def tree(target: str, source: str) -> list:
@@ -70,7 +42,6 @@ setup(
         *tree("share/listgate/conf", "conf"),
         ("share/man/man1", [MAN_PAGE]),
     ],
-    cmdclass={"build_py": BuildWithManPage},
     install_requires=[
         "pymilter>=1.0.5",
         "PyYAML>=6.0",

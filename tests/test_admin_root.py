@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 
 import pytest
+from dns_helpers import TEST_DNS
 
 from listgate import instance
 
@@ -35,6 +36,8 @@ def owned_instance(installed_wheel):
     os.chmod(top, 0o711)
     pw = pwd.getpwnam(USER)
     path = instance.init(os.path.join(top, "inst"), reinject_port=9)   # port 9: nothing listens
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(TEST_DNS)          # no DNS on a test machine: the domain check is off, as in every test
     for dirpath, dirnames, filenames in os.walk(os.path.dirname(path)):
         for name in [dirpath, *(os.path.join(dirpath, n) for n in dirnames + filenames)]:
             os.lchown(name, pw.pw_uid, pw.pw_gid)
