@@ -43,9 +43,9 @@ one instance may be shared by threads. Where things are:
 * ``recovery``    start-up recovery and quarantine to ``bad``;
 * ``files``       opening without following links, durable writes, temporary names.
 """
-from .names import QUEUES, QFile, QueueError, finite_time, id_arrival, slice_of
+from .names import QUEUES, QFile, QueueError, finite_time, id_arrival, new_id, slice_of
 from .qfile import FORMAT_VERSION, QFileFormatError
 from .switchboard import Switchboard
 
 __all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "finite_time",
-           "id_arrival", "slice_of"]
+           "id_arrival", "new_id", "slice_of"]
