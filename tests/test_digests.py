@@ -12,13 +12,15 @@ from pathlib import Path
 
 import pytest
 
-from listgate import clock, routing
+from listgate import clock, routing, verp
 from listgate.app import digests
 from listgate.app.bounces import BounceEngine
 from listgate.runner import tasks
 from listgate.store import DigestState, open_store
 
 from engine_helpers import dsn
+from harness import available
+from harness.stack import Stack
 from runner_helpers import LIST, Env, message
 
 REG, MIME, PLAIN = "reg@example.com", "mime@example.com", "plain@example.net"
@@ -219,3 +221,26 @@ def test_a_moderated_member_is_accepted_at_rcpt_and_held_after_data(env):
     assert routing.decide_rcpt(env.site, LIST, sender=MIME).action == "accept"   # others still post
     post(env, "not held", sender=MIME)
     assert [d.rcpt for d in env.sink.messages() if "not held" in str(d.message()["Subject"])] == [REG]
+
+
+@pytest.mark.skipif(not available(), reason="needs Postfix and root")
+def test_a_digest_member_receives_a_digest_through_postfix(tmp_path):
+    """The real stack: a post through Postfix's smtpd reaches the regular member at once; a day
+    later (the clock file) the runner's periodic tasks send the digest member the digest, from
+    the member's signed VERP sender, through Postfix."""
+    alice, dig = "alice@members.test", "dig@members.test"
+    with Stack() as st:
+        for address in (alice, dig):
+            st.listgate("members", "add", "demo", address)
+        st.listgate("members", "set", "demo", dig, "--digest", "mime")
+        msg = (f"From: Alice <{alice}>\r\nTo: demo@lists.example.org\r\nSubject: through postfix\r\n"
+               f"Message-ID: <digest-e2e@members.test>\r\n\r\nA post for the digest.\r\n").encode()
+        assert st.send(alice, ["demo@lists.example.org"], msg) == {}
+        st.sink.wait_for_message(alice)
+        st.settle()
+        assert not st.sink.messages_for(dig)
+        st.advance_days(1.01)
+        [got] = st.sink.wait_for_message(dig)
+        assert "demo Digest, Vol 1, Issue 1" in str(got.message()["Subject"])
+        assert mime_posts(got) == ["[demo] through postfix"]
+        assert verp.decode(st.site, st.lc, got.mail_from.split("@")[0].split("+", 1)[1]).member == dig
