@@ -296,7 +296,7 @@ class ListStore(abc.ABC):
                 raise StoreError(f"digest issue {state.claim} of {self.list_key} is claimed and not sent")
             posts = self.digest_posts()
             if posts:
-                self._write_claim(claim, volume, issue, state.last_sent, at)
+                self._write_claim(claim, volume, issue, state.last_sent, at, [p.id for p in posts])
         for post in posts:
             post.claim = claim
         return posts
@@ -312,8 +312,10 @@ class ListStore(abc.ABC):
             return self._close_claim(claim)
 
     @abc.abstractmethod
-    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float) -> None:
-        """Mark the posts not yet in a digest with ``claim``; write the state (for :meth:`claim_digest`)."""
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        """Mark posts ``ids`` with ``claim``; write the state (for :meth:`claim_digest`; a post collected
+        meanwhile, outside the list's write lock, stays for the next issue)."""
 
     @abc.abstractmethod
     def _close_claim(self, claim: str) -> int:

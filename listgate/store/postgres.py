@@ -465,9 +465,10 @@ class PostgresStore(ListStore):
                            (self.list_key,))
         return DigestState(*rows[0]) if rows else DigestState()
 
-    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float) -> None:
-        self._exec("UPDATE digest_posts SET claim = %s WHERE list_key = %s AND claim IS NULL",
-                   (clean_text(claim), self.list_key))
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        self._exec("UPDATE digest_posts SET claim = %s WHERE list_key = %s AND id = ANY(%s)",
+                   (clean_text(claim), self.list_key, ids))
         self._exec("INSERT INTO digest_state (list_key, volume, issue, last_sent, claim, claimed_at) "
                    "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (list_key) DO UPDATE SET volume = EXCLUDED.volume, "
                    "issue = EXCLUDED.issue, claim = EXCLUDED.claim, claimed_at = EXCLUDED.claimed_at, sent = false",

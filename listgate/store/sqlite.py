@@ -439,8 +439,9 @@ class SQLiteStore(ListStore):
         rows = self._query(f"SELECT {', '.join(DIGEST_STATE_COLUMNS)} FROM digest_state")
         return DigestState(*rows[0]) if rows else DigestState()
 
-    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float) -> None:
-        self._exec("UPDATE digest_posts SET claim = ? WHERE claim IS NULL", (claim,))
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        self._exec(f"UPDATE digest_posts SET claim = ? WHERE id IN ({', '.join('?' * len(ids))})", [claim, *ids])
         self._exec("INSERT OR REPLACE INTO digest_state (one, volume, issue, last_sent, claim, claimed_at, sent) "
                    "VALUES (1, ?, ?, ?, ?, ?, 0)", (volume, issue, last_sent, claim, at))
 
