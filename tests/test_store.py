@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from listgate import clock
-from listgate.store import (AlreadyMember, BounceEvent, NotAMember, StoreUnavailable, UnknownEvent, UnknownToken,
+from listgate.store import (AlreadyMember, BounceEvent, DigestState, NotAMember, StoreError, StoreUnavailable, UnknownEvent, UnknownToken,
                             close_all, open_store, store_path)
 from listgate.store.common import EVIDENCE_KEEP, EVIDENCE_MAX_BYTES
 from listgate.store.sqlite import SQLiteStore
@@ -837,3 +837,21 @@ def test_restore_pending_keeps_a_mailman_token(site, store):
     with pytest.raises(ValueError):
         store.restore_pending(PendingRecord(token="f" * 40, type="digest", payload={}, created=T0, expires=T0 + 1))
     assert is_token("a" * 40) and not is_token("a" * 39) and not is_token("g" * 40)
+
+
+@BOTH_BACKENDS
+def test_digest_collection_and_claims(store):
+    assert store.digest_state() == DigestState() and store.claim_digest("c1", 1, 1, T0) == []
+    assert store.collect_digest("q1", b"Subject: a\n\nx\n", T0)
+    assert not store.collect_digest("q1", b"Subject: a\n\nx\n", T0)          # a replay is collected once
+    assert store.collect_digest("q2", b"\xff8-bit\n", T0 + 1)
+    assert [p.key for p in store.claim_digest("c1", 1, 1, T0 + 5)] == ["q1", "q2"]
+    assert store.collect_digest("q3", b"later\n", T0 + 6)
+    with pytest.raises(StoreError):
+        store.claim_digest("c2", 1, 2, T0 + 7)                             # c1 not sent yet
+    assert store.digest_state() == DigestState(1, 1, None, "c1", T0 + 5, False)
+    assert [p.message for p in store.digest_posts("c1")] == [b"Subject: a\n\nx\n", b"\xff8-bit\n"]
+    assert store.digest_sent("c2") == 0 and store.digest_sent("c1") == 2 and store.digest_sent("c1") == 0
+    assert store.digest_state() == DigestState(1, 1, T0 + 5, "c1", T0 + 5, True)
+    assert [p.key for p in store.digest_posts()] == ["q3"] and store.digest_posts("c1") == []
+    assert [p.claim for p in store.claim_digest("c2", 1, 2, T0 + 8)] == ["c2"]

@@ -5,11 +5,15 @@ part (quoted lines, and everything after a signature separator or ``end``,
 are ignored; at most :data:`MAX_COMMANDS` are run):
 
 ``subscribe``, ``unsubscribe``, ``change-address NEW`` (also ``change address
-NEW``), ``help``, ``confirm TOKEN``. Whatever needs consent makes a pending
+NEW``), ``digest on|mime|plain|off``, ``help``, ``confirm TOKEN``. Whatever needs consent makes a pending
 record and sends a confirmation to the address concerned (the requester for
 subscribe/unsubscribe, the new address for a change of address), so a forged
 ``From`` cannot subscribe or remove anybody. ``L-join``/``L-leave`` mean
 subscribe/unsubscribe.
+
+``digest`` switches the requester's own delivery mode (:mod:`.digests`) at
+once, without a confirmation: it loses nothing and the member is told in the
+reply, so a forged ``From`` is noticed and undone with one more command.
 
 A confirmation (a message to ``L-confirm+TOKEN@D``, or ``confirm TOKEN`` in a
 Subject) completes the pending record through
@@ -40,7 +44,7 @@ from ..dns import DnsUnknown
 from ..log import kv
 from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
 from ..store.tokens import TOKEN_RE
-from . import mail, notices, posting, ratelimit, texts
+from . import digests, mail, notices, posting, ratelimit, texts
 from .subscriptions import complete, deliverable
 
 log = logging.getLogger("listgate.app.commands")
@@ -188,6 +192,22 @@ def change_address(ctx: Context, new: str | None) -> None:
     ctx.results.append(f"change-address: a confirmation request was sent to {new}")
 
 
+def digest(ctx: Context, word: str | None) -> None:
+    """``digest on|mime|plain|off``: the requester takes posts as a MIME or plain digest, or one by one."""
+    mode = digests.MODE_WORDS.get((word or "").lower())
+    if mode is None:
+        ctx.results.append("digest: say digest on, digest mime, digest plain or digest off")
+        return
+    try:
+        digests.set_mode(ctx.store, ctx.requester or "", mode)
+    except (NotAMember, ValueError):
+        ctx.results.append(f"digest: {ctx.requester or 'you'} is not a member")
+        return
+    ctx.results.append(f"digest: {ctx.requester} now gets " + {
+        "regular": "posts one by one", "mime_digest": "the MIME digest",
+        "plain_digest": "the plain text digest"}[mode])
+
+
 def help_text(lc) -> str:
     return texts.HELP.format(list=notices.address(lc), join=notices.address(lc, "join"),
                              leave=notices.address(lc, "leave"), owner=notices.address(lc, "owner"))
@@ -215,6 +235,8 @@ def handle_request(site, lc, qf) -> str:
                 unsubscribe(ctx)
             elif cmd in ("change-address", "changeaddress"):
                 change_address(ctx, addresses.bare(args[0]) if args else None)
+            elif cmd == "digest":
+                digest(ctx, args[0] if args else None)
             elif cmd == "help":
                 ctx.results.append(help_text(lc))
             elif cmd == "confirm" and args and TOKEN_RE.match(args[0].lower()):

@@ -5,7 +5,8 @@ The posting rule (:func:`decide`), list config ``posting_policy``,
 decision (:mod:`listgate.routing`) and for the runner after DATA:
 
 * ``open``: anyone; ``members_only``: members (any delivery status), others
-  per ``non_member_action``; ``moderated``: owners and moderators pass,
+  per ``non_member_action``, a member with the ``moderated`` flag (Mailman's
+  per-member moderation) held; ``moderated``: owners and moderators pass,
   members are held, non-members per ``non_member_action``; ``announce``:
   owners and moderators only, everyone else per ``non_member_action``;
 * owners and moderators may always post; addresses compare without angle
@@ -38,6 +39,7 @@ ARC-sealed once (:mod:`.signing`), then split into ``out`` qfiles.
 from __future__ import annotations
 
 import email.header
+import hashlib
 import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -47,7 +49,7 @@ from ..addresses import split_address
 from ..log import kv
 from ..queue import Switchboard, derived_id
 from ..store import open_store
-from . import attribution, dmarc, mail, moderation, signing
+from . import attribution, digests, dmarc, mail, moderation, signing
 from .notices import address, list_id
 
 log = logging.getLogger("listgate.app.posting")
@@ -118,8 +120,11 @@ def decide(lc, senders: Iterable[str | None], store: Callable[[], object], *,
         return ACCEPT
     if policy != "announce":
         members = store() if known else None
-        # a sender with 8-bit junk (not UTF-8) is nobody's member: has_member says no
-        if any(members.has_member(b) for b in known):
+        # a sender with 8-bit junk (not UTF-8) is nobody's member: get_member says None
+        found = [m for m in (members.get_member(b) for b in known) if m is not None]
+        if any(m.moderated for m in found):    # Mailman's per-member moderation flag
+            return Decision("hold", "the member's posts are moderated")
+        if found:
             return ACCEPT if policy == "members_only" else Decision("hold", "the list is moderated")
     reason = ("only owners and moderators post to this announce list" if policy == "announce"
               else "the poster is not a member")
@@ -233,8 +238,10 @@ def been_here(lc, m) -> bool:
     return label in mail.header_text(m, "List-Id").lower()
 
 
-def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None = None) -> dict:
-    """Metadata of an ``out`` qfile: one delivery per ``enabled`` member, now.
+def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None = None,
+                modes: tuple[str, ...] = ("regular",)) -> dict:
+    """Metadata of an ``out`` qfile: one delivery per ``enabled`` member whose delivery mode is
+    one of ``modes`` (posts: ``regular``; :mod:`.digests` asks for its digest members), now.
 
     ``verp_mode: signed``: each member's signed VERP envelope sender;
     ``xverp``: ``L-bounces@D`` and ``xverp: True`` (see :mod:`.delivery`).
@@ -246,7 +253,7 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
                     "addresses Postfix makes will be refused at RCPT %s", kv(list=plain))
     deliveries = [{"rcpt": m.address,
                    "sender": plain if xverp else verp.member_bounce_address(site, lc, m.address)}
-                  for m in store.members("enabled")]
+                  for m in store.members("enabled") if m.delivery_mode in modes]
     meta = {k: v for k, v in (origin or {}).items()
             if k in ("envelope_sender", "mta_queue_id", "client_address", "arrival")}
     meta.update(list=address(lc), role="post", kind="post", message_id=message_id,
@@ -257,30 +264,33 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
 
 
 def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | None = None) -> str | None:
-    """Mitigate (:mod:`.dmarc`), decorate and sign (:mod:`.signing`) ``msg`` and put it in ``out`` for
-    every enabled member; returns the first qfile id.
+    """Mitigate (:mod:`.dmarc`), decorate and sign (:mod:`.signing`) ``msg``, put it in ``out`` for
+    every enabled member who takes posts one by one and collect it for the digest
+    (:mod:`.digests`); returns the first qfile id.
 
     Up to :data:`FANOUT_SINGLE` deliveries make one ``out`` qfile; more are split
     into qfiles of :data:`FANOUT_CHUNK` (``part``/``parts`` in their metadata):
     the qfile metadata rewritten (fsync'd) after each hand-over stays small, and
     the runner's delivery threads (or several runner slices) share a big post.
-    Returns None when the list has no enabled member.
+    Returns None when no enabled member takes posts one by one.
     """
     store = open_store(site, address(lc))
     m = mail.headers(msg)
     meta = fanout_meta(site, lc, store, message_id=mail.header_text(m, "Message-ID") or None, origin=origin)
     deliveries = meta.pop("deliveries")
+    # final bytes, once per post: DMARC mitigation, then decoration (then DKIM/ARC below)
+    data = decorate(lc, dmarc.mitigate(site, lc, msg))
+    # digest members get it in their digest; a replayed in-qfile (same qid) is collected once
+    digests.collect(store, data, qid or "sha256:" + hashlib.sha256(data).hexdigest())
     if not deliveries:
-        log.info("post for a list without enabled members %s", kv(list=meta["list"]))
+        log.info("post for a list without enabled members taking posts one by one %s", kv(list=meta["list"]))
         return None
     attribution.record_post(store, lc, meta["message_id"])     # what bounces and complaints may quote
     arrival = (origin or {}).get("arrival")
     arrival = arrival if isinstance(arrival, (int, float)) else None
     board = Switchboard.for_site(site, "out")
-    # final bytes, once per post: DMARC mitigation, decoration, then DKIM/ARC over the result;
-    # but a post whose copies carry each member's own one-click link is signed per copy at
-    # hand-over, after that link is in (DKIM must cover it, RFC 8058 section 4)
-    data = decorate(lc, dmarc.mitigate(site, lc, msg))
+    # DKIM/ARC over the final bytes, once; but a post whose copies carry each member's own
+    # one-click link is signed per copy at hand-over, after that link is in (RFC 8058 section 4)
     if per_member_fields(site, lc) and signing.enabled(site, lc):
         meta["sign_each"] = signing.intake_results(site, msg) if site.conf.arc.seal else ""
     else:

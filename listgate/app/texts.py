@@ -20,6 +20,8 @@ Commands go in the subject or at the start of the body, one per line:
     unsubscribe            leave the list (you will be asked to confirm)
     change-address NEW     move your subscription to the address NEW
                            (NEW is asked to confirm)
+    digest on|plain|off    get the posts collected in a MIME (on) or plain
+                           text digest, or one by one again (off)
     confirm TOKEN          confirm a request
     help                   this text
 

@@ -14,8 +14,8 @@ from dataclasses import asdict
 
 from .common import load_site, print_json
 
-DIGEST_NOTE = ("digest delivery is not built yet: digest members were imported with their mode kept and get "
-               "every post one by one until it is, so nobody loses mail")
+DIGEST_NOTE = ("digest members were imported with their mode kept and get the list's digest; its numbering "
+               "starts again at volume 1, issue 1")
 
 
 def register(sub) -> None:

@@ -1,4 +1,4 @@
-"""``listgate members add|remove|list|enable|disable|import|export LIST ...``.
+"""``listgate members add|remove|list|enable|disable|set|import|export LIST ...``.
 
 Also the helpers the other store commands (``pending``, ``bounces``) share:
 opening a list's store from the command line and printing times.
@@ -15,6 +15,7 @@ from datetime import datetime, timezone
 
 from .. import clock
 from ..addresses import list_key, split_address
+from ..app import digests
 from ..store import AlreadyMember, DELIVERY_STATUSES, ListStore, Member, NotAMember, StoreUnavailable, open_store
 from ..store.mailman import ImportedMember, MailmanImportError, import_members, looks_like_pickle, read_config
 from .common import fail, get_list, load_site, print_json
@@ -72,7 +73,7 @@ def add_action(actions, name: str, handler, help: str, *positionals: str) -> arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, import, export")
+    p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, set, import, export")
     actions = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
     add = add_action(actions, "add", cmd_add, "add a member", "address")
     add.add_argument("--name", default="", help="display name")
@@ -84,6 +85,9 @@ def register(sub) -> None:
     add_action(actions, "enable", cmd_enable, "enable delivery (clears bounce info)", "address")
     add_action(actions, "disable", cmd_disable, "disable delivery", "address").add_argument(
         "--by", choices=("admin", "user"), default="admin", help="who disabled it (default admin)")
+    add_action(actions, "set", cmd_set, "set a member's options", "address").add_argument(
+        "--digest", choices=("mime", "plain", "off"), required=True,
+        help="take posts as a MIME or plain text digest, or one by one (off)")
     add_action(actions, "import", cmd_import, "add members from a file (- for standard input): one address per "
                "line ('Name <addr>' allowed) or a Mailman 2.1 config.pck", "file")
     q = add_action(actions, "export", cmd_export, "print members, one address per line")
@@ -160,6 +164,17 @@ def cmd_disable(args) -> int:
         member.status_changed_at = clock.now()
         store.save_member(member)
     return _show(args, member, "disabled")
+
+
+def cmd_set(args) -> int:
+    """``--digest mime|plain|off``: the member's delivery mode (:func:`listgate.app.digests.set_mode`)."""
+    _, store = open_list_store(args)
+    member = digests.set_mode(store, args.address, args.digest)
+    if args.json:
+        print_json(member_dict(member))
+    else:
+        print(f"{member.address}: delivery {member.delivery_mode}")
+    return 0
 
 
 def _require(store: ListStore, address: str) -> Member:

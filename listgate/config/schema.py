@@ -262,4 +262,6 @@ LIST = Section({
     "complaint_action": Field("enum", "record", choices=("record", "disable", "unsubscribe")),
     "bounce_domain_incident": Field("section", section=DOMAIN_INCIDENT),
     "bounce_site_incident": Field("section", section=SITE_INCIDENT),
+    "digest_size_threshold": Field("size", 30 * 1024, doc="a digest goes out once its collected posts are this big"),
+    "digest_period": Field("duration", DAY, doc="... or this long after the last digest (Mailman: daily)"),
 })

@@ -139,7 +139,7 @@ def _posting(conf, take, out, notes, moderated_members: int, members: int) -> No
         out["non_member_action"] = _NONMEMBER[nonmember]
     if 0 < moderated_members < members:
         notes.append(f"{moderated_members} of {members} members are moderated in Mailman: the flag is kept "
-                     f"on each member, but listgate's posting rule does not hold their posts yet")
+                     f"on each member; listgate holds their posts on members_only lists (not on open ones)")
     for key in ("accept_these_nonmembers", "hold_these_nonmembers", "reject_these_nonmembers",
                 "discard_these_nonmembers"):
         value = conf.get(key)

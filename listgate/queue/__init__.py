@@ -45,9 +45,9 @@ one instance may be shared by threads. Where things are:
 * ``lock``        one live runner per hash slice (``flock``), which ``recover`` needs;
 * ``files``       opening without following links, durable writes, temporary names.
 """
-from .names import QUEUES, QFile, QueueError, derived_id, finite_time, id_arrival, slice_of
+from .names import QUEUES, QFile, QueueError, derived_id, finite_time, id_arrival, new_id, slice_of
 from .qfile import FORMAT_VERSION, QFileFormatError
 from .switchboard import Switchboard
 
 __all__ = ["QUEUES", "QFile", "QueueError", "Switchboard", "QFileFormatError", "FORMAT_VERSION", "finite_time",
-           "id_arrival", "slice_of", "derived_id"]
+           "id_arrival", "new_id", "slice_of", "derived_id"]

@@ -19,6 +19,9 @@ QUEUES = ("in", "bounces", "out", "virgin", "retry", "shunt", "bad")
 READY = ".qf"
 HELD = ".held"
 DONE = ".done"
+# ``ID.staged``: written, not yet ready (``enqueue(staged=True)``); no runner matches it, recovery
+# leaves it alone, ``release_staged`` makes it ``ID.qf`` with one rename
+STAGED = ".staged"
 # ``ID.edit.PID``: taken by ``listgate queue edit`` (process PID); no runner matches it
 EDIT = ".edit"
 # suffix of a non-regular entry (symlink, FIFO, directory, device) set aside in ``bad``:

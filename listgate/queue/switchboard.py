@@ -9,6 +9,8 @@ Files in ``QUEUE_DIR/NAME/``:
 * ``.ID.PID.N.tmp`` a qfile being written; never matched by dequeue, removed by
   ``recover`` once the writing process is gone;
 * ``ID.done``  fan-out progress of a held qfile (``listgate.queue.progress``).
+* ``ID.staged`` written but not ready until its writer releases it (a digest: ready
+  only once the list's store recorded it sent, :mod:`listgate.app.digests`).
 
 Every one of these is opened with ``O_NOFOLLOW | O_NONBLOCK`` and used only
 if it is a regular file (``listgate.queue.files``); what is not goes to
@@ -36,7 +38,7 @@ from .. import clock
 from ..log import kv
 from . import qfile
 from .files import NotRegularFile, fsync_dir, read_regular, temp_name, unlink_quietly, write_synced
-from .names import (EDIT, HELD, ID_RE, QUEUES, READY, RESTING, QFile, QueueError, check_slice, finite_time,
+from .names import (EDIT, HELD, ID_RE, QUEUES, READY, RESTING, STAGED, QFile, QueueError, check_slice, finite_time,
                     id_arrival, new_id, safe_name, slice_of)
 from .progress import Progress
 from .qfile import QFileFormatError
@@ -97,8 +99,11 @@ class Switchboard(Progress, Recovery):
 
     # -- writing -------------------------------------------------------------------
 
-    def enqueue(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None) -> str:
+    def enqueue(self, msg: bytes, meta: dict, *, arrival: float | None = None, qid: str | None = None,
+                staged: bool = False) -> str:
         """Store ``msg`` with ``meta`` durably; returns the qfile id.
+
+        ``staged``: as ``ID.staged``, which no runner takes until :meth:`release_staged`.
 
         ``arrival`` (POSIX seconds) defaults to ``meta['arrival']``, then to the
         arrival encoded in ``qid``, then to :func:`listgate.clock.now`. ``qid``
@@ -119,8 +124,25 @@ class Switchboard(Progress, Recovery):
         meta["arrival"] = arrival
         meta.setdefault("attempts", 0)
         qid = qid or new_id(arrival)
-        self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, msg), qid, new=True)
+        self._write(os.path.join(self.dir, qid + (STAGED if staged else READY)), qfile.dumps(meta, msg), qid, new=True)
         return qid
+
+    def is_staged(self, qid: str) -> bool:
+        """Whether ``ID.staged`` exists (written by ``enqueue(staged=True)``, not yet released)."""
+        return safe_name(qid) and os.path.lexists(os.path.join(self.dir, qid + STAGED))
+
+    def release_staged(self, qid: str) -> bool:
+        """Make staged qfile ``qid`` ready (one rename, then a directory fsync); False if there
+        is none (released before). Raises QueueError when the rename cannot be made durable."""
+        try:
+            os.rename(os.path.join(self.dir, qid + STAGED), os.path.join(self.dir, qid + READY))
+            self._sync_dir()
+        except FileNotFoundError:
+            return False
+        except OSError as exc:
+            raise QueueError(exc.errno or errno.EIO, f"cannot release qfile {qid} in {self.dir}: "
+                             f"{exc.strerror}") from None
+        return True
 
     def _write(self, final: str, data: bytes, qid: str, *, new: bool) -> None:
         """temp name, write, fdatasync, rename onto ``final``, fsync the directory.

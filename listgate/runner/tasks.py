@@ -3,7 +3,8 @@
 Per list: :meth:`BounceEngine.run_periodic` (disabled-member notices and
 removals, expired probes) and :meth:`ListStore.evict_expired` (confirmations,
 held posts and re-enable tokens past their lifetime; an expired held post is
-reported to the moderators). Retries are served by the runner's ``retry``
+reported to the moderators) and the list's digest when it is due
+(:func:`listgate.app.digests.run`). Retries are served by the runner's ``retry``
 pass; ``listgate tasks run`` does both for sites that use cron.
 
 The runner runs the tasks every ``runner.tasks_interval`` seconds of
@@ -30,7 +31,7 @@ import os
 import socket
 
 from .. import clock, messages
-from ..app import moderation, notices
+from ..app import digests, moderation, notices
 from ..bounce.reports import postmaster_address
 from ..log import kv
 from ..queue import QueueError, Switchboard
@@ -96,6 +97,7 @@ def run(site, engine=None) -> list[str]:
                 done.append(f"{key}: expired {rec.type} {rec.token}")
                 if rec.type == "held_message":
                     moderation.expired(site, lc, rec)
+            done += [f"{key}: {line}" for line in digests.run(site, lc)]
         except (StoreUnavailable, QueueError) as exc:
             log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
     try:

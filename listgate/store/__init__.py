@@ -15,10 +15,11 @@ import os
 import sys
 import threading
 
-from .base import (AlreadyMember, BounceEvent, DELIVERY_MODES, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreError, StoreUnavailable, UnknownEvent, UnknownToken)
+from .base import (AlreadyMember, BounceEvent, DELIVERY_MODES, DELIVERY_STATUSES, DigestPost, DigestState, ListStore,
+                   Member, NotAMember, PENDING_TYPES, PendingRecord, StoreError, StoreUnavailable, UnknownEvent, UnknownToken)
 
-__all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_MODES", "DELIVERY_STATUSES", "ListStore", "Member", "NotAMember",
+__all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_MODES", "DELIVERY_STATUSES", "DigestPost", "DigestState",
+           "ListStore", "Member", "NotAMember",
            "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownEvent", "UnknownToken",
            "close_all", "open_store", "store_path"]
 

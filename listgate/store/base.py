@@ -20,8 +20,7 @@ from typing import Any, Iterable
 
 DELIVERY_STATUSES = ("enabled", "by_user", "by_admin", "by_bounce")
 # how a member takes posts: one by one, or collected in a MIME (RFC 2046 multipart/digest) or
-# plain text (RFC 1153) digest. Digest delivery is not built yet: every member gets posts one by
-# one, and the mode is kept so members imported as digest members keep their choice.
+# plain text (RFC 1153) digest (listgate.app.digests)
 DELIVERY_MODES = ("regular", "mime_digest", "plain_digest")
 PENDING_TYPES = ("subscription", "unsubscription", "change_of_address", "held_message", "re_enable", "probe")
 
@@ -101,6 +100,36 @@ class PendingRecord:
     payload: dict[str, Any] = field(default_factory=dict)
     created: float = 0.0
     expires: float = 0.0
+
+
+@dataclass
+class DigestPost:
+    """A post collected for the list's digest: ``key`` names where it came from (collected once),
+    ``message`` the raw post as sent to the list, ``claim`` the digest issue it went into (None:
+    not yet)."""
+
+    key: str
+    at: float
+    message: bytes
+    claim: str | None = None
+    id: int | None = None
+
+
+@dataclass
+class DigestState:
+    """The list's digest numbering: the last ``volume`` and ``issue`` given (0: none yet), when
+    the last digest went out (``last_sent``), and the last issue claimed (``claim``, at
+    ``claimed_at``; None before any) with whether it is ``sent`` (its posts are gone)."""
+
+    volume: int = 0
+    issue: int = 0
+    last_sent: float | None = None
+    claim: str | None = None
+    claimed_at: float | None = None
+    sent: bool = False
+
+    def __post_init__(self) -> None:
+        self.sent = bool(self.sent)     # SQLite keeps it as 0/1
 
 
 class ListStore(abc.ABC):
@@ -241,6 +270,56 @@ class ListStore(abc.ABC):
     @abc.abstractmethod
     def pending(self, type: str | None = None) -> list[PendingRecord]:
         """Unexpired records, oldest first."""
+
+    # -- digest collection (listgate.app.digests) -----------------------------
+    @abc.abstractmethod
+    def collect_digest(self, key: str, message: bytes, at: float) -> bool:
+        """Keep ``message`` for the next digest; False (nothing written) when a post with this
+        ``key`` is already collected (a replayed qfile is collected once)."""
+
+    @abc.abstractmethod
+    def digest_posts(self, claim: str | None = None) -> list[DigestPost]:
+        """The posts not yet in a digest (``claim`` None) or those of issue ``claim``, oldest first."""
+
+    @abc.abstractmethod
+    def digest_state(self) -> DigestState:
+        """The list's digest numbering and open claim (a fresh :class:`DigestState` before any)."""
+
+    def claim_digest(self, claim: str, volume: int, issue: int, at: float) -> list[DigestPost]:
+        """In one transaction: every post not yet in a digest goes into issue ``claim`` (numbered
+        ``volume``/``issue``), which becomes the last claim, not sent; returns those posts.
+        Nothing is written when there is none (returns []). Raises :class:`StoreError` while the
+        last claim is not sent (finish it with :meth:`digest_sent` first)."""
+        with self.transaction():
+            state = self.digest_state()
+            if state.claim is not None and not state.sent:
+                raise StoreError(f"digest issue {state.claim} of {self.list_key} is claimed and not sent")
+            posts = self.digest_posts()
+            if posts:
+                self._write_claim(claim, volume, issue, state.last_sent, at, [p.id for p in posts])
+        for post in posts:
+            post.claim = claim
+        return posts
+
+    def digest_sent(self, claim: str) -> int:
+        """In one transaction: claim ``claim`` is sent: its posts go, ``last_sent`` becomes its
+        ``claimed_at``. Returns how many posts went; 0 (nothing written) when ``claim`` is not
+        the last claim or is sent already."""
+        with self.transaction():
+            state = self.digest_state()
+            if state.claim != claim or state.sent:
+                return 0
+            return self._close_claim(claim)
+
+    @abc.abstractmethod
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        """Mark posts ``ids`` with ``claim``; write the state (for :meth:`claim_digest`; a post collected
+        meanwhile, outside the list's write lock, stays for the next issue)."""
+
+    @abc.abstractmethod
+    def _close_claim(self, claim: str) -> int:
+        """Delete ``claim``'s posts, mark it sent; the count deleted (for :meth:`digest_sent`)."""
 
     # -- small durable facts -------------------------------------------------
     @abc.abstractmethod

@@ -10,7 +10,7 @@ import json
 
 from ..addresses import bare, normalize
 from ..config import valid_address
-from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, Member, PendingRecord
+from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, DigestPost, DigestState, Member, PendingRecord
 from .tokens import is_token
 
 EVIDENCE_KEEP = 5                 # bouncing messages kept per member (newest)
@@ -22,7 +22,16 @@ MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscrib
                   "re_enable_token", "delivery_mode", "moderated", "language")
 EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
 PENDING_COLUMNS = ("token", "type", "payload", "created", "expires")
+DIGEST_POST_COLUMNS = ("key", "at", "message", "claim", "id")
+DIGEST_STATE_COLUMNS = ("volume", "issue", "last_sent", "claim", "claimed_at", "sent")
 assert tuple(Member.__dataclass_fields__) == MEMBER_COLUMNS, "rows build Member positionally"
+assert tuple(DigestPost.__dataclass_fields__) == DIGEST_POST_COLUMNS, "rows build DigestPost positionally"
+assert tuple(DigestState.__dataclass_fields__) == DIGEST_STATE_COLUMNS, "rows build DigestState positionally"
+
+
+def digest_post(row: tuple) -> DigestPost:
+    """A row of :data:`DIGEST_POST_COLUMNS` as a post (the message as bytes whatever the driver gives)."""
+    return DigestPost(row[0], row[1], bytes(row[2]), row[3], row[4])
 
 
 def pending_record(row: tuple) -> PendingRecord:

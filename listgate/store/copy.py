@@ -5,7 +5,8 @@ from ``STATE_DIR/lists/NAME@DOMAIN.db`` into PostgreSQL; ``--from
 postgresql://... --to sqlite`` copies back, so an admin can try PostgreSQL and
 return. What is copied: members with their bounce info, evidence, events,
 pending records (same tokens: probes and confirmations in flight stay
-valid) and remembered facts (duplicate suppression). Leases are not: they
+valid), remembered facts (duplicate suppression) and the digest's collected
+posts and numbering. Leases are not: they
 belong to the runners of the moment.
 
 Idempotent: each list's rows at the destination are replaced, in one
@@ -25,7 +26,7 @@ import psycopg
 
 from ..config import mask_url
 from .base import StoreError, StoreUnavailable
-from .common import EVENT_COLUMNS, MEMBER_COLUMNS, PENDING_COLUMNS
+from .common import DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, MEMBER_COLUMNS, PENDING_COLUMNS
 from .postgres import clean_text, connect_kwargs
 from .postgres_schema import LOCK_LIST, migrate, store_error
 from .sqlite_schema import connect as sqlite_connect
@@ -38,6 +39,8 @@ TABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
     "events": (EVENT_COLUMNS[:-1], "id", "id"),
     "pending": (PENDING_COLUMNS, "created, rowid", "created, seq"),
     "remembered": (("kind", "key", "expires", "owner"), "kind, key", "kind, key"),
+    "digest_posts": (DIGEST_POST_COLUMNS[:-1], "id", "id"),
+    "digest_state": (DIGEST_STATE_COLUMNS, "volume", "volume"),
 }
 
 
@@ -137,7 +140,7 @@ class _PostgresSide:
 
 def _pg_value(column: str, value):
     """A value read from either side as PostgreSQL takes it (SQLite keeps booleans as 0/1)."""
-    if column == "moderated":
+    if column in ("moderated", "sent"):
         return bool(value)
     return clean_text(value) if isinstance(value, str) else value
 

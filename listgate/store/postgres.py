@@ -47,10 +47,10 @@ from psycopg_pool import ConnectionPool
 from .. import clock
 from ..addresses import normalize
 from ..config import mask_url
-from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
-from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, check_member, event_address, member_key, pending_payload, pending_record,
+from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, DigestPost, DigestState, ListStore, Member,
+                   NotAMember, PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
+from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
+                     bare_address, check_member, digest_post, event_address, member_key, pending_payload, pending_record,
                      restored_pending, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
 from .tokens import new_token
@@ -446,6 +446,40 @@ class PostgresStore(ListStore):
             params.append(type)
         rows = self._query(f"{_PENDING_SELECT} WHERE {where} ORDER BY created, seq", params)
         return [pending_record(r) for r in rows]
+
+    # -- digest collection ---------------------------------------------------
+    def collect_digest(self, key: str, message: bytes, at: float) -> bool:
+        """One insert on the unique (list, key) decides, so a post replayed on two hosts is kept once."""
+        rows = self._query("INSERT INTO digest_posts (list_key, key, at, message) VALUES (%s, %s, %s, %s) "
+                           "ON CONFLICT (list_key, key) DO NOTHING RETURNING 1",
+                           (self.list_key, clean_text(key), at, bytes(message)))
+        return bool(rows)
+
+    def digest_posts(self, claim: str | None = None) -> list[DigestPost]:
+        sql = (f"SELECT {', '.join(DIGEST_POST_COLUMNS)} FROM digest_posts "
+               f"WHERE list_key = %s AND claim IS NOT DISTINCT FROM %s ORDER BY id")
+        return [digest_post(r) for r in self._query(sql, (self.list_key, clean_text(claim)))]
+
+    def digest_state(self) -> DigestState:
+        rows = self._query(f"SELECT {', '.join(DIGEST_STATE_COLUMNS)} FROM digest_state WHERE list_key = %s",
+                           (self.list_key,))
+        return DigestState(*rows[0]) if rows else DigestState()
+
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        self._exec("UPDATE digest_posts SET claim = %s WHERE list_key = %s AND id = ANY(%s)",
+                   (clean_text(claim), self.list_key, ids))
+        self._exec("INSERT INTO digest_state (list_key, volume, issue, last_sent, claim, claimed_at) "
+                   "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (list_key) DO UPDATE SET volume = EXCLUDED.volume, "
+                   "issue = EXCLUDED.issue, claim = EXCLUDED.claim, claimed_at = EXCLUDED.claimed_at, sent = false",
+                   (self.list_key, volume, issue, last_sent, clean_text(claim), at))
+
+    def _close_claim(self, claim: str) -> int:
+        gone = self._exec("DELETE FROM digest_posts WHERE list_key = %s AND claim = %s",
+                          (self.list_key, clean_text(claim))).rowcount
+        self._exec("UPDATE digest_state SET last_sent = claimed_at, sent = true WHERE list_key = %s",
+                   (self.list_key,))
+        return gone
 
     # -- small durable facts -------------------------------------------------
     def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:

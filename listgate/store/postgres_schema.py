@@ -112,9 +112,31 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             ADD COLUMN moderated boolean NOT NULL DEFAULT false,
             ADD COLUMN language text NOT NULL DEFAULT ''""",
     ),
+    # version 3: digest collection and numbering (listgate.app.digests)
+    (
+        """CREATE TABLE digest_posts (
+            id bigserial PRIMARY KEY,
+            list_key text NOT NULL,
+            key text NOT NULL,
+            at double precision NOT NULL,
+            message bytea NOT NULL,
+            claim text,
+            UNIQUE (list_key, key)
+        )""",
+        "CREATE INDEX digest_posts_claim ON digest_posts (list_key, claim, id)",
+        """CREATE TABLE digest_state (
+            list_key text PRIMARY KEY,
+            volume integer NOT NULL,
+            issue integer NOT NULL,
+            last_sent double precision,
+            claim text,
+            claimed_at double precision,
+            sent boolean NOT NULL DEFAULT false
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
-TABLES = ("members", "evidence", "events", "pending", "remembered", "leases")
+TABLES = ("members", "evidence", "events", "pending", "remembered", "leases", "digest_posts", "digest_state")
 
 _SCHEMA_TABLE = """CREATE TABLE IF NOT EXISTS listgate_schema (
     version integer PRIMARY KEY,

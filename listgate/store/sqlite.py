@@ -39,10 +39,10 @@ from typing import Any, Iterable, Iterator
 
 from .. import clock
 from ..addresses import normalize
-from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, ListStore, Member, NotAMember,
-                   PendingRecord, StoreUnavailable, UnknownToken)
-from .common import (EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, check_member, event_address, member_key, pending_payload, pending_record,
+from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, DigestPost, DigestState, ListStore, Member,
+                   NotAMember, PendingRecord, StoreUnavailable, UnknownToken)
+from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
+                     bare_address, check_member, digest_post, event_address, member_key, pending_payload, pending_record,
                      restored_pending, truncate_evidence)
 from .sqlite_schema import connect, store_error
 from .tokens import new_token
@@ -424,6 +424,31 @@ class SQLiteStore(ListStore):
             rows = self._query(f"{_PENDING_SELECT} WHERE type = ? AND expires > ? ORDER BY created, rowid",
                                (type, now))
         return [pending_record(r) for r in rows]
+
+    # -- digest collection ---------------------------------------------------
+    def collect_digest(self, key: str, message: bytes, at: float) -> bool:
+        cur = self._exec("INSERT OR IGNORE INTO digest_posts (key, at, message) VALUES (?, ?, ?)",
+                         (key, at, bytes(message)))
+        return cur.rowcount == 1
+
+    def digest_posts(self, claim: str | None = None) -> list[DigestPost]:
+        sql = f"SELECT {', '.join(DIGEST_POST_COLUMNS)} FROM digest_posts WHERE claim IS ? ORDER BY id"
+        return [digest_post(r) for r in self._query(sql, (claim,))]
+
+    def digest_state(self) -> DigestState:
+        rows = self._query(f"SELECT {', '.join(DIGEST_STATE_COLUMNS)} FROM digest_state")
+        return DigestState(*rows[0]) if rows else DigestState()
+
+    def _write_claim(self, claim: str, volume: int, issue: int, last_sent: float | None, at: float,
+                     ids: list[int]) -> None:
+        self._exec(f"UPDATE digest_posts SET claim = ? WHERE id IN ({', '.join('?' * len(ids))})", [claim, *ids])
+        self._exec("INSERT OR REPLACE INTO digest_state (one, volume, issue, last_sent, claim, claimed_at, sent) "
+                   "VALUES (1, ?, ?, ?, ?, ?, 0)", (volume, issue, last_sent, claim, at))
+
+    def _close_claim(self, claim: str) -> int:
+        gone = self._exec("DELETE FROM digest_posts WHERE claim = ?", (claim,)).rowcount
+        self._exec("UPDATE digest_state SET last_sent = claimed_at, sent = 1")
+        return gone
 
     # -- small durable facts -------------------------------------------------
     def remember(self, kind: str, key: str, ttl: float, owner: str | None = None) -> bool:

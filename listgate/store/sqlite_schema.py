@@ -100,6 +100,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
         "ALTER TABLE members ADD COLUMN moderated INTEGER NOT NULL DEFAULT 0",
         "ALTER TABLE members ADD COLUMN language TEXT NOT NULL DEFAULT ''",
     ),
+    # version 5: digest collection and numbering (listgate.app.digests)
+    (
+        """CREATE TABLE digest_posts (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            key TEXT NOT NULL UNIQUE,
+            at REAL NOT NULL,
+            message BLOB NOT NULL,
+            claim TEXT
+        )""",
+        "CREATE INDEX digest_posts_claim ON digest_posts (claim, id)",
+        """CREATE TABLE digest_state (
+            one INTEGER PRIMARY KEY CHECK (one = 1),
+            volume INTEGER NOT NULL,
+            issue INTEGER NOT NULL,
+            last_sent REAL,
+            claim TEXT,
+            claimed_at REAL,
+            sent INTEGER NOT NULL DEFAULT 0
+        )""",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
