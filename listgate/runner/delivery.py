@@ -338,6 +338,9 @@ class Deliverer:
     def _site_failure(self, lc, rcpt: str, code: int, text: str, reason: str) -> None:
         log.warning("refused at hand-over, site incident %s", kv(list=messages.list_key(lc), rcpt=rcpt,
                                                                reply=repr(f"{code} {text}"[:200])))
+        # The next try needs a new connection: after the admin's fix and `postfix reload`, the
+        # smtpd serving this session keeps the old configuration until the session ends.
+        self.conn.close()
         site_incidents.open_incident(self.site, lc, self._store(lc), site_incidents.ALL, reason,
                                      [f"{rcpt}: {code} {text}"], None)
 
