@@ -113,10 +113,20 @@ def test_one_remote_domain_failing_for_everyone_pauses_that_domain(env):
     env.run()
     assert all(posts_received(env, m) == ["[demo] post 1"] for m in MEMBERS)
     assert all(posts_received(env, m) == [] for m in broken)
+    # Seen from bounces: the first 2xx at hand-over after the pause is a trial (one recipient);
+    # when the next pause ends with no bounce of it, the next 2xx clears it and the rest go.
+    clock.advance(HOUR)
+    env.run()
+    assert sum(len(env.sink.messages_for(m)) for m in broken) == 1   # the trial (a post or a probe)
+    assert set(site_incidents.open_incidents(env.store, env.lc)) == {"broken.test"}
     clock.advance(HOUR)
     env.run()
     assert all(posts_received(env, m) == ["[demo] post 1"] for m in broken + MEMBERS)
     assert site_incidents.open_incidents(env.store, env.lc) == {}
+    # the two scored before the incident was recognised are taken back, their probes withdrawn
+    assert [(env.store.get_member(m).bounce_score, env.store.get_member(m).delivery_status) for m in broken] \
+        == [(0.0, "enabled")] * 3
+    assert env.store.pending("probe") == []
 
 
 def test_one_text_across_many_domains_is_a_site_incident(site):
