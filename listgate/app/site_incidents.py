@@ -249,11 +249,15 @@ def _told_elsewhere(site, lc, scope: str) -> bool:
             fcntl.flock(lock, fcntl.LOCK_EX)          # lists opening at once: one tells
             try:
                 with open(path, encoding="utf-8") as fh:
-                    teller = str(json.load(fh).get("list") or "")
-            except (OSError, ValueError, AttributeError):
-                teller = ""
+                    stamp = json.load(fh)
+                teller, told_at = str(stamp["list"]), float(stamp["at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                teller, told_at = "", 0.0
             other = site.lists.get(teller) if teller and teller != here else None
-            if other is not None and scope in open_incidents(open_store(site, teller), other):
+            # Told moments ago (the teller's transaction may not have committed yet: lists
+            # are delivered in parallel), or the teller's incident is still open.
+            if other is not None and (clock.now() - told_at < lc.bounce_site_incident.retry
+                                      or scope in open_incidents(open_store(site, teller), other)):
                 return True
             tmp = f"{path}.{os.getpid()}.tmp"
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
