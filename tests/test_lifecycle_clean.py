@@ -98,3 +98,21 @@ def test_confirmation_refused_at_hand_over_cancels_the_change_of_address(site):
     env.engine.register_failure(env.lc, "typo@gone.example", "hard", "5.1.1", "550 5.1.1 no such user")
     assert env.store.peek_pending(rec.token) is None
     assert env.member(JANE).delivery_status == "enabled"
+
+
+def test_a_bounced_welcome_is_the_new_members_bounce(site):
+    """Issue 15 item 5, the welcome: it goes out from the member's VERP address; its bounce is
+    scored like any other (once a day, toward the probe); the member is not removed."""
+    from listgate import verp
+    env = make_env(site, bounce_score_threshold=5.0)
+    rec = env.store.add_pending("subscription", {"address": "new@example.org", "display_name": ""}, DAY)
+    subscriptions.complete(env.site, env.lc, rec)
+    [welcome] = env.virgin("welcome")
+    [delivery] = welcome.meta["deliveries"]
+    assert delivery == {"rcpt": "new@example.org",
+                        "sender": verp.member_bounce_address(env.site, env.lc, "new@example.org")}
+    outcome = env.bounce(dsn("new@example.org"), env.verp_rcpt("new@example.org"))
+    assert [(a.address, a.action, a.attribution) for a in outcome.actions] == [("new@example.org", "scored", "verp")]
+    m = env.member("new@example.org")
+    assert (m.delivery_status, m.bounce_score) == ("enabled", 1.0)
+    assert env.store.events(actions=("pending_cancelled",)) == []

@@ -113,10 +113,20 @@ def test_one_remote_domain_failing_for_everyone_pauses_that_domain(env):
     env.run()
     assert all(posts_received(env, m) == ["[demo] post 1"] for m in MEMBERS)
     assert all(posts_received(env, m) == [] for m in broken)
+    # Seen from bounces: the first 2xx at hand-over after the pause is a trial (one recipient);
+    # when the next pause ends with no bounce of it, the next 2xx clears it and the rest go.
+    clock.advance(HOUR)
+    env.run()
+    assert sum(len(env.sink.messages_for(m)) for m in broken) == 1   # the trial (a post or a probe)
+    assert set(site_incidents.open_incidents(env.store, env.lc)) == {"broken.test"}
     clock.advance(HOUR)
     env.run()
     assert all(posts_received(env, m) == ["[demo] post 1"] for m in broken + MEMBERS)
     assert site_incidents.open_incidents(env.store, env.lc) == {}
+    # the two scored before the incident was recognised are taken back, their probes withdrawn
+    assert [(env.store.get_member(m).bounce_score, env.store.get_member(m).delivery_status) for m in broken] \
+        == [(0.0, "enabled")] * 3
+    assert env.store.pending("probe") == []
 
 
 def test_one_text_across_many_domains_is_a_site_incident(site):
@@ -139,3 +149,41 @@ def test_different_texts_across_domains_are_members_own(site):
         env.bounce(dsn(m, "5.1.1", f"550 5.1.1 mailbox {i} unknown"), env.verp_rcpt(m))
     assert [env.member(m).bounce_score for m in members] == [1.0] * 5
     assert site_incidents.open_incidents(env.store, env.lc) == {}
+
+
+def test_two_lists_on_one_broken_listener_tell_the_postmaster_once(env):
+    """Issue 15: the postmaster is told once per site incident; each list's owners get theirs."""
+    import os
+    demo = (env.dir / "lists.d" / "demo.yaml").read_text()
+    (env.dir / "lists.d" / "other.yaml").write_text(
+        demo.replace("name: demo", "name: other").replace("owner@lists.example.org", "boss@lists.example.org"))
+    env.edit_list("bounce_score_threshold: 1.0\n")          # reload the site with both lists
+    other = env.site.get_list("other@lists.example.org")
+    assert other is not None
+    from listgate.store import open_store
+    open_store(env.site, "other@lists.example.org").add_member(MEMBERS[1])
+    env.sink.default = LOCAL_TABLE
+    env.inject(message(MEMBERS[0], "post demo"), sender=MEMBERS[0])
+    meta_other = message(MEMBERS[1], "post other").replace(b"To: demo@", b"To: other@")
+    from listgate.queue import Switchboard
+    Switchboard.for_site(env.site, "in").enqueue(meta_other, {
+        "list": "other@lists.example.org", "role": "post", "extension": None,
+        "envelope_sender": MEMBERS[1], "recipients": ["other@lists.example.org"], "mta_queue_id": "T2"})
+    env.run()
+    assert set(site_incidents.open_incidents(env.store, env.lc)) == {site_incidents.ALL}
+    assert set(site_incidents.open_incidents(open_store(env.site, "other@lists.example.org"), other)) == \
+        {site_incidents.ALL}
+    told = [{d["rcpt"] for d in q.meta["deliveries"]} for q in kinds(env, "postmaster_notice")]
+    assert sorted(told, key=sorted) == sorted([{"postmaster@localhost", "owner@lists.example.org"},
+                                               {"boss@lists.example.org"}], key=sorted) \
+        or sorted(told, key=sorted) == sorted([{"owner@lists.example.org"},
+                                               {"postmaster@localhost", "boss@lists.example.org"}], key=sorted)
+    assert os.path.exists(os.path.join(env.site.state_dir, "site-incidents", "all"))
+    # The listener is fixed: each list's incident clears at its next delivery.
+    env.sink.default = ACCEPT
+    clock.advance(HOUR)
+    env.run()
+    assert site_incidents.open_incidents(env.store, env.lc) == {}
+    assert site_incidents.open_incidents(open_store(env.site, "other@lists.example.org"), other) == {}
+    assert len([d for d in env.sink.messages_for("postmaster@localhost")
+                if "site incident" in str(d.message()["Subject"])]) == 1

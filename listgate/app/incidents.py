@@ -10,10 +10,14 @@ A domain incident (DESIGN.md, "Bounce life cycle"): when at least
 ``bounce_domain_incident.window`` (counting the current bounce), the bounce
 is recorded as ``incident`` and not scored, and so is every later one at
 that domain with that status while the condition holds; the owners are told
-once (``store.remember``, for max(window, 1 day)). Decision: bounces scored
-*before* the incident was recognised keep their score. Each was at most one
-daily increment for fewer than ``members`` members, and undoing them would
-need the weights as they were then; the probe still protects those members.
+once (``store.remember``, for max(window, 1 day)).
+
+Bounces scored *before* an incident was recognised (the first members of the
+domain, or of the share, to fail) are taken back when it opens: their
+``scored`` / ``probe_sent`` events of the same status (and text, for the share
+rule) within the window are struck and each score is recomputed from the
+remaining events, as ``listgate bounces strike`` does (a struck probe is
+withdrawn). So an incident scores nobody, from its first failure on.
 
 Called by :class:`listgate.app.bounces.BounceEngine` inside its transaction,
 with its per-call context ``run`` (see :mod:`listgate.app.probes`).
@@ -25,11 +29,13 @@ import logging
 from .. import addresses
 from ..bounce.classify import Failure
 from ..config.schema import DAY
-from ..store import Member
+from ..store import Member, UnknownToken
 from . import notices, site_incidents
 
 log = logging.getLogger("listgate.app.incidents")
 
+# Events that raised a score (taken back when an incident explains them).
+_SCORED = ("scored", "probe_sent")
 # Events that describe a member's failure (what the domain-incident rule counts).
 _INCIDENT_ACTIONS = ("scored", "same_day", "recorded", "residual", "probe_sent",
                      "probe_outstanding", "incident")
@@ -64,16 +70,23 @@ def domain_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
     site_incidents.open_incident(run.site, run.lc, run.store, domain,
                                  f"{len(seen)} members at {domain} failing with {failure.status}",
                                  [f"{a}: {failure.status} {failure.diagnostic}" for a in sorted(seen)][:20], msg,
-                                 send=run.send, tell_owners=False)
+                                 send=run.send, tell_owners=False, from_bounces=True)
+    _unscore(run, [e for e in run.store.events(since=run.now - conf.window, actions=_SCORED)
+                   if e.status == failure.status and e.address and e.address.lower().endswith(suffix)])
     return True
 
 
 def site_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
     """True if ``failure`` is covered by an open site or domain incident, or opens one by
     :func:`share_incident` (then it is recorded, not scored)."""
-    if site_incidents.covering(run.store, run.lc, member.key) is not None:
-        return True
-    return share_incident(run, member, failure, msg)
+    incident = site_incidents.covering(run.store, run.lc, member.key)
+    if incident is None:
+        return share_incident(run, member, failure, msg)
+    if incident.trial:   # the delivery let through as a trial failed: the pause starts over
+        site_incidents.open_incident(run.site, run.lc, run.store, incident.scope,
+                                     f"{member.key}: {failure.status} {failure.diagnostic}", [], msg,
+                                     send=run.send, from_bounces=True)
+    return True
 
 
 def share_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
@@ -87,10 +100,9 @@ def share_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
     if not failure.status:
         return False
     seen = {member.key}
-    for event in run.store.events(since=run.now - conf.window, actions=_INCIDENT_ACTIONS):
-        if (event.status == failure.status and event.address
-                and site_incidents.normalized_text(event.detail) == text):
-            seen.add(event.address)
+    alike = [e for e in run.store.events(since=run.now - conf.window, actions=_INCIDENT_ACTIONS)
+             if e.status == failure.status and e.address and site_incidents.normalized_text(e.detail) == text]
+    seen.update(e.address for e in alike)
     domains = {domain_of(a) for a in seen}
     enabled = len(run.store.members("enabled"))
     if len(domains) < conf.domains or len(seen) < max(2, conf.share * enabled):
@@ -98,5 +110,31 @@ def share_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
     site_incidents.open_incident(
         run.site, run.lc, run.store, site_incidents.ALL,
         f"{len(seen)} of {enabled} members across {len(domains)} domains refused with one text ({failure.status})",
-        [f"{a}: {failure.status} {failure.diagnostic}" for a in sorted(seen)][:20], msg, send=run.send)
+        [f"{a}: {failure.status} {failure.diagnostic}" for a in sorted(seen)][:20], msg, send=run.send,
+        from_bounces=True)
+    _unscore(run, [e for e in alike if e.action in _SCORED])
     return True
+
+
+def _unscore(run, events) -> None:
+    """Strike ``events`` (scored before the incident was seen) and recompute their members'
+    scores from the remaining events; a struck ``probe_sent`` withdraws that member's probe."""
+    from .bounce_admin import recompute   # bounce_admin reads incidents through site_incidents
+    for event in events:
+        if event.id is None or event.action not in _SCORED:
+            continue
+        run.store.strike_event(event.id)
+        member = run.store.get_member(event.address)
+        if member is None:
+            continue
+        if event.action == "probe_sent":
+            for rec in run.store.pending("probe"):
+                if rec.payload.get("member") == member.key:
+                    try:
+                        run.store.confirm_pending(rec.token, "probe")
+                    except UnknownToken:
+                        pass
+        member.bounce_score, member.last_bounce_day, member.last_bounce_at = recompute(
+            run.lc, run.store.events(member.key))
+        run.store.save_member(member)
+        log.info("incident: score taken back list=%s member=%s event=%s", run.key, member.key, event.id)

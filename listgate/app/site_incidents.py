@@ -15,22 +15,40 @@ While an incident is open:
 
 It clears by itself: the pause lasts ``bounce_site_incident.retry`` after the
 last failure seen; then one delivery is let through. A failure again refreshes
-the incident (no second notice); a 2xx at hand-over clears it and the paused
-qfiles resume. (An incident seen only from bounces also clears at the first
-2xx after the pause: if the domain still fails, its bounces open it again.)
+the incident (no second notice). What clears it depends on how it was seen:
+
+* refused at hand-over (our MTA): a 2xx at hand-over clears it at once and the
+  paused qfiles resume;
+* seen from bounces (a domain incident, one text across many domains): a 2xx at
+  hand-over only means our MTA queued the mail, so that delivery is a *trial*
+  (event ``site_incident`` "trial"), the others stay paused. If its bounce comes
+  back, the incident is refreshed; if none came back when the pause ends, the
+  next 2xx at hand-over clears it. So a domain that keeps failing costs one
+  recipient's copy per ``retry``, not a post for all its members.
 
 State lives in the list's bounce events (no new table): ``site_incident``
-(opened, or still failing) and ``site_incident_cleared``, detail
-``scope SCOPE: reason``. An incident whose last event is older than
+(opened, still failing, or a trial) and ``site_incident_cleared``, detail
+``scope SCOPE: what: reason``. An incident whose last event is older than
 :data:`HORIZON` is over (nothing was delivered to clear it, and nothing failed).
+
+The postmaster is told once per incident of the *site*, not per list: several
+lists on one broken listener (or with members at one failing domain) open one
+incident each, each list's owners get their notice, the postmaster one. The
+list that told the postmaster is named in a stamp file
+``state_dir/site-incidents/SCOPE`` (SCOPE ``all`` or the domain); a later list
+skips the postmaster while that list's incident of the same scope is open.
 """
 from __future__ import annotations
 
+import fcntl
+import json
 import logging
+import os
 import re
 from dataclasses import dataclass
 
 from .. import addresses, clock, messages
+from ..queue.files import fsync_dir, write_synced
 from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
 from ..store import BounceEvent, open_store
@@ -90,9 +108,11 @@ def scope_of(address: str) -> str:
 class Incident:
     scope: str
     opened_at: float          # the event that opened it (or the oldest refresh within HORIZON)
-    last_failure_at: float
+    last_failure_at: float    # its newest event (a failure, or a trial delivery)
     reason: str
     retry: float
+    trial: bool = False       # its newest event is a trial delivery (no failure seen since)
+    from_bounces: bool = False  # seen from bounces: a 2xx at hand-over is only a trial
 
     @property
     def resume_at(self) -> float:
@@ -104,9 +124,17 @@ class Incident:
         return clock.now() < self.resume_at
 
 
+_FROM_BOUNCES = "from bounces"
+_TRIAL = "trial"
+
+
 def _scope_reason(detail: str) -> tuple[str, str]:
     m = re.match(r"scope (\S+): ?(.*)", detail or "", re.DOTALL)
     return (m.group(1), m.group(2)) if m else ("", detail or "")
+
+
+def _what(reason: str) -> str:
+    return reason.split(":", 1)[0]
 
 
 def open_incidents(store, lc) -> dict[str, Incident]:
@@ -118,12 +146,18 @@ def open_incidents(store, lc) -> dict[str, Incident]:
         scope, reason = _scope_reason(event.detail)
         if not scope or scope in closed:
             continue
+        what = _what(reason)
         if event.action == CLEARED:
             closed.add(scope)
-        elif scope in found:
-            found[scope].opened_at = event.at
-        else:
-            found[scope] = Incident(scope, event.at, event.at, reason, lc.bounce_site_incident.retry)
+            continue
+        incident = found.get(scope)
+        if incident is None:
+            incident = found[scope] = Incident(scope, event.at, event.at, reason, lc.bounce_site_incident.retry,
+                                               trial=what == _TRIAL)
+        incident.opened_at = event.at
+        if what != _TRIAL:
+            incident.reason = reason          # the oldest failure's words
+        incident.from_bounces = incident.from_bounces or _FROM_BOUNCES in what
     return found
 
 
@@ -134,18 +168,20 @@ def covering(store, lc, address: str) -> Incident | None:
 
 
 def open_incident(site, lc, store, scope: str, reason: str, evidence: list[str], sample: bytes | None, *,
-                  send=None, tell_owners: bool = True) -> bool:
+                  send=None, tell_owners: bool = True, from_bounces: bool = False) -> bool:
     """Open (or refresh) the incident ``scope`` of list ``lc``; True if it was newly opened.
 
-    Newly opened: the postmaster (and the owners unless ``tell_owners`` is False: the
-    domain rule has told them) get one notice with ``reason``, ``evidence`` lines and
-    ``sample`` attached. ``send(msg, deliveries, kind)`` queues it with the caller's
-    transaction (the bounce engine's); without it, it is queued here, in a
-    transaction of its own. Raises StoreUnavailable / QueueError.
+    ``from_bounces``: seen from bounces, not refused at hand-over (it then clears only
+    after a trial delivery drew no failure, module docstring). Newly opened: the postmaster
+    (unless another list told them of this scope, module docstring) and the owners (unless
+    ``tell_owners`` is False: the domain rule has told them) get one notice with
+    ``reason``, ``evidence`` lines and ``sample`` attached. ``send(msg, deliveries, kind)``
+    queues it with the caller's transaction (the bounce engine's); without it, it is
+    queued here, in a transaction of its own. Raises StoreUnavailable / QueueError.
     """
     with store.transaction():
         new = scope not in open_incidents(store, lc)
-        what = "opened" if new else "still failing"
+        what = ("opened" if new else "still failing") + (f" {_FROM_BOUNCES}" if from_bounces else "")
         store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
                                     action=OPENED, detail=f"scope {scope}: {what}: {reason}"[:500]))
         if new:
@@ -155,10 +191,21 @@ def open_incident(site, lc, store, scope: str, reason: str, evidence: list[str],
 
 
 def clear(site, lc, scope: str, why: str) -> bool:
-    """Clear incident ``scope`` if it is still open; True if this call cleared it."""
+    """A 2xx at hand-over covered by incident ``scope``: True if this call cleared it.
+
+    An incident seen from bounces is not cleared by the first such 2xx: that delivery is
+    recorded as a trial (the pause starts over); the next one after the pause, with no
+    failure since the trial, clears it (module docstring).
+    """
     store = open_store(site, messages.list_key(lc))
     with store.transaction():
-        if scope not in open_incidents(store, lc):
+        incident = open_incidents(store, lc).get(scope)
+        if incident is None:
+            return False
+        if incident.from_bounces and not (incident.trial and not incident.paused):
+            store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
+                                        action=OPENED, detail=f"scope {scope}: {_TRIAL}: {why}"[:500]))
+            log.info("site incident trial list=%s scope=%s why=%r", messages.list_key(lc), scope, why)
             return False
         store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
                                     action=CLEARED, detail=f"scope {scope}: {why}"[:500]))
@@ -166,11 +213,72 @@ def clear(site, lc, scope: str, why: str) -> bool:
     return True
 
 
+def held_for_trial(incidents: dict[str, "Incident"], rcpt: str, trials: set[str]) -> bool:
+    """Whether delivery to ``rcpt`` waits: an incident covering it is paused, or one seen from
+    bounces already let its one trial delivery through (``trials``: their scopes, in this
+    qfile; the first recipient covered is added as the trial)."""
+    for scope in (ALL, scope_of(rcpt)):
+        incident = incidents.get(scope)
+        if incident is None:
+            continue
+        if incident.paused or scope in trials:
+            return True
+        if incident.from_bounces and not incident.trial:
+            trials.add(scope)     # (after a trial that drew no failure, this 2xx clears it: no need)
+    return False
+
+
+# -- the postmaster is told once per site ----------------------------------------
+
+def _stamp_path(site, scope: str) -> str:
+    name = "all" if scope == ALL else scope
+    if not re.fullmatch(r"[a-z0-9][a-z0-9.-]*", name):
+        name = "other"
+    return os.path.join(site.state_dir, "site-incidents", name)
+
+
+def _told_elsewhere(site, lc, scope: str) -> bool:
+    """True if another list told the postmaster of ``scope`` and its incident is still open;
+    else this list becomes the one that told (stamp written durably). Never raises: a
+    stamp that cannot be read or written means the postmaster is told."""
+    path = _stamp_path(site, scope)
+    here = messages.list_key(lc)
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(os.path.join(os.path.dirname(path), ".lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)          # lists opening at once: one tells
+            try:
+                with open(path, encoding="utf-8") as fh:
+                    stamp = json.load(fh)
+                teller, told_at = str(stamp["list"]), float(stamp["at"])
+            except (OSError, ValueError, KeyError, TypeError):
+                teller, told_at = "", 0.0
+            other = site.lists.get(teller) if teller and teller != here else None
+            # Told moments ago (the teller's transaction may not have committed yet: lists
+            # are delivered in parallel), or the teller's incident is still open.
+            if other is not None and (clock.now() - told_at < lc.bounce_site_incident.retry
+                                      or scope in open_incidents(open_store(site, teller), other)):
+                return True
+            tmp = f"{path}.{os.getpid()}.tmp"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+            try:
+                write_synced(fd, json.dumps({"list": here, "at": clock.now()}).encode())
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+            fsync_dir(os.path.dirname(path))
+    except Exception as exc:  # OSError, StoreUnavailable: better a second notice than none
+        log.warning("postmaster stamp %s: %s", path, exc)
+    return False
+
+
 def _notify(site, lc, scope: str, reason: str, evidence: list[str], sample: bytes | None, send,
             tell_owners: bool) -> None:
     from . import notices  # notices imports nothing from here; kept local to avoid a cycle at import
-    postmaster = postmaster_address(site)
-    rcpts = [postmaster] + (notices.owner_recipients(lc) if tell_owners else [])
+    rcpts = ([] if _told_elsewhere(site, lc, scope) else [postmaster_address(site)]) \
+        + (notices.owner_recipients(lc) if tell_owners else [])
+    if not rcpts:
+        return
     what = "every recipient" if scope == ALL else f"recipients at {scope}"
     body = (f"listgate sees a site incident on {notices.address(lc)}: {reason}.\n\n"
             f"Failures it covers are recorded, not scored; nobody is probed or disabled for them.\n"

@@ -17,10 +17,21 @@ the member starts clean (:func:`start_clean`): bounce score, disabled-by-bounce
 state, disabled notices and the old address's ``re_enable`` and ``probe``
 records go, the member is enabled, and a bounce event (action
 ``bounce_cleared``) says why.
+
+A confirmation that bounces cancels its pending record (:func:`cancel_for_bounce`):
+nobody can answer it, so no reminder goes to a dead address. A *welcome* that
+bounces has no pending record left: the subscription is complete. Decision: it
+is that member's bounce like any other. The welcome goes out from the member's
+own VERP address (as every mail to a member), so its bounce is attributed
+exactly and scored once for the day, and it counts toward the probe; the member
+is not removed on the spot. Removing on one bounce is what the bounce life cycle
+exists to avoid (a full mailbox, a misread DSN, a site incident on our side), and
+the subscriber just proved the address by answering the confirmation (or an
+admin vouched for it); if the address is really dead, the probe disables it.
 """
 from __future__ import annotations
 
-from .. import addresses, clock
+from .. import addresses, clock, messages, verp
 from ..store import BounceEvent, UnknownToken, open_store
 from . import notices, probes, texts
 from .moderation import moderate
@@ -76,6 +87,17 @@ def start_clean(store, member, why: str, old_keys=()) -> None:
                                 attribution="confirm", action="bounce_cleared", detail=detail))
 
 
+def _welcome(site, lc, address: str) -> str:
+    """Queue the welcome from the new member's VERP address (module docstring); the qfile id."""
+    lname = notices.address(lc)
+    msg = messages.make_notice(sender=notices.address(lc, "request"), to=address, subject=f"Welcome to {lname}",
+                               body=texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")),
+                               domain=lc.domain)
+    return messages.queue_virgin(site, lc, msg, [{"rcpt": address,
+                                                  "sender": verp.member_bounce_address(site, lc, address)}],
+                                 kind="welcome")
+
+
 def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) -> str:
     """Carry out pending record ``rec`` (already authorised by the caller); returns a summary.
 
@@ -114,8 +136,7 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
                 # Records left from an earlier membership of this address (a probe
                 # still pending when it was removed) must not act on the new one.
                 start_clean(store, member, "subscription confirmed")
-                notices.send(site, lc, address, f"Welcome to {lname}",
-                             texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")), kind="welcome")
+                _welcome(site, lc, address)
             else:
                 leave(site, lc, store, address)
             if joining and lc.notify_owner_on_join:

@@ -330,7 +330,8 @@ class Deliverer:
         def pause(indices) -> None:
             for i in indices:
                 paused[i] = "paused by a site incident"
-        held = [i for i in todo if self._paused(open_incidents, deliveries[i]["rcpt"])]
+        trials: set[str] = set()
+        held = [i for i in todo if site_incidents.held_for_trial(open_incidents, deliveries[i]["rcpt"], trials)]
         pause(held)
         todo = [i for i in todo if i not in paused]
 
@@ -433,16 +434,9 @@ class Deliverer:
         from ..store import open_store
         return open_store(self.site, messages.list_key(lc))
 
-    @staticmethod
-    def _paused(open_incidents: dict, rcpt: str) -> bool:
-        for scope in (site_incidents.ALL, site_incidents.scope_of(rcpt)):
-            incident = open_incidents.get(scope)
-            if incident is not None and incident.paused:
-                return True
-        return False
-
     def _cleared(self, lc, open_incidents: dict, rcpt: str) -> None:
-        """A 2xx at hand-over to ``rcpt``: incidents covering it (whose pause has ended) clear."""
+        """A 2xx at hand-over to ``rcpt``: incidents covering it (whose pause has ended) clear,
+        or count it as their trial (``site_incidents.clear``)."""
         for scope in (site_incidents.ALL, site_incidents.scope_of(rcpt)):
             if scope in open_incidents:
                 del open_incidents[scope]
@@ -451,6 +445,9 @@ class Deliverer:
     def _site_failure(self, lc, rcpt: str, code: int, text: str, reason: str) -> None:
         log.warning("refused at hand-over, site incident %s", kv(list=messages.list_key(lc), rcpt=rcpt,
                                                                reply=repr(f"{code} {text}"[:200])))
+        # The next try needs a new connection: after the admin's fix and `postfix reload`, the
+        # smtpd serving this session keeps the old configuration until the session ends.
+        self.conn.close()
         site_incidents.open_incident(self.site, lc, self._store(lc), site_incidents.ALL, reason,
                                      [f"{rcpt}: {code} {text}"], None)
 

@@ -14,6 +14,9 @@ be given a behaviour, decided at RCPT time except ``SPAM_REFUSE``:
   transaction -- as a real server would;
 - any other string: that reply, verbatim, at RCPT (e.g. ``"452 4.2.2 Mailbox full"``).
 
+A key ``@domain`` gives every address of that domain without one of its own a
+behaviour (one remote domain failing for everyone).
+
 An envelope sender can be refused at ``MAIL FROM`` (before any recipient is
 named, RFC 5321 section 3.3): :meth:`SmtpSink.refuse_sender` gives an exact
 sender address (e.g. one member's VERP address) the reply to send there.
@@ -139,8 +142,13 @@ class SmtpSink:
             self._behaviours[rcpt.lower()] = behaviour
 
     def behaviour_for(self, rcpt: str) -> str:
+        """The behaviour of ``rcpt``: its own, else its domain's (key ``@domain``), else ``default``."""
+        address = rcpt.strip("<>").lower()
         with self._lock:
-            return self._behaviours.get(rcpt.strip("<>").lower(), self.default)
+            found = self._behaviours.get(address)
+            if found is None:
+                found = self._behaviours.get("@" + address.rpartition("@")[2], self.default)
+            return found
 
     def refuse_sender(self, sender: str, reply: str) -> None:
         """Answer ``reply`` (a 4xx/5xx line) to ``MAIL FROM:<sender>`` (case-insensitive)."""
