@@ -31,7 +31,7 @@ dot and the fdatasync of its progress line is one duplicate if the runner
 dies. With several delivery threads each used to be there at once (the
 MTA's commit and ours are both disk waits, exactly what the threads overlap),
 and a SIGKILL duplicated up to one transaction per thread: 12 duplicates
-for 9 kills in ``bench/kill_storm.py``. :data:`COMMIT_GATE` closes that: a
+for 9 kills in ``bench/kill_storm.py``. :data:`listgate.runner.smtp.COMMIT_GATE` closes that: a
 thread takes it before it sends the final dot and gives it back once the
 progress line is durable, so the threads still send envelopes and bodies in
 parallel but send the body and commit one at a time, and a kill duplicates at most one
@@ -61,7 +61,6 @@ from __future__ import annotations
 import logging
 import re
 import smtplib
-import threading
 from dataclasses import dataclass, field
 
 from .. import clock, messages
@@ -69,6 +68,7 @@ from ..bounce.status import reply_status
 from ..log import kv
 from ..app import posting, signing, site_incidents
 from ..queue import finite_time
+from .smtp import Connection, Unreachable, _options, dsn_options
 
 log = logging.getLogger("listgate.runner.delivery")
 
@@ -76,15 +76,6 @@ XVERP_BATCH = 500
 # Backoff doubles per deferral from runner.retry_backoff, at most this many doublings.
 MAX_BACKOFF_DOUBLINGS = 5
 _EOL = re.compile(rb"\r?\n")
-
-
-# Held from a transaction's final dot until its progress is durable (module docstring):
-# one per process, shared by every delivery thread and Deliverer.
-COMMIT_GATE = threading.Lock()
-
-
-class Unreachable(Exception):
-    """The re-injection listener cannot be reached (connect failed, connection dropped)."""
 
 
 @dataclass
@@ -126,114 +117,6 @@ def _text(resp) -> str:
 def retry_delay(site, retries: int) -> float:
     """Seconds before retry number ``retries`` (1-based): ``retry_backoff * 2**(retries-1)``, capped."""
     return site.conf.runner.retry_backoff * (2 ** min(max(retries - 1, 0), MAX_BACKOFF_DOUBLINGS))
-
-
-class _GatedSMTP(smtplib.SMTP):
-    """smtplib's client, whose DATA takes the connection's commit gate before the final dot."""
-
-    def __init__(self, *args, before_dot, **kw):
-        self._before_dot = before_dot
-        super().__init__(*args, **kw)
-
-    def data(self, msg):
-        """DATA (RFC 5321 section 4.1.1.4) with ``msg`` as bytes with CRLF line ends:
-        354, then the gate, then the dot-stuffed body (section 4.5.2) and the final dot.
-
-        Body and dot go in one write: a dot written alone after the body waits for
-        the body's ACK (Nagle), which the MTA delays (delayed ACK), 40 ms a message."""
-        self.putcmd("data")
-        code, repl = self.getreply()
-        if code != 354:
-            raise smtplib.SMTPDataError(code, repl)
-        body = re.sub(rb"(?m)^\.", b"..", msg)
-        if not body.endswith(b"\r\n"):
-            body += b"\r\n"
-        self._before_dot()
-        self.send(body + b".\r\n")
-        return self.getreply()
-
-
-class Connection:
-    """One persistent SMTP client connection to ``site.conf.reinject`` (reconnects on demand).
-
-    ``gate`` is taken before a final dot (:meth:`_enter_commit`) and given back by
-    :meth:`end_commit`, once the caller recorded the outcome (module docstring).
-    """
-
-    def __init__(self, reinject, gate: threading.Lock = COMMIT_GATE):
-        self.conf = reinject
-        self._smtp: smtplib.SMTP | None = None
-        self.gate = gate
-        self._holding = False
-
-    def _enter_commit(self) -> None:
-        if not self._holding:  # a retried transaction (reconnect) already holds it
-            self.gate.acquire()
-            self._holding = True
-
-    def end_commit(self) -> None:
-        """Give the gate back if this connection holds it (idempotent)."""
-        if self._holding:
-            self._holding = False
-            self.gate.release()
-
-    def get(self) -> smtplib.SMTP:
-        if self._smtp is not None and self._smtp.sock is not None:
-            return self._smtp
-        self.drop()
-        try:
-            smtp = _GatedSMTP(self.conf.host, self.conf.port, local_hostname=self.conf.helo,
-                              timeout=self.conf.timeout, before_dot=self._enter_commit)
-            smtp.ehlo_or_helo_if_needed()
-        except (OSError, smtplib.SMTPException) as exc:
-            raise Unreachable(f"cannot connect to {self.conf.host}:{self.conf.port}: {exc}") from None
-        self._smtp = smtp
-        return smtp
-
-    def drop(self) -> None:
-        if self._smtp is not None:
-            try:
-                self._smtp.close()
-            except OSError:
-                pass
-        self._smtp = None
-
-    def close(self) -> None:
-        """QUIT politely, then close."""
-        if self._smtp is not None and self._smtp.sock is not None:
-            try:
-                self._smtp.quit()
-            except (OSError, smtplib.SMTPException):
-                pass
-        self.drop()
-
-
-def dsn_options(site, lc, meta: dict, rcpt: str) -> tuple[list[str], list[str]]:
-    """``(MAIL FROM options, RCPT TO options)`` asking for DSNs (RFC 3461 section 4) for one
-    recipient of the qfile with ``meta``: probes and per-member posts (module docstring), else none."""
-    if lc is None or meta.get("xverp"):
-        return [], []
-    from .. import verp
-    token = meta.get("probe_token")
-    if token:
-        mail_opts, notify = [f"ENVID={verp.xtext(verp.probe_envid(site, lc, token))}"], "NOTIFY=SUCCESS,FAILURE"
-    elif meta.get("kind") == "post":
-        mail_opts, notify = [f"ENVID={verp.xtext(verp.post_envid(site, lc, rcpt))}"], "NOTIFY=FAILURE,DELAY"
-    else:
-        return [], []
-    rcpt_opts = [notify] + ([f"ORCPT=rfc822;{verp.xtext(rcpt)}"] if rcpt.isascii() else [])
-    return mail_opts, rcpt_opts
-
-
-def _options(smtp: smtplib.SMTP, msg: bytes, addresses: list[str], xverp: bool, utf8: bool) -> list[str]:
-    opts = []
-    if xverp:
-        opts.append("XVERP")
-    if smtp.has_extn("8bitmime") and not msg.isascii():
-        opts.append("BODY=8BITMIME")
-    if smtp.has_extn("smtputf8") and (utf8 or any(not a.isascii() for a in addresses)):
-        opts.append("SMTPUTF8")
-    return opts
 
 
 class Deliverer:
