@@ -15,7 +15,7 @@ from . import probes, site_incidents
 
 # Events after which the score starts from zero (the probe reset it, a person or a
 # confirmation cleared it, the member was disabled or came back).
-RESET_ACTIONS = ("probe_sent", "disabled", "re_enabled", "bounce_cleared", "bounce_reset", "removed")
+RESET_ACTIONS = ("probe_sent", "dead_domain", "disabled", "re_enabled", "bounce_cleared", "bounce_reset", "removed")
 SCORED_ACTIONS = ("scored", "probe_sent")
 
 
@@ -81,14 +81,14 @@ def recompute(lc, events: list[BounceEvent]) -> tuple[float, str | None, float |
 
 def strike(site, lc, event_id: int) -> tuple[BounceEvent, Member | None]:
     """Strike event ``event_id`` (UnknownEvent if there is none) and recompute its member's score;
-    striking a ``probe_sent`` also withdraws that member's pending probe."""
+    striking a ``probe_sent`` or ``dead_domain`` also withdraws that member's pending probe."""
     store = open_store(site, messages.list_key(lc))
     with store.transaction():
         was = store.strike_event(event_id)
         member = store.get_member(was.address) if was.address else None
         if member is None:
             return was, None
-        if was.action == "probe_sent":
+        if was.action in ("probe_sent", "dead_domain"):
             for rec in store.pending("probe"):
                 if rec.payload.get("member") == member.key:
                     try:

@@ -120,7 +120,8 @@ COMMANDS = Section({
 # The one DNS resolver (listgate.dns): subscriptions, bounces, DMARC, DKIM verification at intake.
 DNS = Section({
     "check_domains": Field("bool", True, doc="refuse subscriptions to domains that take no mail (null MX, "
-                           "NXDOMAIN, no MX and no address)"),
+                           "NXDOMAIN, no MX and no address); probe at once a member whose hard bounce "
+                           "comes from a null MX or NXDOMAIN domain"),
     "nameservers": Field("strings", (), doc="IP addresses of recursive resolvers; empty: those of /etc/resolv.conf"),
     "port": Field("int", 53, minimum=1, maximum=65535),
     "timeout": Field("duration", 3, doc="wait for one server's answer"),

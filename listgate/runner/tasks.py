@@ -3,8 +3,10 @@
 Per list: :meth:`BounceEngine.run_periodic` (disabled-member notices and
 removals, expired probes) and :meth:`ListStore.evict_expired` (confirmations,
 held posts and re-enable tokens past their lifetime; an expired held post is
-reported to the moderators) and the list's digest when it is due
-(:func:`listgate.app.digests.run`). Retries are served by the runner's ``retry``
+reported to the moderators), the list's digest when it is due
+(:func:`listgate.app.digests.run`) and the DNS check of members with a recent
+hard bounce (:func:`listgate.app.dead_domains.run`: a null MX or NXDOMAIN
+gets them probed at once). Retries are served by the runner's ``retry``
 pass; ``listgate tasks run`` does both for sites that use cron.
 
 The runner runs the tasks every ``runner.tasks_interval`` seconds of
@@ -31,7 +33,7 @@ import os
 import socket
 
 from .. import clock, messages
-from ..app import digests, moderation, notices
+from ..app import dead_domains, digests, moderation, notices
 from ..bounce.reports import postmaster_address
 from ..log import kv
 from ..queue import QueueError, Switchboard
@@ -98,6 +100,7 @@ def run(site, engine=None) -> list[str]:
                 if rec.type == "held_message":
                     moderation.expired(site, lc, rec)
             done += [f"{key}: {line}" for line in digests.run(site, lc)]
+            done += [f"{key}: {line}" for line in dead_domains.run(site, lc, engine)]
         except (StoreUnavailable, QueueError) as exc:
             log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
     try:
