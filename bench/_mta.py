@@ -143,6 +143,10 @@ def init_instance(directory: Path, *, milter_socket: str, policy_socket: str, re
                     "--policy-socket", policy_socket, "--reinject-port", str(reinject_port)],
                    check=True, capture_output=True, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
     site_path = directory / "listgate.yaml"
+    # the benches' member domains (*.test) exist only here: no DNS check of them, and no DNS
+    # query leaves the machine (nameserver on loopback port 9, where nothing answers)
+    _edit_yaml(site_path, lambda d: d.__setitem__("dns", {"check_domains": False, "nameservers": ["127.0.0.1"],
+                                                         "port": 9, "timeout": "1s", "attempts": 1}))
     if poll_interval:
         _edit_yaml(site_path, lambda d: d.setdefault("runner", {}).__setitem__("poll_interval", poll_interval))
     if non_member_action:
