@@ -394,3 +394,27 @@ def test_a_replayed_big_post_queues_each_part_once(env, monkeypatch):
     for part_id in ids:
         rcpts += [d["rcpt"] for d in out.peek(part_id).meta["deliveries"]]
     assert sorted(rcpts) == sorted(members)      # every member once, nobody twice
+
+
+def test_mail_right_behind_its_new_list_file_is_not_shunted(env):
+    """A list file written just before its mail (``listgate import``): the runner reads the
+    configuration again for a qfile naming a list it does not know, rather than shunt it."""
+    from listgate import config
+    from listgate.queue import Switchboard
+    from listgate.runner.loop import Runner
+    from listgate.store import open_store
+    runner = Runner(config.Watcher(env.site.path, interval=3600))     # no reload by the clock
+    try:
+        text = (env.dir / "lists.d" / "demo.yaml").read_text().replace("name: demo", "name: fresh")
+        (env.dir / "lists.d" / "fresh.yaml").write_text(text)
+        site = config.load(env.site.path)
+        fresh = "fresh@lists.example.org"
+        open_store(site, fresh).add_member("a@one.test")
+        Switchboard.for_site(site, "in").enqueue(message("a@one.test", "first post"), {
+            "list": fresh, "role": "post", "envelope_sender": "a@one.test", "recipients": [fresh]})
+        runner.run_once(with_tasks=False)
+    finally:
+        runner.close()
+    assert env.queue("shunt").ids() == []
+    assert [d.rcpt for d in env.sink.messages_for("a@one.test")] == ["a@one.test"]
+    assert runner.watcher.current().get_list(fresh) is not None

@@ -294,8 +294,13 @@ class Runner:
 
     def dispatch(self, qf) -> str:
         """Route an ``in``/``bounces`` qfile by its ``role``; returns what was done."""
+        lc = self.site.get_list(qf.meta.get("list") or "")
+        if lc is None and self.watcher is not None and self.watcher.maybe_reload():
+            # a list file written a moment ago (``listgate import``, an admin) with its
+            # mail right behind it: read the configuration now, not at the next interval
+            self._refresh()
+            lc = self.site.get_list(qf.meta.get("list") or "")
         site = self.site
-        lc = site.get_list(qf.meta.get("list") or "")
         if lc is None:
             raise LookupError(f"no such list {qf.meta.get('list')!r} (removed from the configuration?)")
         role = qf.meta.get("role")
