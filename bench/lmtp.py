@@ -24,8 +24,9 @@ order of the sides rotated every round, for ``R`` rounds; medians. Cases:
   milter, each timed until the post is durable in listgate's ``in`` queue
   (the milter: at smtp-source's last QUIT; LMTP: when Postfix's queue is
   empty, every recipient answered 250 by the LMTP server);
-* **bounces** (an RFC 3464 DSN for a member, null sender, to
-  ``demo-bounces@``; the bounce engine records each one inline): per second
+* **bounces** (an RFC 3464 DSN, null sender, to ``demo-bounces@``, ``N/2``
+  a round, each round's for a member of its own; the bounce engine records
+  each one inline): per second
   through the milter and through LMTP as above, and through ``listgate
   inject`` (Exim's pipe transport: one process per message, run here
   directly, ``--bounces`` of them one after another, no MTA).
@@ -52,13 +53,12 @@ from _mta import LIST, BenchPostfix, Daemon, median, smtp_source
 from harness.postfix import postfix_socket
 
 MEMBER = "member@senders.test"
-GONE = "gone@members.test"
 OTHER = "bob@members.test"
 BOUNCES = f"demo-bounces@{_mta.DOMAIN}"
 MILTER_OPTS = "connect_timeout=10s, command_timeout=30s, content_timeout=120s, default_action=tempfail, protocol=6"
-# RFC 3464: a DSN for GONE (smtp-source -F sends the file as the message, CRLF added per line)
-DSN = f"""From: MAILER-DAEMON@mx.members.test
-To: {BOUNCES}
+# RFC 3464: a DSN for member {gone} (smtp-source -F sends the file as the message, CRLF added per line)
+DSN = """From: MAILER-DAEMON@mx.members.test
+To: {bounces}
 Subject: Undelivered Mail Returned to Sender
 Message-ID: <bench-dsn@mx.members.test>
 MIME-Version: 1.0
@@ -67,16 +67,16 @@ Content-Type: multipart/report; report-type=delivery-status; boundary="b1"
 --b1
 Content-Type: text/plain
 
-Your message could not be delivered to {GONE}.
+Your message could not be delivered to {gone}.
 --b1
 Content-Type: message/delivery-status
 
 Reporting-MTA: dns; mx.members.test
 
-Final-Recipient: rfc822; {GONE}
+Final-Recipient: rfc822; {gone}
 Action: failed
 Status: 5.1.1
-Diagnostic-Code: smtp; 550 5.1.1 <{GONE}>: user unknown
+Diagnostic-Code: smtp; 550 5.1.1 <{gone}>: user unknown
 
 --b1--
 """
@@ -104,31 +104,53 @@ def _smtp_source(port: int, rcpt: str, messages: int, sessions: int, sender: str
         raise RuntimeError(f"smtp-source failed: {proc.stderr.strip()}")
 
 
-def inject_bounces(site: str, count: int, dsn: bytes) -> float:
+class Gone:
+    """Members whose mail bounces, a fresh one for every run of bounces: a member's
+    bounce events grow with each bounce (and so does the work on the next one),
+    and a real member does not bounce hundreds of times a day."""
+
+    def __init__(self, workdir: Path):
+        self.workdir = workdir
+        self.used: list[str] = []
+
+    def dsn_file(self) -> Path:
+        """The DSN for the next member, as a file for ``smtp-source -F``."""
+        path = self.workdir / f"dsn{len(self.used)}.txt"
+        path.write_text(self.dsn())
+        return path
+
+    def dsn(self) -> str:
+        self.used.append(f"gone{len(self.used)}@members.test")
+        return DSN.format(gone=self.used[-1], bounces=BOUNCES)
+
+
+def inject_bounces(site: str, count: int, dsn: str) -> float:
     """``count`` runs of ``listgate inject`` (Exim's pipe), one after another; bounces per second."""
+    msg = dsn.replace("\n", "\r\n").encode()
     t0 = time.perf_counter()
     for _ in range(count):
-        _mta.listgate(site, "inject", "--sender=", "--recipient", BOUNCES, "--queue-id", "bench", stdin=dsn)
+        _mta.listgate(site, "inject", "--sender=", "--recipient", BOUNCES, "--queue-id", "bench", stdin=msg)
     return count / (time.perf_counter() - t0)
 
 
-def counts(site_path: str) -> tuple[int, int]:
-    """(qfiles in ``in``, bounce events of GONE)."""
+def counts(site_path: str, members: list[str]) -> tuple[int, int]:
+    """(qfiles in ``in``, bounce events of ``members``)."""
     in_queue = len(json.loads(_mta.listgate(site_path, "queue", "ls", "in", "--json"))["in"])
     from listgate import config
     from listgate.store import open_store
-    site = config.load(site_path)
-    return in_queue, len(open_store(site, LIST).events(address=GONE, limit=10**7))
+    store = open_store(config.load(site_path), LIST)
+    return in_queue, sum(len(store.events(address=m, limit=10**7)) for m in members)
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     _mta.load_args(ap, rounds=5)
-    ap.add_argument("--bounces", type=int, default=40, help="listgate inject runs for the pipe's figure (default 40)")
+    ap.add_argument("--bounces", type=int, default=20,
+                    help="listgate inject runs a round, for the pipe's figure (default 20)")
     args = _mta.parse(ap, {"messages": 100, "rounds": 2, "bounces": 10})
     tmp = Path(tempfile.mkdtemp(prefix="lgbench-lmtp-"))
-    dsn_file = tmp / "dsn.txt"
-    dsn_file.write_text(DSN)
+    gone = Gone(tmp)
+    bounce_messages = args.messages // 2
     pf = None
     try:
         pf = BenchPostfix(extra={"default_transport": "discard:bench"}, services={
@@ -150,41 +172,42 @@ def main() -> int:
         with open(site, "a", encoding="utf-8") as fh:
             fh.write(f"lmtp:\n  socket: {lmtp}\n")
         _mta.listgate(site, "members", "add", LIST, MEMBER)
-        _mta.listgate(site, "members", "add", LIST, GONE)
+        _mta.import_members(site, [f"gone{i}@members.test" for i in range(2 + 3 * args.rounds)], tmp)
         with Daemon(site, "policy", log=tmp / "policy.log") as pol, \
                 Daemon(site, "lmtp", log=tmp / "lmtp.log") as lm, \
                 Daemon(site, "milter", log=tmp / "milter.log") as mil:
             pf.start()
             ports = {"lmtp": pf.smtpd_port, "none": pf.ports["none"], "milter": pf.ports["milter"]}
             pids = {"lmtp": [pol.pid, lm.pid], "none": [], "milter": [pol.pid, mil.pid]}
-            bounce_opts = ("-F", str(dsn_file))
             for port in ports.values():  # warm-up: smtpd processes started, the stores opened
                 smtp_source(port, OTHER, 40, args.sessions)
             for name in ("lmtp", "milter"):
                 until_durable(pf, ports[name], LIST, 10, 2, [], sender=MEMBER)
-                until_durable(pf, ports[name], BOUNCES, 10, 2, [], sender="", extra=bounce_opts)
+                until_durable(pf, ports[name], BOUNCES, 10, 2, [], sender="", extra=("-F", str(gone.dsn_file())))
 
             def other(name):
                 return lambda: _mta.throughput(pf, ports[name], OTHER, args.messages, args.sessions, pids[name])
 
-            def durable(name, rcpt, sender, extra=()):
-                return lambda: until_durable(pf, ports[name], rcpt, args.messages, args.sessions, pids[name],
-                                             sender=sender, extra=extra)
+            def post(name):
+                return lambda: until_durable(pf, ports[name], LIST, args.messages, args.sessions, pids[name],
+                                             sender=MEMBER)
+
+            def bounce(name):
+                return lambda: until_durable(pf, ports[name], BOUNCES, bounce_messages, args.sessions, pids[name],
+                                             sender="", extra=("-F", str(gone.dsn_file())))
 
             plain = _mta.alternate(args.rounds, {n: other(n) for n in ("lmtp", "none")})
-            posts = _mta.alternate(args.rounds, {n: durable(n, LIST, MEMBER) for n in ("lmtp", "milter")})
-            bounces = _mta.alternate(args.rounds, {n: durable(n, BOUNCES, "", bounce_opts)
-                                                   for n in ("lmtp", "milter")})
-            piped = [inject_bounces(site, args.bounces, DSN.replace("\n", "\r\n").encode())
-                     for _ in range(args.rounds)]
+            posts = _mta.alternate(args.rounds, {n: post(n) for n in ("lmtp", "milter")})
+            bounces = _mta.alternate(args.rounds, {n: bounce(n) for n in ("lmtp", "milter")})
+            piped = [inject_bounces(site, args.bounces, gone.dsn()) for _ in range(args.rounds)]
             rss = _mta.memory_mib(lm.pid)
-            stored, events = counts(site)
+            stored, events = counts(site, gone.used)
     finally:
         if pf is not None:
             pf.close()
         shutil.rmtree(tmp, ignore_errors=True)
     sent_posts = 2 * (10 + args.rounds * args.messages)
-    sent_bounces = 2 * (10 + args.rounds * args.messages) + args.rounds * args.bounces
+    sent_bounces = 2 * (10 + args.rounds * bounce_messages) + args.rounds * args.bounces
     if stored != sent_posts or events != sent_bounces:
         raise SystemExit(f"listgate stored {stored} posts and {events} bounce events, "
                          f"expected {sent_posts} and {sent_bounces}")
@@ -198,7 +221,8 @@ def main() -> int:
     ra, rp, rb = ratio(plain, "lmtp", "none"), ratio(posts, "lmtp", "milter"), ratio(bounces, "lmtp", "milter")
     print("### LMTP front end (bench/lmtp.py)\n")
     print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} smtp-source sessions, 2000 bytes "
-          f"(bounces: a 0.6 KB DSN), medians; load average {_mta.loadavg()} at the end.\n")
+          f"(bounces: {bounce_messages} a round of a 0.6 KB DSN, each round for a member of its own), medians; "
+          f"load average {_mta.loadavg()} at the end.\n")
     print("| mail | front end | msg/s | CPU µs/msg, Postfix + listgate |")
     print("|---|---|---|---|")
     rows = ((plain, "no list recipient", (("none", "no listgate"), ("lmtp", "policy + LMTP"))),
