@@ -12,15 +12,13 @@ router_transport.conf): one post reaches the members, one bounce is scored.
 """
 from __future__ import annotations
 
-import time
-
 import pytest
 
 from harness import SPAM_REFUSE, UNKNOWN, available
 from harness.exim import EximStack, unavailable
 from harness.stack import Stack
 # the life cycle's steps, run here with this module's ``st``
-from test_e2e import (ALICE, BOB, DEAD, OWNER, PICKY, test_1_join_confirm_and_post,  # noqa: F401
+from test_e2e import (ALICE, BOB, DEAD, OWNER, PICKY, post, received, test_1_join_confirm_and_post,  # noqa: F401
                       test_2_dead_address_scored_probed_disabled_reminded_removed,
                       test_3_spam_refusal_is_policy_and_never_disables, test_4_forged_bounces_refused_at_rcpt)
 
@@ -54,12 +52,8 @@ def test_exim_pipe_to_inject_post_and_bounce(exim_pipe, corpus):
     userx = "userx@example.com"  # the member the corpus DSN names
     for member in (ALICE, BOB, userx):
         st.listgate("members", "add", "demo", member)
-    mid = f"<pipe-{time.monotonic_ns()}@members.test>"
-    msg = (f"From: Alice <{ALICE}>\r\nTo: demo@lists.example.org\r\nSubject: via the pipe\r\n"
-           f"Message-ID: {mid}\r\n\r\nbody\r\n").encode()
-    assert st.send(ALICE, ["demo@lists.example.org"], msg) == {}
-    st.wait_until(lambda: any(mid.encode() in d.data for d in st.sink.messages_for(BOB)), 60,
-                  what="the post to reach bob")
+    mid = post(st, "via the pipe")
+    st.wait_until(lambda: received(st, BOB, mid), 60, what="the post to reach bob")
     dsn = (corpus / "flufl.bounce/dsn_13.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     assert st.send("", ["demo-bounces@lists.example.org"], dsn) == {}
     st.wait_until(lambda: st.member(userx).bounce_score == 1.0, 60, what="the bounce to be scored")

@@ -11,8 +11,10 @@ Postfix is configured from INSTALL's snippets (``conf/postfix``) by
 :class:`~harness.postfix.PostfixInstance`; listgate is a ``listgate init``
 instance inside Postfix's work directory (the milter's unix socket must be
 reachable by the ``postfix`` user) and runs as ``listgate serve`` in a child
-process. Time: every process reads the clock file named by
-``LISTGATE_CLOCK_FILE`` (:mod:`listgate.clock`); :meth:`advance_days` moves it.
+process. :class:`harness.exim.EximStack` is the same with a private Exim
+instead of Postfix (``st.mta`` is the MTA either way). Time: every process
+reads the clock file named by ``LISTGATE_CLOCK_FILE`` (:mod:`listgate.clock`);
+:meth:`advance_days` moves it.
 """
 from __future__ import annotations
 
@@ -217,7 +219,7 @@ class Stack:
             return ""
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Until Postfix's queue is empty and listgate's in/out/virgin queues are drained
+        """Until the MTA's queue is empty and listgate's in/out/virgin queues are drained
         (none waiting, none in progress), then the MTA's queue once more (what the
         runner handed over last)."""
         from listgate.queue import Switchboard
