@@ -15,7 +15,7 @@ from __future__ import annotations
 import pytest
 
 from harness import SPAM_REFUSE, UNKNOWN, available
-from harness.exim import EximStack, unavailable
+from harness.exim import SYSTEM_PYTHON, EximStack, unavailable, unprivileged_listgate
 from harness.stack import Stack
 # the life cycle's steps, run here with this module's ``st``
 from test_e2e import (ALICE, BOB, DEAD, OWNER, PICKY, post, received, test_1_join_confirm_and_post,  # noqa: F401
@@ -43,6 +43,8 @@ def st(request):
 def exim_pipe():
     if NO_EXIM:
         pytest.skip(NO_EXIM)
+    if unprivileged_listgate() is None:
+        pytest.skip(f"the pipe runs listgate as Exim's user, with {SYSTEM_PYTHON}: not this Python's version")
     with EximStack(owner=OWNER, transport="pipe") as stack:
         yield stack
 

@@ -53,8 +53,9 @@ class EximInstance:
     ``transport``: ``lmtp`` (``lmtp_socket``) or ``pipe`` (``inject``: a dict
     with ``site`` (listgate.yaml's path), ``user`` (the pipe's user and group),
     ``home`` (its directory), ``command`` (what runs ``listgate``, for
-    INSTALL's /usr/local/bin/listgate) and ``environment`` (more variables)). ``reinject_port``: a second listening port
-    (INSTALL: listgate's runner hands its outgoing mail to Exim there).
+    INSTALL's /usr/local/bin/listgate) and ``environment`` (more variables)).
+    ``reinject_port``: a second listening port (INSTALL: listgate's runner
+    hands its outgoing mail to Exim there).
     """
 
     def __init__(self, *, list_domain: str, policy: tuple[str, int], sink_port: int, lmtp_socket: str | None = None,
@@ -263,6 +264,7 @@ class EximStack(Stack):
         super().__init__(front_end="lmtp" if transport == "lmtp" else "pipe", **kw)
         self.transport = transport
         self.exim: EximInstance | None = None
+        self.tmp: Path | None = None
 
     def _start(self) -> None:
         self.sink = SmtpSink(self.behaviours).start()
@@ -294,5 +296,5 @@ class EximStack(Stack):
         if self.exim is not None:
             self.exim.stop()
         super().close()
-        if getattr(self, "tmp", None) is not None:
+        if self.tmp is not None:
             shutil.rmtree(self.tmp, ignore_errors=True)
