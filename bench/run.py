@@ -28,7 +28,7 @@ sys.path.insert(0, HERE)
 import _mta  # noqa: E402
 
 # the MTA-level benches in the order of the summary table, then the harness's own figures
-ORDER = ("policy", "milters", "fanout", "scale", "harness")
+ORDER = ("policy", "milters", "lmtp", "fanout", "scale", "harness")
 
 
 def main() -> int:

@@ -1,8 +1,8 @@
 """End of message: hand list mail over to listgate, durably, or not at all.
 
-The one core behind both front ends that see whole messages: the milter (at
-SMTP end of message, :mod:`listgate.milter`) and ``listgate inject`` (Exim's
-pipe transport). Both have already routed each recipient with
+The one core behind the front ends that see whole messages: the milter (at
+SMTP end of message, :mod:`listgate.milter`), ``listgate inject`` (Exim's
+pipe transport) and the LMTP server. Each has already routed each recipient with
 :func:`listgate.routing.decide_rcpt`; :func:`store_message` takes the message
 and those decisions and
 
@@ -13,6 +13,11 @@ and those decisions and
   :meth:`listgate.app.bounces.BounceEngine.handle_bounce` with routing's
   VERP decision (``decision.verp``: nothing is decoded twice), which
   classifies and scores it inline and queues its follow-up work.
+
+The grouping rule (:func:`groups`) lives here only. :func:`store_message`
+stops at the first part it cannot store (one answer per transaction: milter,
+``listgate inject``); :func:`store_each` tries every part and returns each
+one's result (one answer per recipient: LMTP, :mod:`listgate.lmtp`).
 
 Only when every part has been stored may the caller say yes (SMTP 250, exit
 0). :class:`NotStored` means nothing more can be stored now: answer 451 4.3.0
@@ -105,25 +110,39 @@ def strip_envelope_line(msg: bytes) -> bytes:
     return msg
 
 
-def _groups(routed: Iterable[Routed]) -> list[tuple[str, object, list[str], object]]:
-    """(action, address, rcpts, decision) per distinct (action, list, role, extension), in first-seen order.
+@dataclass(frozen=True)
+class Group:
+    """The recipients of one (action, list, role, extension): one qfile, one bounce
+    engine call, or one discard. ``decision`` is the first recipient's (one list
+    address has one decision); ``routed`` the transaction's :class:`Routed` entries
+    in this group, as given (an LMTP server answers each of them)."""
 
-    ``decision`` is the first recipient's: one (list, role, extension) has one decision."""
-    out: dict[tuple, tuple[str, object, list[str], object]] = {}
+    action: str
+    address: object
+    decision: object
+    routed: tuple[Routed, ...]
+
+    @property
+    def rcpts(self) -> list[str]:
+        """The recipients without angle brackets, each once, in RCPT order."""
+        return list(dict.fromkeys(bare(r.rcpt) for r in self.routed))
+
+
+def groups(routed: Iterable[Routed]) -> list[Group]:
+    """One :class:`Group` per distinct (action, list, role, extension), in first-seen
+    order, bounces last. Raises ValueError for a recipient routed to anything but
+    ``accept``/``discard`` (the front end should have answered it at RCPT)."""
+    out: dict[tuple, list[Routed]] = {}
     for r in routed:
         action = r.decision.action
         if action not in ("accept", "discard"):
             raise ValueError(f"recipient {r.rcpt} was routed to {action!r}, not accept/discard")
         a = r.decision.address
-        key = (action, a.list_key, a.role, a.extension)
-        if key not in out:
-            out[key] = (action, a, [], r.decision)
-        rcpt = bare(r.rcpt)
-        if rcpt not in out[key][2]:
-            out[key][2].append(rcpt)
+        out.setdefault((action, a.list_key, a.role, a.extension), []).append(r)
+    made = [Group(key[0], rs[0].decision.address, rs[0].decision, tuple(rs)) for key, rs in out.items()]
     # Queue qfiles first, bounces last: a retry after a failed bounce then only
     # repeats the bounce (the runner drops the qfiles' second copies).
-    return sorted(out.values(), key=lambda g: g[1].role == "bounces")
+    return sorted(made, key=lambda g: g.address.role == "bounces")
 
 
 def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
@@ -134,36 +153,65 @@ def store_message(site: Site, msg: bytes, sender: str, routed: Sequence[Routed],
     ``sender`` is the envelope sender without angle brackets (``""`` for the
     null sender of a DSN, RFC 5321 section 4.5.5). Returns one :class:`Stored`
     per (list, role, extension), qfiles first. Raises :class:`NotStored` (retry)
-    when the store or queue cannot be written; parts stored before the failure
-    stay stored, and the runner drops the copies the retry stores again.
+    at the first part that cannot be stored; parts stored before the failure
+    stay stored, and the runner drops the copies the retry stores again. For
+    the milter and ``listgate inject``: one answer for the whole transaction.
     """
-    arrival = clock.now()
+    envelope = dict(mta_queue_id=mta_queue_id, client_address=client_address, client_name=client_name)
+    sb, arrival = _begin(site)
+    return [_store_group(site, sb, msg, sender, g, arrival, envelope) for g in groups(routed)]
+
+
+def store_each(site: Site, msg: bytes, sender: str, routed: Sequence[Routed], *,
+               mta_queue_id: str | None = None, client_address: str | None = None,
+               client_name: str | None = None) -> list[tuple[Group, Stored | NotStored]]:
+    """Like :func:`store_message`, but every group on its own: ``(group, Stored)``
+    when its part is durable, ``(group, NotStored)`` when it must be retried; a
+    failed part does not stop the others. For LMTP, which answers each
+    recipient (RFC 2033 section 4.2)."""
+    envelope = dict(mta_queue_id=mta_queue_id, client_address=client_address, client_name=client_name)
+    todo = groups(routed)
     try:
-        sb = _in_queue(site)
+        sb, arrival = _begin(site)
+    except NotStored as exc:
+        return [(g, exc) for g in todo]
+    out: list[tuple[Group, Stored | NotStored]] = []
+    for g in todo:
+        try:
+            out.append((g, _store_group(site, sb, msg, sender, g, arrival, envelope)))
+        except NotStored as exc:
+            out.append((g, exc))
+    return out
+
+
+def _begin(site: Site) -> tuple[Switchboard, float]:
+    """The ``in`` queue and the arrival time of this transaction's qfiles."""
+    try:
+        return _in_queue(site), clock.now()
     except QueueError as exc:  # the queue directory cannot even be made: retry later, like a full disk
         raise NotStored(f"in queue: {exc}") from exc
-    results: list[Stored] = []
-    for action, address, rcpts, decision in _groups(routed):
-        item = Stored(address.list_key, address.role, address.extension, rcpts)
-        lc = site.lists.get(address.list_key)
-        if lc is None:
-            raise NotStored(f"list {address.list_key} is no longer configured")
-        if action == "discard":
-            item.outcome = "discarded"
-        elif address.role == "bounces":
-            _bounce(site, lc, msg, decision, sender, mta_queue_id, item)
-        else:
-            meta = {
-                "list": address.list_key, "role": address.role, "extension": address.extension,
-                "envelope_sender": sender, "recipients": rcpts, "mta_queue_id": mta_queue_id,
-                "client_address": client_address, "client_name": client_name,
-                "arrival": arrival,
-            }
-            _queue(sb, msg, meta, item)
-        log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
-                                           queue_id=mta_queue_id, detail=item.detail or None))
-        results.append(item)
-    return results
+
+
+def _store_group(site: Site, sb: Switchboard, msg: bytes, sender: str, group: Group, arrival: float,
+                 envelope: dict) -> Stored:
+    address = group.address
+    item = Stored(address.list_key, address.role, address.extension, group.rcpts)
+    lc = site.lists.get(address.list_key)
+    if lc is None:
+        raise NotStored(f"list {address.list_key} is no longer configured")
+    if group.action == "discard":
+        item.outcome = "discarded"
+    elif address.role == "bounces":
+        _bounce(site, lc, msg, group.decision, sender, envelope["mta_queue_id"], item)
+    else:
+        meta = {
+            "list": address.list_key, "role": address.role, "extension": address.extension,
+            "envelope_sender": sender, "recipients": item.recipients, **envelope, "arrival": arrival,
+        }
+        _queue(sb, msg, meta, item)
+    log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
+                                       queue_id=envelope["mta_queue_id"], detail=item.detail or None))
+    return item
 
 
 _IN_QUEUES: dict[str, Switchboard] = {}

@@ -7,7 +7,9 @@ the members' mail servers: ``dead@`` does not exist (550 5.1.1 at RCPT) and
 DATA). Days pass through the clock file every listgate process reads.
 
 The steps run in order in one test: each builds on the state the previous
-one left, as on a real list.
+one left, as on a real list. test_lifecycle_frontends.py runs steps 1 to 4
+on Postfix with LMTP and on Exim with LMTP: keep them free of milter-only
+checks (use ``st.send``/``st.settle``, not ``st.pf``).
 """
 from __future__ import annotations
 
@@ -99,7 +101,7 @@ def test_1_join_confirm_and_post(st):
 
 
 def test_2_dead_address_scored_probed_disabled_reminded_removed(st):
-    # the first post's DSN (Postfix's own bounce, through the milter) already scored once
+    # the first post's DSN (the MTA's own bounce, through the front end) already scored once
     st.wait_until(lambda: st.member(DEAD).bounce_score == 1.0, 60, what="first bounce scored")
     post(st, "same day")
     st.settle()

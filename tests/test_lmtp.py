@@ -116,3 +116,17 @@ def test_cli_without_lmtp_socket_exits_1(site):
     out = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "lmtp"], capture_output=True,
                          text=True, timeout=60, cwd=str(REPO), env={**os.environ, "PYTHONPATH": str(REPO)})
     assert out.returncode == 1 and "lmtp.socket is not set" in out.stderr
+
+
+def test_each_part_answered_on_its_own_full_in_queue_spares_the_bounce(site, corpus):
+    """RFC 2033 section 4.2: one transaction, two parts (a post, a bounce); the full
+    ``in`` disk costs only the post's recipient a retry, the bounce is scored."""
+    open_store(site, LIST).add_member("userx@example.com")
+    dsn = (corpus / "flufl.bounce/dsn_13.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+    bounces = "demo-bounces@lists.example.org"
+    with tmpfs(__import__("pathlib").Path(site.queue_dir) / "in", size="1m") as mnt:
+        with RunningLmtp(site) as srv:
+            fill(mnt)
+            out = srv.transact("mailer-daemon@example.com", [LIST, bounces], dsn)
+    assert out[LIST][0] == 452 and out[bounces] == (250, "2.0.0 stored")
+    assert open_store(site, LIST).get_member("userx@example.com").bounce_score == 1.0

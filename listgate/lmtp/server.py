@@ -12,7 +12,7 @@ RCPT       :func:`listgate.routing.decide_rcpt` (the policy service and the
            milter ask the same): ``accept``/``discard`` → 250; ``reject`` →
            routing's code (550 5.1.1 forged bounce address, unknown list);
            ``pass`` (not a list address) → 550 5.1.1; ``tempfail`` → 451 4.3.0
-DATA       :func:`listgate.inject.store_message` per (list, role, extension),
+DATA       :func:`listgate.inject.store_each` (each (list, role, extension) on its own),
            in a worker thread (it fsyncs); then one reply per accepted
            recipient, in RCPT order (RFC 2033 section 4.2): 250 once its part
            is durable (a qfile, or the bounce engine's transaction), 451 4.3.0
@@ -33,7 +33,7 @@ from typing import Callable
 
 from aiosmtpd.lmtp import LMTP
 
-from ..inject import NotStored, Routed, Unusable, bare, check_message, store_message
+from ..inject import NotStored, Routed, Unusable, bare, check_message, store_each
 from ..log import kv
 from ..routing import decide_rcpt
 
@@ -93,34 +93,32 @@ class Handler:
             check_message(msg)
         except Unusable as exc:
             return _per_rcpt(envelope.rcpt_tos, f"554 5.6.0 {exc}")
-        # one store_message per (list, role, extension): a part that fails costs only its own recipients a retry
-        groups: dict[tuple, list[Routed]] = {}
-        for rcpt in envelope.rcpt_tos:
-            r = envelope.routed[rcpt]
-            a = r.decision.address
-            groups.setdefault((r.decision.action, a.list_key, a.role, a.extension), []).append(r)
         sender = bare(envelope.mail_from)
-        loop = asyncio.get_running_loop()
-        reply: dict[str, str] = {}
-        for routed in groups.values():
-            status = await loop.run_in_executor(None, _store, envelope.site, msg, sender, routed)
-            for r in routed:
-                reply[r.rcpt] = status
-        return "\r\n".join(reply[rcpt] for rcpt in envelope.rcpt_tos)
+        routed = [envelope.routed[rcpt] for rcpt in envelope.rcpt_tos]
+        # each (list, role, extension) on its own: a part that fails costs only its own recipients a retry
+        reply = await asyncio.get_running_loop().run_in_executor(None, _store, envelope.site, msg, sender, routed)
+        return "\r\n".join(reply.get(rcpt, TEMPFAIL) for rcpt in envelope.rcpt_tos)
 
 
-def _store(site, msg: bytes, sender: str, routed: list[Routed]) -> str:
-    """Store one group; the reply its recipients get. Never raises: a bug costs a retry, not a lost message."""
+def _store(site, msg: bytes, sender: str, routed: list[Routed]) -> dict[str, str]:
+    """The reply per recipient. Never raises: a bug costs a retry, not a lost message."""
     try:
-        store_message(site, msg, sender, routed)
-        return "250 2.0.0 stored"
-    except NotStored as exc:
-        log.warning("tempfail %s", kv(rcpt=bare(routed[0].rcpt), error=exc))
-        cause = exc.__cause__
-        return DISK_FULL if isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT) else TEMPFAIL
+        parts = store_each(site, msg, sender, routed)
     except Exception:  # noqa: BLE001
         log.exception("end of message failed %s", kv(rcpt=bare(routed[0].rcpt)))
-        return TEMPFAIL
+        return {}
+    reply: dict[str, str] = {}
+    for group, result in parts:
+        if isinstance(result, NotStored):
+            log.warning("tempfail %s", kv(rcpt=group.rcpts[0], error=result))
+            cause = result.__cause__
+            full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
+            status = DISK_FULL if full else TEMPFAIL
+        else:
+            status = "250 2.0.0 stored"
+        for r in group.routed:
+            reply[r.rcpt] = status
+    return reply
 
 
 def _per_rcpt(rcpts: list[str], status: str) -> str:

@@ -5,9 +5,13 @@ scripts/install-deps. ``EximInstance`` writes a configuration of its own under
 ``workdir`` (spool, logs, pid file), with test plumbing (ports, a retry rule
 of seconds, a ``manualroute`` of every other domain to the SMTP sink) around
 the ACL statements of ``conf/exim/acl_rcpt.conf`` and the router + transport
-of ``conf/exim/lmtp_transport.conf``, whose list domain, policy socket and
-LMTP socket are substituted. ``exim -bd`` runs as a child process, stopped on
-exit.
+of ``conf/exim/lmtp_transport.conf`` (or, ``transport="pipe"``, of
+``conf/exim/router_transport.conf``: the pipe to ``listgate inject``), whose
+list domain, policy socket, LMTP socket, command and paths are substituted.
+``exim -bd`` runs as a child process, stopped on exit.
+
+:class:`EximStack` is :class:`harness.stack.Stack` with Exim as the MTA: the
+life-cycle tests run on it unchanged.
 """
 from __future__ import annotations
 
@@ -17,11 +21,14 @@ import signal
 import smtplib
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from .postfix import free_port
+from .sink import SmtpSink
+from .stack import LIST_DOMAIN, Stack
 
 ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf" / "exim"
@@ -41,17 +48,30 @@ def unavailable() -> str | None:
 
 
 class EximInstance:
-    """``with EximInstance(list_domain=..., policy=("127.0.0.1", port), lmtp_socket=path, sink_port=...) as ex:``"""
+    """``with EximInstance(list_domain=..., policy=("127.0.0.1", port), lmtp_socket=path, sink_port=...) as ex:``
 
-    def __init__(self, *, list_domain: str, policy: tuple[str, int], lmtp_socket: str, sink_port: int,
-                 workdir: str | None = None):
+    ``transport``: ``lmtp`` (``lmtp_socket``) or ``pipe`` (``inject``: a dict
+    with ``site`` (listgate.yaml's path), ``user`` (the pipe's user and group),
+    ``home`` (its directory), ``command`` (what runs ``listgate``, for
+    INSTALL's /usr/local/bin/listgate) and ``environment`` (more variables)).
+    ``reinject_port``: a second listening port (INSTALL: listgate's runner
+    hands its outgoing mail to Exim there).
+    """
+
+    def __init__(self, *, list_domain: str, policy: tuple[str, int], sink_port: int, lmtp_socket: str | None = None,
+                 workdir: str | None = None, transport: str = "lmtp", inject: dict | None = None,
+                 reinject_port: int | None = None):
         self.list_domain = list_domain
         self.policy = policy
         self.lmtp_socket = lmtp_socket
         self.sink_port = sink_port
+        self.transport = transport
+        self.inject = inject
         self.port = free_port()
+        self.reinject_port = reinject_port
         self._own = workdir is None
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="listgate-exim-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.workdir, 0o755)
         self.config = self.workdir / "exim.conf"
         self.proc: subprocess.Popen | None = None
@@ -61,16 +81,30 @@ class EximInstance:
         host, port = self.policy
         return text.replace("inet:127.0.0.1:10040", f"inet:{host}:{port}")
 
-    def lmtp_router_transport(self) -> tuple[str, str]:
-        text = (CONF / "lmtp_transport.conf").read_text(encoding="utf-8")
-        text = text.replace("lists.example.org", self.list_domain).replace(
-            "/var/lib/listgate/run/lmtp.sock", self.lmtp_socket)
-        router, transport = text.split("# ---- transport ----")
+    def router_transport(self) -> tuple[str, str]:
+        """The router and the transport INSTALL gives for ``self.transport``, this instance's values in."""
+        if self.transport == "lmtp":
+            text = (CONF / "lmtp_transport.conf").read_text(encoding="utf-8")
+            text = text.replace("/var/lib/listgate/run/lmtp.sock", self.lmtp_socket)
+        else:
+            text = (CONF / "router_transport.conf").read_text(encoding="utf-8")
+            inj = self.inject
+            argv, env = inj["command"], inj["environment"]
+            text = (text.replace("/usr/local/bin/listgate", " ".join(argv))
+                    .replace("/etc/listgate/listgate.yaml", inj["site"])
+                    .replace("environment = LISTGATE_CLIENT=$sender_host_address",
+                             "environment = <; LISTGATE_CLIENT=$sender_host_address ; "
+                             + " ; ".join(f"{k}={v}" for k, v in env.items()))
+                    .replace("user = listgate", f"user = {inj['user']}")
+                    .replace("group = listgate", f"group = {inj['user']}")
+                    .replace("/var/lib/listgate", inj["home"]))
+        router, transport = text.replace("lists.example.org", self.list_domain).split("# ---- transport ----")
         return router.split("# ---- router ----")[1], transport
 
     def config_text(self) -> str:
         w = self.workdir
-        router, transport = self.lmtp_router_transport()
+        router, transport = self.router_transport()
+        ports = f"{self.port} : {self.reinject_port}" if self.reinject_port else str(self.port)
         return f"""\
 # test plumbing (tests/harness/exim.py); listgate's parts come from conf/exim/
 primary_hostname = mx.listgate.test
@@ -80,7 +114,7 @@ qualify_domain = listgate.test
 spool_directory = {w}/spool
 log_file_path = {w}/log/%slog
 pid_file_path = {w}/exim.pid
-daemon_smtp_ports = {self.port}
+daemon_smtp_ports = {ports}
 local_interfaces = 127.0.0.1
 host_lookup =
 rfc1413_hosts =
@@ -164,6 +198,28 @@ begin retry
         except OSError:
             return ""
 
+    def log_tail(self, lines: int = 40) -> str:
+        return "\n".join(self.log_text().splitlines()[-lines:])
+
+    def queue(self) -> list[str]:
+        """Ids of the messages in Exim's queue that are not frozen (``exim -bp``).
+        A frozen message is a bounce nobody takes: Exim keeps it for the postmaster."""
+        out = subprocess.run([str(EXIM), "-C", str(self.config), "-bp"], capture_output=True, text=True,
+                             timeout=30).stdout
+        return [line.split()[2] for line in out.splitlines()
+                if line[:1] == " " and len(line.split()) > 2 and "*** frozen ***" not in line]
+
+    def wait_queue_empty(self, timeout: float = 30.0) -> None:
+        """Until no message waits in Exim's queue (its queue runner retries every second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            q = self.queue()
+            if not q:
+                return
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"Exim queue not empty after {timeout}s: {q}\n{self.log_tail(20)}")
+            time.sleep(0.1)
+
     def send(self, mail_from: str, rcpts: list[str], msg: bytes):
         """``smtplib.sendmail``'s refused dict, or the exception it raised."""
         try:
@@ -171,3 +227,74 @@ begin retry
                 return c.sendmail(mail_from, rcpts, msg)
         except (smtplib.SMTPException, OSError) as exc:
             return exc
+
+
+# INSTALL runs the pipe as user listgate, owner of the instance and of its
+# daemons. Here that is Exim's own user (Debian's exim4 refuses root: it is
+# on its fixed_never_users), with the system's Python 3 and this checkout's
+# packages: the tests' interpreter may live where that user cannot go (/root).
+PIPE_USER = "Debian-exim"
+SYSTEM_PYTHON = "/usr/bin/python3"
+
+
+def unprivileged_listgate() -> tuple[list[str], dict[str, str]] | None:
+    """``(argv, environment)`` that run ``listgate`` as a user other than root, or
+    None when the system's Python 3 is not this interpreter's minor version."""
+    import site
+    import sysconfig
+    try:
+        out = subprocess.run([SYSTEM_PYTHON, "-c", "import sys; print(sys.version_info[:2])"],
+                             capture_output=True, text=True, timeout=30).stdout.strip()
+    except OSError:
+        return None
+    if out != str(tuple(sys.version_info[:2])):
+        return None
+    paths = [sysconfig.get_paths()["purelib"], *site.getsitepackages(), str(ROOT)]
+    return [SYSTEM_PYTHON, "-m", "listgate"], {"PYTHONPATH": ":".join(dict.fromkeys(paths))}
+
+
+class EximStack(Stack):
+    """The sink, ``listgate serve`` and a private Exim in front (no Postfix): Exim
+    takes the mail at RCPT (asking the policy server), hands list mail to
+    listgate over ``transport`` (``lmtp`` or ``pipe``), delivers listgate's
+    outgoing mail (the runner's re-injection port) to the sink, and sends its
+    own bounces of it to the list's bounce addresses. Same interface as Stack."""
+
+    def __init__(self, *, transport: str = "lmtp", **kw):
+        super().__init__(front_end="lmtp" if transport == "lmtp" else "pipe", **kw)
+        self.transport = transport
+        self.exim: EximInstance | None = None
+        self.tmp: Path | None = None
+
+    def _start(self) -> None:
+        self.sink = SmtpSink(self.behaviours).start()
+        self.tmp = Path(tempfile.mkdtemp(prefix="listgate-eximstack-"))
+        os.chmod(self.tmp, 0o755)
+        reinject = free_port()
+        if self.transport == "pipe":
+            run = unprivileged_listgate()
+            if run is None:
+                raise RuntimeError(f"{SYSTEM_PYTHON} is not Python {sys.version_info[0]}.{sys.version_info[1]}")
+            argv, env = run
+            self.start_listgate(self.tmp / "listgate", reinject_port=reinject, socket_group="Debian-exim",
+                                user=PIPE_USER, command=argv, environment=env)
+            env = {**env, "LISTGATE_CLOCK_FILE": self.clock_file}
+        else:
+            argv, env = [], {}
+            self.start_listgate(self.tmp / "listgate", reinject_port=reinject, socket_group="Debian-exim")
+        host, port = self.site.conf.policy.socket.split(":", 1)[1].split("@")[::-1]
+        lmtp = self.site.conf.lmtp.socket
+        self.exim = self.mta = EximInstance(
+            list_domain=LIST_DOMAIN, policy=(host, int(port)), sink_port=self.sink.port,
+            lmtp_socket=self.site.resolve(lmtp.split(":", 1)[1]) if lmtp else None, workdir=str(self.tmp / "exim"),
+            transport=self.transport, reinject_port=reinject,
+            inject={"site": self.site.path, "user": PIPE_USER, "home": str(self.base), "command": argv,
+                    "environment": env})
+        self.exim.start()
+
+    def close(self) -> None:
+        if self.exim is not None:
+            self.exim.stop()
+        super().close()
+        if self.tmp is not None:
+            shutil.rmtree(self.tmp, ignore_errors=True)

@@ -11,13 +11,16 @@ Postfix is configured from INSTALL's snippets (``conf/postfix``) by
 :class:`~harness.postfix.PostfixInstance`; listgate is a ``listgate init``
 instance inside Postfix's work directory (the milter's unix socket must be
 reachable by the ``postfix`` user) and runs as ``listgate serve`` in a child
-process. Time: every process reads the clock file named by
-``LISTGATE_CLOCK_FILE`` (:mod:`listgate.clock`); :meth:`advance_days` moves it.
+process. :class:`harness.exim.EximStack` is the same with a private Exim
+instead of Postfix (``st.mta`` is the MTA either way). Time: every process
+reads the clock file named by ``LISTGATE_CLOCK_FILE`` (:mod:`listgate.clock`);
+:meth:`advance_days` moves it.
 """
 from __future__ import annotations
 
 import grp
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -57,8 +60,10 @@ class Stack:
         self.log_level = log_level
         self.sink: SmtpSink | None = None
         self.pf: PostfixInstance | None = None
+        self.mta = None  # the MTA the tests talk to: send, wait_queue_empty, log_tail (Postfix or Exim)
         self.serve: subprocess.Popen | None = None
         self.site: config.Site | None = None
+        self.base: Path | None = None  # listgate's instance directory
         self._saved_env: dict[str, str | None] = {}
 
     # -- life cycle ------------------------------------------------------------
@@ -72,20 +77,38 @@ class Stack:
 
     def _start(self) -> None:
         self.sink = SmtpSink(self.behaviours).start()
-        self.pf = PostfixInstance(sink_port=self.sink.port, list_domain=LIST_DOMAIN, workdir=self.workdir,
-                                  bounce_queue_lifetime="0", maximal_queue_lifetime="1h")
-        base = self.pf.workdir / "listgate"
+        self.pf = self.mta = PostfixInstance(sink_port=self.sink.port, list_domain=LIST_DOMAIN,
+                                             workdir=self.workdir, bounce_queue_lifetime="0",
+                                             maximal_queue_lifetime="1h")
+        self.start_listgate(self.pf.workdir / "listgate", reinject_port=self.pf.reinject_port)
+        if self.front_end == "lmtp":
+            self.pf.lmtp = postfix_socket(self.site.conf.lmtp.socket)
+        else:
+            self.pf.milter = postfix_socket(self.site.conf.milter.socket)
+        self.pf.policy = postfix_socket(self.site.conf.policy.socket)
+        self.pf.start()
+
+    def start_listgate(self, base: Path, *, reinject_port: int, socket_group: str = "postfix",
+                       user: str | None = None, command: list[str] | None = None,
+                       environment: dict[str, str] | None = None) -> None:
+        """``listgate init`` in ``base`` and ``listgate serve`` started, listening.
+
+        The sockets go to ``base/run``, set-group-ID ``socket_group`` (the MTA's
+        group: with ``socket_mode`` 0660 the MTA, and nobody else, connects).
+        ``user``: run serve as this user, owner of the whole instance (Exim's
+        pipe transport runs ``listgate inject`` as a user that must write it),
+        with ``command`` (instead of ``python -m listgate``) and ``environment``
+        added to this process's."""
+        self.base = base
         sockdir = base / "run"
         sockdir.mkdir(parents=True)
-        # setgid directory of group postfix: the socket inherits the group, so
-        # socket_mode 0660 lets Postfix (and nobody else) connect (INSTALL).
-        os.chown(sockdir, 0, grp.getgrnam("postfix").gr_gid)
+        os.chown(sockdir, 0, grp.getgrnam(socket_group).gr_gid)
         os.chmod(sockdir, 0o2750)
         milter_socket = f"unix:{sockdir / 'milter.sock'}"
         policy_socket = f"inet:{free_port()}@127.0.0.1"
         path = instance.init(str(base), name=self.list_name, domain=LIST_DOMAIN, owner=self.owner,
                              milter_socket=milter_socket, policy_socket=policy_socket,
-                             reinject_port=self.pf.reinject_port)
+                             reinject_port=reinject_port)
         lmtp_socket = f"unix:{sockdir / 'lmtp.sock'}"
         with open(path, "a", encoding="utf-8") as fh:
             fh.write("runner:\n  poll_interval: 0.2s\n  tasks_interval: 1s\n" + self.site_settings)
@@ -105,18 +128,16 @@ class Stack:
             self._saved_env[var] = os.environ.get(var)
             os.environ[var] = value
         clock.reset()  # this process reads the clock file too
-        if self.front_end == "lmtp":
-            self.pf.lmtp = postfix_socket(lmtp_socket)
-        else:
-            self.pf.milter = postfix_socket(milter_socket)
-        self.pf.policy = postfix_socket(policy_socket)
+        if user is not None:
+            for parent, dirs, files in os.walk(base):
+                for name in [parent, *(os.path.join(parent, n) for n in dirs + files)]:
+                    shutil.chown(name, user=user, group=None if name == str(sockdir) else user)
         self.serve_log = open(base / "serve.log", "ab")
         self.serve = subprocess.Popen(
-            [sys.executable, "-m", "listgate", "-c", path, "serve", "--log-level", self.log_level],
-            stdin=subprocess.DEVNULL, stdout=self.serve_log, stderr=subprocess.STDOUT,
-            start_new_session=True)
+            [*(command or [sys.executable, "-m", "listgate"]), "-c", path, "serve", "--log-level", self.log_level],
+            stdin=subprocess.DEVNULL, stdout=self.serve_log, stderr=subprocess.STDOUT, cwd=str(base),
+            env={**os.environ, **(environment or {})}, start_new_session=True, user=user, group=user)
         self.wait_listening()
-        self.pf.start()
 
     def wait_listening(self, timeout: float = 30.0) -> None:
         """Until the milter socket and the policy port accept connections."""
@@ -191,7 +212,7 @@ class Stack:
         return self.store().get_member(address)
 
     def send(self, mail_from: str, rcpts, msg: bytes):
-        return self.pf.send(mail_from, rcpts, msg)
+        return self.mta.send(mail_from, rcpts, msg)
 
     def listgate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run([sys.executable, "-m", "listgate", "-c", self.site.path, *args],
@@ -202,20 +223,20 @@ class Stack:
 
     def serve_text(self) -> str:
         try:
-            return (self.pf.workdir / "listgate" / "serve.log").read_text(errors="replace")
+            return (self.base / "serve.log").read_text(errors="replace") if self.base else ""
         except OSError:
             return ""
 
     def settle(self, timeout: float = 60.0) -> None:
-        """Until Postfix's queue is empty and listgate's in/out/virgin queues are drained
-        (none waiting, none in progress), then Postfix's queue once more (what the
+        """Until the MTA's queue is empty and listgate's in/out/virgin queues are drained
+        (none waiting, none in progress), then the MTA's queue once more (what the
         runner handed over last)."""
         from listgate.queue import Switchboard
         boards = [Switchboard.for_site(self.site, q) for q in ("in", "out", "virgin")]
-        self.pf.wait_queue_empty(timeout=timeout)
+        self.mta.wait_queue_empty(timeout=timeout)
         self.wait_until(lambda: all(not b.ids() and not b.held_ids() for b in boards), timeout,
                         what="listgate queues to drain")
-        self.pf.wait_queue_empty(timeout=timeout)
+        self.mta.wait_queue_empty(timeout=timeout)
 
     def child_pid(self, name: str) -> int | None:
         """pid of serve's child ``listgate ... NAME`` (milter, policy, runner)."""
@@ -242,6 +263,6 @@ class Stack:
             if time.monotonic() > end:
                 raise TimeoutError(f"timed out waiting for {what}\n--- serve log tail ---\n"
                                    + "\n".join(self.serve_text().splitlines()[-40:])
-                                   + "\n--- postfix log tail ---\n" + self.pf.log_tail(30))
+                                   + "\n--- MTA log tail ---\n" + self.mta.log_tail(30))
             time.sleep(interval)
 
