@@ -45,10 +45,13 @@ class Stack:
     def __init__(self, *, behaviours: dict[str, str] | None = None, list_name: str = "demo",
                  owner: str = "owner@owners.test", list_settings: str = "", site_settings: str = "",
                  workdir: str | None = None, log_level: str = "info", front_end: str = "milter",
-                 extra_lists: dict[str, str] | None = None):
+                 extra_lists: dict[str, str] | None = None, prepare=None):
         """``front_end``: ``milter`` (main.cf.listgate) or ``lmtp`` (main.cf.listgate-lmtp:
         the policy service at RCPT, list mail delivered to ``listgate lmtp`` on a unix socket).
-        ``extra_lists``: more list files (name → YAML text, valid or not) written before serve starts."""
+        ``extra_lists``: more list files (name → YAML text, valid or not) written before serve starts.
+        ``prepare``: called with the site file's path once the instance is written and before
+        it is loaded and served (e.g. to share a store URL and a VERP key between two stacks)."""
+        self.prepare = prepare
         self.extra_lists = extra_lists or {}
         self.front_end = front_end
         self.behaviours = behaviours or {}
@@ -121,6 +124,8 @@ class Stack:
                 fh.write(self.list_settings)
         for name, text in self.extra_lists.items():
             (base / "lists.d" / f"{name}.yaml").write_text(text, encoding="utf-8")
+        if self.prepare is not None:
+            self.prepare(path)
         self.site = config.load(path, strict=False)
         self.clock_file = str(base / "clock")
         clock.write_offset_file(self.clock_file, 0.0)
