@@ -61,3 +61,26 @@ def test_xverp_mode_lets_postfix_build_the_per_recipient_sender(rig, tmp_path):
         local, domain = d.rcpt.split("@")
         assert d.mail_from == f"demo-bounces+{local}={domain}@lists.example.org"
         assert verp.decode(site, lc, f"{local}={domain}").kind == "unsigned"
+
+
+def test_first_post_after_smtpd_timeout_goes_out_at_once(rig):
+    """Postfix closes an idle session after smtpd_timeout and answers the next command
+    "421 4.4.2 ... timeout exceeded": the runner reconnects and sends again, no retry."""
+    site, sink, pf = rig
+    pf.set(smtpd_timeout="2s")
+    store = open_store(site, LIST)
+    store.add_member("m0@members.test")
+    runner = Runner(site)
+    try:
+        for n in (1, 2):
+            Switchboard.for_site(site, "in").enqueue(message("m0@members.test", f"post {n}"),
+                                                     {"list": LIST, "role": "post",
+                                                      "envelope_sender": "m0@members.test"})
+            since = pf.log_offset()
+            runner.run_once(with_tasks=False)
+            sink.wait_for(lambda s: len(s.messages()) == n, timeout=60)
+            if n == 1:   # the runner's session is still open; Postfix times it out
+                pf.wait_log(r"listgate-reinject/smtpd\[\d+\]: timeout after", since=since)
+            assert Switchboard.for_site(site, "retry").ids() == [], pf.log_tail()
+    finally:
+        runner.close()
