@@ -1,6 +1,8 @@
 """Delivery through a real Postfix re-injection smtpd (the INSTALL master.cf entry): signed VERP and XVERP."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import free_port, make_site
 from harness import PostfixInstance, SmtpSink, available
@@ -84,3 +86,19 @@ def test_first_post_after_smtpd_timeout_goes_out_at_once(rig):
             assert Switchboard.for_site(site, "retry").ids() == [], pf.log_tail()
     finally:
         runner.close()
+
+
+def test_session_is_recycled_after_max_session_messages(rig, tmp_path):
+    """A new session after reinject.max_session_messages transactions (so a postfix reload
+    reaches the runner): 5 one-recipient transactions with a limit of 2 are 3 sessions."""
+    site, sink, pf = rig
+    path = tmp_path / "instance" / "listgate.yaml"
+    path.write_text(path.read_text().replace("reinject:\n", "reinject:\n  max_session_messages: 2\n", 1))
+    site = config.load(site.path)
+    assert site.conf.reinject.max_session_messages == 2
+    since = pf.log_offset()
+    _post_and_run(site, [f"m{i}@members.test" for i in range(5)])
+    sink.wait_for(lambda s: len(s.messages()) == 5, timeout=60)
+    pf.wait_log(r"listgate-reinject/smtpd\[\d+\]: disconnect from .* quit=1", since=since)
+    log = pf.log_text()[since:]
+    assert len(re.findall(r"listgate-reinject/smtpd\[\d+\]: connect from", log)) == 3, log
