@@ -34,7 +34,7 @@ runner holds (in progress) cannot be edited: try again once it is done."""
 
 def register(sub) -> None:
     p = sub.add_parser("queue", help="inspect and repair qfile queues",
-                       description="Inspect and repair qfile queues: ls, show, edit, unshunt.")
+                       description="Inspect and repair qfile queues: ls, show, edit, unshunt, requeue, flush.")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
 
     s = qsub.add_parser("ls", help="list the qfiles of one queue or of all queues (FIFO order)")
