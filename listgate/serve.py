@@ -8,7 +8,18 @@ process with its own job (Postfix's shape). A child that exits is restarted
 after a pause that doubles on each quick failure (1 s up to 60 s), so a broken
 configuration does not spin. SIGTERM/SIGINT: every child gets SIGTERM (the
 runner finishes the transaction in hand), then, after ``STOP_TIMEOUT``
-seconds, SIGKILL; serve returns once all are gone. The runner child is started
+seconds, SIGKILL; serve returns once all are gone.
+
+SIGHUP changes nothing and stops nothing: every daemon re-reads the site and
+list files on its own when they change (:class:`listgate.config.Watcher`), so
+there is nothing for a reload to do; serve logs the signal and goes on (the
+unit's ``ExecReload=/bin/kill -HUP $MAINPID`` is therefore harmless). The
+children start with SIGHUP ignored too, so a closing terminal does not stop the
+runner or the policy server (libmilter waits for SIGHUP itself and stops the
+milter on it; serve restarts it). Children die with serve: each asks the kernel
+for SIGTERM when its parent dies (Linux ``PR_SET_PDEATHSIG``, prctl(2)), so a
+SIGKILLed serve leaves no orphans to fight the next serve for sockets and queues.
+The runner child is started
 with ``--wait``: it takes its slice lock (``listgate.queue.lock``) and, if a
 runner of an earlier serve still lives, waits for it rather than sharing the
 slice.
@@ -19,6 +30,7 @@ see ``$NOTIFY_SOCKET`` (only the main process may talk to systemd).
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import signal
@@ -37,6 +49,23 @@ CHILDREN = ("milter", "policy", "runner")
 STOP_TIMEOUT = 30.0
 READY_TIMEOUT = 15.0
 MAX_PAUSE = 60.0
+
+
+PR_SET_PDEATHSIG = 1   # <linux/prctl.h>
+
+
+def _child_setup(parent: int) -> None:
+    """In the child between fork and exec (``preexec_fn``): SIGHUP ignored, and SIGTERM
+    when ``parent`` dies (PR_SET_PDEATHSIG, prctl(2); kept across exec). Linux only:
+    elsewhere the children outlive a killed serve as before."""
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        prctl = ctypes.CDLL(None, use_errno=True).prctl
+    except (OSError, AttributeError):
+        return
+    prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != parent:  # serve died before the request took effect
+        os._exit(1)
 
 
 def listening(site, spec: str) -> bool:
@@ -71,23 +100,30 @@ class Supervisor:
         self.pause: dict[str, float] = {name: 1.0 for name in self.children}
         self.due: dict[str, float] = {}
         self.stopping = False
+        self.hangups = 0
         env = dict(os.environ)
         env.pop("NOTIFY_SOCKET", None)
         self.env = env
 
     def command(self, name: str) -> list[str]:
         # The runner takes its slice lock (listgate.queue.lock); --wait: a runner left over
-        # from an earlier serve (orphaned by a SIGHUP) is waited for, not raced.
+        # from an earlier serve (still finishing after that serve died) is waited for, not raced.
         wait = ["--wait"] if name == "runner" else []
         return [sys.executable, "-m", "listgate", "-c", self.site.path, name, *wait, *self.extra.get(name, ())]
 
     def start(self, name: str) -> None:
-        self.procs[name] = subprocess.Popen(self.command(name), env=self.env, stdin=subprocess.DEVNULL)
+        parent = os.getpid()
+        self.procs[name] = subprocess.Popen(self.command(name), env=self.env, stdin=subprocess.DEVNULL,
+                                            preexec_fn=lambda: _child_setup(parent))
         self.started[name] = time.monotonic()
         log.info("started %s", kv(child=name, pid=self.procs[name].pid))
 
     def stop(self, *_args) -> None:
         self.stopping = True
+
+    def hangup(self, *_args) -> None:
+        """The SIGHUP handler: counted here, logged by :meth:`run` (module docstring)."""
+        self.hangups += 1
 
     def wait_ready(self) -> bool:
         """True once the milter, policy (and web) sockets accept connections (or READY_TIMEOUT passed)."""
@@ -111,6 +147,9 @@ class Supervisor:
             log.warning("children not listening yet; telling systemd we are ready anyway")
             sdnotify.notify("READY=1")
         while not self.stopping:
+            if self.hangups:
+                self.hangups = 0
+                log.info("SIGHUP: nothing to do, the daemons re-read changed configuration on their own")
             now = time.monotonic()
             for name, proc in list(self.procs.items()):
                 if proc.poll() is None:

@@ -1,6 +1,8 @@
 """Delivery through a real Postfix re-injection smtpd (the INSTALL master.cf entry): signed VERP and XVERP."""
 from __future__ import annotations
 
+import re
+
 import pytest
 from conftest import free_port, make_site
 from harness import PostfixInstance, SmtpSink, available
@@ -61,3 +63,42 @@ def test_xverp_mode_lets_postfix_build_the_per_recipient_sender(rig, tmp_path):
         local, domain = d.rcpt.split("@")
         assert d.mail_from == f"demo-bounces+{local}={domain}@lists.example.org"
         assert verp.decode(site, lc, f"{local}={domain}").kind == "unsigned"
+
+
+def test_first_post_after_smtpd_timeout_goes_out_at_once(rig):
+    """Postfix closes an idle session after smtpd_timeout and answers the next command
+    "421 4.4.2 ... timeout exceeded": the runner reconnects and sends again, no retry."""
+    site, sink, pf = rig
+    pf.set(smtpd_timeout="2s")
+    store = open_store(site, LIST)
+    store.add_member("m0@members.test")
+    runner = Runner(site)
+    try:
+        for n in (1, 2):
+            Switchboard.for_site(site, "in").enqueue(message("m0@members.test", f"post {n}"),
+                                                     {"list": LIST, "role": "post",
+                                                      "envelope_sender": "m0@members.test"})
+            since = pf.log_offset()
+            runner.run_once(with_tasks=False)
+            sink.wait_for(lambda s: len(s.messages()) == n, timeout=60)
+            if n == 1:   # the runner's session is still open; Postfix times it out
+                pf.wait_log(r"listgate-reinject/smtpd\[\d+\]: timeout after", since=since)
+            assert Switchboard.for_site(site, "retry").ids() == [], pf.log_tail()
+    finally:
+        runner.close()
+
+
+def test_session_is_recycled_after_max_session_messages(rig, tmp_path):
+    """A new session after reinject.max_session_messages transactions (so a postfix reload
+    reaches the runner): 5 one-recipient transactions with a limit of 2 are 3 sessions."""
+    site, sink, pf = rig
+    path = tmp_path / "instance" / "listgate.yaml"
+    path.write_text(path.read_text().replace("reinject:\n", "reinject:\n  max_session_messages: 2\n", 1))
+    site = config.load(site.path)
+    assert site.conf.reinject.max_session_messages == 2
+    since = pf.log_offset()
+    _post_and_run(site, [f"m{i}@members.test" for i in range(5)])
+    sink.wait_for(lambda s: len(s.messages()) == 5, timeout=60)
+    pf.wait_log(r"listgate-reinject/smtpd\[\d+\]: disconnect from .* quit=1", since=since)
+    log = pf.log_text()[since:]
+    assert len(re.findall(r"listgate-reinject/smtpd\[\d+\]: connect from", log)) == 3, log

@@ -278,3 +278,26 @@ open(path, 'wb').write(data.replace(b'Subject:', b'X-Edited: yes\\r\\nSubject:')
     data = open(path, "rb").read()
     assert data.startswith(b"listgate-qfile 1\n") and b"OLD MAIL" not in data
     assert sb.take(ids[0]).msg == b"From: a@example.org\r\nX-Edited: yes\r\n" + MSG.split(b"\r\n", 1)[1]
+
+
+def test_flush_makes_retry_qfiles_due_now_and_keeps_their_count(inst):
+    from listgate.runner import delivery
+    site, ids = inst
+    sb = Switchboard.for_site(site, "in")
+    for _ in ids:
+        qf = sb.dequeue()
+        sb.move(qf, "retry", meta={**qf.meta, "retry_at": 4000000000.0, "retries": 3,
+                                   "first_deferred_at": 1800000000.0})
+    retry = Switchboard.for_site(site, "retry")
+    busy = retry.take(ids[0])   # a runner is sending this one: flush leaves it alone
+    out = run(site, "flush").stdout.decode()
+    assert out.splitlines() == [f"{ids[1]} due now", f"{ids[2]} due now"]
+    retry.release(busy)
+    qfs = {q: retry.take(q) for q in ids}
+    assert [delivery.due(qfs[q]) for q in ids] == [False, True, True]
+    assert all(qfs[q].meta["retries"] == 3 and qfs[q].meta["first_deferred_at"] == 1800000000.0 for q in ids)
+    for qf in qfs.values():
+        retry.release(qf)
+    assert json.loads(run(site, "flush", "--json", ids[0]).stdout) == [ids[0]]
+    assert run(site, "flush", "nosuch", check=1).stderr.startswith(b"listgate: no qfile nosuch")
+    assert json.loads(run(site, "flush", "--json").stdout) == ids

@@ -1,5 +1,5 @@
 """``listgate queue ls [QUEUE]``, ``queue show ID``, ``queue edit ID``, ``queue unshunt [--discard] [ID...]``,
-``queue requeue ID...|--all``.
+``queue requeue ID...|--all``, ``queue flush [ID...]``.
 
 Exit status: 0 done, 1 unknown queue/qfile, unparsable qfile or invalid edit,
 75 (EX_TEMPFAIL) when a qfile could not be stored durably (full disk, read-only).
@@ -34,7 +34,7 @@ runner holds (in progress) cannot be edited: try again once it is done."""
 
 def register(sub) -> None:
     p = sub.add_parser("queue", help="inspect and repair qfile queues",
-                       description="Inspect and repair qfile queues: ls, show, edit, unshunt.")
+                       description="Inspect and repair qfile queues: ls, show, edit, unshunt, requeue, flush.")
     qsub = p.add_subparsers(dest="queue_command", metavar="ACTION", required=True)
 
     s = qsub.add_parser("ls", help="list the qfiles of one queue or of all queues (FIFO order)")
@@ -70,6 +70,14 @@ def register(sub) -> None:
     s.add_argument("--all", action="store_true", help="every qfile of bad")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_requeue)
+
+    s = qsub.add_parser("flush", help="make the qfiles of retry due now (like postqueue -f)",
+                        description="Make every qfile of the retry queue (or the named ones) due now: the "
+                                    "runner sends them at its next pass instead of after their backoff. "
+                                    "Their retry count and give-up time stay as they were.")
+    s.add_argument("ids", nargs="*", metavar="ID", help="only these qfiles of retry")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_flush)
 
 
 def _utc(ts) -> str:
@@ -259,6 +267,40 @@ def cmd_requeue(args) -> int:
     if bool(args.ids) == args.all:
         fail("name the qfiles of bad to requeue, or --all (see: listgate queue ls bad)", 2)
     return _put_back(load_site(args), "bad", args.ids, None if args.all else args.ids, args.json)
+
+
+def cmd_flush(args) -> int:
+    board = Switchboard.for_site(load_site(args), "retry")
+    flushed, status = [], 0
+    for qid in args.ids or board.ids():
+        qf = board.take(qid)   # None: a runner holds it (it is being sent) or it is gone
+        if qf is None:
+            if args.ids:
+                print(f"listgate: no qfile {qid} waiting in retry (see: listgate queue ls retry)", file=sys.stderr)
+                status = 1
+            continue
+        try:
+            board.update(qf, {**qf.meta, "retry_at": clock.now()})
+        except QueueError as exc:
+            print(f"listgate: {exc.strerror}", file=sys.stderr)
+            status = EX_TEMPFAIL
+        finally:
+            try:
+                board.release(qf)
+            except QueueError as exc:  # it stays held; the runner's recover puts it back
+                print(f"listgate: {exc.strerror}", file=sys.stderr)
+                status = EX_TEMPFAIL
+        if status == EX_TEMPFAIL:
+            break
+        flushed.append(qid)
+    if args.json:
+        print_json(flushed)
+    else:
+        for qid in flushed:
+            print(f"{qid} due now")
+        if not flushed and not args.ids:
+            print("retry is empty")
+    return status
 
 
 def _put_back(site, resting: str, ids: list[str], named, as_json: bool, *, discard: bool = False) -> int:

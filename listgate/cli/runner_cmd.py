@@ -93,4 +93,5 @@ def cmd_serve(args) -> int:
     sup = Supervisor(site)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
+    signal.signal(signal.SIGHUP, sup.hangup)
     return sup.run()

@@ -86,6 +86,9 @@ REINJECT = Section({
     "port": Field("int", 10026, minimum=1),
     "timeout": Field("duration", 60),
     "helo": Field("str", "localhost"),
+    "max_session_age": Field("duration", 300, minimum=1,
+                             doc="reconnect once a session is this old (postfix reload reaches the listener)"),
+    "max_session_messages": Field("int", 1000, minimum=1, doc="reconnect after this many transactions"),
 })
 
 VERP_KEY = Section({

@@ -150,9 +150,16 @@ class Deliverer:
 
         Raises :class:`Unreachable` when the listener is gone (after one reconnect),
         ``smtplib.SMTPSenderRefused`` for a refused ``MAIL FROM``.
+
+        A session the listener closed is reopened and the transaction sent again at
+        once (once): a dropped connection, or 421 at any stage (RFC 5321 sections
+        3.8 and 4.2.2: the server is closing the transmission channel; Postfix
+        answers the command after its ``smtpd_timeout`` with ``421 4.4.2 ... timeout
+        exceeded``). A 421 again on the new session is a 4xx reply like any other.
         """
         for attempt in (1, 2):
             smtp = self.conn.get()
+            again = attempt == 1
             try:
                 mail_opts = _options(smtp, msg, rcpts + [sender], xverp, utf8)
                 rcpt_opts: list[str] = []
@@ -160,23 +167,32 @@ class Deliverer:
                     mail_opts, rcpt_opts = mail_opts + dsn[0], dsn[1]
                 refused = smtp.sendmail(sender, rcpts, msg, mail_opts, rcpt_opts)
             except smtplib.SMTPRecipientsRefused as exc:
-                return {r: (c, _text(t)) for r, (c, t) in exc.recipients.items()}
-            except smtplib.SMTPDataError as exc:
-                return {r: (exc.smtp_code, _text(exc.smtp_error)) for r in rcpts}
-            except smtplib.SMTPSenderRefused:
-                raise
+                replies = {r: (c, _text(t)) for r, (c, t) in exc.recipients.items()}
+                closing = next((ct for ct in replies.values() if ct[0] == 421), None)
+                if closing is None:
+                    return replies
+                if again:
+                    self._reopen("RCPT", 421)
+                    continue
+                # smtplib stops at the 421: no DATA went out, for the RCPTs it sent or not
+                return {r: replies.get(r, closing) for r in rcpts}
             except smtplib.SMTPNotSupportedError as exc:
                 # RFC 6531 section 3.5: non-ASCII address without SMTPUTF8 support
                 return {r: (553, f"5.6.7 {exc}") for r in rcpts}
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
-                # A dropped persistent connection (idle timeout on the MTA side) is normal:
-                # reconnect once. If the drop came after the final dot was accepted, this
+                # If the drop came after the final dot was accepted, this
                 # recipient may get the message twice (see the module docstring).
-                self.conn.drop()
-                if attempt == 2:
+                if not again:
+                    self.conn.drop()
                     raise Unreachable(str(exc)) from None
+                self._reopen("dropped", exc)
                 continue
-            except smtplib.SMTPResponseException as exc:
+            except smtplib.SMTPResponseException as exc:  # MAIL (SMTPSenderRefused), DATA, the final dot
+                if again and exc.smtp_code == 421:
+                    self._reopen(type(exc).__name__, exc.smtp_code)
+                    continue
+                if isinstance(exc, smtplib.SMTPSenderRefused):
+                    raise
                 return {r: (exc.smtp_code, _text(exc.smtp_error)) for r in rcpts}
             except (smtplib.SMTPException, UnicodeError) as exc:
                 return {r: (451, f"4.3.0 {exc}") for r in rcpts}
@@ -184,6 +200,10 @@ class Deliverer:
             result.update({r: (c, _text(t)) for r, (c, t) in refused.items()})
             return result
         raise Unreachable("unreachable")  # not reached
+
+    def _reopen(self, stage: str, why) -> None:
+        log.info("re-injection session closed by the listener, reconnecting %s", kv(stage=stage, reply=why))
+        self.conn.drop()
 
     # -- one qfile ---------------------------------------------------------------
     def deliver(self, sb, qf, should_stop=None) -> Result:

@@ -1,7 +1,9 @@
 """The runner's SMTP client to the re-injection listener (``site.conf.reinject``).
 
 One persistent connection per delivery thread (:class:`Connection`, reconnected
-on demand), the commit gate that lets one transaction at a time pass its final
+on demand and recycled after ``reinject.max_session_age`` seconds or
+``reinject.max_session_messages`` transactions, so that a ``postfix reload``
+reaches the listener's settings), the commit gate that lets one transaction at a time pass its final
 dot (:data:`COMMIT_GATE`; why: :mod:`listgate.runner.delivery`'s docstring), and
 the MAIL FROM / RCPT TO options: XVERP, ``BODY=8BITMIME`` (RFC 6152),
 ``SMTPUTF8`` (RFC 6531) and the DSN requests of RFC 3461 section 4
@@ -12,6 +14,7 @@ from __future__ import annotations
 import re
 import smtplib
 import threading
+import time
 
 # Held from a transaction's final dot until its progress is durable (module docstring):
 # one per process, shared by every delivery thread and Deliverer.
@@ -59,6 +62,8 @@ class Connection:
         self._smtp: smtplib.SMTP | None = None
         self.gate = gate
         self._holding = False
+        self._opened = 0.0      # time.monotonic() of the connect: a session's age, not business time
+        self._uses = 0          # transactions begun on this session
 
     def _enter_commit(self) -> None:
         if not self._holding:  # a retried transaction (reconnect) already holds it
@@ -72,8 +77,16 @@ class Connection:
             self.gate.release()
 
     def get(self) -> smtplib.SMTP:
+        """The session for one transaction: the open one, or a new one (EHLO done) when
+        there is none, it was closed, or it is due for recycling (module docstring).
+
+        Raises :class:`Unreachable` when the listener cannot be reached."""
         if self._smtp is not None and self._smtp.sock is not None:
-            return self._smtp
+            if (self._uses < self.conf.max_session_messages
+                    and time.monotonic() - self._opened < self.conf.max_session_age):
+                self._uses += 1
+                return self._smtp
+            self.close()
         self.drop()
         try:
             smtp = _GatedSMTP(self.conf.host, self.conf.port, local_hostname=self.conf.helo,
@@ -81,7 +94,7 @@ class Connection:
             smtp.ehlo_or_helo_if_needed()
         except (OSError, smtplib.SMTPException) as exc:
             raise Unreachable(f"cannot connect to {self.conf.host}:{self.conf.port}: {exc}") from None
-        self._smtp = smtp
+        self._smtp, self._opened, self._uses = smtp, time.monotonic(), 1
         return smtp
 
     def drop(self) -> None:
