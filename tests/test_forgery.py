@@ -18,9 +18,13 @@ LONG = "a.very.long.local.part.that.does.not.fit.in.a.verp.address.x@example.com
 LIST_ID = f"<demo.{DOMAIN}>"
 
 
-def arf(complainer: str, *, message_id: str = "<post-1@lists.example.org>", list_id: str | None = LIST_ID) -> bytes:
-    """An RFC 5965 abuse report naming ``complainer``, with the reported message attached."""
+def arf(complainer: str, *, message_id: str = "<post-1@lists.example.org>", list_id: str | None = LIST_ID,
+        return_path: str | None = None) -> bytes:
+    """An RFC 5965 abuse report naming ``complainer``, with the reported message attached
+    (with ``return_path``: as the member's MTA delivered it, RFC 5321 section 4.4)."""
     list_line = f"List-Id: {list_id}\n" if list_id else ""
+    if return_path:
+        list_line = f"Return-Path: <{return_path}>\n" + list_line
     return (
         "From: fbl@isp.example\nTo: demo-bounces@lists.example.org\nSubject: complaint\n"
         "Message-ID: <fbl-1@isp.example>\nMIME-Version: 1.0\n"
@@ -130,14 +134,30 @@ def test_complaint_through_verp_acts(site, action, expect):
     assert (member.delivery_status if member else None) == expect
 
 
-def test_complaint_quoting_our_post_acts(site):
+def test_complaint_quoting_a_public_post_proves_nothing(site):
+    """A post's List-Id and Message-ID are known to every member and archive reader:
+    a report quoting them, sent to the plain address, changes nothing."""
     env = make_env(site, members=(JANE,), complaint_action="unsubscribe")
     attribution.record_post(env.store, env.lc, "<post-7@lists.example.org>")
     clock.advance(60)
-    # our Message-ID without our List-Id: not proven
-    outcome = env.bounce(arf(JANE, message_id="<post-7@lists.example.org>", list_id=None), env.plain_rcpt())
-    assert env.actions(outcome) == [(JANE, "complaint_unverified")]
     outcome = env.bounce(arf(JANE, message_id="<post-7@lists.example.org>"), env.plain_rcpt())
+    assert env.actions(outcome) == [(JANE, "complaint_unverified")]
+    assert env.member(JANE).delivery_status == "enabled"
+
+
+def test_complaint_quoting_the_members_own_copy_acts(site):
+    """The member's copy as delivered carries their signed VERP address as Return-Path:
+    an outsider cannot make that, so such a report acts even at the plain address."""
+    bob = "bob@example.org"
+    env = make_env(site, members=(JANE, bob), complaint_action="unsubscribe")
+    # another member's copy does not speak for Jane
+    outcome = env.bounce(arf(JANE, return_path=verp.member_bounce_address(env.site, env.lc, bob)), env.plain_rcpt())
+    assert env.actions(outcome) == [(JANE, "complaint_unverified")]
+    # a tampered Return-Path proves nothing either
+    forged = verp.member_bounce_address(env.site, env.lc, JANE)[:-15] + "aaaa" + verp.member_bounce_address(
+        env.site, env.lc, JANE)[-11:]
+    assert env.actions(env.bounce(arf(JANE, return_path=forged), env.plain_rcpt())) == [(JANE, "complaint_unverified")]
+    outcome = env.bounce(arf(JANE, return_path=verp.member_bounce_address(env.site, env.lc, JANE)), env.plain_rcpt())
     assert env.actions(outcome) == [(JANE, "complaint")]
     assert env.member(JANE) is None
 

@@ -30,7 +30,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from email.message import Message
 
-from .. import clock, verp
+import re
+
+from .. import addresses, clock, verp
+from ..addresses import split_address
 from ..bounce import message as m
 from ..store import BounceEvent, Member
 from . import notices
@@ -100,6 +103,58 @@ def sent_to(run, member: Member, original: Original) -> bool:
     since = run.now - run.site.conf.verp.max_age
     return any(e.action == POST_SENT and e.message_id == original.message_id and e.at >= member.subscribed_at
                for e in run.store.events(since=since))
+
+
+def quotes_their_copy(run, member: Member, raw: bytes) -> bool:
+    """Whether the report ``raw`` quotes the copy of a post that listgate sent to ``member``.
+
+    A post's List-Id and Message-ID are public (every member and every archive
+    reader has them), so they prove nothing. What only that member's copy
+    carries, and only we can sign: its ``Return-Path`` (added by the member's
+    MTA on delivery, RFC 5321 section 4.4) being the member's signed VERP
+    address (:func:`listgate.verp.decode`: MAC and date checked), or its
+    ``List-Unsubscribe`` carrying the member's signed one-click token
+    (:mod:`listgate.web.tokens`). Never raises for bad input.
+    """
+    try:
+        original = m.returned_message(m.parse(raw))
+    except Exception:  # noqa: BLE001 - untrusted mail: unreadable means "nothing proven"
+        return False
+    if original is None:
+        return False
+    try:
+        return _return_path_is(run, member, m.header(original, "Return-Path")) or \
+            _unsubscribe_token_is(run, member, m.header(original, "List-Unsubscribe"))
+    except verp.VerpKeyError:
+        return False
+
+
+def _return_path_is(run, member: Member, value: str) -> bool:
+    parts = split_address(value or "")
+    found = run.site.address_table.lookup(*parts) if parts else None
+    if found is None or found.role != "bounces" or found.list_key != run.key or not found.extension:
+        return False
+    result = verp.decode(run.site, run.lc, found.extension, store=run.store)
+    return result.kind == "member" and _same(result.member, member)
+
+
+def _unsubscribe_token_is(run, member: Member, value: str) -> bool:
+    from ..web import tokens
+    for token in re.findall(r"/u/([A-Za-z0-9_.=-]+)>", value or ""):
+        try:
+            found = tokens.verify(run.site, token)
+        except tokens.TokenError:
+            continue
+        if found.lc is run.lc or addresses.list_key(found.lc) == run.key:
+            return _same(found.member, member)
+    return False
+
+
+def _same(address: str, member: Member) -> bool:
+    try:
+        return addresses.normalize(address) == member.key
+    except ValueError:
+        return False
 
 
 def summary(failure, attribution: str) -> bytes:

@@ -8,9 +8,12 @@ not have made it (issue 20, defect 3):
 
 * it reached the member's signed VERP address (feedback loops send reports
   to the envelope sender of the reported message), or
-* its attached original is a post of this list that went out while the
-  complainer was a member: its ``List-Id`` is the list's and its
-  ``Message-ID`` was recorded at fan-out (:func:`listgate.app.attribution.sent_to`).
+* its attached original is the member's own copy of a post of ours: its
+  ``Return-Path`` is the member's signed VERP address, or its
+  ``List-Unsubscribe`` the member's signed one-click token
+  (:func:`listgate.app.attribution.quotes_their_copy`). A post's ``List-Id``
+  and ``Message-ID`` alone are not enough: every member and every archive
+  reader knows them.
 
 Otherwise nothing changes for the member: the complaint is recorded as
 ``complaint_unverified`` and the owners are told, with the report attached.
@@ -33,9 +36,9 @@ def complaint(run, member: Member, failure: Failure, msg: bytes, attributed_by: 
     if action == "record":
         run.record(member.key, "complaint", failure, attribution=attributed_by)
         return
-    if attributed_by != "verp" and not attribution.sent_to(run, member, attribution.read_original(msg)):
+    if attributed_by != "verp" and not attribution.quotes_their_copy(run, member, msg):
         what = (f"nothing done: the report did not come to {member.address}'s VERP address and does not "
-                f"quote a post this list sent them (complaint_action {action} needs one or the other)")
+                f"quote their own copy of a post (complaint_action {action} needs one or the other)")
         run.send(notices.owner_complaint(lc, member.address, what, msg), run.to_owners(), "owner_notice")
         run.record(member.key, "complaint_unverified", failure, attribution=attributed_by,
                    detail="unauthenticated complaint: recorded, owners told")
