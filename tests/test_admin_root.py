@@ -111,7 +111,8 @@ def test_reading_creates_nothing(owned_instance):
     path, _ = owned_instance
     queue = os.path.join(os.path.dirname(path), "queue")
     shutil.rmtree(queue)
-    for args in (("queue", "ls"), ("queue", "ls", "--json"), ("queue", "show", "nosuchid")):
+    for args in (("queue", "ls"), ("queue", "ls", "--json"), ("queue", "show", "nosuchid"), ("status",),
+                 ("status", "--json")):
         lg(path, *args)
         assert not os.path.exists(queue), args
 

@@ -8,6 +8,8 @@ slice has no live runner.
 """
 from __future__ import annotations
 
+import os
+
 from ..queue import QUEUES, Switchboard
 from ..queue.lock import holders
 from .common import load_site, print_json
@@ -33,6 +35,9 @@ def cmd_status(args) -> int:
     slices.sort(key=lambda s: tuple(reversed([int(x) for x in s["slice"].split("/")])))
     queues = {}
     for name in QUEUES:
+        if not os.path.isdir(os.path.join(site.queue_dir, name)):   # a status makes no folder
+            queues[name] = {"waiting": 0, "in_progress": 0, "oldest": None}
+            continue
         sb = Switchboard.for_site(site, name)
         waiting = sb.ids()
         queues[name] = {"waiting": len(waiting), "in_progress": len(sb.held_ids()),
