@@ -123,7 +123,7 @@ def test_each_part_answered_on_its_own_full_in_queue_spares_the_bounce(site, cor
     ``in`` disk costs only the post's recipient a retry, the bounce is scored."""
     open_store(site, LIST).add_member("userx@example.com")
     dsn = (corpus / "flufl.bounce/dsn_13.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    bounces = "demo-bounces@lists.example.org"
+    bounces = verp.member_bounce_address(site, site.get_list("demo", "lists.example.org"), "userx@example.com")
     with tmpfs(__import__("pathlib").Path(site.queue_dir) / "in", size="1m") as mnt:
         with RunningLmtp(site) as srv:
             fill(mnt)
