@@ -35,8 +35,8 @@ import time
 from pathlib import Path
 
 import _mta
-from _mta import BenchPostfix, Daemon, free_port, median, member, smtp_source
-from policy import RCPT, TARGET, wired
+from _mta import free_port, median, member
+from policy import TARGET, measure
 from scale import new_instance, policy_figures
 
 from pg_helpers import PostgresServer, binaries, use_postgres
@@ -55,24 +55,7 @@ def decisions(backend: str, n: int, requests: int, tmp: Path, server: PostgresSe
 
 def throughput(args, tmp: Path, server: PostgresServer) -> dict:
     """bench/policy.py's alternating run, the policy daemon on PostgreSQL."""
-    policy_port = free_port()
-    pf = BenchPostfix(policy=f"inet:{policy_port}@127.0.0.1", extra={"default_transport": "discard:bench"},
-                      services={"nopolicy": {"smtpd_recipient_restrictions": ""}})
-    try:
-        site = _mta.init_instance(tmp / "throughput", milter_socket="unix:milter.sock",
-                                  policy_socket=f"inet:{policy_port}@127.0.0.1", reinject_port=pf.reinject_port)
-        use_postgres(site, server)
-        with Daemon(site, "policy", log=tmp / "policy.log") as daemon:
-            pf.start()
-            wired(pf)
-            for port in (pf.smtpd_port, pf.ports["nopolicy"]):  # warm-up: smtpd processes started
-                smtp_source(port, RCPT, 40, args.sessions)
-            runs = _mta.alternate(args.rounds, {
-                "without": lambda: _mta.throughput(pf, pf.ports["nopolicy"], RCPT, args.messages, args.sessions),
-                "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, [daemon.pid]),
-            })
-    finally:
-        pf.close()
+    runs, _ = measure(args, tmp, prepare=lambda site: use_postgres(site, server))
     ratios = [w["rate"] / wo["rate"] for w, wo in zip(runs["with"], runs["without"])]
     return {"ratios": ratios, "ratio": median(ratios),
             "with": median([r["rate"] for r in runs["with"]]), "without": median([r["rate"] for r in runs["without"]])}
