@@ -43,17 +43,18 @@ def wired(pf) -> None:
             raise RuntimeError(f"smtpd on {port} answered {code} for an unknown list address")
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    _mta.load_args(ap, rounds=7)
-    args = _mta.parse(ap, {"messages": 200, "rounds": 3})
-    tmp = Path(tempfile.mkdtemp(prefix="lgbench-policy-"))
+def measure(args, tmp: Path, prepare=None) -> tuple[dict[str, list], float]:
+    """The alternating run in ``tmp``: (each side's figures per round, the policy daemon's RSS
+    in MiB after it). ``prepare(site_path)``: called once the instance is made (e.g. to put
+    its store on PostgreSQL, bench/pg.py)."""
     policy_port = free_port()
     pf = BenchPostfix(policy=f"inet:{policy_port}@127.0.0.1", extra={"default_transport": "discard:bench"},
                       services={"nopolicy": {"smtpd_recipient_restrictions": ""}})
     try:
         site = _mta.init_instance(tmp / "inst", milter_socket="unix:milter.sock",
                                   policy_socket=f"inet:{policy_port}@127.0.0.1", reinject_port=pf.reinject_port)
+        if prepare is not None:
+            prepare(site)
         with Daemon(site, "policy", log=tmp / "policy.log") as daemon:
             pf.start()
             wired(pf)
@@ -63,9 +64,19 @@ def main() -> int:
                 "without": lambda: _mta.throughput(pf, pf.ports["nopolicy"], RCPT, args.messages, args.sessions),
                 "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, [daemon.pid]),
             })
-            rss = _mta.memory_mib(daemon.pid)[0]
+            return runs, _mta.memory_mib(daemon.pid)[0]
     finally:
         pf.close()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    _mta.load_args(ap, rounds=7)
+    args = _mta.parse(ap, {"messages": 200, "rounds": 3})
+    tmp = Path(tempfile.mkdtemp(prefix="lgbench-policy-"))
+    try:
+        runs, rss = measure(args, tmp)
+    finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = [w["rate"] / wo["rate"] for w, wo in zip(runs["with"], runs["without"])]
     m = {side: {k: median([r[k] for r in rs]) for k in rs[0]} for side, rs in runs.items()}

@@ -9,7 +9,8 @@ targets (from the benches' ``--summary`` rows), then every section, and how
 long it all took. ``--quick`` passes ``--quick`` to each (short counts: a
 check that the benches work, not figures to publish). A full run takes
 about 10 minutes on a 2-core machine, most of it bench/scale.py (10,000 and
-100,000 members through the whole stack, 1,000,000 in the store); ``--quick``
+100,000 members through the whole stack, 1,000,000 in the store) and bench/pg.py
+(100,000 members on SQLite and on PostgreSQL); ``--quick``
 about 2 minutes.
 """
 from __future__ import annotations
@@ -28,7 +29,7 @@ sys.path.insert(0, HERE)
 import _mta  # noqa: E402
 
 # the MTA-level benches in the order of the summary table, then the harness's own figures
-ORDER = ("policy", "milters", "lmtp", "fanout", "scale", "harness")
+ORDER = ("policy", "milters", "lmtp", "fanout", "scale", "pg", "harness")
 
 
 def main() -> int:
