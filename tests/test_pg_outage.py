@@ -130,12 +130,9 @@ def test_postgresql_stopped_mid_traffic_4xx_nothing_lost_resumes_without_restart
             for m in MEMBERS} == {(mid, m): 1 for mid in [first_mid, racing_mid, *(m for m, _ in outage)]
                                   for m in MEMBERS}
     assert st.member(DEAD).bounce_score == 1.0
-    same_daemons(st, pids, ("policy", "runner"))                        # no daemon restarted
     assert st.serve.poll() is None
     assert pg_server.password not in st.serve_text()
-    if "child exited, restarting child=milter status=-11" in st.serve_text():
-        # Known, open: psycopg's C notice receiver, called by libpq on a libmilter thread (a
-        # thread state pymilter made itself, not through PyGILState), crashes the milter now
-        # and then when the server goes away. serve restarts it; nothing is lost (above).
-        pytest.xfail("the milter died of SIGSEGV in psycopg's notice receiver during the outage")
-    same_daemons(st, pids, ("milter",))
+    # no daemon restarted: the milter runs its store calls on Python-made threads
+    # (listgate.milter.app.CoreThreads), where psycopg's notice receiver may call back
+    assert "child exited" not in st.serve_text(), st.serve_text()[-3000:]
+    same_daemons(st, pids, ("policy", "runner", "milter"))

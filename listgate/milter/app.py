@@ -27,10 +27,12 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import Milter
 
+from ..addresses import split_address
 from ..inject import NotStored, Routed, bare, store_message
 from ..log import kv
 from ..routing import decide_rcpt
@@ -62,10 +64,39 @@ def _reply_text(text: str | None) -> str:
     return (text or "").replace("%", "%%").replace("\r", " ").replace("\n", " ")
 
 
+class CoreThreads:
+    """Python-made threads that run the shared core's calls for libmilter's threads.
+
+    libmilter makes a thread per connection outside Python, and pymilter gives
+    each a thread state of its own making; a store driver that calls back into
+    Python from C with ``PyGILState_Ensure`` (psycopg's libpq notice receiver,
+    which fires when a PostgreSQL server goes away) may not run on such a
+    thread (Python C API, "Non-Python created threads": the two ways of
+    holding the GIL do not mix) and crashed the milter. So every call that may
+    reach the store runs here. ``run(fn, *args, **kw)`` returns what ``fn``
+    returns or raises what it raises; ``close()`` at exit.
+    """
+
+    def __init__(self, workers: int = 8):
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="listgate-core")
+
+    def run(self, fn, *args, **kw):
+        return self._pool.submit(fn, *args, **kw).result()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True)
+
+
 class ListgateMilter(Milter.Base):
-    """One SMTP connection. Class attribute ``sites`` provides ``current() -> Site``."""
+    """One SMTP connection. Class attribute ``sites`` provides ``current() -> Site``;
+    ``core`` (a :class:`CoreThreads`, None in tests that call the methods directly)
+    runs the calls that may reach the store."""
 
     sites: ClassVar[object] = None
+    core: ClassVar[CoreThreads | None] = None
+
+    def _core(self, fn, *args, **kw):
+        return self.core.run(fn, *args, **kw) if self.core is not None else fn(*args, **kw)
 
     def __init__(self):
         self.client_address: str | None = None
@@ -113,7 +144,12 @@ class ListgateMilter(Milter.Base):
     def envrcpt(self, to, *params):
         if self.site is None:  # an MTA that skipped MAIL FROM
             self.site = self.sites.current()
-        d = decide_rcpt(self.site, bare(to), sender=self.sender, client_address=self.client_address)
+        rcpt = bare(to)
+        parts = split_address(rcpt)
+        if parts is not None and parts[1] in self.site.domains:     # ours: the decision may ask the store
+            d = self._core(decide_rcpt, self.site, rcpt, sender=self.sender, client_address=self.client_address)
+        else:
+            d = decide_rcpt(self.site, rcpt, sender=self.sender, client_address=self.client_address)
         if d.action == "pass":
             self.others += 1
             return Milter.CONTINUE
@@ -179,8 +215,8 @@ class ListgateMilter(Milter.Base):
         self.chunks = []
         qid = self.getsymval("i")
         try:
-            store_message(self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
-                          client_address=self.client_address, client_name=self.client_name)
+            self._core(store_message, self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
+                       client_address=self.client_address, client_name=self.client_name)
         except NotStored as exc:
             log.warning("tempfail %s", kv(queue_id=qid, error=exc))
             self.setreply(*TEMPFAIL_REPLY)

@@ -25,7 +25,7 @@ import milter as libmilter  # pymilter's C extension (libmilter bindings)
 
 from .. import sdnotify, sockets
 from ..config import Watcher, parse_socket
-from .app import NEEDED_ACTIONS, ListgateMilter, SiteSource
+from .app import NEEDED_ACTIONS, CoreThreads, ListgateMilter, SiteSource
 
 log = logging.getLogger("listgate.milter")
 NAME = "listgate"
@@ -112,6 +112,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     conn, path = socket_spec(site)
     mode = socket_mode(site)
     ListgateMilter.sites = SiteSource(watcher)
+    ListgateMilter.core = CoreThreads()
     if site.conf.milter.preallocate_qfiles is not None:
         log.warning("milter.preallocate_qfiles is ignored (qfiles are no longer written in advance): "
                     "delete it from %s", site.path)
@@ -131,5 +132,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
         sdnotify.stopping()
         if path:
             sockets.remove(path)  # libmilter leaves it behind; a stale socket only confuses
+        ListgateMilter.core.close()
+        ListgateMilter.core = None
     log.info("milter stopped")
     return 0
