@@ -12,6 +12,7 @@ import os
 import pwd
 import shutil
 import subprocess
+import sys
 import tempfile
 
 import pytest
@@ -127,3 +128,18 @@ def test_a_missing_state_dir_is_refused_as_root(owned_instance):
     out = lg(path, "members", "list", "demo")
     assert out.returncode == 1 and b"--as-root" in out.stderr, out.stderr
     assert not os.path.exists(os.path.join(os.path.dirname(path), "missing"))
+
+
+def test_a_python_the_owner_cannot_read_gives_a_clear_error(owned_instance):
+    """Run as root from a Python under /root (pyenv, a venv of root's python3): after
+    becoming state_dir's owner it could not load its own modules; it says so instead
+    of failing later with a traceback."""
+    path, _ = owned_instance
+    stdlib = os.path.dirname(os.__file__)
+    readable = subprocess.run(["test", "-r", stdlib, "-a", "-x", stdlib], user=USER, timeout=30).returncode == 0
+    if readable:
+        pytest.skip(f"{USER} can read this Python's library {stdlib}")
+    out = subprocess.run([sys.executable, "-m", "listgate", "-c", path, "members", "list", "demo"],
+                         capture_output=True, text=True, timeout=120, cwd="/")
+    assert out.returncode == 1, out.stderr
+    assert "cannot read its own library" in out.stderr and "Traceback" not in out.stderr, out.stderr

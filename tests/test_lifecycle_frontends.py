@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import pytest
 
+from listgate import verp
+
 from harness import SPAM_REFUSE, UNKNOWN, available
 from harness.exim import SYSTEM_PYTHON, EximStack, unavailable, unprivileged_listgate
 from harness.stack import Stack
@@ -57,7 +59,8 @@ def test_exim_pipe_to_inject_post_and_bounce(exim_pipe, corpus):
     mid = post(st, "via the pipe")
     st.wait_until(lambda: received(st, BOB, mid), 60, what="the post to reach bob")
     dsn = (corpus / "flufl.bounce/dsn_13.txt").read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-    assert st.send("", ["demo-bounces@lists.example.org"], dsn) == {}
+    # to userx's VERP address: a plain-address DSN naming a VERP member never scores (issue 20)
+    assert st.send("", [verp.member_bounce_address(st.site, st.lc, userx)], dsn) == {}
     st.wait_until(lambda: st.member(userx).bounce_score == 1.0, 60, what="the bounce to be scored")
     log = st.exim.log_text()
     assert "T=listgate_pipe" in log and "T=listgate_lmtp" not in log

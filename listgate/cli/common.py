@@ -53,6 +53,14 @@ def become_state_owner(args, *, missing_ok: bool = False) -> None:
         os.setgroups([])
     os.setgid(st.st_gid)
     os.setuid(st.st_uid)
+    # This Python must still be able to load its own modules (a command imports
+    # some only when it needs them): one installed under /root (pyenv, a venv
+    # made with root's python3) is not, and would fail later with a traceback.
+    stdlib = os.path.dirname(os.__file__)
+    if not os.access(stdlib, os.R_OK | os.X_OK):
+        fail(f"after becoming {st.st_uid} (the owner of state_dir {site.state_dir}) this Python cannot "
+             f"read its own library {stdlib}: install listgate with a Python that user can run "
+             "(INSTALL, section 2: /usr/bin/python3 -m venv), or run with --as-root")
 
 
 def get_list(site: config.Site, name: str):

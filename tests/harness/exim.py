@@ -265,6 +265,20 @@ class EximStack(Stack):
         self.transport = transport
         self.exim: EximInstance | None = None
         self.tmp: Path | None = None
+        self._as_owner: tuple[list[str], dict[str, str]] | None = None
+
+    def listgate(self, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+        """The CLI as the instance's owner when that is Exim's user (the pipe stack): as
+        root it would become that user itself, and this Python (under /root) cannot follow."""
+        if self._as_owner is None:
+            return super().listgate(*args, check=check)
+        argv, env = self._as_owner
+        out = subprocess.run([*argv, "-c", self.site.path, *args], capture_output=True, text=True, timeout=120,
+                             user=PIPE_USER, group=PIPE_USER, cwd=str(self.base),
+                             env={**os.environ, **env, "LISTGATE_CLOCK_FILE": self.clock_file})
+        if check and out.returncode != 0:
+            raise RuntimeError(f"listgate {' '.join(args)} failed ({out.returncode}):\n{out.stderr}")
+        return out
 
     def _start(self) -> None:
         self.sink = SmtpSink(self.behaviours).start()
@@ -278,6 +292,7 @@ class EximStack(Stack):
             argv, env = run
             self.start_listgate(self.tmp / "listgate", reinject_port=reinject, socket_group="Debian-exim",
                                 user=PIPE_USER, command=argv, environment=env)
+            self._as_owner = (argv, env)
             env = {**env, "LISTGATE_CLOCK_FILE": self.clock_file}
         else:
             argv, env = [], {}
