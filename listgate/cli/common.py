@@ -116,6 +116,13 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
     async def serve() -> int:
         try:
             server = make_server(watcher, args.socket)
+        except ValueError as exc:
+            log.error("%s", exc)
+            return 1
+        except OSError as exc:
+            log.error("cannot set up the %s: %s", what, exc)
+            return EX_OSERR
+        try:
             await server.start()
         except OSError as exc:
             log.error("cannot listen on %s: %s", server.socket_spec, exc)
