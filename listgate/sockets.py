@@ -1,4 +1,4 @@
-"""The unix socket files of listgate's daemons (milter, policy server).
+"""The unix socket files of listgate's daemons (milter, policy server, LMTP, web).
 
 At start a socket file left behind by a daemon that died is removed; one a
 live daemon still answers on is refused (a second daemon must not steal it);
@@ -82,3 +82,17 @@ def create(path: str, mode: int, make: Callable[[], T]) -> T:
         os.umask(old)
     os.chmod(path, mode)
     return made
+
+
+def bound_unix(path: str, mode: int) -> socket.socket:
+    """A stream socket bound to ``path`` with ``mode`` (a stale file cleared first, the file
+    made under umask 0177), for an asyncio server to listen on. Raises what :func:`clear_stale`
+    raises, or OSError from ``bind``; the socket is closed then."""
+    clear_stale(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        create(path, mode, lambda: sock.bind(path))
+    except BaseException:
+        sock.close()
+        raise
+    return sock

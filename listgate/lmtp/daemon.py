@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Callable
 
 from .. import sockets
@@ -53,10 +52,8 @@ class LmtpServer:
         factory = protocol_factory(site, self.get_site)
         if self.kind == "unix":
             mode = sockets.parse_mode(site.conf.lmtp.socket_mode, "lmtp.socket_mode")
-            sockets.clear_stale(self.where)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = sockets.bound_unix(self.where, mode)
             try:
-                sockets.create(self.where, mode, lambda: sock.bind(self.where))
                 self._server = await loop.create_unix_server(factory, sock=sock, backlog=128)
             except BaseException:
                 sock.close()

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from typing import Callable
 
 from .. import sockets
@@ -74,10 +73,8 @@ class PolicyServer:
     async def start(self) -> None:
         if self.kind == "unix":
             mode = sockets.parse_mode(self.get_site().conf.policy.socket_mode, "policy.socket_mode")
-            sockets.clear_stale(self.where)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = sockets.bound_unix(self.where, mode)
             try:
-                sockets.create(self.where, mode, lambda: sock.bind(self.where))
                 self._server = await asyncio.start_unix_server(self._serve, sock=sock, backlog=1024)
             except BaseException:
                 sock.close()

@@ -25,7 +25,6 @@ from __future__ import annotations
 import asyncio
 import html
 import logging
-import socket
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -136,10 +135,8 @@ class WebServer:
         await self._runner.setup()
         if self.kind == "unix":
             mode = sockets.parse_mode(site.conf.web.socket_mode, "web.socket_mode")
-            sockets.clear_stale(self.where)
-            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock = sockets.bound_unix(self.where, mode)
             try:
-                sockets.create(self.where, mode, lambda: sock.bind(self.where))
                 self._site = web.SockSite(self._runner, sock)
                 await self._site.start()
             except BaseException:
