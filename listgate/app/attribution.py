@@ -97,12 +97,12 @@ def sent_to(run, member: Member, original: Original) -> bool:
     Its List-Id must be this list's (RFC 2919) and its Message-ID one recorded
     by :func:`record_post` within ``verp.max_age``.
     """
-    label = f"<{run.lc.name}.{run.lc.domain}>".lower()      # RFC 2919 list-id, as notices.list_id writes it
+    label = notices.list_label(run.lc).lower()
     if not original.message_id or label not in original.list_id.lower():
         return False
     since = run.now - run.site.conf.verp.max_age
-    return any(e.action == POST_SENT and e.message_id == original.message_id and e.at >= member.subscribed_at
-               for e in run.store.events(since=since))
+    return any(e.message_id == original.message_id and e.at >= member.subscribed_at
+               for e in run.store.events(since=since, actions=(POST_SENT,)))
 
 
 def quotes_their_copy(run, member: Member, raw: bytes) -> bool:

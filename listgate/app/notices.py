@@ -47,9 +47,14 @@ def confirm_address(lc, token: str) -> str:
     return address(lc, "confirm", token)
 
 
+def list_label(lc) -> str:
+    """``<name.domain>``: the list's identifier in ``List-Id`` (RFC 2919 section 2, dot-atom text)."""
+    return f"<{lc.name}.{lc.domain}>"
+
+
 def list_id(lc) -> str:
     """``"description" <name.domain>`` (RFC 2919 section 2: the list-label is dot-atom text)."""
-    label = f"<{lc.name}.{lc.domain}>"
+    label = list_label(lc)
     desc = " ".join(str(lc.description or "").replace('"', "").replace("\\", "").split())
     if not desc:
         return label

@@ -50,7 +50,7 @@ from ..log import kv
 from ..queue import Switchboard, derived_id
 from ..store import open_store
 from . import attribution, digests, dmarc, mail, moderation, signing
-from .notices import address, list_id
+from .notices import address, list_id, list_label
 
 log = logging.getLogger("listgate.app.posting")
 
@@ -234,7 +234,7 @@ def been_here(lc, m) -> bool:
     me = address(lc).lower()
     if any(str(v).strip().lower() == me for v in (m.get_all(LOOP_HEADER) or ())):
         return True
-    label = f"<{lc.name}.{lc.domain}>"
+    label = list_label(lc).lower()
     return label in mail.header_text(m, "List-Id").lower()
 
 
