@@ -124,8 +124,11 @@ class BounceOutcome:
         return " ".join(str(a) for a in self.actions) or "nothing"
 
 
-class _Run:
-    """One call's context: the list, its store, events to record and mail to queue."""
+class Run:
+    """One call's context: the list, its store, events to record and mail to queue.
+
+    The life cycle's other modules (probes, incidents, complaints, dead domains)
+    take it; each public call of :class:`BounceEngine` makes one."""
 
     def __init__(self, engine: "BounceEngine", lc, message_id: str | None = None):
         self.engine = engine
@@ -239,7 +242,7 @@ class BounceEngine:
         rcpt = addresses.make(address.name, address.domain, "bounces", address.extension)
         result = classify(msg, envelope_recipient=rcpt, verp_address=verp_member or probe_member,
                           verp_kind="probe" if probe_member else "verp")
-        run = _Run(self, lc, result.message_id)
+        run = Run(self, lc, result.message_id)
         run.outcome.classification = result
         with run.store.transaction():
             self._site_problem(run, result, msg, rcpt, envelope_sender)
@@ -278,7 +281,7 @@ class BounceEngine:
         evidence = message or (
             f"Subject: delivery failure at hand-over\nContent-Type: text/plain; charset=utf-8\n\n"
             f"Recipient: {address}\nStatus: {status or '-'}\nDiagnostic: {diagnostic}\n").encode("utf-8")
-        run = _Run(self, lc)
+        run = Run(self, lc)
         with run.store.transaction():
             if probe_token:
                 probes.probe_bounce(run, probe_token, failure, evidence)
@@ -300,7 +303,7 @@ class BounceEngine:
         member whose delivery was since changed by a person (``by_user``,
         ``by_admin``) keeps that status; only the bounce info is cleared.
         """
-        run = _Run(self, lc)
+        run = Run(self, lc)
         with run.store.transaction():
             record = run.store.confirm_pending(token, "re_enable")
             member = run.store.get_member(record.payload.get("member", ""))
@@ -331,7 +334,7 @@ class BounceEngine:
                 continue  # disabled by a person with status by_bounce: not in this life cycle
             if clock.now() - member.last_notice_at < interval:
                 continue
-            run = _Run(self, lc)
+            run = Run(self, lc)
             with run.store.transaction():
                 # Re-read under the write lock: another runner may have acted.
                 current = run.store.get_member(member.key)
@@ -353,7 +356,7 @@ class BounceEngine:
         return done
 
     # -- the rules ------------------------------------------------------------
-    def _not_a_bounce(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+    def _not_a_bounce(self, run: Run, result: Classification, msg: bytes, rcpt: str,
                       envelope_sender: str | None) -> None:
         if result.kind == "autoreply":
             run.record(None, "ignored", None, bounce_class="autoreply",
@@ -370,7 +373,7 @@ class BounceEngine:
         self._unrecognized(run, msg, rcpt, envelope_sender, "not a bounce (a human reply?): "
                            + "; ".join(result.notes[:3]), bounce_class="unknown")
 
-    def _site_problem(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+    def _site_problem(self, run: Run, result: Classification, msg: bytes, rcpt: str,
                       envelope_sender: str | None) -> None:
         """Class ``site`` failures: tell the postmaster once per destination domain and day."""
         for failure in result.failures:
@@ -383,7 +386,7 @@ class BounceEngine:
                                                envelope_sender=envelope_sender or "", reason=failure.reason),
                          [{"rcpt": postmaster, "sender": ""}], "postmaster_notice")
 
-    def _unrecognized(self, run: _Run, msg: bytes, rcpt: str, envelope_sender: str | None, reason: str,
+    def _unrecognized(self, run: Run, msg: bytes, rcpt: str, envelope_sender: str | None, reason: str,
                       *, bounce_class: str = "unknown", failure: Failure | None = None) -> None:
         if run.lc.bounce_unrecognized_goes_to_list_owner:
             run.send(notices.unrecognized(run.lc, msg, recipient=rcpt, envelope_sender=envelope_sender or "",
@@ -393,7 +396,7 @@ class BounceEngine:
             action = "discarded"
         run.record(None, action, failure, bounce_class=bounce_class, detail=reason)
 
-    def _verp_bounce(self, run: _Run, member_address: str, result: Classification, msg: bytes) -> None:
+    def _verp_bounce(self, run: Run, member_address: str, result: Classification, msg: bytes) -> None:
         failure = _top(result.failures) or Failure(
             address=member_address, bounce_class="unknown", status=None, diagnostic="",
             attribution="verp", reason="bounce to a member VERP address without a parsable failure")
@@ -403,7 +406,7 @@ class BounceEngine:
             return
         self._member_failure(run, member, failure, msg, attribution="verp")
 
-    def _plain_bounce(self, run: _Run, result: Classification, msg: bytes, rcpt: str,
+    def _plain_bounce(self, run: Run, result: Classification, msg: bytes, rcpt: str,
                       envelope_sender: str | None, verp_note: str, original: attribution.Original) -> None:
         by_address: dict[str, list[Failure]] = {}
         for f in result.failures:
@@ -431,7 +434,7 @@ class BounceEngine:
                 self._member_failure(run, member, failure, msg, attribution="post",
                                      sample=attribution.summary(failure, "post"))
 
-    def _plain_may_score(self, run: _Run, member: Member, failure: Failure, original) -> bool:
+    def _plain_may_score(self, run: Run, member: Member, failure: Failure, original) -> bool:
         """Whether a plain-address bounce naming ``member`` may score them (:mod:`.attribution`)."""
         if run.lc.verp_mode != "signed":
             return True                     # xverp: unsigned VERP by choice, forgeable anyway
@@ -439,14 +442,14 @@ class BounceEngine:
             return False
         return attribution.sent_to(run, member, original)
 
-    def _non_member(self, run: _Run, address: str, failure: Failure) -> None:
+    def _non_member(self, run: Run, address: str, failure: Failure) -> None:
         run.record(address, "non_member", failure)
         if failure is not None and failure.bounce_class in ("hard", "soft", "unknown"):
             # A confirmation request to this address bounced: nobody can confirm it.
             from .subscriptions import cancel_for_bounce
             cancel_for_bounce(run, address)
 
-    def _member_failure(self, run: _Run, member: Member, failure: Failure, msg: bytes,
+    def _member_failure(self, run: Run, member: Member, failure: Failure, msg: bytes,
                         attribution: str | None = None, *, unverified: bool = False,
                         sample: bytes | None = None) -> None:
         """Score, ignore or record ``failure`` of ``member``; ``msg`` is kept as evidence.

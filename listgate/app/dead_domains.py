@@ -31,7 +31,7 @@ from ..config.schema import DAY
 from ..log import kv
 from ..store import open_store
 from . import attribution, probes, site_incidents
-from .bounces import BounceEngine, _Run
+from .bounces import BounceEngine, Run
 
 log = logging.getLogger("listgate.app.dead_domains")
 
@@ -92,7 +92,7 @@ def run(site, lc, engine: BounceEngine | None = None) -> list[str]:
 
 def _probe(engine: BounceEngine, lc, key: str, event, answer) -> bool:
     """Record ``dead_domain`` and probe ``key`` in one transaction; False if the member changed meanwhile."""
-    run = _Run(engine, lc)
+    run = Run(engine, lc)
     failure = Failure(address=key, bounce_class="hard", status=event.status,
                       diagnostic=f"{event.detail}; DNS: {answer.reason}", attribution="dns",
                       reason=answer.reason)
