@@ -117,18 +117,10 @@ class PolicyServer:
         site = self.get_site()
         parser = RequestParser(site.conf.policy.max_line)
         while True:
-            # asyncio.wait, not a timeout around the read: data that came in the loop turn in
-            # which the limit ran out is read, not taken for silence (the read finishes first)
-            read = asyncio.ensure_future(reader.read(_READ_SIZE))
-            try:
-                done, _ = await asyncio.wait({read}, timeout=site.conf.policy.idle_timeout or None)
-            finally:
-                if not read.done():
-                    read.cancel()
-            if not done:
+            data = await _read(reader, site.conf.policy.idle_timeout or None)
+            if data is None:
                 log.debug("closing idle policy connection %s", kv(peer=peer))
                 return
-            data = read.result()
             site = self.get_site()      # the configuration in force for what was read
             try:
                 if data:
@@ -145,6 +137,25 @@ class PolicyServer:
             await _answer_all(site, writer, requests)
             if not data:
                 return
+
+
+async def _read(reader: asyncio.StreamReader, idle: float | None) -> bytes | None:
+    """What the client sent next (b"" at end of input), or None after ``idle`` seconds of silence.
+
+    A timeout scope around the read, not a task per read. Data that came in the
+    loop turn in which the limit ran out stays in the reader's buffer (the read
+    was cancelled while waiting for it): one more read that cannot wait takes it,
+    so it is answered, not taken for silence.
+    """
+    try:
+        async with asyncio.timeout(idle):
+            return await reader.read(_READ_SIZE)
+    except TimeoutError:
+        try:
+            async with asyncio.timeout(0):
+                return await reader.read(_READ_SIZE)     # returns at once if anything is buffered
+        except TimeoutError:
+            return None
 
 
 async def _answer_all(site: Site, writer: asyncio.StreamWriter, requests: list[dict[str, str]]) -> None:
