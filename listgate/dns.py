@@ -16,15 +16,15 @@ or the LMTP server while a client waits (RCPT or end of message).
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 
 import dns.exception
 import dns.name
 import dns.rdatatype
 import dns.resolver
+from .log import events
 
-log = logging.getLogger("listgate.dns")
+log = events("listgate.dns")
 
 OK, NXDOMAIN, NODATA, UNKNOWN = "ok", "nxdomain", "nodata", "unknown"
 
@@ -85,7 +85,7 @@ class Resolver:
             return Answer(NXDOMAIN)
         except dns.exception.DNSException as exc:
             # Timeout / LifetimeTimeout, NoNameservers (SERVFAIL, REFUSED), YXDOMAIN, bad replies
-            log.info("DNS lookup without an answer name=%s type=%s error=%r", name, rdtype, str(exc)[:200])
+            log.info("dns_no_answer", "DNS lookup without an answer", name=name, type=rdtype, error=str(exc)[:200])
             return Answer(UNKNOWN, error=f"{type(exc).__name__}: {exc}"[:300])
         if ans.rrset is None:
             return Answer(NODATA)

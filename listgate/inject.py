@@ -28,7 +28,6 @@ waits for a duplicate look or record.
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, field
 from typing import Iterable, Sequence
@@ -36,11 +35,11 @@ from typing import Iterable, Sequence
 from . import clock
 from .addresses import bare
 from .config import Site
-from .log import kv
+from .log import events
 from .queue import QueueError, Switchboard
 from .store import StoreUnavailable
 
-log = logging.getLogger("listgate.inject")
+log = events("listgate.inject")
 
 # The start of a header field: RFC 5322 section 2.2 field name (printable
 # US-ASCII except colon), then the colon.
@@ -209,8 +208,9 @@ def _store_group(site: Site, sb: Switchboard, msg: bytes, sender: str, group: Gr
             "envelope_sender": sender, "recipients": item.recipients, **envelope, "arrival": arrival,
         }
         _queue(sb, msg, meta, item)
-    log.info("%s %s", item.outcome, kv(list=item.list_key, role=item.role, qfile=item.qfile,
-                                       queue_id=envelope["mta_queue_id"], detail=item.detail or None))
+    if item.outcome != "bounce":      # a bounce is logged once, by the bounce life cycle (event=bounce)
+        log.info("intake", list=item.list_key, role=item.role, outcome=item.outcome, qfile=item.qfile,
+                 queue_id=envelope["mta_queue_id"], detail=item.detail or None)
     return item
 
 

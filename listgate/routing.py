@@ -35,7 +35,6 @@ system full / other mail system status): the client retries, nothing is lost.
 from __future__ import annotations
 
 import ipaddress
-import logging
 from typing import Any, NamedTuple
 
 from . import verp
@@ -43,11 +42,12 @@ from .app import posting
 from .addresses import ListAddress, split_address
 from .store import StoreError, open_store
 from .store.tokens import is_token
+from .log import events
 
 __all__ = ["RcptDecision", "decide_rcpt", "ACTIONS"]
 
 ACTIONS = ("pass", "accept", "reject", "discard", "tempfail")
-log = logging.getLogger("listgate.routing")
+log = events("listgate.routing")
 
 
 class RcptDecision(NamedTuple):
@@ -125,7 +125,7 @@ def decide_rcpt(site, rcpt: str, sender: str | None = None, client_address: str 
     except Exception as exc:  # noqa: BLE001 - any store failure: the client must retry, not lose mail
         if not _is_store_failure(exc):
             raise
-        log.warning("store unavailable for %s: %s", address.list_key, exc)
+        log.warning("store_unavailable", list=address.list_key, error=exc)
         return _tempfail(address)
     return RcptDecision("accept", address=address)
 

@@ -12,12 +12,12 @@ arrives, and may report :func:`status` lines shown by ``systemctl status``.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
+from .log import events
 
 ENV_VAR = "NOTIFY_SOCKET"
-log = logging.getLogger("listgate.sdnotify")
+log = events("listgate.sdnotify")
 
 
 def notify(state: str) -> bool:
@@ -34,14 +34,14 @@ def notify(state: str) -> bool:
     if address.startswith("@"):
         address = "\0" + address[1:]
     elif not address.startswith("/"):
-        log.warning("%s=%r: only unix socket paths are supported", ENV_VAR, address)
+        log.warning("sd_notify_unsupported", "only unix socket paths are supported", variable=ENV_VAR, address=address)
         return False
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC) as sock:
             sock.connect(address)
             sock.sendall(state.encode("utf-8"))
     except OSError as exc:
-        log.warning("sd_notify to %s failed: %s", os.environ.get(ENV_VAR), exc)
+        log.warning("sd_notify_failed", "sd_notify failed", address=os.environ.get(ENV_VAR), error=exc)
         return False
     return True
 

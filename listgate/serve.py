@@ -31,7 +31,6 @@ see ``$NOTIFY_SOCKET`` (only the main process may talk to systemd).
 from __future__ import annotations
 
 import ctypes
-import logging
 import os
 import signal
 import socket
@@ -41,9 +40,9 @@ import time
 
 from . import sdnotify
 from .config import parse_socket
-from .log import kv
+from .log import events
 
-log = logging.getLogger("listgate.serve")
+log = events("listgate.serve")
 
 CHILDREN = ("milter", "policy", "runner")
 STOP_TIMEOUT = 30.0
@@ -116,7 +115,7 @@ class Supervisor:
         self.procs[name] = subprocess.Popen(self.command(name), env=self.env, stdin=subprocess.DEVNULL,
                                             preexec_fn=lambda: _child_setup(parent))
         self.started[name] = time.monotonic()
-        log.info("started %s", kv(child=name, pid=self.procs[name].pid))
+        log.info("child_started", child=name, pid=self.procs[name].pid)
 
     def stop(self, *_args) -> None:
         self.stopping = True
@@ -142,14 +141,14 @@ class Supervisor:
             self.start(name)
         if self.wait_ready():
             sdnotify.notify("READY=1")
-            log.info("serving %s", kv(children=",".join(self.children)))
+            log.info("serving", children=",".join(self.children))
         else:
-            log.warning("children not listening yet; telling systemd we are ready anyway")
+            log.warning("children_not_ready", "children not listening yet; telling systemd we are ready anyway")
             sdnotify.notify("READY=1")
         while not self.stopping:
             if self.hangups:
                 self.hangups = 0
-                log.info("SIGHUP: nothing to do, the daemons re-read changed configuration on their own")
+                log.info("sighup", "SIGHUP: nothing to do, the daemons re-read changed configuration on their own")
             now = time.monotonic()
             for name, proc in list(self.procs.items()):
                 if proc.poll() is None:
@@ -158,8 +157,8 @@ class Supervisor:
                     quick = now - self.started[name] < 10
                     self.pause[name] = min(self.pause[name] * 2, MAX_PAUSE) if quick else 1.0
                     self.due[name] = now + self.pause[name]
-                    log.error("child exited, restarting %s",
-                              kv(child=name, status=proc.returncode, restart_in=f"{self.pause[name]:g}s"))
+                    log.error("child_exited", "child exited, restarting", child=name, status=proc.returncode,
+                              restart_in=f"{self.pause[name]:g}s")
                 elif now >= self.due[name]:
                     del self.due[name]
                     self.start(name)
@@ -176,7 +175,7 @@ class Supervisor:
             try:
                 proc.wait(timeout=max(0.0, end - time.monotonic()))
             except subprocess.TimeoutExpired:
-                log.error("child did not stop, killing %s", kv(child=name, pid=proc.pid))
+                log.error("child_killed", "child did not stop, killing", child=name, pid=proc.pid)
                 proc.kill()
                 proc.wait()
         log.info("stopped")

@@ -64,13 +64,12 @@ never lost and no state claims a mail was sent that was not.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass, field
 from typing import Iterable
 
 from .. import addresses, clock, messages, verp
 from ..bounce.classify import Classification, Failure, classify
-from ..log import kv
+from ..log import events
 from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
 from ..store import BounceEvent, Member, NotAMember, open_store
@@ -78,7 +77,7 @@ from . import attribution, complaints, incidents, notices, probes
 
 __all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK"]
 
-log = logging.getLogger("listgate.app.bounces")
+log = events("listgate.app.bounces")
 
 # Which failure decides when one message reports several for one address
 # (the same order classification uses to reduce a VERP'd report).
@@ -261,7 +260,7 @@ class BounceEngine:
                 else:
                     self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note, original)
             run.flush()
-        log.info("bounce %s", kv(list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary()))
+        log.info("bounce", list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary())
         return run.outcome
 
     def register_failure(self, lc, address: str, bounce_class: str, status: str | None, diagnostic: str, *,

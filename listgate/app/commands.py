@@ -36,18 +36,17 @@ Confirmation requests and replies are rate-limited per address and per list
 """
 from __future__ import annotations
 
-import logging
 import re
 
 from .. import addresses, clock
 from ..dns import DnsUnknown
-from ..log import kv
+from ..log import events
 from ..store import AlreadyMember, NotAMember, StoreError, StoreUnavailable, UnknownToken, open_store
 from ..store.tokens import TOKEN_RE
 from . import digests, mail, notices, posting, ratelimit, texts
 from .subscriptions import complete, deliverable
 
-log = logging.getLogger("listgate.app.commands")
+log = events("listgate.app.commands")
 
 MAX_COMMANDS = 10
 _TOKEN_IN = re.compile(r"\b([a-z2-7]{26})\b")
@@ -123,13 +122,14 @@ def _reachable(ctx: Context, what: str, address: str) -> bool:
     verdict = deliverable(ctx.site, address)
     if verdict.dead:
         ctx.results.append(f"{what}: {address} cannot receive mail: {verdict.reason}")
-        log.info("subscription refused %s", kv(list=notices.address(ctx.lc), address=address, dns=verdict.status))
+        log.info("subscription_refused", list=notices.address(ctx.lc), address=address, dns=verdict.status)
         return False
     if verdict.status == "unknown":
         arrival = ctx.qf.meta.get("arrival")
         if not isinstance(arrival, (int, float)) or clock.now() - arrival < ctx.site.conf.runner.retry_giveup:
             raise DnsUnknown(verdict.reason)
-        log.warning("DNS still unknown, going ahead %s", kv(list=notices.address(ctx.lc), address=address))
+        log.warning("dns_unknown_going_ahead", "DNS still unknown, going ahead", list=notices.address(ctx.lc),
+                    address=address)
     return True
 
 
@@ -217,7 +217,7 @@ def handle_request(site, lc, qf) -> str:
     """Run the commands of one ``L-request``/``L-join``/``L-leave`` message; returns a summary."""
     ctx = Context(site, lc, qf)
     if ctx.auto:
-        log.info("command mail ignored %s", kv(list=notices.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+        log.info("command_ignored", "command mail ignored", list=notices.address(lc), qfile=qf.id, why=ctx.auto)
         return "ignored"
     role = qf.meta.get("role")
     if role == "join":
@@ -277,8 +277,8 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
     """Complete pending record ``token`` (``L-confirm+TOKEN`` or ``confirm TOKEN``); returns a summary."""
     ctx = ctx or Context(site, lc, qf)
     if ctx.auto:
-        log.info("confirmation from an auto-generated message ignored %s",
-                 kv(list=notices.address(lc), qfile=qf.id, why=repr(ctx.auto)))
+        log.info("confirmation_ignored", "confirmation from an auto-generated message ignored",
+                 list=notices.address(lc), qfile=qf.id, why=ctx.auto)
         return "ignored"
     token = token.lower()
     rec = ctx.store.peek_pending(token)
@@ -290,8 +290,8 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
     try:
         if rec.type == "held_message":
             if not _privileged(ctx):
-                log.warning("moderation reply from a non-moderator ignored %s",
-                            kv(list=lname, sender=ctx.requester))
+                log.warning("moderation_reply_ignored", "moderation reply from a non-moderator ignored", list=lname,
+                            sender=ctx.requester)
                 return "not a moderator"
             ctx.results.append(complete(site, lc, rec, moderation=_moderation_action(ctx)))
         else:

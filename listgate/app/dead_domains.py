@@ -22,18 +22,17 @@ runner's periodic tasks (:mod:`listgate.runner.tasks`), once per list:
 """
 from __future__ import annotations
 
-import logging
 import secrets
 
 from .. import clock, messages
 from ..bounce.classify import Failure
 from ..config.schema import DAY
-from ..log import kv
+from ..log import events
 from ..store import open_store
 from . import attribution, probes, site_incidents
 from .bounces import BounceEngine, Run
 
-log = logging.getLogger("listgate.app.dead_domains")
+log = events("listgate.app.dead_domains")
 
 DEAD = ("null_mx", "nxdomain")
 # Hard bounce events that counted for the member (attributed, not an incident).
@@ -81,7 +80,7 @@ def run(site, lc, engine: BounceEngine | None = None) -> list[str]:
         answer = site.resolver.mail_domain(domain)
         if answer.status == "unknown":
             store.remember(_REMEMBER, f"{key} {day}", 0, owner=claim)   # give the claim back
-            log.info("domain check postponed %s", kv(list=messages.list_key(lc), member=key, reason=answer.reason))
+            log.info("domain_check_postponed", list=messages.list_key(lc), member=key, reason=answer.reason)
             continue
         if answer.status not in DEAD:
             continue

@@ -47,7 +47,6 @@ from __future__ import annotations
 import email
 import email.charset
 import email.utils
-import logging
 from datetime import datetime, timezone
 from email.mime.message import MIMEMessage
 from email.mime.multipart import MIMEMultipart
@@ -56,13 +55,13 @@ from email.policy import compat32
 
 from .. import clock
 from ..addresses import list_key
-from ..log import kv
+from ..log import events
 from ..queue import Switchboard, new_id
 from ..store import DigestPost, DigestState, Member, NotAMember, open_store
 from . import mail, posting
 from .notices import address
 
-log = logging.getLogger("listgate.app.digests")
+log = events("listgate.app.digests")
 
 # the words of the ``digest`` command and of ``listgate members set --digest``
 MODE_WORDS = {"on": "mime_digest", "mime": "mime_digest", "plain": "plain_digest", "off": "regular",
@@ -181,8 +180,8 @@ def _send(site, lc, store, board, state: DigestState, why: str) -> str:
     _release(board, state.claim)
     line = (f"digest vol {state.volume} issue {state.issue}: {len(posts)} post(s) ({why}); "
             + (", ".join(staged) or "no digest member"))
-    log.info("digest sent %s", kv(list=address(lc), volume=state.volume, issue=state.issue, posts=len(posts),
-                                  why=why, formats=repr(", ".join(staged))))
+    log.info("digest_sent", list=address(lc), volume=state.volume, issue=state.issue, posts=len(posts), why=why,
+             formats=", ".join(staged))
     return line
 
 

@@ -30,17 +30,16 @@ from __future__ import annotations
 
 import email.utils
 import functools
-import logging
 import re
 import secrets
 from dataclasses import dataclass
 
 from ..dns import NXDOMAIN, NODATA, OK, UNKNOWN
-from ..log import kv
+from ..log import events
 from . import mail
 from .notices import address
 
-log = logging.getLogger("listgate.app.dmarc")
+log = events("listgate.app.dmarc")
 
 POLICIES = ("none", "quarantine", "reject")
 # Header fields of the post the wrapper message keeps (Mailman keeps the same ones).
@@ -125,7 +124,8 @@ def _matches(lc, author: str) -> str | None:
                 if re.search(pattern, author, re.I):
                     return pattern
             except re.error:
-                log.warning("bad pattern in dmarc_mitigate_addresses %s", kv(list=address(lc), pattern=pattern))
+                log.warning("dmarc_bad_pattern", "bad pattern in dmarc_mitigate_addresses", list=address(lc),
+                            pattern=pattern)
         elif pattern.lower() == author:
             return pattern
     return None
@@ -209,8 +209,7 @@ def mitigate(site, lc, msg: bytes) -> bytes:
     why = reason(site, lc, writer[1])
     if why is None:
         return msg
-    log.info("DMARC mitigation %s", kv(list=address(lc), action=lc.dmarc_mitigation, author=writer[1],
-                                       reason=repr(why)))
+    log.info("dmarc_mitigation", list=address(lc), action=lc.dmarc_mitigation, author=writer[1], reason=why)
     if lc.dmarc_mitigation == "munge_from":
         return munge_from(lc, msg, writer[0], writer[1])
     return wrap_message(lc, msg, writer[0], writer[1])

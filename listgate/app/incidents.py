@@ -24,15 +24,15 @@ with its per-call context ``run`` (see :mod:`listgate.app.probes`).
 """
 from __future__ import annotations
 
-import logging
 
 from .. import addresses
 from ..bounce.classify import Failure
 from ..config.schema import DAY
 from ..store import Member, UnknownToken
 from . import notices, site_incidents
+from ..log import events
 
-log = logging.getLogger("listgate.app.incidents")
+log = events("listgate.app.incidents")
 
 # Events that raised a score (taken back when an incident explains them).
 _SCORED = ("scored", "probe_sent")
@@ -64,8 +64,7 @@ def domain_incident(run, member: Member, failure: Failure, msg: bytes) -> bool:
     if run.store.remember("bounce_incident", f"{domain} {failure.status}", max(conf.window, DAY)):
         run.send(notices.owner_incident(run.lc, domain, failure.status, sorted(seen), conf.window, msg),
                  run.to_owners(), "owner_notice")
-        log.warning("domain incident list=%s domain=%s status=%s members=%d",
-                    run.key, domain, failure.status, len(seen))
+        log.warning("domain_incident", list=run.key, domain=domain, status=failure.status, members=len(seen))
     # Pause fan-out to the domain until a delivery there succeeds (the owners were told above).
     site_incidents.open_incident(run.site, run.lc, run.store, domain,
                                  f"{len(seen)} members at {domain} failing with {failure.status}",
@@ -137,4 +136,4 @@ def _unscore(run, events) -> None:
         member.bounce_score, member.last_bounce_day, member.last_bounce_at = recompute(
             run.lc, run.store.events(member.key))
         run.store.save_member(member)
-        log.info("incident: score taken back list=%s member=%s event=%s", run.key, member.key, event.id)
+        log.info("incident_score_taken_back", list=run.key, member=member.key, bounce_event=event.id)

@@ -12,14 +12,13 @@ moderators (:func:`expired`).
 from __future__ import annotations
 
 import base64
-import logging
 
-from ..log import kv
+from ..log import events
 from ..store import open_store
 from . import mail, posting, texts
 from .notices import address, confirm_address, send, to_owners
 
-log = logging.getLogger("listgate.app.moderation")
+log = events("listgate.app.moderation")
 
 
 def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
@@ -42,7 +41,7 @@ def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
                              token=rec.token)
     to_owners(site, lc, f"confirm {rec.token}", body, samples=[msg], kind="held_notice",
               moderators=True, reply_to=confirm)
-    log.info("post held %s", kv(list=address(lc), token=rec.token, reason=repr(reason)))
+    log.info("post_held", list=address(lc), token=rec.token, reason=reason)
     return rec.token
 
 
@@ -78,7 +77,7 @@ def moderate(site, lc, token: str, action: str, reason: str = "") -> str:
             result = f"rejected: {p.get('subject') or '(no subject)'}"
         else:
             result = f"discarded: {p.get('subject') or '(no subject)'}"
-    log.info("held post %s %s", action, kv(list=address(lc), token=token))
+    log.info("held_post_moderated", list=address(lc), token=token, action=action)
     return result
 
 

@@ -40,19 +40,18 @@ from __future__ import annotations
 
 import email.header
 import hashlib
-import logging
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
 from .. import verp
 from ..addresses import split_address
-from ..log import kv
+from ..log import events
 from ..queue import Switchboard, derived_id
 from ..store import open_store
 from . import attribution, digests, dmarc, mail, moderation, signing
 from .notices import address, list_id, list_label
 
-log = logging.getLogger("listgate.app.posting")
+log = events("listgate.app.posting")
 
 LOOP_HEADER = "X-Listgate-Loop"
 # A post to at most FANOUT_SINGLE members is one out qfile; a bigger one is split into
@@ -215,7 +214,8 @@ def add_unsubscribe_headers(msg: bytes, site, lc, member: str) -> bytes:
     try:
         url = unsubscribe_url(site, lc, member)
     except (ValueError, VerpKeyError) as exc:   # VerpKeyError is a ValueError; named for the reader
-        log.warning("no one-click unsubscribe for this delivery %s", kv(list=address(lc), rcpt=member, error=exc))
+        log.warning("no_unsubscribe_link", "no one-click unsubscribe for this delivery", list=address(lc),
+                    rcpt=member, error=exc)
         return msg
     if url is None:
         return msg
@@ -249,8 +249,8 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
     xverp = lc.verp_mode == "xverp"
     plain = address(lc, "bounces")
     if xverp and not lc.accept_unsigned_verp:
-        log.warning("verp_mode xverp without accept_unsigned_verp: bounces to the unsigned VERP "
-                    "addresses Postfix makes will be refused at RCPT %s", kv(list=plain))
+        log.warning("xverp_unsigned_refused", "verp_mode xverp without accept_unsigned_verp: bounces to the "
+                    "unsigned VERP addresses Postfix makes will be refused at RCPT", list=plain)
     deliveries = [{"rcpt": m.address,
                    "sender": plain if xverp else verp.member_bounce_address(site, lc, m.address)}
                   for m in store.members("enabled") if m.delivery_mode in modes]
@@ -283,7 +283,8 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     # digest members get it in their digest; a replayed in-qfile (same qid) is collected once
     digests.collect(store, data, qid or "sha256:" + hashlib.sha256(data).hexdigest())
     if not deliveries:
-        log.info("post for a list without enabled members taking posts one by one %s", kv(list=meta["list"]))
+        log.info("post_no_recipients", "post for a list without enabled members taking posts one by one",
+                 list=meta["list"])
         return None
     attribution.record_post(store, lc, meta["message_id"])     # what bounces and complaints may quote
     arrival = (origin or {}).get("arrival")
@@ -319,7 +320,7 @@ def handle_post(site, lc, qf) -> str:
     ``discarded``, ``loop``). The caller finishes ``qf`` afterwards."""
     m = mail.headers(qf.msg)
     if been_here(lc, m):
-        log.info("loop: post already went through the list %s", kv(list=address(lc), qfile=qf.id))
+        log.info("post_loop", "loop: post already went through the list", list=address(lc), qfile=qf.id)
         return "loop"
     envelope_sender = qf.meta.get("envelope_sender")
     writer = mail.author(m)
@@ -334,7 +335,7 @@ def handle_post(site, lc, qf) -> str:
     if decision.action == "reject":
         moderation.reject_notice(site, lc, writer[1] if writer else envelope_sender, mail.header_text(m, "Subject"),
                                  decision.reason, mail.auto_generated(m, envelope_sender) is None)
-        log.info("post rejected %s", kv(list=address(lc), qfile=qf.id, reason=repr(decision.reason)))
+        log.info("post_rejected", list=address(lc), qfile=qf.id, reason=decision.reason)
         return "rejected"
-    log.info("post discarded %s", kv(list=address(lc), qfile=qf.id, reason=repr(decision.reason)))
+    log.info("post_discarded", list=address(lc), qfile=qf.id, reason=decision.reason)
     return "discarded"

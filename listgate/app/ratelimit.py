@@ -17,12 +17,11 @@ list) and window.
 """
 from __future__ import annotations
 
-import logging
 
-from ..log import kv
+from ..log import events
 from . import notices
 
-log = logging.getLogger("listgate.app.ratelimit")
+log = events("listgate.app.ratelimit")
 
 
 def may_send(site, lc, store, address: str) -> bool:
@@ -50,5 +49,5 @@ def _take(store, kind: str, key: str, limit: int, window: float) -> bool:
 
 def _burst(store, what: str, key: str, lc, limit: int, window: float) -> None:
     if store.remember("reply_burst", f"{what} {key}", window):
-        log.warning("command replies rate-limited %s", kv(list=notices.address(lc), per=what, to=key,
-                                                           limit=limit, window=int(window)))
+        log.warning("rate_limited", "command replies rate-limited", list=notices.address(lc), per=what, to=key,
+                    limit=limit, window=int(window))

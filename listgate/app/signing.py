@@ -30,17 +30,16 @@ original authentication although decoration broke the author's signature.
 """
 from __future__ import annotations
 
-import logging
 import re
 
 import dkim
 from dkim.crypto import UnparsableKeyError, parse_pem_private_key
 
-from ..log import kv
+from ..log import events
 from . import mail
 from .notices import address
 
-log = logging.getLogger("listgate.app.signing")
+log = events("listgate.app.signing")
 
 _EOL = re.compile(rb"\r?\n")
 # Signed header fields; From twice: an added second From breaks the signature (RFC 6376 section 8.15).
@@ -165,5 +164,5 @@ def sign(site, lc, msg: bytes, *, original: bytes | None = None, results: str | 
         wire = b"".join(arc_set) + wire
     sig = dkim.sign(wire, selector.encode(), domain, pem, canonicalize=(b"relaxed", b"relaxed"),
                     include_headers=[h.encode() for h in SIGNED])
-    log.debug("signed %s", kv(list=address(lc), selector=selector))
+    log.debug("signed", list=address(lc), selector=selector)
     return sig + wire

@@ -42,7 +42,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import logging
 import os
 import re
 from dataclasses import dataclass
@@ -52,8 +51,9 @@ from ..queue.files import fsync_dir, write_synced
 from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
 from ..store import BounceEvent, open_store
+from ..log import events
 
-log = logging.getLogger("listgate.app.site_incidents")
+log = events("listgate.app.site_incidents")
 
 ALL = "*"
 OPENED, CLEARED = "site_incident", "site_incident_cleared"
@@ -186,7 +186,7 @@ def open_incident(site, lc, store, scope: str, reason: str, evidence: list[str],
                                     action=OPENED, detail=f"scope {scope}: {what}: {reason}"[:500]))
         if new:
             _notify(site, lc, scope, reason, evidence, sample, send, tell_owners)
-            log.warning("site incident opened list=%s scope=%s reason=%r", messages.list_key(lc), scope, reason)
+            log.warning("site_incident_opened", list=messages.list_key(lc), scope=scope, reason=reason)
     return new
 
 
@@ -205,11 +205,11 @@ def clear(site, lc, scope: str, why: str) -> bool:
         if incident.from_bounces and not (incident.trial and not incident.paused):
             store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
                                         action=OPENED, detail=f"scope {scope}: {_TRIAL}: {why}"[:500]))
-            log.info("site incident trial list=%s scope=%s why=%r", messages.list_key(lc), scope, why)
+            log.info("site_incident_trial", list=messages.list_key(lc), scope=scope, why=why)
             return False
         store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
                                     action=CLEARED, detail=f"scope {scope}: {why}"[:500]))
-    log.warning("site incident cleared list=%s scope=%s why=%r", messages.list_key(lc), scope, why)
+    log.warning("site_incident_cleared", list=messages.list_key(lc), scope=scope, why=why)
     return True
 
 
@@ -268,7 +268,7 @@ def _told_elsewhere(site, lc, scope: str) -> bool:
             os.replace(tmp, path)
             fsync_dir(os.path.dirname(path))
     except Exception as exc:  # OSError, StoreUnavailable: better a second notice than none
-        log.warning("postmaster stamp %s: %s", path, exc)
+        log.warning("postmaster_stamp_failed", "cannot record when the postmaster was told", path=path, error=exc)
     return False
 
 

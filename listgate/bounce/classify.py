@@ -55,7 +55,6 @@ Never raises on bad input; the limits on how much is parsed are in
 """
 from __future__ import annotations
 
-import logging
 import re
 from dataclasses import dataclass, replace
 
@@ -67,8 +66,9 @@ from .dsn import find_report
 from .formats import find_ses_notification, prose_verdict, run_own_detectors
 from .reports import find_site_report, transport_problem
 from .status import classify_failure, gave_up, is_warning
+from ..log import events
 
-log = logging.getLogger("listgate.bounce")
+log = events("listgate.bounce")
 
 CLASSES = ("hard", "soft", "delayed", "delivered", "relayed", "expanded",
            "autoreply", "complaint", "policy", "unknown", "site", "report")
@@ -134,7 +134,7 @@ def classify(msg: bytes, *, envelope_recipient: str | None = None,
     try:
         result = _classify(msg, verp_address, verp_kind)
     except Exception as exc:  # last line of defence: bad input must never crash a front end
-        log.exception("bounce classification failed")
+        log.exception("bounce_classification_failed")
         result = Classification(
             True, "non-standard",
             (Failure(verp_address, "unknown", None, "", verp_kind if verp_address else "none",

@@ -18,15 +18,15 @@ everything else.
 """
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from email.message import Message
 
 import flufl.bounce
 
 from ..addresses import bare
+from ..log import events
 
-log = logging.getLogger("listgate.bounce")
+log = events("listgate.bounce")
 
 try:  # private in flufl.bounce 6; see the module docstring
     from flufl.bounce._scan import _DETECTORS as _FLUFL_DETECTORS
@@ -65,7 +65,7 @@ def run_detectors(msg: Message, *, skip: tuple[str, ...] = ()) -> DetectorResult
         try:
             temporary, permanent = flufl.bounce.all_failures(msg)
         except Exception as exc:
-            log.debug("flufl.bounce failed: %r", exc)
+            log.debug("flufl_bounce_failed", error=exc)
             return None
         if temporary or permanent:
             return DetectorResult("flufl", _decode(temporary), _decode(permanent))
@@ -77,7 +77,7 @@ def run_detectors(msg: Message, *, skip: tuple[str, ...] = ()) -> DetectorResult
         try:
             temporary, permanent = detector_class().process(msg)
         except Exception as exc:  # a detector tripping over a malformed message
-            log.debug("flufl.bounce detector %s failed: %r", name, exc)
+            log.debug("flufl_bounce_failed", detector=name, error=exc)
             continue
         if temporary or permanent:
             return DetectorResult(name, _decode(temporary), _decode(permanent))

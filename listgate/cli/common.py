@@ -99,7 +99,6 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
     bound. Tells systemd it is ready once bound (:mod:`listgate.sdnotify`).
     """
     import asyncio
-    import logging
     import signal
 
     from .. import log as lg_log, sdnotify
@@ -111,24 +110,24 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
         return 1
     lg_log.setup(watcher.current().conf.logging, program=program, level=args.log_level)
     config.log_list_errors(watcher.current())
-    log = logging.getLogger(program.replace("-", "."))
+    log = lg_log.events(program.replace("-", "."))
 
     async def serve() -> int:
         try:
             server = make_server(watcher, args.socket)
         except ValueError as exc:
-            log.error("%s", exc)
+            log.error("setup_failed", str(exc))
             return 1
         except OSError as exc:
-            log.error("cannot set up the %s: %s", what, exc)
+            log.error("setup_failed", f"cannot set up the {what}", error=exc)
             return EX_OSERR
         try:
             await server.start()
         except OSError as exc:
-            log.error("cannot listen on %s: %s", server.socket_spec, exc)
+            log.error("listen_failed", f"cannot listen on {server.socket_spec}", socket=server.socket_spec, error=exc)
             return EX_OSERR
         except ValueError as exc:
-            log.error("%s", exc)
+            log.error("setup_failed", str(exc))
             return 1
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
@@ -137,7 +136,7 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
         sdnotify.ready(f"{what} on {server.socket_spec}")
         await stop.wait()
         sdnotify.stopping()
-        log.info("%s stopping", what)
+        log.info("stopping", f"{what} stopping")
         await server.close()
         return 0
 

@@ -13,7 +13,6 @@ until the file is fixed, while every other list is served.
 """
 from __future__ import annotations
 
-import logging
 import os
 import re
 import time
@@ -23,6 +22,7 @@ from typing import Iterator
 
 from ..addresses import AddressTable, list_key
 from . import schema
+from ..log import events
 from .loader import (ConfigError, Frozen, format_duration, load_yaml_file, mask_url, parse_duration, parse_socket,
                      read_small_file, valid_address)
 
@@ -31,7 +31,7 @@ __all__ = ["ConfigError", "Frozen", "Site", "Watcher", "load", "default_path", "
 
 ENV_VAR = "LISTGATE_CONFIG"
 DEFAULT_PATH = "/etc/listgate/listgate.yaml"
-log = logging.getLogger("listgate.config")
+log = events("listgate.config")
 
 
 def default_path() -> str:
@@ -222,8 +222,8 @@ def log_list_errors(site: Site, only: set[str] | None = None) -> None:
         if only is not None and fpath not in only:
             continue
         key = owners.get(fpath)
-        what = f"list {key} not served (451 4.3.0 at RCPT)" if key else "list file ignored"
-        log.error("%s until %s is fixed: %s", what, fpath, " | ".join(errs))
+        what = "list not served (451 4.3.0 at RCPT)" if key else "list file ignored"
+        log.error("list_refused", f"{what} until its file is fixed", list=key, file=fpath, errors=" | ".join(errs))
 
 
 class Watcher:
@@ -270,7 +270,8 @@ class Watcher:
         try:
             new = load(self.path, strict=False)
         except ConfigError as exc:
-            log.error("configuration reload failed, keeping the previous one: %s", " | ".join(exc.errors))
+            log.error("config_reload_failed", "configuration reload failed, keeping the previous one",
+                      errors=" | ".join(exc.errors))
             return False
         old = self._site
         changed = {f for f, errs in new.list_errors.items() if old.list_errors.get(f) != errs}
@@ -284,9 +285,9 @@ class Watcher:
         self._stamp = self._fingerprint()
         for key, fpath in kept.items():
             if fpath in changed:
-                log.error("list %s: %s refused, keeping its previous configuration: %s",
-                          key, fpath, " | ".join(new.list_errors[fpath]))
+                log.error("list_refused", "list file refused, keeping its previous configuration", list=key,
+                          file=fpath, errors=" | ".join(new.list_errors[fpath]))
         log_list_errors(new, only=changed - set(kept.values()))
-        log.info("configuration reloaded: %d lists%s", len(new.lists),
-                 f", {len(new.list_errors)} list file(s) refused" if new.list_errors else "")
+        log.info("config_reloaded", "configuration reloaded", lists=len(new.lists),
+                 refused=len(new.list_errors) or None)
         return True

@@ -9,15 +9,14 @@ moving the socket needs a restart.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Callable
 
 from .. import sockets
 from ..config import Site, parse_socket
-from ..log import kv
+from ..log import events
 from .server import protocol_factory
 
-log = logging.getLogger("listgate.lmtp")
+log = events("listgate.lmtp")
 
 
 class LmtpServer:
@@ -61,7 +60,7 @@ class LmtpServer:
         else:
             host, port = self.where
             self._server = await loop.create_server(factory, host, port, reuse_address=True, backlog=128)
-        log.info("LMTP server listening %s", kv(socket=self.socket_spec, lists=len(site.lists)))
+        log.info("lmtp_listening", "LMTP server listening", socket=self.socket_spec, lists=len(site.lists))
 
     async def close(self) -> None:
         """Stop listening and remove a unix socket file. Transactions in hand end with their connections."""

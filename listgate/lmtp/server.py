@@ -28,16 +28,15 @@ from __future__ import annotations
 
 import asyncio
 import errno
-import logging
 from typing import Callable
 
 from aiosmtpd.lmtp import LMTP
 
 from ..inject import NotStored, Routed, Unusable, bare, check_message, store_each
-from ..log import kv
+from ..log import events
 from ..routing import decide_rcpt
 
-log = logging.getLogger("listgate.lmtp")
+log = events("listgate.lmtp")
 
 TEMPFAIL = "451 4.3.0 listgate cannot store this message now, try again later"
 DISK_FULL = "452 4.3.1 listgate's queue is full, try again later"
@@ -73,7 +72,7 @@ class Handler:
         try:
             d = decide_rcpt(envelope.site, address, sender=bare(envelope.mail_from))
         except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
-            log.exception("RCPT decision failed %s", kv(rcpt=address))
+            log.exception("rcpt_failed", "RCPT decision failed", rcpt=address)
             return TEMPFAIL
         if d.action in ("accept", "discard"):
             envelope.rcpt_tos.append(address)
@@ -105,12 +104,12 @@ def _store(site, msg: bytes, sender: str, routed: list[Routed]) -> dict[str, str
     try:
         parts = store_each(site, msg, sender, routed)
     except Exception:  # noqa: BLE001
-        log.exception("end of message failed %s", kv(rcpt=bare(routed[0].rcpt)))
+        log.exception("end_of_message_failed", rcpt=bare(routed[0].rcpt))
         return {}
     reply: dict[str, str] = {}
     for group, result in parts:
         if isinstance(result, NotStored):
-            log.warning("tempfail %s", kv(rcpt=group.rcpts[0], error=result))
+            log.warning("tempfail", rcpt=group.rcpts[0], error=result)
             cause = result.__cause__
             full = isinstance(cause, OSError) and cause.errno in (errno.ENOSPC, errno.EDQUOT)
             status = DISK_FULL if full else TEMPFAIL

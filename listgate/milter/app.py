@@ -24,7 +24,6 @@ Only the DELRCPT action is negotiated. The MTA's queue id comes from the
 """
 from __future__ import annotations
 
-import logging
 import socket
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -34,10 +33,10 @@ import Milter
 
 from ..addresses import split_address
 from ..inject import NotStored, Routed, bare, store_message
-from ..log import kv
+from ..log import events
 from ..routing import decide_rcpt
 
-log = logging.getLogger("listgate.milter")
+log = events("listgate.milter")
 
 NEEDED_ACTIONS = Milter.DELRCPT
 TEMPFAIL_REPLY = ("451", "4.3.0", "listgate cannot store this message now, try again later")
@@ -164,7 +163,7 @@ class ListgateMilter(Milter.Base):
             # probe, retired key, deleted list): refusing it would leave the
             # original message deferred with "bounce failed" at every queue run.
             # Take the recipient and drop it instead.
-            log.info("internal DSN to a refused address dropped %s", kv(rcpt=bare(to), why=d.text))
+            log.info("internal_dsn_dropped", "internal DSN to a refused address dropped", rcpt=bare(to), why=d.text)
             self.routed.append(Routed(to, d._replace(action="discard")))
             return Milter.CONTINUE
         if d.action == "reject":
@@ -203,7 +202,7 @@ class ListgateMilter(Milter.Base):
         try:
             return self._end_of_message()
         except Exception:
-            log.exception("end of message failed %s", kv(queue_id=self.getsymval("i")))
+            log.exception("end_of_message_failed", queue_id=self.getsymval("i"))
             self.setreply(*TEMPFAIL_REPLY)
             return Milter.TEMPFAIL
         finally:
@@ -221,7 +220,7 @@ class ListgateMilter(Milter.Base):
             self._core(store_message, self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
                        client_address=self.client_address, client_name=self.client_name)
         except NotStored as exc:
-            log.warning("tempfail %s", kv(queue_id=qid, error=exc))
+            log.warning("tempfail", queue_id=qid, error=exc)
             self.setreply(*TEMPFAIL_REPLY)
             return Milter.TEMPFAIL
         if not self.others:

@@ -17,7 +17,6 @@ error (two daemons must not steal each other's socket).
 """
 from __future__ import annotations
 
-import logging
 import os
 
 import Milter
@@ -26,8 +25,9 @@ import milter as libmilter  # pymilter's C extension (libmilter bindings)
 from .. import sdnotify, sockets
 from ..config import Watcher, parse_socket
 from .app import NEEDED_ACTIONS, CoreThreads, ListgateMilter, SiteSource
+from ..log import events
 
-log = logging.getLogger("listgate.milter")
+log = events("listgate.milter")
 NAME = "listgate"
 
 
@@ -67,7 +67,7 @@ def clear_stale_socket(path: str) -> None:
     non-socket (:func:`listgate.sockets.clear_stale`) with a :class:`DaemonError`."""
     try:
         if sockets.clear_stale(path):
-            log.info("removed stale socket %s", path)
+            log.info("stale_socket_removed", "removed stale socket", socket=path)
     except sockets.SocketInUse:
         raise DaemonError(f"another milter is listening on {path}") from None
     except OSError as exc:
@@ -114,8 +114,8 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
     ListgateMilter.sites = SiteSource(watcher)
     ListgateMilter.core = CoreThreads()
     if site.conf.milter.preallocate_qfiles is not None:
-        log.warning("milter.preallocate_qfiles is ignored (qfiles are no longer written in advance): "
-                    "delete it from %s", site.path)
+        log.warning("setting_ignored", "milter.preallocate_qfiles is ignored (qfiles are no longer written "
+                    "in advance): delete it", setting="milter.preallocate_qfiles", file=site.path)
     _register(site.conf.milter.timeout)
     libmilter.setconn(conn)
     if path:
@@ -124,7 +124,7 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
         sockets.create(path, mode, lambda: libmilter.opensocket(True))
     else:
         libmilter.opensocket(False)
-    log.info("milter listening on %s (%d lists)", conn, len(site.lists))
+    log.info("milter_listening", socket=conn, lists=len(site.lists))
     sdnotify.ready(f"milter on {conn}")
     try:
         libmilter.main()
@@ -134,5 +134,5 @@ def run(config_path: str | None = None, *, watcher: Watcher | None = None) -> in
             sockets.remove(path)  # libmilter leaves it behind; a stale socket only confuses
         ListgateMilter.core.close()
         ListgateMilter.core = None
-    log.info("milter stopped")
+    log.info("milter_stopped")
     return 0

@@ -26,17 +26,16 @@ restart.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Callable
 
 from .. import sockets
 from ..config import Site, parse_socket
-from ..log import kv
+from ..log import events
 from .protocol import ProtocolError, RequestParser, action_for, format_reply, rcpt_decision
 
 __all__ = ["PolicyServer"]
 
-log = logging.getLogger("listgate.policy")
+log = events("listgate.policy")
 _TEMPFAIL = "451 4.3.0 temporary policy server error, try again later"
 _READ_SIZE = 65536
 
@@ -82,7 +81,7 @@ class PolicyServer:
         else:
             host, port = self.where
             self._server = await asyncio.start_server(self._serve, host, port, reuse_address=True, backlog=1024)
-        log.info("policy server listening %s", kv(socket=self.socket_spec))
+        log.info("policy_listening", "policy server listening", socket=self.socket_spec)
 
     async def serve_forever(self) -> None:
         assert self._server is not None, "start() first"
@@ -119,7 +118,7 @@ class PolicyServer:
         while True:
             data = await _read(reader, site.conf.policy.idle_timeout or None)
             if data is None:
-                log.debug("closing idle policy connection %s", kv(peer=peer))
+                log.debug("policy_idle_close", "closing idle policy connection", peer=peer)
                 return
             site = self.get_site()      # the configuration in force for what was read
             try:
@@ -131,8 +130,8 @@ class PolicyServer:
                     requests = [] if last is None else [last]
             except ProtocolError as exc:
                 await _answer_all(site, writer, exc.complete)      # the well-formed ones before it
-                log.warning("malformed policy request, closing the connection without an answer %s",
-                            kv(peer=peer, error=exc))
+                log.warning("policy_malformed", "malformed policy request, closing the connection without an answer",
+                            peer=peer, error=exc)
                 return
             await _answer_all(site, writer, requests)
             if not data:
@@ -177,10 +176,10 @@ def _answer(site: Site, attrs: dict[str, str]) -> bytes:
         decision = rcpt_decision(site, attrs)
         action = "DUNNO" if decision is None else action_for(decision)
     except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
-        log.exception("policy decision failed %s", kv(recipient=attrs.get("recipient"),
-                                                      queue_id=attrs.get("queue_id") or None))
+        log.exception("policy_failed", "policy decision failed", recipient=attrs.get("recipient"),
+                      queue_id=attrs.get("queue_id") or None)
         return format_reply(_TEMPFAIL)
     if action != "DUNNO":
-        log.debug("%s %s", action, kv(recipient=attrs.get("recipient"), sender=attrs.get("sender"),
-                                      client=attrs.get("client_address"), queue_id=attrs.get("queue_id") or None))
+        log.debug("policy_decision", action=action, recipient=attrs.get("recipient"), sender=attrs.get("sender"),
+                  client=attrs.get("client_address"), queue_id=attrs.get("queue_id") or None)
     return format_reply(action)

@@ -11,16 +11,15 @@ from __future__ import annotations
 
 import errno
 import json
-import logging
 import os
 
-from ..log import kv
+from ..log import events
 from .files import NotRegularFile, open_regular, read_regular, unlink_quietly, write_synced
 from .names import DONE, QFile, QueueError
 
 PROGRESS_MAGIC = b"listgate-progress 1"
 
-log = logging.getLogger("listgate.queue")
+log = events("listgate.queue")
 
 
 class Progress:
@@ -96,14 +95,14 @@ class Progress:
         except FileNotFoundError:
             return 0
         except NotRegularFile as exc:
-            log.warning("ignored a delivery progress file that is not a regular file %s",
-                        kv(queue=self.name, qfile=qid, what=exc.strerror))
+            log.warning("progress_ignored", "ignored a delivery progress file that is not a regular file",
+                        queue=self.name, qfile=qid, what=exc.strerror)
             if set_aside:
                 self._set_aside(path)
             return 0
         lines = data.split(b"\n")
         if lines[0].split(b" ")[:2] != PROGRESS_MAGIC.split(b" "):
-            log.warning("ignored unreadable delivery progress file %s", kv(queue=self.name, qfile=qid))
+            log.warning("progress_ignored", "ignored unreadable delivery progress file", queue=self.name, qfile=qid)
             return 0
         deliveries = meta.get("deliveries")
         if not isinstance(deliveries, list):

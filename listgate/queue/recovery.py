@@ -19,16 +19,15 @@ as ``bad/ID.notfile`` (a symlink's target is never read or copied).
 """
 from __future__ import annotations
 
-import logging
 import os
 
 from .. import clock
-from ..log import kv
+from ..log import events
 from . import qfile
 from .files import alive, remove_dead_temps, unlink_quietly
 from .names import ASIDE, DONE, EDIT, HELD, READY, QueueError, check_slice, id_arrival, new_id, slice_of
 
-log = logging.getLogger("listgate.queue")
+log = events("listgate.queue")
 
 
 class Recovery:
@@ -73,8 +72,8 @@ class Recovery:
                 self._write(os.path.join(self.dir, qid + READY), qfile.dumps(meta, qf.msg), qid, new=True)
                 unlink_quietly(path)
                 self._drop_progress(qid)  # folded into the qfile just written
-                log.info("qfile recovered %s", kv(qfile=qid, queue=self.name, attempts=attempts,
-                                                  progressed=qf.progressed or None))
+                log.info("qfile_recovered", qfile=qid, queue=self.name, attempts=attempts,
+                         progressed=qf.progressed or None)
         self._batch = []
         return count
 
@@ -107,10 +106,11 @@ class Recovery:
         try:
             os.rename(path, ready)
         except OSError as exc:
-            log.error("cannot put back a qfile left by queue edit %s",
-                      kv(queue=self.name, qfile=qid, error=exc.strerror))
+            log.error("edit_put_back_failed", "cannot put back a qfile left by queue edit", queue=self.name,
+                      qfile=qid, error=exc.strerror)
             return
-        log.warning("qfile put back unchanged after an interrupted queue edit %s", kv(queue=self.name, qfile=qid))
+        log.warning("edit_put_back", "qfile put back unchanged after an interrupted queue edit", queue=self.name,
+                    qfile=qid)
 
     def _quarantine(self, qid: str, path: str, data: bytes, reason: str) -> None:
         """An unparsable file goes to ``bad`` whole, as the message of a new qfile."""
@@ -121,10 +121,12 @@ class Recovery:
             self._board("bad").enqueue(
                 data, meta, arrival=arrival, qid=qid if arrival is not None else None)
         except (QueueError, ValueError) as exc:
-            log.error("cannot move unparsable qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            log.error("quarantine_failed", "cannot move unparsable qfile to bad", queue=self.name, qfile=qid,
+                      error=exc)
             return  # left held: nothing is lost, recover() tries again
         unlink_quietly(path)
-        log.error("unparsable qfile moved to bad %s", kv(queue=self.name, qfile=qid, reason=repr(reason)))
+        log.error("qfile_quarantined", "unparsable qfile moved to bad", queue=self.name, qfile=qid,
+                  reason=reason)
 
     def _quarantine_odd(self, qid: str, path: str, what: str) -> None:
         """A held entry that is no regular file (``what``: :func:`listgate.queue.files.describe`) goes to ``bad``:
@@ -139,11 +141,11 @@ class Recovery:
         try:
             self._board("bad").enqueue(b"", meta, arrival=arrival, qid=bad_id)
         except (QueueError, ValueError) as exc:
-            log.error("cannot move odd qfile to bad %s", kv(queue=self.name, qfile=qid, error=exc))
+            log.error("quarantine_failed", "cannot move odd qfile to bad", queue=self.name, qfile=qid, error=exc)
             return  # left held: recover() tries again
         self._set_aside(path, bad_id + ASIDE)
-        log.error("qfile that is not a regular file moved to bad %s",
-                  kv(queue=self.name, qfile=qid, what=what))
+        log.error("qfile_quarantined", "qfile that is not a regular file moved to bad", queue=self.name, qfile=qid,
+                  what=what)
 
     def _set_aside(self, path: str, name: str | None = None) -> None:
         """Rename the non-regular entry at ``path`` into ``bad`` as ``name`` (default: its

@@ -30,12 +30,11 @@ qfile anyway; ``recover`` counts the replays that made no progress in ``attempts
 from __future__ import annotations
 
 import errno
-import logging
 import os
 import threading
 
 from .. import clock
-from ..log import kv
+from ..log import events
 from . import qfile
 from .files import NotRegularFile, fsync_dir, read_regular, temp_name, unlink_quietly, write_synced
 from .names import (EDIT, HELD, ID_RE, QUEUES, READY, RESTING, STAGED, QFile, QueueError, check_slice, finite_time,
@@ -44,7 +43,7 @@ from .progress import Progress
 from .qfile import QFileFormatError
 from .recovery import Recovery
 
-log = logging.getLogger("listgate.queue")
+log = events("listgate.queue")
 
 
 class Switchboard(Progress, Recovery):
@@ -306,7 +305,7 @@ class Switchboard(Progress, Recovery):
             self._quarantine_odd(qid, path, exc.strerror)
             return None
         except OSError as exc:
-            log.error("cannot read qfile %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
+            log.error("qfile_unreadable", "cannot read qfile", queue=self.name, qfile=qid, error=exc.strerror)
             # leave it held: recover() retries it and counts the attempt
             return None
         try:
@@ -320,7 +319,8 @@ class Switchboard(Progress, Recovery):
         try:
             progressed = self._merge_progress(qid, meta, set_aside=True)
         except OSError as exc:
-            log.error("cannot read delivery progress %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
+            log.error("progress_unreadable", "cannot read delivery progress", queue=self.name, qfile=qid,
+                      error=exc.strerror)
             return None  # left held, as for an unreadable qfile
         return QFile(id=qid, queue=self.name, meta=meta, msg=msg, path=path, progressed=progressed)
 
@@ -401,8 +401,8 @@ class Switchboard(Progress, Recovery):
                 unlink_quietly(qf.path)  # back in this queue as ID.qf: the next dequeue lists it again
             self._drop_progress(qf.id)  # folded into the new qfile's metadata
         if to in RESTING:
-            log.warning("qfile moved %s", kv(qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
-                                             queue_id=meta.get("mta_queue_id"), reason=repr(reason)))
+            log.warning("qfile_moved", qfile=qf.id, queue=self.name, to=to, list=meta.get("list"),
+                        queue_id=meta.get("mta_queue_id"), reason=reason)
         return qf.id
 
     def release(self, qf: QFile) -> None:
@@ -479,7 +479,8 @@ class Switchboard(Progress, Recovery):
         try:
             os.rename(path, ready)
         except OSError as exc:  # left as ID.edit.PID: recover puts it back once we are gone
-            log.error("cannot put back an edited qfile %s", kv(queue=self.name, qfile=qid, error=exc.strerror))
+            log.error("edit_put_back_failed", "cannot put back an edited qfile", queue=self.name, qfile=qid,
+                      error=exc.strerror)
 
     def _edit_path(self, qid: str) -> str:
         return os.path.join(self.dir, f"{qid}{EDIT}.{os.getpid()}")

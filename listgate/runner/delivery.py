@@ -58,19 +58,18 @@ with its progress kept, for ``listgate queue unshunt`` after the fix.
 """
 from __future__ import annotations
 
-import logging
 import re
 import smtplib
 from dataclasses import dataclass, field
 
 from .. import clock, messages
 from ..bounce.status import reply_status
-from ..log import kv
+from ..log import events
 from ..app import posting, signing, site_incidents
 from ..queue import finite_time
 from .smtp import Connection, Unreachable, _options, dsn_options
 
-log = logging.getLogger("listgate.runner.delivery")
+log = events("listgate.runner.delivery")
 
 XVERP_BATCH = 500
 # Backoff doubles per deferral from runner.retry_backoff, at most this many doublings.
@@ -202,7 +201,8 @@ class Deliverer:
         raise Unreachable("unreachable")  # not reached
 
     def _reopen(self, stage: str, why) -> None:
-        log.info("re-injection session closed by the listener, reconnecting %s", kv(stage=stage, reply=why))
+        log.info("reinject_reconnect", "re-injection session closed by the listener, reconnecting", stage=stage,
+                 reply=why)
         self.conn.drop()
 
     # -- one qfile ---------------------------------------------------------------
@@ -272,7 +272,7 @@ class Deliverer:
                             deferred[i] = f"{exc.smtp_code} {_text(exc.smtp_error)}"
                         break
                     reason = f"envelope sender {sender} refused: {exc.smtp_code} {_text(exc.smtp_error)}"
-                    log.error("delivery stopped %s", kv(qfile=qf.id, list=meta.get("list"), reason=reason))
+                    log.error("delivery_stopped", qfile=qf.id, list=meta.get("list"), reason=reason)
                     meta["done"], meta["failed"] = done, failed
                     sb.move(qf, "shunt", reason=reason, meta=meta)
                     res.disposition = "shunt"
@@ -308,15 +308,15 @@ class Deliverer:
                 try:
                     self._site_failure(lc, *site_failure)
                 except Exception as exc:  # StoreUnavailable, QueueError: the recipients wait all the same
-                    log.error("cannot record site incident %s", kv(list=meta.get("list"), error=exc))
+                    log.error("site_incident_not_recorded", "cannot record site incident", list=meta.get("list"),
+                              error=exc)
                 pause(todo[pos:])   # the rest of this qfile waits for the incident to clear
                 break
         res.deferred = len(deferred) + len(paused)
         if deferred or paused:
             return self._defer(sb, qf, meta, deliveries, deferred, lc, res, paused)
         sb.finish(qf)
-        log.info("delivered %s", kv(qfile=qf.id, list=meta.get("list"), sent=res.delivered,
-                                    failed=res.failed or None))
+        log.info("delivered", qfile=qf.id, list=meta.get("list"), sent=res.delivered, failed=res.failed or None)
         return res
 
     def _recipient_bytes(self, meta, lc, rcpt: str, wire: bytes) -> bytes:
@@ -346,8 +346,8 @@ class Deliverer:
                 site_incidents.clear(self.site, lc, scope, f"delivery to {rcpt} accepted at hand-over")
 
     def _site_failure(self, lc, rcpt: str, code: int, text: str, reason: str) -> None:
-        log.warning("refused at hand-over, site incident %s", kv(list=messages.list_key(lc), rcpt=rcpt,
-                                                               reply=repr(f"{code} {text}"[:200])))
+        log.warning("refused_site_incident", "refused at hand-over, site incident", list=messages.list_key(lc),
+                    rcpt=rcpt, reply=f"{code} {text}"[:200])
         # The next try needs a new connection: after the admin's fix and `postfix reload`, the
         # smtpd serving this session keeps the old configuration until the session ends.
         self.conn.close()
@@ -358,17 +358,18 @@ class Deliverer:
         """Tell the bounce engine; False if it cannot record it now (the recipient is retried)."""
         status = reply_status(code, text)
         if lc is None:
-            log.warning("refused recipient of a non-list message %s", kv(rcpt=rcpt, reply=f"{code} {text}"))
+            log.warning("refused_non_list", "refused recipient of a non-list message", rcpt=rcpt,
+                        reply=f"{code} {text}")
             return True
         try:
             self.engine.register_failure(lc, rcpt, bounce_class or failure_class(status, text), status,
                                          f"{code} {text}"[:1000], attribution="smtp",
                                          probe_token=meta.get("probe_token"))
         except Exception as exc:  # StoreUnavailable, QueueError, or a bug: never lose the recipient
-            log.error("cannot register failure, will retry %s", kv(rcpt=rcpt, error=exc))
+            log.error("failure_not_registered", "cannot register failure, will retry", rcpt=rcpt, error=exc)
             return False
-        log.info("refused at hand-over %s", kv(list=meta.get("list"), rcpt=rcpt, status=status,
-                                               reply=repr(f"{code} {text}"[:200])))
+        log.info("refused", "refused at hand-over", list=meta.get("list"), rcpt=rcpt, status=status,
+                 reply=f"{code} {text}"[:200])
         return True
 
     def _defer(self, sb, qf, meta, deliveries, deferred: dict[int, str], lc, res: Result,
@@ -400,8 +401,8 @@ class Deliverer:
                     [f"{deliveries[i]['rcpt']}: {why}" for i, why in ours.items()][:20], None)
                 paused.update(ours)
             res.gave_up, res.deferred = len(deferred) - len(ours), len(paused)
-            log.warning("gave up %s", kv(qfile=qf.id, list=meta.get("list"), recipients=res.gave_up,
-                                         paused=len(paused) or None))
+            log.warning("gave_up", qfile=qf.id, list=meta.get("list"), recipients=res.gave_up,
+                        paused=len(paused) or None)
             deferred = {}
             if not paused:
                 sb.finish(qf)
@@ -420,8 +421,8 @@ class Deliverer:
         new_meta.update(deliveries=[deliveries[i] for i in sorted({**deferred, **paused})], done=[])
         sb.move(qf, "retry", reason=new_meta["last_error"], meta=new_meta)
         res.disposition = "retry"
-        log.info("deferred %s", kv(qfile=qf.id, list=meta.get("list"), recipients=len(deferred),
-                                   retry_in=int(new_meta["retry_at"] - now)))
+        log.info("deferred", qfile=qf.id, list=meta.get("list"), recipients=len(deferred),
+                 retry_in=int(new_meta["retry_at"] - now))
         return res
 
 

@@ -31,7 +31,6 @@ already durable in the qfile, the qfile goes back to its queue, and
 """
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 import time
@@ -40,14 +39,14 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import addresses, clock, routing
 from ..app import commands, notices, posting
 from ..config import Site, Watcher
-from ..log import kv
+from ..log import events
 from ..queue import QueueError, Switchboard
 from ..dns import DnsUnknown
 from ..queue.lock import SliceLock
 from ..store import StoreUnavailable
 from . import delivery, duplicates, tasks
 
-log = logging.getLogger("listgate.runner")
+log = events("listgate.runner")
 
 SERVED = ("in", "bounces", "virgin", "out", "retry")
 # Delivery threads per runner, each with its own SMTP connection and its own qfile:
@@ -153,13 +152,13 @@ class Runner:
                 except (QueueError, StoreUnavailable) as exc:
                     # A read-only or full queue/store: nothing is lost (qfiles
                     # stay where they are); wait and try again rather than exit.
-                    log.warning("queues unavailable, waiting %s", kv(error=exc))
+                    log.warning("queues_unavailable", "queues unavailable, waiting", error=exc)
                     busy = 0
                 if busy == 0:
                     self._sleep(self.site.conf.runner.poll_interval)
         finally:
             self.close()
-            log.info("runner stopped %s", kv(slice=f"{self.slice}/{self.slices}"))
+            log.info("runner_stopped", slice=f"{self.slice}/{self.slices}")
 
     def _sleep(self, seconds: float) -> None:
         end = time.monotonic() + seconds
@@ -173,7 +172,7 @@ class Runner:
         try:
             tasks.run(self.site, self.engine)
         except (StoreUnavailable, QueueError) as exc:
-            log.warning("periodic tasks postponed %s", kv(error=exc))
+            log.warning("tasks_postponed", "periodic tasks postponed", error=exc)
         return 0
 
     def _pass(self) -> int:
@@ -265,18 +264,17 @@ class Runner:
             else:
                 outcome = self.dispatch(qf)
                 board.finish(qf)
-                log.info("processed %s", kv(queue=board.name, qfile=qf.id, list=qf.meta.get("list"),
-                                            role=qf.meta.get("role"), queue_id=qf.meta.get("mta_queue_id"),
-                                            outcome=repr(outcome)))
+                log.info("qfile_processed", "processed", queue=board.name, qfile=qf.id, list=qf.meta.get("list"),
+                         role=qf.meta.get("role"), queue_id=qf.meta.get("mta_queue_id"), outcome=repr(outcome))
             return True
         except (StoreUnavailable, QueueError) as exc:
-            log.warning("put back, will retry %s", kv(queue=board.name, qfile=qf.id, error=exc))
+            log.warning("qfile_stuck", "put back, will retry", queue=board.name, qfile=qf.id, error=exc)
             board.release(qf)
             return False
         except DnsUnknown as exc:
             # waits in retry, not at the head of its queue: other mail goes on meanwhile
             retry_at = clock.now() + self.site.conf.runner.retry_backoff
-            log.info("waiting for DNS %s", kv(queue=board.name, qfile=qf.id, error=exc, retry_at=int(retry_at)))
+            log.info("waiting_for_dns", queue=board.name, qfile=qf.id, error=exc, retry_at=int(retry_at))
             try:
                 board.move(qf, "retry", meta={**qf.meta, "requeue": board.name, "retry_at": retry_at})
             except QueueError:
@@ -284,7 +282,7 @@ class Runner:
                 return False
             return True
         except Exception as exc:  # noqa: BLE001 - one bad qfile must not stop the runner
-            log.exception("shunted %s", kv(queue=board.name, qfile=qf.id))
+            log.exception("qfile_shunted", "shunted", queue=board.name, qfile=qf.id)
             try:
                 board.move(qf, "shunt", reason=f"{type(exc).__name__}: {exc}"[:500])
             except QueueError:

@@ -28,18 +28,17 @@ lease another process holds is skipped.
 """
 from __future__ import annotations
 
-import logging
 import os
 import socket
 
 from .. import clock, messages
 from ..app import dead_domains, digests, moderation, notices
 from ..bounce.reports import postmaster_address
-from ..log import kv
+from ..log import events
 from ..queue import QueueError, Switchboard
 from ..store import StoreUnavailable, open_store
 
-log = logging.getLogger("listgate.runner.tasks")
+log = events("listgate.runner.tasks")
 
 STAMP = "runner-tasks.stamp"
 BAD_STAMP = "bad-report.stamp"
@@ -69,7 +68,7 @@ def _write_stamp(site, when: float, name: str = STAMP) -> None:
             fh.write(repr(when))
         os.replace(tmp, path)
     except OSError as exc:
-        log.warning("cannot record the periodic tasks' last run %s", kv(path=path, error=exc.strerror))
+        log.warning("tasks_stamp_failed", "cannot record the periodic tasks' last run", path=path, error=exc.strerror)
         try:
             os.unlink(tmp)
         except OSError:
@@ -92,7 +91,7 @@ def run(site, engine=None) -> list[str]:
         try:
             store = open_store(site, key)
             if not store.try_lock("tasks", site.conf.runner.tasks_interval, holder):
-                log.info("periodic tasks run elsewhere this period %s", kv(list=key))
+                log.info("tasks_run_elsewhere", "periodic tasks run elsewhere this period", list=key)
                 continue
             done += [f"{key}: {line}" for line in engine.run_periodic(lc) or ()]
             for rec in store.evict_expired():
@@ -102,14 +101,14 @@ def run(site, engine=None) -> list[str]:
             done += [f"{key}: {line}" for line in digests.run(site, lc)]
             done += [f"{key}: {line}" for line in dead_domains.run(site, lc, engine)]
         except (StoreUnavailable, QueueError) as exc:
-            log.warning("periodic tasks skipped %s", kv(list=key, error=exc))
+            log.warning("tasks_skipped", "periodic tasks skipped", list=key, error=exc)
     try:
         done += report_bad(site)
     except QueueError as exc:
-        log.warning("report of the bad queue postponed %s", kv(error=exc))
+        log.warning("bad_report_postponed", "report of the bad queue postponed", error=exc)
     _write_stamp(site, started)
     for line in done:
-        log.info("task %s", line)
+        log.info("task_done", "periodic task", result=line)
     return done
 
 

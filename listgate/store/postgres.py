@@ -35,7 +35,6 @@ never logged; messages name the URL with any password masked.
 from __future__ import annotations
 
 import json
-import logging
 import os
 import threading
 from contextlib import contextmanager
@@ -54,8 +53,9 @@ from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, E
                      restored_pending, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
 from .tokens import new_token
+from ..log import events
 
-log = logging.getLogger("listgate.store")
+log = events("listgate.store")
 
 _MEMBER_SELECT = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members"
 _PENDING_RETURNING = ", ".join(PENDING_COLUMNS)

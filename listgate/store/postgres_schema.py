@@ -19,13 +19,13 @@ contract's exceptions by SQLSTATE class
 """
 from __future__ import annotations
 
-import logging
 
 import psycopg
 
 from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, StoreError, StoreUnavailable
+from ..log import events
 
-log = logging.getLogger("listgate.store")
+log = events("listgate.store")
 
 # advisory lock keys (pg_advisory_xact_lock(int, int)): the first int says whose lock it is
 LOCK_MIGRATE = (0x4C47, 0)        # 'LG', 0: schema migration
@@ -211,5 +211,5 @@ def migrate(conn: psycopg.Connection) -> list[int]:
                 conn.execute(statement)
             conn.execute("INSERT INTO listgate_schema (version) VALUES (%s)", (number + 1,))
             applied.append(number + 1)
-            log.info("PostgreSQL store: schema migrated to version %d", number + 1)
+            log.info("store_migrated", store="postgresql", version=number + 1)
     return applied

@@ -30,7 +30,6 @@ Source for the locking rules: https://www.sqlite.org/lang_transaction.html
 from __future__ import annotations
 
 import json
-import logging
 import os
 import sqlite3
 import threading
@@ -46,8 +45,9 @@ from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, E
                      restored_pending, truncate_evidence)
 from .sqlite_schema import connect, store_error
 from .tokens import new_token
+from ..log import events
 
-log = logging.getLogger("listgate.store")
+log = events("listgate.store")
 
 _MEMBER_SELECT = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members"
 _PENDING_SELECT = f"SELECT {', '.join(PENDING_COLUMNS)} FROM pending"
@@ -113,7 +113,7 @@ class SQLiteStore(ListStore):
                 break
             if held.file_id == file_id:
                 return held
-            log.info("list store %s: the file was replaced or removed; reopening", self.path)
+            log.info("store_reopened", "the file was replaced or removed; reopening", store=self.path)
             self._retire(held)
         conn = connect(self.path, self.busy_timeout, create=not self._opened)
         self._opened = True
@@ -148,14 +148,14 @@ class SQLiteStore(ListStore):
         try:
             held.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
         except sqlite3.Error as exc:
-            log.warning("list store %s: checkpoint of the replaced file: %s", self.path, exc)
+            log.warning("store_checkpoint_failed", "checkpoint of the replaced file failed", store=self.path, error=exc)
         self._close(held)
 
     def _close(self, held: _Connection) -> None:
         try:
             held.conn.close()
         except sqlite3.Error as exc:
-            log.warning("list store %s: closing a connection: %s", self.path, exc)
+            log.warning("store_close_failed", "closing a connection failed", store=self.path, error=exc)
 
     @contextmanager
     def _lease(self) -> Iterator[_Connection]:
@@ -227,7 +227,7 @@ class SQLiteStore(ListStore):
                         conn.execute(f"ROLLBACK TO sp{depth}")
                         conn.execute(f"RELEASE sp{depth}")
                 except sqlite3.Error as exc:  # e.g. SQLite already rolled back after SQLITE_FULL
-                    log.debug("list store %s: rollback: %s", self.path, exc)
+                    log.debug("store_rollback_failed", store=self.path, error=exc)
                 raise
             held.depth = depth
             try:
@@ -238,7 +238,7 @@ class SQLiteStore(ListStore):
                     try:
                         conn.execute("ROLLBACK")
                     except sqlite3.Error as again:
-                        log.debug("list store %s: rollback after a failed commit: %s", self.path, again)
+                        log.debug("store_rollback_failed", "rollback after a failed commit", store=self.path, error=again)
                 raise error from exc
 
     # -- members ----------------------------------------------------------

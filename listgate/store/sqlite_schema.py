@@ -14,13 +14,13 @@ https://www.sqlite.org/rescode.html, https://www.sqlite.org/uri.html (``mode=rw`
 """
 from __future__ import annotations
 
-import logging
 import sqlite3
 import urllib.parse
 
 from .base import StoreError, StoreUnavailable
+from ..log import events
 
-log = logging.getLogger("listgate.store")
+log = events("listgate.store")
 
 # SQLite primary result codes meaning "cannot read/write durably now"
 # (https://www.sqlite.org/rescode.html): BUSY, LOCKED, NOMEM, READONLY, IOERR,
@@ -154,7 +154,7 @@ def connect(path: str, busy_timeout: float, *, create: bool) -> sqlite3.Connecti
     try:
         mode = conn.execute("PRAGMA journal_mode=WAL").fetchone()[0]
         if mode.lower() != "wal":
-            log.warning("list store %s: journal mode is %s, not wal (readers will wait for writers)", path, mode)
+            log.warning("store_not_wal", "journal mode is not wal (readers will wait for writers)", store=path, mode=mode)
         conn.execute("PRAGMA synchronous=FULL")
         _migrate(conn, path)
     except sqlite3.Error as exc:
@@ -181,7 +181,7 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
             for statement in MIGRATIONS[number]:
                 conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-            log.info("list store %s: schema migrated to version %d", path, number + 1)
+            log.info("store_migrated", store=path, version=number + 1)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

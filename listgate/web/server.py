@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import asyncio
 import html
-import logging
 from typing import Callable
 from urllib.parse import urlsplit
 
@@ -35,13 +34,13 @@ from ..app import posting
 from ..app.notices import address as list_address
 from ..app.subscriptions import unsubscribe_now
 from ..config import Site, parse_socket
-from ..log import kv
+from ..log import events
 from ..queue import QueueError
 from ..store import StoreUnavailable, open_store
 from ..verp import VerpKeyError
 from .tokens import TokenError, verify
 
-log = logging.getLogger("listgate.web")
+log = events("listgate.web")
 
 MAX_BODY = 64 * 1024     # a one-click POST body is 26 octets; a form with a file is not ours
 RETRY_AFTER = "60"
@@ -66,8 +65,8 @@ def check_base_url(url: str | None) -> None:
     if not url.isascii() or parts.scheme not in ("https", "http") or not parts.hostname or parts.query:
         raise ValueError(f"web.base_url {url!r}: expected https://HOST[/PATH] (ASCII, no query)")
     if parts.scheme == "http":
-        log.warning("web.base_url %s is not https: receivers ignore one-click links that are not "
-                    "(RFC 8058 section 3.1)", url)
+        log.warning("base_url_not_https", "web.base_url is not https: receivers ignore one-click links that "
+                    "are not (RFC 8058 section 3.1)", base_url=url)
 
 
 def _page(status: int, title: str, text: str, *, button: str | None = None) -> web.Response:
@@ -86,7 +85,7 @@ def _page(status: int, title: str, text: str, *, button: str | None = None) -> w
 
 
 def _bad_token(exc: TokenError) -> web.Response:
-    log.info("unsubscribe link refused %s", kv(reason=exc.reason))
+    log.info("unsubscribe_refused", "unsubscribe link refused", reason=exc.reason)
     return _page(400, "Invalid unsubscribe link",
                  "This unsubscribe link is not valid: it is incomplete, altered, expired or for a list "
                  "that no longer exists. Nothing was changed. Use the newest message from the list, or "
@@ -94,7 +93,7 @@ def _bad_token(exc: TokenError) -> web.Response:
 
 
 def _unavailable(exc: Exception) -> web.Response:
-    log.error("unsubscribe not possible now %s", kv(error=exc))
+    log.error("unsubscribe_unavailable", "unsubscribe not possible now", error=exc)
     resp = _page(503, "Try again later", "The list cannot be changed right now. Nothing was changed; "
                  "please try again in a few minutes.")
     resp.headers["Retry-After"] = RETRY_AFTER
@@ -146,7 +145,7 @@ class WebServer:
             host, port = self.where
             self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
             await self._site.start()
-        log.info("web front end listening %s", kv(socket=self.socket_spec, base_url=site.conf.web.base_url))
+        log.info("web_listening", "web front end listening", socket=self.socket_spec, base_url=site.conf.web.base_url)
 
     async def close(self) -> None:
         if self._runner is not None:
@@ -199,8 +198,8 @@ class WebServer:
             removed = await asyncio.to_thread(unsubscribe_now, self.get_site(), unsub.lc, unsub.member)
         except (StoreUnavailable, QueueError) as exc:
             return _unavailable(exc)
-        log.info("one-click unsubscribe %s", kv(list=name, member=unsub.member, key=unsub.key_id,
-                                               result="removed" if removed else "not-a-member"))
+        log.info("unsubscribe", "one-click unsubscribe", list=name, member=unsub.member, key=unsub.key_id,
+                 result="removed" if removed else "not-a-member")
         if removed:
             return _page(200, f"Unsubscribed from {name}",
                          f"{unsub.member} will get no more posts from {name}.")
