@@ -44,6 +44,7 @@ _KEY_RE = re.compile(r"[^A-Za-z0-9_.-]")
 _ESCAPES = {"\\": "\\\\", '"': '\\"', "\n": "\\n", "\r": "\\r", "\t": "\\t"}
 
 _configured = False
+_reported: set[str] = set()     # fallback reasons already said on stderr
 
 
 # -- formatting ------------------------------------------------------------------
@@ -133,8 +134,8 @@ class EventLog:
     current exception as ``error=``/``trace=``.
     """
 
-    def __init__(self, name: str):
-        self.logger = logging.getLogger(name)
+    def __init__(self, name: str, logger: logging.Logger | None = None):
+        self.logger = logger or logging.getLogger(name)
 
     def event(self, level: int, event: str, msg: str | None = None, /, **kw) -> None:
         """Log ``event`` at ``level`` (a :mod:`logging` level number)."""
@@ -195,41 +196,49 @@ def syslog_problem(conf) -> str | None:
     return None
 
 
-def setup(conf=None, program: str = "listgate", level: str | None = None, *, stderr=None) -> str | None:
-    """Configure the ``listgate`` logger from the site's ``logging`` section (``conf``).
+def make_handler(conf, program: str = "listgate", *, stderr=None) -> tuple[logging.Handler, str | None]:
+    """A handler writing logfmt lines where ``conf`` (the site's ``logging``) says, and the fallback's reason.
 
     ``destination: syslog`` logs to ``syslog_socket`` (facility ``mail``,
-    ident ``program[pid]: ``); when that socket cannot be used, logging goes
-    to stderr instead and says so once, on stderr, in a line that names the
-    socket, the error and the fallback. Returns that message (None when
-    syslog works or was not asked for).
+    ident ``program[pid]: ``). When that socket cannot be used the handler
+    writes to stderr and the reason is returned (None otherwise); it is also
+    said on stderr, once per process, naming the socket, the error and the
+    fallback.
     """
-    global _configured
     err = stderr or sys.stderr
-    root = logging.getLogger("listgate")
-    for h in list(root.handlers):
-        root.removeHandler(h)
-    dest = conf.destination if conf is not None else "stderr"
-    lvl = (level or (conf.level if conf is not None else "info")).upper()
     problem = None
-    handler: logging.Handler | None = None
-    if dest == "syslog":
+    if conf is not None and conf.destination == "syslog":
         problem = syslog_problem(conf)
         if problem is None:
             try:
                 handler = logging.handlers.SysLogHandler(
                     address=conf.syslog_socket, facility=logging.handlers.SysLogHandler.LOG_MAIL)
                 handler.setFormatter(LogfmtFormatter(program, prefix=f"{program}[{os.getpid()}]: "))
+                return handler, None
             except OSError as exc:
                 problem = f"syslog socket {conf.syslog_socket} (logging.syslog_socket): {exc.strerror or exc}"
-        if problem is not None:
-            problem = f"{problem}; logging to stderr instead"
+        problem = f"{problem}; logging to stderr instead"
+        if problem not in _reported:
+            _reported.add(problem)
             print(f"{program}: warning: {problem}", file=err, flush=True)
-    if handler is None:
-        handler = logging.StreamHandler(err)
-        handler.setFormatter(LogfmtFormatter(program))
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(LogfmtFormatter(program))
+    return handler, problem
+
+
+def setup(conf=None, program: str = "listgate", level: str | None = None, *, stderr=None) -> str | None:
+    """Configure the ``listgate`` logger from the site's ``logging`` section (``conf``).
+
+    Destination as :func:`make_handler`; a missing syslog socket is said on
+    stderr and logged (``event=syslog_unavailable``). Returns that reason, or None.
+    """
+    global _configured
+    root = logging.getLogger("listgate")
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    handler, problem = make_handler(conf, program, stderr=stderr)
     root.addHandler(handler)
-    root.setLevel(lvl)
+    root.setLevel((level or (conf.level if conf is not None else "info")).upper())
     root.propagate = False
     _configured = True
     if problem is not None:   # in the log too, for whoever reads stderr's destination (journald)

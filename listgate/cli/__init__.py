@@ -10,6 +10,10 @@ Run as root, every command that reads the site config first becomes the
 user and group that own ``state_dir`` (:func:`common.become_state_owner`;
 ``--as-root`` keeps root), so a store or qfile it writes stays usable by the
 daemons. ``init``, ``conf-path`` and ``classify`` without a config do not.
+
+Every command that may change state (all but :data:`audit.NOT_AUDITED`: the
+read-only ones and the daemons) is logged once when it ends, with who ran it,
+its arguments (passwords masked) and its exit status (:mod:`.audit`).
 """
 from __future__ import annotations
 
@@ -64,10 +68,28 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         parser.print_help(sys.stderr)
         return 2
+    from .common import become_state_owner
+    from . import audit
+    argv = sys.argv[1:] if argv is None else list(argv)
+    path = audit.command_path(parser, argv)
+    who = audit.invoker() if audit.audited(path) else None   # before becoming state_dir's owner
+    status: int | str = "error"
+    try:
+        status = _run(args, become_state_owner)
+        return status
+    except SystemExit as exc:
+        status = exc.code if isinstance(exc.code, int) else 0 if exc.code is None else 1
+        raise
+    finally:
+        if who is not None:
+            audit.record(args, path, argv, who, status)
+
+
+def _run(args, become_state_owner) -> int:
+    """Run the parsed command; its exit status (errors a user can meet become messages)."""
     from ..config import ENV_VAR
     from ..queue import QueueError
     from ..store import StoreUnavailable
-    from .common import become_state_owner
     try:
         if args.command not in NO_SITE and (args.command != "classify" or args.config or os.environ.get(ENV_VAR)):
             become_state_owner(args, missing_ok=args.command == "check")

@@ -5,7 +5,7 @@ import os
 import sys
 import sysconfig
 
-from .. import config, instance, verp
+from .. import config, instance, log as lg_log, verp
 from ..addresses import list_key
 from ..config import format_duration
 from .common import load_site
@@ -96,6 +96,10 @@ def cmd_check(args) -> int:
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
     warnings = _list_errors(site) + _ownership(site)
+    syslog = lg_log.syslog_problem(site.conf.logging)
+    if syslog:   # the daemons still run, logging to stderr: a warning, not a site error
+        warnings.append(f"{site.path}: logging.destination: syslog: {syslog}; the daemons will log to "
+                        "stderr instead (journald under systemd)")
     for line in warnings:
         print(line, file=sys.stderr)
     return 0 if not warnings or args.site_only else 1

@@ -39,7 +39,7 @@ from concurrent.futures import ThreadPoolExecutor
 from .. import addresses, clock, routing
 from ..app import commands, notices, posting
 from ..config import Site, Watcher
-from ..log import events
+from ..log import Backoff, events
 from ..queue import QueueError, Switchboard
 from ..dns import DnsUnknown
 from ..queue.lock import SliceLock
@@ -53,6 +53,8 @@ SERVED = ("in", "bounces", "virgin", "out", "retry")
 # progress is fsync'd after every hand-over, so one connection alone waits on the disk
 # most of the time (bench/fanout.py).
 DELIVERY_WORKERS = 4
+# seconds between warnings about one lasting condition (stuck qfile, queues or tasks failing)
+REPEAT_FIRST, REPEAT_MAX = 60.0, 3600.0
 
 
 class Runner:
@@ -76,6 +78,10 @@ class Runner:
         self.stopping = False
         self._next_retry = 0.0             # earliest retry_at among the retry qfiles last seen
         self._retry_seen: set[str] = set()
+        # A qfile put back because a store or queue is unavailable is retried every poll
+        # interval; it is logged once, then at a backoff (REPEAT_FIRST doubling to
+        # REPEAT_MAX seconds), not every 2 s for as long as the problem lasts.
+        self.repeats = Backoff(REPEAT_FIRST, REPEAT_MAX)
         mx = self.site.conf.runner.max_attempts
         self.boards = {q: Switchboard(self.site.queue_dir, q, max_attempts=mx) for q in SERVED}
         self.lock = SliceLock(self.site.queue_dir, slice, slices)
@@ -152,8 +158,10 @@ class Runner:
                 except (QueueError, StoreUnavailable) as exc:
                     # A read-only or full queue/store: nothing is lost (qfiles
                     # stay where they are); wait and try again rather than exit.
-                    log.warning("queues_unavailable", "queues unavailable, waiting", error=exc)
+                    self._repeated("queues_unavailable", "queues unavailable, waiting", "queues", error=exc)
                     busy = 0
+                else:
+                    self._ended("queues_available", "queues", "queues usable again")
                 if busy == 0:
                     self._sleep(self.site.conf.runner.poll_interval)
         finally:
@@ -172,8 +180,25 @@ class Runner:
         try:
             tasks.run(self.site, self.engine)
         except (StoreUnavailable, QueueError) as exc:
-            log.warning("tasks_postponed", "periodic tasks postponed", error=exc)
+            self._repeated("tasks_postponed", "periodic tasks postponed", "tasks", error=exc)
+        else:
+            self._ended("tasks_resumed", "tasks", "periodic tasks ran again")
         return 0
+
+    def _repeated(self, event: str, msg: str, key: str, **fields) -> None:
+        """Warn about a condition that may last (``key``): at once, then at a backoff; debug in between."""
+        n = self.repeats.hit(key)
+        if n is None:
+            log.debug(event, msg, attempts="repeat", **fields)
+        else:
+            log.warning(event, msg + ("" if n == 1 else f" (still, {n} attempts; repeated at a backoff)"),
+                        attempts=n, **fields)
+
+    def _ended(self, event: str, key: str, msg: str, **fields) -> None:
+        """The condition ``key`` warned about by :meth:`_repeated` is over: one line, if there was one."""
+        n = self.repeats.clear(key)
+        if n:
+            log.info(event, msg, attempts=n, **fields)
 
     def _pass(self) -> int:
         count = 0
@@ -264,11 +289,16 @@ class Runner:
             else:
                 outcome = self.dispatch(qf)
                 board.finish(qf)
-                log.info("qfile_processed", "processed", queue=board.name, qfile=qf.id, list=qf.meta.get("list"),
-                         role=qf.meta.get("role"), queue_id=qf.meta.get("mta_queue_id"), outcome=repr(outcome))
+                # a bounce has its one info line from the bounce life cycle (event=bounce)
+                (log.debug if qf.meta.get("role") == "bounces" else log.info)(
+                    "qfile_processed", queue=board.name, qfile=qf.id, list=qf.meta.get("list"),
+                    role=qf.meta.get("role"), queue_id=qf.meta.get("mta_queue_id"), outcome=outcome)
+            self._ended("qfile_unstuck", f"qfile:{qf.id}", "processed after being put back", queue=board.name,
+                        qfile=qf.id)
             return True
         except (StoreUnavailable, QueueError) as exc:
-            log.warning("qfile_stuck", "put back, will retry", queue=board.name, qfile=qf.id, error=exc)
+            self._repeated("qfile_stuck", "put back, will retry", f"qfile:{qf.id}", queue=board.name, qfile=qf.id,
+                           list=qf.meta.get("list"), error=exc)
             board.release(qf)
             return False
         except DnsUnknown as exc:
@@ -282,7 +312,8 @@ class Runner:
                 return False
             return True
         except Exception as exc:  # noqa: BLE001 - one bad qfile must not stop the runner
-            log.exception("qfile_shunted", "shunted", queue=board.name, qfile=qf.id)
+            self.repeats.clear(f"qfile:{qf.id}")
+            log.exception("qfile_shunted", queue=board.name, qfile=qf.id)
             try:
                 board.move(qf, "shunt", reason=f"{type(exc).__name__}: {exc}"[:500])
             except QueueError:
