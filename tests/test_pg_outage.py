@@ -9,6 +9,7 @@ member exactly once, bounces score, and no daemon was restarted (the same pids).
 """
 from __future__ import annotations
 
+import re
 import smtplib
 import time
 
@@ -67,9 +68,9 @@ def _running(pg_server) -> bool:
 
 
 def _unavailable(log: str) -> str:
-    """The daemons (``listgate-NAME``) that logged a store failure in ``log``, space-separated."""
-    return " ".join(line.split("[")[0].split()[-1] for line in log.splitlines()
-                    if " WARNING " in line and "couldn't get a connection" in line)
+    """The daemons (``daemon=NAME`` of the logfmt lines) that logged a store failure in ``log``, space-separated."""
+    return " ".join(re.search(r" daemon=(\S+)", line).group(1) for line in log.splitlines()
+                    if " level=warning " in line and "couldn't get a connection" in line)
 
 
 def same_daemons(st: Stack, pids: dict[str, int], names) -> None:
