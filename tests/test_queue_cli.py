@@ -186,7 +186,7 @@ def test_an_invalid_edit_keeps_the_original_and_exits_1(inst, tmp_path):
     err = r.stderr.decode()
     assert "the edited qfile is not valid: no '--- message ---' separator line" in err
     assert f"qfile {ids[0]} is unchanged" in err
-    kept = err.rsplit("your edit is kept in ", 1)[1].strip()
+    kept = err.rsplit("your edit is kept in ", 1)[1].splitlines()[0].strip()
     assert b"--- massage ---" in open(kept, "rb").read()
     assert open(path, "rb").read() == before and os.stat(path).st_ino == st.st_ino
     assert sb.ids() == ids and not [n for n in _names(sb) if "edit" in n]
@@ -205,7 +205,9 @@ def test_edit_of_an_unknown_or_held_qfile_is_a_clear_error(inst, tmp_path):
     site, ids = inst
     unknown = "1800000000000000000-1-000000-00000000"
     r = edit(site, tmp_path, unknown, "raise SystemExit('the editor must not run')\n", check=1)
-    assert r.stderr.decode() == f"listgate: no qfile {unknown} in any queue (see: listgate queue ls)\n"
+    message, audit = r.stderr.decode().splitlines()      # the message, then the audit line (status=1)
+    assert message == f"listgate: no qfile {unknown} in any queue (see: listgate queue ls)"
+    assert "event=cli_command" in audit and 'command="queue edit"' in audit and audit.endswith(" status=1")
     sb = Switchboard.for_site(site, "in")
     held = sb.dequeue()
     r = edit(site, tmp_path, held.id, "raise SystemExit('the editor must not run')\n", check=1)
