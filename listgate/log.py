@@ -118,7 +118,9 @@ class LogfmtFormatter(logging.Formatter):
         if record.exc_info and record.exc_info[0] is not None:
             exc = record.exc_info[1]
             body.setdefault("error", f"{type(exc).__name__}: {exc}")
-            body["trace"] = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            trace = "".join(traceback.format_exception(*record.exc_info)).rstrip()
+            # the end of a long traceback is where it failed: keep that under MAX_VALUE
+            body["trace"] = trace if len(trace) <= MAX_VALUE else "..." + trace[-(MAX_VALUE - 3):]
         head = f"ts={ts} level={record.levelname.lower()} daemon={value(self.daemon)} event={value(event)}"
         rest = fields(**body)
         return self.prefix + head + (" " + rest if rest else "")
@@ -147,7 +149,7 @@ class EventLog:
         body = {(k + "_" if k in RESERVED else k): v for k, v in kw.items() if v is not None}
         # what caplog and other plain handlers print: the event, the sentence, the fields
         text = " ".join(p for p in (event, msg and value(msg), fields(**body)) if p)
-        self.logger.log(level, "%s", text, exc_info=exc_info, stacklevel=4,
+        self.logger.log(level, "%s", text, exc_info=exc_info, stacklevel=3,
                         extra={"lg_event": event, "lg_msg": msg, "lg_fields": body})
 
     def debug(self, event: str, msg: str | None = None, /, **kw) -> None:
