@@ -275,3 +275,23 @@ def test_every_command_is_audited_unless_listed_read_only():
     assert not audit.audited("queue ls") and not audit.audited("runner") and not audit.audited("init")
     assert audit.redact(["--db-password", "x", "--secret=y", "--password-file", "/p"]) == \
         ["--db-password", "***", "--secret=***", "--password-file", "/p"]
+
+
+def test_a_bounce_is_logged_once(tmp_path, corpus, caplog):
+    """The milter's and Exim's end of message (inject) hands a bounce to the life cycle: one line, event=bounce."""
+    from conftest import make_site
+    from listgate import inject, verp
+    from listgate.routing import decide_rcpt
+    from listgate.store import open_store
+    site = make_site(tmp_path / "inst")
+    lc = site.lists[LIST]
+    open_store(site, LIST).add_member("userx@example.com")
+    rcpt = verp.member_bounce_address(site, lc, "userx@example.com")
+    msg = (corpus / "flufl.bounce" / "dsn_13.txt").read_bytes()
+    with caplog.at_level("INFO", logger="listgate"):
+        out = inject.store_message(site, msg, "", [inject.Routed(f"<{rcpt}>", decide_rcpt(site, rcpt, sender=""))],
+                                   mta_queue_id="BQ1")
+    assert [s.outcome for s in out] == ["bounce"]
+    lines = [r for r in caplog.records if r.name.startswith("listgate") and r.levelno >= logging.INFO]
+    assert [(r.lg_event, r.lg_fields.get("queue_id")) for r in lines] == [("bounce", "BQ1")], caplog.text
+    assert "userx@example.com" in lines[0].lg_fields["outcome"]
