@@ -60,7 +60,8 @@ def member_lookup(address: str, case_sensitive: bool) -> tuple[str, tuple] | Non
     placeholders; condition, order, ``LIMIT 1``) and its parameters; None for a malformed address.
 
     Case-sensitive: the key as typed. Otherwise the folded key, the exact spelling first,
-    then the oldest subscription (two spellings only exist in stores made before the rule).
+    then the oldest subscription (two spellings exist only in a store made before the rule,
+    or one whose list was case-sensitive before).
     """
     key = member_key(address)
     if key is None:
@@ -71,8 +72,8 @@ def member_lookup(address: str, case_sensitive: bool) -> tuple[str, tuple] | Non
 
 
 def folded(key: str) -> str:
-    """The ``folded`` column of a members row whose key is ``key``, for the migrations that fill it
-    in rows made before it (a key that is no address, never written by listgate, keeps its own
+    """The ``folded`` column of a members row whose key is ``key`` (also what the migrations fill
+    in rows made before it: a key that is no address, never written by listgate, keeps its own
     lower case)."""
     try:
         return match_key(key)
