@@ -186,3 +186,21 @@ def normalize(address: str) -> str:
         except UnicodeEncodeError:
             raise ValueError(f"not an address (bytes that are not UTF-8): {address!r}") from None
     return key
+
+
+def match_key(address: str, case_sensitive: bool = False) -> str:
+    """The key two spellings of one member share under a list's rule: :func:`normalize`, and
+    the local part lower-cased too unless ``case_sensitive``.
+
+    Domains are case-insensitive (RFC 5321 section 2.4). Local parts are
+    case-sensitive by that same section, but people type them in any case
+    and MTAs fold them (VERP addresses come back lower-cased), so a list
+    matches them without case, as Mailman does (``str.lower``, as its
+    lower-cased member keys); a list's ``case_sensitive_local_parts`` keeps
+    them apart. Raises ValueError as :func:`normalize` does.
+    """
+    key = normalize(address)
+    if case_sensitive:
+        return key
+    local, _, domain = key.rpartition("@")
+    return f"{local.lower()}@{domain}"

@@ -48,9 +48,10 @@ def test_posting_rule_uses_from_after_data_and_size(site):
     # a null sender is nobody: non_member_action hold, so RCPT takes it and the runner decides ...
     assert routing.decide_rcpt(site, f"demo@{DOMAIN}", sender="").action == "accept"
     assert posting.decide(lc, ("",), lambda: store).action == "hold"
-    # ... where a member's From lets the post through (local parts keep their case)
+    # ... where a member's From lets the post through, however its case (the list's default rule)
     assert posting.decide(lc, ("Member@example.com", ""), lambda: store).action == "accept"
-    assert posting.decide(lc, ("member@example.com", ""), lambda: store).action == "hold"
+    assert posting.decide(lc, ("MEMBER@example.com", ""), lambda: store).action == "accept"
+    assert posting.decide(lc, ("stranger@example.com", ""), lambda: store).action == "hold"
     big = posting.decide(lc, ("owner@example.net",), lambda: store, size=1001)
     assert big.action == "hold" and "1001 bytes" in big.reason
 

@@ -6,6 +6,7 @@ import os
 import pytest
 
 from listgate import clock, verp
+from listgate.addresses import make as make_address
 from listgate.addresses import parse as parse_address
 from listgate.queue import QueueError
 
@@ -29,6 +30,30 @@ def test_one_increment_per_member_per_day(site):
     # every bounce is an event, scored or not
     assert [e.action for e in env.store.events(JANE)] == ["scored", "same_day", "scored"]
     assert len(env.store.evidence(JANE)) == 2       # evidence only for scored bounces
+
+
+def test_a_lower_cased_verp_of_a_mixed_case_member_scores_that_member(site):
+    env = make_env(site, members=("Jane.Doe@Example.com",))
+    rcpt = env.verp_rcpt("Jane.Doe@Example.com")
+    assert rcpt.extension.startswith("Jane.Doe=")
+    folded = parse_address(make_address(rcpt.name, rcpt.domain, rcpt.role, rcpt.extension).lower(), site.lists)
+    outcome = env.bounce(dsn("jane.doe@example.com"), folded)   # an MTA lower-cased the VERP and the DSN
+    assert [a.action for a in outcome.actions] == ["scored"]
+    assert env.member("JANE.DOE@example.com").bounce_score == 1.0
+    assert [e.action for e in env.store.events("jane.doe@example.com")] == ["scored"]
+    assert len(env.store.evidence("Jane.Doe@example.com")) == 1
+    # a plain DSN naming the member in two spellings is one failure of one member
+    block = (b"Final-Recipient: rfc822; jane.doe@example.com\nOriginal-Recipient: rfc822; jane.doe@example.com\n"
+             b"Action: failed\nStatus: 5.1.1\nDiagnostic-Code: smtp; 550 5.1.1 User unknown\n\n")
+    twice = dsn("jane.doe@example.com").replace(block, block + block.replace(b"jane.doe", b"JANE.DOE"))
+    assert twice.count(b"Final-Recipient") == 2
+    assert [a.action for a in env.bounce(twice, env.plain_rcpt()).actions] == ["unverified"]
+
+
+def test_a_case_sensitive_list_attributes_a_verp_to_the_spelling_it_was_made_for(site):
+    env = make_env(site, members=("Jane.Doe@Example.com", "jane.doe@example.com"), case_sensitive_local_parts=True)
+    assert env.actions(env.verp_bounce("Jane.Doe@Example.com")) == [("Jane.Doe@example.com", "scored")]
+    assert (env.member("Jane.Doe@example.com").bounce_score, env.member("jane.doe@example.com").bounce_score) == (1.0, 0)
 
 
 def test_weights_come_from_the_list(site):

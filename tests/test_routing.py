@@ -146,6 +146,18 @@ def test_closed_list_non_member_reject(site, members, policy):
     assert decide(site, f"demo@{D}", sender=f"mod@{D}").action == "accept"
 
 
+def test_a_member_posts_whatever_the_case_of_their_address_unless_the_list_keeps_case(site, members):
+    site = _policy(site, "members_only", "reject")
+    members.add_member("Alice@Example.com")
+    for sender in ("ALICE@example.COM", "alice@example.com", "MEMBER@example.com"):
+        assert decide(site, f"demo@{D}", sender=sender).action == "accept", sender
+    site = write_list(site, "demo", posting_policy="members_only", non_member_action="reject",
+                      case_sensitive_local_parts=True)
+    assert decide(site, f"demo@{D}", sender="Alice@EXAMPLE.com").action == "accept"
+    for sender in ("ALICE@example.COM", "alice@example.com", "MEMBER@example.com"):
+        assert decide(site, f"demo@{D}", sender=sender).action == "reject", sender
+
+
 @pytest.mark.parametrize("action", ["hold", "discard"])
 def test_closed_list_non_member_hold_or_discard_accepts(site, members, action):
     site = _policy(site, "members_only", action)

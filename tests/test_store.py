@@ -63,7 +63,7 @@ def test_newer_schema_is_refused(site, store):
 
 
 @BOTH_BACKENDS
-def test_members_keep_typed_address_and_match_domain_case_insensitively(site, store):
+def test_members_keep_typed_address_and_match_without_case(site, store):
     m = store.add_member("<Jane.Doe@Example.COM>", "Jane Doe")
     assert (m.address, m.key, m.display_name, m.subscribed_at) == ("Jane.Doe@Example.COM", "Jane.Doe@example.com",
                                                                      "Jane Doe", T0)
@@ -79,7 +79,8 @@ def test_members_keep_typed_address_and_match_domain_case_insensitively(site, st
     # has_member: the posting rule's question, same keys as get_member
     store.add_member("off@example.com", status="by_bounce")
     for address, expected in [("Jane.Doe@EXAMPLE.com", True), ("<Jane.Doe@example.com>", True),
-                              ("jane.doe@example.com", False), ("off@example.com", True),
+                              ("jane.doe@example.com", True), ("JANE.DOE@example.com", True),
+                              ("jane.doe2@example.com", False), ("off@example.com", True),
                               ("nobody@example.com", False), ("not an address", False), ("", False),
                               ("Jane.Doe\udcff@example.com", False)]:
         assert store.has_member(address) is expected, address
@@ -129,8 +130,66 @@ def test_change_address_moves_bounce_info_and_evidence(site, store):
     assert store.evidence("New@example.com") == [(T0, b"bounce")]
     # A change of case only is allowed (same member).
     assert store.change_address("New@example.com", "New@EXAMPLE.com").address == "New@EXAMPLE.com"
-    # The local part is case-sensitive (RFC 5321 section 2.4): another case is another member.
-    assert store.get_member("new@example.com") is None
+    # The local part matches without case by default (Mailman's rule): a new spelling is the member
+    # too, and may become the typed address, evidence and all.
+    assert store.get_member("new@example.com").display_name == "Old"
+    assert store.change_address("NEW@example.com", "new@example.com").key == "new@example.com"
+    assert store.evidence("New@example.com") == [(T0, b"bounce")]
+    with pytest.raises(AlreadyMember):
+        store.change_address("new@example.com", "TAKEN@example.com")
+
+
+def case_sensitive(site, value: bool = True):
+    """``site`` reloaded with the demo list's ``case_sensitive_local_parts`` set to ``value``."""
+    from listgate import config
+    path = os.path.join(os.path.dirname(site.path), "lists.d", "demo.yaml")
+    with open(path, encoding="utf-8") as fh:
+        lines = [line for line in fh if not line.startswith("case_sensitive_local_parts:")]
+    with open(path, "w", encoding="utf-8") as fh:
+        fh.writelines(lines + [f"case_sensitive_local_parts: {'true' if value else 'false'}\n"])
+    return config.load(site.path)
+
+
+@BOTH_BACKENDS
+def test_addresses_differing_only_in_case_are_one_member_keeping_the_typed_case(site, store):
+    alice = store.add_member("Alice@EXAMPLE.com")
+    with pytest.raises(AlreadyMember):
+        store.add_member("alice@example.com")
+    assert [m.address for m in store.members()] == ["Alice@EXAMPLE.com"]     # delivered as typed
+    assert store.get_member("ALICE@example.COM").key == alice.key == "Alice@example.com"
+    assert store.same_address("aLiCe@Example.com", alice.address) and not store.same_address("bob@example.com", "x")
+    # events and evidence about any spelling are filed under the member
+    store.add_event(BounceEvent(at=T0, address="ALICE@example.com", bounce_class="hard", action="scored"))
+    store.add_evidence("alice@example.com", b"bounce", T0)
+    assert [e.address for e in store.events("Alice@Example.com")] == ["Alice@example.com"]
+    assert store.evidence(alice.key) == [(T0, b"bounce")]
+    assert store.remove_member("alice@EXAMPLE.COM").key == alice.key and store.members() == []
+
+
+@BOTH_BACKENDS
+def test_a_case_sensitive_list_keeps_two_spellings_and_switching_the_rule_strands_nobody(site, store):
+    sensitive = open_store(case_sensitive(site), LIST)
+    assert sensitive is store and store.case_sensitive_local
+    store.add_member("Alice@example.com")
+    clock.freeze(T0 + 10)
+    store.add_member("alice@example.com")
+    store.add_member("Bob@example.com")
+    assert [m.key for m in store.members()] == ["Alice@example.com", "Bob@example.com", "alice@example.com"]
+    assert store.get_member("ALICE@example.com") is None and store.get_member("bob@example.com") is None
+    assert store.get_member("alice@EXAMPLE.com").subscribed_at == T0 + 10
+    assert store.case_duplicates() == [] and not store.same_address("Alice@example.com", "alice@example.com")
+    # back to the default rule: every member is still found, each spelling first, else the oldest
+    assert open_store(case_sensitive(site, False), LIST) is store and not store.case_sensitive_local
+    assert store.get_member("bob@example.com").key == "Bob@example.com"
+    assert store.get_member("alice@example.com").subscribed_at == T0 + 10
+    assert store.get_member("Alice@example.com").subscribed_at == T0
+    assert store.get_member("ALICE@example.com").subscribed_at == T0
+    with pytest.raises(AlreadyMember):
+        store.add_member("ALICE@example.com")
+    assert [[m.key for m in group] for group in store.case_duplicates()] == [["Alice@example.com",
+                                                                              "alice@example.com"]]
+    store.remove_member("Alice@example.com")            # the owner keeps one: spelt exactly
+    assert store.get_member("ALICE@example.com").key == "alice@example.com" and store.case_duplicates() == []
 
 
 @BOTH_BACKENDS
@@ -280,6 +339,42 @@ def test_version_1_database_migrates_and_its_facts_have_no_owner(tmp_path):
         assert store.remember("accepted", "k", 60, owner="q1") is True
     finally:
         store.close()
+
+
+def test_a_version_5_store_holding_two_spellings_keeps_both_and_check_names_them(site):
+    path = store_path(site, LIST)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with sqlite3.connect(path, isolation_level=None) as conn:    # a file written by the version 5 code
+        for statements in MIGRATIONS[:5]:
+            for statement in statements:
+                conn.execute(statement)
+        conn.execute("PRAGMA user_version = 5")
+        conn.executemany("INSERT INTO members (key, address, subscribed_at, bounce_score) VALUES (?, ?, ?, ?)",
+                         [("alice@example.com", "alice@example.com", T0 + 10, 2.0),
+                          ("Alice@example.com", "Alice@Example.com", T0, 1.0),
+                          ("Bob@example.com", "Bob@example.com", T0, 0.0)])
+        conn.execute("INSERT INTO evidence (member_key, at, message) VALUES ('alice@example.com', ?, x'2a')", (T0,))
+    clock.freeze(T0)
+    try:
+        store = open_store(site, LIST)
+        with sqlite3.connect(path) as conn:
+            assert conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+            assert conn.execute("SELECT key, folded, bounce_score FROM members ORDER BY key").fetchall() == [
+                ("Alice@example.com", "alice@example.com", 1.0), ("Bob@example.com", "bob@example.com", 0.0),
+                ("alice@example.com", "alice@example.com", 2.0)]
+        # nothing lost: each spelling finds its own row, any other the oldest subscription
+        assert store.get_member("alice@example.com").bounce_score == 2.0
+        assert store.get_member("Alice@example.com").bounce_score == 1.0
+        assert store.get_member("ALICE@EXAMPLE.COM").bounce_score == 1.0
+        assert store.get_member("bob@example.com").address == "Bob@example.com"
+        assert store.evidence("alice@example.com") == [(T0, b"*")]
+        out = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "check"],
+                             capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stdout + out.stderr
+        assert (f"{LIST}: warning: one address, 2 members (Alice@Example.com, alice@example.com)"
+                in out.stderr), out.stderr
+    finally:
+        close_all()
 
 
 @BOTH_BACKENDS
@@ -583,7 +678,7 @@ def test_reads_see_other_connections_commits(store):
     assert store.get_member("x@example.com") is None
     # another connection in this process: a plain sqlite3 one, then another thread's own
     with sqlite3.connect(store.path, isolation_level=None) as other:
-        other.execute("INSERT INTO members (key, address, subscribed_at) VALUES ('x@example.com', 'x@example.com', 0)")
+        other.execute("INSERT INTO members (key, address, subscribed_at, folded) VALUES ('x@example.com', 'x@example.com', 0, 'x@example.com')")
     assert store.get_member("x@example.com").address == "x@example.com"
     thread = threading.Thread(target=store.remove_member, args=("x@example.com",))
     thread.start()

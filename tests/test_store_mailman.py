@@ -108,6 +108,8 @@ def test_delivery_status_case_preserved_and_digest_members(store, monkeypatch):
     assert off.last_notice_at == calendar.timegm((2027, 1, 16, 0, 0, 0))
     assert off.re_enable_token is None   # Mailman's cookie is not a pending record here
     assert store.get_member("MiXed@example.com").address == "MiXed@Example.com"
+    # Mailman's own lower-cased key finds the member too (matched without case, as Mailman did)
+    assert store.get_member("mixed@example.com").address == "MiXed@Example.com"
 
 
 @pytest.mark.parametrize("payload", [

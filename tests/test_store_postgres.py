@@ -283,3 +283,38 @@ def test_policy_server_answers_451_while_postgresql_is_down_and_resumes_without_
         stderr = proc.stderr.read().decode()
         proc.stderr.close()
     assert pg_server.password not in stderr
+
+
+def test_a_version_3_database_holding_two_spellings_keeps_both_after_store_init(pg_server, tmp_path):
+    from listgate.store.postgres import connect_kwargs
+    from listgate.store.postgres_schema import _SCHEMA_TABLE, MIGRATIONS
+    site = make_site(tmp_path / "instance")
+    url = pg_server.url(pg_server.new_database())
+    with open(site.path, "a", encoding="utf-8") as fh:     # use_postgres, without making the schema
+        fh.write(f"store:\n  url: {url}\n  password_file: {pg_server.password_file}\n  pool: {{min: 0, max: 4}}\n"
+                 "  connect_timeout: 3s\n")
+    site = config.load(site.path)
+    with psycopg.connect(url, **connect_kwargs(site.conf.store)) as conn:    # what the version 3 code made
+        conn.execute(_SCHEMA_TABLE)
+        for number, statements in enumerate(MIGRATIONS[:3], 1):
+            for statement in statements:
+                conn.execute(statement)
+            conn.execute("INSERT INTO listgate_schema (version) VALUES (%s)", (number,))
+        for key, address, at, score in [("alice@example.com", "alice@example.com", T0 + 10, 2.0),
+                                        ("Alice@example.com", "Alice@Example.com", T0, 1.0),
+                                        ("Bob@example.com", "Bob@example.com", T0, 0.0)]:
+            conn.execute("INSERT INTO members (list_key, key, address, subscribed_at, bounce_score) "
+                         "VALUES (%s, %s, %s, %s, %s)", (LIST, key, address, at, score))
+    assert "schema migrated to version 4" in _cli(site, "store", "init").stdout
+    try:
+        store = open_store(site, LIST)
+        assert [(m.key, m.bounce_score) for m in store.members()] == [
+            ("Alice@example.com", 1.0), ("Bob@example.com", 0.0), ("alice@example.com", 2.0)]
+        assert store.get_member("alice@example.com").bounce_score == 2.0
+        assert store.get_member("ALICE@EXAMPLE.COM").bounce_score == 1.0
+        assert store.get_member("bob@example.com").address == "Bob@example.com"
+        assert [[m.address for m in g] for g in store.case_duplicates()] == [["Alice@Example.com", "alice@example.com"]]
+        out = _cli(site, "check")
+        assert f"{LIST}: warning: one address, 2 members (Alice@Example.com, alice@example.com)" in out.stderr
+    finally:
+        close_all()

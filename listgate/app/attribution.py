@@ -135,7 +135,7 @@ def _return_path_is(run, member: Member, value: str) -> bool:
     if found is None or found.role != "bounces" or found.list_key != run.key or not found.extension:
         return False
     result = verp.decode(run.site, run.lc, found.extension, store=run.store)
-    return result.kind == "member" and _same(result.member, member)
+    return result.kind == "member" and run.store.same_address(result.member, member.address)
 
 
 def _unsubscribe_token_is(run, member: Member, value: str) -> bool:
@@ -146,15 +146,8 @@ def _unsubscribe_token_is(run, member: Member, value: str) -> bool:
         except tokens.TokenError:
             continue
         if found.lc is run.lc or addresses.list_key(found.lc) == run.key:
-            return _same(found.member, member)
+            return run.store.same_address(found.member, member.address)
     return False
-
-
-def _same(address: str, member: Member) -> bool:
-    try:
-        return addresses.normalize(address) == member.key
-    except ValueError:
-        return False
 
 
 def summary(failure, attribution: str) -> bytes:

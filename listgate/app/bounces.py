@@ -181,18 +181,22 @@ def _top(failures: Iterable[Failure]) -> Failure | None:
 
 
 def _find_member(store, address: str) -> Member | None:
-    """The member ``address`` names; local parts compared without case as a fallback.
+    """The member ``address`` names under the list's case rule; on a case-sensitive list, a
+    unique match without case as a fallback.
 
     Local parts are case-sensitive in principle (RFC 5321 section 2.4), but
-    MTAs and DSN writers fold them (VERP addresses come back lower-cased): a
-    unique case-insensitive match is the member. Two members differing only
-    in case make it ambiguous: no attribution.
+    MTAs and DSN writers fold them (VERP addresses come back lower-cased): on
+    a list that keeps case, a unique case-insensitive match is the member.
+    Two members differing only in case make it ambiguous: no attribution.
     """
     member = store.get_member(address)
-    if member is not None:
+    if member is not None or not store.case_sensitive_local:
         return member
-    wanted = address.lower()
-    found = [m for m in store.members() if m.key.lower() == wanted]
+    try:
+        wanted = addresses.match_key(address)
+    except ValueError:
+        return None
+    found = [m for m in store.members() if addresses.match_key(m.key) == wanted]
     return found[0] if len(found) == 1 else None
 
 
@@ -408,10 +412,12 @@ class BounceEngine:
     def _plain_bounce(self, run: Run, result: Classification, msg: bytes, rcpt: str,
                       envelope_sender: str | None, verp_note: str, original: attribution.Original) -> None:
         by_address: dict[str, list[Failure]] = {}
+        spelt: dict[str, str] = {}      # one address under the list's case rule -> its first spelling
         for f in result.failures:
             if f.address:
                 try:
-                    by_address.setdefault(addresses.normalize(f.address), []).append(f)
+                    same = addresses.match_key(f.address, run.store.case_sensitive_local)
+                    by_address.setdefault(spelt.setdefault(same, addresses.normalize(f.address)), []).append(f)
                 except ValueError:
                     pass  # not an address: nothing to attribute
         if not by_address:

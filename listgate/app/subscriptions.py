@@ -31,7 +31,7 @@ admin vouched for it); if the address is really dead, the probe disables it.
 """
 from __future__ import annotations
 
-from .. import addresses, clock, messages, verp
+from .. import clock, messages, verp
 from ..store import BounceEvent, UnknownToken, open_store
 from . import notices, probes, texts
 from .moderation import moderate
@@ -147,9 +147,10 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
         with store.transaction():
             store.confirm_pending(token, "change_of_address")
             old, new = rec.payload["old"], rec.payload["new"]
+            before = store.get_member(old)      # its key, however the request spelt it
             member = store.change_address(old, new)
             start_clean(store, member, f"change of address from {old} to {new} confirmed",
-                        old_keys={addresses.normalize(old)})
+                        old_keys={before.key} if before is not None else set())
             body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
             for to in (old, new):
                 notices.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
@@ -192,19 +193,11 @@ def cancel_for_bounce(run, address: str) -> list[str]:
     so the pending ``subscription`` / ``change_of_address`` records waiting on it are
     cancelled (recorded as ``pending_cancelled``). Called by the bounce engine inside its
     transaction (``run``: see :mod:`listgate.app.probes`). Returns the cancelled types."""
-    try:
-        wanted = addresses.normalize(address)
-    except ValueError:
-        return []
     gone = []
     for rec in run.store.pending():
         key = _CONFIRMED_AT.get(rec.type)
         target = rec.payload.get(key) if key else None
-        try:
-            same = bool(target) and addresses.normalize(target) == wanted
-        except ValueError:
-            same = False
-        if not same:
+        if not isinstance(target, str) or not run.store.same_address(target, address):
             continue
         try:
             run.store.confirm_pending(rec.token, rec.type)

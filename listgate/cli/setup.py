@@ -102,6 +102,7 @@ def cmd_check(args) -> int:
                         "stderr instead (journald under systemd)")
     for line in warnings:
         print(line, file=sys.stderr)
+    _warn_case_duplicates(site)
     return 0 if not warnings or args.site_only else 1
 
 
@@ -194,3 +195,27 @@ def _warn_bad(site) -> None:
         print(f"{site.path}: warning: {len(entries)} qfile(s) in the bad queue, oldest {qid} "
               f"({(meta or {}).get('reason') or 'unreadable'}); see 'listgate queue ls bad', "
               "then 'listgate queue requeue ID|--all'", file=sys.stderr)
+
+
+def _warn_case_duplicates(site) -> None:
+    """A warning line (stderr) per pair of members whose addresses differ only in case, on a
+    list that matches them as one (made before that rule, or case-sensitive until lately).
+
+    Both stay members and both get posts; an address finds the one spelt exactly so, else
+    the oldest. Not an error (the exit status does not change): the owner decides which goes.
+    Reads only stores that exist (a check creates none).
+    """
+    from ..store import StoreUnavailable, open_store, store_path
+    for key in sorted(site.lists):
+        if not site.conf.store.url and not os.path.exists(store_path(site, key)):
+            continue
+        try:
+            groups = open_store(site, key).case_duplicates()
+        except StoreUnavailable as exc:
+            print(f"{key}: warning: members not read for spellings that differ only in case: {exc}",
+                  file=sys.stderr)
+            continue
+        for group in groups:
+            spellings = ", ".join(m.address for m in group)
+            print(f"{key}: warning: one address, {len(group)} members ({spellings}): each gets posts; "
+                  f"keep one with 'listgate members remove {key} ADDRESS' (spelt exactly)", file=sys.stderr)

@@ -244,6 +244,8 @@ LIST = Section({
     "dkim_sign": Field("bool", None, doc="DKIM-sign this list's mail; none: as the site's dkim.sign says"),
     "verp_mode": Field("enum", "signed", choices=("signed", "xverp")),
     "accept_unsigned_verp": Field("bool", False, doc="Mailman-style L-bounces+local=domain@D (migration window)"),
+    "case_sensitive_local_parts": Field("bool", False, doc="members differing only in the case of their local "
+                                        "part are two members (default: one, as Mailman; domains never differ by case)"),
     "notify_owner_on_join": Field("bool", True),
     "notify_owner_on_leave": Field("bool", True),
     "bounce_processing": Field("bool", True),

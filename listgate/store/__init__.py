@@ -38,7 +38,9 @@ def open_store(site, list_key: str) -> ListStore:
 
     After ``fork()`` the child gets fresh stores (never its parent's SQLite
     connections). Raises KeyError for a list ``site`` does not define and
-    StoreUnavailable when the database cannot be opened.
+    StoreUnavailable when the database cannot be opened. The store matches member addresses
+    by the case rule of the list as ``site`` configures it
+    (:attr:`~listgate.store.base.ListStore.case_sensitive_local`).
     """
     global _cache_pid
     key = list_key.lower()
@@ -62,6 +64,8 @@ def open_store(site, list_key: str) -> ListStore:
                 raise StoreUnavailable(f"cannot create {os.path.dirname(path)}: {exc.strerror}") from None
             store = SQLiteStore(path, key, busy_timeout=site.conf.store.busy_timeout)
             _cache[path] = store
+        # the case rule of the configuration asked with: a reloaded one takes effect at once
+        store.case_sensitive_local = bool(site.lists[key].case_sensitive_local_parts)
         return store
 
 

@@ -18,6 +18,8 @@ from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..addresses import match_key, normalize
+
 DELIVERY_STATUSES = ("enabled", "by_user", "by_admin", "by_bounce")
 # how a member takes posts: one by one, or collected in a MIME (RFC 2046 multipart/digest) or
 # plain text (RFC 1153) digest (listgate.app.digests)
@@ -53,8 +55,11 @@ class StoreUnavailable(StoreError):
 class Member:
     """A member and their bounce info.
 
-    ``address`` is what the member typed; ``key`` the normalised form
-    (:func:`listgate.addresses.normalize`) used for lookups.
+    ``address`` is what the member typed (and what mail is delivered to);
+    ``key`` its normalised form (:func:`listgate.addresses.normalize`: the
+    local part as typed, the domain lower-cased), unique in the list. Which
+    addresses find the member depends on the list's case rule
+    (:attr:`ListStore.case_sensitive_local`).
     """
 
     address: str
@@ -147,6 +152,14 @@ class ListStore(abc.ABC):
     """
 
     list_key: str
+    # The list's case rule (its ``case_sensitive_local_parts``; ``open_store`` sets it from the
+    # configuration it is given). False (the default, Mailman's rule): an address finds the
+    # member whose address equals it ignoring case (:func:`listgate.addresses.match_key`), the
+    # one typed exactly so first, else the oldest subscription (a store made before this rule
+    # may hold two spellings of one address: both stay members, ``listgate check`` names
+    # them). True: the local part must match as typed. Keys never change with the rule, so
+    # switching it strands nobody.
+    case_sensitive_local: bool = False
 
     # -- transactions -----------------------------------------------------
     @abc.abstractmethod
@@ -159,7 +172,45 @@ class ListStore(abc.ABC):
 
     # -- members ----------------------------------------------------------
     @abc.abstractmethod
-    def get_member(self, address: str) -> Member | None: ...
+    def get_member(self, address: str) -> Member | None:
+        """The member ``address`` names under the list's case rule, or None (also for a malformed address)."""
+
+    def same_address(self, one: str, other: str) -> bool:
+        """Whether ``one`` and ``other`` name one member under the list's case rule (False when
+        either is malformed). No database access: compare with ``member.address`` for a member."""
+        try:
+            return (match_key(one, self.case_sensitive_local)
+                    == match_key(other, self.case_sensitive_local))
+        except ValueError:
+            return False
+
+    def _filed_under(self, address: str | None) -> str | None:
+        """The key events and evidence about ``address`` are filed under, so they are found
+        again however it is spelt: the key of the member it names under the list's case rule,
+        else its own key (``address`` itself when malformed)."""
+        if address is None:
+            return None
+        if not self.case_sensitive_local:
+            member = self.get_member(address)
+            if member is not None:
+                return member.key
+        try:
+            return normalize(address)
+        except ValueError:
+            return address
+
+    def case_duplicates(self) -> list[list[Member]]:
+        """Members whose addresses differ only in the case of their local part, grouped (each
+        group ordered as lookups prefer them after the exact spelling: oldest first). Only a
+        store made before the case rule, or a list that was case-sensitive, holds any; empty
+        when the list is case-sensitive."""
+        if self.case_sensitive_local:
+            return []
+        groups: dict[str, list[Member]] = {}
+        for member in self.members():
+            groups.setdefault(match_key(member.key), []).append(member)
+        return [sorted(group, key=lambda m: (m.subscribed_at, m.key))
+                for _, group in sorted(groups.items()) if len(group) > 1]
 
     def has_member(self, address: str) -> bool:
         """Whether ``address`` is a member, in any delivery status (False for a malformed address).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import json
 
-from ..addresses import bare, normalize
+from ..addresses import bare, match_key, normalize
 from ..config import valid_address
 from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, DigestPost, DigestState, Member, PendingRecord
 from .tokens import is_token
@@ -20,6 +20,9 @@ REMEMBER_PURGE_BATCH = 100        # expired (kind, key) facts dropped per rememb
 MEMBER_COLUMNS = ("address", "key", "display_name", "delivery_status", "subscribed_at", "status_changed_at",
                   "bounce_score", "last_bounce_day", "last_bounce_at", "notices_left", "last_notice_at",
                   "re_enable_token", "delivery_mode", "moderated", "language")
+# a members row: the Member's fields, then ``folded`` (match_key(key): what a list matching
+# without case looks members up by; indexed, never unique: see ListStore.case_sensitive_local)
+STORED_MEMBER_COLUMNS = MEMBER_COLUMNS + ("folded",)
 EVENT_COLUMNS = ("at", "address", "bounce_class", "status", "attribution", "message_id", "action", "detail", "id")
 PENDING_COLUMNS = ("token", "type", "payload", "created", "expires")
 DIGEST_POST_COLUMNS = ("key", "at", "message", "claim", "id")
@@ -47,11 +50,35 @@ def member_key(address: str) -> str | None:
         return None
 
 
-def event_address(address: str | None) -> str | None:
-    """Events about an address are filed under its member key so they can be found again."""
-    if address is None:
+def member_values(member: Member) -> list:
+    """The values of :data:`STORED_MEMBER_COLUMNS` for ``member``."""
+    return [*(getattr(member, c) for c in MEMBER_COLUMNS), folded(member.key)]
+
+
+def member_lookup(address: str, case_sensitive: bool) -> tuple[str, tuple] | None:
+    """How a backend finds the member ``address`` names: the SQL after ``WHERE`` (``?``
+    placeholders; condition, order, ``LIMIT 1``) and its parameters; None for a malformed address.
+
+    Case-sensitive: the key as typed. Otherwise the folded key, the exact spelling first,
+    then the oldest subscription (two spellings exist only in a store made before the rule,
+    or one whose list was case-sensitive before).
+    """
+    key = member_key(address)
+    if key is None:
         return None
-    return member_key(address) or address
+    if case_sensitive:
+        return "key = ? LIMIT 1", (key,)
+    return "folded = ? ORDER BY key = ? DESC, subscribed_at, key LIMIT 1", (match_key(key), key)
+
+
+def folded(key: str) -> str:
+    """The ``folded`` column of a members row whose key is ``key`` (also what the migrations fill
+    in rows made before it: a key that is no address, never written by listgate, keeps its own
+    lower case)."""
+    try:
+        return match_key(key)
+    except ValueError:
+        return key.lower()
 
 
 def bare_address(address: str) -> str:

@@ -26,7 +26,7 @@ import psycopg
 
 from ..config import mask_url
 from .base import StoreError, StoreUnavailable
-from .common import DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, MEMBER_COLUMNS, PENDING_COLUMNS
+from .common import DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, PENDING_COLUMNS, STORED_MEMBER_COLUMNS
 from .postgres import clean_text, connect_kwargs
 from .postgres_schema import LOCK_LIST, migrate, store_error
 from .sqlite_schema import connect as sqlite_connect
@@ -34,7 +34,7 @@ from .sqlite_schema import store_error as sqlite_store_error
 
 # table -> (columns copied, order of copying at the source: SQLite, PostgreSQL)
 TABLES: dict[str, tuple[tuple[str, ...], str, str]] = {
-    "members": (MEMBER_COLUMNS, "key", "key"),
+    "members": (STORED_MEMBER_COLUMNS, "key", "key"),
     "evidence": (("member_key", "at", "message"), "id", "id"),
     "events": (EVENT_COLUMNS[:-1], "id", "id"),
     "pending": (PENDING_COLUMNS, "created, rowid", "created, seq"),

@@ -49,8 +49,8 @@ from ..config import mask_url
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, DigestPost, DigestState, ListStore, Member,
                    NotAMember, PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, check_member, digest_post, event_address, member_key, pending_payload, pending_record,
-                     restored_pending, truncate_evidence)
+                     STORED_MEMBER_COLUMNS, bare_address, check_member, digest_post, folded, member_lookup, member_values,
+                     pending_payload, pending_record, restored_pending, truncate_evidence)
 from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
 from .tokens import new_token
 from ..log import events
@@ -245,11 +245,11 @@ class PostgresStore(ListStore):
 
     # -- members ----------------------------------------------------------
     def get_member(self, address: str) -> Member | None:
-        """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
-        key = member_key(address)
-        if key is None or clean_text(key) != key:
+        lookup = member_lookup(address, self.case_sensitive_local)
+        if lookup is None or any(clean_text(p) != p for p in lookup[1]):
             return None
-        rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s AND key = %s", (self.list_key, key))
+        rows = self._query(f"{_MEMBER_SELECT} WHERE list_key = %s AND {lookup[0].replace('?', '%s')}",
+                           (self.list_key, *lookup[1]))
         return Member(*rows[0]) if rows else None
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
@@ -263,8 +263,10 @@ class PostgresStore(ListStore):
                         delivery_status=status, subscribed_at=now,
                         status_changed_at=None if status == "enabled" else now)
         with self.transaction():
-            cur = self._exec(f"INSERT INTO members (list_key, {', '.join(MEMBER_COLUMNS)}) VALUES "
-                             f"(%s, {', '.join(['%s'] * len(MEMBER_COLUMNS))}) ON CONFLICT DO NOTHING",
+            if self.get_member(bare) is not None:   # under the case rule: the same key, or its spelling
+                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            cur = self._exec(f"INSERT INTO members (list_key, {', '.join(STORED_MEMBER_COLUMNS)}) VALUES "
+                             f"(%s, {', '.join(['%s'] * len(STORED_MEMBER_COLUMNS))}) ON CONFLICT DO NOTHING",
                              [self.list_key, *_member_values(member)])
             if cur.rowcount == 0:
                 raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
@@ -304,10 +306,11 @@ class PostgresStore(ListStore):
         new_key = normalize(bare)
         with self.transaction():
             member = self._require(old)
-            if new_key != member.key and self.get_member(bare) is not None:
+            other = self.get_member(bare)       # a new spelling of the same address is no conflict
+            if other is not None and other.key != member.key:
                 raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
-            self._exec("UPDATE members SET key = %s, address = %s WHERE list_key = %s AND key = %s",
-                       (new_key, bare, self.list_key, member.key))
+            self._exec("UPDATE members SET key = %s, address = %s, folded = %s WHERE list_key = %s AND key = %s",
+                       (new_key, bare, folded(new_key), self.list_key, member.key))
             self._exec("UPDATE evidence SET member_key = %s WHERE list_key = %s AND member_key = %s",
                        (new_key, self.list_key, member.key))
         member.key, member.address = new_key, bare
@@ -316,7 +319,7 @@ class PostgresStore(ListStore):
     # -- bounce evidence ---------------------------------------------------
     def add_evidence(self, address: str, message: bytes, at: float) -> None:
         """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
-        key = clean_text(member_key(address) or address)
+        key = clean_text(self._filed_under(address))
         with self.transaction():
             self._exec("INSERT INTO evidence (list_key, member_key, at, message) VALUES (%s, %s, %s, %s)",
                        (self.list_key, key, at, truncate_evidence(bytes(message))))
@@ -325,7 +328,7 @@ class PostgresStore(ListStore):
                        "ORDER BY at DESC, id DESC LIMIT %s)", (self.list_key, key, self.list_key, key, EVIDENCE_KEEP))
 
     def evidence(self, address: str) -> list[tuple[float, bytes]]:
-        key = clean_text(member_key(address) or address)
+        key = clean_text(self._filed_under(address))
         rows = self._query("SELECT at, message FROM evidence WHERE list_key = %s AND member_key = %s "
                            "ORDER BY at DESC, id DESC", (self.list_key, key))
         return [(at, bytes(msg)) for at, msg in rows]
@@ -334,7 +337,7 @@ class PostgresStore(ListStore):
     def add_event(self, event: BounceEvent) -> int:
         """Append ``event`` (address filed under its member key; NUL and lone surrogates replaced); its id."""
         values = [getattr(event, c) for c in EVENT_COLUMNS[:-1]]
-        values[1] = event_address(event.address)
+        values[1] = self._filed_under(event.address)
         values = [clean_text(v) if isinstance(v, str) else v for v in values]
         with self.transaction():
             rows = self._query(f"INSERT INTO events (list_key, {', '.join(EVENT_COLUMNS[:-1])}) VALUES "
@@ -348,7 +351,7 @@ class PostgresStore(ListStore):
         where, params = ["list_key = %s"], [self.list_key]
         if address is not None:
             where.append("address = %s")
-            params.append(clean_text(event_address(address)))
+            params.append(clean_text(self._filed_under(address)))
         if since is not None:
             where.append("at >= %s")
             params.append(since)
@@ -520,4 +523,4 @@ class PostgresStore(ListStore):
 
 
 def _member_values(member: Member) -> list[Any]:
-    return [clean_text(v) if isinstance(v, str) else v for v in (getattr(member, c) for c in MEMBER_COLUMNS)]
+    return [clean_text(v) if isinstance(v, str) else v for v in member_values(member)]

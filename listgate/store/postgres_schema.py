@@ -19,11 +19,13 @@ contract's exceptions by SQLSTATE class
 """
 from __future__ import annotations
 
+from typing import Callable
 
 import psycopg
 
 from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, StoreError, StoreUnavailable
 from ..log import events
+from .common import folded
 
 log = events("listgate.store")
 
@@ -35,7 +37,17 @@ _IN = {"statuses": ", ".join(f"'{s}'" for s in DELIVERY_STATUSES),
        "types": ", ".join(f"'{t}'" for t in PENDING_TYPES),
        "modes": ", ".join(f"'{m}'" for m in DELIVERY_MODES)}
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+def _fill_folded(conn: psycopg.Connection) -> None:
+    """Version 4's data step: each member's folded key, computed as the store computes it
+    (Python's lower case, not the server's locale)."""
+    rows = conn.execute("SELECT list_key, key FROM members").fetchall()
+    with conn.cursor() as cur:
+        cur.executemany("UPDATE members SET folded = %s WHERE list_key = %s AND key = %s",
+                        [(folded(key), list_key, key) for list_key, key in rows])
+
+
+# each step is an SQL statement, or a function of the connection (data SQL cannot compute)
+MIGRATIONS: tuple[tuple[str | Callable[[psycopg.Connection], object], ...], ...] = (
     # version 1
     (
         f"""CREATE TABLE members (
@@ -134,6 +146,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             sent boolean NOT NULL DEFAULT false
         )""",
     ),
+    # version 4: members are looked up without case in the local part by default (the list's
+    # case_sensitive_local_parts): the folded key, filled here for members made before. Rows
+    # that differ only in case stay as they are, both members (ListStore.case_sensitive_local)
+    (
+        """ALTER TABLE members ADD COLUMN folded text COLLATE "C" NOT NULL DEFAULT ''""",
+        _fill_folded,
+        "ALTER TABLE members ALTER COLUMN folded DROP DEFAULT",
+        "CREATE INDEX members_folded ON members (list_key, folded, subscribed_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 TABLES = ("members", "evidence", "events", "pending", "remembered", "leases", "digest_posts", "digest_state")
@@ -208,7 +229,10 @@ def migrate(conn: psycopg.Connection) -> list[int]:
         applied = []
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number]:
-                conn.execute(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute(statement)
             conn.execute("INSERT INTO listgate_schema (version) VALUES (%s)", (number + 1,))
             applied.append(number + 1)
             log.info("store_migrated", store="postgresql", version=number + 1)

@@ -41,8 +41,8 @@ from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, DigestPost, DigestState, ListStore, Member,
                    NotAMember, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     bare_address, check_member, digest_post, event_address, member_key, pending_payload, pending_record,
-                     restored_pending, truncate_evidence)
+                     STORED_MEMBER_COLUMNS, bare_address, check_member, digest_post, folded, member_lookup, member_values,
+                     pending_payload, pending_record, restored_pending, truncate_evidence)
 from .sqlite_schema import connect, store_error
 from .tokens import new_token
 from ..log import events
@@ -243,9 +243,8 @@ class SQLiteStore(ListStore):
 
     # -- members ----------------------------------------------------------
     def get_member(self, address: str) -> Member | None:
-        """The member with ``address`` (domain case-insensitive), or None (also for a malformed address)."""
-        key = member_key(address)
-        rows = self._query(f"{_MEMBER_SELECT} WHERE key = ?", (key,)) if key is not None else []
+        lookup = member_lookup(address, self.case_sensitive_local)
+        rows = self._query(f"{_MEMBER_SELECT} WHERE {lookup[0]}", lookup[1]) if lookup is not None else []
         return Member(*rows[0]) if rows else None
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
@@ -257,10 +256,10 @@ class SQLiteStore(ListStore):
                         delivery_status=status, subscribed_at=now,
                         status_changed_at=None if status == "enabled" else now)
         with self.transaction():
-            if self._query("SELECT 1 FROM members WHERE key = ?", (member.key,)):
+            if self.get_member(bare) is not None:       # under the case rule: the same key, or its spelling
                 raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
-            self._exec(f"INSERT INTO members ({', '.join(MEMBER_COLUMNS)}) VALUES "
-                       f"({', '.join('?' * len(MEMBER_COLUMNS))})", _member_values(member))
+            self._exec(f"INSERT INTO members ({', '.join(STORED_MEMBER_COLUMNS)}) VALUES "
+                       f"({', '.join('?' * len(STORED_MEMBER_COLUMNS))})", member_values(member))
         return member
 
     def remove_member(self, address: str) -> Member:
@@ -294,9 +293,11 @@ class SQLiteStore(ListStore):
         new_key = normalize(bare)
         with self.transaction():
             member = self._require(old)
-            if new_key != member.key and self._query("SELECT 1 FROM members WHERE key = ?", (new_key,)):
+            other = self.get_member(bare)       # a new spelling of the same address is no conflict
+            if other is not None and other.key != member.key:
                 raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
-            self._exec("UPDATE members SET key = ?, address = ? WHERE key = ?", (new_key, bare, member.key))
+            self._exec("UPDATE members SET key = ?, address = ?, folded = ? WHERE key = ?",
+                       (new_key, bare, folded(new_key), member.key))
             self._exec("UPDATE evidence SET member_key = ? WHERE member_key = ?", (new_key, member.key))
         member.key, member.address = new_key, bare
         return member
@@ -304,7 +305,7 @@ class SQLiteStore(ListStore):
     # -- bounce evidence ---------------------------------------------------
     def add_evidence(self, address: str, message: bytes, at: float) -> None:
         """Keep ``message`` (cut to EVIDENCE_MAX_BYTES) and only the EVIDENCE_KEEP newest per address."""
-        key = member_key(address) or address
+        key = self._filed_under(address)
         with self.transaction():
             self._exec("INSERT INTO evidence (member_key, at, message) VALUES (?, ?, ?)",
                        (key, at, truncate_evidence(bytes(message))))
@@ -313,7 +314,7 @@ class SQLiteStore(ListStore):
                        (key, key, EVIDENCE_KEEP))
 
     def evidence(self, address: str) -> list[tuple[float, bytes]]:
-        key = member_key(address) or address
+        key = self._filed_under(address)
         rows = self._query("SELECT at, message FROM evidence WHERE member_key = ? ORDER BY at DESC, id DESC",
                            (key,))
         return [(at, bytes(msg)) for at, msg in rows]
@@ -322,7 +323,7 @@ class SQLiteStore(ListStore):
     def add_event(self, event: BounceEvent) -> int:
         """Append ``event`` (address filed under its member key); returns its id."""
         values = [getattr(event, c) for c in EVENT_COLUMNS[:-1]]
-        values[1] = event_address(event.address)
+        values[1] = self._filed_under(event.address)
         with self.transaction():
             cur = self._exec(f"INSERT INTO events ({', '.join(EVENT_COLUMNS[:-1])}) VALUES "
                              f"({', '.join('?' * (len(EVENT_COLUMNS) - 1))})", values)
@@ -334,7 +335,7 @@ class SQLiteStore(ListStore):
         where, params = [], []
         if address is not None:
             where.append("address = ?")
-            params.append(event_address(address))
+            params.append(self._filed_under(address))
         if since is not None:
             where.append("at >= ?")
             params.append(since)
@@ -496,7 +497,3 @@ class SQLiteStore(ListStore):
             idle, self._idle = self._idle, []
         for held in idle:
             self._close(held)
-
-
-def _member_values(member: Member) -> list[Any]:
-    return [getattr(member, c) for c in MEMBER_COLUMNS]

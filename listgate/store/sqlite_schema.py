@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
+from typing import Callable
 
 from .base import StoreError, StoreUnavailable
 from ..log import events
+from .common import folded
 
 log = events("listgate.store")
 
@@ -27,7 +29,8 @@ log = events("listgate.store")
 # CORRUPT, FULL, CANTOPEN, PROTOCOL, NOTADB.
 _UNAVAILABLE_CODES = {5, 6, 7, 8, 10, 11, 13, 14, 15, 26}
 
-MIGRATIONS: tuple[tuple[str, ...], ...] = (
+# each step is an SQL statement, or a function of the connection (data SQL cannot compute)
+MIGRATIONS: tuple[tuple[str | Callable[[sqlite3.Connection], object], ...], ...] = (
     # version 1
     (
         """CREATE TABLE members (
@@ -120,6 +123,15 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             sent INTEGER NOT NULL DEFAULT 0
         )""",
     ),
+    # version 6: members are looked up without case in the local part by default (the list's
+    # case_sensitive_local_parts): the folded key, filled here for members made before. Rows
+    # that differ only in case stay as they are, both members (ListStore.case_sensitive_local)
+    (
+        "ALTER TABLE members ADD COLUMN folded TEXT NOT NULL DEFAULT ''",
+        lambda conn: conn.executemany("UPDATE members SET folded = ? WHERE key = ?",
+                                      [(folded(key), key) for (key,) in conn.execute("SELECT key FROM members")]),
+        "CREATE INDEX members_folded ON members (folded, subscribed_at)",
+    ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -179,7 +191,10 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
         version = conn.execute("PRAGMA user_version").fetchone()[0]
         for number in range(version, SCHEMA_VERSION):
             for statement in MIGRATIONS[number]:
-                conn.execute(statement)
+                if callable(statement):
+                    statement(conn)
+                else:
+                    conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
             log.info("store_migrated", store=path, version=number + 1)
         conn.execute("COMMIT")
