@@ -2,8 +2,11 @@
 
 :func:`listgate.cli.main` calls :func:`record` after the command, for every
 command not named in :data:`NOT_AUDITED` (so a new sub-command is audited
-unless someone decides otherwise). The line goes where the site's ``logging``
-section sends the daemons' lines::
+unless someone decides otherwise). The line goes to syslog when the site's
+``logging`` section sends the daemons' lines there; with ``destination:
+stderr`` (the default: the units' journal) it is appended to
+``state_dir/audit.log`` instead, so an admin's terminal does not get a log
+line after every change::
 
     ts=… level=info daemon=cli event=cli_command user=root uid=0 sudo_user=alice
       command="members add" argv="members add demo bob@example.org" status=0
@@ -35,6 +38,7 @@ READ_ONLY = frozenset({
 })
 DAEMONS = frozenset({"milter", "policy", "lmtp", "web", "runner", "serve", "inject"})
 NOT_AUDITED = READ_ONLY | DAEMONS | {"init"}
+AUDIT_FILE = "audit.log"     # in state_dir, when the site logs to stderr
 
 _SECRET_OPT = re.compile(r"^--?[\w-]*(password|passwd|secret)(?![\w-]*file)[\w-]*$", re.I)
 _URL_PASSWORD = re.compile(r"(://[^/:@\s]*:)[^@/\s]*@")
@@ -101,12 +105,16 @@ def record(args, path: str, argv: list[str], who: dict, status) -> None:
     from .. import config, log as lg_log
     try:
         try:
-            conf = config.load(getattr(args, "config", None), strict=False).conf.logging
+            site = config.load(getattr(args, "config", None), strict=False)
         except (config.ConfigError, OSError):
-            conf = None         # no site to read: the line goes to stderr
+            site = None         # no site to read: the line goes to stderr
         # a logger of its own, outside the "listgate" hierarchy: the process's logging
         # set-up (tests call main() in-process) is left as it was
-        handler, _ = lg_log.make_handler(conf, "listgate")
+        if site is not None and site.conf.logging.destination != "syslog":
+            handler = logging.FileHandler(os.path.join(site.state_dir, AUDIT_FILE), encoding="utf-8")
+            handler.setFormatter(lg_log.LogfmtFormatter("listgate"))
+        else:
+            handler, _ = lg_log.make_handler(site.conf.logging if site else None, "listgate")
         logger = logging.Logger("listgate.audit", logging.INFO)
         logger.addHandler(handler)
         try:
