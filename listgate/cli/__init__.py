@@ -24,6 +24,7 @@ COMMAND_MODULES = (
     "setup",       # init, check, conf-path
     "queue",       # queue ls|show|edit|unshunt|requeue
     "inject",      # inject (Exim pipe hand-off)
+    "lists",       # lists, lists create|remove
     "members",     # members ...
     "pending",     # pending ...
     "bounces",     # bounces show
@@ -33,7 +34,7 @@ COMMAND_MODULES = (
     "lmtp_cmd",    # lmtp
     "web_cmd",     # web
     "runner_cmd",  # runner, serve
-    "held",        # held list|approve|reject|discard
+    "held",        # held list|show|approve|reject|discard
     "tasks",       # tasks run
     "store",       # store init|copy
     "import_cmd",  # import mailman21
