@@ -1,6 +1,6 @@
 """Day-to-day admin commands (issue 21): ``lists``, ``lists create|remove``, ``members add|remove|sync|find``
 in bulk with notices, and ``held show``. Real instances (``listgate init``), real SQLite stores; the
-notices are asserted on the qfiles written to ``virgin``.
+notices are asserted on the qfiles written to ``virgin``. ``cli`` is conftest's.
 """
 from __future__ import annotations
 
@@ -13,26 +13,11 @@ import pytest
 from listgate import config
 from listgate.app import moderation
 from listgate.app.mail import headers as parse_headers
-from listgate.cli import main
 from listgate.queue import Switchboard
-from listgate.store import close_all, open_store
+from listgate.store import open_store
 
 LIST = "demo@lists.example.org"
 OWNER = "owner@lists.example.org"
-
-
-@pytest.fixture
-def cli(site, capsys):
-    """run(*argv) -> (exit status, stdout, stderr), with -c pointing at the test's instance."""
-    def run(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
-        try:
-            status = main(["-c", site.path, *argv])
-        except SystemExit as exc:
-            status = exc.code
-        out, err = capsys.readouterr()
-        return status, out, err
-    yield run
-    close_all()
 
 
 def virgin(site) -> list[tuple[str, list[str], email.message.Message]]:
@@ -293,3 +278,46 @@ def test_held_show_prints_a_post_with_8bit_junk_readably(cli, site):
     assert dict(shown["headers"])["Message-ID"] == "<held-junk@outside.test>" and shown["size"] == len(JUNK_POST)
     status, _, err = cli("held", "show", "demo", "a" * 26)
     assert status == 1 and "no held post with token" in err
+
+
+# -- the progress bar -----------------------------------------------------------------------------
+
+def _run_with_stderr(site, argv, *, tty: bool) -> tuple[int, bytes, bytes]:
+    """Run the CLI as a process with stderr on a pseudo-terminal (``tty``) or a pipe."""
+    import pty
+    import subprocess
+    import sys
+    if not tty:
+        out = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, *argv], capture_output=True,
+                             timeout=120)
+        return out.returncode, out.stdout, out.stderr
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "listgate", "-c", site.path, *argv],
+                                stdout=subprocess.PIPE, stderr=slave)
+        os.close(slave)
+        err = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:           # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            err += chunk
+        out = proc.stdout.read()
+        return proc.wait(timeout=120), out, err
+    finally:
+        os.close(master)
+
+
+def test_a_long_run_draws_a_progress_bar_only_on_a_terminal(site, tmp_path):
+    path = write(tmp_path, "many.txt", "".join(f"m{i}@example.org\n" for i in range(120)))
+    status, out, err = _run_with_stderr(site, ["members", "add", "demo", "--file", path, "--dry-run"], tty=True)
+    assert status == 0 and b"would add 120" in out
+    assert b"adding [" in err and b"] 60/120" in err
+    status, out, err = _run_with_stderr(site, ["members", "add", "demo", "--file", path], tty=False)
+    assert status == 0 and b"added 120" in out and err == b""
+    status, out, err = _run_with_stderr(site, ["members", "remove", "demo", "m1@example.org", "m2@example.org"],
+                                        tty=True)
+    assert status == 0 and b"removed 2" in out and b"[" not in err          # a short run: no bar

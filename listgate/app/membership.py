@@ -18,6 +18,7 @@ is invalid unless ``check_domains`` is False; one the DNS cannot answer for is
 """
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import fnmatch
 from dataclasses import dataclass, field
@@ -31,6 +32,9 @@ from . import notices, subscriptions, texts
 
 # progress(done, total): called before each entry and once at the end
 Progress = Callable[[int, int], None]
+
+# Changes without mail committed together (one fsync for this many members).
+BATCH = 200
 
 # The owners' notice names at most this many addresses per kind, then a count.
 MAX_LISTED = 500
@@ -82,7 +86,14 @@ class Report:
 
 
 class _Run:
-    """One command's entries against one list; the report grows as it goes."""
+    """One command's entries against one list; the report grows as it goes.
+
+    Each entry is first checked, reading only (malformed, already a member or
+    not one, the DNS); the changes are then written, each with its mail in one
+    transaction, or :data:`BATCH` at a time when no mail goes with them (one
+    commit, one fsync, for many members; the write lock is never held across
+    a DNS query).
+    """
 
     def __init__(self, site, lc, *, dry_run: bool, progress: Progress | None, total: int):
         self.site, self.lc = site, lc
@@ -91,39 +102,77 @@ class _Run:
         self.report = Report(self.key, dry_run)
         self.progress = progress or (lambda done, total: None)
         self.done, self.total = 0, total
-        self.seen: set[str] = set()       # dry run: new members already counted once
+        self.seen: set[str] = set()       # member keys of this run's entries so far
 
     def step(self) -> None:
         self.progress(self.done, self.total)
         self.done += 1
 
-    def add(self, entry: ImportedMember, *, welcome: bool, check_domains: bool) -> None:
-        self.step()
-        r, address = self.report, entry.address
+    def to_add(self, entries: Iterable[ImportedMember], check_domains: bool) -> list[ImportedMember]:
+        """The entries to add; the others are reported (and counted as done)."""
+        todo = []
+        for entry in entries:
+            if self._admit(entry.address, check_domains):
+                todo.append(entry)
+            else:
+                self.step()
+        return todo
+
+    def _admit(self, address: str, check_domains: bool) -> bool:
+        r = self.report
         wanted = _valid(r, address)
         if wanted is None:
-            return
+            return False
         existing = self.store.get_member(address)
         if existing is not None or wanted in self.seen:
             r.already.append(existing.address if existing else address)
-            return
+            return False
         if check_domains:
             verdict = subscriptions.deliverable(self.site, address)
             if verdict.dead:
                 r.invalid.append((address, f"cannot receive mail: {verdict.reason}"))
-                return
+                return False
             if verdict.status == "unknown":
                 r.deferred.append((address, f"the DNS check of {verdict.domain} could not be made: {verdict.reason}"))
-                return
+                return False
+        self.seen.add(wanted)
+        return True
+
+    def to_remove(self, items: Iterable[str]) -> list[str]:
+        """The addresses of members to remove; the others are reported (and counted as done)."""
+        r, todo = self.report, []
+        for address in items:
+            if _valid(r, address) is None:
+                self.step()
+                continue
+            member = self.store.get_member(address)
+            if member is None or member.key in self.seen:
+                r.not_members.append(address)
+                self.step()
+                continue
+            self.seen.add(member.key)
+            todo.append(member.address)
+        return todo
+
+    def write(self, items: Sequence, one, mail: bool) -> None:
+        """``one(item)`` for each item, in transactions of one item (``mail``) or :data:`BATCH`."""
+        size = 1 if mail else BATCH
+        for start in range(0, len(items), size):
+            with self.store.transaction() if not self.report.dry_run else contextlib.nullcontext():
+                for item in items[start:start + size]:
+                    self.step()
+                    one(item)
+
+    def add(self, entry: ImportedMember, welcome: bool) -> None:
+        r = self.report
         if r.dry_run:
-            self.seen.add(wanted)
-            r.added.append(address)
+            r.added.append(entry.address)
             return
         with self.store.transaction():
             try:
-                member = self.store.add_member(address, entry.display_name)
-            except AlreadyMember:        # added meanwhile, or listed twice in the input
-                r.already.append(address)
+                member = self.store.add_member(entry.address, entry.display_name)
+            except AlreadyMember:        # added meanwhile
+                r.already.append(entry.address)
                 return
             # records left from an earlier membership of this address must not act on the new one
             subscriptions.start_clean(self.store, member, "added by an administrator")
@@ -131,17 +180,10 @@ class _Run:
                 r.queued.append(subscriptions.welcome(self.site, self.lc, member.address))
         r.added.append(member.address)
 
-    def remove(self, address: str, *, goodbye: bool) -> None:
-        self.step()
+    def remove(self, address: str, goodbye: bool) -> None:
         r = self.report
-        if _valid(r, address) is None:
-            return
-        member = self.store.get_member(address)
-        if member is None:
-            r.not_members.append(address)
-            return
         if r.dry_run:
-            r.removed.append(member.address)
+            r.removed.append(address)
             return
         with self.store.transaction():
             try:
@@ -192,8 +234,7 @@ def add(site, lc, entries: Sequence[ImportedMember], *, welcome: bool = False, n
         dry_run: bool = False, check_domains: bool = True, progress: Progress | None = None) -> Report:
     """Add ``entries`` to list ``lc`` (module docstring); ``welcome`` sends each new member the welcome."""
     run = _Run(site, lc, dry_run=dry_run, progress=progress, total=len(entries))
-    for entry in entries:
-        run.add(entry, welcome=welcome, check_domains=check_domains)
+    run.write(run.to_add(entries, check_domains), lambda e: run.add(e, welcome), welcome)
     return run.finish("add", notify_owners)
 
 
@@ -201,8 +242,7 @@ def remove(site, lc, members: Sequence[str], *, goodbye: bool = False, notify_ow
            dry_run: bool = False, progress: Progress | None = None) -> Report:
     """Remove the addresses ``members`` from list ``lc``; ``goodbye`` sends each the goodbye."""
     run = _Run(site, lc, dry_run=dry_run, progress=progress, total=len(members))
-    for address in members:
-        run.remove(address, goodbye=goodbye)
+    run.write(run.to_remove(members), lambda a: run.remove(a, goodbye), goodbye)
     return run.finish("remove", notify_owners)
 
 
@@ -220,19 +260,16 @@ def sync(site, lc, entries: Sequence[ImportedMember], *, welcome: bool = False, 
     if not entries and members and not force:
         raise ValueError(f"the file names no address: sync would remove all {len(members)} member(s) of "
                          f"{addresses.list_key(lc)} (--force to do that)")
-    keep, new = set(), []
+    keep = set()
     for entry in entries:
         member = store.get_member(entry.address)          # None for a malformed one too
         if member is not None:
             keep.add(member.key)
-        else:
-            new.append(entry)
     gone = [m.address for m in members if m.key not in keep]
-    run = _Run(site, lc, dry_run=dry_run, progress=progress, total=len(new) + len(gone))
-    for entry in new:
-        run.add(entry, welcome=welcome, check_domains=check_domains)
-    for address in gone:
-        run.remove(address, goodbye=goodbye)
+    run = _Run(site, lc, dry_run=dry_run, progress=progress, total=len(entries) + len(gone))
+    run.write(run.to_add(entries, check_domains), lambda e: run.add(e, welcome), welcome)
+    run.report.already.clear()           # the members the file keeps: not news in a sync
+    run.write(run.to_remove(gone), lambda a: run.remove(a, goodbye), goodbye)
     return run.finish("sync", notify_owners)
 
 
