@@ -86,7 +86,9 @@ def create_list(site, address: str, owners: list[str], description: str = "") ->
     ValueError carries the errors (``FILE:LINE: key: message``). Raises
     ValueError for a malformed ``address``, no owner, or a list that exists
     (also a file ``NAME.yaml`` for the same name at another domain: one file
-    per name). The store is made on first use, as for every list.
+    per name). The store is made on first use, as for every list. Run as
+    root, the file gets the owner and group of ``lists_dir`` (root's in
+    /etc/listgate, the instance user's in a ``listgate init`` directory).
     """
     from . import config
     from .config.loader import LISTNAME_RE, valid_domain
@@ -106,6 +108,9 @@ def create_list(site, address: str, owners: list[str], description: str = "") ->
     except FileExistsError:
         raise ValueError(f"{path} exists already: a list named {name} lives there (one file per list name)") from None
     try:
+        if os.geteuid() == 0:       # root writes configuration: the file belongs to whoever owns lists_dir
+            st = os.stat(site.lists_dir)
+            os.fchown(fd, st.st_uid, st.st_gid)
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             fh.write(text)
         loaded = config.load(site.path, strict=False)

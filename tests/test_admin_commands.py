@@ -236,6 +236,19 @@ def test_lists_remove_keeps_the_store_unless_purged(cli, site):
     assert cli("lists", "remove", LIST)[0] == 1
 
 
+@pytest.mark.parametrize("site", ["postgres"], indirect=True)
+def test_lists_remove_purges_a_postgresql_store(cli, site):
+    open_store(site, LIST).add_member("a@example.org")
+    status, out, _ = cli("lists", "remove", "demo")
+    assert status == 0 and "kept its store (members, bounce info, held posts): the rows of " in out
+    assert cli("lists", "create", LIST, "--owner", OWNER)[0] == 0
+    assert members(config.load(site.path)) == ["a@example.org"]
+    status, out, _ = cli("lists", "remove", "demo", "--purge")
+    assert status == 0 and "deleted its store: the rows of demo@lists.example.org in postgresql://" in out
+    assert cli("lists", "create", LIST, "--owner", OWNER)[0] == 0
+    assert members(config.load(site.path)) == []
+
+
 def test_lists_remove_refuses_while_qfiles_wait(cli, site):
     assert cli("members", "add", "demo", "a@example.org", "--welcome")[0] == 0
     status, _, err = cli("lists", "remove", "demo")

@@ -9,7 +9,9 @@ message instead of a traceback, whichever command met it.
 Run as root, every command that reads the site config first becomes the
 user and group that own ``state_dir`` (:func:`common.become_state_owner`;
 ``--as-root`` keeps root), so a store or qfile it writes stays usable by the
-daemons. ``init``, ``conf-path`` and ``classify`` without a config do not.
+daemons. ``init``, ``conf-path`` and ``classify`` without a config do not,
+nor do commands that write only configuration (``lists create|remove``: their
+parsers set ``keeps_user``); the file they write takes its directory's owner.
 """
 from __future__ import annotations
 
@@ -70,7 +72,8 @@ def main(argv: list[str] | None = None) -> int:
     from ..store import StoreUnavailable
     from .common import become_state_owner
     try:
-        if args.command not in NO_SITE and (args.command != "classify" or args.config or os.environ.get(ENV_VAR)):
+        if (args.command not in NO_SITE and not getattr(args, "keeps_user", False)
+                and (args.command != "classify" or args.config or os.environ.get(ENV_VAR))):
             become_state_owner(args, missing_ok=args.command == "check")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -28,13 +28,13 @@ def register(sub) -> None:
     c.add_argument("--owner", action="append", required=True, metavar="ADDR", dest="owners",
                    help="an owner's address (repeat for more)")
     c.add_argument("--description", default="", help="the list's description (in List-Id)")
-    c.set_defaults(func=cmd_create)
+    c.set_defaults(func=cmd_create, keeps_user=True)     # lists.d is configuration, root's in INSTALL
     r = actions.add_parser("remove", help="remove a list's file; its store (members, bounce info, held posts) "
                                           "stays unless --purge")
     r.add_argument("address", metavar="NAME@DOMAIN")
     r.add_argument("--purge", action="store_true", help="delete the list's store too (members and all)")
     r.add_argument("--force", action="store_true", help="remove it even while qfiles of the list wait in a queue")
-    r.set_defaults(func=cmd_remove)
+    r.set_defaults(func=cmd_remove, keeps_user=True)
 
 
 def _row(site, key: str) -> dict:
