@@ -6,7 +6,8 @@ stdout (``-v`` also prints each address's outcome; ``--json`` the whole
 report). On a terminal a run of :data:`PROGRESS_FROM` entries or more
 draws a progress bar on stderr. Exit status: 0 done, 1 when an entry was
 invalid (the valid ones are still done) or the input unusable, 75 when the
-store or the DNS could not be asked (a rerun finishes the job).
+store or the DNS could not be asked (a rerun finishes the job); ``find``
+exits 1 when nothing matches.
 
 One address on the command line (no ``--file``) keeps the single form's
 output and errors: ``added ADDR (enabled)``, and exit 1 when it is already a
@@ -60,7 +61,8 @@ def register(actions) -> None:
     sync.set_defaults(func=guarded(cmd_sync))
 
     find = actions.add_parser("find", parents=[json_parent()],
-                              help="members of every list whose address or name matches PATTERN")
+                              help="members of every list whose address or name matches PATTERN",
+                              description="Exit 0 when a member matches, 1 when none does (as grep).")
     find.add_argument("pattern", help="a substring, or a shell glob (*, ?, [...]); case-insensitive")
     find.set_defaults(func=guarded(cmd_find))
 
