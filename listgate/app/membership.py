@@ -1,11 +1,12 @@
 """An administrator's changes to a list's members: ``listgate members add|remove|sync|find``.
 
-Each entry is one store transaction together with the mail it sends (the
-welcome of :func:`listgate.app.subscriptions.welcome`, the goodbye of
-:func:`listgate.app.subscriptions.goodbye`), so a store or queue failure
-(StoreUnavailable, QueueError, raised to the caller) leaves the entries
-before it done and the rest untouched: running the same command again
-finishes the job (members already there are counted, not added twice).
+An entry that sends mail (the welcome of :func:`listgate.app.subscriptions.welcome`,
+the goodbye of :func:`listgate.app.subscriptions.goodbye`) is one store
+transaction together with its mail; entries without mail are committed
+:data:`BATCH` at a time. A store or queue failure (StoreUnavailable,
+QueueError, raised to the caller) leaves the transactions before it done and
+the rest untouched: running the same command again finishes the job
+(members already there are counted, not added twice).
 With ``notify_owners`` the owners get one notice listing every change,
 after the last entry. ``dry_run`` reads only: the report says what would
 change.
