@@ -4,7 +4,8 @@
   no list store or ``in`` queue left open by an earlier test;
 * ``site`` makes a fresh self-contained instance (``listgate init``) in the
   test's tmp dir, with free loopback ports, and returns the loaded Site;
-* ``free_port()`` finds an unused loopback TCP port.
+* ``free_port()`` finds an unused loopback TCP port;
+* ``cli`` runs the ``listgate`` command in-process against ``site``.
 """
 from __future__ import annotations
 
@@ -83,6 +84,22 @@ def site(request, tmp_path) -> config.Site:
         use_postgres(made.path, request.getfixturevalue("pg_server"))
         made = config.load(made.path)
     return made
+
+
+@pytest.fixture
+def cli(site, capsys):
+    """run(*argv) -> (exit status, stdout, stderr): the CLI in this process, ``-c`` naming the test's instance."""
+    from listgate.cli import main
+
+    def run(*argv: str) -> tuple[int, str, str]:
+        try:
+            status = main(["-c", site.path, *argv])
+        except SystemExit as exc:
+            status = exc.code
+        out, err = capsys.readouterr()
+        return status, out, err
+    yield run
+    close_all()
 
 
 # a store contract test runs on both backends

@@ -149,3 +149,23 @@ def test_a_python_the_owner_cannot_read_gives_a_clear_error(owned_instance):
                          capture_output=True, text=True, timeout=120, cwd="/")
     assert out.returncode == 1, out.stderr
     assert "cannot read its own library" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_admin_commands_as_root_leave_files_the_owner_can_use(owned_instance):
+    """``lists create`` writes configuration as root, the file taking lists.d's owner; bulk
+    ``members add`` becomes state_dir's owner like every command that writes state."""
+    path, pw = owned_instance
+    top = os.path.dirname(path)
+    out = lg(path, "lists", "create", "news@lists.example.org", "--owner", "owner@lists.example.org")
+    assert out.returncode == 0, out.stderr
+    assert os.stat(os.path.join(top, "lists.d", "news.yaml")).st_uid == pw.pw_uid
+    out = lg(path, "members", "add", "news", "--file", "-", "--welcome", "--notify-owners",
+             stdin=b"a@members.test\nBee <b@members.test>\nnot an address\n")
+    assert out.returncode == 1 and b"news@lists.example.org: added 2, invalid 1" in out.stdout, out.stderr
+    out = lg(path, "lists", "--json")
+    assert out.returncode == 0, out.stderr
+    assert {r["list"]: r["members"] for r in json.loads(out.stdout)} == {"demo@lists.example.org": 0,
+                                                                        "news@lists.example.org": 2}
+    assert not_owned(top, pw.pw_uid) == []
+    out = lg(path, "check")
+    assert out.returncode == 0, out.stderr

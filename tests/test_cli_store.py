@@ -9,27 +9,12 @@ import sys
 import pytest
 
 from listgate import clock
-from listgate.cli import main
-from listgate.store import BounceEvent, close_all, open_store
+from listgate.store import BounceEvent, open_store
 
 from conftest import SHARED
 
 LIST = "demo@lists.example.org"
 MAILMAN = SHARED / "corpus" / "mailman21"
-
-
-@pytest.fixture
-def cli(site, capsys):
-    """run(*argv) -> (exit status, stdout, stderr), with -c pointing at the test's instance."""
-    def run(*argv: str) -> tuple[int, str, str]:
-        try:
-            status = main(["-c", site.path, *argv])
-        except SystemExit as exc:
-            status = exc.code
-        out, err = capsys.readouterr()
-        return status, out, err
-    yield run
-    close_all()
 
 
 def test_members_add_list_export_remove(cli, site):

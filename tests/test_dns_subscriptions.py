@@ -97,7 +97,7 @@ def cli(site_path, *argv):
 
 def test_cli_members_add(env, capsys):
     assert cli(env.site.path, "members", "add", "demo", "a@nullmx.test") == 1
-    assert "a@nullmx.test cannot receive mail" in capsys.readouterr().err
+    assert "a@nullmx.test: cannot receive mail" in capsys.readouterr().err
     assert cli(env.site.path, "members", "add", "demo", "a@broken.test") == 75
     assert "could not be made" in capsys.readouterr().err
     assert cli(env.site.path, "members", "add", "demo", "a@good.test") == 0

@@ -283,6 +283,7 @@ def test_every_command_is_audited_unless_listed_read_only():
     assert audit.audited("queue requeue") and audit.audited("held approve") and audit.audited("bounces strike")
     assert audit.audited("lists create")          # a future command: audited by default
     assert not audit.audited("queue ls") and not audit.audited("runner") and not audit.audited("init")
+    assert not audit.audited("lists") and not audit.audited("members find") and audit.audited("lists remove")
     assert audit.redact(["--db-password", "x", "--secret=y", "--password-file", "/p"]) == \
         ["--db-password", "***", "--secret=***", "--password-file", "/p"]
 

@@ -129,3 +129,62 @@ def fields(head: bytes, eol: bytes) -> list[bytes]:
 def field_name(field: bytes) -> str:
     """The lower-cased name of a raw header field."""
     return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+# the headers a moderator reads a held post by (listgate held show), in this order
+SHOWN_HEADERS = ("From", "Sender", "Reply-To", "To", "Cc", "Date", "Subject", "Message-ID", "List-Id")
+
+
+def outline(msg: bytes, shown: tuple[str, ...] = SHOWN_HEADERS) -> tuple[list[tuple[str, str]], str, list[str]]:
+    """A message for a person to read: ``(headers, text, attachments)``; never raises.
+
+    Control characters (a terminal's escapes) become U+FFFD. ``headers``: each of ``shown`` present, RFC 2047 decoded (:mod:`listgate.header_text`,
+    ``email.policy.default``), 8-bit junk as UTF-8 or U+FFFD. ``text``: the first
+    ``text/plain`` part that is not an attachment (else the first ``text/*`` one),
+    decoded by its charset (at most 64 KiB). ``attachments``: one line per other
+    leaf part, ``TYPE NAME (N bytes)``; their content is not shown.
+    """
+    parsed = bmsg.parse(msg)
+    heads = [(name, " ".join(bmsg.decoded_header(parsed, name).split()))
+             for name in shown if bmsg.headers(parsed, name)]
+    body, text_parts, attached = None, [], []
+    for part in bmsg.walk(parsed, skip_returned=True):
+        ctype = bmsg.content_type(part)
+        try:
+            if ctype == "message/rfc822":      # a forwarded message: one attachment, not read into
+                inner = part.get_payload()
+                inner = inner[0] if isinstance(inner, list) and inner else None
+                subject = bmsg.decoded_header(inner, "Subject") if inner is not None else ""
+                attached.append(f"message/rfc822 {subject!r} ({len(part.as_bytes())} bytes)")
+                continue
+            if part.is_multipart():
+                continue
+            disposition = (part.get_content_disposition() or "").lower()
+            filename = encoded_words.decode(part.get_filename() or "")
+        except Exception:  # noqa: BLE001 - broken MIME is read as far as it goes
+            disposition = filename = ""
+        if ctype.startswith("text/") and disposition != "attachment" and not filename:
+            text_parts.append(part)
+            if body is None and ctype == "text/plain":
+                body = part
+            continue
+        try:
+            size = len(part.get_payload(decode=True) or b"")
+        except Exception:  # noqa: BLE001
+            size = 0
+        attached.append(f"{ctype} {filename or '(no name)'} ({size} bytes)")
+    if body is None and text_parts:
+        body = text_parts[0]
+    text = bmsg.text_of(body) if body is not None else ""
+    # the parts besides the body that were text too (an HTML alternative): named, not shown
+    attached[:0] = [f"{bmsg.content_type(p)} (alternative text, not shown)" for p in text_parts if p is not body]
+    return [(n, _printable(v)) for n, v in heads], _printable(text, keep="\n\t"), [_printable(a) for a in attached]
+
+
+_CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+
+
+def _printable(text: str, keep: str = "") -> str:
+    """``text`` without control characters (a terminal escape in a stranger's mail must not act
+    on the moderator's terminal): each becomes U+FFFD, except those in ``keep``."""
+    return _CONTROLS.sub(lambda m: m.group() if m.group() in keep else "\ufffd", text.replace("\r\n", "\n"))

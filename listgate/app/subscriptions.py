@@ -87,8 +87,9 @@ def start_clean(store, member, why: str, old_keys=()) -> None:
                                 attribution="confirm", action="bounce_cleared", detail=detail))
 
 
-def _welcome(site, lc, address: str) -> str:
-    """Queue the welcome from the new member's VERP address (module docstring); the qfile id."""
+def welcome(site, lc, address: str) -> str:
+    """Queue the welcome to new member ``address`` from their VERP address (module docstring); the
+    qfile id. Sent for a confirmed subscription and for ``listgate members add --welcome``."""
     lname = notices.address(lc)
     msg = messages.make_notice(sender=notices.address(lc, "request"), to=address, subject=f"Welcome to {lname}",
                                body=texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")),
@@ -136,7 +137,7 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
                 # Records left from an earlier membership of this address (a probe
                 # still pending when it was removed) must not act on the new one.
                 start_clean(store, member, "subscription confirmed")
-                _welcome(site, lc, address)
+                welcome(site, lc, address)
             else:
                 leave(site, lc, store, address)
             if joining and lc.notify_owner_on_join:
@@ -165,10 +166,17 @@ def leave(site, lc, store, address: str) -> None:
     QueueError (the caller's transaction then rolls back)."""
     lname = notices.address(lc)
     store.remove_member(address)
-    notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
+    goodbye(site, lc, address)
     if lc.notify_owner_on_leave:
         notices.to_owners(site, lc, f"{address} left {lname}",
                           texts.OWNER_EVENT.format(address=address, event="left", list=lname))
+
+
+def goodbye(site, lc, address: str) -> str:
+    """Queue the goodbye to former member ``address`` (from ``L-request@D``); the qfile id.
+    Sent by :func:`leave` and ``listgate members remove --goodbye``."""
+    lname = notices.address(lc)
+    return notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
 
 
 def unsubscribe_now(site, lc, address: str) -> bool:

@@ -90,3 +90,10 @@ Nothing was done. Requests expire after a few days; please make the request agai
 
 RATE_LIMITED = ("too many messages went to {address} from this list recently; nothing was done. "
                 "Please try again tomorrow.")
+
+OWNER_MEMBERSHIP = """\
+The members of {list} were changed by the list's administrator
+(listgate members {command}):
+
+{changes}
+"""

@@ -9,7 +9,9 @@ message instead of a traceback, whichever command met it.
 Run as root, every command that reads the site config first becomes the
 user and group that own ``state_dir`` (:func:`common.become_state_owner`;
 ``--as-root`` keeps root), so a store or qfile it writes stays usable by the
-daemons. ``init``, ``conf-path`` and ``classify`` without a config do not.
+daemons. ``init``, ``conf-path`` and ``classify`` without a config do not,
+nor do commands that write only configuration (``lists create|remove``: their
+parsers set ``keeps_user``); the file they write takes its directory's owner.
 
 Every command that may change state (all but :data:`audit.NOT_AUDITED`: the
 read-only ones and the daemons) is logged once when it ends, with who ran it,
@@ -28,6 +30,7 @@ COMMAND_MODULES = (
     "setup",       # init, check, conf-path
     "queue",       # queue ls|show|edit|unshunt|requeue
     "inject",      # inject (Exim pipe hand-off)
+    "lists",       # lists, lists create|remove
     "members",     # members ...
     "pending",     # pending ...
     "bounces",     # bounces show
@@ -37,7 +40,7 @@ COMMAND_MODULES = (
     "lmtp_cmd",    # lmtp
     "web_cmd",     # web
     "runner_cmd",  # runner, serve
-    "held",        # held list|approve|reject|discard
+    "held",        # held list|show|approve|reject|discard
     "tasks",       # tasks run
     "store",       # store init|copy
     "import_cmd",  # import mailman21
@@ -91,7 +94,8 @@ def _run(args, become_state_owner) -> int:
     from ..queue import QueueError
     from ..store import StoreUnavailable
     try:
-        if args.command not in NO_SITE and (args.command != "classify" or args.config or os.environ.get(ENV_VAR)):
+        if (args.command not in NO_SITE and not getattr(args, "keeps_user", False)
+                and (args.command != "classify" or args.config or os.environ.get(ENV_VAR))):
             become_state_owner(args, missing_ok=args.command == "check")
         return int(args.func(args) or 0)
     except KeyboardInterrupt:

@@ -35,6 +35,7 @@ READ_ONLY = frozenset({
     "pending list", "pending show",
     "bounces show", "bounces list", "bounces evidence",
     "held list", "held show",
+    "lists", "members find",
 })
 DAEMONS = frozenset({"milter", "policy", "lmtp", "web", "runner", "serve", "inject"})
 NOT_AUDITED = READ_ONLY | DAEMONS | {"init"}
@@ -66,7 +67,7 @@ def command_path(parser, argv: list[str]) -> str:
 
 def audited(path: str) -> bool:
     """Whether command ``path`` (e.g. ``"queue requeue"``) gets an audit line."""
-    return bool(path) and path not in NOT_AUDITED and path.split(" ", 1)[0] not in NOT_AUDITED
+    return bool(path) and path not in NOT_AUDITED and path.split(" ", 1)[0] not in DAEMONS | {"init"}
 
 
 def invoker() -> dict:
@@ -111,7 +112,11 @@ def record(args, path: str, argv: list[str], who: dict, status) -> None:
         # a logger of its own, outside the "listgate" hierarchy: the process's logging
         # set-up (tests call main() in-process) is left as it was
         if site is not None and site.conf.logging.destination != "syslog":
-            handler = logging.FileHandler(os.path.join(site.state_dir, AUDIT_FILE), encoding="utf-8")
+            audit_file = os.path.join(site.state_dir, AUDIT_FILE)
+            handler = logging.FileHandler(audit_file, encoding="utf-8")
+            if os.geteuid() == 0:   # a command that stayed root (--as-root, lists create): keep it the daemons' file
+                st = os.stat(site.state_dir)
+                os.chown(audit_file, st.st_uid, st.st_gid)
             handler.setFormatter(lg_log.LogfmtFormatter("listgate"))
         else:
             handler, _ = lg_log.make_handler(site.conf.logging if site else None, "listgate")

@@ -1,11 +1,11 @@
-"""``listgate held list|approve|reject|discard LIST ...``: the moderation queue."""
+"""``listgate held list|show|approve|reject|discard LIST ...``: the moderation queue."""
 from __future__ import annotations
 
 import sys
 
 from .. import log as lg_log
 from ..addresses import list_key
-from .common import get_list, load_site, print_json
+from .common import fail, get_list, load_site, print_json
 
 
 def register(sub) -> None:
@@ -15,6 +15,12 @@ def register(sub) -> None:
     ls.add_argument("list")
     ls.add_argument("--json", action="store_true")
     ls.set_defaults(func=cmd_list)
+    show = hsub.add_parser("show", help="print a held post readably: headers decoded, the text, attachments named")
+    show.add_argument("list")
+    show.add_argument("token")
+    show.add_argument("--raw", action="store_true", help="write the post as it arrived (bytes) instead")
+    show.add_argument("--json", action="store_true")
+    show.set_defaults(func=cmd_show)
     for action, text in (("approve", "send held posts to the list"),
                          ("reject", "refuse held posts (the author is told why)"),
                          ("discard", "drop held posts silently")):
@@ -41,6 +47,50 @@ def cmd_list(args) -> int:
         print(f"{r['token']}  {r['author'] or '-'}  {r['subject'] or '(no subject)'!r}  ({r['reason']})")
     if not rows:
         print(f"no held posts for {list_key(lc)}")
+    return 0
+
+
+def cmd_show(args) -> int:
+    """Exit 1 for an unknown, expired or handled token."""
+    import base64
+    import binascii
+
+    from ..app.mail import outline
+    from ..store import open_store
+    from .members import when
+    site = load_site(args)
+    lc = get_list(site, args.list)
+    rec = open_store(site, list_key(lc)).peek_pending(args.token.lower())
+    if rec is None or rec.type != "held_message":
+        fail(f"no held post with token {args.token} (unknown, expired or already handled)")
+    try:
+        msg = base64.b64decode(rec.payload.get("message", ""))
+    except (binascii.Error, ValueError):
+        fail(f"held post {rec.token}: its stored copy is not readable base64")
+    if args.raw:
+        sys.stdout.buffer.write(msg)
+        return 0
+    headers, text, attachments = outline(msg)
+    p = rec.payload
+    if args.json:
+        print_json({"token": rec.token, "list": list_key(lc), "reason": p.get("reason"),
+                    "envelope_sender": p.get("envelope_sender"), "created": rec.created, "expires": rec.expires,
+                    "size": len(msg), "headers": [list(h) for h in headers], "text": text,
+                    "attachments": attachments})
+        return 0
+    print(f"held post {rec.token} of {list_key(lc)}: {p.get('reason') or '?'}")
+    print(f"held {when(rec.created)}, expires {when(rec.expires)}, envelope sender "
+          f"<{p.get('envelope_sender') or ''}>, {len(msg)} bytes")
+    print()
+    for name, value in headers:
+        print(f"{name}: {value}")
+    print()
+    print(text.rstrip("\n") if text else "(no text part)")
+    if attachments:
+        print()
+        print(f"{len(attachments)} other part(s), not shown (--raw writes the whole post):")
+        for line in attachments:
+            print(f"  {line}")
     return 0
 
 

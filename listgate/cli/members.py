@@ -1,4 +1,5 @@
-"""``listgate members add|remove|list|enable|disable|set|import|export LIST ...``.
+"""``listgate members list|enable|disable|set|import|export LIST ...`` (``add``, ``remove``, ``sync``,
+``find``: :mod:`listgate.cli.members_bulk`).
 
 Also the helpers the other store commands (``pending``, ``bounces``) share:
 opening a list's store from the command line and printing times.
@@ -9,15 +10,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import email.utils
 import sys
 from datetime import datetime, timezone
 
 from .. import clock
-from ..addresses import list_key, split_address
+from ..addresses import list_key
 from ..app import digests
 from ..store import AlreadyMember, DELIVERY_STATUSES, ListStore, Member, NotAMember, StoreUnavailable, open_store
-from ..store.mailman import ImportedMember, MailmanImportError, import_members, looks_like_pickle, read_config
+from ..store.mailman import MailmanImportError, import_members, looks_like_pickle, read_config
 from .common import fail, get_list, load_site, print_json
 
 EX_TEMPFAIL = 75
@@ -73,13 +73,11 @@ def add_action(actions, name: str, handler, help: str, *positionals: str) -> arg
 
 
 def register(sub) -> None:
-    p = sub.add_parser("members", help="list members: add, remove, list, enable, disable, set, import, export")
+    from . import members_bulk
+    p = sub.add_parser("members", help="list members: add, remove, sync, find, list, enable, disable, set, "
+                                       "import, export")
     actions = p.add_subparsers(dest="members_command", metavar="ACTION", required=True)
-    add = add_action(actions, "add", cmd_add, "add a member", "address")
-    add.add_argument("--name", default="", help="display name")
-    add.add_argument("--force", action="store_true",
-                     help="add even when the DNS says the domain takes no mail, or cannot be asked")
-    add_action(actions, "remove", cmd_remove, "remove a member", "address")
+    members_bulk.register(actions)
     add_action(actions, "list", cmd_list, "list members").add_argument(
         "--status", choices=DELIVERY_STATUSES, help="only members with this delivery status")
     add_action(actions, "enable", cmd_enable, "enable delivery (clears bounce info)", "address")
@@ -105,26 +103,6 @@ def _show(args, member: Member, verb: str) -> int:
     else:
         print(f"{verb} {member.address} ({member.delivery_status})")
     return 0
-
-
-def cmd_add(args) -> int:
-    """Add a member; unless ``--force``, only at a domain that takes mail (null MX, NXDOMAIN, no MX
-    and no address: exit 1; the DNS cannot be asked: exit 75)."""
-    _, store = open_list_store(args)
-    if not args.force and split_address(args.address):    # a malformed one: the store says why
-        from ..app.subscriptions import deliverable
-        verdict = deliverable(args.site, args.address)
-        if verdict.dead:
-            fail(f"{args.address} cannot receive mail: {verdict.reason} (--force adds it anyway)")
-        if verdict.status == "unknown":
-            fail(f"the DNS check of {verdict.domain} could not be made: {verdict.reason} "
-                 "(try again, or --force to add without it)", EX_TEMPFAIL)
-    return _show(args, store.add_member(args.address, args.name), "added")
-
-
-def cmd_remove(args) -> int:
-    _, store = open_list_store(args)
-    return _show(args, store.remove_member(args.address), "removed")
 
 
 def cmd_list(args) -> int:
@@ -184,35 +162,11 @@ def _require(store: ListStore, address: str) -> Member:
     return member
 
 
-def parse_address_lines(text: str) -> tuple[list[ImportedMember], list[tuple[str, str]]]:
-    """One address per line (``Name <addr>`` or bare; blank lines and ``#`` comments ignored).
-
-    Returns (members, [(line, reason)] for lines that hold no address).
-    Display-name syntax per RFC 5322 section 3.4 via :func:`email.utils.parseaddr`.
-    """
-    found, bad = [], []
-    for line in text.splitlines():
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        name, address = email.utils.parseaddr(line)
-        if not address or "@" not in address:
-            bad.append((line, "no address on this line"))
-            continue
-        found.append(ImportedMember(address=address, display_name=name))
-    return found, bad
-
-
 def cmd_import(args) -> int:
+    from ..app.membership import parse_lines
+    from .members_bulk import read_text
     _, store = open_list_store(args)
-    try:
-        if args.file == "-":
-            data = sys.stdin.buffer.read()
-        else:
-            with open(args.file, "rb") as fh:
-                data = fh.read()
-    except OSError as exc:
-        fail(f"cannot read {args.file}: {exc.strerror}")
+    data = read_text(args.file)
     if looks_like_pickle(data):
         try:
             entries, bad = read_config(data).members, []
@@ -223,7 +177,7 @@ def cmd_import(args) -> int:
             text = data.decode("utf-8")
         except UnicodeDecodeError:
             fail(f"{args.file}: neither UTF-8 text nor a Mailman 2.1 config.pck")
-        entries, bad = parse_address_lines(text)
+        entries, bad = parse_lines(text)
     report = import_members(store, entries)
     skipped = bad + report.skipped
     if args.json:

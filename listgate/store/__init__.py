@@ -21,7 +21,7 @@ from .base import (AlreadyMember, BounceEvent, DELIVERY_MODES, DELIVERY_STATUSES
 __all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_MODES", "DELIVERY_STATUSES", "DigestPost", "DigestState",
            "ListStore", "Member", "NotAMember",
            "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownEvent", "UnknownToken",
-           "close_all", "open_store", "store_path"]
+           "close_all", "describe", "exists", "open_store", "purge", "store_path"]
 
 _cache: dict[str, ListStore] = {}
 _cache_pid = os.getpid()
@@ -67,6 +67,50 @@ def open_store(site, list_key: str) -> ListStore:
         # the case rule of the configuration asked with: a reloaded one takes effect at once
         store.case_sensitive_local = bool(site.lists[key].case_sensitive_local_parts)
         return store
+
+
+def exists(site, list_key: str) -> bool:
+    """Whether list ``list_key`` has a store yet (a SQLite file is made on first use; a PostgreSQL
+    store always exists). Lets read-only commands skip a list instead of creating its store."""
+    return bool(site.conf.store.url) or os.path.exists(store_path(site, list_key))
+
+
+def describe(site, list_key: str) -> str:
+    """Where list ``list_key``'s state is, for a person: the SQLite file, or the PostgreSQL database."""
+    url = site.conf.store.url
+    if url:
+        from ..config import mask_url
+        return f"the rows of {list_key.lower()} in {mask_url(url)}"
+    return store_path(site, list_key)
+
+
+def purge(site, list_key: str) -> str:
+    """Delete list ``list_key``'s whole state (members, bounce info, events, pending records, digests);
+    returns what was deleted (:func:`describe`). The list need not be in ``site.lists`` any more.
+
+    SQLite: the database file with its ``-wal``/``-shm``/``-journal`` companions. PostgreSQL: the
+    list's rows, in one transaction (:mod:`listgate.store.copy` writes the list empty). Raises
+    StoreUnavailable (nothing deleted) or OSError.
+    """
+    key = list_key.lower()
+    url = site.conf.store.url
+    what = describe(site, key)
+    with _cache_lock:
+        stale = [path for path, store in _cache.items() if store.list_key == key]
+        stores = [_cache.pop(path) for path in stale]
+    for store in stores:
+        store.close()
+    if url:
+        from .copy import empty_list
+        empty_list(site.conf.store, key)
+        return what
+    path = store_path(site, key)
+    for name in (path, path + "-wal", path + "-shm", path + "-journal"):
+        try:
+            os.unlink(name)
+        except FileNotFoundError:
+            pass
+    return what
 
 
 def close_all() -> None:

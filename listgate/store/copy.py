@@ -138,6 +138,16 @@ class _PostgresSide:
         self.conn.close()
 
 
+def empty_list(conf, key: str) -> None:
+    """Delete every row of list ``key`` from the PostgreSQL store ``conf`` (``listgate lists remove
+    --purge``): the list written empty, in one transaction. Raises StoreUnavailable."""
+    side = _PostgresSide(conf)
+    try:
+        side.write(key, {table: [] for table in TABLES})
+    finally:
+        side.close()
+
+
 def _pg_value(column: str, value):
     """A value read from either side as PostgreSQL takes it (SQLite keeps booleans as 0/1)."""
     if column in ("moderated", "sent"):
