@@ -68,7 +68,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .. import addresses, clock, messages, verp
+from .. import addresses, clock, messages, metrics, verp
 from ..bounce.classify import Classification, Failure, classify
 from ..log import kv
 from ..bounce.reports import postmaster_address
@@ -261,6 +261,9 @@ class BounceEngine:
                 else:
                     self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note, original)
             run.flush()
+        top = _top(result.failures)
+        metrics.inc("bounces", source="mail",
+                    bounce_class=top.bounce_class if top else "unknown" if result.is_bounce else "not_a_bounce")
         log.info("bounce %s", kv(list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary()))
         return run.outcome
 
@@ -292,6 +295,7 @@ class BounceEngine:
                 else:
                     self._member_failure(run, member, failure, evidence)
             run.flush()
+        metrics.inc("bounces", bounce_class=bounce_class, source="handover")
         return run.outcome
 
     # -- confirmations and periodic work ----------------------------------------

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import logging
 
+from .. import metrics
 from ..log import kv
 from ..store import open_store
 from . import mail, posting, texts
@@ -36,6 +37,7 @@ def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
         "arrival": meta.get("arrival"),
     }
     rec = store.add_pending("held_message", payload, site.conf.pending.held_message)
+    metrics.inc("holds")
     confirm = confirm_address(lc, rec.token)
     body = texts.HELD.format(list=address(lc), author=payload["author"] or "(unknown)",
                              subject=payload["subject"] or "(no subject)", reason=reason, confirm=confirm,

@@ -89,6 +89,27 @@ def print_json(data: Any) -> None:
 EX_OSERR = 71
 
 
+def start_daemon(site, name: str, **extra) -> None:
+    """What every long-running daemon does at start: write its record under ``STATE_DIR/run``
+    (pid, restart-only settings: :mod:`listgate.daemons`; removed at exit) and start counting
+    metrics when ``metrics.listen`` is set (:mod:`listgate.metrics`). A run directory that
+    cannot be written costs the record (logged), never the daemon."""
+    import atexit
+    import logging
+
+    from .. import daemons, metrics
+    log = logging.getLogger("listgate")
+    try:
+        daemons.write_record(site, name, **extra)
+        atexit.register(daemons.remove_record, site, name)
+    except OSError as exc:
+        log.warning("cannot write the daemon record %s: %s", daemons.record_path(site, name), exc)
+    try:
+        metrics.enable(site)
+    except OSError as exc:
+        log.error("metrics off: cannot use %s: %s", metrics.directory(site), exc)
+
+
 def run_async_server(args, program: str, make_server, what: str) -> int:
     """Run an asyncio server (policy, LMTP) in the foreground until SIGTERM/SIGINT; exit 0.
 
@@ -112,6 +133,7 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
     lg_log.setup(watcher.current().conf.logging, program=program, level=args.log_level)
     config.log_list_errors(watcher.current())
     log = logging.getLogger(program.replace("-", "."))
+    start_daemon(watcher.current(), program.rpartition("-")[2])
 
     async def serve() -> int:
         try:
