@@ -183,6 +183,8 @@ def test_metrics_count_posts_deliveries_and_bounces(env):
     before = _scrape(env)
     assert _value(before, "listgate_posts_accepted_total") == 0
     assert "listgate_queue_depth" in before and "listgate_policy_decision_seconds_bucket" in before
+    assert "listgate_milter_eom_seconds_bucket" in before
+    env.inject(message("stranger@else.test", "held"), sender="stranger@else.test")   # a non-member: held
     env.inject(message("a@one.test", "counted"), sender="a@one.test")
     env.sink.wait_for_message("a@one.test", timeout=30)
     env.inject(dsn("a@one.test"), role="bounces", sender="")
@@ -194,6 +196,8 @@ def test_metrics_count_posts_deliveries_and_bounces(env):
     assert _value(after, "listgate_deliveries_total", reply="2xx") >= 1
     assert _value(after, "listgate_deliveries_total", reply="5xx") == 1
     assert _value(after, "listgate_bounces_total", bounce_class="hard", source="handover") == 1
+    assert _value(after, "listgate_holds_total") == 1
+    assert _value(after, "listgate_queue_depth", queue="in") == 0
     # the policy server's histogram moved with a request
     _answers(_policy_port(env))
     assert _value(_scrape(env), "listgate_policy_decision_seconds_count") >= 1
