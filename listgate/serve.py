@@ -49,7 +49,7 @@ import subprocess
 import sys
 import time
 
-from . import clock, config, daemons, log as lg_log, sdnotify
+from . import clock, config, daemons, log as lg_log, metrics, sdnotify
 from .config import parse_socket
 from .log import kv
 
@@ -79,9 +79,10 @@ def _child_setup(parent: int) -> None:
 
 
 def children_for(site) -> tuple[str, ...]:
-    """The children serve runs for ``site``."""
+    """The children serve runs for ``site`` (no metrics child without prometheus_client: it could only
+    fail again and again; :func:`listgate.metrics.enable` logged why, ``listgate status`` shows it down)."""
     return (CHILDREN + (("lmtp",) if site.conf.lmtp.socket else ()) + (("web",) if site.conf.web.base_url else ())
-            + (("metrics",) if site.conf.metrics.listen else ()))
+            + (("metrics",) if site.conf.metrics.listen and metrics.available() else ()))
 
 
 def listening(site, spec: str) -> bool:

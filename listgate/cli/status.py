@@ -213,7 +213,8 @@ def cmd_status(args) -> int:
             line += " (see: listgate queue ls bad; listgate queue requeue)"
         print(line)
     for key, s in data["stores"].items():
-        print(f"store {key}: {s['state']}" + (f" ({s['error']})" if s["error"] else ""))
+        note = s["error"] or ("made on first use" if s["state"] == "absent" else "")
+        print(f"store {key}: {s['state']}" + (f" ({note})" if note else ""))
     for key in data["lists_not_served"]:
         print(f"list {key}: not served, its file has errors (listgate check)")
     return status
