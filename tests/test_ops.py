@@ -203,3 +203,16 @@ def test_metrics_count_posts_deliveries_and_bounces(env):
     assert _value(_scrape(env), "listgate_policy_decision_seconds_count") >= 1
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(40) == 0
+
+
+def test_metrics_listen_is_checked_and_off_by_default(tmp_path):
+    e = Env(tmp_path)
+    try:
+        out = e.cli("metrics")
+        assert out.returncode == 1 and "metrics are off" in out.stderr, out
+        with open(e.site.path, "a", encoding="utf-8") as fh:
+            fh.write("metrics:\n  listen: 9310\n")
+        out = e.cli("check")
+        assert out.returncode == 1 and "metrics.listen" in out.stderr and "HOST:PORT" in out.stderr, out
+    finally:
+        e.close()
