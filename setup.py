@@ -59,8 +59,13 @@ setup(
             "psycopg[binary]>=3.1",
             "psycopg_pool>=3.3",
         ],
+        # the Prometheus endpoint (site config ``metrics: {listen: HOST:PORT}``, listgate.metrics)
+        "metrics": [
+            "prometheus_client>=0.17",
+        ],
         "test": [
             "pytest>=7",
+            "prometheus_client>=0.17",   # tests/test_ops.py scrapes the metrics endpoint
             "aiosmtpd>=1.4",
             "miltertest>=1.0",
             "psycopg[binary]>=3.1",

@@ -67,7 +67,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable
 
-from .. import addresses, clock, messages, verp
+from .. import addresses, clock, messages, metrics, verp
 from ..bounce.classify import Classification, Failure, classify
 from ..log import events
 from ..bounce.reports import postmaster_address
@@ -264,6 +264,9 @@ class BounceEngine:
                 else:
                     self._plain_bounce(run, result, msg, rcpt, envelope_sender, verp_note, original)
             run.flush()
+        top = _top(result.failures)
+        metrics.inc("bounces", source="mail",
+                    bounce_class=top.bounce_class if top else "unknown" if result.is_bounce else "not_a_bounce")
         log.info("bounce", list=run.key, queue_id=mta_queue_id, outcome=run.outcome.summary())
         return run.outcome
 
@@ -295,6 +298,7 @@ class BounceEngine:
                 else:
                     self._member_failure(run, member, failure, evidence)
             run.flush()
+        metrics.inc("bounces", bounce_class=bounce_class, source="handover")
         return run.outcome
 
     # -- confirmations and periodic work ----------------------------------------

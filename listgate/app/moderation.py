@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 
+from .. import metrics
 from ..log import events
 from ..store import open_store
 from . import mail, posting, texts
@@ -35,6 +36,7 @@ def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
         "arrival": meta.get("arrival"),
     }
     rec = store.add_pending("held_message", payload, site.conf.pending.held_message)
+    metrics.inc("holds")
     confirm = confirm_address(lc, rec.token)
     body = texts.HELD.format(list=address(lc), author=payload["author"] or "(unknown)",
                              subject=payload["subject"] or "(no subject)", reason=reason, confirm=confirm,

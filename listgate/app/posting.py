@@ -43,7 +43,7 @@ import hashlib
 from dataclasses import dataclass
 from typing import Callable, Iterable
 
-from .. import verp
+from .. import metrics, verp
 from ..addresses import split_address
 from ..log import events
 from ..queue import Switchboard, derived_id
@@ -282,6 +282,7 @@ def queue_post(site, lc, msg: bytes, origin: dict | None = None, *, qid: str | N
     data = decorate(lc, dmarc.mitigate(site, lc, msg))
     # digest members get it in their digest; a replayed in-qfile (same qid) is collected once
     digests.collect(store, data, qid or "sha256:" + hashlib.sha256(data).hexdigest())
+    metrics.inc("posts")
     if not deliveries:
         log.info("post_no_recipients", "post for a list without enabled members taking posts one by one",
                  list=meta["list"])

@@ -34,7 +34,7 @@ transaction, with its per-call context ``run`` (``run.lc``, ``run.store``,
 """
 from __future__ import annotations
 
-from .. import messages, verp
+from .. import messages, metrics, verp
 from ..bounce.classify import Failure
 from ..config.schema import DAY
 from ..store import Member, UnknownToken
@@ -75,6 +75,7 @@ def send_probe(run, member: Member, sample: bytes) -> None:
     run.send(msg, [{"rcpt": member.address, "sender": probe_address}], "probe",
              {"probe_token": record.token})
     member.bounce_score = 0.0
+    metrics.inc("probes")
 
 
 def probe_bounce(run, token: str, failure: Failure | None, msg: bytes) -> None:
@@ -133,6 +134,7 @@ def probe_bounce(run, token: str, failure: Failure | None, msg: bytes) -> None:
 def disable(run, member: Member, failure: Failure) -> None:
     """Disable ``member`` ``by_bounce`` after their probe bounced: notice 1 (or removal with 0 warnings)."""
     lc = run.lc
+    metrics.inc("disabled")
     member.delivery_status = "by_bounce"
     member.status_changed_at = run.now
     member.bounce_score = 0.0
@@ -190,6 +192,7 @@ def remove(run, member: Member, reason: str, attribution: str) -> None:
         except UnknownToken:
             pass
     run.store.remove_member(member.key)
+    metrics.inc("removed")
     if lc.bounce_notify_owner_on_removal:
         run.send(notices.owner_member_notice(lc, member.address, "removed", reason, evidence),
                  run.to_owners(), "owner_notice")

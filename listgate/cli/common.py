@@ -89,6 +89,27 @@ def print_json(data: Any) -> None:
 EX_OSERR = 71
 
 
+def start_daemon(site, name: str, **extra) -> None:
+    """What every long-running daemon does at start: write its record under ``STATE_DIR/run``
+    (pid, restart-only settings: :mod:`listgate.daemons`; removed at exit) and start counting
+    metrics when ``metrics.listen`` is set (:mod:`listgate.metrics`). A run directory that
+    cannot be written costs the record (logged), never the daemon."""
+    import atexit
+
+    from .. import daemons, metrics
+    from ..log import events
+    log = events("listgate")
+    try:
+        daemons.write_record(site, name, **extra)
+        atexit.register(daemons.remove_record, site, name)
+    except OSError as exc:
+        log.warning("daemon_record_failed", "cannot write the daemon record", path=daemons.record_path(site, name), error=exc)
+    try:
+        metrics.enable(site)
+    except OSError as exc:
+        log.error("metrics_off", "metrics off: cannot use the metrics directory", path=metrics.directory(site), error=exc)
+
+
 def run_async_server(args, program: str, make_server, what: str) -> int:
     """Run an asyncio server (policy, LMTP) in the foreground until SIGTERM/SIGINT; exit 0.
 
@@ -111,6 +132,7 @@ def run_async_server(args, program: str, make_server, what: str) -> int:
     lg_log.setup(watcher.current().conf.logging, program=program, level=args.log_level)
     config.log_list_errors(watcher.current())
     log = lg_log.events(program.replace("-", "."))
+    start_daemon(watcher.current(), program.rpartition("-")[2])
 
     async def serve() -> int:
         try:

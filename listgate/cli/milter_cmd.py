@@ -4,7 +4,7 @@ from __future__ import annotations
 import sys
 
 from .. import config, log
-from .common import load_site
+from .common import load_site, start_daemon
 
 
 def register(sub) -> None:
@@ -18,6 +18,7 @@ def cmd_milter(args) -> int:
     site = load_site(args)
     log.setup(site.conf.logging, program="listgate-milter")
     config.log_list_errors(site)
+    start_daemon(site, "milter")
     try:
         return daemon.run(watcher=config.Watcher(site.path, site=site))
     except daemon.DaemonError as exc:

@@ -12,6 +12,7 @@ from .. import config, log as lg_log
 from ..queue import QueueError
 from ..queue.lock import SliceBusy
 from ..store import StoreUnavailable
+from .common import start_daemon
 
 
 def register(sub) -> None:
@@ -71,6 +72,8 @@ def cmd_runner(args) -> int:
             print(f"listgate: {exc}; waiting (--wait)", file=sys.stderr)
             if not runner.lock.acquire(wait=True, should_stop=lambda: runner.stopping):
                 return 0
+        if not args.once:
+            start_daemon(site, "runner" if n == 1 else f"runner-{sl}-of-{n}")
         runner.recover()
         if args.once:
             try:
@@ -87,10 +90,16 @@ def cmd_runner(args) -> int:
 
 
 def cmd_serve(args) -> int:
+    from .. import metrics
     from ..serve import Supervisor
     site = _watcher(args).current()
     lg_log.setup(site.conf.logging, program="listgate-serve", level=args.log_level)
-    sup = Supervisor(site)
+    try:
+        metrics.enable(site, fresh=True)   # before any child counts: the last run's files go
+    except OSError as exc:
+        print(f"listgate: metrics off: cannot use {metrics.directory(site)}: {exc}", file=sys.stderr)
+    start_daemon(site, "serve")
+    sup = Supervisor(site, log_level=args.log_level)
     signal.signal(signal.SIGTERM, sup.stop)
     signal.signal(signal.SIGINT, sup.stop)
     signal.signal(signal.SIGHUP, sup.hangup)

@@ -5,7 +5,7 @@ import os
 import sys
 import sysconfig
 
-from .. import config, instance, log as lg_log, verp
+from .. import config, daemons, instance, log as lg_log, verp
 from ..addresses import list_key
 from ..config import format_duration
 from .common import load_site
@@ -32,7 +32,9 @@ def register(sub) -> None:
                                    "VERP keys, state directories) are fatal: the daemons refuse to start. "
                                    "A list whose file has errors is left out by the daemons (its addresses get "
                                    "451 4.3.0) while the others are served; files in state_dir, queue_dir or "
-                                   "the VERP keys not owned by state_dir's owner are reported.")
+                                   "the VERP keys not owned by state_dir's owner are reported, and so are "
+                                   "running daemons that use an older value of a setting they read only at "
+                                   "start (listgate reload, or a restart, applies it).")
     p.add_argument("--site-only", action="store_true",
                    help="exit 1 only for site errors; list errors and ownership are still printed "
                         "(what the systemd units run before starting: one broken list must not stop the others)")
@@ -95,7 +97,7 @@ def cmd_check(args) -> int:
         print(f"{list_key(lc)}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
-    warnings = _list_errors(site) + _ownership(site)
+    warnings = _list_errors(site) + _ownership(site) + daemons.stale_settings(site)
     syslog = lg_log.syslog_problem(site.conf.logging)
     if syslog:   # the daemons still run, logging to stderr: a warning, not a site error
         warnings.append(f"{site.path}: logging.destination: syslog: {syslog}; the daemons will log to "

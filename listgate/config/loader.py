@@ -287,7 +287,7 @@ def _expect(spec: Field) -> str:
         "address": "an address local@domain", "addresses": "a list of addresses",
         "listname": "a list name", "domain": "a domain name", "enum": "one of " + ", ".join(spec.choices),
         "strings": "a list of strings", "networks": "a list of networks", "path": "a path",
-        "socket": "a socket (unix:PATH or inet:PORT@HOST)", "timestamp": "a date (YYYY-MM-DD)",
+        "socket": "a socket (unix:PATH or inet:PORT@HOST)", "hostport": "HOST:PORT", "timestamp": "a date (YYYY-MM-DD)",
     }.get(spec.kind, spec.kind)
 
 
@@ -297,7 +297,7 @@ def _check(spec: Field, raw: Any) -> Any:
         if spec.required or spec.default is not None and kind not in ("str", "path"):
             raise ValueError(f"expected {_expect(spec)}, got nothing (null)")
         return spec.default
-    if kind in ("str", "path", "socket", "domain", "listname", "address", "enum", "duration") and not isinstance(raw, str):
+    if kind in ("str", "path", "socket", "hostport", "domain", "listname", "address", "enum", "duration") and not isinstance(raw, str):
         if kind == "duration" and isinstance(raw, (int, float)) and not isinstance(raw, bool) and raw == 0:
             return 0.0
         raise ValueError(f"expected {_expect(spec)}, got {_tname(raw)}")
@@ -368,6 +368,9 @@ def _check(spec: Field, raw: Any) -> Any:
         return tuple(out)
     if kind == "socket":
         parse_socket(raw)
+        return raw
+    if kind == "hostport":              # HOST:PORT, [IPV6]:PORT (the metrics endpoint)
+        parse_socket("inet:" + raw)
         return raw
     if kind == "timestamp":
         return _timestamp(raw)

@@ -15,7 +15,8 @@ from typing import Any, Mapping
 class Field:
     kind: str                      # str, int, float, bool, duration, size, address, addresses,
                                    # listname, domain, enum, strings, socket, networks, path, section, keys,
-                                   # timestamp, store (a section that may also be the word "sqlite")
+                                   # timestamp, store (a section that may also be the word "sqlite"),
+                                   # hostport (HOST:PORT)
     default: Any = None
     required: bool = False
     choices: tuple[str, ...] = ()
@@ -173,6 +174,13 @@ STORE = Section({
     "statement_timeout": Field("duration", 10, doc="longest PostgreSQL statement before answering 4xx"),
 })
 
+# The Prometheus endpoint (listgate.metrics), off unless ``listen`` is set.
+METRICS = Section({
+    "listen": Field("hostport", None, doc="HOST:PORT where `listgate serve` (its metrics child) answers "
+                    "Prometheus scrapes at /metrics, e.g. 127.0.0.1:9310; none: no metrics (needs the "
+                    "[metrics] extra, prometheus_client)"),
+})
+
 RUNNER = Section({
     "poll_interval": Field("duration", 1),
     "max_attempts": Field("int", 3, minimum=1, doc="tries before a qfile goes to bad"),
@@ -204,6 +212,7 @@ SITE = Section({
     "store": Field("store", section=STORE, doc="sqlite, or a mapping (url: postgresql://... for PostgreSQL)"),
     "trusted_networks": Field("networks", ("127.0.0.0/8", "::1/128")),
     "logging": Field("section", section=LOGGING),
+    "metrics": Field("section", section=METRICS),
 })
 
 DOMAIN_INCIDENT = Section({

@@ -26,11 +26,13 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import ClassVar
 
 import Milter
 
+from .. import metrics
 from ..addresses import split_address
 from ..inject import NotStored, Routed, bare, store_message
 from ..log import events
@@ -199,6 +201,7 @@ class ListgateMilter(Milter.Base):
         return Milter.CONTINUE
 
     def eom(self):
+        started = time.perf_counter()
         try:
             return self._end_of_message()
         except Exception:
@@ -207,6 +210,7 @@ class ListgateMilter(Milter.Base):
             return Milter.TEMPFAIL
         finally:
             self._reset()
+            metrics.observe("eom", time.perf_counter() - started)
 
     def _end_of_message(self):
         if not self.routed:

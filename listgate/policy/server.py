@@ -26,9 +26,10 @@ restart.
 from __future__ import annotations
 
 import asyncio
+import time
 from typing import Callable
 
-from .. import sockets
+from .. import metrics, sockets
 from ..config import Site, parse_socket
 from ..log import events
 from .protocol import ProtocolError, RequestParser, action_for, format_reply, rcpt_decision
@@ -172,9 +173,11 @@ def _answer(site: Site, attrs: dict[str, str]) -> bytes:
     "rejected RCPT"). Store failures are logged as warnings by
     :mod:`listgate.routing`.
     """
+    started = time.perf_counter()
     try:
         decision = rcpt_decision(site, attrs)
         action = "DUNNO" if decision is None else action_for(decision)
+        metrics.observe("policy", time.perf_counter() - started)
     except Exception:  # noqa: BLE001 - a bug must cost a retry, never an accepted or lost message
         log.exception("policy_failed", "policy decision failed", recipient=attrs.get("recipient"),
                       queue_id=attrs.get("queue_id") or None)

@@ -62,7 +62,7 @@ import re
 import smtplib
 from dataclasses import dataclass, field
 
-from .. import clock, messages
+from .. import clock, messages, metrics
 from ..bounce.status import reply_status
 from ..log import events
 from ..app import posting, signing, site_incidents
@@ -282,6 +282,7 @@ class Deliverer:
                 site_failure = None
                 for i, rcpt in zip(chunk, rcpts):
                     code, text = replies.get(rcpt, (250, ""))
+                    metrics.delivery(code)
                     reason = site_incidents.handover_site_reason(code, text, reply_status(code, text)) \
                         if code // 100 == 5 else None
                     if code // 100 == 2:
