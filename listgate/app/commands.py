@@ -106,10 +106,8 @@ class Context:
             return
         if not ratelimit.may_send(self.site, self.lc, self.store, self.requester):
             return
-        body = texts.RESULTS.format(list=notices.address(self.lc), results="\n".join(self.results),
-                                    request=notices.address(self.lc, "request"))
-        notices.send(self.site, self.lc, self.requester, f"Re: your commands to {notices.address(self.lc)}",
-                     body, kind="reply", in_reply_to=self.message_id)
+        notices.reply(self.site, self.lc, self.requester, "results", kind="reply", in_reply_to=self.message_id,
+                      results="\n".join(self.results))
 
 
 def _valid(address: str) -> bool:
@@ -133,6 +131,10 @@ def _reachable(ctx: Context, what: str, address: str) -> bool:
     return True
 
 
+def _limited(ctx: Context, address: str) -> str:
+    return texts.render("rate_limited", ctx.lc, address=address).body.strip()
+
+
 def subscribe(ctx: Context, address: str | None = None) -> None:
     address = address or ctx.requester
     if not address or not _valid(address):
@@ -145,7 +147,7 @@ def subscribe(ctx: Context, address: str | None = None) -> None:
         ctx.results.append(f"subscribe: {address} is already a member")
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
-        ctx.results.append(f"subscribe: {texts.RATE_LIMITED.format(address=address)}")
+        ctx.results.append(f"subscribe: {_limited(ctx, address)}")
         return
     rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},
                                 ctx.site.conf.pending.user_confirmation)
@@ -160,7 +162,7 @@ def unsubscribe(ctx: Context, address: str | None = None) -> None:
         ctx.results.append(f"unsubscribe: {address or 'you'} is not a member")
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
-        ctx.results.append(f"unsubscribe: {texts.RATE_LIMITED.format(address=address)}")
+        ctx.results.append(f"unsubscribe: {_limited(ctx, address)}")
         return
     rec = ctx.store.add_pending("unsubscription", {"address": address}, ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, address, rec.token,
@@ -182,7 +184,7 @@ def change_address(ctx: Context, new: str | None) -> None:
     if not _reachable(ctx, "change-address", new):
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, new):
-        ctx.results.append(f"change-address: {texts.RATE_LIMITED.format(address=new)}")
+        ctx.results.append(f"change-address: {_limited(ctx, new)}")
         return
     rec = ctx.store.add_pending("change_of_address", {"old": old, "new": new},
                                 ctx.site.conf.pending.user_confirmation)
@@ -209,8 +211,7 @@ def digest(ctx: Context, word: str | None) -> None:
 
 
 def help_text(lc) -> str:
-    return texts.HELP.format(list=notices.address(lc), join=notices.address(lc, "join"),
-                             leave=notices.address(lc, "leave"), owner=notices.address(lc, "owner"))
+    return texts.render("help", lc, join=notices.address(lc, "join"), leave=notices.address(lc, "leave")).body
 
 
 def handle_request(site, lc, qf) -> str:
@@ -283,7 +284,7 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
     token = token.lower()
     rec = ctx.store.peek_pending(token)
     if rec is None or rec.type == "probe":
-        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=notices.address(lc)))
+        ctx.results.append(texts.render("unknown_token", lc).body)
         ctx.reply()
         return "unknown token"
     lname = notices.address(lc)
@@ -297,7 +298,7 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
         else:
             return complete(site, lc, rec)
     except UnknownToken:
-        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=lname))
+        ctx.results.append(texts.render("unknown_token", lc).body)
     except (AlreadyMember, NotAMember) as exc:
         ctx.results.append(f"confirm: {exc}")
     except StoreUnavailable:
