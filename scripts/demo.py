@@ -59,10 +59,12 @@ def main() -> int:
         st.wait_until(lambda: st.member(DEAD).bounce_score > 0, 60, what="first bounce")
         say(f"{DEAD}: Postfix's DSN came back through the milter: bounce score {st.member(DEAD).bounce_score:g}")
         threshold = st.lc.bounce_score_threshold
-        told = len(st.store().events(address=DEAD))
+        first = list(reversed(st.store().events(address=DEAD)))
+        told, t0 = len(first), first[0].at     # day 1 began with the first bounce
 
-        def tell(day: int) -> None:
-            """Say what the bounce life cycle did for DEAD since the last call, in the order it happened."""
+        def tell() -> None:
+            """Say what the bounce life cycle did for DEAD since the last call, in the order it happened
+            and on the (simulated) day it happened."""
             nonlocal told
             events = list(reversed(st.store().events(address=DEAD)))
             for e in events[told:]:
@@ -74,8 +76,9 @@ def main() -> int:
                     "same_day": "bounce recorded, not scored: one score per day",
                     "disabled": f"the probe bounced: {DEAD} disabled by bounce, re-enable notice 1 of "
                                 f"{st.lc.bounce_you_are_disabled_warnings} sent, owners notified",
+                    "residual": "a bounce of a post sent before the disable: recorded, not scored",
                 }.get(e.action, e.action)
-                say(f"day {day}: {what}")
+                say(f"day {1 + int((e.at - t0) // 86400)}: {what}")
             told = len(events)
 
         day = 1
@@ -83,9 +86,9 @@ def main() -> int:
             st.advance_days(1)
             day += 1
             post(st, day, f"Day {day} news")
-            tell(day)
+            tell()
         st.wait_until(lambda: st.member(DEAD).delivery_status == "by_bounce", 60, what="disable")
-        tell(day)
+        tell()
         while st.member(DEAD) is not None:
             before = st.member(DEAD).notices_left
             st.advance_days(7)
