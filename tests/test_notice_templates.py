@@ -203,3 +203,14 @@ def test_the_runner_uses_an_override_and_a_changed_one_without_reload(env):
                sender="other@one.test")
     env.run()
     assert env.store.get_member("other@one.test") is not None
+
+
+def test_the_lines_of_a_command_reply_are_overridable_too(env):
+    env.members("old@one.test")
+    write(Path(env.site.templates_dir) / "de" / "cmd_already_member.txt", "$command: $address ist schon Mitglied\n")
+    env.edit_list("language: de\n")
+    env.inject(message("old@one.test", "subscribe"), role="request", sender="old@one.test")
+    env.run()
+    [reply] = env.sink.messages_for("old@one.test")
+    assert "subscribe: old@one.test ist schon Mitglied" in text_of(reply)
+    assert reply.message()["Subject"] == f"Re: your commands to {LIST}"     # the built-in "results"

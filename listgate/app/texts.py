@@ -5,7 +5,7 @@ and a template file ``NAME.txt``: UTF-8 text with :class:`string.Template`
 placeholders (``$list``, ``${member}``; ``$$`` is a dollar sign). A notice
 that is a whole message starts with one ``Subject: ...`` line and a blank
 line; a *fragment* (a part of a reply: ``help``, ``unknown_token``,
-``rate_limited``) is body only. An override without a ``Subject:`` line
+``rate_limited``, the ``cmd_*`` lines) is body only. An override without a ``Subject:`` line
 keeps the subject of the next template in the search order.
 
 Search order (:func:`candidates`) for notice N of a list whose ``language``
@@ -66,6 +66,18 @@ NOTICES: dict[str, Notice] = {
     "unknown_token": Notice((), "unknown or expired confirmation token (in a command reply)", subject=False),
     "rate_limited": Notice(("address",), "too many confirmations sent to an address (in a command reply)",
                            subject=False),
+    # lines of the reply to a command message ($command: the command word, e.g. subscribe)
+    "cmd_no_address": Notice(("command",), "no usable address to subscribe", subject=False),
+    "cmd_already_member": Notice(("command", "address"), "the address is a member already", subject=False),
+    "cmd_not_member": Notice(("command", "address"), "the address is not a member", subject=False),
+    "cmd_confirmation_sent": Notice(("command", "address"), "a confirmation request went to the address",
+                                    subject=False),
+    "cmd_undeliverable": Notice(("command", "address", "reason"), "the address's domain takes no mail (DNS)",
+                                subject=False),
+    "cmd_change_address_usage": Notice((), "change-address without a new address", subject=False),
+    "cmd_digest_usage": Notice((), "digest without on/mime/plain/off", subject=False),
+    "cmd_digest_mode": Notice(("address", "mode"), "the member's new delivery mode", subject=False),
+    "cmd_unknown": Notice(("command",), "an unknown command (the help follows)", subject=False),
     "rejected": Notice(("subject", "reason"), "to the author of a post the moderators or the policy rejected"),
     # membership
     "welcome": Notice(("leave",), "to a new member"),
