@@ -35,7 +35,7 @@ setup(
     license_files=["LICENSE"],
     python_requires=">=3.11",
     packages=find_packages(include=["listgate", "listgate.*"]),
-    package_data={"listgate": ["templates/*.txt", "templates/*.yaml"]},
+    package_data={"listgate": ["templates/*.yaml", "templates/notices/*.txt", "templates/notices/*/*.txt"]},
     data_files=[
         ("share/listgate", ["INSTALL", "README.md", "LICENSE"]),
         ("share/listgate/docs", ["docs/ARCHITECTURE.md", "docs/DESIGN.md"]),

@@ -24,8 +24,7 @@ RFC 6522 section 3) so a notice never grows without bound.
 null reverse-path ``<>``) as docs/ARCHITECTURE.md, "Queues and qfile
 metadata", describes. Sending it is the runner's job.
 
-Templates: :func:`render` fills ``listgate/templates/NAME.txt`` with
-``str.format`` fields.
+The texts of notices come from :mod:`listgate.app.texts`.
 """
 from __future__ import annotations
 
@@ -34,13 +33,12 @@ import email.errors
 import email.policy
 import email.utils
 from email.message import EmailMessage, Message
-from importlib import resources
 from typing import Iterable, Mapping, Sequence
 
 from . import addresses, clock
 from .addresses import list_key  # noqa: F401 - messages.list_key: the list key, for message builders
 
-__all__ = ["make_notice", "queue_virgin", "render", "new_message_id", "list_key", "MAX_SAMPLE_BYTES"]
+__all__ = ["make_notice", "queue_virgin", "new_message_id", "list_key", "MAX_SAMPLE_BYTES"]
 
 # A sample (bounce attached to a probe or an owner notice) larger than this is
 # attached as its header only: the evidence that matters is in the header and
@@ -61,15 +59,6 @@ _ADDRESS_HEADERS = ("From", "To", "Cc", "Reply-To", "Sender")
 def new_message_id(domain: str) -> str:
     """A fresh ``<...@domain>`` Message-ID (RFC 5322 section 3.6.4)."""
     return email.utils.make_msgid(domain=domain or "localhost")
-
-
-def render(template: str, **fields) -> str:
-    """Fill ``listgate/templates/<template>.txt`` with ``fields`` (``str.format``).
-
-    Raises FileNotFoundError for an unknown template, KeyError for a missing field.
-    """
-    text = resources.files("listgate.templates").joinpath(f"{template}.txt").read_text(encoding="utf-8")
-    return text.format(**fields)
 
 
 def _one_line(value: str) -> str:

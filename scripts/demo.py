@@ -59,20 +59,36 @@ def main() -> int:
         st.wait_until(lambda: st.member(DEAD).bounce_score > 0, 60, what="first bounce")
         say(f"{DEAD}: Postfix's DSN came back through the milter: bounce score {st.member(DEAD).bounce_score:g}")
         threshold = st.lc.bounce_score_threshold
+        first = list(reversed(st.store().events(address=DEAD)))
+        told, t0 = len(first), first[0].at     # day 1 began with the first bounce
+
+        def tell() -> None:
+            """Say what the bounce life cycle did for DEAD since the last call, in the order it happened
+            and on the (simulated) day it happened."""
+            nonlocal told
+            events = list(reversed(st.store().events(address=DEAD)))
+            for e in events[told:]:
+                what = {
+                    "scored": f"bounce scored, {e.detail.partition(':')[0]} of {threshold:g}",
+                    "probe_sent": f"score reached {threshold:g}: probe sent with the last bounce attached "
+                                  "(score reset; still enabled, the probe decides)",
+                    "probe_outstanding": "bounce recorded, not scored: a probe is outstanding",
+                    "same_day": "bounce recorded, not scored: one score per day",
+                    "disabled": f"the probe bounced: {DEAD} disabled by bounce, re-enable notice 1 of "
+                                f"{st.lc.bounce_you_are_disabled_warnings} sent, owners notified",
+                    "residual": "a bounce of a post sent before the disable: recorded, not scored",
+                }.get(e.action, e.action)
+                say(f"day {1 + int((e.at - t0) // 86400)}: {what}")
+            told = len(events)
+
         day = 1
         while st.member(DEAD).delivery_status == "enabled" and day < 10:
             st.advance_days(1)
             day += 1
             post(st, day, f"Day {day} news")
-            m = st.member(DEAD)
-            if m.delivery_status == "enabled" and m.bounce_score:
-                say(f"day {day}: bounce scored, score {m.bounce_score:g} of {threshold:g}")
+            tell()
         st.wait_until(lambda: st.member(DEAD).delivery_status == "by_bounce", 60, what="disable")
-        events = [e.action for e in reversed(st.store().events(address=DEAD))]
-        say(f"day {day}: threshold reached: probe sent with the last bounce attached, score reset "
-            f"(events: {', '.join(dict.fromkeys(events))})")
-        say(f"the probe bounced: {DEAD} disabled by bounce, re-enable notice 1 of "
-            f"{st.lc.bounce_you_are_disabled_warnings} sent, owners notified")
+        tell()
         while st.member(DEAD) is not None:
             before = st.member(DEAD).notices_left
             st.advance_days(7)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -55,6 +56,13 @@ def fill(path: Path) -> None:
                 fh.flush()
         except OSError:
             pass
+
+
+def untraced(stored: bytes) -> bytes:
+    """A message the milter stored, without the Received: field it writes first (one field, folded)."""
+    assert stored.startswith(b"Received: from ") or stored.startswith(b"Received: by "), stored[:80]
+    end = re.search(rb"\r\n(?![ \t])", stored).end()
+    return stored[end:]
 
 
 # -- TestCtx (no socket) ---------------------------------------------------------

@@ -92,6 +92,15 @@ def test_1_join_confirm_and_post(st):
         assert msg["List-Id"].endswith(" <demo.lists.example.org>")     # RFC 2919: phrase + list-id
         assert msg["Subject"] == "[demo] first post"
         assert msg["List-Unsubscribe"] and msg["List-Post"] == "<mailto:demo@lists.example.org>"
+        # the hop into this MX is traced (RFC 5321 section 4.4): the oldest Received: names the client
+        first_hop = msg.get_all("Received")[-1]
+        assert "[127.0.0.1]" in first_hop, msg.get_all("Received")
+        if getattr(st, "front_end", None) == "milter":
+            # a milter never sees Postfix's own field for it: listgate wrote it (no client name: the
+            # harness turns smtpd_peername_lookup off, and Postfix then gives "[127.0.0.1]" as the name)
+            assert re.match(r"from client\.listgate\.test \(\[127\.0\.0\.1\]\)\s+by mx\.listgate\.test "
+                            r"\(Postfix, listgate milter\) with ESMTP id \w+\s+for <demo@lists\.example\.org>; ",
+                            first_hop), first_hop
         # the envelope sender is this member's signed VERP address
         local = got.mail_from.split("@")[0]
         assert local.startswith("demo-bounces+")

@@ -5,6 +5,9 @@ Real store, real queue, real routing: each test has its own instance.
 from __future__ import annotations
 
 import dataclasses
+import email
+import email.policy
+import email.utils
 from pathlib import Path
 
 import Milter
@@ -16,7 +19,7 @@ from listgate.queue import Switchboard
 from listgate.store import open_store
 
 from conftest import make_site
-from milter_helpers import FULL_OFFER, fresh_ctx, remount, tmpfs, transact
+from milter_helpers import FULL_OFFER, fresh_ctx, remount, tmpfs, transact, untraced
 
 LIST = "demo@lists.example.org"
 OWNER = "owner@lists.example.org"
@@ -44,12 +47,12 @@ def test_negotiates_only_what_it_uses(milter_site):
     actions, proto = ctx._opts[0], ctx._opts[1]
     assert actions == Milter.DELRCPT
     # skipped steps and steps without a reply
-    for bit in (Milter.P_NOHELO, Milter.P_NOEOH, Milter.P_NOUNKNOWN,
+    for bit in (Milter.P_NR_HELO, Milter.P_NOEOH, Milter.P_NOUNKNOWN,
                 Milter.P_NR_CONN, Milter.P_NR_MAIL, Milter.P_NR_HDR, Milter.P_NR_BODY, Milter.P_HDR_LEADSPC):
         assert proto & bit, hex(bit)
     # steps it answers: RCPT (reject/tempfail) and DATA (early ACCEPT)
     for bit in (Milter.P_NORCPT, Milter.P_NR_RCPT, Milter.P_NODATA, Milter.P_NR_DATA,
-                Milter.P_NOMAIL, Milter.P_NOHDRS, Milter.P_NOBODY, Milter.P_NOCONNECT):
+                Milter.P_NOMAIL, Milter.P_NOHDRS, Milter.P_NOBODY, Milter.P_NOCONNECT, Milter.P_NOHELO):
         assert not proto & bit, hex(bit)
 
 
@@ -67,7 +70,7 @@ def test_post_only_list_recipient_is_stored_then_discarded(milter_site):
     assert t.eom_rc == Milter.DISCARD
     assert ctx._delrcpt == []
     [qf] = queued(milter_site)
-    assert qf.msg == POST                      # byte-exact, 8-bit and folding kept
+    assert untraced(qf.msg) == POST            # byte-exact, 8-bit and folding kept
     assert qf.meta["list"] == LIST and qf.meta["role"] == "post"
     assert qf.meta["envelope_sender"] == "alice@example.net"
     assert qf.meta["recipients"] == [LIST]
@@ -201,7 +204,7 @@ def test_queue_read_only_tempfails_and_commits_nothing(milter_site):
         t = transact(fresh_ctx(), "alice@example.net", [LIST, "bob@example.com"], POST)
         assert t.eom_rc == Milter.ACCEPT
         [qf] = queued(milter_site)
-        assert qf.msg == POST
+        assert untraced(qf.msg) == POST
 
 
 def test_store_read_only_tempfails_and_loses_nothing(milter_site, corpus):
@@ -247,7 +250,7 @@ def test_message_without_body(milter_site):
     msg = b"From: alice@example.net\r\nMessage-ID: <nobody@example.net>\r\n\r\n"
     t = transact(fresh_ctx(), "alice@example.net", ["demo-owner@lists.example.org"], msg)
     assert t.eom_rc == Milter.DISCARD
-    assert queued(milter_site)[0].msg == msg
+    assert untraced(queued(milter_site)[0].msg) == msg
 
 
 def test_null_sender_and_8bit_recipient_junk(milter_site):
@@ -269,5 +272,34 @@ def test_mta_without_leading_space_option(milter_site):
     ctx._priv.header_bytes("Message-ID", b"<nls@example.net>")
     ctx._priv.body(b"text\r\n")
     assert ctx._eom() == Milter.DISCARD
-    assert queued(milter_site)[0].msg == (b"Subject: no leading space\r\nMessage-ID: <nls@example.net>\r\n"
+    assert untraced(queued(milter_site)[0].msg) == (b"Subject: no leading space\r\nMessage-ID: <nls@example.net>\r\n"
                                           b"\r\ntext\r\n")
+
+
+def test_the_stored_message_starts_with_this_hops_received_field(milter_site):
+    """Postfix never shows a milter its own Received: field: the milter writes it (RFC 5321 section 4.4)."""
+    clock.freeze(1_796_000_000)
+    ctx = fresh_ctx()
+    ctx._setsymval("j", "mx.lists.example.org")
+    t = transact(ctx, "alice@example.net", [LIST], POST, qid="4XyZ1abcD")
+    assert t.eom_rc == Milter.DISCARD
+    [qf] = queued(milter_site)
+    field = qf.msg[:len(qf.msg) - len(POST)]
+    assert field == (b"Received: from client.example (client.example [192.0.2.10])\r\n"
+                     b"\tby mx.lists.example.org (Postfix, listgate milter) with ESMTP id 4XyZ1abcD\r\n"
+                     b"\tfor <demo@lists.example.org>; " + email.utils.format_datetime(clock.now_dt()).encode()
+                     + b"\r\n")
+    parsed = email.message_from_bytes(qf.msg, policy=email.policy.default)
+    assert parsed["Received"].startswith("from client.example") and parsed["Subject"]
+
+
+def test_received_field_shapes():
+    from listgate.milter.app import received_field
+    v6 = received_field(helo="evil)\r\nBcc: x@y; (", client_name="unknown", client_address="2001:db8::1",
+                        by="mx.test", queue_id="ABC", tls=True, auth=True, recipients=["a@l.test", "b@l.test"])
+    assert v6.startswith(b"Received: from evilBcc:xy (unknown [IPv6:2001:db8::1])\r\n\tby mx.test "
+                         b"(Postfix, listgate milter) with ESMTPSA id ABC; ")
+    assert v6.count(b"\r\n") == 2 and b"for <" not in v6           # two recipients: no "for"
+    internal = received_field(helo=None, client_name="localhost", client_address=None, by="mx.test",
+                              queue_id=None, tls=False, auth=False, recipients=["a@l.test"])
+    assert internal.startswith(b"Received: by mx.test (Postfix, listgate milter)\r\n\tfor <a@l.test>; ")

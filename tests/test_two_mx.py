@@ -31,7 +31,7 @@ ALICE, BOB, DEAD, CAROL, OWNER = ("alice@members.test", "bob@members.test", "dea
                                   "carol@members.test", "owner@owners.test")
 MEMBERS = (ALICE, BOB, DEAD)
 CONFIRM_RE = re.compile(rb"demo-confirm\+([a-z2-7]{26})@lists\.example\.org")
-DISABLED_NOTICE = b"disabled because mail to your address"  # templates/bounce_disabled.txt
+DISABLED_NOTICE = b"disabled because mail to your address"  # templates/notices/disabled.txt
 WARNINGS = 3                                        # bounce_you_are_disabled_warnings
 _seq = iter(range(1, 10_000))
 STATE: dict = {}                                    # what one step leaves the next

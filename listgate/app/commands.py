@@ -105,10 +105,8 @@ class Context:
             return
         if not ratelimit.may_send(self.site, self.lc, self.store, self.requester):
             return
-        body = texts.RESULTS.format(list=notices.address(self.lc), results="\n".join(self.results),
-                                    request=notices.address(self.lc, "request"))
-        notices.send(self.site, self.lc, self.requester, f"Re: your commands to {notices.address(self.lc)}",
-                     body, kind="reply", in_reply_to=self.message_id)
+        notices.reply(self.site, self.lc, self.requester, "results", kind="reply", in_reply_to=self.message_id,
+                      results="\n".join(self.results))
 
 
 def _valid(address: str) -> bool:
@@ -121,7 +119,7 @@ def _reachable(ctx: Context, what: str, address: str) -> bool:
     has waited ``runner.retry_giveup`` goes ahead unchecked (the confirmation still has to come back)."""
     verdict = deliverable(ctx.site, address)
     if verdict.dead:
-        ctx.results.append(f"{what}: {address} cannot receive mail: {verdict.reason}")
+        ctx.results.append(_line(ctx, "cmd_undeliverable", command=what, address=address, reason=verdict.reason))
         log.info("subscription_refused", list=notices.address(ctx.lc), address=address, dns=verdict.status)
         return False
     if verdict.status == "unknown":
@@ -133,84 +131,92 @@ def _reachable(ctx: Context, what: str, address: str) -> bool:
     return True
 
 
+def _line(ctx: Context, name: str, **fields) -> str:
+    """One line of the reply: fragment ``name`` of :mod:`listgate.app.texts`."""
+    return texts.render(name, ctx.lc, **fields).body.rstrip("\n")
+
+
+def _limited(ctx: Context, address: str) -> str:
+    return _line(ctx, "rate_limited", address=address)
+
+
 def subscribe(ctx: Context, address: str | None = None) -> None:
     address = address or ctx.requester
     if not address or not _valid(address):
-        ctx.results.append("subscribe: no usable address")
+        ctx.results.append(_line(ctx, "cmd_no_address", command="subscribe"))
         return
     if not _reachable(ctx, "subscribe", address):
         return
     member = ctx.store.get_member(address)
     if member is not None and member.delivery_status != "by_bounce":  # by_bounce: confirming re-enables
-        ctx.results.append(f"subscribe: {address} is already a member")
+        ctx.results.append(_line(ctx, "cmd_already_member", command="subscribe", address=address))
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
-        ctx.results.append(f"subscribe: {texts.RATE_LIMITED.format(address=address)}")
+        ctx.results.append(f"subscribe: {_limited(ctx, address)}")
         return
     rec = ctx.store.add_pending("subscription", {"address": address, "display_name": ctx.display},
                                 ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, address, rec.token, f"subscribe {address} to {notices.address(ctx.lc)}",
                          in_reply_to=ctx.message_id)
-    ctx.sent(address, f"subscribe: a confirmation request was sent to {address}")
+    ctx.sent(address, _line(ctx, "cmd_confirmation_sent", command="subscribe", address=address))
 
 
 def unsubscribe(ctx: Context, address: str | None = None) -> None:
     address = address or ctx.requester
     if not address or not _valid(address) or ctx.store.get_member(address) is None:
-        ctx.results.append(f"unsubscribe: {address or 'you'} is not a member")
+        ctx.results.append(_line(ctx, "cmd_not_member", command="unsubscribe", address=address or "you"))
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, address):
-        ctx.results.append(f"unsubscribe: {texts.RATE_LIMITED.format(address=address)}")
+        ctx.results.append(f"unsubscribe: {_limited(ctx, address)}")
         return
     rec = ctx.store.add_pending("unsubscription", {"address": address}, ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, address, rec.token,
                          f"unsubscribe {address} from {notices.address(ctx.lc)}", in_reply_to=ctx.message_id)
-    ctx.sent(address, f"unsubscribe: a confirmation request was sent to {address}")
+    ctx.sent(address, _line(ctx, "cmd_confirmation_sent", command="unsubscribe", address=address))
 
 
 def change_address(ctx: Context, new: str | None) -> None:
     old = ctx.requester
     if not new or not _valid(new):
-        ctx.results.append("change-address: give the new address, e.g. change-address you@example.net")
+        ctx.results.append(_line(ctx, "cmd_change_address_usage"))
         return
     if not old or ctx.store.get_member(old) is None:
-        ctx.results.append(f"change-address: {old or 'you'} is not a member")
+        ctx.results.append(_line(ctx, "cmd_not_member", command="change-address", address=old or "you"))
         return
     if ctx.store.get_member(new) is not None:
-        ctx.results.append(f"change-address: {new} is already a member")
+        ctx.results.append(_line(ctx, "cmd_already_member", command="change-address", address=new))
         return
     if not _reachable(ctx, "change-address", new):
         return
     if not ratelimit.may_send(ctx.site, ctx.lc, ctx.store, new):
-        ctx.results.append(f"change-address: {texts.RATE_LIMITED.format(address=new)}")
+        ctx.results.append(f"change-address: {_limited(ctx, new)}")
         return
     rec = ctx.store.add_pending("change_of_address", {"old": old, "new": new},
                                 ctx.site.conf.pending.user_confirmation)
     notices.confirmation(ctx.site, ctx.lc, new, rec.token,
                          f"move the subscription to {notices.address(ctx.lc)} of {old} to {new}",
                          in_reply_to=ctx.message_id)
-    ctx.results.append(f"change-address: a confirmation request was sent to {new}")
+    ctx.results.append(_line(ctx, "cmd_confirmation_sent", command="change-address", address=new))
 
 
 def digest(ctx: Context, word: str | None) -> None:
     """``digest on|mime|plain|off``: the requester takes posts as a MIME or plain digest, or one by one."""
     mode = digests.MODE_WORDS.get((word or "").lower())
     if mode is None:
-        ctx.results.append("digest: say digest on, digest mime, digest plain or digest off")
+        ctx.results.append(_line(ctx, "cmd_digest_usage"))
         return
     try:
         digests.set_mode(ctx.store, ctx.requester or "", mode)
     except (NotAMember, ValueError):
-        ctx.results.append(f"digest: {ctx.requester or 'you'} is not a member")
+        ctx.results.append(_line(ctx, "cmd_not_member", command="digest", address=ctx.requester or "you"))
         return
-    ctx.results.append(f"digest: {ctx.requester} now gets " + {
+    ctx.results.append(_line(ctx, "cmd_digest_mode", address=ctx.requester, mode={
         "regular": "posts one by one", "mime_digest": "the MIME digest",
-        "plain_digest": "the plain text digest"}[mode])
+        "plain_digest": "the plain text digest"}[mode]))
 
 
 def help_text(lc) -> str:
-    return texts.HELP.format(list=notices.address(lc), join=notices.address(lc, "join"),
-                             leave=notices.address(lc, "leave"), owner=notices.address(lc, "owner"))
+    return texts.render("help", lc, join=notices.address(lc, "join"), leave=notices.address(lc, "leave")).body
 
 
 def handle_request(site, lc, qf) -> str:
@@ -247,7 +253,7 @@ def handle_request(site, lc, qf) -> str:
         if not handled:
             # Only unknown lines (or none): one helpful answer, naming the first of them.
             if unknown:
-                ctx.results.append(f"Unknown command: {unknown[0]}")
+                ctx.results.append(_line(ctx, "cmd_unknown", command=unknown[0]))
             ctx.results.append(help_text(lc))
     ctx.reply()
     return "; ".join(r.splitlines()[0] for r in ctx.results) or "confirmation sent"
@@ -283,7 +289,7 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
     token = token.lower()
     rec = ctx.store.peek_pending(token)
     if rec is None or rec.type == "probe":
-        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=notices.address(lc)))
+        ctx.results.append(texts.render("unknown_token", lc).body)
         ctx.reply()
         return "unknown token"
     lname = notices.address(lc)
@@ -297,7 +303,7 @@ def confirm(site, lc, qf, token: str, ctx: Context | None = None) -> str:
         else:
             return complete(site, lc, rec)
     except UnknownToken:
-        ctx.results.append(texts.UNKNOWN_TOKEN.format(list=lname))
+        ctx.results.append(texts.render("unknown_token", lc).body)
     except (AlreadyMember, NotAMember) as exc:
         ctx.results.append(f"confirm: {exc}")
     except StoreUnavailable:

@@ -29,7 +29,7 @@ from .. import addresses
 from ..store import AlreadyMember, Member, NotAMember, exists, open_store
 from ..store.common import bare_address, member_key
 from ..store.mailman import ImportedMember
-from . import notices, subscriptions, texts
+from . import notices, subscriptions
 
 # progress(done, total): called before each entry and once at the end
 Progress = Callable[[int, int], None]
@@ -200,13 +200,11 @@ class _Run:
         self.progress(self.total, self.total)
         r = self.report
         if notify_owners and not r.dry_run and (r.added or r.removed):
-            lname = notices.address(self.lc)
             changed = ", ".join(f"{n} {what}" for n, what in ((len(r.added), "added"), (len(r.removed), "removed"))
                                 if n)
-            body = texts.OWNER_MEMBERSHIP.format(list=lname, command=command, changes="\n".join(
-                _listed("Added", r.added) + _listed("Removed", r.removed)))
-            r.queued.append(notices.to_owners(self.site, self.lc, f"{lname}: members changed: {changed}", body,
-                                              kind="owner_membership"))
+            r.queued.append(notices.tell_owners(
+                self.site, self.lc, "owner_membership", kind="owner_membership", command=command, changed=changed,
+                changes="\n".join(_listed("Added", r.added) + _listed("Removed", r.removed))))
         return r
 
 

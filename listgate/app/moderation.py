@@ -16,8 +16,8 @@ import base64
 from .. import metrics
 from ..log import events
 from ..store import open_store
-from . import mail, posting, texts
-from .notices import address, confirm_address, send, to_owners
+from . import mail, posting
+from .notices import address, confirm_address, reply, tell_owners
 
 log = events("listgate.app.moderation")
 
@@ -38,11 +38,9 @@ def hold(site, lc, store, msg: bytes, m, meta: dict, reason: str) -> str:
     rec = store.add_pending("held_message", payload, site.conf.pending.held_message)
     metrics.inc("holds")
     confirm = confirm_address(lc, rec.token)
-    body = texts.HELD.format(list=address(lc), author=payload["author"] or "(unknown)",
-                             subject=payload["subject"] or "(no subject)", reason=reason, confirm=confirm,
-                             token=rec.token)
-    to_owners(site, lc, f"confirm {rec.token}", body, samples=[msg], kind="held_notice",
-              moderators=True, reply_to=confirm)
+    tell_owners(site, lc, "held", kind="held_notice", samples=[msg], moderators=True, reply_to=confirm,
+                author=payload["author"] or "(unknown)", subject=payload["subject"] or "(no subject)",
+                reason=reason, confirm=confirm, token=rec.token)
     log.info("post_held", list=address(lc), token=rec.token, reason=reason)
     return rec.token
 
@@ -51,8 +49,7 @@ def reject_notice(site, lc, to: str | None, subject: str, reason: str, reply_ok:
     """Tell the author why their post was refused, unless answering could loop (RFC 3834)."""
     if not to or not reply_ok:
         return
-    body = texts.REJECTED.format(list=address(lc), subject=subject or "(no subject)", reason=reason)
-    send(site, lc, to, f"Your message to {address(lc)} was rejected", body, kind="reject")
+    reply(site, lc, to, "rejected", kind="reject", subject=subject or "(no subject)", reason=reason)
 
 
 def moderate(site, lc, token: str, action: str, reason: str = "") -> str:
@@ -86,7 +83,6 @@ def moderate(site, lc, token: str, action: str, reason: str = "") -> str:
 def expired(site, lc, rec) -> str:
     """Tell the moderators that held post ``rec`` (evicted, expired) was discarded; returns the qfile id."""
     p = rec.payload
-    return to_owners(site, lc, f"Held post expired: {p.get('subject') or '(no subject)'}",
-                     f"A post to {address(lc)} from {p.get('author')} held for {p.get('reason')} "
-                     f"expired without a decision and was discarded.\n",
-                     moderators=True, kind="held_expired")
+    return tell_owners(site, lc, "held_expired", kind="held_expired", moderators=True,
+                       author=p.get("author") or "(unknown)", subject=p.get("subject") or "(no subject)",
+                       reason=p.get("reason") or "")

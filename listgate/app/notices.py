@@ -6,11 +6,10 @@ Two kinds of call:
   :func:`listgate.messages.make_notice` (``From``/``To``/``Date``/``Message-ID``,
   ``Auto-Submitted: auto-generated`` (RFC 3834), UTF-8 body): the bounce life
   cycle (:mod:`listgate.app.bounces`) collects them and queues them inside
-  its store transaction. Bounce texts come from ``listgate/templates/bounce_*.txt``;
-  samples and evidence are raw messages (bytes), attached as ``message/rfc822``
+  its store transaction. Samples and evidence are raw messages (bytes), attached as ``message/rfc822``
   (or byte-exact when they do not survive re-serialising).
-* *senders* (:func:`send`, :func:`confirmation`, :func:`to_owners`,
-  :func:`forward_to_owners`) build and put the message in ``virgin`` at once;
+* *senders* (:func:`send`, :func:`reply`, :func:`confirmation`, :func:`to_owners`,
+  :func:`tell_owners`, :func:`forward_to_owners`) build and put the message in ``virgin`` at once;
   they return the qfile id and raise :class:`~listgate.queue.QueueError` when
   it cannot be stored durably.
 
@@ -19,6 +18,9 @@ goes out from ``L-bounces@D`` so a bounce of it reaches the bounce life
 cycle; owner and moderator mail goes out from the null reverse-path
 (:func:`owner_deliveries`) so a failing owner mailbox cannot loop. Every
 notice about the list carries its ``List-Id`` (RFC 2919, :func:`list_id`).
+
+Every subject and body comes from a named template (:mod:`listgate.app.texts`:
+the list's and the site's overrides, then the built-in text).
 """
 from __future__ import annotations
 
@@ -29,7 +31,7 @@ from typing import Iterable, Sequence
 from .. import addresses, messages
 from ..bounce import reports
 from ..config import format_duration
-from ..messages import make_notice, render
+from ..messages import make_notice
 from . import texts
 
 # Owner notices attach at most this many pieces of evidence (newest first):
@@ -70,10 +72,6 @@ def _list_headers(lc, reply_to: str | None = None) -> dict:
     return headers
 
 
-def _common(lc) -> dict:
-    return {"list": lc.name, "domain": lc.domain, "owner_address": address(lc, "owner")}
-
-
 # -- the owners ------------------------------------------------------------------
 
 def owner_recipients(lc, moderators: bool = False) -> list[str]:
@@ -105,6 +103,15 @@ def to_owners(site, lc, subject: str, body: str, *, samples=(), kind: str = "own
     return messages.queue_virgin(site, lc, msg, owner_deliveries(lc, moderators), kind=kind)
 
 
+def tell_owners(site, lc, name: str, *, kind: str, samples=(), moderators: bool = False,
+                reply_to: str | None = None, **fields) -> str:
+    """Queue notice ``name`` (:mod:`listgate.app.texts`, filled with ``fields``) to the owners
+    (or moderators); returns the virgin qfile id."""
+    text = texts.render(name, lc, **fields)
+    return to_owners(site, lc, text.subject, text.body, samples=samples, kind=kind, moderators=moderators,
+                     reply_to=reply_to)
+
+
 def forward_to_owners(site, lc, msg: bytes, envelope_sender: str | None) -> str:
     """Mail to ``L-owner@D``: the message, unchanged, to every owner (null envelope sender).
 
@@ -129,10 +136,9 @@ def to_postmaster(lc, postmaster: str, msg: bytes, *, recipient: str, envelope_s
     ``reason`` says what it is (a TLS report, an auth-failure feedback
     report, a TLS/MTA-STS/DANE failure of our MTA; :mod:`listgate.bounce.reports`).
     """
-    body = render("bounce_postmaster", recipient=recipient, reason=reason,
-                  envelope_sender=envelope_sender or "<>", **_common(lc))
-    return make_notice(sender=address(lc, "owner"), to=postmaster,
-                       subject=f"{lc.name}: report for the postmaster: {reason[:80]}", body=body,
+    text = texts.render("postmaster_report", lc, recipient=recipient, reason=reason, reason_short=reason[:80],
+                        envelope_sender=envelope_sender or "<>")
+    return make_notice(sender=address(lc, "owner"), to=postmaster, subject=text.subject, body=text.body,
                        domain=lc.domain, samples=[msg], headers=_list_headers(lc))
 
 
@@ -147,11 +153,18 @@ def send(site, lc, to: str, subject: str, body: str, *, kind: str, reply_to: str
     return messages.queue_virgin(site, lc, msg, [{"rcpt": to, "sender": address(lc, "bounces")}], kind=kind)
 
 
+def reply(site, lc, to: str, name: str, *, kind: str, reply_to: str | None = None,
+          in_reply_to: str | None = None, samples=(), **fields) -> str:
+    """:func:`send` notice ``name`` (:mod:`listgate.app.texts`, filled with ``fields``) to ``to``."""
+    text = texts.render(name, lc, **fields)
+    return send(site, lc, to, text.subject, text.body, kind=kind, reply_to=reply_to, in_reply_to=in_reply_to,
+                samples=samples)
+
+
 def confirmation(site, lc, to: str, token: str, action: str, *, in_reply_to: str | None = None) -> str:
     """Ask ``to`` to confirm ``action`` (text like "subscribe x@y to demo@D") by replying."""
-    body = texts.CONFIRM.format(action=action, confirm=confirm_address(lc, token), request=address(lc, "request"))
-    return send(site, lc, to, f"confirm {token}", body, kind="confirmation",
-                reply_to=confirm_address(lc, token), in_reply_to=in_reply_to)
+    return reply(site, lc, to, "confirm", kind="confirmation", reply_to=confirm_address(lc, token),
+                 in_reply_to=in_reply_to, action=action, confirm=confirm_address(lc, token), token=token)
 
 
 # -- the bounce life cycle's mail (builders) ----------------------------------------
@@ -168,11 +181,9 @@ def probe(lc, member_address: str, probe_address: str, *, score: float,
     by the caller so the probe's pending record can name it (a DSN that quotes
     it identifies the probe even without VERP).
     """
-    body = render("bounce_probe", member=member_address, score=_score(score),
-                  threshold=_score(lc.bounce_score_threshold), **_common(lc))
-    return make_notice(sender=probe_address, to=member_address,
-                       subject=f"{lc.name} mailing list: checking your address",
-                       body=body, domain=lc.domain, samples=[sample] if sample else (),
+    text = texts.render("probe", lc, member=member_address, score=_score(score),
+                        threshold=_score(lc.bounce_score_threshold))
+    return make_notice(sender=probe_address, to=member_address, subject=text.subject, body=text.body, domain=lc.domain, samples=[sample] if sample else (),
                        headers=_list_headers(lc), message_id=message_id)
 
 
@@ -186,21 +197,17 @@ def disabled_notice(lc, member_address: str, token: str, *, notice: int, notices
     """
     confirm = confirm_address(lc, token)
     note = f"in about {format_duration(removal_in)}" if removal_in else "after the last notice"
-    body = render("bounce_disabled", member=member_address, confirm_address=confirm,
-                  notice=notice, notices=notices, removal_note=note, **_common(lc))
-    headers = _list_headers(lc, reply_to=confirm)
-    return make_notice(sender=address(lc, "owner"), to=member_address,
-                       subject=f"{lc.name} mailing list: delivery to you is disabled (confirm {token})",
-                       body=body, domain=lc.domain, headers=headers)
+    text = texts.render("disabled", lc, member=member_address, confirm_address=confirm, token=token,
+                        notice=notice, notices=notices, removal_note=note)
+    return make_notice(sender=address(lc, "owner"), to=member_address, subject=text.subject, body=text.body,
+                       domain=lc.domain, headers=_list_headers(lc, reply_to=confirm))
 
 
 def removed_notice(lc, member_address: str) -> EmailMessage:
     """The last notice to a member removed for bouncing (0 warnings configured)."""
-    body = render("bounce_removed", member=member_address,
-                  request_address=address(lc, "request"), **_common(lc))
-    return make_notice(sender=address(lc, "owner"), to=member_address,
-                       subject=f"{lc.name} mailing list: you have been removed",
-                       body=body, domain=lc.domain, headers=_list_headers(lc))
+    text = texts.render("removed", lc, member=member_address)
+    return make_notice(sender=address(lc, "owner"), to=member_address, subject=text.subject,
+                       body=text.body, domain=lc.domain, headers=_list_headers(lc))
 
 
 def owner_member_notice(lc, member_address: str, what: str, reason: str,
@@ -211,29 +218,27 @@ def owner_member_notice(lc, member_address: str, what: str, reason: str,
     :data:`MAX_EVIDENCE` are attached.
     """
     samples = list(evidence)[:MAX_EVIDENCE]
-    body = render("bounce_owner_member", what=what, member=member_address, reason=reason,
-                  count=len(samples), **_common(lc))
-    return owner_notice(lc, f"{lc.name}: bounce processing {what} {member_address}", body, samples=samples)
+    text = texts.render("owner_member", lc, what=what, member=member_address, reason=reason, count=len(samples))
+    return owner_notice(lc, text.subject, text.body, samples=samples)
 
 
 def owner_incident(lc, incident_domain: str, status: str, members: Sequence[str], window: float,
                    sample: bytes | None) -> EmailMessage:
     """Tell the owners once that a domain incident is under way (bounces not scored)."""
-    body = render("bounce_owner_incident", incident_domain=incident_domain, status=status,
-                  count=len(members), window=format_duration(window),
-                  members="\n".join(f"    {m}" for m in members), **_common(lc))
-    return owner_notice(lc, f"{lc.name}: bounces from {incident_domain} ({status}) not scored",
-                        body, samples=[sample] if sample else ())
+    text = texts.render("owner_incident", lc, incident_domain=incident_domain, status=status,
+                        count=len(members), window=format_duration(window),
+                        members="\n".join(f"    {m}" for m in members))
+    return owner_notice(lc, text.subject, text.body, samples=[sample] if sample else ())
 
 
 def owner_complaint(lc, member_address: str, action: str, report: bytes) -> EmailMessage:
     """Tell the owners about a spam complaint (ARF, RFC 5965) and what was done."""
-    body = render("bounce_owner_complaint", member=member_address, action=action, **_common(lc))
-    return owner_notice(lc, f"{lc.name}: spam complaint for {member_address}", body, samples=[report])
+    text = texts.render("owner_complaint", lc, member=member_address, action=action)
+    return owner_notice(lc, text.subject, text.body, samples=[report])
 
 
 def unrecognized(lc, msg: bytes, *, recipient: str, envelope_sender: str, reason: str) -> EmailMessage:
     """Forward a message the engine could not attribute (or a human reply) to the owners."""
-    body = render("bounce_unrecognized", recipient=recipient, reason=reason,
-                  envelope_sender=envelope_sender or "<>", **_common(lc))
-    return owner_notice(lc, f"{lc.name}: unrecognised message at the bounce address", body, samples=[msg])
+    text = texts.render("unrecognized", lc, recipient=recipient, reason=reason,
+                        envelope_sender=envelope_sender or "<>")
+    return owner_notice(lc, text.subject, text.body, samples=[msg])

@@ -274,22 +274,16 @@ def _told_elsewhere(site, lc, scope: str) -> bool:
 
 def _notify(site, lc, scope: str, reason: str, evidence: list[str], sample: bytes | None, send,
             tell_owners: bool) -> None:
-    from . import notices  # notices imports nothing from here; kept local to avoid a cycle at import
+    from . import notices, texts  # notices imports nothing from here; kept local to avoid a cycle at import
     rcpts = ([] if _told_elsewhere(site, lc, scope) else [postmaster_address(site)]) \
         + (notices.owner_recipients(lc) if tell_owners else [])
     if not rcpts:
         return
     what = "every recipient" if scope == ALL else f"recipients at {scope}"
-    body = (f"listgate sees a site incident on {notices.address(lc)}: {reason}.\n\n"
-            f"Failures it covers are recorded, not scored; nobody is probed or disabled for them.\n"
-            f"Delivery to {what} is paused: the mail stays queued. Every "
-            f"{lc.bounce_site_incident.retry:g} seconds one delivery is tried; the incident clears\n"
-            f"itself when one succeeds, and the paused mail goes out then.\n\n"
-            f"Evidence:\n" + "\n".join(f"    {line}" for line in evidence) + "\n\n"
-            f"See `listgate bounces show {notices.address(lc)}`.\n")
-    msg = messages.make_notice(sender=notices.address(lc, "owner"), to=rcpts,
-                               subject=f"{lc.name}: site incident, delivery paused ({what})",
-                               body=body, domain=lc.domain, samples=[sample] if sample else ())
+    text = texts.render("site_incident", lc, reason=reason, paused=what, retry=f"{lc.bounce_site_incident.retry:g}",
+                        evidence="\n".join(f"    {line}" for line in evidence))
+    msg = messages.make_notice(sender=notices.address(lc, "owner"), to=rcpts, subject=text.subject,
+                               body=text.body, domain=lc.domain, samples=[sample] if sample else ())
     deliveries = [{"rcpt": r, "sender": ""} for r in dict.fromkeys(rcpts)]
     if send is not None:
         send(msg, deliveries, "postmaster_notice")

@@ -90,10 +90,9 @@ def start_clean(store, member, why: str, old_keys=()) -> None:
 def welcome(site, lc, address: str) -> str:
     """Queue the welcome to new member ``address`` from their VERP address (module docstring); the
     qfile id. Sent for a confirmed subscription and for ``listgate members add --welcome``."""
-    lname = notices.address(lc)
-    msg = messages.make_notice(sender=notices.address(lc, "request"), to=address, subject=f"Welcome to {lname}",
-                               body=texts.WELCOME.format(list=lname, leave=notices.address(lc, "leave")),
-                               domain=lc.domain)
+    text = texts.render("welcome", lc, leave=notices.address(lc, "leave"))
+    msg = messages.make_notice(sender=notices.address(lc, "request"), to=address, subject=text.subject,
+                               body=text.body, domain=lc.domain)
     return messages.queue_virgin(site, lc, msg, [{"rcpt": address,
                                                   "sender": verp.member_bounce_address(site, lc, address)}],
                                  kind="welcome")
@@ -111,15 +110,13 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
     record (probes are confirmed only by bouncing).
     """
     store = open_store(site, notices.address(lc))
-    lname = notices.address(lc)
     token = rec.token
     if rec.type == "held_message":
         return moderate(site, lc, token, *moderation)
     if rec.type == "re_enable":
         from .bounces import BounceEngine  # the engine pulls in flufl.bounce: only load it when needed
         member = BounceEngine(site).re_enable(lc, token)
-        notices.send(site, lc, member.address, f"Delivery of {lname} enabled",
-                     texts.RE_ENABLED.format(list=lname, address=member.address), kind="reply")
+        notices.reply(site, lc, member.address, "re_enabled", kind="reply", address=member.address)
         return f"re-enabled {member.address}"
     if rec.type in ("subscription", "unsubscription"):
         joining = rec.type == "subscription"
@@ -141,8 +138,7 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
             else:
                 leave(site, lc, store, address)
             if joining and lc.notify_owner_on_join:
-                notices.to_owners(site, lc, f"{address} joined {lname}",
-                                  texts.OWNER_EVENT.format(address=address, event="joined", list=lname))
+                notices.tell_owners(site, lc, "owner_joined", kind="owner_notice", address=address)
         return f"{'subscribed' if joining else 'unsubscribed'} {address}"
     if rec.type == "change_of_address":
         with store.transaction():
@@ -152,9 +148,8 @@ def complete(site, lc, rec, *, moderation: tuple[str, str] = ("approve", "")) ->
             member = store.change_address(old, new)
             start_clean(store, member, f"change of address from {old} to {new} confirmed",
                         old_keys={before.key} if before is not None else set())
-            body = texts.ADDRESS_CHANGED.format(list=lname, old=old, new=new)
             for to in (old, new):
-                notices.send(site, lc, to, f"Your subscription to {lname} moved", body, kind="reply")
+                notices.reply(site, lc, to, "address_changed", kind="reply", old=old, new=new)
         return f"moved {old} to {new}"
     raise ValueError(f"a {rec.type} record cannot be confirmed")
 
@@ -164,19 +159,16 @@ def leave(site, lc, store, address: str) -> None:
     owners' notice when ``notify_owner_on_leave``. The one unsubscription rule, for a confirmed
     ``unsubscription`` and a one-click unsubscribe. Raises NotAMember, StoreUnavailable,
     QueueError (the caller's transaction then rolls back)."""
-    lname = notices.address(lc)
     store.remove_member(address)
     goodbye(site, lc, address)
     if lc.notify_owner_on_leave:
-        notices.to_owners(site, lc, f"{address} left {lname}",
-                          texts.OWNER_EVENT.format(address=address, event="left", list=lname))
+        notices.tell_owners(site, lc, "owner_left", kind="owner_notice", address=address)
 
 
 def goodbye(site, lc, address: str) -> str:
     """Queue the goodbye to former member ``address`` (from ``L-request@D``); the qfile id.
     Sent by :func:`leave` and ``listgate members remove --goodbye``."""
-    lname = notices.address(lc)
-    return notices.send(site, lc, address, f"You left {lname}", texts.GOODBYE.format(list=lname), kind="goodbye")
+    return notices.reply(site, lc, address, "goodbye", kind="goodbye")
 
 
 def unsubscribe_now(site, lc, address: str) -> bool:

@@ -9,7 +9,8 @@ message instead of a traceback, whichever command met it.
 Run as root, every command that reads the site config first becomes the
 user and group that own ``state_dir`` (:func:`common.become_state_owner`;
 ``--as-root`` keeps root), so a store or qfile it writes stays usable by the
-daemons. ``init``, ``conf-path`` and ``classify`` without a config do not,
+daemons. ``init``, ``conf-path``, ``notices`` (which only reads) and ``classify``
+without a config do not,
 nor do commands that write only configuration (``lists create|remove``: their
 parsers set ``keeps_user``); the file they write takes its directory's owner.
 
@@ -47,10 +48,11 @@ COMMAND_MODULES = (
     "status",      # status (daemons, runner slices, queues, stores)
     "control",     # reload, stop (the running serve)
     "metrics_cmd",  # metrics (the Prometheus endpoint)
+    "notices",     # notices list|show (notice templates)
 )
 
 # commands that do not read the site config (no user to become)
-NO_SITE = frozenset({"init", "conf-path"})
+NO_SITE = frozenset({"init", "conf-path", "notices"})   # notices: reads only
 
 
 def build_parser() -> argparse.ArgumentParser:

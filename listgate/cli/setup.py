@@ -32,8 +32,10 @@ def register(sub) -> None:
                                    "VERP keys, state directories) are fatal: the daemons refuse to start. "
                                    "A list whose file has errors is left out by the daemons (its addresses get "
                                    "451 4.3.0) while the others are served; files in state_dir, queue_dir or "
-                                   "the VERP keys not owned by state_dir's owner are reported, and so are "
-                                   "running daemons that use an older value of a setting they read only at "
+                                   "the VERP keys or the store's password_file not owned by state_dir's owner are "
+                                   "reported, as are secrets (VERP keys, password_file) the group or others may "
+                                   "read, and notice templates with errors (listgate notices) "
+                                   "and running daemons that use an older value of a setting they read only at "
                                    "start (listgate reload, or a restart, applies it).")
     p.add_argument("--site-only", action="store_true",
                    help="exit 1 only for site errors; list errors and ownership are still printed "
@@ -97,7 +99,8 @@ def cmd_check(args) -> int:
         print(f"{list_key(lc)}: {lc.posting_policy}, {len(lc.owners)} owner(s), "
               f"bounce threshold {lc.bounce_score_threshold:g}, stale after {format_duration(lc.bounce_info_stale_after)}, "
               f"{lc.bounce_you_are_disabled_warnings} warning(s) every {format_duration(lc.bounce_you_are_disabled_warnings_interval)}")
-    warnings = _list_errors(site) + _ownership(site) + daemons.stale_settings(site)
+    from ..app import texts
+    warnings = _list_errors(site) + _ownership(site) + _secrets(site) + texts.check_site(site) + daemons.stale_settings(site)
     syslog = lg_log.syslog_problem(site.conf.logging)
     if syslog:   # the daemons still run, logging to stderr: a warning, not a site error
         warnings.append(f"{site.path}: logging.destination: syslog: {syslog}; the daemons will log to "
@@ -123,7 +126,8 @@ MAX_OWNERSHIP_LINES = 20
 
 
 def _ownership(site) -> list[str]:
-    """Files under state_dir and queue_dir, and the VERP keys, that state_dir's owner does not own.
+    """Files under state_dir and queue_dir, the VERP keys and the password file, that state_dir's owner
+    does not own.
 
     The daemons run as that user (INSTALL, section 2): a store, qfile or key of
     another user (root, after a command run with --as-root) is one they cannot
@@ -133,7 +137,7 @@ def _ownership(site) -> list[str]:
         uid = os.stat(site.state_dir).st_uid
     except OSError:
         return []                            # not made yet: nothing in it
-    paths = [k.file for k in site.conf.verp.keys]
+    paths = _secret_files(site)
     seen: set[str] = set()
     for top in (site.state_dir, site.queue_dir):
         for dirpath, dirnames, filenames in os.walk(top):
@@ -160,6 +164,28 @@ def _ownership(site) -> list[str]:
              f"chown {user} it" for path, owner in wrong[:MAX_OWNERSHIP_LINES]]
     if len(wrong) > MAX_OWNERSHIP_LINES:
         lines.append(f"... and {len(wrong) - MAX_OWNERSHIP_LINES} more file(s) not owned by {user}")
+    return lines
+
+
+def _secret_files(site) -> list[str]:
+    """The VERP key files and the store's password_file: the daemons' secrets."""
+    return [k.file for k in site.conf.verp.keys] + ([site.conf.store.password_file]
+                                                      if site.conf.store.password_file else [])
+
+
+def _secrets(site) -> list[str]:
+    """A VERP key or password file that the group or others may read (it should be mode 0600;
+    its owner is :func:`_ownership`'s business)."""
+    lines = []
+    for path in dict.fromkeys(_secret_files(site)):
+        try:
+            mode = os.stat(path).st_mode & 0o7777
+        except OSError as exc:
+            lines.append(f"{path}: {exc.strerror}")
+            continue
+        if mode & 0o077:
+            lines.append(f"{path}: mode {mode:04o} lets {'others' if mode & 0o007 else 'its group'} read a "
+                         f"secret: chmod 600 {path}")
     return lines
 
 

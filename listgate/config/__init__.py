@@ -32,6 +32,8 @@ __all__ = ["ConfigError", "Frozen", "Site", "Watcher", "load", "default_path", "
 ENV_VAR = "LISTGATE_CONFIG"
 DEFAULT_PATH = "/etc/listgate/listgate.yaml"
 log = events("listgate.config")
+# A list's language: a BCP 47-like tag (de, pt-BR), used as a directory name, so never a path.
+LANGUAGE_RE = re.compile(r"^[A-Za-z]{2,8}(?:[-_][A-Za-z0-9]{1,8})*$")
 
 
 def default_path() -> str:
@@ -63,6 +65,7 @@ class Site:
     state_dir: str
     queue_dir: str
     lists_dir: str
+    templates_dir: str | None = None
     lists: dict[str, Frozen] = field(default_factory=dict)
     list_files: dict[str, str] = field(default_factory=dict)
     list_errors: dict[str, tuple[str, ...]] = field(default_factory=dict)
@@ -140,6 +143,7 @@ def load(path: str | None = None, *, strict: bool = True) -> Site:
     state_dir = here(raw["state_dir"])
     queue_dir = here(raw["queue_dir"]) if raw["queue_dir"] else os.path.join(state_dir, "queue")
     lists_dir = here(raw["lists_dir"]) if raw["lists_dir"] else os.path.join(base, "lists.d")
+    templates_dir = here(raw["templates_dir"]) if raw["templates_dir"] else os.path.join(base, "templates")
     keys = tuple(Frozen({**k.as_dict(), "file": here(k.file)}) for k in raw["verp"].keys)
     raw["verp"] = Frozen({**raw["verp"].as_dict(), "keys": keys})
     dkim_keys = tuple(Frozen({**k.as_dict(), "file": here(k.file)}) for k in raw["dkim"].keys)
@@ -167,6 +171,13 @@ def load(path: str | None = None, *, strict: bool = True) -> Site:
             continue
         if lraw["subject_prefix"] is None:
             lraw["subject_prefix"] = f"[{lraw['name']}] "
+        if lraw["language"] is not None and not LANGUAGE_RE.match(lraw["language"]):
+            list_errors[fpath] = [f"{fpath}:1: language: {lraw['language']!r} is not a language tag (de, pt-BR)"]
+            continue
+        # notice templates (listgate.app.texts): the list's directory, then the site's
+        tdir = lraw["templates_dir"] or f"{stem}.templates"
+        lraw["templates_dir"] = os.path.normpath(os.path.join(lists_dir, tdir))
+        lraw["site_templates_dir"] = templates_dir
         lc = Frozen(lraw)
         key = list_key(lc)
         if key in lists:
@@ -188,7 +199,7 @@ def load(path: str | None = None, *, strict: bool = True) -> Site:
         if key is not None and key not in lists:
             broken.setdefault(key, fpath)
     return Site(path=path, conf=conf, state_dir=state_dir, queue_dir=queue_dir,
-                lists_dir=lists_dir, lists=lists, list_files=files,
+                lists_dir=lists_dir, templates_dir=templates_dir, lists=lists, list_files=files,
                 list_errors={f: tuple(e) for f, e in list_errors.items()}, broken_lists=broken)
 
 

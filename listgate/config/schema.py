@@ -193,6 +193,8 @@ SITE = Section({
     "state_dir": Field("path", required=True),
     "queue_dir": Field("path", None, doc="default STATE_DIR/queue"),
     "lists_dir": Field("path", None, doc="default: lists.d beside the site file"),
+    "templates_dir": Field("path", None, doc="overrides of notice texts for every list (NAME.txt, LANG/NAME.txt; "
+                           "listgate notices list); default: templates beside the site file"),
     "hostname": Field("domain", "localhost"),
     "postmaster": Field("address", None, doc="who gets reports about the site's own mail that reach a list "
                         "(TLS and DMARC reports, non-complaint feedback reports, TLS/MTA-STS/DANE failures of "
@@ -233,6 +235,10 @@ LIST = Section({
     "name": Field("listname", required=True),
     "domain": Field("domain", required=True),
     "description": Field("str", ""),
+    "language": Field("str", None, doc="language tag (de, pt-BR) of the list's notices: LANG/NAME.txt "
+                      "templates are used first; none: the plain NAME.txt ones"),
+    "templates_dir": Field("path", None, doc="overrides of notice texts for this list, searched before the "
+                           "site's (relative to this file); default: NAME.templates beside this file"),
     "owners": Field("addresses", required=True),
     "moderators": Field("addresses", ()),
     "posting_policy": Field("enum", "members_only", choices=("open", "members_only", "moderated", "announce")),

@@ -4,8 +4,9 @@ Protocol (libmilter, as Postfix speaks it: MILTER_README "Milter protocol
 stages"):
 
 ==============  ===========================================================
-connect         no reply (P_NR_CONN): remember the client address
-HELO, EOH       not sent (P_NOHELO, P_NOEOH)
+connect         no reply (P_NR_CONN): remember the client name and address
+HELO            no reply (P_NR_HELO): remember the HELO/EHLO name
+EOH             not sent (P_NOEOH)
 MAIL FROM       no reply (P_NR_MAIL): start a new transaction, reset state,
                 take the current configuration (hot reload)
 RCPT TO         :func:`listgate.routing.decide_rcpt`: ``pass`` leaves the
@@ -21,9 +22,22 @@ end of message  :func:`listgate.inject.store_message` first (durable), then
 
 Only the DELRCPT action is negotiated. The MTA's queue id comes from the
 ``i`` macro at end of message (Postfix's default ``milter_end_of_data_macros``).
+
+A milter never sees the ``Received:`` field Postfix's smtpd writes for this
+hop (Postfix hands it the header fields the client sent, plus those cleanup
+adds, such as a missing ``Date:``); the LMTP front end and Exim's pipe get the
+message with it. So the milter writes that hop's trace field itself
+(:func:`received_field`) before storing the message: from the HELO name and
+the client's name and address, by ``j`` (``$myhostname``, a connect macro by
+default), ``id`` the queue id ``i``, ``with`` ESMTP plus ``S`` for TLS
+(``{tls_version}``) and ``A`` for SMTP AUTH (``{auth_type}``) (RFC 3848),
+both MAIL FROM macros (INSTALL's ``milter_mail_macros``).
 """
 from __future__ import annotations
 
+import email.utils
+import ipaddress
+import re
 import socket
 import threading
 import time
@@ -32,7 +46,7 @@ from typing import ClassVar
 
 import Milter
 
-from .. import metrics
+from .. import clock, metrics
 from ..addresses import split_address
 from ..inject import NotStored, Routed, bare, store_message
 from ..log import events
@@ -58,6 +72,45 @@ class SiteSource:
     def current(self):
         with self._lock:
             return self._watcher.current()
+
+
+# What may stand in a Received: field as a name the client gave (HELO) or DNS did: no
+# space, parenthesis, semicolon or control character can reach the header.
+_NAME_JUNK = re.compile(r"[^A-Za-z0-9.:_\[\]-]")
+
+
+def _address_literal(address: str) -> str:
+    """``[192.0.2.1]`` or ``[IPv6:2001:db8::1]`` (RFC 5321 section 4.1.3)."""
+    try:
+        return f"[IPv6:{address}]" if ipaddress.ip_address(address).version == 6 else f"[{address}]"
+    except ValueError:
+        return f"[{_NAME_JUNK.sub('', address)}]"
+
+
+def received_field(*, helo: str | None, client_name: str | None, client_address: str | None, by: str,
+                   queue_id: str | None, tls: bool, auth: bool, recipients: list[str]) -> bytes:
+    """The ``Received:`` trace field of RFC 5321 section 4.4 for the hop Postfix's smtpd made, CRLF-terminated.
+
+    ``from HELO (NAME [ADDR])`` (NAME as Postfix gives it: ``unknown`` when unverified),
+    ``by`` this host, ``with`` ESMTP/ESMTPS/ESMTPA/ESMTPSA (RFC 3848), ``id`` the
+    MTA's queue id, ``for <RCPT>`` when there is one recipient, then the date
+    (:mod:`listgate.clock`). Without a client address (a local submission, a
+    DSN of Postfix's own) neither ``from`` nor ``with``. Names are stripped of anything
+    that could break out of the field.
+    """
+    parts = []
+    if client_address:
+        literal = _address_literal(client_address)
+        name = _NAME_JUNK.sub("", client_name or "")
+        info = f"{name} {literal}" if name and not name.startswith("[") else literal
+        parts.append(f"from {_NAME_JUNK.sub('', helo or '') or literal} ({info})")
+    parts.append(f"by {_NAME_JUNK.sub('', by) or 'localhost'} (Postfix, listgate milter)"
+                 + (f" with ESMTP{'S' if tls else ''}{'A' if auth else ''}" if client_address else "")
+                 + (f" id {_NAME_JUNK.sub('', queue_id)}" if queue_id else ""))
+    if len(recipients) == 1:
+        parts.append(f"for <{recipients[0]}>")
+    stamp = "\r\n\t".join(parts) + "; " + email.utils.format_datetime(clock.now_dt())
+    return ("Received: " + stamp + "\r\n").encode("utf-8", "surrogateescape")
 
 
 def _reply_text(text: str | None) -> str:
@@ -102,6 +155,7 @@ class ListgateMilter(Milter.Base):
     def __init__(self):
         self.client_address: str | None = None
         self.client_name: str | None = None
+        self.helo: str | None = None
         self.internal = False
         self._reset()
 
@@ -113,6 +167,7 @@ class ListgateMilter(Milter.Base):
         self.others = 0          # recipients listgate leaves to the MTA
         self.chunks: list[bytes] = []
         self.in_body = False
+        self.tls = self.auth = False
 
     # -- negotiation ---------------------------------------------------------
     def negotiate(self, opts):
@@ -136,10 +191,18 @@ class ListgateMilter(Milter.Base):
         return Milter.CONTINUE
 
     @Milter.noreply
+    def hello(self, hostname):
+        self.helo = hostname
+        return Milter.CONTINUE
+
+    @Milter.noreply
     def envfrom(self, mailfrom, *params):
         self._reset()
         self.site = self.sites.current()
         self.sender = bare(mailfrom)
+        # MAIL FROM macros (INSTALL's milter_mail_macros): this transaction's TLS and SASL state
+        self.tls = bool(self.getsymval("{tls_version}"))
+        self.auth = bool(self.getsymval("{auth_type}"))
         return Milter.CONTINUE
 
     def envrcpt(self, to, *params):
@@ -217,9 +280,13 @@ class ListgateMilter(Milter.Base):
             return Milter.ACCEPT
         if not self.in_body:
             self.chunks.append(b"\r\n")
-        msg = b"".join(self.chunks)
-        self.chunks = []
         qid = self.getsymval("i")
+        trace = received_field(helo=self.helo, client_name=self.client_name,
+                               client_address=None if self.internal else self.client_address,
+                               by=self.getsymval("j") or self.site.conf.hostname, queue_id=qid,
+                               tls=self.tls, auth=self.auth, recipients=[bare(r.rcpt) for r in self.routed])
+        msg = trace + b"".join(self.chunks)
+        self.chunks = []
         try:
             self._core(store_message, self.site, msg, self.sender or "", self.routed, mta_queue_id=qid,
                        client_address=self.client_address, client_name=self.client_name)

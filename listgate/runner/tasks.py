@@ -32,7 +32,7 @@ import os
 import socket
 
 from .. import clock, messages
-from ..app import dead_domains, digests, moderation, notices
+from ..app import dead_domains, digests, moderation, notices, texts
 from ..bounce.reports import postmaster_address
 from ..log import events
 from ..queue import QueueError, Switchboard
@@ -141,9 +141,6 @@ def report_bad(site) -> list[str]:
     last = last_run(site, BAD_STAMP)
     if not entries or (last is not None and clock.now() - last < BAD_REPORT_EVERY):
         return []
-    how = ("These qfiles were set aside in listgate's bad queue: the members may not have\n"
-           "received them. See them with 'listgate queue ls bad' and 'listgate queue show ID';\n"
-           "once the cause is fixed, 'listgate queue requeue ID' (or --all) puts them back.\n\n")
     done = []
     by_list: dict[str, list] = {}
     for qid, meta in entries:
@@ -152,12 +149,12 @@ def report_bad(site) -> list[str]:
         lc = site.get_list(key) if key else None
         if lc is None:
             continue
-        qid = notices.to_owners(site, lc, f"{lc.name}: {len(items)} message(s) not delivered (bad queue)",
-                                how + _bad_lines(items), kind="bad_report")
+        qid = notices.tell_owners(site, lc, "bad_queue", kind="bad_report", count=len(items),
+                                  entries=_bad_lines(items))
         done.append(f"{key}: bad queue reported to the owners ({len(items)} qfile(s)) as {qid}")
     pm = postmaster_address(site)
-    msg = messages.make_notice(sender=pm, to=pm, subject=f"listgate: {len(entries)} qfile(s) in the bad queue",
-                               body=how + _bad_lines(entries), domain=site.conf.hostname)
+    text = texts.render("bad_queue_site", site=site, count=len(entries), entries=_bad_lines(entries))
+    msg = messages.make_notice(sender=pm, to=pm, subject=text.subject, body=text.body, domain=site.conf.hostname)
     data, utf8 = messages.serialize(msg)
     qid = Switchboard.for_site(site, "virgin").enqueue(data, {
         "kind": "bad_report", "deliveries": [{"rcpt": pm, "sender": ""}], "done": [], "recipients": [pm],
