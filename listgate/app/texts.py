@@ -87,7 +87,7 @@ NOTICES: dict[str, Notice] = {
     "owner_joined": Notice(("address",), "to the owners: a member joined (notify_owner_on_join)"),
     "owner_left": Notice(("address",), "to the owners: a member left (notify_owner_on_leave)"),
     "owner_membership": Notice(("command", "changed", "changes"), "to the owners: the administrator changed "
-                               "the members (listgate members add|remove|sync --notify-owners)"),
+                               "the members (listgate members add, remove or sync with --notify-owners)"),
     # moderation
     "held": Notice(("author", "subject", "reason", "confirm", "token"), "to the moderators: a post is held "
                    "(post attached); keep $token in the subject (a reply approves)"),
