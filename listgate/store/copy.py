@@ -27,7 +27,7 @@ import psycopg
 from ..config import mask_url
 from .base import StoreError, StoreUnavailable
 from .common import DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, MEMBER_COLUMNS, PENDING_COLUMNS, clean_text
-from .postgres import connect_kwargs
+from .postgres_pool import connect_kwargs
 from .postgres_schema import LOCK_LIST, migrate, store_error
 from .sqlite_schema import connect as sqlite_connect
 from .sqlite_schema import store_error as sqlite_store_error
