@@ -2,6 +2,7 @@
 faults (server down, slow, locked), credentials, and ``listgate store copy``."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -176,6 +177,31 @@ def test_a_wrong_password_is_unavailable_and_never_shown(pg_site, pg_server, tmp
     assert open_store(config.load(pg_site.path), LIST).members() == []
     out = _cli(pg_site, "check")
     assert pg_server.password not in out.stdout + out.stderr and "store: PostgreSQL postgresql://" in out.stdout
+
+
+def test_a_password_in_the_url_reaches_no_log_error_or_check(pg_server, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)                 # every logger: listgate's, psycopg's, the pool's
+    site = make_site(tmp_path / "instance")
+    url = use_postgres(site.path, pg_server)
+    text = Path(site.path).read_text()
+    text = text.replace(f"  password_file: {pg_server.password_file}\n", "")
+    with_password = url.replace("postgresql://listgate@", f"postgresql://listgate:{pg_server.password}@")
+    Path(site.path).write_text(text.replace(url, with_password))
+    try:
+        open_store(config.load(site.path), LIST).add_member("a@example.com")      # the URL's password works
+        out = _cli(config.load(site.path), "check")
+        assert "postgresql://listgate:***@" in out.stdout
+        close_all()
+        Path(site.path).write_text(text.replace(url, with_password.replace(pg_server.password, "wrong-pass-word")))
+        with pytest.raises(StoreUnavailable) as caught:
+            open_store(config.load(site.path), LIST).members()
+        assert "wrong-pass-word" not in str(caught.value)
+        out = _cli(config.load(site.path), "members", "list", "demo", check=False)
+        assert out.returncode == 75 and "postgresql://listgate:***@" in out.stderr, out.stderr
+    finally:
+        close_all()
+    for seen in (caplog.text, out.stdout + out.stderr):
+        assert pg_server.password not in seen and "wrong-pass-word" not in seen
 
 
 def _fill(store) -> None:
