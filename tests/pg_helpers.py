@@ -107,11 +107,11 @@ class PostgresServer:
 def use_postgres(site_path: str, server: PostgresServer, **store) -> str:
     """Point the instance at ``site_path`` at a fresh database on ``server`` (schema made); its URL."""
     from listgate import config
-    from listgate.store.postgres import init
+    from listgate.store import init_schema
     url = server.url(server.new_database())
     settings = {"url": url, "password_file": server.password_file, "pool": "{min: 0, max: 4}",
                 "connect_timeout": "3s", "statement_timeout": "5s", "busy_timeout": "5s", **store}
     with open(site_path, "a", encoding="utf-8") as fh:
         fh.write("store:\n" + "".join(f"  {k}: {v}\n" for k, v in settings.items()))
-    init(config.load(site_path).conf.store)
+    init_schema(config.load(site_path).conf.store)
     return url

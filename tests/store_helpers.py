@@ -198,6 +198,8 @@ def _main(argv: list[str]) -> None:
                 key, _, owner = arg.partition(":")
                 fresh = store.remember("accepted", key, 3600, owner=owner or None)
                 done.append("fresh" if fresh else "duplicate")
+            elif verb == "checkpoint" and not hasattr(store, "path"):
+                done.append("no file")                  # PostgreSQL: the server's WAL is not ours
             elif verb == "checkpoint":
                 raw = sqlite3.connect(store.path, timeout=10)
                 try:

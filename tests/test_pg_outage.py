@@ -4,7 +4,8 @@
 While the database is down, Postfix's client gets ``451`` for list mail: at RCPT for a post (the
 policy server cannot decide without the store), at end of data for a signed VERP bounce (the
 milter cannot register it), and retries, as an MTA would; what was accepted just
-before the stop waits in listgate's queue. When the database is back, every post reaches each
+before the stop waits in listgate's queue. Mail with no list recipient is accepted and delivered
+all along: neither the policy server nor the milter asks the store about it. When the database is back, every post reaches each
 member exactly once, bounces score, and no daemon was restarted (the same pids).
 """
 from __future__ import annotations
@@ -26,6 +27,7 @@ from pg_helpers import use_postgres
 pytestmark = pytest.mark.skipif(not available(), reason="needs Postfix and root")
 
 ALICE, BOB, DEAD = "alice@members.test", "bob@members.test", "dead@members.test"
+OUTSIDER = "carol@members.test"         # no list address: Postfix delivers it to the sink
 MEMBERS = (ALICE, BOB, DEAD)
 POST = "demo@lists.example.org"
 DAEMONS = ("milter", "policy", "runner")
@@ -106,6 +108,9 @@ def test_postgresql_stopped_mid_traffic_4xx_nothing_lost_resumes_without_restart
         outage = [post_bytes(n) for n in (3, 4)]
         for _, msg in outage:
             assert refused(st.send(ALICE, [POST], msg)) == ("RCPT", 451)
+        plain_mid, plain = post_bytes(5)
+        assert st.send(ALICE, [OUTSIDER], plain) == {}      # the non-list path never reaches the store
+        st.wait_until(lambda: delivered(st, OUTSIDER, plain_mid), 60, what="mail with no list recipient delivered")
         # a signed VERP address passes RCPT (the signature needs no store); the milter cannot
         # register the bounce at end of data and tempfails it there
         bounce_down = refused(st.send("", [verp_address], dsn(DEAD, original_message_id=first_mid)))

@@ -193,6 +193,34 @@ def test_a_case_sensitive_list_keeps_two_spellings_and_switching_the_rule_strand
 
 
 @BOTH_BACKENDS
+def test_add_members_in_bulk_skips_existing_and_repeated_keys(site, store, monkeypatch):
+    from listgate.store import postgres
+    from listgate.store.common import new_member
+    monkeypatch.setattr(postgres, "ADD_BATCH", 3)               # several batches in one call
+    store.add_member("Old@Example.com", "Old")
+    batch = [new_member(f"m{i}@example.com", f"M\x00 {i}") for i in range(7)]
+    batch[2].bounce_score, batch[2].delivery_mode, batch[2].moderated = 1.5, "plain_digest", True
+    batch[4].delivery_status, batch[4].notices_left, batch[4].status_changed_at = "by_bounce", 2, T0 - 9
+    again, old = new_member("m1@EXAMPLE.com"), new_member("Old@example.com", "New")
+    added = store.add_members([*batch[:4], again, old, *batch[4:]])
+    assert added == batch and all(a is b for a, b in zip(added, batch))
+    assert [m.key for m in store.members()] == ["Old@example.com"] + [f"m{i}@example.com" for i in range(7)]
+    assert [store.get_member(m.key) for m in batch] == batch
+    assert batch[0].display_name == "M\ufffd 0"                  # text every backend holds
+    assert store.get_member("Old@EXAMPLE.com").display_name == "Old"     # left as it was
+    assert store.add_members(batch) == [] and store.add_members([]) == []
+    bad = new_member("x@example.com")
+    bad.delivery_mode = "weekly"
+    with pytest.raises(ValueError):
+        store.add_members([new_member("y@example.com"), bad])
+    assert not store.has_member("y@example.com")
+    with pytest.raises(ValueError):
+        new_member("nul\x00@example.com")
+    with pytest.raises(ValueError):
+        new_member("a@example.com", status="sleeping")
+
+
+@BOTH_BACKENDS
 def test_evidence_is_capped_in_count_and_size(site, store):
     store.add_member("a@example.com")
     for i in range(EVIDENCE_KEEP + 3):

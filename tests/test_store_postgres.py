@@ -2,6 +2,7 @@
 faults (server down, slow, locked), credentials, and ``listgate store copy``."""
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -178,12 +179,37 @@ def test_a_wrong_password_is_unavailable_and_never_shown(pg_site, pg_server, tmp
     assert pg_server.password not in out.stdout + out.stderr and "store: PostgreSQL postgresql://" in out.stdout
 
 
+def test_a_password_in_the_url_reaches_no_log_error_or_check(pg_server, tmp_path, caplog):
+    caplog.set_level(logging.DEBUG)                 # every logger: listgate's, psycopg's, the pool's
+    site = make_site(tmp_path / "instance")
+    url = use_postgres(site.path, pg_server)
+    text = Path(site.path).read_text()
+    text = text.replace(f"  password_file: {pg_server.password_file}\n", "")
+    with_password = url.replace("postgresql://listgate@", f"postgresql://listgate:{pg_server.password}@")
+    Path(site.path).write_text(text.replace(url, with_password))
+    try:
+        open_store(config.load(site.path), LIST).add_member("a@example.com")      # the URL's password works
+        out = _cli(config.load(site.path), "check")
+        assert "postgresql://listgate:***@" in out.stdout
+        close_all()
+        Path(site.path).write_text(text.replace(url, with_password.replace(pg_server.password, "wrong-pass-word")))
+        with pytest.raises(StoreUnavailable) as caught:
+            open_store(config.load(site.path), LIST).members()
+        assert "wrong-pass-word" not in str(caught.value)
+        out = _cli(config.load(site.path), "members", "list", "demo", check=False)
+        assert out.returncode == 75 and "postgresql://listgate:***@" in out.stderr, out.stderr
+    finally:
+        close_all()
+    for seen in (caplog.text, out.stdout + out.stderr):
+        assert pg_server.password not in seen and "wrong-pass-word" not in seen
+
+
 def _fill(store) -> None:
     for i in range(3):
-        m = store.add_member(f"m{i}@example.com", f"Member {i}")
+        m = store.add_member(f"m{i}@example.com", f"Member\t{i} \\N")      # COPY's text escapes
         m.bounce_score, m.last_bounce_day = i + 0.5, "2027-01-15"
         store.save_member(m)
-        store.add_evidence(m.key, f"bounce {i}".encode(), T0 + i)
+        store.add_evidence(m.key, f"bounce {i}\n\\.\r\n".encode() + bytes(range(256)), T0 + i)
         store.add_event(BounceEvent(at=T0 + i, address=m.key, bounce_class="hard", detail="nul \x00 here"))
     store.add_pending("probe", {"member": "m1@example.com"}, 3600)
     store.add_pending("subscription", {"address": "new@example.com"}, 3600)
@@ -226,11 +252,14 @@ def test_store_copy_to_postgresql_and_back_is_idempotent_and_counted(pg_server, 
     assert open_store(pg, OTHER).has_member("x@example.com")
     pg_demo.add_member("only-in-pg@example.com")
     close_all()
-    # and back: the SQLite files get PostgreSQL's rows (the new member too)
-    back = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "store", "copy", "--from", url,
-                           "--to", "sqlite", "--password-file", pg_server.password_file],
-                          capture_output=True, text=True, timeout=120, env=env)
-    assert back.returncode == 0, back.stderr
+    # and back: the SQLite files get PostgreSQL's rows (the new member too), idempotent as well
+    for _ in range(2):
+        back = subprocess.run([sys.executable, "-m", "listgate.cli", "-c", site.path, "store", "copy", "--from", url,
+                               "--to", "sqlite", "--password-file", pg_server.password_file],
+                              capture_output=True, text=True, timeout=120, env=env)
+        assert back.returncode == 0, back.stderr
+        assert "demo@lists.example.org: 4 members, 3 evidence, 3 events, 2 pending, 1 remembered" in back.stdout
+        assert "copied 2 list(s) to the SQLite files; row counts checked" in back.stdout
     demo = open_store(config.load(site.path), LIST)
     assert [m.key for m in demo.members()] == ["m0@example.com", "m1@example.com", "m2@example.com",
                                                "only-in-pg@example.com"]

@@ -59,8 +59,8 @@ def _share(pg_server, dbname: str, shared: dict):
                  "  pool: {min: 0, max: 4}\n  connect_timeout: 3s\n  statement_timeout: 5s\n")
         Path(site_path).write_text(text, encoding="utf-8")
         if "schema" not in shared:                  # `listgate store init`, once, by the first host
-            from listgate.store.postgres import init
-            init(config.load(site_path).conf.store)
+            from listgate.store import init_schema
+            init_schema(config.load(site_path).conf.store)
             shared["schema"] = True
     return prepare
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..config import Frozen, mask_url
 from ..config.loader import url_problem
+from ..store import init_schema
 from .common import fail, load_site
 
 
@@ -32,8 +33,7 @@ def cmd_init(args) -> int:
     if not conf.url:
         print("store: sqlite (the SQLite files are made on first use); nothing to do")
         return 0
-    from ..store.postgres import init
-    applied = init(conf)
+    applied = init_schema(conf)
     print(f"{mask_url(conf.url)}: " + (f"schema migrated to version {applied[-1]}" if applied else "schema up to date"))
     return 0
 

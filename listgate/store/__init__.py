@@ -21,7 +21,7 @@ from .base import (AlreadyMember, BounceEvent, DELIVERY_MODES, DELIVERY_STATUSES
 __all__ = ["AlreadyMember", "BounceEvent", "DELIVERY_MODES", "DELIVERY_STATUSES", "DigestPost", "DigestState",
            "ListStore", "Member", "NotAMember",
            "PENDING_TYPES", "PendingRecord", "StoreError", "StoreUnavailable", "UnknownEvent", "UnknownToken",
-           "close_all", "describe", "exists", "open_store", "purge", "store_path"]
+           "close_all", "describe", "exists", "init_schema", "open_store", "purge", "store_path"]
 
 _cache: dict[str, ListStore] = {}
 _cache_pid = os.getpid()
@@ -120,6 +120,15 @@ def close_all() -> None:
         _cache.clear()
     for store in stores:
         store.close()
-    postgres = sys.modules.get(f"{__name__}.postgres")   # imported only by a site that uses it
-    if postgres is not None:
-        postgres.close_databases()
+    pools = sys.modules.get(f"{__name__}.postgres_pool")   # imported only by a site that uses it
+    if pools is not None:
+        pools.close_databases()
+
+
+def init_schema(store_conf) -> list[int]:
+    """``listgate store init``: create or bring forward the schema of ``store_conf``'s database;
+    the versions applied (none for SQLite, whose files are made on first use). Raises StoreUnavailable."""
+    if not store_conf.url:
+        return []
+    from .postgres_pool import init
+    return init(store_conf)

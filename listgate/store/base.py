@@ -232,6 +232,17 @@ class ListStore(abc.ABC):
         """Raises AlreadyMember, or ValueError for a malformed address."""
 
     @abc.abstractmethod
+    def add_members(self, members: Iterable[Member]) -> list[Member]:
+        """Add many new members at once (an import): a few statements per thousands, in one transaction.
+
+        ``members`` are records as :func:`listgate.store.common.new_member`
+        makes them (other fields may then be set). One whose key is already a
+        member, or came earlier in ``members``, is left out and changes
+        nothing. Returns the members added, in the order given. ValueError
+        (nothing added) for an unknown delivery status or mode.
+        """
+
+    @abc.abstractmethod
     def remove_member(self, address: str) -> Member:
         """Removes and returns the member; raises NotAMember."""
 

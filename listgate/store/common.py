@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import json
 
+from typing import Iterable
+
+from .. import clock
 from ..addresses import bare, match_key, normalize
 from ..config import valid_address
 from .base import DELIVERY_MODES, DELIVERY_STATUSES, PENDING_TYPES, DigestPost, DigestState, Member, PendingRecord
@@ -81,12 +84,48 @@ def folded(key: str) -> str:
         return key.lower()
 
 
+def clean_text(text: str | None) -> str | None:
+    """``text`` as every backend can hold it (PostgreSQL's text type): no NUL, no lone surrogate
+    (each becomes U+FFFD / '?')."""
+    if text is None:
+        return None
+    return str(text).replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
+
+
 def bare_address(address: str) -> str:
-    """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid."""
+    """``address`` as typed, minus angle brackets and surrounding space; ValueError unless valid
+    (an address with a NUL or a lone surrogate is not: no backend could match it again)."""
     plain = bare(address or "")
-    if not valid_address(plain):
+    if not valid_address(plain) or clean_text(plain) != plain:
         raise ValueError(f"malformed address {address!r}")
     return plain
+
+
+def new_member(address: str, display_name: str = "", status: str = "enabled") -> Member:
+    """The record ``add_member`` / ``add_members`` write for a new member, subscribed now (listgate.clock).
+
+    ValueError for a malformed address or an unknown delivery status.
+    """
+    plain = bare_address(address)
+    if status not in DELIVERY_STATUSES:
+        raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
+    now = clock.now()
+    return Member(address=plain, key=normalize(plain), display_name=clean_text(display_name) or "",
+                  delivery_status=status, subscribed_at=now, status_changed_at=None if status == "enabled" else now)
+
+
+def first_of_each_key(members: Iterable[Member], case_sensitive: bool) -> list[Member]:
+    """``members`` checked (:func:`check_member`, ValueError) with every later one of a member
+    already seen (under the list's case rule: :func:`listgate.addresses.match_key`) left out."""
+    seen: set[str] = set()
+    kept = []
+    for member in members:
+        check_member(member)
+        key = member.key if case_sensitive else folded(member.key)
+        if key not in seen:
+            seen.add(key)
+            kept.append(member)
+    return kept
 
 
 def truncate_evidence(message: bytes, limit: int = EVIDENCE_MAX_BYTES) -> bytes:

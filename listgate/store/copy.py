@@ -26,8 +26,9 @@ import psycopg
 
 from ..config import mask_url
 from .base import StoreError, StoreUnavailable
-from .common import DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, PENDING_COLUMNS, STORED_MEMBER_COLUMNS
-from .postgres import clean_text, connect_kwargs
+from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, PENDING_COLUMNS,
+                     STORED_MEMBER_COLUMNS, clean_text)
+from .postgres_pool import connect_kwargs
 from .postgres_schema import LOCK_LIST, migrate, store_error
 from .sqlite_schema import connect as sqlite_connect
 from .sqlite_schema import store_error as sqlite_store_error
@@ -124,10 +125,10 @@ class _PostgresSide:
                 with self.conn.cursor() as cur:
                     for table, (cols, _, _) in TABLES.items():
                         cur.execute(f"DELETE FROM {table} WHERE list_key = %s", (key,))
-                        cur.executemany(f"INSERT INTO {table} (list_key, {', '.join(cols)}) VALUES "
-                                        f"(%s, {', '.join(['%s'] * len(cols))})",
-                                        [(key, *(_pg_value(c, v) for c, v in zip(cols, row)))
-                                         for row in rows[table]])
+                        # COPY: one stream per table, not a statement per row (100,000 members in seconds)
+                        with cur.copy(f"COPY {table} (list_key, {', '.join(cols)}) FROM STDIN") as stream:
+                            for row in rows[table]:
+                                stream.write_row((key, *(_pg_value(c, v) for c, v in zip(cols, row))))
                         counts[table] = cur.execute(f"SELECT count(*) FROM {table} WHERE list_key = %s",
                                                     (key,)).fetchone()[0]
             return counts

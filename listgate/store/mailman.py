@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..migrate.unpickle import MAX_PICKLE_BYTES, UnsafePickle, is_a, loads, looks_like_pickle
-from .base import AlreadyMember, ListStore
+from .base import ListStore
+from .common import new_member
 
 __all__ = ["MAX_PICKLE_BYTES", "MailmanImportError", "ImportedMember", "MailmanList", "import_members",
            "load_config", "looks_like_pickle", "read_config"]
@@ -141,7 +142,8 @@ def read_config(data: bytes) -> MailmanList:
 
 
 def import_members(store: ListStore, members: Iterable[ImportedMember]) -> ImportReport:
-    """Add ``members`` to ``store`` in one transaction; existing or malformed ones are skipped, not changed.
+    """Add ``members`` to ``store`` in one transaction (:meth:`ListStore.add_members`); existing or
+    malformed ones are skipped, not changed.
 
     Bounce info is carried over (score, last bounce day, notices left for
     members disabled by bounce), with the delivery mode, moderation flag,
@@ -149,28 +151,29 @@ def import_members(store: ListStore, members: Iterable[ImportedMember]) -> Impor
     are pending records: ``listgate import mailman21`` moves them.
     """
     report = ImportReport()
-    with store.transaction():
-        for item in members:
-            try:
-                member = store.add_member(item.address, item.display_name, item.delivery_status)
-            except AlreadyMember:
-                report.skipped.append((item.address, "already a member"))
-                continue
-            except ValueError as exc:
-                report.skipped.append((item.address, str(exc)))
-                continue
-            member.delivery_mode, member.moderated, member.language = (
-                item.delivery_mode, item.moderated, item.language)
-            if item.status_changed_at is not None and item.delivery_status != "enabled":
-                member.status_changed_at = item.status_changed_at
-            if item.bounce is not None:
-                member.bounce_score = item.bounce.score
-                member.last_bounce_day = item.bounce.date
-                member.last_bounce_at = _day_start(item.bounce.date)
-                member.notices_left = item.bounce.notices_left
-                member.last_notice_at = _day_start(item.bounce.last_notice)
-            store.save_member(member)
+    todo = []
+    for item in members:
+        try:
+            member = new_member(item.address, item.display_name, item.delivery_status)
+        except ValueError as exc:
+            report.skipped.append((item.address, str(exc)))
+            continue
+        member.delivery_mode, member.moderated, member.language = item.delivery_mode, item.moderated, item.language
+        if item.status_changed_at is not None and item.delivery_status != "enabled":
+            member.status_changed_at = item.status_changed_at
+        if item.bounce is not None:
+            member.bounce_score = item.bounce.score
+            member.last_bounce_day = item.bounce.date
+            member.last_bounce_at = _day_start(item.bounce.date)
+            member.notices_left = item.bounce.notices_left
+            member.last_notice_at = _day_start(item.bounce.last_notice)
+        todo.append(member)
+    added = {id(m) for m in store.add_members(todo)}
+    for member in todo:
+        if id(member) in added:
             report.added.append(member.address)
+        else:
+            report.skipped.append((member.address, "already a member"))
     return report
 
 

@@ -5,15 +5,11 @@ a probe token made on one host is known on the others, a member added on one
 is a member on all. Tables and migrations: :mod:`listgate.store.postgres_schema`
 (created by ``listgate store init``; the daemons only check the version).
 
-Connections: one psycopg_pool pool per process and database URL, shared by
-every list's store. A thread takes one connection for a call, or for a whole
+Connections (:mod:`listgate.store.postgres_pool`): a thread takes one
+connection of its process's pool for a call, or for a whole
 :meth:`PostgresStore.transaction` block (nested blocks are savepoints on it).
-The pool checks a connection before handing it out and replaces broken ones,
-so after the server restarts or fails over the next call works again, with no
-restart of listgate. Every wait is bounded: ``connect_timeout`` for a
-connection (connecting, or waiting for a busy pool), ``busy_timeout`` for a
-list's write lock (PostgreSQL's ``lock_timeout``), ``statement_timeout`` for
-any statement; past them the caller gets :class:`StoreUnavailable` (4xx).
+Every wait is bounded by the store config's timeouts; past them the caller
+gets :class:`StoreUnavailable` (4xx).
 
 Exactly once, across hosts: each write block takes its list's transaction-level
 advisory lock first (``pg_advisory_xact_lock``), which serialises one list's
@@ -24,13 +20,8 @@ gets the row), ``remember`` and ``try_lock`` an ``INSERT ... ON CONFLICT DO
 UPDATE ... WHERE`` on the primary key (one writer wins), pending tokens the
 primary key of their table (unique site-wide).
 
-Fork: a child process never uses its parent's pool (libpq forbids sharing a
-connection across processes, https://www.postgresql.org/docs/current/libpq-connect.html);
-it opens its own and keeps a reference to the parent's, so the parent's
-connections are neither used nor closed by the child.
-
-Credentials: the password is read from ``password_file`` at each connect and
-never logged; messages name the URL with any password masked.
+Fork: a store used in a child process takes the child's own pool
+(:mod:`listgate.store.postgres_pool`).
 """
 from __future__ import annotations
 
@@ -41,17 +32,19 @@ from contextlib import contextmanager
 from typing import Any, Iterable, Iterator
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg.types.json import Jsonb
 
 from .. import clock
 from ..addresses import normalize
 from ..config import mask_url
-from .base import (AlreadyMember, BounceEvent, DELIVERY_STATUSES, DigestPost, DigestState, ListStore, Member,
+from .base import (AlreadyMember, BounceEvent, DigestPost, DigestState, ListStore, Member,
                    NotAMember, PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     STORED_MEMBER_COLUMNS, bare_address, check_member, digest_post, folded, member_lookup, member_values,
-                     pending_payload, pending_record, restored_pending, truncate_evidence)
-from .postgres_schema import LOCK_LIST, check_schema, migrate, store_error
+                     STORED_MEMBER_COLUMNS, bare_address, check_member, clean_text, digest_post,
+                     first_of_each_key, folded, member_lookup, member_values, new_member, pending_payload,
+                     pending_record, restored_pending, truncate_evidence)
+from .postgres_pool import database
+from .postgres_schema import LOCK_LIST, check_schema, store_error
 from .tokens import new_token
 from ..log import events
 
@@ -60,86 +53,7 @@ log = events("listgate.store")
 _MEMBER_SELECT = f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members"
 _PENDING_RETURNING = ", ".join(PENDING_COLUMNS)
 _PENDING_SELECT = f"SELECT {_PENDING_RETURNING} FROM pending"
-
-
-# -- one pool per process and URL ------------------------------------------------------------
-
-class _Database:
-    """A process's pool for one store config, and whether its schema was found current."""
-
-    def __init__(self, conf):
-        self.where = f"PostgreSQL store {mask_url(conf.url)}"
-        self.schema_ok = False
-        self.pool = ConnectionPool(
-            conf.url, min_size=conf.pool.min, max_size=conf.pool.max, kwargs=lambda: connect_kwargs(conf),
-            timeout=conf.connect_timeout, check=ConnectionPool.check_connection, open=False, name="listgate",
-            # the pool's own retries (with growing back-off) stop after connect_timeout; the next
-            # caller then starts a fresh attempt, so a server that is back is used at once
-            reconnect_timeout=conf.connect_timeout)
-        self.pool.open(wait=False)          # a server down at start-up: callers get 4xx until it is up
-
-
-_databases: dict[tuple, _Database] = {}
-_databases_pid = os.getpid()
-_inherited: list[_Database] = []            # the parent's pools, kept so the child never closes them
-_databases_lock = threading.Lock()
-
-
-def connect_kwargs(conf) -> dict[str, Any]:
-    """libpq parameters for a new connection (https://www.postgresql.org/docs/current/libpq-connect.html).
-
-    The password comes from ``conf.password_file`` (read now, so a changed
-    password needs no restart); raises OSError if that file cannot be read.
-    """
-    options = (f"-c statement_timeout={int(conf.statement_timeout * 1000)} "
-               f"-c lock_timeout={int(conf.busy_timeout * 1000)}")
-    kwargs: dict[str, Any] = {"autocommit": True, "application_name": "listgate", "options": options,
-                              "connect_timeout": max(1, round(conf.connect_timeout))}
-    if conf.password_file:
-        with open(conf.password_file, encoding="utf-8") as fh:
-            kwargs["password"] = fh.read().strip("\r\n")
-    return kwargs
-
-
-def database(conf) -> _Database:
-    """This process's :class:`_Database` for store config ``conf`` (made on first use)."""
-    global _databases_pid
-    key = (conf.url, conf.password_file, conf.pool.min, conf.pool.max, conf.connect_timeout,
-           conf.statement_timeout, conf.busy_timeout)
-    with _databases_lock:
-        if _databases_pid != os.getpid():
-            _inherited.extend(_databases.values())
-            _databases.clear()
-            _databases_pid = os.getpid()
-        db = _databases.get(key)
-        if db is None:
-            db = _databases[key] = _Database(conf)
-        return db
-
-
-def close_databases() -> None:
-    """Close every pool this process opened (tests, daemon shutdown)."""
-    with _databases_lock:
-        mine = list(_databases.values()) if _databases_pid == os.getpid() else []
-        _databases.clear()
-    for db in mine:
-        db.pool.close(timeout=5)
-
-
-def init(conf) -> list[int]:
-    """Create or bring forward the schema (``listgate store init``); the versions applied.
-
-    Connects on its own (no pool) with the site's credentials; the role needs
-    the right to create tables in the database. Raises StoreUnavailable.
-    """
-    where = f"PostgreSQL store {mask_url(conf.url)}"
-    try:
-        with psycopg.connect(conf.url, **connect_kwargs(conf)) as conn:
-            return migrate(conn)
-    except psycopg.Error as exc:
-        raise store_error(exc, where) from None
-    except OSError as exc:
-        raise StoreUnavailable(f"{where}: cannot read the password file: {exc.strerror}") from None
+ADD_BATCH = 5000                    # members per insert statement in add_members
 
 
 class _Held:
@@ -150,13 +64,6 @@ class _Held:
     def __init__(self, conn: psycopg.Connection):
         self.conn = conn
         self.depth = 0
-
-
-def clean_text(text: str | None) -> str | None:
-    """``text`` as PostgreSQL's text type holds it: no NUL, no lone surrogate (each becomes U+FFFD / '?')."""
-    if text is None:
-        return None
-    return str(text).replace("\x00", "\ufffd").encode("utf-8", "replace").decode("utf-8")
 
 
 class PostgresStore(ListStore):
@@ -253,24 +160,42 @@ class PostgresStore(ListStore):
         return Member(*rows[0]) if rows else None
 
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
-        bare = bare_address(address)
-        if clean_text(bare) != bare:
-            raise ValueError(f"malformed address {address!r}")
-        if status not in DELIVERY_STATUSES:
-            raise ValueError(f"unknown delivery status {status!r} (one of {', '.join(DELIVERY_STATUSES)})")
-        now = clock.now()
-        member = Member(address=bare, key=normalize(bare), display_name=clean_text(display_name) or "",
-                        delivery_status=status, subscribed_at=now,
-                        status_changed_at=None if status == "enabled" else now)
+        member = new_member(address, display_name, status)
         with self.transaction():
-            if self.get_member(bare) is not None:   # under the case rule: the same key, or its spelling
-                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
-            cur = self._exec(f"INSERT INTO members (list_key, {', '.join(STORED_MEMBER_COLUMNS)}) VALUES "
-                             f"(%s, {', '.join(['%s'] * len(STORED_MEMBER_COLUMNS))}) ON CONFLICT DO NOTHING",
-                             [self.list_key, *_member_values(member)])
-            if cur.rowcount == 0:
-                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            if not self._insert_members([member]):
+                raise AlreadyMember(f"{member.address} is already a member of {self.list_key}")
         return member
+
+    def add_members(self, members: Iterable[Member]) -> list[Member]:
+        """One ``INSERT ... SELECT ... ON CONFLICT DO NOTHING`` per :data:`ADD_BATCH` members.
+
+        Not add_member per member: that is a savepoint and a round trip each,
+        and a hundred thousand subtransactions in one transaction slow every
+        later one down (PostgreSQL's subtransaction cache overflows).
+        """
+        todo = first_of_each_key(members, self.case_sensitive_local)
+        added: set[str] = set()
+        with self.transaction():
+            for start in range(0, len(todo), ADD_BATCH):
+                added.update(self._insert_members(todo[start:start + ADD_BATCH]))
+        return [m for m in todo if m.key in added]
+
+    def _insert_members(self, members: list[Member]) -> list[str]:
+        """Insert ``members`` (distinct under the list's case rule) but those already here (the
+        same key, or, matching without case, another spelling of it); the keys inserted.
+
+        The rows travel as one JSON array that ``jsonb_populate_recordset``
+        reads with the members table's own column types.
+        """
+        rows = [dict(zip(STORED_MEMBER_COLUMNS, _member_values(m))) for m in members]
+        columns = ", ".join(STORED_MEMBER_COLUMNS)
+        spelt = ("" if self.case_sensitive_local else
+                 "WHERE NOT EXISTS (SELECT 1 FROM members m WHERE m.list_key = %s AND m.folded = r.folded) ")
+        params = (self.list_key, Jsonb(rows)) + (() if self.case_sensitive_local else (self.list_key,))
+        return [key for key, in self._query(
+            f"INSERT INTO members (list_key, {columns}) SELECT %s, {columns} "
+            f"FROM jsonb_populate_recordset(NULL::members, %s) AS r {spelt}ON CONFLICT DO NOTHING RETURNING key",
+            params)]
 
     def remove_member(self, address: str) -> Member:
         """Removes the member and their evidence (events stay: they are the history)."""
@@ -301,8 +226,6 @@ class PostgresStore(ListStore):
     def change_address(self, old: str, new: str) -> Member:
         """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
         bare = bare_address(new)
-        if clean_text(bare) != bare:
-            raise ValueError(f"malformed address {new!r}")
         new_key = normalize(bare)
         with self.transaction():
             member = self._require(old)

@@ -1,4 +1,4 @@
-"""The PostgreSQL backend's schema, its migrations, how it connects, and its errors.
+"""The PostgreSQL backend's schema, its migrations, and its errors.
 
 Every list shares one set of tables; each row carries its ``list_key``
 (``name@domain``, lower case) and every index starts with it, so one list's
