@@ -315,7 +315,7 @@ def test_policy_server_answers_451_while_postgresql_is_down_and_resumes_without_
 
 
 def test_a_version_3_database_holding_two_spellings_keeps_both_after_store_init(pg_server, tmp_path):
-    from listgate.store.postgres import connect_kwargs
+    from listgate.store.postgres_pool import connect_kwargs
     from listgate.store.postgres_schema import _SCHEMA_TABLE, MIGRATIONS
     site = make_site(tmp_path / "instance")
     url = pg_server.url(pg_server.new_database())
