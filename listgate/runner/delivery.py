@@ -32,8 +32,8 @@ two-phase commit with the MTA. How many such windows there can be:
   write(2) has returned (it is in the kernel's page cache, which ``recover``
   reads). :data:`listgate.runner.smtp.COMMIT_GATE` lets one transaction per
   process at a time through that window: a thread takes it before it sends
-  the final dot (the envelope and the body go before, in parallel with the
-  other threads) and gives it back once the line is written. Without it, four
+  the final dot (the envelope goes before, in parallel with the other
+  threads) and gives it back once the line is written. Without it, four
   delivery threads duplicated up to four (12 duplicates for 9 kills in
   ``bench/kill_storm.py``). An XVERP batch is one transaction: all of its
   recipients.
