@@ -63,9 +63,10 @@ def _consumer(queue_dir: str, touch: bool) -> None:
         sb.finish(qf)
 
 
-def _progress(queue_dir: str) -> None:
+def _progress(queue_dir: str, written_only: bool = False) -> None:
     """Fan-out progress: dequeue the one qfile, record its deliveries done one by one
-    (every fourth as refused), printing each index once it is durable."""
+    (every fourth as refused), printing each index once it is durable (``written_only``:
+    once it is written, before its fdatasync, as the runner's commit gate does)."""
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     from listgate.queue import Switchboard
     sb = Switchboard(queue_dir, "out")
@@ -74,9 +75,10 @@ def _progress(queue_dir: str) -> None:
     for i in range(len(qf.meta["deliveries"])):
         if i in qf.meta.get("done", ()):
             continue
-        sb.record_done(qf, [i], {str(i): f"550 5.1.1 no {i}"} if i % 4 == 0 else None)
+        sb.record_done(qf, [i], {str(i): f"550 5.1.1 no {i}"} if i % 4 == 0 else None, sync=not written_only)
         out.write(f"{i}\n")
         out.flush()
+        sb.sync_done(qf)
     out.write("all\n")
     out.flush()
     time.sleep(60)
@@ -88,6 +90,6 @@ if __name__ == "__main__":
     elif sys.argv[1] == "consumer":
         _consumer(sys.argv[2], sys.argv[3:] != ["plain"])
     elif sys.argv[1] == "progress":
-        _progress(sys.argv[2])
+        _progress(sys.argv[2], sys.argv[3:] == ["written-only"])
     else:
         sys.exit(f"unknown role {sys.argv[1]!r}")

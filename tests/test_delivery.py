@@ -134,6 +134,22 @@ def test_virgin_items_use_their_own_envelope_sender(env):
     assert b"\r\nAuto-Submitted: auto-generated\r\n" in env.sink.messages_for("x@one.test")[0].data
 
 
+def test_paths_and_dot_stuffing_on_the_wire(env):
+    """A plain addr-spec goes out as ``<addr>`` without smtplib's parser; a quoted local part
+    still goes through it; lines that start with a dot are stuffed (RFC 5321 section 4.5.2)
+    and arrive whole."""
+    body = b".hidden\r\n..two dots\r\nend\r\n"
+    msg = b"From: demo-owner@lists.example.org\r\nTo: x@one.test\r\nSubject: dots\r\n\r\n" + body
+    messages.queue_virgin(env.site, env.lc, msg, [{"rcpt": '"john.doe"@one.test', "sender": ""},
+                                                   {"rcpt": "x+tag@two.test", "sender": "demo-bounces@lists.example.org"}],
+                          kind="test")
+    env.run()
+    [quoted] = env.sink.messages_for("john.doe@one.test")     # aiosmtpd takes the quotes off
+    [plain] = env.sink.messages_for("x+tag@two.test")
+    assert plain.mail_from == "demo-bounces@lists.example.org" and quoted.mail_from == ""
+    assert quoted.data.split(b"\r\n\r\n", 1)[1] == body == plain.data.split(b"\r\n\r\n", 1)[1]
+
+
 def test_progress_is_recorded_after_each_handover(env):
     """Resume from a qfile whose ``done`` says two were handed over: only the rest are sent."""
     env.members(*(f"m{i}@one.test" for i in range(5)))

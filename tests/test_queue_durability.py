@@ -282,16 +282,18 @@ def _fanout_qfile(qroot: str, n: int) -> Switchboard:
     return sb
 
 
-def test_sigkilled_progress_writer_loses_no_recorded_delivery(tmp_path):
+@pytest.mark.parametrize("mode", ["synced", "written-only"])
+def test_sigkilled_progress_writer_loses_no_recorded_delivery(tmp_path, mode):
     """SIGKILL while hand-overs are appended to ID.done (possibly mid-line): after recover,
-    every index the writer reported durable is done, and nothing it never recorded is."""
+    every index the writer reported durable (``written-only``: reported once written,
+    before its fdatasync) is done, and nothing it never recorded is."""
     qroot = str(tmp_path / "queue")
     sb = _fanout_qfile(qroot, 3000)
     reported: set[int] = set()
     in_flight: set[int] = set()
     rng = random.Random(11)
     for _ in range(8):
-        child = Child("progress", qroot)
+        child = Child("progress", qroot, mode)
         try:
             time.sleep(rng.uniform(0.05, 0.2))
         finally:
@@ -315,6 +317,56 @@ def test_sigkilled_progress_writer_loses_no_recorded_delivery(tmp_path):
         if "all" in child.lines:
             break
     assert Switchboard(qroot, "bad").ids() == []
+
+
+def test_written_progress_is_read_before_its_sync_and_a_failed_sync_withdraws_a_new_file(tmp_path, monkeypatch):
+    qroot = str(tmp_path / "queue")
+    sb = _fanout_qfile(qroot, 4)
+    qf = sb.dequeue()
+    sb.record_done(qf, [0], sync=False)
+    assert qf.meta["done"] == [0] and qf.unsynced == 2    # a new file: its name is not durable yet
+    assert Switchboard(qroot, "out").peek(qf.id).meta["done"] == [0]    # any reader sees the line
+    sb.record_done(qf, [1], sync=False)          # syncs the pending line first, then appends
+    assert qf.unsynced == 1
+    sb.sync_done(qf)
+    assert qf.unsynced == 0
+    sb.finish(qf)
+
+    sb = _fanout_qfile(qroot, 2)
+    qf = sb.dequeue()
+    sb.record_done(qf, [0], sync=False)
+
+    def broken(self):
+        raise OSError(errno.EIO, "I/O error")
+
+    monkeypatch.setattr(Switchboard, "_fsync_dir", broken)
+    with pytest.raises(QueueError) as info:
+        sb.sync_done(qf)
+    assert info.value.errno == errno.EIO and "cannot record delivery progress" in str(info.value)
+    assert qf.unsynced == 0 and not os.path.exists(f"{sb.dir}/{qf.id}.done")
+    monkeypatch.undo()
+    sb.release(qf)
+    assert sb.peek(qf.id).meta["done"] == []     # the recipient is sent again: nothing lost
+
+
+def test_full_disk_progress_append_records_nothing(small_fs):
+    sb = _fanout_qfile(str(small_fs / "queue"), 3)
+    qf = sb.dequeue()
+    sb.record_done(qf, [0])
+    with open(small_fs / "filler", "wb", buffering=0) as fh:
+        with pytest.raises(OSError):
+            while True:
+                fh.write(b"x" * 4096)
+    before = Path(f"{sb.dir}/{qf.id}.done").read_bytes()
+    with pytest.raises(QueueError) as info:
+        # a line longer than what a full tmpfs page can still take
+        sb.record_done(qf, [1, 2], {"1": "550 " + "x" * 5000}, sync=False)
+    assert info.value.errno == errno.ENOSPC
+    assert qf.meta["done"] == [0] and qf.unsynced == 0
+    (small_fs / "filler").unlink()
+    sb.release(qf)
+    assert sb.peek(qf.id).meta["done"] == [0]
+    assert Path(f"{sb.dir}/{qf.id}.done").read_bytes() == before     # no torn part left to glue onto
 
 
 def test_progress_file_torn_tail_and_stale_lines_are_ignored(tmp_path):

@@ -86,12 +86,17 @@ def describe(path: str, st: os.stat_result | None = None) -> str:
     return f"a file of type {stat.S_IFMT(mode):o}"
 
 
-def write_synced(fd: int, data: bytes) -> None:
-    """Write all of ``data`` at ``fd``'s offset (os.write may take less than asked),
-    then fdatasync: the data, and what reading it back needs, is on disk. Raises OSError."""
+def write_all(fd: int, data: bytes) -> None:
+    """Write all of ``data`` at ``fd``'s offset (os.write may take less than asked). Raises OSError."""
     view = memoryview(data)
     while view:
         view = view[os.write(fd, view):]
+
+
+def write_synced(fd: int, data: bytes) -> None:
+    """:func:`write_all`, then fdatasync: the data, and what reading it back needs, is on disk.
+    Raises OSError."""
+    write_all(fd, data)
     os.fdatasync(fd)
 
 

@@ -55,6 +55,9 @@ class QFile:
     # delivery indices folded in from the progress file ``ID.done`` when it was read: the
     # hand-overs of the run that holds (or held) it, not yet written into the qfile itself
     progressed: int = field(repr=False, default=0)
+    # progress lines written by ``record_done(..., sync=False)`` and not yet made durable by
+    # ``sync_done``: 0 none, 1 the lines, 2 the lines and the new progress file's name
+    unsynced: int = field(repr=False, default=0)
 
 
 def new_id(arrival: float) -> str:

@@ -6,6 +6,13 @@ handed over, appended and fdatasync'd; every reader of the qfile folds it
 into the metadata's ``done`` (and ``failed``). Appending one line costs one
 fdatasync where rewriting the qfile (:meth:`Switchboard.update`) costs a
 write, a rename and a directory fsync per delivery batch.
+
+The append and the fdatasync may be two steps (``record_done(..., sync=False)``,
+then :meth:`Progress.sync_done`): once write(2) has returned, the line is in
+the kernel's page cache and every reader, including ``recover`` after the
+writing process was killed (SIGKILL), sees it; only a crash of the machine
+(power loss) before the fdatasync can lose it. The runner appends while it
+holds its commit gate and syncs after it let go (:mod:`listgate.runner.delivery`).
 """
 from __future__ import annotations
 
@@ -14,7 +21,7 @@ import json
 import os
 
 from ..log import events
-from .files import NotRegularFile, open_regular, read_regular, unlink_quietly, write_synced
+from .files import NotRegularFile, open_regular, read_regular, unlink_quietly, write_all
 from .names import DONE, QFile, QueueError
 
 PROGRESS_MAGIC = b"listgate-progress 1"
@@ -22,11 +29,19 @@ PROGRESS_MAGIC = b"listgate-progress 1"
 log = events("listgate.queue")
 
 
+def _truncate_quietly(fd: int, size: int) -> None:
+    try:
+        os.ftruncate(fd, size)
+    except OSError:
+        pass
+
+
 class Progress:
     """The progress-file methods of :class:`listgate.queue.switchboard.Switchboard`
     (``self.dir``, ``self.name``, ``_sync_dir`` and ``_set_aside`` come from there)."""
 
-    def record_done(self, qf: QFile, indices: list[int], failed: dict[str, str] | None = None) -> None:
+    def record_done(self, qf: QFile, indices: list[int], failed: dict[str, str] | None = None, *,
+                    sync: bool = True) -> None:
         """Durably add delivery ``indices`` to ``qf``'s fan-out progress (``done``).
 
         ``failed`` maps ``str(index)`` to the 5xx reply of a refused one (kept in
@@ -37,6 +52,10 @@ class Progress:
         recover) fold it into ``meta['done']``; ``finish``/``move`` remove it and
         ``recover`` folds it into the qfile. Raises QueueError: nothing of this
         call is recorded then. ``qf.meta`` is updated.
+
+        ``sync=False``: only append (write(2)): the lines survive the death of
+        this process but not yet a crash of the machine; the caller must call
+        :meth:`sync_done` before it records more for ``qf`` or lets it go.
         """
         deliveries = qf.meta.get("deliveries") or []
         failed = failed or {}
@@ -48,26 +67,31 @@ class Progress:
             lines.append(json.dumps(rec) + "\n")   # ASCII: \u escapes keep any address
         data = "".join(lines).encode("ascii")
         path = os.path.join(self.dir, qf.id + DONE)
+        self.sync_done(qf)      # (a caller that did not) lines before these are durable first
         created = False
         try:
             try:
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600)
-                created = True
+                created, size = True, 0
                 data = PROGRESS_MAGIC + b" " + qf.id.encode("ascii") + b"\n" + data
             except FileExistsError:
-                fd = open_regular(path, write=True, append=True)[0]
+                fd, st = open_regular(path, write=True, append=True)
+                size = st.st_size
             try:
-                write_synced(fd, data)
+                write_all(fd, data)
+            except OSError:
+                # a part written before ENOSPC would glue onto the next append's first line
+                _truncate_quietly(fd, size)
+                raise
             finally:
                 os.close(fd)
-            if created:
-                self._sync_dir()
         except OSError as exc:
             if created:
-                # its name may not be durable: never append to it as if it were
                 unlink_quietly(path)
-            raise QueueError(exc.errno or errno.EIO, f"cannot record delivery progress of qfile {qf.id} "
-                             f"in {self.dir}: {exc.strerror or exc}") from None
+            raise self._progress_error(qf, exc) from None
+        qf.unsynced = 2 if created else 1
+        if sync:
+            self.sync_done(qf)
         done = list(qf.meta.get("done") or [])
         seen = set(done)
         done.extend(i for i in indices if i not in seen)
@@ -75,6 +99,36 @@ class Progress:
         if failed:
             meta["failed"] = {**(qf.meta.get("failed") or {}), **failed}
         qf.meta = meta
+
+    def sync_done(self, qf: QFile) -> None:
+        """Make the lines ``record_done(qf, ..., sync=False)`` appended durable: fdatasync the
+        progress file (and fsync the directory for the call that created it; threads
+        syncing at the same moment share the kernel's journal commit and the directory
+        fsync, :meth:`_sync_dir`). Nothing to do when nothing is pending.
+
+        Raises QueueError (as ``record_done`` would have): the caller puts the qfile back;
+        a progress file created by the pending call is removed, its name may not be
+        durable (never append to it as if it were)."""
+        if not qf.unsynced:
+            return
+        path = os.path.join(self.dir, qf.id + DONE)
+        created, qf.unsynced = qf.unsynced == 2, 0
+        try:
+            fd = open_regular(path)[0]      # fdatasync(2) syncs the file, whichever descriptor asks
+            try:
+                os.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if created:
+                self._sync_dir()
+        except OSError as exc:
+            if created:
+                unlink_quietly(path)
+            raise self._progress_error(qf, exc) from None
+
+    def _progress_error(self, qf: QFile, exc: OSError) -> QueueError:
+        return QueueError(exc.errno or errno.EIO, f"cannot record delivery progress of qfile {qf.id} "
+                          f"in {self.dir}: {exc.strerror or exc}")
 
     def _merge_progress(self, qid: str, meta: dict, *, set_aside: bool = False) -> int:
         """Fold ``ID.done`` (if any) into ``meta['done']``/``meta['failed']``; returns how

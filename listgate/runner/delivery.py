@@ -18,24 +18,38 @@ the message over one persistent SMTP connection (``site.conf.reinject``) and:
 
 Progress is durable: after every hand-over the recipient's index is appended
 to the qfile's progress file with :meth:`Switchboard.record_done` (one
-fdatasync, not a rewrite of the qfile) before the next recipient. After a
-crash the qfile comes back (``Switchboard.recover`` folds the progress into
-its ``done``) and only recipients not in ``done`` are sent. The one recipient whose transaction was in flight at the
-crash (the MTA said 250 but ``done`` was not yet written) gets the post twice:
-that window cannot be closed without two-phase commit with the MTA.
+line, then one fdatasync, not a rewrite of the qfile) before this thread's
+next transaction. After a crash the qfile comes back (``Switchboard.recover``
+folds the progress into its ``done``) and only recipients not in ``done`` are
+sent. A recipient whose transaction the MTA committed but whose line was not
+yet written gets the post twice: that window cannot be closed without
+two-phase commit with the MTA. How many such windows there can be:
 
-At most one such window per runner process: the MTA commits a transaction
-when it answers the final dot (RFC 5321 section 4.1.1.4; Postfix's cleanup
-has fsync'd the queue file by then), so every transaction between its final
-dot and the fdatasync of its progress line is one duplicate if the runner
-dies. With several delivery threads each used to be there at once (the
-MTA's commit and ours are both disk waits, exactly what the threads overlap),
-and a SIGKILL duplicated up to one transaction per thread: 12 duplicates
-for 9 kills in ``bench/kill_storm.py``. :data:`listgate.runner.smtp.COMMIT_GATE` closes that: a
-thread takes it before it sends the final dot and gives it back once the
-progress line is durable, so the threads still send envelopes and bodies in
-parallel but send the body and commit one at a time, and a kill duplicates at most one
-transaction (an XVERP batch is one transaction: all of its recipients).
+* The runner killed (SIGKILL, OOM killer, a crash of Python): at most one
+  duplicate per kill. The MTA commits a transaction when it answers the final
+  dot (RFC 5321 section 4.1.1.4; Postfix's cleanup has fsync'd the queue file
+  by then), and a progress line survives the death of the process as soon as
+  write(2) has returned (it is in the kernel's page cache, which ``recover``
+  reads). :data:`listgate.runner.smtp.COMMIT_GATE` lets one transaction per
+  process at a time through that window: a thread takes it before it sends
+  the final dot (the envelope goes before, in parallel with the other
+  threads) and gives it back once the line is written. Without it, four
+  delivery threads duplicated up to four (12 duplicates for 9 kills in
+  ``bench/kill_storm.py``). An XVERP batch is one transaction: all of its
+  recipients.
+* The machine crashing (power loss, kernel panic): at most one duplicate per
+  delivery thread (``runner.loop.DELIVERY_WORKERS``, 4) per runner process.
+  The fdatasync of the line (:meth:`Switchboard.sync_done`) happens after the
+  gate is given back, so the threads' syncs overlap each other and the next
+  transaction's commit at the MTA (concurrent fdatasyncs share the file
+  system's journal commit) instead of adding to the serial part; a thread
+  sends no final dot before its previous line is durable, so each thread has
+  at most one line written but not durable, or one transaction in the gate.
+  (Before, when the gate also covered the fdatasync, this bound was one.)
+
+The serial part per transaction is then the MTA's commit (its queue-file
+fsync) and writing one line: fan-out throughput is at most one over the
+MTA's commit latency (``BENCHMARKS.md``, "Fan-out and the commit gate").
 
 DSN requests (RFC 3461), when the listener offers ``DSN`` (Postfix's smtpd
 does unless ``smtpd_discard_ehlo_keywords`` hides it; INSTALL, "DSN"): a
@@ -240,7 +254,8 @@ class Deliverer:
 
         def record(indices: list[int]) -> None:
             new = [i for i in indices if i not in done_set]
-            sb.record_done(qf, new, {str(i): failed[str(i)] for i in new if str(i) in failed})
+            # appended only: sb.sync_done below, once the gate is given back
+            sb.record_done(qf, new, {str(i): failed[str(i)] for i in new if str(i) in failed}, sync=False)
             done_set.update(new)
             done.extend(new)
             meta["done"] = done
@@ -257,7 +272,7 @@ class Deliverer:
             sender = deliveries[chunk[0]].get("sender") or ""
             rcpts = [deliveries[i]["rcpt"] for i in chunk]
             data = wire if xverp else self._recipient_bytes(meta, lc, rcpts[0], wire)
-            try:  # the gate taken before the final dot is given back once the outcome is durable
+            try:  # the gate taken before the final dot is given back once the outcome is written
                 try:
                     replies = self._transaction(sender, rcpts, data, xverp, bool(meta.get("smtputf8")),
                                                 dsn_options(self.site, lc, meta, rcpts[0]))
@@ -305,6 +320,9 @@ class Deliverer:
                     record(finished)
             finally:
                 self.conn.end_commit()
+            # Durable before this thread's next final dot (module docstring: power loss). Threads
+            # syncing at once share the journal commit; the gate no longer waits for it.
+            sb.sync_done(qf)
             if site_failure is not None:
                 try:
                     self._site_failure(lc, *site_failure)

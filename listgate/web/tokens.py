@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 from typing import NamedTuple
 
@@ -69,7 +68,7 @@ def _unb64(text: str) -> bytes:
 def _mac(secret: bytes, key_id: str, lkey: str, member: str) -> str:
     data = b"\x00".join((_CONTEXT, lkey.lower().encode("utf-8"), member.lower().encode("utf-8"),
                          key_id.encode("ascii")))
-    return _b64(hmac.new(secret, data, hashlib.sha256).digest())[:MAC_CHARS]
+    return _b64(hmac.digest(secret, data, "sha256"))[:MAC_CHARS]
 
 
 def sign(site, lc, member: str) -> str:
