@@ -64,7 +64,6 @@ never lost and no state claims a mail was sent that was not.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Iterable
 
 from .. import addresses, clock, messages, metrics, verp
@@ -72,8 +71,9 @@ from ..bounce.classify import Classification, Failure, classify
 from ..log import events
 from ..bounce.reports import postmaster_address
 from ..config.schema import DAY
-from ..store import BounceEvent, Member, NotAMember, open_store
+from ..store import Member, NotAMember, open_store
 from . import attribution, complaints, incidents, notices, probes
+from .bounce_run import BounceAction, BounceOutcome, Run
 
 __all__ = ["BounceEngine", "BounceOutcome", "BounceAction", "FAILURE_RANK"]
 
@@ -85,91 +85,6 @@ FAILURE_RANK = ("hard", "policy", "soft", "complaint", "unknown", "site",
                 "delayed", "relayed", "expanded", "delivered", "autoreply", "report")
 # Not failures of the address: recorded, never scored (DESIGN.md, "Bounce life cycle" 2).
 IGNORED_CLASSES = ("delayed", "delivered", "relayed", "expanded", "autoreply", "site", "report")
-_DETAIL_MAX = 500
-
-
-@dataclass(frozen=True)
-class BounceAction:
-    """What the engine did about one address: the same facts as the stored :class:`BounceEvent`.
-
-    ``action``: scored, same_day, recorded, ignored, residual, non_member,
-    probe_sent, probe_outstanding, probe_policy, probe_unknown, disabled,
-    removed, incident, complaint, forwarded, discarded, postmaster (a report
-    forwarded to the site's postmaster).
-    """
-
-    address: str | None
-    action: str
-    bounce_class: str
-    status: str | None = None
-    attribution: str = ""
-    detail: str = ""
-
-    def __str__(self) -> str:
-        return f"{self.address or '-'}:{self.action}"
-
-
-@dataclass
-class BounceOutcome:
-    """The result of one call: ``actions`` per address, ``queued`` virgin qfile ids."""
-
-    list_key: str
-    actions: list[BounceAction] = field(default_factory=list)
-    queued: list[str] = field(default_factory=list)
-    classification: Classification | None = None
-
-    def summary(self) -> str:
-        """``addr:action ...`` for one log line."""
-        return " ".join(str(a) for a in self.actions) or "nothing"
-
-
-class Run:
-    """One call's context: the list, its store, events to record and mail to queue.
-
-    The life cycle's other modules (probes, incidents, complaints, dead domains)
-    take it; each public call of :class:`BounceEngine` makes one."""
-
-    def __init__(self, engine: "BounceEngine", lc, message_id: str | None = None):
-        self.engine = engine
-        self.site = engine.site
-        self.lc = lc
-        self.key = messages.list_key(lc)
-        self.store = open_store(self.site, self.key)
-        self.message_id = message_id
-        self.now = clock.now()
-        self.outcome = BounceOutcome(self.key)
-        self._outbox: list[tuple] = []
-
-    def record(self, address: str | None, action: str, failure: Failure | None, *,
-               bounce_class: str | None = None, attribution: str | None = None, detail: str = "") -> None:
-        cls = bounce_class or (failure.bounce_class if failure else "unknown")
-        status = failure.status if failure else None
-        attr = attribution or (failure.attribution if failure else "none")
-        text = detail or (failure.diagnostic if failure else "")
-        text = " ".join((text or "").split())[:_DETAIL_MAX]
-        self.store.add_event(BounceEvent(at=self.now, address=address, bounce_class=cls, status=status,
-                                         attribution=attr, message_id=self.message_id, action=action,
-                                         detail=text))
-        self.outcome.actions.append(BounceAction(address, action, cls, status, attr, text))
-
-    def send(self, msg, deliveries: list[dict], kind: str, meta: dict | None = None) -> None:
-        self._outbox.append((msg, deliveries, kind, meta))
-
-    def to_member(self, member_address: str) -> list[dict]:
-        # The member's own VERP address: a bounce of the notice is attributed
-        # to them (and is residual once they are disabled).
-        return [{"rcpt": member_address,
-                 "sender": verp.member_bounce_address(self.site, self.lc, member_address)}]
-
-    def to_owners(self) -> list[dict]:
-        return notices.owner_deliveries(self.lc)
-
-    def flush(self) -> None:
-        """Write collected mail to ``virgin``; called inside the transaction, before commit."""
-        for msg, deliveries, kind, meta in self._outbox:
-            qid = messages.queue_virgin(self.site, self.lc, msg, deliveries, kind=kind, meta=meta)
-            self.outcome.queued.append(qid)
-        self._outbox.clear()
 
 
 def _top(failures: Iterable[Failure]) -> Failure | None:

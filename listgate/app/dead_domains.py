@@ -30,7 +30,8 @@ from ..config.schema import DAY
 from ..log import events
 from ..store import open_store
 from . import attribution, probes, site_incidents
-from .bounces import BounceEngine, Run
+from .bounce_run import Run
+from .bounces import BounceEngine
 
 log = events("listgate.app.dead_domains")
 
