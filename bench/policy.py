@@ -7,7 +7,9 @@ snippet): its public smtpd asks a real ``listgate policy`` daemon about every
 recipient (``smtpd_recipient_restrictions = check_policy_service { inet:...,
 timeout=10s, default_action=DUNNO }``), no milter. A second smtpd of the same
 Postfix is the same service with ``-o smtpd_recipient_restrictions=`` (no
-policy check). ``smtp-source`` (Postfix's load generator) sends ``N``
+policy check), and a third asks bench/null_policy.py instead, the floor of a
+Python asyncio policy server (it answers DUNNO to everything without reading
+what it is asked). ``smtp-source`` (Postfix's load generator) sends ``N``
 messages of 2000 bytes over ``S`` parallel sessions to each, alternately, for
 ``R`` rounds; mail has no list recipient (``bob@members.test``), the mail an
 MTA running listgate mostly sees. Postfix delivers it to its ``discard``
@@ -15,12 +17,14 @@ transport. Reported: the median rate of each, the median of the rounds'
 ratios (target >= 0.97), and CPU per message from ``/proc`` until Postfix's
 queue has drained: of this Postfix and the policy daemon together (other
 users of a shared machine do not count: on a CPU-bound machine its ratio
-without/with is what the throughput ratio tends to), and of the daemon alone.
+without/with is what the throughput ratio tends to), and of the daemon alone
+(steadier than msg/s on a shared machine: one policy request per message).
 """
 from __future__ import annotations
 
 import argparse
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -29,6 +33,7 @@ import _mta
 from _mta import BenchPostfix, Daemon, free_port, median, smtp_source
 
 RCPT = "bob@members.test"
+NULL_POLICY = Path(__file__).with_name("null_policy.py")
 TARGET = 0.97
 
 
@@ -43,13 +48,26 @@ def wired(pf) -> None:
             raise RuntimeError(f"smtpd on {port} answered {code} for an unknown list address")
 
 
+def null_policy(port: int) -> subprocess.Popen:
+    """bench/null_policy.py on ``127.0.0.1:port``, once it listens."""
+    proc = subprocess.Popen([sys.executable, str(NULL_POLICY), str(port)], stdout=subprocess.PIPE)
+    if proc.stdout.readline().strip() != b"ready":
+        proc.kill()
+        raise RuntimeError("bench/null_policy.py did not start")
+    return proc
+
+
 def measure(args, tmp: Path, prepare=None) -> tuple[dict[str, list], float]:
     """The alternating run in ``tmp``: (each side's figures per round, the policy daemon's RSS
-    in MiB after it). ``prepare(site_path)``: called once the instance is made (e.g. to put
-    its store on PostgreSQL, bench/pg.py)."""
-    policy_port = free_port()
+    in MiB after it). Sides: ``without``, ``with`` (listgate) and ``null`` (bench/null_policy.py).
+    ``prepare(site_path)``: called once the instance is made (e.g. to put its store on
+    PostgreSQL, bench/pg.py)."""
+    policy_port, null_port = free_port(), free_port()
+    null_check = f"check_policy_service {{ inet:127.0.0.1:{null_port}, timeout=10s, default_action=DUNNO }}"
     pf = BenchPostfix(policy=f"inet:{policy_port}@127.0.0.1", extra={"default_transport": "discard:bench"},
-                      services={"nopolicy": {"smtpd_recipient_restrictions": ""}})
+                      services={"nopolicy": {"smtpd_recipient_restrictions": ""},
+                                "nullpolicy": {"smtpd_recipient_restrictions": null_check}})
+    null = null_policy(null_port)
     try:
         site = _mta.init_instance(tmp / "inst", milter_socket="unix:milter.sock",
                                   policy_socket=f"inet:{policy_port}@127.0.0.1", reinject_port=pf.reinject_port)
@@ -58,15 +76,19 @@ def measure(args, tmp: Path, prepare=None) -> tuple[dict[str, list], float]:
         with Daemon(site, "policy", log=tmp / "policy.log") as daemon:
             pf.start()
             wired(pf)
-            for port in (pf.smtpd_port, pf.ports["nopolicy"]):  # warm-up: smtpd processes started
+            for port in (pf.smtpd_port, pf.ports["nopolicy"], pf.ports["nullpolicy"]):  # smtpd processes started
                 smtp_source(port, RCPT, 40, args.sessions)
             runs = _mta.alternate(args.rounds, {
                 "without": lambda: _mta.throughput(pf, pf.ports["nopolicy"], RCPT, args.messages, args.sessions),
                 "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, [daemon.pid]),
+                "null": lambda: _mta.throughput(pf, pf.ports["nullpolicy"], RCPT, args.messages, args.sessions,
+                                                [null.pid]),
             })
             return runs, _mta.memory_mib(daemon.pid)[0]
     finally:
         pf.close()
+        null.kill()
+        null.wait()
 
 
 def main() -> int:
@@ -79,21 +101,27 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = [w["rate"] / wo["rate"] for w, wo in zip(runs["with"], runs["without"])]
+    null_ratios = [n["rate"] / wo["rate"] for n, wo in zip(runs["null"], runs["without"])]
     m = {side: {k: median([r[k] for r in rs]) for k in rs[0]} for side, rs in runs.items()}
     ratio = median(ratios)
     print("### Policy service: mail with no list recipient (bench/policy.py)\n")
     print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} smtp-source sessions, 2000 bytes, "
           f"medians; load average {_mta.loadavg()} at the end.\n")
-    print("| smtpd | msg/s | CPU µs/msg, Postfix + listgate | CPU µs/msg, policy daemon |")
+    print("| smtpd | msg/s | CPU µs/msg, Postfix + policy daemon | CPU µs/msg, policy daemon |")
     print("|---|---|---|---|")
     print(f"| without policy service | {m['without']['rate']:.0f} | {m['without']['cpu']:.0f} | |")
-    print(f"| with `check_policy_service` (listgate) | {m['with']['rate']:.0f} | {m['with']['cpu']:.0f} | "
+    print(f"| `check_policy_service`, bench/null_policy.py (asyncio, DUNNO to all) | {m['null']['rate']:.0f} | "
+          f"{m['null']['cpu']:.0f} | {m['null']['cpu_daemon']:.0f} |")
+    print(f"| `check_policy_service`, listgate | {m['with']['rate']:.0f} | {m['with']['cpu']:.0f} | "
           f"{m['with']['cpu_daemon']:.0f} |")
     met = ratio >= TARGET
     cpu_ratio = median([wo["cpu"] / w["cpu"] for w, wo in zip(runs["with"], runs["without"])])
     print(f"\nratio with/without (median of the rounds' ratios): **{ratio:.2f}** "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); target >= {TARGET}: {'met' if met else 'NOT met'}. "
           f"CPU per message without/with: {cpu_ratio:.2f}. Policy daemon RSS after the run: {rss:.0f} MiB.\n")
+    null_cpu = median([wo["cpu"] / n["cpu"] for n, wo in zip(runs["null"], runs["without"])])
+    print(f"Reference, null asyncio policy server / without: {median(null_ratios):.2f} "
+          f"(rounds: {', '.join(f'{r:.2f}' for r in null_ratios)}); CPU per message without/null: {null_cpu:.2f}.\n")
     _mta.summary(args, "a. Postfix + policy service vs Postfix alone, no list recipient", f"{ratio:.2f}",
                  f">= {TARGET}", met,
                  f"{m['with']['rate']:.0f} vs {m['without']['rate']:.0f} msg/s; CPU/msg ratio {cpu_ratio:.2f}")
