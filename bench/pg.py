@@ -58,7 +58,9 @@ def throughput(args, tmp: Path, server: PostgresServer) -> dict:
     runs, _ = measure(args, tmp, prepare=lambda site: use_postgres(site, server))
     ratios = [w["rate"] / wo["rate"] for w, wo in zip(runs["with"], runs["without"])]
     return {"ratios": ratios, "ratio": median(ratios),
-            "with": median([r["rate"] for r in runs["with"]]), "without": median([r["rate"] for r in runs["without"]])}
+            "with": median([r["rate"] for r in runs["with"]]), "without": median([r["rate"] for r in runs["without"]]),
+            "daemon": median([r["cpu_daemon"] for r in runs["with"]]),
+            "null": median([r["cpu_daemon"] for r in runs["null"]])}
 
 
 def main() -> int:
@@ -96,7 +98,8 @@ def main() -> int:
           f"{args.sessions} sessions: {tp['with']:.0f} msg/s with the policy service on PostgreSQL, "
           f"{tp['without']:.0f} without; ratio (median of the rounds') **{tp['ratio']:.2f}** "
           f"(rounds: {', '.join(f'{x:.2f}' for x in tp['ratios'])}); target >= {TARGET}: "
-          f"{'met' if met else 'NOT met'}.\n")
+          f"{'met' if met else 'NOT met'}. Policy daemon CPU per message: {tp['daemon']:.0f} µs "
+          f"(bench/null_policy.py in the same run: {tp['null']:.0f} µs).\n")
     pg = rows[1]
     _mta.summary(args, "g. RCPT decision p99, member post, PostgreSQL store", f"{pg['post99']:.0f} µs", "", None,
                  f"{args.members:,} members; SQLite {rows[0]['post99']:.0f} µs")
