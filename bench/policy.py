@@ -7,9 +7,10 @@ snippet): its public smtpd asks a real ``listgate policy`` daemon about every
 recipient (``smtpd_recipient_restrictions = check_policy_service { inet:...,
 timeout=10s, default_action=DUNNO }``), no milter. A second smtpd of the same
 Postfix is the same service with ``-o smtpd_recipient_restrictions=`` (no
-policy check), and a third asks bench/null_policy.py instead, the floor of a
+policy check), and two more ask bench/null_policy.py instead, the floor of a
 Python asyncio policy server (it answers DUNNO to everything without reading
-what it is asked). ``smtp-source`` (Postfix's load generator) sends ``N``
+what it is asked): with asyncio streams, and with an ``asyncio.Protocol`` as
+listgate's server. ``smtp-source`` (Postfix's load generator) sends ``N``
 messages of 2000 bytes over ``S`` parallel sessions to each, alternately, for
 ``R`` rounds; mail has no list recipient (``bob@members.test``), the mail an
 MTA running listgate mostly sees. Postfix delivers it to its ``discard``
@@ -48,9 +49,9 @@ def wired(pf) -> None:
             raise RuntimeError(f"smtpd on {port} answered {code} for an unknown list address")
 
 
-def null_policy(port: int) -> subprocess.Popen:
+def null_policy(port: int, *options: str) -> subprocess.Popen:
     """bench/null_policy.py on ``127.0.0.1:port``, once it listens."""
-    proc = subprocess.Popen([sys.executable, str(NULL_POLICY), str(port)], stdout=subprocess.PIPE)
+    proc = subprocess.Popen([sys.executable, str(NULL_POLICY), str(port), *options], stdout=subprocess.PIPE)
     if proc.stdout.readline().strip() != b"ready":
         proc.kill()
         raise RuntimeError("bench/null_policy.py did not start")
@@ -59,16 +60,22 @@ def null_policy(port: int) -> subprocess.Popen:
 
 def measure(args, tmp: Path, prepare=None) -> tuple[dict[str, list], float]:
     """The alternating run in ``tmp``: (each side's figures per round, the policy daemon's RSS
-    in MiB after it). Sides: ``without``, ``with`` (listgate) and ``null`` (bench/null_policy.py).
+    in MiB after it). Sides: ``without``, ``with`` (listgate), ``null`` and ``null_protocol``
+    (bench/null_policy.py with streams, with a protocol).
     ``prepare(site_path)``: called once the instance is made (e.g. to put its store on
     PostgreSQL, bench/pg.py)."""
-    policy_port, null_port = free_port(), free_port()
-    null_check = f"check_policy_service {{ inet:127.0.0.1:{null_port}, timeout=10s, default_action=DUNNO }}"
+    policy_port = free_port()
+    nulls = {"null": (free_port(), ()), "null_protocol": (free_port(), ("--protocol",))}
+    services = {"nopolicy": {"smtpd_recipient_restrictions": ""}}
+    for name, (port, _) in nulls.items():
+        services[name] = {"smtpd_recipient_restrictions":
+                          f"check_policy_service {{ inet:127.0.0.1:{port}, timeout=10s, default_action=DUNNO }}"}
     pf = BenchPostfix(policy=f"inet:{policy_port}@127.0.0.1", extra={"default_transport": "discard:bench"},
-                      services={"nopolicy": {"smtpd_recipient_restrictions": ""},
-                                "nullpolicy": {"smtpd_recipient_restrictions": null_check}})
-    null = null_policy(null_port)
+                      services=services)
+    procs = {}
     try:
+        for name, (port, options) in nulls.items():
+            procs[name] = null_policy(port, *options)
         site = _mta.init_instance(tmp / "inst", milter_socket="unix:milter.sock",
                                   policy_socket=f"inet:{policy_port}@127.0.0.1", reinject_port=pf.reinject_port)
         if prepare is not None:
@@ -76,19 +83,21 @@ def measure(args, tmp: Path, prepare=None) -> tuple[dict[str, list], float]:
         with Daemon(site, "policy", log=tmp / "policy.log") as daemon:
             pf.start()
             wired(pf)
-            for port in (pf.smtpd_port, pf.ports["nopolicy"], pf.ports["nullpolicy"]):  # smtpd processes started
+            for port in (pf.smtpd_port, *pf.ports.values()):  # warm-up: smtpd processes started
                 smtp_source(port, RCPT, 40, args.sessions)
-            runs = _mta.alternate(args.rounds, {
+            sides = {
                 "without": lambda: _mta.throughput(pf, pf.ports["nopolicy"], RCPT, args.messages, args.sessions),
                 "with": lambda: _mta.throughput(pf, pf.smtpd_port, RCPT, args.messages, args.sessions, [daemon.pid]),
-                "null": lambda: _mta.throughput(pf, pf.ports["nullpolicy"], RCPT, args.messages, args.sessions,
-                                                [null.pid]),
-            })
-            return runs, _mta.memory_mib(daemon.pid)[0]
+            }
+            for name in nulls:
+                sides[name] = (lambda name=name: _mta.throughput(pf, pf.ports[name], RCPT, args.messages,
+                                                                 args.sessions, [procs[name].pid]))
+            return _mta.alternate(args.rounds, sides), _mta.memory_mib(daemon.pid)[0]
     finally:
         pf.close()
-        null.kill()
-        null.wait()
+        for proc in procs.values():
+            proc.kill()
+            proc.wait()
 
 
 def main() -> int:
@@ -101,27 +110,32 @@ def main() -> int:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     ratios = [w["rate"] / wo["rate"] for w, wo in zip(runs["with"], runs["without"])]
-    null_ratios = [n["rate"] / wo["rate"] for n, wo in zip(runs["null"], runs["without"])]
     m = {side: {k: median([r[k] for r in rs]) for k in rs[0]} for side, rs in runs.items()}
     ratio = median(ratios)
     print("### Policy service: mail with no list recipient (bench/policy.py)\n")
     print(f"{args.messages} messages x {args.rounds} rounds, {args.sessions} smtp-source sessions, 2000 bytes, "
           f"medians; load average {_mta.loadavg()} at the end.\n")
-    print("| smtpd | msg/s | CPU µs/msg, Postfix + policy daemon | CPU µs/msg, policy daemon |")
-    print("|---|---|---|---|")
-    print(f"| without policy service | {m['without']['rate']:.0f} | {m['without']['cpu']:.0f} | |")
-    print(f"| `check_policy_service`, bench/null_policy.py (asyncio, DUNNO to all) | {m['null']['rate']:.0f} | "
-          f"{m['null']['cpu']:.0f} | {m['null']['cpu_daemon']:.0f} |")
-    print(f"| `check_policy_service`, listgate | {m['with']['rate']:.0f} | {m['with']['cpu']:.0f} | "
-          f"{m['with']['cpu_daemon']:.0f} |")
+    print("| smtpd | msg/s | CPU µs/msg, Postfix + policy daemon | CPU µs/msg, policy daemon | msg/s ratio to without "
+          "| CPU/msg ratio without/this |")
+    print("|---|---|---|---|---|---|")
+    rows = (("without policy service", "without"),
+            ("`check_policy_service`, bench/null_policy.py (asyncio streams, DUNNO to all)", "null"),
+            ("`check_policy_service`, bench/null_policy.py --protocol (asyncio.Protocol, DUNNO to all)",
+             "null_protocol"),
+            ("`check_policy_service`, listgate", "with"))
+    for label, side in rows:
+        if side == "without":
+            print(f"| {label} | {m[side]['rate']:.0f} | {m[side]['cpu']:.0f} | | | |")
+            continue
+        rate_ratio = median([r["rate"] / wo["rate"] for r, wo in zip(runs[side], runs["without"])])
+        cpu_ratio = median([wo["cpu"] / r["cpu"] for r, wo in zip(runs[side], runs["without"])])
+        print(f"| {label} | {m[side]['rate']:.0f} | {m[side]['cpu']:.0f} | {m[side]['cpu_daemon']:.0f} | "
+              f"{rate_ratio:.2f} | {cpu_ratio:.2f} |")
     met = ratio >= TARGET
     cpu_ratio = median([wo["cpu"] / w["cpu"] for w, wo in zip(runs["with"], runs["without"])])
     print(f"\nratio with/without (median of the rounds' ratios): **{ratio:.2f}** "
           f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)}); target >= {TARGET}: {'met' if met else 'NOT met'}. "
           f"CPU per message without/with: {cpu_ratio:.2f}. Policy daemon RSS after the run: {rss:.0f} MiB.\n")
-    null_cpu = median([wo["cpu"] / n["cpu"] for n, wo in zip(runs["null"], runs["without"])])
-    print(f"Reference, null asyncio policy server / without: {median(null_ratios):.2f} "
-          f"(rounds: {', '.join(f'{r:.2f}' for r in null_ratios)}); CPU per message without/null: {null_cpu:.2f}.\n")
     _mta.summary(args, "a. Postfix + policy service vs Postfix alone, no list recipient", f"{ratio:.2f}",
                  f">= {TARGET}", met,
                  f"{m['with']['rate']:.0f} vs {m['without']['rate']:.0f} msg/s; CPU/msg ratio {cpu_ratio:.2f}")
