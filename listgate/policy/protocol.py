@@ -67,11 +67,14 @@ class RequestParser:
             attrs = self._attrs
             # one decode for all complete lines, not two per line: "\n" and "=" are ASCII, never part
             # of a multi-byte character, so splitting after decoding gives the same text
-            for line in buf[:cut - 1].decode("utf-8", "surrogateescape").split("\n"):
-                if line.endswith("\r"):
-                    line = line[:-1]
+            text = buf[:cut - 1].decode("utf-8", "surrogateescape")
+            lines = text.split("\n")
+            if "\r" in text:
+                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+            long = cut > max_line               # else no line can be longer than max_line
+            for line in lines:
                 # a character is at most 4 bytes (an escaped byte is 1): count bytes only for long lines
-                if len(line) * 4 > max_line and len(line.encode("utf-8", "surrogateescape")) > max_line:
+                if long and len(line) * 4 > max_line and len(line.encode("utf-8", "surrogateescape")) > max_line:
                     raise ProtocolError(f"attribute line longer than {max_line} bytes")
                 if not line:
                     requests.append(attrs)
