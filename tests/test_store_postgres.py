@@ -301,6 +301,10 @@ def test_policy_server_answers_451_while_postgresql_is_down_and_resumes_without_
                     s.sendall(request)
                     down = read_replies(s, 1, timeout=20)
                 assert down[0].startswith("451 4.3.0 "), down
+            with connect(address, timeout=20) as s:         # mail for no list never reaches the store
+                s.sendall(rcpt_request("bob@members.test", sender="stranger@example.com")
+                          + rcpt_request(f"nolist@{LIST.split('@')[1]}", sender="stranger@example.com"))
+                assert read_replies(s, 2, timeout=20) == ["DUNNO", "550 5.1.1 no such list address"]
         finally:
             pg_server.start()
         with connect(address) as s:

@@ -61,33 +61,36 @@ class RequestParser:
 
     def _feed(self, data: bytes, requests: list[dict[str, str]]) -> None:
         buf = self._buf + data
-        attrs = self._attrs
-        start = 0
-        while True:
-            end = buf.find(b"\n", start)
-            if end < 0:
-                break
-            line = buf[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if len(line) > self.max_line:
-                raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
-            if not line:
-                requests.append(attrs)
-                attrs = {}
-                continue
-            name, eq, value = line.partition(b"=")
-            if not eq or not name:
-                raise ProtocolError(f"line without name=value: {line[:80]!r}")
-            if len(attrs) >= MAX_ATTRIBUTES:
-                raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes in one request")
-            attrs[name.decode("utf-8", "surrogateescape")] = value.decode("utf-8", "surrogateescape")
-        rest = buf[start:]
-        if len(rest) > self.max_line:
-            raise ProtocolError(f"attribute line longer than {self.max_line} bytes")
+        cut = buf.rfind(b"\n") + 1            # the complete lines end here
+        max_line = self.max_line
+        if cut:
+            attrs = self._attrs
+            # one decode for all complete lines, not two per line: "\n" and "=" are ASCII, never part
+            # of a multi-byte character, so splitting after decoding gives the same text
+            text = buf[:cut - 1].decode("utf-8", "surrogateescape")
+            lines = text.split("\n")
+            if "\r" in text:
+                lines = [line[:-1] if line.endswith("\r") else line for line in lines]
+            long = cut > max_line               # else no line can be longer than max_line
+            for line in lines:
+                # a character is at most 4 bytes (an escaped byte is 1): count bytes only for long lines
+                if long and len(line) * 4 > max_line and len(line.encode("utf-8", "surrogateescape")) > max_line:
+                    raise ProtocolError(f"attribute line longer than {max_line} bytes")
+                if not line:
+                    requests.append(attrs)
+                    attrs = {}
+                    continue
+                name, eq, value = line.partition("=")
+                if not eq or not name:
+                    raise ProtocolError(f"line without name=value: {line[:80].encode('utf-8', 'surrogateescape')!r}")
+                if len(attrs) >= MAX_ATTRIBUTES:
+                    raise ProtocolError(f"more than {MAX_ATTRIBUTES} attributes in one request")
+                attrs[name] = value
+            self._attrs = attrs
+        rest = buf[cut:]
+        if len(rest) > max_line:
+            raise ProtocolError(f"attribute line longer than {max_line} bytes")
         self._buf = rest
-        self._attrs = attrs
 
     def finish(self) -> dict[str, str] | None:
         """At end of input: the unterminated last request (Exim), or None if there is none.
