@@ -205,8 +205,10 @@ def test_edit_of_an_unknown_or_held_qfile_is_a_clear_error(inst, tmp_path):
     site, ids = inst
     unknown = "1800000000000000000-1-000000-00000000"
     r = edit(site, tmp_path, unknown, "raise SystemExit('the editor must not run')\n", check=1)
-    message, audit = r.stderr.decode().splitlines()      # the message, then the audit line (status=1)
+    (message,) = r.stderr.decode().splitlines()         # the audit line goes to state_dir/audit.log
     assert message == f"listgate: no qfile {unknown} in any queue (see: listgate queue ls)"
+    with open(os.path.join(site.state_dir, "audit.log"), encoding="utf-8") as fh:
+        audit = fh.read().splitlines()[-1]
     assert "event=cli_command" in audit and 'command="queue edit"' in audit and audit.endswith(" status=1")
     sb = Switchboard.for_site(site, "in")
     held = sb.dequeue()
