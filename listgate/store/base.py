@@ -227,6 +227,19 @@ class ListStore(abc.ABC):
             raise NotAMember(f"{address} is not a member of {self.list_key}")
         return member
 
+    def _moving(self, old: str, new: str) -> tuple[Member, str]:
+        """For :meth:`change_address`, inside its transaction: the member ``old`` names and ``new``
+        as typed (angle brackets off). Raises NotAMember, AlreadyMember when ``new`` is another
+        member (a new spelling of the same address is not: under the case rule it is this one),
+        ValueError when ``new`` is malformed (for the backends' own use)."""
+        from .common import bare_address
+        bare = bare_address(new)
+        member = self._require(old)
+        other = self.get_member(bare)
+        if other is not None and other.key != member.key:
+            raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+        return member, bare
+
     @abc.abstractmethod
     def add_member(self, address: str, display_name: str = "", status: str = "enabled") -> Member:
         """Raises AlreadyMember, or ValueError for a malformed address."""

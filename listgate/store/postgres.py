@@ -40,7 +40,7 @@ from ..config import mask_url
 from .base import (AlreadyMember, BounceEvent, DigestPost, DigestState, ListStore, Member,
                    NotAMember, PENDING_TYPES, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     STORED_MEMBER_COLUMNS, bare_address, check_member, clean_text, digest_post,
+                     STORED_MEMBER_COLUMNS, check_member, clean_text, digest_post,
                      first_of_each_key, folded, member_lookup, member_values, new_member, pending_payload,
                      pending_record, restored_pending, truncate_evidence)
 from .postgres_pool import database
@@ -225,13 +225,9 @@ class PostgresStore(ListStore):
 
     def change_address(self, old: str, new: str) -> Member:
         """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
-        bare = bare_address(new)
-        new_key = normalize(bare)
         with self.transaction():
-            member = self._require(old)
-            other = self.get_member(bare)       # a new spelling of the same address is no conflict
-            if other is not None and other.key != member.key:
-                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            member, bare = self._moving(old, new)
+            new_key = normalize(bare)
             self._exec("UPDATE members SET key = %s, address = %s, folded = %s WHERE list_key = %s AND key = %s",
                        (new_key, bare, folded(new_key), self.list_key, member.key))
             self._exec("UPDATE evidence SET member_key = %s WHERE list_key = %s AND member_key = %s",

@@ -41,7 +41,7 @@ from ..addresses import normalize
 from .base import (AlreadyMember, BounceEvent, DigestPost, DigestState, ListStore, Member,
                    NotAMember, PendingRecord, StoreUnavailable, UnknownToken)
 from .common import (DIGEST_POST_COLUMNS, DIGEST_STATE_COLUMNS, EVENT_COLUMNS, EVIDENCE_KEEP, MEMBER_COLUMNS, PENDING_COLUMNS, REMEMBER_PURGE_BATCH,
-                     STORED_MEMBER_COLUMNS, bare_address, check_member, digest_post, first_of_each_key, folded,
+                     STORED_MEMBER_COLUMNS, check_member, digest_post, first_of_each_key, folded,
                      member_lookup, member_values, new_member,
                      pending_payload, pending_record, restored_pending, truncate_evidence)
 from .sqlite_schema import connect, store_error
@@ -298,13 +298,9 @@ class SQLiteStore(ListStore):
 
     def change_address(self, old: str, new: str) -> Member:
         """Move ``old``'s membership, bounce info and evidence to ``new`` (ValueError if malformed)."""
-        bare = bare_address(new)
-        new_key = normalize(bare)
         with self.transaction():
-            member = self._require(old)
-            other = self.get_member(bare)       # a new spelling of the same address is no conflict
-            if other is not None and other.key != member.key:
-                raise AlreadyMember(f"{bare} is already a member of {self.list_key}")
+            member, bare = self._moving(old, new)
+            new_key = normalize(bare)
             self._exec("UPDATE members SET key = ?, address = ?, folded = ? WHERE key = ?",
                        (new_key, bare, folded(new_key), member.key))
             self._exec("UPDATE evidence SET member_key = ? WHERE member_key = ?", (new_key, member.key))
