@@ -104,7 +104,7 @@ def create_list(site, address: str, owners: list[str], description: str = "") ->
     path = os.path.join(site.lists_dir, f"{name}.yaml")
     text = list_yaml(name, domain, owners, description)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)   # a YAML file: 0640 (INSTALL 3.3)
     except FileExistsError:
         raise ValueError(f"{path} exists already: a list named {name} lives there (one file per list name)") from None
     try:
