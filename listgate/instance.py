@@ -64,6 +64,7 @@ def init(directory: str, *, name: str = "demo", domain: str = "lists.example.org
                                               key_id=key_id)
     os.makedirs(os.path.join(directory, "lists.d"), exist_ok=True)
     os.makedirs(os.path.join(directory, "lists"), exist_ok=True)
+    os.makedirs(os.path.join(directory, "templates"), exist_ok=True)   # the site's notice overrides (INSTALL 10)
     for q in QUEUES:
         os.makedirs(os.path.join(directory, "queue", q), exist_ok=True)
     write_key(os.path.join(directory, "keys", f"{key_id}.key"))
