@@ -193,3 +193,39 @@ def stale_settings(site) -> list[str]:
                 lines.append(f"{name} (pid {rec.pid}): {key} is {now.get(key)!r} in the config, "
                              f"the daemon uses {used.get(key)!r}: {how}")
     return lines
+
+
+# daemons that serve a list's addresses or posts: they keep a valid configuration of a list whose
+# file later gets errors (config.Watcher), and answer 451 4.3.0 for one that had none when they started
+SERVING = ("milter", "policy", "lmtp", "runner", "serve")
+
+
+def broken_list_effect(site, key: str, fpath: str) -> str:
+    """What the daemons do about list ``key`` whose file ``fpath`` has errors: one phrase.
+
+    A running daemon keeps the configuration it had loaded for a list when the
+    file turns bad on a live edit (``config.Watcher``); a daemon that starts
+    with the broken file answers 451 4.3.0 for the list's addresses. Which
+    case holds is told by the live daemons' start times (their records) against
+    the file's mtime; without records (no daemon running) only the second.
+    """
+    try:
+        mtime = os.stat(fpath).st_mtime
+    except OSError:
+        mtime = None
+    running = [r for n, r in records(site).items() if kind(n) in SERVING and r.live]
+    before = sorted(r.pid for r in running if mtime is not None
+                    and isinstance(r.data.get("started"), (int, float)) and r.data["started"] < mtime)
+    after = sorted(r.pid for r in running if r.pid not in before)
+    started_now = "a daemon started now would answer 451 4.3.0 for its addresses"
+    if before and not after:
+        return (f"list {key} has errors: the running daemons (started before the file changed) keep its "
+                f"previous configuration, if they had loaded a valid one, until it is fixed; {started_now}")
+    if before:
+        return (f"list {key} has errors: daemons started before the file changed (pid "
+                f"{', '.join(map(str, before))}) keep its previous configuration if they had loaded a valid one, the others (pid "
+                f"{', '.join(map(str, after))}) answer 451 4.3.0 for its addresses, until it is fixed")
+    if after:
+        return (f"list {key} not served: the running daemons started with the file's errors and answer "
+                "451 4.3.0 for its addresses until it is fixed")
+    return f"list {key} has errors: no daemon runs; {started_now} until it is fixed"

@@ -64,6 +64,7 @@ def init(directory: str, *, name: str = "demo", domain: str = "lists.example.org
                                               key_id=key_id)
     os.makedirs(os.path.join(directory, "lists.d"), exist_ok=True)
     os.makedirs(os.path.join(directory, "lists"), exist_ok=True)
+    os.makedirs(os.path.join(directory, "templates"), exist_ok=True)   # the site's notice overrides (INSTALL 10)
     for q in QUEUES:
         os.makedirs(os.path.join(directory, "queue", q), exist_ok=True)
     write_key(os.path.join(directory, "keys", f"{key_id}.key"))
@@ -104,7 +105,7 @@ def create_list(site, address: str, owners: list[str], description: str = "") ->
     path = os.path.join(site.lists_dir, f"{name}.yaml")
     text = list_yaml(name, domain, owners, description)
     try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o640)   # a YAML file: 0640 (INSTALL 3.3)
     except FileExistsError:
         raise ValueError(f"{path} exists already: a list named {name} lives there (one file per list name)") from None
     try:

@@ -85,8 +85,11 @@ def test_dry_run_changes_nothing(cli, site, tmp_path):
     assert "would add ann@example.org" in out
     status, out, _ = cli("members", "remove", "demo", "old@example.org", "ghost@example.org", "--goodbye",
                          "--notify-owners", "--dry-run")
-    assert status == 0 and f"{LIST}: would remove 1, not members 1" in out
+    assert status == 0 and out == f"would remove old@example.org\n{LIST}: would remove 1, not members 1\n"
     sync = write(tmp_path, "s.txt", "new@example.org\n")
+    status, out, _ = cli("members", "sync", "demo", sync, "--dry-run")      # names them without -v
+    assert (status, out) == (0, f"would add new@example.org\nwould remove old@example.org\n"
+                                f"{LIST}: would add 1, would remove 1\n")
     status, out, _ = cli("members", "sync", "demo", sync, "--welcome", "--goodbye", "--notify-owners", "--dry-run",
                          "--json")
     assert status == 0 and json.loads(out)["added"] == ["new@example.org"]
@@ -145,13 +148,15 @@ def test_sync_adds_and_removes_to_match_the_file(cli, site, tmp_path):
     assert status == 1 and f"{LIST}: invalid 1" in out
 
 
-def test_sync_refuses_to_empty_the_list_unless_forced(cli, site, tmp_path):
+def test_sync_refuses_to_empty_the_list_unless_allowed(cli, site, tmp_path):
     open_store(site, LIST).add_member("a@example.org")
     empty = write(tmp_path, "empty.txt", "# nobody\n\n")
     status, out, err = cli("members", "sync", "demo", empty)
-    assert status == 1 and "would remove all 1 member(s)" in err and "--force" in err
+    assert status == 1 and "would remove all 1 member(s)" in err and "--allow-empty" in err
     assert members(site) == ["a@example.org"]
-    status, out, _ = cli("members", "sync", "demo", empty, "--force")
+    status, out, _ = cli("members", "sync", "demo", empty, "--force")     # --force only skips the DNS check
+    assert status == 1 and members(site) == ["a@example.org"]
+    status, out, _ = cli("members", "sync", "demo", empty, "--allow-empty")
     assert status == 0 and f"{LIST}: removed 1" in out and members(site) == []
 
 

@@ -1,12 +1,14 @@
 """One list's broken YAML takes down that list only (issue 21, problem 2).
 
-The daemons load with every valid list and answer 451 4.3.0 for the broken
-list's addresses; ``listgate check`` tells site errors (exit 1, also with
+Daemons started with the broken file load every valid list and answer
+451 4.3.0 for the broken list's addresses (running ones keep its previous
+configuration); ``listgate check`` tells site errors (exit 1, also with
 ``--site-only``, what the units run) from list errors (exit 1, but 0 with
 ``--site-only``).
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import smtplib
@@ -85,7 +87,8 @@ def test_check_tells_site_errors_from_list_errors(site):
     assert out.returncode == 1
     assert "demo@lists.example.org: members_only" in out.stdout          # the good list is still shown
     assert "broken.yaml:4: bounce_score_treshold: unknown key" in out.stderr
-    assert "list broken@lists.example.org not served: its addresses get 451 4.3.0" in out.stderr
+    assert ("list broken@lists.example.org has errors: no daemon runs; a daemon started now would answer "
+            "451 4.3.0 for its addresses until it is fixed") in out.stderr
     out = check(site, "--site-only")
     assert out.returncode == 0 and "unknown key" in out.stderr, out.stderr
     with open(site.path, "a", encoding="utf-8") as fh:
@@ -93,6 +96,48 @@ def test_check_tells_site_errors_from_list_errors(site):
     for args in ((), ("--site-only",)):
         out = check(site, *args)
         assert out.returncode == 1 and "no_such_site_key: unknown key" in out.stderr, out.stderr
+
+
+def _daemon(site, name, started):
+    """A live process whose command line names listgate, recorded as daemon ``name`` started at ``started``."""
+    proc = subprocess.Popen([sys.executable, "-c", "import sys, time; time.sleep(120)", "listgate"])
+    os.makedirs(os.path.join(site.state_dir, "run"), exist_ok=True)
+    with open(os.path.join(site.state_dir, "run", f"{name}.json"), "w", encoding="utf-8") as fh:
+        json.dump({"daemon": name, "pid": proc.pid, "started": started}, fh)
+    return proc
+
+
+def test_check_and_status_tell_a_live_edit_from_a_start_with_the_broken_file(site):
+    """A daemon running when the file broke keeps the list (config.Watcher); one started after answers 451."""
+    write(site, "broken", BROKEN)
+    mtime = os.stat(os.path.join(site.lists_dir, "broken.yaml")).st_mtime
+    old = _daemon(site, "policy", mtime - 100)
+    try:
+        out = check(site)
+        assert out.returncode == 1
+        assert ("list broken@lists.example.org has errors: the running daemons (started before the file changed) "
+                "keep its previous configuration") in out.stderr, out.stderr
+        assert "a daemon started now would answer 451 4.3.0 for its addresses" in out.stderr
+        status = subprocess.run([sys.executable, "-m", "listgate", "-c", site.path, "status", "--json"],
+                                capture_output=True, text=True, timeout=60)
+        problems = json.loads(status.stdout)["problems"]
+        assert any("keep its previous configuration" in p for p in problems), problems
+        new = _daemon(site, "milter", mtime + 100)
+        try:
+            out = check(site)
+            assert (f"daemons started before the file changed (pid {old.pid}) keep its previous configuration "
+                    f"if they had loaded a valid one, the others (pid {new.pid}) answer 451 4.3.0") in out.stderr
+            old.kill()
+            old.wait()
+            out = check(site)
+            assert ("list broken@lists.example.org not served: the running daemons started with the file's "
+                    "errors and answer 451 4.3.0") in out.stderr, out.stderr
+        finally:
+            new.kill()
+            new.wait()
+    finally:
+        old.kill()
+        old.wait()
 
 
 def test_other_commands_work_and_name_the_broken_list(site):

@@ -53,8 +53,9 @@ LISTGATE = None
 
 
 def lg(path, *args, user=None, stdin=None):
+    # umask 022, a root shell's: the modes of what the CLI makes must not depend on it
     return subprocess.run([LISTGATE, "-c", path, *args], capture_output=True,
-                          input=stdin, timeout=120, user=user, cwd="/")
+                          input=stdin, timeout=120, user=user, cwd="/", umask=0o022)
 
 
 def not_owned(top, uid):
@@ -169,3 +170,18 @@ def test_admin_commands_as_root_leave_files_the_owner_can_use(owned_instance):
     assert not_owned(top, pw.pw_uid) == []
     out = lg(path, "check")
     assert out.returncode == 0, out.stderr
+
+
+def test_files_the_cli_makes_have_the_daemons_modes(owned_instance):
+    """List file, a new store, the tasks stamp and audit.log: 0640 (INSTALL 3.3), as the daemons make them."""
+    path, pw = owned_instance
+    top = os.path.dirname(path)
+    out = lg(path, "lists", "create", "team@lists.example.org", "--owner", "owner@lists.example.org")
+    assert out.returncode == 0, out.stderr
+    assert lg(path, "members", "add", "team", "alice@members.test").returncode == 0
+    assert lg(path, "tasks", "run").returncode == 0
+    stores = [os.path.join(top, "lists", n) for n in os.listdir(os.path.join(top, "lists"))
+              if n.startswith("team")]
+    made = [os.path.join(top, "lists.d", "team.yaml"), os.path.join(top, "runner-tasks.stamp"),
+            os.path.join(top, "audit.log"), *stores]
+    assert stores and {p: oct(os.stat(p).st_mode & 0o777) for p in made} == {p: "0o640" for p in made}

@@ -41,6 +41,8 @@ def test_init_instance_loads_with_defaults(site):
     key = site.conf.verp.keys[0]
     assert os.stat(key.file).st_mode & 0o777 == 0o600
     assert site.domains == {"lists.example.org"}
+    # the site's notice overrides have their (empty) directory: `notices show NAME > templates/NAME.txt` works
+    assert os.listdir(os.path.join(os.path.dirname(site.path), "templates")) == []
 
 
 @pytest.mark.parametrize("text", ["7d", "12h", "30m", "45s", "2w", "1d12h"])

@@ -103,3 +103,15 @@ def test_cli_members_add(env, capsys):
     assert cli(env.site.path, "members", "add", "demo", "a@good.test") == 0
     assert cli(env.site.path, "members", "add", "demo", "a@nullmx.test", "--force") == 0
     assert {m.address for m in env.store.members()} == {"a@good.test", "a@nullmx.test"}
+
+
+def test_cli_members_sync_checks_the_dns_unless_forced(env, capsys, tmp_path):
+    """--force means one thing for add and sync: skip the DNS check (a host without DNS can still sync)."""
+    path = tmp_path / "members.txt"
+    path.write_text("a@good.test\nb@nullmx.test\nc@broken.test\n", encoding="utf-8")
+    assert cli(env.site.path, "members", "sync", "demo", str(path)) == 75     # c: the DNS could not answer
+    err = capsys.readouterr().err
+    assert "b@nullmx.test: cannot receive mail" in err and "c@broken.test" in err
+    assert {m.address for m in env.store.members()} == {"a@good.test"}
+    assert cli(env.site.path, "members", "sync", "demo", str(path), "--force") == 0
+    assert {m.address for m in env.store.members()} == {"a@good.test", "b@nullmx.test", "c@broken.test"}

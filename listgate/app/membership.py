@@ -246,19 +246,19 @@ def remove(site, lc, members: Sequence[str], *, goodbye: bool = False, notify_ow
 
 
 def sync(site, lc, entries: Sequence[ImportedMember], *, welcome: bool = False, goodbye: bool = False,
-         notify_owners: bool = False, dry_run: bool = False, check_domains: bool = True, force: bool = False,
+         notify_owners: bool = False, dry_run: bool = False, check_domains: bool = True, allow_empty: bool = False,
          progress: Progress | None = None) -> Report:
     """Make list ``lc``'s members those of ``entries``: add the missing ones, remove the others.
 
     Raises ValueError when ``entries`` is empty while the list has members
-    (that would remove everyone: a truncated or wrong file), unless ``force``.
+    (that would remove everyone: a truncated or wrong file), unless ``allow_empty``.
     Members are kept by the store's own matching (:meth:`ListStore.get_member`).
     """
     store = open_store(site, addresses.list_key(lc))
     members = store.members()
-    if not entries and members and not force:
+    if not entries and members and not allow_empty:
         raise ValueError(f"the file names no address: sync would remove all {len(members)} member(s) of "
-                         f"{addresses.list_key(lc)} (--force to do that)")
+                         f"{addresses.list_key(lc)} (--allow-empty to do that)")
     keep = set()
     for entry in entries:
         member = store.get_member(entry.address)          # None for a malformed one too

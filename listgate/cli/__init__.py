@@ -14,6 +14,10 @@ without a config do not,
 nor do commands that write only configuration (``lists create|remove``: their
 parsers set ``keeps_user``); the file they write takes its directory's owner.
 
+Every file a command or daemon creates gets mode 0640, every directory 0750
+(:data:`UMASK`), so the CLI run as root or listgate and the daemons make the
+same files alike.
+
 Every command that may change state (all but :data:`audit.NOT_AUDITED`: the
 read-only ones and the daemons) is logged once when it ends, with who ran it,
 its arguments (passwords masked) and its exit status (:mod:`.audit`).
@@ -69,7 +73,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# the file-creation mask of every listgate process, daemons and admin commands alike: files 0640 and
+# directories 0750 (INSTALL 3.3), whoever makes them (a store, a stamp, audit.log, a list file); the
+# units set the same (UMask=0027). Sockets get their own mode (listgate.sockets).
+UMASK = 0o027
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run ``listgate ARGV`` under :data:`UMASK` (the caller's mask is restored when it returns)."""
+    old = os.umask(UMASK)
+    try:
+        return _main(argv)
+    finally:
+        os.umask(old)
+
+
+def _main(argv: list[str] | None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

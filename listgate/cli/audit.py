@@ -36,8 +36,10 @@ READ_ONLY = frozenset({
     "bounces show", "bounces list", "bounces evidence",
     "held list", "held show",
     "lists", "members find",
+    "notices list", "notices show",
+    "import",                   # without a kind: prints the help
 })
-DAEMONS = frozenset({"milter", "policy", "lmtp", "web", "runner", "serve", "inject"})
+DAEMONS = frozenset({"milter", "policy", "lmtp", "web", "runner", "serve", "inject", "metrics"})
 NOT_AUDITED = READ_ONLY | DAEMONS | {"init"}
 AUDIT_FILE = "audit.log"     # in state_dir, when the site logs to stderr
 

@@ -2,8 +2,8 @@
 
 The changes themselves are :mod:`listgate.app.membership`'s. Output: problems
 (invalid entries with their reasons) on stderr, then a summary line on
-stdout (``-v`` also prints each address's outcome; ``--json`` the whole
-report). On a terminal a run of :data:`PROGRESS_FROM` entries or more
+stdout (``--dry-run`` also prints each address it would add or remove, ``-v``
+each address's outcome; ``--json`` the whole report). On a terminal a run of :data:`PROGRESS_FROM` entries or more
 draws a progress bar on stderr. Exit status: 0 done, 1 when an entry was
 invalid (the valid ones are still done) or the input unusable, 75 when the
 store or the DNS could not be asked (a rerun finishes the job); ``find``
@@ -31,14 +31,14 @@ def register(actions) -> None:
     common = argparse.ArgumentParser(add_help=False, parents=[json_parent()])
     common.add_argument("--notify-owners", action="store_true",
                         help="send the list's owners one notice listing every change")
-    common.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+    common.add_argument("--dry-run", action="store_true",
+                        help="print each address that would be added or removed, change nothing")
     common.add_argument("-v", "--verbose", action="store_true", help="print each address's outcome")
 
     add = actions.add_parser("add", parents=[common], help="add members (ADDR..., or one per line from --file)")
     _entries_args(add)
     add.add_argument("--name", default="", help="display name (with one ADDR)")
-    add.add_argument("--force", action="store_true",
-                     help="add even when the DNS says the domain takes no mail, or cannot be asked")
+    _force_arg(add)
     add.add_argument("--welcome", action=argparse.BooleanOptionalAction, default=False,
                      help="send each new member the list's welcome (default: no, the owners' own act)")
     add.set_defaults(func=guarded(cmd_add))
@@ -57,7 +57,8 @@ def register(actions) -> None:
                       help="send each new member the welcome")
     sync.add_argument("--goodbye", action=argparse.BooleanOptionalAction, default=False,
                       help="send each removed member the goodbye")
-    sync.add_argument("--force", action="store_true", help="remove every member when FILE names no address")
+    _force_arg(sync)
+    sync.add_argument("--allow-empty", action="store_true", help="remove every member when FILE names no address")
     sync.set_defaults(func=guarded(cmd_sync))
 
     find = actions.add_parser("find", parents=[json_parent()],
@@ -65,6 +66,13 @@ def register(actions) -> None:
                               description="Exit 0 when a member matches, 1 when none does (as grep).")
     find.add_argument("pattern", help="a substring, or a shell glob (*, ?, [...]); case-insensitive")
     find.set_defaults(func=guarded(cmd_find))
+
+
+def _force_arg(parser) -> None:
+    # one meaning of --force wherever members are added: skip the DNS check (a host without DNS)
+    parser.add_argument("--force", action="store_true",
+                        help="skip the DNS check: add even when the DNS says the domain takes no mail, "
+                             "or cannot be asked")
 
 
 def _entries_args(parser) -> None:
@@ -146,10 +154,11 @@ def _finish(args, report, bad=()) -> int:
         for entry, reason in report.invalid + report.deferred:
             print(f"listgate: {entry}: {reason}", file=sys.stderr)
         added, removed = ("would add", "would remove") if report.dry_run else ("added", "removed")
-        if args.verbose:
+        if args.verbose or report.dry_run:     # --dry-run says what would change, address by address
             for verb, items in ((added, report.added), (removed, report.removed)):
                 for address in items:
                     print(f"{verb} {address}")
+        if args.verbose:
             for address in report.already:
                 print(f"already a member: {address}")
             for address in report.not_members:
@@ -217,13 +226,13 @@ def cmd_remove(args) -> int:
 def cmd_sync(args) -> int:
     _, store = open_list_store(args)
     entries, bad = _from_file(args.file)
-    if bad and not entries and not args.force:
+    if bad and not entries and not args.allow_empty:
         for entry, reason in bad:
             print(f"listgate: {entry}: {reason}", file=sys.stderr)
     lc = args.site.get_list(store.list_key)
     report = membership.sync(args.site, lc, entries, welcome=args.welcome, goodbye=args.goodbye,
-                             notify_owners=args.notify_owners, dry_run=args.dry_run, force=args.force,
-                             progress=Bar("syncing"))
+                             notify_owners=args.notify_owners, dry_run=args.dry_run, check_domains=not args.force,
+                             allow_empty=args.allow_empty, progress=Bar("syncing"))
     return _finish(args, report, bad)
 
 

@@ -30,8 +30,9 @@ def register(sub) -> None:
     p = sub.add_parser("check", help="validate the site config and every list; report files state_dir's owner does not own",
                        description="Exit 0 when everything is right, 1 otherwise. Site errors (the site file, "
                                    "VERP keys, state directories) are fatal: the daemons refuse to start. "
-                                   "A list whose file has errors is left out by the daemons (its addresses get "
-                                   "451 4.3.0) while the others are served; files in state_dir, queue_dir or "
+                                   "A list whose file has errors keeps, in a running daemon, the configuration "
+                                   "it had before the edit; a daemon started with the file answers 451 4.3.0 "
+                                   "for its addresses; the other lists are served either way; files in state_dir, queue_dir or "
                                    "the VERP keys or the store's password_file not owned by state_dir's owner are "
                                    "reported, as are secrets (VERP keys, password_file) the group or others may "
                                    "read, and notice templates with errors (listgate notices) "
@@ -117,7 +118,7 @@ def _list_errors(site) -> list[str]:
     owners = {f: k for k, f in site.broken_lists.items()}
     for fpath in site.list_errors:
         key = owners.get(fpath)
-        lines.append(f"{fpath}: list {key} not served: its addresses get 451 4.3.0 until the file is fixed"
+        lines.append(f"{fpath}: {daemons.broken_list_effect(site, key, fpath)}"
                      if key else f"{fpath}: ignored (no valid name and domain in it): fix or remove it")
     return lines
 

@@ -12,7 +12,7 @@ made on first use); list files with errors are named. Reading creates
 nothing (no queue folder, no store, no run directory).
 
 Exit status: 0 all well; 1 something needs an admin (a daemon down, a store
-unavailable, ``bad`` not empty, a slice without a runner, a list not served).
+unavailable, ``bad`` not empty, a slice without a runner, a list file with errors).
 
 ``--json`` prints one object with these stable keys::
 
@@ -32,7 +32,7 @@ without a socket, the runner).
 guidelines): one line ``LISTGATE OK|WARNING|CRITICAL|UNKNOWN - summary | perfdata``
 and exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. CRITICAL: a daemon down or
 not accepting, a store unavailable, a slice without a runner, or a
-threshold's critical level reached; WARNING: a list not served or a warning
+threshold's critical level reached; WARNING: a list file with errors or a warning
 level reached. Thresholds: ``--retry-age`` (oldest qfile in ``retry``,
 default 1h,1d), ``--bad`` (default 1,10), ``--shunt`` (default 1,10), each
 ``WARN,CRIT``.
@@ -168,7 +168,9 @@ def gather(site) -> dict:
             problems.append(f"{name} not accepting on {d['socket']}")
     problems += [f"slice {s['slice']} has no runner" for s in slices if not s["live"] and _in_use(s, slices)]
     problems += [f"store of {k} unavailable" for k, s in data["stores"].items() if s["state"] == "unavailable"]
-    problems += [f"list {k} not served (its file has errors)" for k in data["lists_not_served"]]
+    # a live edit gone wrong and a daemon started with the broken file differ (daemons.broken_list_effect)
+    problems += [daemons.broken_list_effect(site, owners[f], f) if f in owners
+                 else f"list file {f} ignored (no valid name and domain in it)" for f in site.list_errors]
     if data["queues"]["bad"]["waiting"]:
         problems.append(f"{data['queues']['bad']['waiting']} qfile(s) in bad")
     data["problems"] = problems
@@ -215,8 +217,9 @@ def cmd_status(args) -> int:
     for key, s in data["stores"].items():
         note = s["error"] or ("made on first use" if s["state"] == "absent" else "")
         print(f"store {key}: {s['state']}" + (f" ({note})" if note else ""))
-    for key in data["lists_not_served"]:
-        print(f"list {key}: not served, its file has errors (listgate check)")
+    for problem in data["problems"]:
+        if problem.startswith("list "):
+            print(f"{problem} (listgate check)")
     return status
 
 
