@@ -38,7 +38,7 @@ def scored(env, address):
     return [e.bounce_class for e in env.store.events(address) if e.action == "scored"]
 
 
-@pytest.mark.parametrize("bad", ["0erin@localhost", bad], ids=["first in fan-out order", "last"])
+@pytest.mark.parametrize("bad", ["0erin@localhost", BAD], ids=["first in fan-out order", "last"])
 def test_one_unknown_local_member_is_scored_and_the_others_get_the_post(env, bad):
     env.members(bad, *MEMBERS)
     env.sink.set_behaviour(bad, LOCAL_TABLE)
