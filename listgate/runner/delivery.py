@@ -66,7 +66,10 @@ reported to :meth:`BounceEngine.register_failure` (with ``probe_token`` for a
 probe qfile: the probe bounced); 4xx, or the listener unreachable → the
 recipient is deferred: the deferred ones move to ``retry`` with exponential
 backoff from ``runner.retry_backoff``; after ``runner.retry_giveup`` since the
-first deferral they are given up and reported as ``soft`` failures. A 5xx to
+first deferral they are given up and reported as ``soft`` failures. A 5xx naming our
+own MTA's tables is the member's or a site incident's by the rule of
+:class:`listgate.app.site_incidents.HandoverRefusals` (:mod:`listgate.runner.verdicts`);
+a post back from ``retry`` skips recipients who are no longer members. A 5xx to
 ``MAIL FROM`` is our fault, not the members': the qfile goes to ``shunt``
 with its progress kept, for ``listgate queue unshunt`` after the fix.
 """
