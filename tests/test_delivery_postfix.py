@@ -102,3 +102,31 @@ def test_session_is_recycled_after_max_session_messages(rig, tmp_path):
     pf.wait_log(r"listgate-reinject/smtpd\[\d+\]: disconnect from .* quit=1", since=since)
     log = pf.log_text()[since:]
     assert len(re.findall(r"listgate-reinject/smtpd\[\d+\]: connect from", log)) == 3, log
+
+
+def test_one_unknown_local_member_is_scored_the_others_delivered(rig):
+    """The new admin's report: one `--force`-added local member Postfix does not know
+    ("User unknown in local recipient table") is that member's hard bounce; no site incident."""
+    from listgate.app import site_incidents
+    site, sink, pf = rig
+    pf.set(mydestination="localhost", local_recipient_maps="inline:{postmaster=yes}")
+    members = ["m0@members.test", "erin@localhost", "m1@members.test"]
+    _post_and_run(site, members)
+    sink.wait_for(lambda s: len(s.messages()) == 2, timeout=60)
+    store, lc = open_store(site, LIST), site.get_list(LIST)
+    assert site_incidents.open_incidents(store, lc) == {}
+    assert [e.bounce_class for e in store.events("erin@localhost") if e.action == "scored"] == ["hard"]
+    assert any("local recipient table" in (e.detail or "") for e in store.events("erin@localhost"))
+    assert Switchboard.for_site(site, "retry").ids() == []
+
+
+def test_postfix_refusing_every_member_is_a_site_incident(rig):
+    from listgate.app import site_incidents
+    site, sink, pf = rig
+    pf.set(mydestination="members.test", local_recipient_maps="inline:{postmaster=yes}")
+    _post_and_run(site, [f"m{i}@members.test" for i in range(3)])
+    store, lc = open_store(site, LIST), site.get_list(LIST)
+    [incident] = site_incidents.open_incidents(store, lc).values()
+    assert incident.scope == site_incidents.ALL and "local recipient table" in incident.reason
+    assert all(m.bounce_score == 0.0 for m in store.members())
+    assert Switchboard.for_site(site, "retry").ids()

@@ -78,7 +78,8 @@ def test_status_check_reload_stop_with_serve(env):
     proc = _serve(env)
     out, data = _status(env, "--json")
     assert out.returncode == 0, out.stdout
-    assert set(data) == {"daemons", "slices", "queues", "stores", "lists_not_served", "problems"}
+    assert set(data) == {"daemons", "slices", "queues", "stores", "lists_not_served", "incidents", "problems"}
+    assert data["incidents"] == {}
     assert set(data["daemons"]) == {"serve", "milter", "policy", "runner", "metrics"}
     assert data["daemons"]["serve"]["pid"] == proc.pid
     assert data["daemons"]["policy"]["accepting"] is True and data["daemons"]["runner"]["accepting"] is None
@@ -104,6 +105,18 @@ def test_status_check_reload_stop_with_serve(env):
     out = env.cli("status", "--check", "--retry-age", "10m,1h")
     assert out.returncode == 2 and out.stdout.startswith("LISTGATE CRITICAL"), out.stdout
     assert env.cli("status", "--check", "--bad", "x").returncode == 3
+    # site incidents: one domain's is WARNING, scope all (every recipient paused) CRITICAL
+    from listgate.app import site_incidents
+    loose = ("--retry-age", "1d,2d", "--shunt", "5,10")
+    for scope, code, what in (("broken.test", 1, "WARNING - site incident on demo@lists.example.org: recipients at "
+                                                  "broken.test paused"),
+                              ("*", 2, "CRITICAL - site incident on demo@lists.example.org: all recipients paused")):
+        site_incidents.open_incident(env.site, env.lc, env.store, scope, "our MTA refused: 554 5.3.0 broken", [],
+                                     None, send=lambda *notice: None)
+        out = env.cli("status", "--check", *loose)
+        assert out.returncode == code and what in out.stdout, out.stdout
+    assert env.cli("bounces", "clear-incident", LIST).returncode == 0
+    assert env.cli("status", "--check", *loose).returncode == 0
 
     # a restart-only setting changed on disk: check says which daemon runs the old value
     assert env.cli("check").returncode == 0

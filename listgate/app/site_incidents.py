@@ -85,10 +85,57 @@ def handover_site_reason(code: int, text: str, status: str | None) -> str | None
     """
     if _OUR_OWN.search(text or ""):
         return f"our MTA refused: {code} {text}".strip()
-    subject = (status or "").split(".")[1:2]
-    if subject in (["1"], ["2"]):
+    if address_refusal(status):
         return None
     return f"our MTA refused ({status or 'no enhanced status'}): {code} {text}".strip()
+
+
+def address_refusal(status: str | None) -> bool:
+    """Whether an enhanced status is about an address or mailbox (X.1.x, X.2.x; RFC 3463 section 3)."""
+    return (status or "").split(".")[1:2] in (["1"], ["2"])
+
+
+class HandoverRefusals:
+    """One delivery run's refusals at hand-over that name our own tables: the member's, or the site's?
+
+    A refusal that names our own tables (:func:`names_our_mta`) with an address status
+    (X.1.x, X.2.x: "User unknown in local recipient table") can be one bad address
+    (a local member who does not exist) or our listener refusing everyone. The rule
+    (DESIGN.md, "Bounce life cycle" 7): it is the *site's* when at least
+    :data:`CORROBORATE` distinct recipients of the run were refused with the same
+    normalized text (:func:`normalized_text`) and no recipient was accepted in
+    between; it is the *member's* (scored like any 5xx) as soon as another recipient
+    of the run was accepted, or when the run ends without a second such refusal and
+    the listener still takes a recipient it must take (the postmaster, RFC 5321
+    section 4.5.1: :meth:`Deliverer._listener_takes_postmaster`). Refusals with
+    another status (5.7.1 "Relay access denied", 5.3.0) are the site's at once.
+    """
+
+    CORROBORATE = 2
+
+    def __init__(self):
+        self.accepted = False
+        self._open: dict[str, list] = {}    # normalized text -> [(rcpt, item)], since the last accept
+
+    def accept(self) -> list:
+        """A recipient was accepted: the items waiting for a verdict are the members' (returned)."""
+        self.accepted = True
+        return self.settle()
+
+    def refuse(self, rcpt: str, text: str, item) -> list | None:
+        """A suspect refusal of ``rcpt`` (``item``: the caller's record). Returns every item of that
+        text when it is now the site's (corroborated), else None (it waits for a verdict)."""
+        waiting = self._open.setdefault(normalized_text(text), [])
+        waiting.append((rcpt.lower(), item))
+        if len({r for r, _ in waiting}) >= self.CORROBORATE:
+            return [i for _, i in self._open.pop(normalized_text(text))]
+        return None
+
+    def settle(self) -> list:
+        """Every item still waiting for a verdict (and forget them)."""
+        items = [i for waiting in self._open.values() for _, i in waiting]
+        self._open.clear()
+        return items
 
 
 def normalized_text(diagnostic: str | None) -> str:
@@ -113,6 +160,7 @@ class Incident:
     retry: float
     trial: bool = False       # its newest event is a trial delivery (no failure seen since)
     from_bounces: bool = False  # seen from bounces: a 2xx at hand-over is only a trial
+    named: frozenset = frozenset()  # addresses its events' evidence names (lower case)
 
     @property
     def resume_at(self) -> float:
@@ -157,8 +205,17 @@ def open_incidents(store, lc) -> dict[str, Incident]:
         incident.opened_at = event.at
         if what != _TRIAL:
             incident.reason = reason          # the oldest failure's words
+            incident.named = incident.named | {a.strip("<>").lower() for a in _ADDRESS.findall(reason) if "@" in a}
         incident.from_bounces = incident.from_bounces or _FROM_BOUNCES in what
     return found
+
+
+def trial_order(incidents: dict[str, Incident], rcpts: list[str]) -> list[int]:
+    """Indices of ``rcpts`` in delivery order: recipients named in an open incident's evidence
+    last, so the one delivery let through after a pause (the trial) is not the address whose
+    refusal opened or refreshed the incident: one bad address cannot keep it open forever."""
+    named = set().union(*(i.named for i in incidents.values())) if incidents else set()
+    return sorted(range(len(rcpts)), key=lambda i: (rcpts[i] or "").lower() in named)
 
 
 def covering(store, lc, address: str) -> Incident | None:
@@ -211,6 +268,25 @@ def clear(site, lc, scope: str, why: str) -> bool:
                                     action=CLEARED, detail=f"scope {scope}: {why}"[:500]))
     log.warning("site_incident_cleared", list=messages.list_key(lc), scope=scope, why=why)
     return True
+
+
+def clear_by_hand(site, lc, scope: str | None = None, who: str = "an admin") -> list[str]:
+    """End the list's open incidents (``scope``: only that one) now; the scopes cleared.
+
+    Records ``site_incident_cleared`` as a 2xx at hand-over would; the paused qfiles
+    resume at their ``retry_at`` (``listgate queue flush`` makes them due now).
+    Raises StoreUnavailable."""
+    store = open_store(site, messages.list_key(lc))
+    cleared = []
+    with store.transaction():
+        for found in open_incidents(store, lc):
+            if scope is None or found == scope:
+                store.add_event(BounceEvent(at=clock.now(), address=None, bounce_class="site", attribution="site",
+                                            action=CLEARED, detail=f"scope {found}: cleared by {who}"[:500]))
+                cleared.append(found)
+    for found in cleared:
+        log.warning("site_incident_cleared", list=messages.list_key(lc), scope=found, why=f"cleared by {who}")
+    return cleared
 
 
 def held_for_trial(incidents: dict[str, "Incident"], rcpt: str, trials: set[str]) -> bool:

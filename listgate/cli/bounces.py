@@ -1,4 +1,4 @@
-"""``listgate bounces show|list|evidence|reset|strike``: bounce info, and undoing it.
+"""``listgate bounces show|list|evidence|reset|strike|clear-incident``: bounce info, and undoing it.
 
 ``show LIST [ADDRESS]``: with ADDRESS, that member's delivery status, bounce
 score, dates, notices left and events (events are shown for non-members
@@ -9,8 +9,11 @@ next action). ``evidence LIST ADDRESS [--summary]``: the stored bouncing
 messages, raw or as ``listgate classify`` reads them. ``reset LIST
 ADDRESS|--all [--enable]``: scores to zero (and members disabled by bounce
 enabled). ``strike LIST EVENT-ID``: a wrongly scored event no longer counts;
-the score is recomputed from the remaining events. Unknown list, address or
-event id: a message and exit status 1.
+the score is recomputed from the remaining events. ``clear-incident LIST
+[--scope SCOPE]``: end the list's open site incidents (or the one of SCOPE:
+``*`` or a domain) now, as a delivery accepted at hand-over would; the
+paused qfiles resume at their retry time (``listgate queue flush``: now).
+Unknown list, address or event id: a message and exit status 1.
 """
 from __future__ import annotations
 
@@ -39,6 +42,9 @@ def register(sub) -> None:
     q.add_argument("address", nargs="?")
     q.add_argument("--all", action="store_true", help="every member")
     q.add_argument("--enable", action="store_true", help="also enable members disabled by bounce")
+    q = add_action(actions, "clear-incident", cmd_clear_incident,
+                   "end the list's open site incidents now (after fixing the cause)")
+    q.add_argument("--scope", metavar="SCOPE", help="only this incident: * (all recipients) or a domain")
     add_action(actions, "strike", cmd_strike, "strike a wrongly scored bounce event; the score is recomputed",
                "event_id")
 
@@ -169,4 +175,18 @@ def cmd_strike(args) -> int:
     print(f"struck #{event_id} ({was.action} {was.bounce_class} {was.address or '-'})")
     if member is not None:
         print(f"{member.address}: bounce score now {member.bounce_score:g}")
+    return 0
+
+
+def cmd_clear_incident(args) -> int:
+    key, _ = open_list_store(args)
+    cleared = site_incidents.clear_by_hand(args.site, _lc(args), args.scope, who="listgate bounces clear-incident")
+    if args.json:
+        print_json({"list": key, "cleared": cleared})
+        return 0
+    if not cleared:
+        print(f"no open site incident{' of scope ' + args.scope if args.scope else ''} on {key}")
+        return 1 if args.scope else 0
+    for scope in cleared:
+        print(f"cleared site incident of scope {scope} on {key} (paused mail: listgate queue flush)")
     return 0

@@ -8,11 +8,14 @@ when it runs them. Runner slices: the process holding each slice lock
 (``listgate.queue.lock``). Queues: qfiles waiting and in progress, the oldest
 one's age for ``retry`` (and ``bad``). Stores: each list's store answers a
 read through the store contract (SQLite files not made yet are ``absent``:
-made on first use); list files with errors are named. Reading creates
-nothing (no queue folder, no store, no run directory).
+made on first use); list files with errors are named. Site incidents: each
+list's open ones (:mod:`listgate.app.site_incidents`: scope, since, reason,
+paused until). Reading creates nothing (no queue folder, no store, no run
+directory).
 
 Exit status: 0 all well; 1 something needs an admin (a daemon down, a store
-unavailable, ``bad`` not empty, a slice without a runner, a list file with errors).
+unavailable, ``bad`` not empty, a slice without a runner, a list file with errors,
+a site incident open).
 
 ``--json`` prints one object with these stable keys::
 
@@ -23,6 +26,8 @@ unavailable, ``bad`` not empty, a slice without a runner, a list file with error
      "queues": {QUEUE: {"waiting": int, "in_progress": int, "oldest": str|null, "oldest_age": float|null}},
      "stores": {"NAME@DOMAIN": {"state": "ok"|"absent"|"unavailable", "error": str|null}},
      "lists_not_served": {"NAME@DOMAIN or FILE": [str, ...]},
+     "incidents": {"NAME@DOMAIN": [{"scope": "*"|DOMAIN, "since": float, "last_failure": float,
+                                    "reason": str, "paused": bool, "paused_until": float}]},
      "problems": [str, ...]}
 
 (times are POSIX seconds, ages seconds; ``accepting`` is null for a daemon
@@ -31,9 +36,10 @@ without a socket, the runner).
 ``--check`` follows the Nagios plugin conventions (monitoring-plugins.org
 guidelines): one line ``LISTGATE OK|WARNING|CRITICAL|UNKNOWN - summary | perfdata``
 and exit 0 OK, 1 WARNING, 2 CRITICAL, 3 UNKNOWN. CRITICAL: a daemon down or
-not accepting, a store unavailable, a slice without a runner, or a
-threshold's critical level reached; WARNING: a list file with errors or a warning
-level reached. Thresholds: ``--retry-age`` (oldest qfile in ``retry``,
+not accepting, a store unavailable, a slice without a runner, a site
+incident of scope all (every recipient of a list paused), or a threshold's
+critical level reached; WARNING: a list file with errors, a site incident of one
+domain, or a warning level reached. Thresholds: ``--retry-age`` (oldest qfile in ``retry``,
 default 1h,1d), ``--bad`` (default 1,10), ``--shunt`` (default 1,10), each
 ``WARN,CRIT``.
 """
@@ -47,6 +53,7 @@ from ..config import parse_duration, parse_socket
 from ..queue import QUEUES, QueueError, Switchboard, id_arrival
 from ..queue.lock import holders
 from ..serve import listening
+from ..app import site_incidents
 from ..store import StoreUnavailable, open_store, store_path
 from .common import load_site, print_json
 from .queue import _utc
@@ -153,6 +160,27 @@ def _stores(site) -> dict:
     return out
 
 
+def _incidents(site, stores: dict) -> dict:
+    out = {}
+    for key, state in stores.items():
+        if state["state"] != "ok":
+            continue
+        try:
+            found = site_incidents.open_incidents(open_store(site, key), site.lists[key])
+        except StoreUnavailable:
+            continue
+        if found:
+            out[key] = [{"scope": i.scope, "since": i.opened_at, "last_failure": i.last_failure_at,
+                         "reason": i.reason, "paused": i.paused, "paused_until": i.resume_at}
+                        for _, i in sorted(found.items())]
+    return out
+
+
+def _incident_problem(key: str, incident: dict) -> str:
+    what = "all recipients" if incident["scope"] == site_incidents.ALL else f"recipients at {incident['scope']}"
+    return f"site incident on {key}: {what} paused"
+
+
 def gather(site) -> dict:
     """Everything ``listgate status`` reports (the ``--json`` object)."""
     found = holders(site.queue_dir)
@@ -160,6 +188,7 @@ def gather(site) -> dict:
     data = {"daemons": _daemons(site, found), "slices": slices, "queues": _queues(site), "stores": _stores(site)}
     owners = {f: k for k, f in site.broken_lists.items()}
     data["lists_not_served"] = {owners.get(f, f): list(errs) for f, errs in site.list_errors.items()}
+    data["incidents"] = _incidents(site, data["stores"])
     problems = []
     for name, d in data["daemons"].items():
         if not d["running"]:
@@ -171,6 +200,7 @@ def gather(site) -> dict:
     # a live edit gone wrong and a daemon started with the broken file differ (daemons.broken_list_effect)
     problems += [daemons.broken_list_effect(site, owners[f], f) if f in owners
                  else f"list file {f} ignored (no valid name and domain in it)" for f in site.list_errors]
+    problems += [_incident_problem(k, i) for k, found in data["incidents"].items() for i in found]
     if data["queues"]["bad"]["waiting"]:
         problems.append(f"{data['queues']['bad']['waiting']} qfile(s) in bad")
     data["problems"] = problems
@@ -220,6 +250,11 @@ def cmd_status(args) -> int:
     for problem in data["problems"]:
         if problem.startswith("list "):
             print(f"{problem} (listgate check)")
+    for key, found in data["incidents"].items():
+        for i in found:
+            state = f"paused until {_utc(i['paused_until'])} UTC" if i["paused"] else "trying one delivery"
+            print(f"incident {key} scope {i['scope']}: since {_utc(i['since'])} UTC, {state}: {i['reason']}"
+                  f" (listgate bounces show {key}; clear-incident)")
     return status
 
 
@@ -266,7 +301,8 @@ def _check(args) -> int:
         reasons.append(reason)
 
     for problem in data["problems"]:
-        if problem.startswith("list "):
+        if problem.startswith("list ") or (problem.startswith("site incident ")
+                                           and not problem.endswith(": all recipients paused")):
             worse(WARNING, problem)
         elif not problem.endswith("in bad"):     # bad: by its thresholds below
             worse(CRITICAL, problem)
@@ -288,7 +324,8 @@ def _check(args) -> int:
     perf += [f"retry_age={measured['retry_age']:g}s;{limits['retry_age'][0]:g};{limits['retry_age'][1]:g};0",
              f"bad={measured['bad']};{limits['bad'][0]:g};{limits['bad'][1]:g};0",
              f"shunt={measured['shunt']};{limits['shunt'][0]:g};{limits['shunt'][1]:g};0",
-             f"daemons_up={up};;;0;{len(data['daemons'])}"]
+             f"daemons_up={up};;;0;{len(data['daemons'])}",
+             f"incidents={sum(len(found) for found in data['incidents'].values())};;;0"]
     print(f"LISTGATE {STATE_NAMES[state]} - {summary} | {' '.join(perf)}")
     sys.stdout.flush()
     return state

@@ -66,7 +66,10 @@ reported to :meth:`BounceEngine.register_failure` (with ``probe_token`` for a
 probe qfile: the probe bounced); 4xx, or the listener unreachable → the
 recipient is deferred: the deferred ones move to ``retry`` with exponential
 backoff from ``runner.retry_backoff``; after ``runner.retry_giveup`` since the
-first deferral they are given up and reported as ``soft`` failures. A 5xx to
+first deferral they are given up and reported as ``soft`` failures. A 5xx naming our
+own MTA's tables is the member's or a site incident's by the rule of
+:class:`listgate.app.site_incidents.HandoverRefusals` (:mod:`listgate.runner.verdicts`);
+a post back from ``retry`` skips recipients who are no longer members. A 5xx to
 ``MAIL FROM`` is our fault, not the members': the qfile goes to ``shunt``
 with its progress kept, for ``listgate queue unshunt`` after the fix.
 """
@@ -82,6 +85,7 @@ from ..log import events
 from ..app import posting, signing, site_incidents
 from ..queue import finite_time
 from .smtp import Connection, Unreachable, _options, dsn_options
+from .verdicts import Verdicts, failure_class  # noqa: F401  (failure_class: its home before)
 
 log = events("listgate.runner.delivery")
 
@@ -101,15 +105,6 @@ class Result:
     gave_up: int = 0
     disposition: str = "finished"       # finished | retry | shunt
     errors: list[str] = field(default_factory=list)
-
-
-def failure_class(status: str, text: str) -> str:
-    """Bounce class of a 5xx at hand-over, by the classifier's rule
-    (:func:`listgate.bounce.status.classify_failure`: 5.7.x spam/DMARC refusals are
-    ``policy``, address failures ``hard``)."""
-    from ..bounce.status import classify_failure
-    cls = classify_failure("failed", status, text)[0]
-    return cls if cls in ("hard", "soft", "policy") else "hard"
 
 
 def wire_form(msg: bytes) -> bytes:
@@ -132,7 +127,7 @@ def retry_delay(site, retries: int) -> float:
     return site.conf.runner.retry_backoff * (2 ** min(max(retries - 1, 0), MAX_BACKOFF_DOUBLINGS))
 
 
-class Deliverer:
+class Deliverer(Verdicts):
     """Sends qfiles; one per runner process (it owns the SMTP connection).
 
     ``engine`` is a :class:`listgate.app.bounces.BounceEngine` (made on first
@@ -237,6 +232,8 @@ class Deliverer:
         xverp = bool(meta.get("xverp"))
         lc = self.site.get_list(meta["list"]) if meta.get("list") else None
         todo = [i for i in range(len(deliveries)) if i not in done_set]
+        gone = self._not_members(lc, meta, deliveries, todo)
+        todo = [i for i in todo if i not in gone]
         wire = wire_form(qf.msg)
         res = Result()
         deferred: dict[int, str] = {}
@@ -247,6 +244,8 @@ class Deliverer:
         def pause(indices) -> None:
             for i in indices:
                 paused[i] = "paused by a site incident"
+        if open_incidents:   # the trial after a pause: not the address the evidence names
+            todo = [todo[k] for k in site_incidents.trial_order(open_incidents, [deliveries[i]["rcpt"] for i in todo])]
         trials: set[str] = set()
         held = [i for i in todo if site_incidents.held_for_trial(open_incidents, deliveries[i]["rcpt"], trials)]
         pause(held)
@@ -261,8 +260,25 @@ class Deliverer:
             meta["done"] = done
             meta["failed"] = failed
 
+        if gone:
+            record(sorted(gone))
+        refusals = site_incidents.HandoverRefusals()
+
+        def member_failures(items) -> list[int]:
+            """Refusals naming our tables found to be the members' own: scored like any 5xx."""
+            scored = []
+            for i, rcpt, code, text, _ in items:
+                if self._report_failure(lc, meta, rcpt, code, text):
+                    failed[str(i)] = f"{code} {text}"[:300]
+                    res.failed += 1
+                    scored.append(i)
+                else:
+                    deferred[i] = f"{code} {text}"
+            return scored
+
         batch = XVERP_BATCH if xverp else 1
         pos = 0
+        site_failure = None
         while pos < len(todo):
             if should_stop is not None and should_stop():
                 res.disposition = "stopped"
@@ -303,9 +319,17 @@ class Deliverer:
                     if code // 100 == 2:
                         res.delivered += 1
                         finished.append(i)
+                        finished += member_failures(refusals.accept())
                         self._cleared(lc, open_incidents, rcpt)
+                    elif reason is not None and lc is not None and site_incidents.address_refusal(
+                            reply_status(code, text)):
+                        # one address our tables refuse: the member's, unless corroborated (HandoverRefusals)
+                        broad = refusals.refuse(rcpt, text, (i, rcpt, code, text, reason))
+                        if broad:
+                            site_failure = broad
+                            pause([item[0] for item in broad])
                     elif reason is not None and lc is not None:
-                        site_failure = (rcpt, code, text, reason)
+                        site_failure = [(i, rcpt, code, text, reason)]
                         pause([i])
                     elif code // 100 == 5:
                         if self._report_failure(lc, meta, rcpt, code, text):
@@ -325,12 +349,13 @@ class Deliverer:
             sb.sync_done(qf)
             if site_failure is not None:
                 try:
-                    self._site_failure(lc, *site_failure)
+                    self._site_failure(lc, site_failure)
                 except Exception as exc:  # StoreUnavailable, QueueError: the recipients wait all the same
                     log.error("site_incident_not_recorded", "cannot record site incident", list=meta.get("list"),
                               error=exc)
                 pause(todo[pos:])   # the rest of this qfile waits for the incident to clear
                 break
+        self._settle(sb, qf, lc, refusals, member_failures, record, pause, deferred, site_failure is not None)
         res.deferred = len(deferred) + len(paused)
         if deferred or paused:
             return self._defer(sb, qf, meta, deliveries, deferred, lc, res, paused)
@@ -363,33 +388,6 @@ class Deliverer:
             if scope in open_incidents:
                 del open_incidents[scope]
                 site_incidents.clear(self.site, lc, scope, f"delivery to {rcpt} accepted at hand-over")
-
-    def _site_failure(self, lc, rcpt: str, code: int, text: str, reason: str) -> None:
-        log.warning("refused_site_incident", "refused at hand-over, site incident", list=messages.list_key(lc),
-                    rcpt=rcpt, reply=f"{code} {text}"[:200])
-        # The next try needs a new connection: after the admin's fix and `postfix reload`, the
-        # smtpd serving this session keeps the old configuration until the session ends.
-        self.conn.close()
-        site_incidents.open_incident(self.site, lc, self._store(lc), site_incidents.ALL, reason,
-                                     [f"{rcpt}: {code} {text}"], None)
-
-    def _report_failure(self, lc, meta, rcpt: str, code: int, text: str, bounce_class: str | None = None) -> bool:
-        """Tell the bounce engine; False if it cannot record it now (the recipient is retried)."""
-        status = reply_status(code, text)
-        if lc is None:
-            log.warning("refused_non_list", "refused recipient of a non-list message", rcpt=rcpt,
-                        reply=f"{code} {text}")
-            return True
-        try:
-            self.engine.register_failure(lc, rcpt, bounce_class or failure_class(status, text), status,
-                                         f"{code} {text}"[:1000], attribution="smtp",
-                                         probe_token=meta.get("probe_token"))
-        except Exception as exc:  # StoreUnavailable, QueueError, or a bug: never lose the recipient
-            log.error("failure_not_registered", "cannot register failure, will retry", rcpt=rcpt, error=exc)
-            return False
-        log.info("refused", "refused at hand-over", list=meta.get("list"), rcpt=rcpt, status=status,
-                 reply=f"{code} {text}"[:200])
-        return True
 
     def _defer(self, sb, qf, meta, deliveries, deferred: dict[int, str], lc, res: Result,
                paused: dict[int, str] | None = None) -> Result:

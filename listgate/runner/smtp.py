@@ -130,6 +130,21 @@ class Connection:
         self._smtp, self._opened, self._uses = smtp, time.monotonic(), 1
         return smtp
 
+    def takes_recipient(self, rcpt: str) -> int | None:
+        """Ask the listener whether it takes ``rcpt`` (``MAIL FROM:<>``, ``RCPT TO``, ``RSET``: no
+        message is sent); the reply code to RCPT (that to MAIL FROM if refused), or None when
+        the listener cannot be reached."""
+        try:
+            smtp = self.get()
+            code, _ = smtp.mail("")
+            if code // 100 == 2:
+                code, _ = smtp.rcpt(rcpt)
+            smtp.rset()
+            return code
+        except (Unreachable, OSError, smtplib.SMTPException):
+            self.drop()
+            return None
+
     def drop(self) -> None:
         if self._smtp is not None:
             try:
