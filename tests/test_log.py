@@ -295,7 +295,7 @@ def test_every_command_is_audited_unless_listed_read_only():
     assert {path for path in paths(parser) if audit.audited(path)} == {
         "queue edit", "queue unshunt", "queue requeue", "queue flush", "lists create", "lists remove",
         "members add", "members remove", "members sync", "members enable", "members disable", "members set",
-        "members import", "pending confirm", "pending discard", "bounces reset", "bounces strike",
+        "members import", "pending confirm", "pending discard", "bounces reset", "bounces strike", "bounces clear-incident",
         "held approve", "held reject", "held discard", "tasks run", "store init", "store copy",
         "import mailman21", "reload", "stop"}
     assert audit.redact(["--db-password", "x", "--secret=y", "--password-file", "/p"]) == \
