@@ -256,3 +256,42 @@ def test_sigterm_mid_fanout_finishes_the_transaction_and_resumes_later(env):
     assert len(env.queue("out").peek(qid).meta["done"]) == delivered
     env.run()
     assert {m: len(env.sink.messages_for(m)) for m in members} == {m: 1 for m in members}
+
+
+def test_queue_flush_reaches_a_runner_that_saw_the_retry_queue_already(env):
+    """A running runner remembers the earliest retry_at it saw; ``queue flush`` (another
+    process) rewrites retry_at in place, and the runner's next pass must send the qfile."""
+    from listgate.runner.loop import Runner
+    env.members("later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    env.inject(message("later@two.test", "hello"), sender="later@two.test")
+    runner = Runner(env.site)
+    try:
+        runner.run_once(with_tasks=False)
+        assert len(env.queue("retry").ids()) == 1
+        env.sink.set_behaviour("later@two.test", "accept")
+        assert runner.run_once(with_tasks=False) == 0       # backoff (300 s) not over: it waits
+        out = env.cli("queue", "flush")
+        assert out.returncode == 0 and "due now" in out.stdout, out.stderr
+        assert runner.run_once(with_tasks=False) == 1        # its next pass, not 300 s later
+        assert len(env.sink.messages_for("later@two.test")) == 1
+        assert env.queue("retry").ids() == []
+    finally:
+        runner.close()
+
+
+def test_tasks_run_counts_recipients_by_outcome_not_qfiles_tried(env):
+    env.members("a@one.test", "later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    env.inject(message("a@one.test", "hello"), sender="a@one.test")
+    env.run()
+    assert len(env.queue("retry").ids()) == 1
+    assert env.cli("queue", "flush").returncode == 0
+    out = env.cli("tasks", "run")
+    assert out.returncode == 0, out.stderr
+    assert "retries: 1 qfile(s) due; recipients delivered 0, failed 0, deferred again 1" in out.stdout
+    env.sink.set_behaviour("later@two.test", "accept")
+    assert env.cli("queue", "flush").returncode == 0
+    out = env.cli("tasks", "run")
+    assert "retries: 1 qfile(s) due; recipients delivered 1, failed 0, deferred again 0" in out.stdout
+    assert len(env.sink.messages_for("later@two.test")) == 1
