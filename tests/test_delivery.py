@@ -10,7 +10,7 @@ import pytest
 from harness import TEMPFAIL, UNKNOWN
 from runner_helpers import LIST, Env, message, wait_until
 
-from listgate import clock, messages, verp
+from listgate import clock, messages, routing, verp
 from listgate.runner import delivery
 
 
@@ -295,3 +295,18 @@ def test_tasks_run_counts_recipients_by_outcome_not_qfiles_tried(env):
     out = env.cli("tasks", "run")
     assert "retries: 1 qfile(s) due; recipients delivered 1, failed 0, deferred again 0" in out.stdout
     assert len(env.sink.messages_for("later@two.test")) == 1
+
+
+def test_members_at_a_dotless_domain_get_signed_verp_in_the_fanout(env):
+    members = ("erin@localhost", "root+alice@localhost", "carol@example.com")
+    env.members(*members)
+    env.inject(message("carol@example.com", "hello"), sender="carol@example.com")
+    env.run()
+    for rcpt in members:
+        [d] = env.sink.messages_for(rcpt)
+        assert d.mail_from.startswith("demo-bounces+"), (rcpt, d.mail_from)
+        decoded = verp.decode(env.site, env.lc, d.mail_from.split("+", 1)[1].rpartition("@")[0])
+        assert (decoded.kind, decoded.member) == ("member", rcpt)
+        # and a bounce to that sender is taken at RCPT for exactly that member
+        decision = routing.decide_rcpt(env.site, d.mail_from, sender="")
+        assert decision.action != "reject" and decision.verp.member == rcpt, decision
