@@ -310,3 +310,32 @@ def test_members_at_a_dotless_domain_get_signed_verp_in_the_fanout(env):
         # and a bounce to that sender is taken at RCPT for exactly that member
         decision = routing.decide_rcpt(env.site, d.mail_from, sender="")
         assert decision.action != "reject" and decision.verp.member == rcpt, decision
+
+
+def test_queue_flush_reaches_idle_runner_processes_of_every_slice(env):
+    """The admin's case: runners (two slices) idle with retry qfiles due in 300 s;
+    ``queue flush`` makes them send at their next pass (runner.poll_interval), not then."""
+    import time
+    from listgate.queue import slice_of
+    env.members("a@one.test", "later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    for i in range(12):
+        env.inject(message("a@one.test", f"post {i}"), sender="a@one.test")
+        env.run()
+        if {slice_of(q, 2) for q in env.queue("retry").ids()} == {0, 1}:
+            break
+    ids = env.queue("retry").ids()
+    assert {slice_of(q, 2) for q in ids} == {0, 1}
+    procs = [env.spawn("runner", "--slice", f"{i}/2") for i in range(2)]
+    # let both pass over the retry queue once and remember the earliest retry_at (300 s ahead)
+    time.sleep(4 * env.site.conf.runner.poll_interval)
+    assert all(p.poll() is None for p in procs)
+    assert env.sink.messages_for("later@two.test") == []
+    env.sink.set_behaviour("later@two.test", "accept")
+    out = env.cli("queue", "flush")
+    assert out.returncode == 0 and out.stdout.count("due now") == len(ids), out.stderr
+    env.sink.wait_for(lambda s: len(s.messages_for("later@two.test")) == len(ids), timeout=30)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(20) for p in procs] == [0, 0]
+    assert env.queue("retry").ids() == []
