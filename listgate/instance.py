@@ -129,7 +129,7 @@ class Removal:
     """What :func:`remove_list` did: the file removed, the store kept or purged, qfiles left."""
 
     path: str
-    store: str                    # where the state is (kept) or what was deleted (purged)
+    store: str | None             # where the state is (kept) or what was deleted (purged); None: it had none
     purged: bool
     queued: dict[str, int] = field(default_factory=dict)    # queue -> the list's qfiles in it
 
@@ -175,6 +175,7 @@ def remove_list(site, key: str, *, purge: bool = False, force: bool = False) -> 
     if waiting and not force:
         raise ValueError(f"list {key} has qfiles waiting (" + ", ".join(f"{n} in {q}" for q, n in waiting.items())
                          + "): let the runner finish them, or --force")
-    where = store.purge(site, key) if purge else store.describe(site, key)
+    # a list that never had mail or members has no SQLite file: nothing to keep or delete
+    where = None if not store.exists(site, key) else store.purge(site, key) if purge else store.describe(site, key)
     os.unlink(path)
     return Removal(path=path, store=where, purged=purge, queued=queued_for(site, key))

@@ -51,12 +51,16 @@ same keys:
   list_key NUL token``; the token's pending record is what expires.
 
 Long addresses: RFC 5321 section 4.5.3.1.1 limits a local part to 64 octets.
-When the signed local part would be longer, or the member's local part is not
+When the signed local part would be longer, the member's local part is not
 a plain ASCII dot-atom (quoted strings, spaces, non-ASCII; RFC 5322 section
-3.2.3) that survives being embedded, :func:`member_bounce_address` returns the
-plain ``L-bounces@D``: that member's bounces are then attributed by their DSN
+3.2.3) that survives being embedded, or its domain is not a host name (an
+address literal ``[192.0.2.1]``, non-ASCII), :func:`member_bounce_address` returns the
+plain ``L-bounces@D`` (logged at debug, ``verp_not_used``, with the reason):
+that member's bounces are then attributed by their DSN
 (``Final-Recipient``) or a detector instead of by VERP. Nothing is hashed or
-truncated, so a VERP address always names its member exactly.
+truncated, so a VERP address always names its member exactly. A dotless
+domain (``erin@localhost``) and a ``+`` in the member's local part
+(``root+alice@localhost``) are embedded like any other.
 """
 from __future__ import annotations
 
@@ -68,7 +72,10 @@ from typing import Any, NamedTuple
 
 from . import clock
 from .addresses import list_key, make, split_address
+from .log import events
 from .store.tokens import is_token
+
+log = events("listgate.verp")
 
 __all__ = ["VerpResult", "VerpKeyError", "Keyring", "member_bounce_address", "probe_bounce_address", "decode", "check_keys",
            "post_envid", "probe_envid", "envid_member", "envid_probe_token", "xtext",
@@ -86,7 +93,9 @@ _SKEW_DAYS = 1                # a signing day this far ahead of ours still verif
 # RFC 5322 section 3.2.3 dot-atom of atext, minus '@' (implicitly) and '=' kept
 # legal: we split the member's local part from its domain at the *last* '='.
 _DOT_ATOM_RE = re.compile(r"^[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+(?:\.[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+)*$")
-_DOMAIN_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))+$")
+# A host name of one label or more (RFC 1035 section 2.3.1 labels): a member at a dotless
+# domain (``erin@localhost`` on a local system) is legal and gets VERP like any other.
+_DOMAIN_RE = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)(?:\.(?!-)[a-z0-9-]{1,63}(?<!-))*$")
 _B32_RE = re.compile(r"^[a-z2-7]+$")
 _KEY_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,16}$")
 
@@ -215,29 +224,38 @@ def day_age(code: str, ts: float | None = None) -> int | None:
     return 0 if age >= _DAY_MOD - _SKEW_DAYS else age
 
 
-def member_bounce_address(site, lc, member_address: str) -> str:
+def member_bounce_address(site, lc, member_address: str, *, log_plain: bool = False) -> str:
     """The envelope sender for list ``lc``'s mail to ``member_address``.
 
     Returns ``L-bounces+<local>=<domain>.<keyid>.<day><mac>@D`` signed with
     the current signing key and today's day, or the plain ``L-bounces@D`` when the member cannot be
     embedded within 64 octets (see the module docstring). Raises
     :class:`VerpKeyError` if the signing key file is unreadable, ValueError if
-    ``member_address`` has no ``@``.
+    ``member_address`` has no ``@``. ``log_plain``: log the plain fallback and its
+    reason at debug (the fan-out asks, once per member and post).
     """
     parts = split_address(member_address)
     if parts is None:
         raise ValueError(f"not an address: {member_address!r}")
     local, domain = parts
     plain = make(lc.name, lc.domain, "bounces")
-    if not _DOT_ATOM_RE.match(local) or not _DOMAIN_RE.match(domain):
+
+    def fallback(reason: str) -> str:
+        if log_plain:
+            log.debug("verp_not_used", "plain bounce address for this member", list=plain,
+                      member=member_address, reason=reason)
         return plain
+    if not _DOT_ATOM_RE.match(local):
+        return fallback("local part not a plain ASCII dot-atom")
+    if not _DOMAIN_RE.match(domain):
+        return fallback("domain not a host name")
     ring = site.verp_keys
     key = ring.signer
     day = day_code()
     mac = _mac(key, list_key(lc), f"{local}@{domain}", ring.mac_length, day)
     address = make(lc.name, lc.domain, "bounces", f"{local}={domain}.{key.id}.{day}{mac}")
     if len(address.rpartition("@")[0].encode("ascii")) > MAX_LOCAL_PART:
-        return plain
+        return fallback(f"VERP local part over {MAX_LOCAL_PART} octets")
     return address
 
 

@@ -200,6 +200,7 @@ def test_lists_create_writes_a_checked_file_from_the_template(cli, site):
     assert status == 0, out
     path = os.path.join(site.lists_dir, "news.yaml")
     assert f"created {path}" in out
+    assert "note: list names are lower case: 'News' is list 'news'" in out
     loaded = config.load(site.path)                                   # strict: the file is valid
     lc = loaded.get_list("news@lists.example.org")
     assert list(lc.owners) == ["a@example.org", "b@example.org"] and lc.description == 'The "news"'
@@ -239,6 +240,14 @@ def test_lists_remove_keeps_the_store_unless_purged(cli, site):
     assert status == 0 and f"deleted its store: {db}" in out
     assert not os.path.exists(db) and not os.path.exists(db + "-wal")
     assert cli("lists", "remove", LIST)[0] == 1
+
+
+def test_lists_remove_of_a_list_that_never_had_a_store_says_so(cli, site):
+    assert cli("lists", "create", "news@lists.example.org", "--owner", OWNER)[0] == 0
+    db = os.path.join(site.state_dir, "lists", "news@lists.example.org.db")
+    status, out, _ = cli("lists", "remove", "news")
+    assert status == 0 and "it had no store" in out and "kept its store" not in out, out
+    assert not os.path.exists(db)
 
 
 @pytest.mark.parametrize("site", ["postgres"], indirect=True)

@@ -87,6 +87,17 @@ def test_help_and_unknown_commands_get_a_helpful_reply(env):
     assert b"Auto-Submitted: auto-generated" in reply.data
 
 
+def test_the_runner_logs_a_short_outcome_not_the_reply_text(env, caplog):
+    env.inject(message("who@one.test", "help"), role="request", sender="who@one.test")
+    env.inject(message("new@one.test", "subscribe"), role="request", sender="new@one.test")
+    with caplog.at_level("INFO", logger="listgate.runner"):
+        env.run()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("qfile_processed")]
+    assert len(lines) == 2, lines
+    assert "outcome=commands_replied:help" in lines[0] and "command address" not in lines[0]
+    assert "outcome=confirmation_sent:subscribe" in lines[1]
+
+
 @pytest.mark.parametrize("sender,extra", [
     ("", ""),
     ("MAILER-DAEMON@mx.one.test", ""),

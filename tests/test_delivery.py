@@ -10,7 +10,7 @@ import pytest
 from harness import TEMPFAIL, UNKNOWN
 from runner_helpers import LIST, Env, message, wait_until
 
-from listgate import clock, messages, verp
+from listgate import clock, messages, routing, verp
 from listgate.runner import delivery
 
 
@@ -256,3 +256,86 @@ def test_sigterm_mid_fanout_finishes_the_transaction_and_resumes_later(env):
     assert len(env.queue("out").peek(qid).meta["done"]) == delivered
     env.run()
     assert {m: len(env.sink.messages_for(m)) for m in members} == {m: 1 for m in members}
+
+
+def test_queue_flush_reaches_a_runner_that_saw_the_retry_queue_already(env):
+    """A running runner remembers the earliest retry_at it saw; ``queue flush`` (another
+    process) rewrites retry_at in place, and the runner's next pass must send the qfile."""
+    from listgate.runner.loop import Runner
+    env.members("later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    env.inject(message("later@two.test", "hello"), sender="later@two.test")
+    runner = Runner(env.site)
+    try:
+        runner.run_once(with_tasks=False)
+        assert len(env.queue("retry").ids()) == 1
+        env.sink.set_behaviour("later@two.test", "accept")
+        assert runner.run_once(with_tasks=False) == 0       # backoff (300 s) not over: it waits
+        out = env.cli("queue", "flush")
+        assert out.returncode == 0 and "due now" in out.stdout, out.stderr
+        assert runner.run_once(with_tasks=False) == 1        # its next pass, not 300 s later
+        assert len(env.sink.messages_for("later@two.test")) == 1
+        assert env.queue("retry").ids() == []
+    finally:
+        runner.close()
+
+
+def test_tasks_run_counts_recipients_by_outcome_not_qfiles_tried(env):
+    env.members("a@one.test", "later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    env.inject(message("a@one.test", "hello"), sender="a@one.test")
+    env.run()
+    assert len(env.queue("retry").ids()) == 1
+    assert env.cli("queue", "flush").returncode == 0
+    out = env.cli("tasks", "run")
+    assert out.returncode == 0, out.stderr
+    assert "retries: 1 qfile(s) due; recipients delivered 0, failed 0, deferred again 1" in out.stdout
+    env.sink.set_behaviour("later@two.test", "accept")
+    assert env.cli("queue", "flush").returncode == 0
+    out = env.cli("tasks", "run")
+    assert "retries: 1 qfile(s) due; recipients delivered 1, failed 0, deferred again 0" in out.stdout
+    assert len(env.sink.messages_for("later@two.test")) == 1
+
+
+def test_members_at_a_dotless_domain_get_signed_verp_in_the_fanout(env):
+    members = ("erin@localhost", "root+alice@localhost", "carol@example.com")
+    env.members(*members)
+    env.inject(message("carol@example.com", "hello"), sender="carol@example.com")
+    env.run()
+    for rcpt in members:
+        [d] = env.sink.messages_for(rcpt)
+        assert d.mail_from.startswith("demo-bounces+"), (rcpt, d.mail_from)
+        decoded = verp.decode(env.site, env.lc, d.mail_from.split("+", 1)[1].rpartition("@")[0])
+        assert (decoded.kind, decoded.member) == ("member", rcpt)
+        # and a bounce to that sender is taken at RCPT for exactly that member
+        decision = routing.decide_rcpt(env.site, d.mail_from, sender="")
+        assert decision.action != "reject" and decision.verp.member == rcpt, decision
+
+
+def test_queue_flush_reaches_idle_runner_processes_of_every_slice(env):
+    """The admin's case: runners (two slices) idle with retry qfiles due in 300 s;
+    ``queue flush`` makes them send at their next pass (runner.poll_interval), not then."""
+    import time
+    from listgate.queue import slice_of
+    env.members("a@one.test", "later@two.test")
+    env.sink.set_behaviour("later@two.test", TEMPFAIL)
+    for i in range(12):
+        env.inject(message("a@one.test", f"post {i}"), sender="a@one.test")
+        env.run()
+        if {slice_of(q, 2) for q in env.queue("retry").ids()} == {0, 1}:
+            break
+    ids = env.queue("retry").ids()
+    assert {slice_of(q, 2) for q in ids} == {0, 1}
+    procs = [env.spawn("runner", "--slice", f"{i}/2") for i in range(2)]
+    # let both pass over the retry queue once and remember the earliest retry_at (300 s ahead)
+    time.sleep(4 * env.site.conf.runner.poll_interval)
+    assert all(p.poll() is None for p in procs)
+    assert env.sink.messages_for("later@two.test") == []
+    env.sink.set_behaviour("later@two.test", "accept")
+    out = env.cli("queue", "flush")
+    assert out.returncode == 0 and out.stdout.count("due now") == len(ids), out.stderr
+    env.sink.wait_for(lambda s: len(s.messages_for("later@two.test")) == len(ids), timeout=30)
+    for p in procs:
+        p.send_signal(signal.SIGTERM)
+    assert [p.wait(20) for p in procs] == [0, 0]
+    assert env.queue("retry").ids() == []

@@ -347,6 +347,24 @@ def test_remember_without_an_owner_never_matches_one(site, store):
     assert store.remember("accepted", "k", 60) is False                # None is never "the same owner"
 
 
+def test_a_new_store_logs_one_line_an_old_one_each_migration(tmp_path, caplog):
+    with caplog.at_level("INFO", logger="listgate.store"):
+        SQLiteStore(str(tmp_path / "new.db"), "x@example.org").close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("store_")]
+    assert len(lines) == 1 and lines[0].startswith("store_created ") and f"schema={SCHEMA_VERSION}" in lines[0]
+    caplog.clear()
+    path = str(tmp_path / "old.db")
+    with sqlite3.connect(path, isolation_level=None) as conn:    # a file written by the version 1 code
+        for statement in MIGRATIONS[0]:
+            conn.execute(statement)
+        conn.execute("PRAGMA user_version = 1")
+    with caplog.at_level("INFO", logger="listgate.store"):
+        SQLiteStore(path, "x@example.org").close()
+    lines = [r.getMessage() for r in caplog.records if r.getMessage().startswith("store_")]
+    assert [ln.split()[0] for ln in lines] == ["store_migrated"] * (SCHEMA_VERSION - 1)
+    assert f"version={SCHEMA_VERSION}" in lines[-1]
+
+
 def test_version_1_database_migrates_and_its_facts_have_no_owner(tmp_path):
     path = str(tmp_path / "old.db")
     with sqlite3.connect(path, isolation_level=None) as conn:    # a file written by the version 1 code

@@ -311,9 +311,24 @@ def test_local_part_limit_and_fallback(site):
 
 
 @pytest.mark.parametrize("member", ['"john doe"@example.com', "jürgen@example.de", "user@[192.0.2.1]",
-                                    "a..b@example.com", "user@localhost"])
-def test_unembeddable_members_get_plain_sender(site, member):
+                                    "a..b@example.com"])
+def test_unembeddable_members_get_plain_sender_logged_at_debug(site, member, caplog):
     assert verp.member_bounce_address(site, demo(site), member) == "demo-bounces@lists.example.org"
+    with caplog.at_level("DEBUG", logger="listgate.verp"):
+        assert verp.member_bounce_address(site, demo(site), member, log_plain=True) == "demo-bounces@lists.example.org"
+    [line] = [r.getMessage() for r in caplog.records]
+    assert line.startswith("verp_not_used ") and "reason=" in line
+
+
+@pytest.mark.parametrize("member", ["erin@localhost", "root+alice@localhost", "Root+Ivan@mx.example.org"])
+def test_dotless_domains_and_plus_in_local_part_get_signed_verp(site, member):
+    """A member at a dotless domain is legal on a local system (RFC 5321 section 2.3.5 names a
+    host; Postfix delivers to user@localhost): signed VERP like any other, decoding back to it."""
+    lc = demo(site)
+    address = verp.member_bounce_address(site, lc, member)
+    assert address.startswith("demo-bounces+") and len(address.rpartition("@")[0]) <= verp.MAX_LOCAL_PART
+    result = verp.decode(site, lc, ext_of(site, address))
+    assert (result.kind, result.member.lower()) == ("member", member.lower())
 
 
 def test_member_bounce_address_rejects_non_address(site):

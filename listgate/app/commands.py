@@ -100,13 +100,15 @@ class Context:
         if (address or "").lower() != (self.requester or "").lower():
             self.results.append(line)
 
-    def reply(self) -> None:
+    def reply(self) -> bool:
+        """Send the result reply (if there are results and the requester may get mail); whether sent."""
         if not self.results or self.requester is None or self.auto:
-            return
+            return False
         if not ratelimit.may_send(self.site, self.lc, self.store, self.requester):
-            return
+            return False
         notices.reply(self.site, self.lc, self.requester, "results", kind="reply", in_reply_to=self.message_id,
                       results="\n".join(self.results))
+        return True
 
 
 def _valid(address: str) -> bool:
@@ -220,21 +222,28 @@ def help_text(lc) -> str:
 
 
 def handle_request(site, lc, qf) -> str:
-    """Run the commands of one ``L-request``/``L-join``/``L-leave`` message; returns a summary."""
+    """Run the commands of one ``L-request``/``L-join``/``L-leave`` message; returns a short
+    outcome for the log: ``WHAT:COMMANDS``, WHAT ``commands_replied`` (a result reply sent),
+    ``confirmation_sent`` (the confirmation request is the answer) or ``commands_not_replied``
+    (no reply: rate limit), e.g. ``commands_replied:help`` (never the reply text itself)."""
     ctx = Context(site, lc, qf)
     if ctx.auto:
         log.info("command_ignored", "command mail ignored", list=notices.address(lc), qfile=qf.id, why=ctx.auto)
         return "ignored"
     role = qf.meta.get("role")
+    names: list[str] = []   # the commands run, for the outcome
     if role == "join":
+        names.append("subscribe")
         subscribe(ctx)
     elif role == "leave":
+        names.append("unsubscribe")
         unsubscribe(ctx)
     else:
         cmds = parse_commands(mail.header_text(ctx.m, "Subject"), mail.command_text(qf.msg))
         unknown, handled = [], 0
         for cmd, args in cmds:
             handled += 1
+            names.append(cmd)
             if cmd in ("subscribe", "join"):
                 subscribe(ctx)
             elif cmd in ("unsubscribe", "leave", "signoff"):
@@ -249,14 +258,17 @@ def handle_request(site, lc, qf) -> str:
                 return confirm(site, lc, qf, args[0].lower(), ctx)
             else:
                 handled -= 1
+                names[-1] = "unknown"
                 unknown.append(" ".join([cmd] + args)[:80])
         if not handled:
             # Only unknown lines (or none): one helpful answer, naming the first of them.
             if unknown:
                 ctx.results.append(_line(ctx, "cmd_unknown", command=unknown[0]))
             ctx.results.append(help_text(lc))
-    ctx.reply()
-    return "; ".join(r.splitlines()[0] for r in ctx.results) or "confirmation sent"
+            names.append("help")
+    replied = ctx.reply()
+    what = "commands_replied" if replied else "confirmation_sent" if not ctx.results else "commands_not_replied"
+    return f"{what}:{','.join(dict.fromkeys(names)) or 'none'}"
 
 
 def _moderation_action(ctx: Context) -> tuple[str, str]:

@@ -252,7 +252,7 @@ def fanout_meta(site, lc, store, *, message_id: str | None, origin: dict | None 
         log.warning("xverp_unsigned_refused", "verp_mode xverp without accept_unsigned_verp: bounces to the "
                     "unsigned VERP addresses Postfix makes will be refused at RCPT", list=plain)
     deliveries = [{"rcpt": m.address,
-                   "sender": plain if xverp else verp.member_bounce_address(site, lc, m.address)}
+                   "sender": plain if xverp else verp.member_bounce_address(site, lc, m.address, log_plain=True)}
                   for m in store.members("enabled") if m.delivery_mode in modes]
     meta = {k: v for k, v in (origin or {}).items()
             if k in ("envelope_sender", "mta_queue_id", "client_address", "arrival")}

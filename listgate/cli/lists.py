@@ -74,8 +74,12 @@ def cmd_create(args) -> int:
         path = instance.create_list(site, args.address, args.owners, args.description)
     except ValueError as exc:
         fail(f"list not created: {exc}")
-    print(f"created {path}: list {args.address.strip().lower()}, its store is made on first use; "
+    given = args.address.strip()
+    print(f"created {path}: list {given.lower()}, its store is made on first use; "
           "the running daemons serve it after their next config reload")
+    name = given.rpartition("@")[0]
+    if name != name.lower():   # addresses are matched without case: the name is its lower-case form
+        print(f"note: list names are lower case: {name!r} is list {name.lower()!r} (file, store and addresses)")
     return 0
 
 
@@ -97,7 +101,9 @@ def cmd_remove(args) -> int:
     except ValueError as exc:
         fail(f"list not removed: {exc}")
     print(f"removed {done.path}")
-    if done.purged:
+    if done.store is None:
+        print("it had no store (no member or mail yet): nothing kept or deleted")
+    elif done.purged:
         print(f"deleted its store: {done.store}")
     else:
         print(f"kept its store (members, bounce info, held posts): {done.store}; "

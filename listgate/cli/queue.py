@@ -15,7 +15,7 @@ import tempfile
 from datetime import datetime, timezone
 
 from .. import clock
-from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile
+from ..queue import QUEUES, QFileFormatError, QueueError, Switchboard, qfile, wake
 from ..queue.names import RESTING
 from .common import fail, load_site, print_json
 
@@ -293,6 +293,13 @@ def cmd_flush(args) -> int:
         if status == EX_TEMPFAIL:
             break
         flushed.append(qid)
+    if flushed:
+        try:
+            wake.poke(board.queue_dir)   # running runners look at retry again at their next pass
+        except QueueError as exc:
+            print(f"listgate: {exc.strerror}; the runners send them once their earlier due time "
+                  "comes or a new qfile arrives", file=sys.stderr)
+            status = status or EX_TEMPFAIL
     if args.json:
         print_json(flushed)
     else:

@@ -23,8 +23,11 @@ def cmd_run(args) -> int:
     if not args.no_retries:
         runner = Runner(site)
         try:
-            n = runner.run_retries()
+            n, outcomes = runner.run_retries()
         finally:
             runner.close()
-        print(f"retries delivered: {n}")
+        # recipients by what happened to them, not qfiles tried: a try may defer them all again
+        print(f"retries: {n} qfile(s) due; recipients delivered {outcomes['delivered']}, "
+              f"failed {outcomes['failed']}, deferred again {outcomes['deferred']}, "
+              f"given up {outcomes['gave_up']}")
     return 0

@@ -439,7 +439,7 @@ class Deliverer(Verdicts):
         sb.move(qf, "retry", reason=new_meta["last_error"], meta=new_meta)
         res.disposition = "retry"
         log.info("deferred", qfile=qf.id, list=meta.get("list"), recipients=len(deferred),
-                 retry_in=int(new_meta["retry_at"] - now))
+                 paused=len(paused) or None, retry_in=int(new_meta["retry_at"] - now))
         return res
 
 

@@ -34,13 +34,14 @@ from __future__ import annotations
 import signal
 import threading
 import time
+from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 from .. import addresses, clock, routing
 from ..app import commands, notices, posting
 from ..config import Site, Watcher
 from ..log import Backoff, events
-from ..queue import QueueError, Switchboard
+from ..queue import QueueError, Switchboard, wake
 from ..dns import DnsUnknown
 from ..queue.lock import SliceLock
 from ..store import StoreUnavailable
@@ -78,6 +79,8 @@ class Runner:
         self.stopping = False
         self._next_retry = 0.0             # earliest retry_at among the retry qfiles last seen
         self._retry_seen: set[str] = set()
+        self._flush_seen: str | None = None   # the last token of ``queue flush`` read (queue.wake)
+        self.outcomes: Counter = Counter()    # recipients by outcome, deliveries of this process
         # A qfile put back because a store or queue is unavailable is retried every poll
         # interval; it is logged once, then at a backoff (REPEAT_FIRST doubling to
         # REPEAT_MAX seconds), not every 2 s for as long as the problem lasts.
@@ -244,16 +247,24 @@ class Runner:
                 break
         return count
 
-    def run_retries(self) -> int:
-        """Deliver the ``retry`` qfiles whose backoff has passed; returns how many were tried."""
-        return self._pass_retry(self.boards["retry"])
+    def run_retries(self) -> tuple[int, Counter]:
+        """Deliver the ``retry`` qfiles whose backoff has passed: ``(qfiles tried, recipients
+        by outcome)``, the outcomes ``delivered``, ``failed``, ``deferred``, ``gave_up``
+        (:class:`listgate.runner.delivery.Result`)."""
+        before = Counter(self.outcomes)
+        n = self._pass_retry(self.boards["retry"])
+        return n, self.outcomes - before
 
     def _pass_retry(self, board) -> int:
         # Taking a qfile means a rename and a directory fsync: when nothing can be due
-        # (the earliest retry_at seen is still ahead and no new qfile arrived), skip.
+        # (the earliest retry_at seen is still ahead, no new qfile arrived and no
+        # ``queue flush`` since the last look: queue.wake), skip.
+        flushed = wake.token(board.dir)   # read before listing: a later flush changes it again
         ids = board.ids()
-        if not ids or (clock.now() < self._next_retry and set(ids) <= self._retry_seen):
+        if not ids or (clock.now() < self._next_retry and set(ids) <= self._retry_seen
+                       and flushed == self._flush_seen):
             return 0
+        self._flush_seen = flushed
         count, waiting = 0, []
         try:
             for _ in range(len(ids)):
@@ -284,6 +295,9 @@ class Runner:
                 deliverer = (self._thread_deliverer() if threading.current_thread() is not threading.main_thread()
                              else self.deliverer)
                 res = deliverer.deliver(board, qf, should_stop=lambda: self.stopping)
+                with self._deliverers_lock:
+                    self.outcomes.update(delivered=res.delivered, failed=res.failed, deferred=res.deferred,
+                                         gave_up=res.gave_up)
                 if res.disposition == "stopped":
                     board.release(qf)
             else:

@@ -235,5 +235,8 @@ def migrate(conn: psycopg.Connection) -> list[int]:
                     conn.execute(statement)
             conn.execute("INSERT INTO listgate_schema (version) VALUES (%s)", (number + 1,))
             applied.append(number + 1)
-            log.info("store_migrated", store="postgresql", version=number + 1)
+            if version:      # a new store is one line (store_created), not one per migration
+                log.info("store_migrated", store="postgresql", version=number + 1)
+    if version == 0 and applied:
+        log.info("store_created", store="postgresql", schema=SCHEMA_VERSION)
     return applied

@@ -196,8 +196,11 @@ def _migrate(conn: sqlite3.Connection, path: str) -> None:
                 else:
                     conn.execute(statement)
             conn.execute(f"PRAGMA user_version = {number + 1}")
-            log.info("store_migrated", store=path, version=number + 1)
+            if version:      # a new store is one line (store_created), not one per migration
+                log.info("store_migrated", store=path, version=number + 1)
         conn.execute("COMMIT")
+        if not version:
+            log.info("store_created", store=path, schema=SCHEMA_VERSION)
     except BaseException:
         conn.execute("ROLLBACK")
         raise
