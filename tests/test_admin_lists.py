@@ -86,6 +86,7 @@ def test_check_tells_site_errors_from_list_errors(site):
     out = check(site)
     assert out.returncode == 1
     assert "demo@lists.example.org: members_only" in out.stdout          # the good list is still shown
+    assert "site ok, 1 list(s) valid, 1 list file(s) with errors (on stderr)" in out.stdout  # never a bare "ok"
     assert "broken.yaml:4: bounce_score_treshold: unknown key" in out.stderr
     assert ("list broken@lists.example.org has errors: no daemon runs; a daemon started now would answer "
             "451 4.3.0 for its addresses until it is fixed") in out.stderr

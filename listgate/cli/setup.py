@@ -88,7 +88,8 @@ def cmd_check(args) -> int:
             print(f"{site.path}:1: {where}: {problem}", file=sys.stderr)
         return 1
     _warn_bad(site)
-    print(f"{site.path}: ok, {len(site.lists)} list(s), state in {site.state_dir}")
+    broken = f", {len(site.list_errors)} list file(s) with errors (on stderr)" if site.list_errors else ""
+    print(f"{site.path}: site ok, {len(site.lists)} list(s) valid{broken}, state in {site.state_dir}")
     store = site.conf.store
     if store.url:   # never the password: it is masked in the URL, and password_file is only named
         print(f"store: PostgreSQL {config.mask_url(store.url)}"
