@@ -92,6 +92,15 @@ def test_status_check_reload_stop_with_serve(env):
     assert children["milter"] == data["daemons"]["milter"]["pid"]
     text = env.cli("status")
     assert re.search(rf"policy +up, pid {data['daemons']['policy']['pid']}", text.stdout), text.stdout
+    assert data["daemons"]["milter"]["accepting"] is True     # it answered libmilter's option negotiation
+    # a hung policy daemon (stopped): the kernel still accepts the connection, but it does not answer
+    policy_pid = data["daemons"]["policy"]["pid"]
+    os.kill(policy_pid, signal.SIGSTOP)
+    try:
+        out = env.cli("status", "--check")
+        assert out.returncode == 2 and "policy not accepting" in out.stdout, out.stdout
+    finally:
+        os.kill(policy_pid, signal.SIGCONT)
 
     out = env.cli("status", "--check")
     assert out.returncode == 0 and out.stdout.startswith("LISTGATE OK - "), out.stdout

@@ -3,7 +3,8 @@
 Daemons: each one the site config calls for (``milter``, ``policy``,
 ``runner``, and ``lmtp``, ``web``, ``metrics`` when configured), from its
 record in ``STATE_DIR/run`` (:mod:`listgate.daemons`): running or not, pid,
-since when, its socket and whether that accepts a connection now; ``serve``
+since when, its socket and whether that accepts a connection now (and, for the
+policy server, the milter and LMTP, whether the daemon answers: :func:`answers`); ``serve``
 when it runs them. Runner slices: the process holding each slice lock
 (``listgate.queue.lock``). Queues: qfiles waiting and in progress, the oldest
 one's age for ``retry`` (and ``bad``). Stores: each list's store answers a
@@ -95,6 +96,47 @@ def daemon_socket(site, name: str) -> str | None:
     return spec
 
 
+ANSWER_TIMEOUT = 2.0     # seconds a daemon has to answer its protocol's opening (status)
+# What each daemon is asked after the connect, and what its answer starts with. A stopped or hung
+# process still gets the kernel to accept the connection (the listen backlog): only an answer
+# shows that it serves.
+_POLICY_PING = b"request=smtpd_access_policy\nprotocol_state=RCPT\nrecipient=\n\n"   # SMTPD_POLICY_README
+# libmilter option negotiation (SMFIC_OPTNEG): version 6, every action allowed and every protocol
+# step offered (as an MTA does), so no milter refuses the negotiation for want of one
+_MILTER_OPTNEG = (b"\x00\x00\x00\x0dO" + (6).to_bytes(4, "big") + (0x1FF).to_bytes(4, "big")
+                  + (0x1FFFFF).to_bytes(4, "big"))
+_HELLO = {"policy": (_POLICY_PING, b"action="), "milter": (_MILTER_OPTNEG, None), "lmtp": (b"", b"220")}
+
+
+def answers(site, name: str, spec: str) -> bool:
+    """Whether daemon ``name`` on socket ``spec`` accepts a connection and, for the policy
+    server, the milter and the LMTP server, answers its protocol's opening within
+    :data:`ANSWER_TIMEOUT` (a policy request; libmilter's option negotiation, whose reply is
+    an ``O`` packet; the LMTP greeting, RFC 2033 section 4.1)."""
+    import socket
+    if not listening(site, spec):
+        return False
+    hello = _HELLO.get(name)
+    if hello is None:
+        return True
+    send, expect = hello
+    kind, where = parse_socket(spec)
+    family, addr = ((socket.AF_UNIX, site.resolve(where)) if kind == "unix"
+                    else (socket.AF_INET6 if ":" in where[0] else socket.AF_INET, where))
+    try:
+        with socket.socket(family, socket.SOCK_STREAM) as s:
+            s.settimeout(ANSWER_TIMEOUT)
+            s.connect(addr)
+            if send:
+                s.sendall(send)
+            got = s.recv(512)
+    except OSError:         # refused, reset, or no answer in time
+        return False
+    if name == "milter":
+        return len(got) >= 5 and got[4:5] == b"O"
+    return got.startswith(expect)
+
+
 def _daemons(site, found_slices) -> dict:
     recs = daemons.records(site)
     out = {}
@@ -106,7 +148,7 @@ def _daemons(site, found_slices) -> dict:
         live = [r for n, r in recs.items() if daemons.kind(n) == name and r.live]
         rec = live[0] if live else None
         spec = daemon_socket(site, name)
-        accepting = listening(site, spec) if spec else None
+        accepting = answers(site, name, spec) if spec else None
         running = rec is not None or bool(accepting)
         if name == "runner" and not running:
             running = any(h.live for h in found_slices)
