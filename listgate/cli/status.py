@@ -114,13 +114,14 @@ def answers(site, name: str, spec: str) -> bool:
     :data:`ANSWER_TIMEOUT` (a policy request; libmilter's option negotiation, whose reply is
     an ``O`` packet; the LMTP greeting, RFC 2033 section 4.1)."""
     import socket
-    if not listening(site, spec):
-        return False
     hello = _HELLO.get(name)
     if hello is None:
-        return True
+        return listening(site, spec)
     send, expect = hello
-    kind, where = parse_socket(spec)
+    try:
+        kind, where = parse_socket(spec)
+    except ValueError:
+        return listening(site, spec)        # what serve's readiness check says of such a spec
     family, addr = ((socket.AF_UNIX, site.resolve(where)) if kind == "unix"
                     else (socket.AF_INET6 if ":" in where[0] else socket.AF_INET, where))
     try:

@@ -265,7 +265,8 @@ class Deliverer(Verdicts):
         refusals = site_incidents.HandoverRefusals()
 
         def member_failures(items) -> list[int]:
-            """Refusals naming our tables found to be the members' own: scored like any 5xx."""
+            """5xx refusals that are the members' own (also those naming our tables, once the
+            listener took others): reported; the indices recorded as failed."""
             scored = []
             for i, rcpt, code, text, _ in items:
                 if self._report_failure(lc, meta, rcpt, code, text):
@@ -332,12 +333,7 @@ class Deliverer(Verdicts):
                         site_failure = [(i, rcpt, code, text, reason)]
                         pause([i])
                     elif code // 100 == 5:
-                        if self._report_failure(lc, meta, rcpt, code, text):
-                            failed[str(i)] = f"{code} {text}"[:300]
-                            res.failed += 1
-                            finished.append(i)
-                        else:
-                            deferred[i] = f"{code} {text}"
+                        finished.extend(member_failures([(i, rcpt, code, text, None)]))
                     else:
                         deferred[i] = f"{code} {text}"
                 if finished:
